@@ -1,0 +1,95 @@
+"""Resolve a MODEL argument: a registered name, an HF directory, a .gguf file, or a native checkpoint."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxshare.config import ModelConfig
+from jaxshare.hf_io import CheckpointError, load_hf_dir
+from jaxshare.params import Params
+
+
+@dataclass
+class LoadedModel:
+    cfg: ModelConfig
+    params: Params
+    tokenizer: Any  # a transformers tokenizer, or None when the source has none
+    kind: str  # registered | native | hf | gguf
+    source: Path  # the file or directory the weights came from
+    meta: dict
+
+
+def _tokenizer_from_dir(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
+    from jaxshare import families, gguf_io
+    from jaxshare.hf_io import params_from_tensors
+
+    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))
+    params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path), dtype, str(path))
+    return cfg, params, gguf_io.gguf_tokenizer(path)
+
+
+def registered_native(name: str) -> Path:
+    """The cached native checkpoint of a registered model, converting its GGUF once."""
+    from jaxshare import registry
+    from jaxshare.checkpoint import is_native, save_native
+    from jaxshare.fetch import cache_dir
+
+    out = cache_dir() / "models" / name / "native"
+    if not is_native(out):
+        gguf = registry.registered_gguf(name)
+        cfg, params, tok = convert_gguf(gguf, "fp32")
+        save_native(out, cfg, params, tok, extra={"converted_from": gguf.name, "registered": name}, overwrite=True)
+    return out
+
+
+def resolve(spec: str) -> tuple[str, Path]:
+    """(kind, path) for a MODEL argument, without loading weights."""
+    from jaxshare import registry
+    from jaxshare.checkpoint import is_native
+
+    path = Path(os.path.expanduser(spec))
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return "gguf", path
+        if path.is_dir() and is_native(path):
+            return "native", path
+        if path.is_dir() and (path / "config.json").exists():
+            return "hf", path
+        raise CheckpointError(f"{spec}: not a .gguf file, a jaxshare checkpoint, or an HF model directory")
+    if registry.is_registered(spec):
+        return "registered", Path(spec)
+    raise CheckpointError(f"cannot load {spec!r}: no such file or directory, and not a registered model "
+                          f"(registered: {', '.join(sorted(registry.REGISTERED))})")
+
+
+def load_model(spec: str, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
+    """Load any supported MODEL argument into (config, params, tokenizer)."""
+    from jaxshare.checkpoint import load_native
+
+    kind, path = resolve(spec)
+    if kind == "registered":
+        path = registered_native(spec)
+    if kind in ("registered", "native"):
+        cfg, params, meta = load_native(path, dtype=_jnp_dtype(dtype))
+        return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
+    if kind == "gguf":
+        cfg, params, tok = convert_gguf(path, dtype)
+        return LoadedModel(cfg, params, tok, kind, path, {})
+    cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
+    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {})
+
+
+def _jnp_dtype(dtype):
+    import jax.numpy as jnp
+
+    return {"fp32": jnp.float32, "bf16": jnp.bfloat16}.get(dtype, dtype)
