@@ -1,0 +1,1 @@
+"""Conversion programs: `python -m convert SRC OUT` is `jaxshare convert SRC OUT`."""

@@ -1,0 +1,5 @@
+import sys
+
+from jaxshare.cli import main
+
+sys.exit(main())

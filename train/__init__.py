@@ -1,0 +1,1 @@
+"""Post-training programs and configs (PostShare lands here)."""
