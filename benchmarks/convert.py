@@ -3,7 +3,8 @@ safetensors directory, beside transformers' own loading of the same files, each 
 
     python benchmarks/convert.py [--json]
 
-Peak RSS is the child's ru_maxrss. `baseline` is a process that only imports the same libraries,
+Peak RSS is the child's VmHWM, read by the child itself at exit (ru_maxrss would carry the
+parent's peak across fork+exec). `baseline` is a process that only imports the same libraries,
 so `net` = peak - baseline is what the conversion itself costs.
 """
 from __future__ import annotations
@@ -23,13 +24,19 @@ from common import write_result  # noqa: E402
 IMPORTS = "import jax, jax.numpy, transformers, orbax.checkpoint, jaxshare.loading, jaxshare.checkpoint"
 
 
+HWM = """
+import re
+print("VMHWM", re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
 def measure(code: str) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"benchmark child failed: {code}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    proc = subprocess.run([sys.executable, "-c", code + "\n" + HWM], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed: {code}\n{proc.stderr[-2000:]}")
+    kib = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("VMHWM")))
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": kib * 1024}
 
 
 def main() -> None:

@@ -65,3 +65,27 @@ def test_native_checkpoint_roundtrip(tmp_path):
     assert count_params(params2) == count_params(params)
     _, bf16, _ = load_native(tmp_path / "ck", dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(bf16))
+
+
+def test_attention_probs_reproduce_the_attention_output(tmp_path):
+    """The maps that analyses read (attention_probs) are the ones the forward uses."""
+    from jaxshare.model import apply_rope, attention, attention_probs, project_qkv, rope_tables
+    from jaxshare.params import Layers
+
+    random_hf_model("mistral", sliding_window=16).save_pretrained(tmp_path)
+    cfg, params = load_hf_dir(tmp_path)
+    layer0 = jax.tree_util.tree_map(lambda a: a[0], params.layers)
+    assert isinstance(layer0, Layers)
+    x = jax.random.normal(jax.random.key(0), (2, 40, cfg.d_model))
+    pos = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (2, 40))
+    rope = rope_tables(cfg, pos)
+    window = jnp.int32(16)
+    y, _ = attention(x, layer0.attn, cfg, rope, pos, window)
+    q, k, v = project_qkv(x, layer0.attn)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    probs = attention_probs(q, k, pos, pos, window)
+    np.testing.assert_allclose(np.asarray(probs.sum(-1)), 1.0, atol=1e-5)
+    assert float(probs[0, 0, 0, 30, :14].max()) == 0.0  # outside the window of 16
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    y2 = jnp.einsum("btkgd,kgdD->btD", out, layer0.attn.wo)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y2), atol=1e-5)

@@ -57,3 +57,15 @@ def test_generate_and_eval_cli(capsys):
                  "--max-windows", "4", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["windows"] == 4 and res["tokens"] == 4 * 255 and np.isfinite(res["ppl"])
+
+
+def test_quickstart_notebook_runs():
+    """Every code cell of notebooks/quickstart.ipynb, in order, in one namespace."""
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb").read_text())
+    namespace: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), f"quickstart cell {cell['id']}", "exec"), namespace)
+    assert namespace["res"]["max_abs_logit_diff"] < 1e-3
