@@ -77,8 +77,10 @@ def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
-    def to_device(path, _shape):  # one leaf at a time: host copy freed as soon as it is on device
-        return jnp.asarray(buffers.pop(path))
+    def to_device(path, _shape):
+        # may_alias: on CPU the device array adopts the host buffer instead of copying it
+        # (a copy measured 2x the leaf in peak RSS); the buffer is never written again.
+        return jax.device_put(buffers.pop(path), may_alias=True)
 
     return map_shapes(to_device, param_shapes(cfg))
 
