@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+CHOICES = {"norm": ("rms", "layer"), "act": ("silu", "gelu_tanh", "gelu"), "positions": ("rope", "learned")}
 
 
 class ConfigError(ValueError):
@@ -59,10 +60,9 @@ class ModelConfig:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.windows is not None and len(self.windows) != self.n_layers:
             raise ConfigError(f"windows has {len(self.windows)} entries for {self.n_layers} layers")
-        for name in ("norm", "act", "positions"):
-            allowed = {"norm": ("rms", "layer"), "act": ("silu", "gelu_tanh", "gelu"), "positions": ("rope", "learned")}
-            if getattr(self, name) not in allowed[name]:
-                raise ConfigError(f"unsupported {name}={getattr(self, name)!r}; supported: {allowed[name]}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unsupported {name}={getattr(self, name)!r}; supported: {allowed}")
 
     @property
     def groups(self) -> int:
