@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.bank import split_banks
 from jaxshare.config import ModelConfig
 from jaxshare.params import MLP, Attention, Layers, Norm, Params
 
@@ -177,8 +178,8 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
                   cache: KVCache | None = None, layer_fn=decoder_layer):
     """Final hidden states [B,T,D] before the final norm, and the updated cache (or None).
 
-    `layer_fn` lets later methods (sharing, basis) swap how a layer's weights are formed
-    while keeping this scan.
+    Bank leaves (jaxshare.bank) are gathered per layer inside the scan; `layer_fn` lets an
+    analysis or method swap the per-layer computation while keeping this scan.
     """
     B, T = tokens_BT.shape
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
@@ -187,21 +188,24 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
     windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
 
+    # Banked leaves (shared heads, shared bases) scan over their index; rows are gathered here.
+    layers_xs, rebuild = split_banks(params.layers)
+
     if cache is None:
         def body(x, xs):
             layer, window = xs
-            x, _ = layer_fn(x, layer, cfg, rope, q_pos_BT, window)
+            x, _ = layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window)
             return x, None
 
-        x, _ = jax.lax.scan(body, x, (params.layers, windows_L))
+        x, _ = jax.lax.scan(body, x, (layers_xs, windows_L))
         return x, None
 
     def body_kv(x, xs):
         layer, window, k_c, v_c = xs
-        x, (k_c, v_c) = layer_fn(x, layer, cfg, rope, q_pos_BT, window, (k_c, v_c, cache.length))
+        x, (k_c, v_c) = layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window, (k_c, v_c, cache.length))
         return x, (k_c, v_c)
 
-    x, (k, v) = jax.lax.scan(body_kv, x, (params.layers, windows_L, cache.k, cache.v))
+    x, (k, v) = jax.lax.scan(body_kv, x, (layers_xs, windows_L, cache.k, cache.v))
     return x, KVCache(k, v, cache.length + T)
 
 

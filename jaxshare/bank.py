@@ -1,0 +1,100 @@
+"""Weight banks: unique weights with a leading unit axis, read through an int32 index.
+
+A `Bank` replaces a per-layer leaf of `Layers` (leading axis L). Its `rows` hold the unique
+weights [U, ...] and its `index` [L, ...] says which row each layer (or each (layer, unit))
+reads. Head sharing (METHODS.md §1) uses index [L, K] over rows [U, *unit_shape]; Basis
+Sharing (§2) uses index [L] over one basis per group. The decoder scans over the indices and
+gathers inside the scan (`split_banks`), so a dense model is the identity index over a full
+bank and sharing never changes the per-layer code.
+
+The index is a leaf (so it checkpoints and shards like any array) but is never trainable:
+`trainable_mask` / `partition` keep it away from gradients and optax.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class Bank:
+    rows: Array  # [U, ...]: the unique weights
+    index: Array  # int32 [L] or [L, K]: the row each layer (unit) reads
+
+    def dense(self) -> Array:
+        """The per-layer leaf this bank stands for: [L, (K,) ...]."""
+        return self.rows[self.index]
+
+
+def is_bank(x) -> bool:
+    return isinstance(x, Bank)
+
+
+def has_banks(tree) -> bool:
+    return any(is_bank(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=is_bank))
+
+
+def identity_bank(w_LK_: Array, unit_dims: int = 2) -> Bank:
+    """A full bank over a dense leaf: the first `unit_dims` axes (L, K) become the index."""
+    lead = w_LK_.shape[:unit_dims]
+    n = int(np.prod(lead))
+    return Bank(w_LK_.reshape((n,) + w_LK_.shape[unit_dims:]), jnp.arange(n, dtype=jnp.int32).reshape(lead))
+
+
+def split_banks(layers):
+    """(xs, rebuild): `xs` is what `lax.scan` iterates (bank indices in place of banks, every
+    leaf with a leading L axis); `rebuild(xs_l)` turns one layer's slice back into a `Layers`
+    whose bank leaves are gathered weights, closing over the rows (which are not scanned)."""
+    leaves, treedef = jax.tree_util.tree_flatten(layers, is_leaf=is_bank)
+    rows = [leaf.rows if is_bank(leaf) else None for leaf in leaves]
+    xs = [leaf.index if is_bank(leaf) else leaf for leaf in leaves]
+
+    def rebuild(xs_l):
+        return jax.tree_util.tree_unflatten(treedef, [x if r is None else r[x] for r, x in zip(rows, xs_l)])
+
+    return xs, rebuild
+
+
+def materialize(tree):
+    """The same tree with every bank replaced by its dense per-layer leaf (for export, parity)."""
+    def dense(x):
+        return x.dense() if hasattr(x, "dense") else x
+
+    return jax.tree_util.tree_map(dense, tree, is_leaf=lambda x: hasattr(x, "dense"))
+
+
+def compact(bank: Bank) -> Bank:
+    """Drop the rows no index reads and renumber; the weights each layer reads are unchanged."""
+    index = np.asarray(bank.index)
+    used, inverse = np.unique(index.ravel(), return_inverse=True)
+    return Bank(bank.rows[jnp.asarray(used)], jnp.asarray(inverse.reshape(index.shape).astype(np.int32)))
+
+
+def trainable_mask(tree):
+    """True for leaves that gradients and optax may touch: everything but bank indices."""
+    def mark(x):
+        if is_bank(x):
+            return Bank(rows=True, index=False)
+        return True
+
+    return jax.tree_util.tree_map(mark, tree, is_leaf=is_bank)
+
+
+def partition(tree):
+    """(trainable, frozen): two trees of the same structure, with None where the other one
+    holds the leaf. `combine` puts them back together."""
+    mask = trainable_mask(tree)
+    train = jax.tree_util.tree_map(lambda m, x: x if m else None, mask, tree)
+    frozen = jax.tree_util.tree_map(lambda m, x: None if m else x, mask, tree)
+    return train, frozen
+
+
+def combine(trainable, frozen):
+    return jax.tree_util.tree_map(lambda a, b: b if a is None else a, trainable, frozen,
+                                  is_leaf=lambda x: x is None)
