@@ -21,6 +21,24 @@ from jaxshare.params import Params, abstract_params
 META = "jaxshare.json"
 FORMAT_VERSION = 1
 
+# A compressed checkpoint names its method in meta["extra"]; the method rebuilds the abstract
+# params tree (bank sizes, ranks) from its manifest there, so orbax restores the exact structure.
+# key -> "module:function(cfg, manifest, dtype) -> abstract Params"
+STRUCTURES = {
+}
+MANIFEST_KEYS = tuple(STRUCTURES)
+
+
+def structure_target(cfg: ModelConfig, meta: dict, dtype):
+    """The abstract params tree a checkpoint with this metadata holds."""
+    import importlib
+
+    for key, ref in STRUCTURES.items():
+        if key in meta.get("extra", {}):
+            module, fn = ref.split(":")
+            return getattr(importlib.import_module(module), fn)(cfg, meta["extra"][key], dtype)
+    return abstract_params(cfg, dtype)
+
 
 def is_native(path) -> bool:
     return (Path(path) / META).is_file()
@@ -59,7 +77,7 @@ def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dic
     meta = read_meta(path)
     cfg = ModelConfig.from_dict(meta["config"])
     stored = jnp.dtype(meta["dtype"])
-    abstract = target if target is not None else abstract_params(cfg, stored)
+    abstract = target if target is not None else structure_target(cfg, meta, stored)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore((Path(path) / "params").absolute(), abstract)
     if dtype is not None and jnp.dtype(dtype) != stored:

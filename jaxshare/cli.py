@@ -10,6 +10,10 @@ MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, o
 DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or a .txt/.jsonl file"
 
 
+# Modules with a `register(sub, add)` that adds a method's subcommands (imports stay lazy).
+COMMAND_MODULES: list[str] = []
+
+
 def _emit(args, obj: dict, text: str) -> None:
     print(json.dumps(obj) if getattr(args, "json", False) else text)
 
@@ -40,9 +44,13 @@ def cmd_export(args) -> None:
     from jaxshare.hf_io import export_hf
     from jaxshare.loading import load_model
 
+    from jaxshare.checkpoint import MANIFEST_KEYS
+
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
+    extra = m.meta.get("extra", {})
+    manifests = {f"{k}.json": extra[k] for k in MANIFEST_KEYS if k in extra}  # e.g. sharing.json
     out = export_hf(m.params, m.cfg, args.out, m.tokenizer, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_mb * 2**20), overwrite=args.overwrite)
+                    max_shard_bytes=int(args.max_shard_mb * 2**20), extra_json=manifests, overwrite=args.overwrite)
     _emit(args, {"out": str(out), "dtype": args.dtype}, f"wrote Hugging Face directory {out}")
 
 
@@ -156,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--seq-len", type=int, default=512)
     d.add_argument("--max-windows", type=int, default=16)
+
+    import importlib
+
+    for module in COMMAND_MODULES:  # each method's subcommands live beside its code
+        importlib.import_module(module).register(sub, add)
     return p
 
 

@@ -209,6 +209,9 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
     from huggingface_hub import split_state_dict_into_shards_factory
     from safetensors.numpy import save_file
 
+    from jaxshare.bank import materialize
+
+    params = materialize(params)  # banks and factored weights leave as plain dense tensors
     dt = np_dtype(dtype)
     hf_cfg = families.hf_config(cfg)
     hf_cfg.dtype = "bfloat16" if dt == np.dtype(ml_dtypes.bfloat16) else "float32"

@@ -11,6 +11,26 @@ from jaxshare.hf_io import CheckpointError, load_hf_dir
 from jaxshare.params import Params
 
 
+# An exported HF directory of a compressed model holds dense weights plus a manifest; importing
+# it restores the compressed form. file name -> "module:function(cfg, params, manifest) -> params"
+HF_MANIFESTS = {
+}
+
+
+def _apply_hf_manifests(path: Path, cfg: ModelConfig, params: Params) -> tuple[Params, dict]:
+    import importlib
+    import json
+
+    extra = {}
+    for name, ref in HF_MANIFESTS.items():
+        if (path / name).is_file():
+            manifest = json.loads((path / name).read_text())
+            module, fn = ref.split(":")
+            params = getattr(importlib.import_module(module), fn)(cfg, params, manifest)
+            extra[name.removesuffix(".json")] = manifest
+    return params, {"extra": extra} if extra else {}
+
+
 @dataclass
 class LoadedModel:
     cfg: ModelConfig
@@ -86,7 +106,8 @@ def load_model(spec: str, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
         cfg, params, tok = convert_gguf(path, dtype)
         return LoadedModel(cfg, params, tok, kind, path, {})
     cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
-    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {})
+    params, meta = _apply_hf_manifests(path, cfg, params)
+    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
 
 
 def _jnp_dtype(dtype):
