@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 # params tree (bank sizes, ranks) from its manifest there, so orbax restores the exact structure.
 # key -> "module:function(cfg, manifest, dtype) -> abstract Params"
 STRUCTURES = {
+    "sharing": "jaxshare.sharing:abstract_shared",
 }
 MANIFEST_KEYS = tuple(STRUCTURES)
 

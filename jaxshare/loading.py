@@ -14,6 +14,7 @@ from jaxshare.params import Params
 # An exported HF directory of a compressed model holds dense weights plus a manifest; importing
 # it restores the compressed form. file name -> "module:function(cfg, params, manifest) -> params"
 HF_MANIFESTS = {
+    "sharing.json": "jaxshare.sharing:from_dense",
 }
 
 

@@ -1,0 +1,92 @@
+"""DirectShare sweep on SmolLM2-135M: ratio x match function x keep, plus the paper's baseline
+(magnitude pruning of the q/k/v weights at the same parameter reduction).
+
+Each configuration is evaluated on a fixed subset of windows of wiki test and canterbury
+(first N windows of seq_len tokens, the METHODS.md protocol). Results are appended to a JSONL
+as they come, so an interrupted sweep resumes where it stopped; the table and plot are
+rebuilt from it.
+
+  python experiments/directshare_sweep.py [--windows 16] [--seq-len 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
+CORPORA = ("wiki:test", "canterbury")
+
+
+def magnitude_prune(params, n_remove: int):
+    """Zero the n_remove smallest-magnitude q/k/v weights, globally over layers and matrices."""
+    import dataclasses
+
+    attn = params.layers.attn
+    mags = np.concatenate([np.abs(np.asarray(getattr(attn, n))).ravel() for n in ("wq", "wk", "wv")])
+    thresh = np.partition(mags, n_remove - 1)[n_remove - 1] if n_remove else -1.0
+    new = {n: jnp.where(jnp.abs(getattr(attn, n)) <= thresh, 0.0, getattr(attn, n)) for n in ("wq", "wk", "wv")}
+    return dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=dataclasses.replace(attn, **new)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--out", default=str(RESULTS / "directshare_sweep.jsonl"))
+    args = ap.parse_args(argv)
+
+    from jaxshare.data import join_documents, load_corpus
+    from jaxshare.directshare import direct_share
+    from jaxshare.evaluate import make_windows, perplexity_of_windows, tokenize_corpus
+    from jaxshare.loading import load_model
+
+    m = load_model("smollm2-135m")
+    windows = {c: make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus(c))), args.seq_len, args.windows)
+               for c in CORPORA}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["method"], r["match"], r["keep"], r["ratio"]))
+
+    def evaluate(params, key, extra):
+        if key in done:
+            return
+        t0 = time.perf_counter()
+        ppl = {c: perplexity_of_windows(params, m.cfg, w, desc=f"{key} {c}")["ppl"] for c, w in windows.items()}
+        row = {"method": key[0], "match": key[1], "keep": key[2], "ratio": key[3], "ppl": ppl,
+               "windows": args.windows, "seq_len": args.seq_len, "seconds": time.perf_counter() - t0, **extra}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row[k] for k in ("method", "match", "keep", "ratio", "ppl")}), file=sys.stderr)
+
+    evaluate(m.params, ("dense", "-", "-", 0.0), {})
+    qkv_removed = {}
+    for ratio in RATIOS:
+        for keep in ("root", "mean"):
+            for match in MATCHES:
+                key = ("directshare", match, keep, ratio)
+                if key in done and not (match == "qk" and keep == "root"):
+                    continue
+                shared, info = direct_share(m.params, m.cfg, ratio, match, keep)
+                rep = info["report"]
+                if match == "qk" and keep == "root":
+                    qkv_removed[ratio] = rep["qkv_params_before"] - rep["qkv_params_after"]
+                evaluate(shared, key, {"report": rep})
+        evaluate(magnitude_prune(m.params, qkv_removed[ratio]), ("magnitude", "-", "-", ratio),
+                 {"qkv_params_zeroed": qkv_removed[ratio]})
+
+
+if __name__ == "__main__":
+    main()

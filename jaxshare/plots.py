@@ -1,0 +1,97 @@
+"""PNG plots for analyses (matplotlib, headless). Each function writes one file and returns its path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def heatmap(matrix: np.ndarray, path, title: str, label: str = "cosine similarity", tick_every: int | None = None,
+            tick_name: str = "layer", vmin=None, vmax=None) -> Path:
+    """A square heatmap; with tick_every, ticks mark each block of that many rows (e.g. units per layer)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=label)
+    if tick_every:
+        n = matrix.shape[0] // tick_every
+        step = max(1, n // 15)
+        ticks = np.arange(0, n, step)
+        ax.set_xticks(ticks * tick_every)
+        ax.set_xticklabels(ticks)
+        ax.set_yticks(ticks * tick_every)
+        ax.set_yticklabels(ticks)
+        ax.set_xlabel(tick_name)
+        ax.set_ylabel(tick_name)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def histogram(values: np.ndarray, path, title: str, xlabel: str, bins="auto", integer: bool = False) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = np.asarray(values)
+    if integer and values.size:
+        bins = np.arange(values.min(), values.max() + 2) - 0.5
+    ax.hist(values, bins=bins, color="#3b75af", edgecolor="white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("units")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def share_map(roots_LK: np.ndarray, path, title: str) -> Path:
+    """Per-layer map of tied units (paper Fig. 6): each cell shows the layer whose weights the
+    unit reads; owners are blank."""
+    plt = _plt()
+    L, K = roots_LK.shape
+    src_layer = (roots_LK // K).astype(float)
+    tied = roots_LK != np.arange(L * K).reshape(L, K)
+    shown = np.where(tied, src_layer, np.nan)
+    fig, ax = plt.subplots(figsize=(max(3, 0.5 * K + 2), max(4, 0.22 * L + 1)))
+    im = ax.imshow(shown, cmap="plasma", aspect="auto", vmin=0, vmax=L - 1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="layer of the shared weights")
+    for l, k in zip(*np.nonzero(tied)):
+        ax.text(k, l, str(int(src_layer[l, k])), ha="center", va="center", fontsize=6, color="white")
+    ax.set_xlabel("KV group (unit)")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(K))
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def lines(xs, series: dict[str, list], path, title: str, xlabel: str, ylabel: str, logy: bool = False,
+          hline: float | None = None) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ys in series.items():
+        ax.plot(xs[: len(ys)], ys, marker="o", label=name)
+    if hline is not None:
+        ax.axhline(hline, color="gray", linestyle="--", label="dense")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
