@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+RATIOS = (0.1, 0.3, 0.5, 0.2, 0.4, 0.05)  # most informative first: the sweep is resumable
 MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
 CORPORA = ("wiki:test", "canterbury")
 
@@ -39,7 +39,7 @@ def magnitude_prune(params, n_remove: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=str(RESULTS / "directshare_sweep.jsonl"))
     args = ap.parse_args(argv)
