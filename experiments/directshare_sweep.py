@@ -37,12 +37,49 @@ def magnitude_prune(params, n_remove: int):
     return dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=dataclasses.replace(attn, **new)))
 
 
+def report(rows: list[dict], out_dir: Path) -> str:
+    """A markdown table (PPL per corpus: ratio x method) and a PNG plot, from the sweep's rows."""
+    from jaxshare import plots
+
+    dense = next(r for r in rows if r["method"] == "dense")
+    methods = [(m, k) for k in ("root", "mean") for m in MATCHES] + [("magnitude", "-")]
+    ratios = sorted({r["ratio"] for r in rows if r["method"] != "dense"})
+    table = {}
+    for r in rows:
+        name = "magnitude" if r["method"] == "magnitude" else f"{r['match']}/{r['keep']}"
+        table[(name, r["ratio"])] = r["ppl"]
+    lines = []
+    for corpus in CORPORA:
+        lines.append(f"\n**{corpus}** (dense PPL {dense['ppl'][corpus]:.2f}; {dense['windows']} x {dense['seq_len']} tokens)\n")
+        lines.append("| match / keep | " + " | ".join(f"{x:.0%}" for x in ratios) + " |")
+        lines.append("| --- |" + " --- |" * len(ratios))
+        series = {}
+        for m, k in methods:
+            name = "magnitude" if m == "magnitude" else f"{m}/{k}"
+            vals = [table.get((name, x), {}).get(corpus) for x in ratios]
+            if all(v is None for v in vals):
+                continue
+            label = "magnitude pruning (q/k/v, same #params)" if m == "magnitude" else f"`{m}` / {k}"
+            lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+            if k in ("root", "-"):
+                series[name] = [v for v in vals if v is not None]
+        plots.lines(ratios, series, out_dir / f"directshare_sweep_{corpus.replace(':', '_')}.png",
+                    f"DirectShare on SmolLM2-135M: {corpus} PPL (keep=root)", "ratio of units tied", "PPL",
+                    logy=True, hline=dense["ppl"][corpus])
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=str(RESULTS / "directshare_sweep.jsonl"))
+    ap.add_argument("--report", action="store_true", help="only rebuild the table and plots from the JSONL")
     args = ap.parse_args(argv)
+    if args.report:
+        rows = [json.loads(x) for x in Path(args.out).read_text().splitlines()]
+        print(report(rows, RESULTS))
+        return
 
     from jaxshare.data import join_documents, load_corpus
     from jaxshare.directshare import direct_share

@@ -99,7 +99,7 @@ def cmd_demo(args) -> None:
     from jaxshare.demo import run_demo
 
     res = run_demo(args.model, seq_len=args.seq_len, max_windows=args.max_windows,
-                   table_to=sys.stderr if args.json else sys.stdout)
+                   table_to=sys.stderr if args.json else sys.stdout, plot_dir=args.plot_dir)
     if args.json:
         print(json.dumps(res))
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--seq-len", type=int, default=512)
     d.add_argument("--max-windows", type=int, default=16)
+    d.add_argument("--plot-dir", default="jaxshare_demo", help="where the demo writes its PNG plots")
 
     import importlib
 

@@ -3,12 +3,34 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 
-def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int = 16, table_to=None) -> dict:
+def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, con, ratios=(0.1, 0.3)) -> dict:
+    """DirectShare at each ratio: accounting, PPL, and a per-layer map of tied units."""
+    from jaxshare import plots
+    from jaxshare.directshare import direct_share
+    from jaxshare.evaluate import perplexity
+
+    out = {}
+    for ratio in ratios:
+        shared, info = direct_share(m.params, m.cfg, ratio, "qk")
+        rep = info["report"]
+        ppl = perplexity(shared, m.cfg, m.tokenizer, docs, seq_len, max_windows)["ppl"]
+        png = plots.share_map(info["decision"]["by_matrix"]["q"]["roots"], plot_dir / f"directshare_{int(ratio * 100)}.png",
+                              f"DirectShare {ratio:.0%} (qk): layer each tied unit reads")
+        out[str(ratio)] = {"units_freed": rep["units_freed"], "qkv_fraction_removed": rep["qkv_fraction_removed"],
+                           "model_fraction_removed": rep["model_fraction_removed"], "ppl": ppl, "plot": str(png)}
+        con.print(f"   {ratio:.0%}: {rep['units_freed']}/{rep['units_total']} units tied, q/k/v -"
+                  f"{rep['qkv_fraction_removed']:.0%}, model -{rep['model_fraction_removed']:.1%}: ppl {ppl:.3f} -> {png}")
+    return out
+
+
+def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int = 16, table_to=None,
+             plot_dir="jaxshare_demo") -> dict:
     from jaxshare.data import load_corpus
     from jaxshare.evaluate import perplexity
     from jaxshare.generate import generate_text
@@ -48,6 +70,10 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     summary["generation"] = {"prompt": prompt, "completion": text}
     con.print(f"   {prompt!r} -> {text!r}")
 
+    con.print(f"[bold]5. DirectShare[/] (head-wise sharing, match qk, no training), same windows; plots in {plot_dir}/")
+    ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con)
+    summary["directshare"] = ds
+
     summary["seconds"] = time.perf_counter() - t0
     table = Table(title="jaxshare demo summary")
     table.add_column("step")
@@ -56,6 +82,9 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     table.add_row("parity vs transformers", f"max |dlogit| {par['max_abs_logit_diff']:.1e}, "
                   f"ppl rel diff {par['ppl_rel_diff']:.1e}")
     table.add_row("ppl canterbury", f"{ppl['ppl']:.3f} ({ppl['windows']} x {seq_len} tokens)")
+    for ratio, r in ds.items():
+        table.add_row(f"DirectShare {float(ratio):.0%}", f"ppl {r['ppl']:.3f} ({r['units_freed']} units tied, "
+                      f"model -{r['model_fraction_removed']:.1%})")
     table.add_row("generation", text[:80])
     table.add_row("wall time", f"{summary['seconds']:.0f} s")
     Console(file=table_to or sys.stdout).print(table)

@@ -101,10 +101,17 @@ def best_partners(params: Params, match: str = "qk", block: int = 256, precision
                   mesh: Mesh | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Per scored function f: {"score": [L, K], "partner": [L, K]} (flat unit id of the best
     unit in an earlier layer; layer-0 units have score -inf and partner -1)."""
-    funcs = scored_functions(match)
     L, K = materialize(params).layers.attn.wk.shape[:2]
+    return search_features(unit_features(params), L, K, match, block, precision, mesh)
+
+
+def search_features(feats, L: int, K: int, match: str = "qk", block: int = 256, precision: str = "highest",
+                    mesh: Mesh | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """`best_partners` over flattened unit weights (q, k, v), each [L*K, F_m]; entries a match
+    does not need may be None (at scale, only the needed matrices are ever materialized)."""
+    funcs = scored_functions(match)
     U = L * K
-    feats = tuple(F if need else None for F, need in zip(unit_features(params), _needed(funcs)))
+    feats = tuple(F if need else None for F, need in zip(feats, _needed(funcs)))
     coef = jnp.asarray([COEF[f] for f in funcs], jnp.float32)
     layer_of = jnp.repeat(jnp.arange(L, dtype=jnp.int32), K)
     block = max(1, min(block, U))

@@ -225,3 +225,15 @@ def test_share_unknown_match_function_is_refused(tmp_path, capsys):
     with pytest.raises(similarity.MatchError, match="unknown match function"):
         similarity.scored_functions("qkvo")
     assert not (tmp_path / "o").exists()
+
+
+def test_similarity_cli_writes_json_and_plots(tmp_path, capsys):
+    random_hf_model("llama", num_hidden_layers=4).save_pretrained(tmp_path / "m")
+    assert cli_main(["similarity", str(tmp_path / "m"), "--match", "separate", "--plot", str(tmp_path / "p"),
+                     "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["functions"]) == {"q", "k", "v"}
+    assert sum(res["functions"]["q"]["layer_distance_hist"]) == 3 * 2  # every unit outside layer 0
+    for f in "qkv":
+        for p in res["functions"][f]["plots"]:
+            assert p.endswith(".png") and (tmp_path / "p").joinpath(p.rsplit("/", 1)[1]).stat().st_size > 1000
