@@ -4,7 +4,8 @@ Every match function is a cosine of flattened unit weights. Cosines of concatena
 sums of per-matrix dot products over sums of squared norms, so three raw Grams (q, k, v)
 give all six functions: `qk` = (P_q + P_k) / sqrt(n_i n_j) with n = |q|^2 + |k|^2, and so on.
 The combination is vmapped over match functions; the Grams are computed in row blocks (and
-the blocks sharded over the devices of a mesh) so that only [rows, U] is live at a time.
+the blocks sharded over the devices of a mesh) so that only [rows, U] is live at a time. On
+one device a row block only meets the columns of earlier units: half the flops of the Gram.
 The search keeps, per unit, its best partner among units of earlier layers.
 """
 from __future__ import annotations
@@ -50,35 +51,60 @@ def _needed(funcs) -> tuple[bool, bool, bool]:
     return tuple(any(COEF[f][i] for f in funcs) for i in range(3))
 
 
-def _block_scores(rows_idx_R, feats, coef_M3, layer_of_U, precision):
-    """Masked cosine scores [M, R, U] of R rows against all U units."""
+def _sq_norms(feats, U: int) -> jax.Array:
+    """[3, U] squared norms of each matrix's unit weights (zeros for matrices not needed)."""
+    return jnp.stack([jnp.zeros((U,), jnp.float32) if F is None else
+                      jnp.einsum("uf,uf->u", F, F, precision="highest", preferred_element_type=jnp.float32)
+                      for F in feats])
+
+
+def _block_scores(rows_feats, cols_feats, n_3R, n_3C, layer_R, layer_C, coef_M3, precision):
+    """Masked cosine scores [M, R, C] of R row units against C column units."""
+    R, C = layer_R.shape[0], layer_C.shape[0]
+    G_3RC = jnp.stack([jnp.zeros((R, C), jnp.float32) if Fr is None else
+                       jnp.einsum("rf,cf->rc", Fr, Fc, precision=precision, preferred_element_type=jnp.float32)
+                       for Fr, Fc in zip(rows_feats, cols_feats)])
+
+    def one(coef_3):  # one match function: sums of dot products over sums of squared norms
+        dot = jnp.einsum("z,zrc->rc", coef_3, G_3RC)
+        nr, nc = coef_3 @ n_3R, coef_3 @ n_3C
+        return dot * jax.lax.rsqrt(jnp.maximum(nr[:, None] * nc[None, :], 1e-30))
+
+    S_MRC = jax.vmap(one)(coef_M3)
+    earlier = layer_C[None, :] < layer_R[:, None]  # partners sit in earlier layers only
+    return jnp.where(earlier[None], S_MRC, -jnp.inf)
+
+
+def _reduce(S_MRC):
+    return jnp.max(S_MRC, axis=-1), jnp.argmax(S_MRC, axis=-1).astype(jnp.int32)
+
+
+def _search_triangular(feats, coef_M3, layer_of_U, block: int, precision: str):
+    """One device: row block [s, e) only multiplies the columns [0, e), since its partners sit
+    in earlier layers; that is about half the flops of the full Gram."""
     U = layer_of_U.shape[0]
-    grams, norms = [], []
-    for F in feats:  # the needed matrices only; absent ones contribute zeros
-        if F is None:
-            grams.append(jnp.zeros((rows_idx_R.shape[0], U), jnp.float32))
-            norms.append(jnp.zeros((U,), jnp.float32))
-            continue
-        Fr = F[rows_idx_R]
-        grams.append(jnp.einsum("rf,uf->ru", Fr, F, precision=precision, preferred_element_type=jnp.float32))
-        norms.append(jnp.einsum("uf,uf->u", F, F, precision=precision, preferred_element_type=jnp.float32))
-    G_3RU, n_3U = jnp.stack(grams), jnp.stack(norms)
-
-    def one(coef_3):
-        dot = jnp.einsum("c,cru->ru", coef_3, G_3RU)
-        n_U = jnp.einsum("c,cu->u", coef_3, n_3U)
-        return dot * jax.lax.rsqrt(jnp.maximum(n_U[rows_idx_R][:, None] * n_U[None, :], 1e-30))
-
-    S_MRU = jax.vmap(one)(coef_M3)
-    earlier = layer_of_U[None, :] < layer_of_U[rows_idx_R][:, None]  # partners sit in earlier layers only
-    return jnp.where(earlier[None], S_MRU, -jnp.inf)
+    n_3U = _sq_norms(feats, U)
+    scores, partners = [], []
+    for s in range(0, U, block):
+        e = min(U, s + block)
+        rows = tuple(None if F is None else F[s:e] for F in feats)
+        cols = tuple(None if F is None else F[:e] for F in feats)
+        sc, pa = _reduce(_block_scores(rows, cols, n_3U[:, s:e], n_3U[:, :e], layer_of_U[s:e], layer_of_U[:e],
+                                       coef_M3, precision))
+        scores.append(sc)
+        partners.append(pa)
+    return jnp.concatenate(scores, axis=1), jnp.concatenate(partners, axis=1)
 
 
 def _search_rows(feats, coef_M3, layer_of_U, rows_R, block: int, precision: str):
-    """(score [M, R], partner [M, R]) of the given rows, one block of rows at a time."""
+    """(score [M, R], partner [M, R]) of the given rows against all units, block by block.
+    Full-width blocks keep the work equal across devices."""
+    n_3U = _sq_norms(feats, layer_of_U.shape[0])
+
     def one_block(idx_B):
-        S = _block_scores(idx_B, feats, coef_M3, layer_of_U, precision)
-        return jnp.max(S, axis=-1), jnp.argmax(S, axis=-1).astype(jnp.int32)
+        rows = tuple(None if F is None else F[idx_B] for F in feats)
+        return _reduce(_block_scores(rows, feats, n_3U[:, idx_B], n_3U, layer_of_U[idx_B], layer_of_U,
+                                     coef_M3, precision))
 
     score, partner = jax.lax.map(one_block, rows_R.reshape(-1, block))  # [nb, M, B]
     M = coef_M3.shape[0]
@@ -87,11 +113,11 @@ def _search_rows(feats, coef_M3, layer_of_U, rows_R, block: int, precision: str)
 
 @partial(jax.jit, static_argnames=("block", "precision", "mesh"))
 def _best_partners(feats, coef_M3, layer_of_U, rows_U, block: int, precision: str, mesh=None):
-    search = partial(_search_rows, block=block, precision=precision)
     if mesh is None:
-        return search(feats, coef_M3, layer_of_U, rows_U)
+        return _search_triangular(feats, coef_M3, layer_of_U, block, precision)
     # Each device scores its own row blocks against all (replicated) unit features.
     axes = mesh.axis_names
+    search = partial(_search_rows, block=block, precision=precision)
     sharded = jax.shard_map(search, mesh=mesh, in_specs=(P(), P(), P(), P(axes)),
                             out_specs=(P(None, axes), P(None, axes)))
     return sharded(feats, coef_M3, layer_of_U, rows_U)

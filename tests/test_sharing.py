@@ -122,9 +122,21 @@ def test_search_shape_checks_at_llama2_70b_scale():
                                     feats, coef, layer_of, rows)
     assert score.shape == partner.shape == (3, U) and cfg70.groups == 8
     # The live Gram block is [rows, U] per matrix type, not [U, U].
-    blk = jax.eval_shape(lambda f, c, l, r: similarity._block_scores(r[:64], f, c, l, "highest"),
-                         feats, coef, layer_of, rows)
+    n = jax.ShapeDtypeStruct((3, U), jnp.float32)
+    blk = jax.eval_shape(lambda f, c, l, nn: similarity._block_scores(tuple(x[:64] for x in f), f, nn[:, :64], nn,
+                                                                      l[:64], l, c, "highest"),
+                         feats, coef, layer_of, n)
     assert blk.shape == (3, 64, U)
+    mesh = jax.make_mesh((8,), ("rows",))
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    def place(x, spec):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+
+    sharded = jax.eval_shape(lambda f, c, l, r: similarity._best_partners(f, c, l, r, 16, "highest", mesh),
+                             tuple(place(f, P()) for f in feats), place(coef, P()), place(layer_of, P()),
+                             place(rows, P("rows")))
+    assert sharded[0].shape == (3, U)
 
 
 def test_keep_mean_and_share_o(params, toks):
