@@ -170,10 +170,12 @@ def test_compact_shrinks_and_gather_gradient_sums_tied_units(params, toks):
     assert bank.trainable_mask(shared).layers.attn.wq.index is False
 
 
-def test_native_save_load_and_hf_export_restore_sharing(tmp_path):
+@pytest.mark.parametrize("family,kw", [("qwen2", dict(num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)),
+                                       ("gpt2", dict(n_layer=4))])
+def test_native_save_load_and_hf_export_restore_sharing(tmp_path, family, kw):
     from jaxshare.checkpoint import load_native, save_native
 
-    model = random_hf_model("qwen2", num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+    model = random_hf_model(family, **kw)
     model.save_pretrained(tmp_path / "src")
     cfg, params = load_hf_dir(tmp_path / "src")
     shared, info = directshare.direct_share(params, cfg, 0.3, "qk")
