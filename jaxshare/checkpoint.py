@@ -25,8 +25,14 @@ FORMAT_VERSION = 1
 # params tree (bank sizes, ranks) from its manifest there, so orbax restores the exact structure.
 # key -> "module:function(cfg, manifest, dtype) -> abstract Params"
 STRUCTURES = {
+    "basis": "jaxshare.basis_compress:abstract_structure",
 }
 MANIFEST_KEYS = tuple(STRUCTURES)
+# Methods whose HF export needs more than the manifest (e.g. the factors that dense weights alone
+# cannot give back exactly): key -> "module:function(params, manifest) -> {file name: bytes}"
+EXPORT_FILES = {
+    "basis": "jaxshare.basis_io:export_files",
+}
 
 
 def structure_target(cfg: ModelConfig, meta: dict, dtype):
