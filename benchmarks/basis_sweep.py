@@ -71,8 +71,10 @@ def main() -> None:
            "eval": f"first {args.eval_windows} windows x {args.seq_len} tokens of each eval set",
            "eval_sets": list(eval_sets), "baseline": {"ppl": ppl(m.params)}, "runs": []}
     print(f"baseline {res['baseline']['ppl']}", file=sys.stderr, flush=True)
-    methods = [(f"basis n={n}", "basis", int(n)) for n in args.group_sizes.split(",")]
-    methods += [("svd-llm", "svd-llm", 1), ("svd", "svd", 1)]
+    # Most informative first (results are rewritten after each run, so a cut-short sweep still reports).
+    sizes = [int(n) for n in args.group_sizes.split(",")]
+    methods = [(f"basis n={sizes[0]}", "basis", sizes[0]), ("svd-llm", "svd-llm", 1)]
+    methods += [(f"basis n={n}", "basis", n) for n in sizes[1:]] + [("svd", "svd", 1)]
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for name, method, n in methods:
             t = time.perf_counter()

@@ -255,3 +255,12 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
     ppl = perplexity(m.params, m.cfg, m.tokenizer, load_corpus("canterbury"), 256, 2)["ppl"]
     assert np.isfinite(ppl) and ppl < 1000
     assert main(["generate", str(out), "--prompt", "The capital of France is", "--max-new-tokens", "4"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["basis", "--help"], ["basis-pairs", "--help"]])
+def test_basis_subcommands_have_help(argv, capsys):
+    from jaxshare.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 0 and "usage: jaxshare" in capsys.readouterr().out
