@@ -9,6 +9,7 @@ every configuration (benchmarks/results/basis_sweep.json), then plotted (basis_s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--resume", action="store_true", help="keep the runs of an existing result with the same protocol")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -67,26 +69,41 @@ def main() -> None:
 
     t0 = time.perf_counter()
     grams, info = calibrate(m, "wiki:train", args.calib_windows, args.calib_seq_len)
-    res = {"model": args.model, "calibration": info, "calib_seconds": time.perf_counter() - t0,
-           "eval": f"first {args.eval_windows} windows x {args.seq_len} tokens of each eval set",
-           "eval_sets": list(eval_sets), "baseline": {"ppl": ppl(m.params)}, "runs": []}
+    prev = RESULTS / "basis_sweep.json"
+    setup = {"model": args.model, "calibration": {k: v for k, v in info.items() if k != "cached"},
+             "eval": f"first {args.eval_windows} windows x {args.seq_len} tokens of each eval set",
+             "eval_sets": list(eval_sets)}
+    old = json.loads(prev.read_text()) if args.resume and prev.is_file() else {}
+    if old:
+        old["calibration"] = {k: v for k, v in old["calibration"].items() if k != "cached"}
+    if old and all(old.get(k) == v for k, v in setup.items()):  # same protocol: keep its runs
+        res = {**old, "calibration": setup["calibration"]}
+    else:
+        res = {**setup, "calib_seconds": time.perf_counter() - t0, "baseline": {"ppl": ppl(m.params)}, "runs": []}
     print(f"baseline {res['baseline']['ppl']}", file=sys.stderr, flush=True)
-    # Most informative first (results are rewritten after each run, so a cut-short sweep still reports).
+    # The key comparison (Basis Sharing n=2 vs SVD-LLM) over all ratios first, then n=3/4, then plain
+    # SVD: results are rewritten after each run, so a sweep cut short still answers the main question.
+    ratios = [float(r) for r in args.ratios.split(",")]
     sizes = [int(n) for n in args.group_sizes.split(",")]
-    methods = [(f"basis n={sizes[0]}", "basis", sizes[0]), ("svd-llm", "svd-llm", 1)]
-    methods += [(f"basis n={n}", "basis", n) for n in sizes[1:]] + [("svd", "svd", 1)]
-    for ratio in [float(r) for r in args.ratios.split(",")]:
-        for name, method, n in methods:
-            t = time.perf_counter()
-            params, _, rep = compress(m.params, m.cfg, grams, ratio, n, method, progress=False)
-            row = {"name": name, "method": method, "group_size": n, "ratio": ratio,
-                   "achieved_ratio": rep["achieved_ratio"], "params_after": rep["params_after"],
-                   "fallbacks": rep["fallbacks"], "compress_s": rep["seconds"], "ppl": ppl(params),
-                   "seconds": time.perf_counter() - t}
-            res["runs"].append(row)
-            print(f"{name:12s} CR {ratio:.1f} (achieved {row['achieved_ratio']:.3f}): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in row["ppl"].items()), file=sys.stderr, flush=True)
-            write_result("basis_sweep", res, False)
+    stages = [[(f"basis n={sizes[0]}", "basis", sizes[0]), ("svd-llm", "svd-llm", 1)],
+              [(f"basis n={n}", "basis", n) for n in sizes[1:]], [("svd", "svd", 1)]]
+    done = {(r["name"], r["ratio"]) for r in res["runs"]}
+    for stage in stages:
+        for ratio in ratios:
+            for name, method, n in stage:
+                if (name, ratio) in done:
+                    continue
+                t = time.perf_counter()
+                params, _, rep = compress(m.params, m.cfg, grams, ratio, n, method, progress=False)
+                row = {"name": name, "method": method, "group_size": n, "ratio": ratio,
+                       "achieved_ratio": rep["achieved_ratio"], "params_after": rep["params_after"],
+                       "fallbacks": rep["fallbacks"], "compress_s": rep["seconds"], "ppl": ppl(params),
+                       "seconds": time.perf_counter() - t}
+                res["runs"].append(row)
+                print(f"{name:12s} CR {ratio:.1f} (achieved {row['achieved_ratio']:.3f}): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in row["ppl"].items()), file=sys.stderr, flush=True)
+                write_result("basis_sweep", res, False)
+                plot(res, RESULTS / "basis_sweep.png")
     plot(res, RESULTS / "basis_sweep.png")
     write_result("basis_sweep", res, args.json)
 
