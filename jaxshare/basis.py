@@ -50,7 +50,7 @@ def default_types(cfg: ModelConfig) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- representation
 
-def _to_2d(layout: str, w: Array) -> Array:
+def to_2d(layout: str, w: Array) -> Array:
     """A dense leaf [..., leaf_shape] -> [..., d_in, d_out] (y = x @ W, output heads flattened)."""
     if layout == "q":  # [.., K, G, D, d] -> [.., D, K*G*d]
         w = jnp.moveaxis(w, -2, -4)
@@ -63,8 +63,8 @@ def _to_2d(layout: str, w: Array) -> Array:
     return w
 
 
-def _from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
-    """Inverse of _to_2d for a leaf whose per-layer shape is leaf_shape."""
+def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
+    """Inverse of to_2d for a leaf whose per-layer shape is leaf_shape."""
     lead = w.shape[:-2]
     if layout == "q":
         K, G, D, d = leaf_shape
@@ -87,7 +87,7 @@ class Factored:
 
     def dense(self) -> Array:
         b = self.basis.dense() if isinstance(self.basis, Bank) else self.basis
-        return _from_2d(self.layout, b @ self.coef, self.leaf_shape)
+        return from_2d(self.layout, b @ self.coef, self.leaf_shape)
 
     def apply(self, x, dense_fn=None) -> Array:
         """y = (x @ B) @ C for one layer; x's head axes (o) are flattened, q/k/v's output unflattened."""

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.bank import Bank
-from jaxshare.basis import (TYPES, Factored, _to_2d, dims, get_type, group_factor, groups_of, set_types,
+from jaxshare.basis import (TYPES, Factored, to_2d, dims, get_type, group_factor, groups_of, set_types,
                             type_rank, validate, whitened_loss, whitening)
 from jaxshare.config import ModelConfig
 from jaxshare.params import abstract_params
@@ -48,7 +48,7 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
         groups = groups_of(L, n)
         k = (ranks or {}).get(t) or type_rank(L, len(groups), d_in, d_out, ratio)
         k = max(1, min(k, d_in, min(len(g) for g in groups) * d_out))
-        w_L = np.asarray(_to_2d(t, leaf), np.float64)  # [L, d_in, d_out]
+        w_L = np.asarray(to_2d(t, leaf), np.float64)  # [L, d_in, d_out]
         rows, coefs, loss2, ref2 = [], [None] * L, 0.0, 0.0
         for g in groups:
             s = sxx = None

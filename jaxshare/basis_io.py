@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.bank import Bank
-from jaxshare.basis import Factored, _to_2d, get_type, set_types
+from jaxshare.basis import Factored, to_2d, get_type, set_types
 from jaxshare.config import ModelConfig
 from jaxshare.hf_io import CheckpointError
 
@@ -56,7 +56,7 @@ def restore_from_hf(cfg: ModelConfig, params, manifest: dict, source: Path | Non
         if rows.shape != (len(r["groups"]), r["d_in"], r["rank"]) or coef.shape != (L, r["rank"], r["d_out"]):
             raise CheckpointError(f"{path}: {t} factors have shapes {rows.shape}, {coef.shape}, not what basis.json says")
         got = np.einsum("lik,lko->lio", rows[index].astype(np.float64), coef.astype(np.float64))
-        want = np.asarray(_to_2d(t, dense.astype(jnp.float32)), np.float64)
+        want = np.asarray(to_2d(t, dense.astype(jnp.float32)), np.float64)
         scale = float(np.max(np.abs(want))) or 1.0
         tol = (1e-2 if dense.dtype == jnp.bfloat16 else 1e-4) * scale  # the dense file may be bf16-rounded
         err = float(np.max(np.abs(got - want)))

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxshare.basis import TYPES, _to_2d, dims, get_type, rank, whitening
+from jaxshare.basis import TYPES, to_2d, dims, get_type, rank, whitening
 
 
 def pair_losses(params, cfg, grams: dict, ratio: float = 0.2, types=None, progress: bool = True) -> dict:
@@ -25,7 +25,7 @@ def pair_losses(params, cfg, grams: dict, ratio: float = 0.2, types=None, progre
     bar = tqdm(total=len(types) * len(pairs), desc="basis pairs", unit="pair", disable=not progress)
     for t in types:
         d_in, d_out = dims(cfg, t)
-        w = np.asarray(_to_2d(t, get_type(params.layers, t)), np.float64)
+        w = np.asarray(to_2d(t, get_type(params.layers, t)), np.float64)
         g = np.asarray(grams[TYPES[t][1]], np.float64)
         k2, k1 = rank(2, d_in, d_out, ratio), rank(1, d_in, d_out, ratio)
         loss, rel = np.zeros((L, L)), np.zeros((L, L))

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

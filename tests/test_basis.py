@@ -8,7 +8,7 @@ import pytest
 
 from conftest import random_hf_model, torch_logits
 from jaxshare.bank import materialize
-from jaxshare.basis import (Factored, _from_2d, _to_2d, group_factor, groups_of, rank, type_rank, whitened_loss,
+from jaxshare.basis import (Factored, from_2d, to_2d, group_factor, groups_of, rank, type_rank, whitened_loss,
                             whitening)
 from jaxshare.basis_compress import compress
 from jaxshare.calibrate import collect_grams
@@ -80,7 +80,7 @@ def test_eig_path_equals_concat_path(whiten):
 @pytest.mark.parametrize("layout,shape", [("q", (2, 3, 8, 4)), ("k", (2, 8, 4)), ("o", (2, 3, 4, 8)), ("up", (8, 5))])
 def test_layout_round_trip(layout, shape):
     w = jnp.asarray(np.random.default_rng(3).normal(size=(3,) + shape), jnp.float32)
-    np.testing.assert_array_equal(np.asarray(_from_2d(layout, _to_2d(layout, w), shape)), np.asarray(w))
+    np.testing.assert_array_equal(np.asarray(from_2d(layout, to_2d(layout, w), shape)), np.asarray(w))
 
 
 def _tiny(family="llama", **kw):
@@ -255,6 +255,14 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
     ppl = perplexity(m.params, m.cfg, m.tokenizer, load_corpus("canterbury"), 256, 2)["ppl"]
     assert np.isfinite(ppl) and ppl < 1000
     assert main(["generate", str(out), "--prompt", "The capital of France is", "--max-new-tokens", "4"]) == 0
+
+    from rich.console import Console
+
+    from jaxshare.basis_compress import demo_step
+
+    res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 256, 2, Console(stderr=True),
+                    calib_windows=4, calib_seq_len=256)  # the CLI run above cached these statistics
+    assert res["calibration"]["cached"] and np.isfinite(res["ppl"]) and res["params_after"] < res["params_before"]
 
 
 @pytest.mark.parametrize("argv", [["basis", "--help"], ["basis-pairs", "--help"]])
