@@ -62,7 +62,7 @@ def heatmap(res: dict, path, title: str = "") -> None:
         fig.colorbar(im, ax=ax, fraction=0.046)
     for ax in axes.ravel()[len(types):]:
         ax.axis("off")
-    fig.suptitle(title or "relative whitened Frobenius loss of sharing one basis between two layers")
+    fig.suptitle(title or "relative whitened Frobenius loss of sharing one basis between two layers", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -89,5 +89,5 @@ def write_pairs(out_dir, res: dict, info: dict, overwrite: bool = False) -> dict
     obj = {**info, "summary": summarize(res), "types": res}
     with atomic_dir(Path(out_dir), overwrite) as tmp:
         (tmp / "basis_pairs.json").write_text(json.dumps(obj))
-        heatmap(res, tmp / "basis_pairs.png", f"{info.get('model', '')}: relative whitened loss of a shared basis")
+        heatmap(res, tmp / "basis_pairs.png", f"{info.get('model', '')}: relative whitened loss\nof a shared basis")
     return obj
