@@ -26,8 +26,14 @@ FORMAT_VERSION = 1
 # key -> "module:function(cfg, manifest, dtype) -> abstract Params"
 STRUCTURES = {
     "sharing": "jaxshare.sharing:abstract_shared",
+    "basis": "jaxshare.basis_compress:abstract_structure",
 }
 MANIFEST_KEYS = tuple(STRUCTURES)
+# Methods whose HF export needs more than the manifest (e.g. the factors that dense weights alone
+# cannot give back exactly): key -> "module:function(params, manifest) -> {file name: bytes}"
+EXPORT_FILES = {
+    "basis": "jaxshare.basis_io:export_files",
+}
 
 
 def structure_target(cfg: ModelConfig, meta: dict, dtype):

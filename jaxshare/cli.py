@@ -11,7 +11,7 @@ DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or
 
 
 # Modules with a `register(sub, add)` that adds a method's subcommands (imports stay lazy).
-COMMAND_MODULES: list[str] = ["jaxshare.cli_share"]
+COMMAND_MODULES: list[str] = ["jaxshare.cli_share", "jaxshare.cli_basis"]
 
 
 def _emit(args, obj: dict, text: str) -> None:
@@ -44,13 +44,21 @@ def cmd_export(args) -> None:
     from jaxshare.hf_io import export_hf
     from jaxshare.loading import load_model
 
-    from jaxshare.checkpoint import MANIFEST_KEYS
+    import importlib
+
+    from jaxshare.checkpoint import EXPORT_FILES, MANIFEST_KEYS
 
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
     extra = m.meta.get("extra", {})
     manifests = {f"{k}.json": extra[k] for k in MANIFEST_KEYS if k in extra}  # e.g. sharing.json
+    files = {}
+    for k, ref in EXPORT_FILES.items():  # e.g. basis.safetensors: the factors themselves
+        if k in extra:
+            module, fn = ref.split(":")
+            files.update(getattr(importlib.import_module(module), fn)(m.params, extra[k]))
     out = export_hf(m.params, m.cfg, args.out, m.tokenizer, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_mb * 2**20), extra_json=manifests, overwrite=args.overwrite)
+                    max_shard_bytes=int(args.max_shard_mb * 2**20), extra_json=manifests, overwrite=args.overwrite,
+                    extra_files=files)
     _emit(args, {"out": str(out), "dtype": args.dtype}, f"wrote Hugging Face directory {out}")
 
 

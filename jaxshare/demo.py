@@ -74,6 +74,11 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con)
     summary["directshare"] = ds
 
+    from jaxshare.basis_compress import demo_step
+
+    con.print("[bold]6. Basis Sharing[/] at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
+    summary["basis"] = demo_step(m, docs, seq_len, max_windows, con)
+
     summary["seconds"] = time.perf_counter() - t0
     table = Table(title="jaxshare demo summary")
     table.add_column("step")
@@ -85,6 +90,9 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     for ratio, r in ds.items():
         table.add_row(f"DirectShare {float(ratio):.0%}", f"ppl {r['ppl']:.3f} ({r['units_freed']} units tied, "
                       f"model -{r['model_fraction_removed']:.1%})")
+    bs = summary["basis"]
+    table.add_row("basis sharing 20%", f"ppl {bs['ppl']:.3f}, {bs['params_before'] / 1e6:.1f}M -> "
+                  f"{bs['params_after'] / 1e6:.1f}M params")
     table.add_row("generation", text[:80])
     table.add_row("wall time", f"{summary['seconds']:.0f} s")
     Console(file=table_to or sys.stdout).print(table)

@@ -204,8 +204,10 @@ def atomic_dir(out_dir: Path, overwrite: bool = False):
 
 
 def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="fp32",
-              max_shard_bytes: int = 2 * 1024**3, extra_json: dict | None = None, overwrite: bool = False) -> Path:
-    """Write an HF directory that transformers loads with from_pretrained."""
+              max_shard_bytes: int = 2 * 1024**3, extra_json: dict | None = None, overwrite: bool = False,
+              extra_files: dict | None = None) -> Path:
+    """Write an HF directory that transformers loads with from_pretrained. extra_json / extra_files:
+    {file name: object / bytes} written beside the weights (a compressed method's manifest, factors)."""
     from huggingface_hub import split_state_dict_into_shards_factory
     from safetensors.numpy import save_file
 
@@ -234,4 +236,6 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
             tokenizer.save_pretrained(tmp)
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2))
+        for name, blob in (extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
     return Path(out_dir)

@@ -15,11 +15,13 @@ from jaxshare.params import Params
 # it restores the compressed form. file name -> "module:function(cfg, params, manifest) -> params"
 HF_MANIFESTS = {
     "sharing.json": "jaxshare.sharing:from_dense",
+    "basis.json": "jaxshare.basis_io:restore_from_hf",
 }
 
 
 def _apply_hf_manifests(path: Path, cfg: ModelConfig, params: Params) -> tuple[Params, dict]:
     import importlib
+    import inspect
     import json
 
     extra = {}
@@ -27,7 +29,10 @@ def _apply_hf_manifests(path: Path, cfg: ModelConfig, params: Params) -> tuple[P
         if (path / name).is_file():
             manifest = json.loads((path / name).read_text())
             module, fn = ref.split(":")
-            params = getattr(importlib.import_module(module), fn)(cfg, params, manifest)
+            fn = getattr(importlib.import_module(module), fn)
+            # a restorer that reads side files of the directory takes it as `source`
+            kw = {"source": path} if "source" in inspect.signature(fn).parameters else {}
+            params = fn(cfg, params, manifest, **kw)
             extra[name.removesuffix(".json")] = manifest
     return params, {"extra": extra} if extra else {}
 

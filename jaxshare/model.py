@@ -88,9 +88,21 @@ def _act(x: Array, kind: str) -> Array:
     return jax.nn.gelu(x, approximate=(kind == "gelu_tanh"))
 
 
+def _matmul(x, w):
+    return x @ w
+
+
+def linear(x: Array, w, dense_fn=_matmul) -> Array:
+    """dense_fn(x, w) for a plain weight; a structured weight (a basis-shared factorization, a
+    calibration tap) has an `apply(x, dense_fn)` and computes its own product."""
+    if hasattr(w, "apply"):
+        return w.apply(x, dense_fn)
+    return dense_fn(x, w.astype(x.dtype))
+
+
 def mlp(x_BTD: Array, p: MLP, cfg: ModelConfig) -> Array:
     def lin(w, b, x):
-        y = x @ w.astype(x.dtype)
+        y = linear(x, w)
         return y if b is None else y + b.astype(x.dtype)
 
     up_BTF = lin(p.w_up, p.b_up, x_BTD)
@@ -104,9 +116,9 @@ def mlp(x_BTD: Array, p: MLP, cfg: ModelConfig) -> Array:
 def project_qkv(x_BTD: Array, p: Attention) -> tuple[Array, Array, Array]:
     """Per-head projections: q [B,T,K,G,d], k and v [B,T,K,d]."""
     dt = x_BTD.dtype
-    q = jnp.einsum("btD,kgDd->btkgd", x_BTD, p.wq.astype(dt))
-    k = jnp.einsum("btD,kDd->btkd", x_BTD, p.wk.astype(dt))
-    v = jnp.einsum("btD,kDd->btkd", x_BTD, p.wv.astype(dt))
+    q = linear(x_BTD, p.wq, partial(jnp.einsum, "btD,kgDd->btkgd"))
+    k = linear(x_BTD, p.wk, partial(jnp.einsum, "btD,kDd->btkd"))
+    v = linear(x_BTD, p.wv, partial(jnp.einsum, "btD,kDd->btkd"))
     if p.bq is not None:
         q, k, v = q + p.bq.astype(dt), k + p.bk.astype(dt), v + p.bv.astype(dt)
     return q, k, v
@@ -148,7 +160,7 @@ def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=
     # our einsum + softmax, with the same results to fp32 rounding.
     out = jax.nn.dot_product_attention(q.reshape(B, T, K * G, d), k_all, v_all,
                                        mask=visible(q_pos_BT, k_pos, window)[:, None], implementation="xla")
-    y = jnp.einsum("btkgd,kgdD->btD", out.reshape(B, T, K, G, d), p.wo.astype(out.dtype))
+    y = linear(out.reshape(B, T, K, G, d), p.wo, partial(jnp.einsum, "btkgd,kgdD->btD"))
     if p.bo is not None:
         y = y + p.bo.astype(y.dtype)
     return y, new_kv
@@ -194,11 +206,11 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     if cache is None:
         def body(x, xs):
             layer, window = xs
-            x, _ = layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window)
-            return x, None
+            return layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window)
 
-        x, _ = jax.lax.scan(body, x, (layers_xs, windows_L))
-        return x, None
+        # A layer_fn's second output (None for decoder_layer) comes back stacked over layers.
+        x, aux = jax.lax.scan(body, x, (layers_xs, windows_L))
+        return x, aux
 
     def body_kv(x, xs):
         layer, window, k_c, v_c = xs
