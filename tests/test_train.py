@@ -358,3 +358,16 @@ def test_config_errors_direct():
     with pytest.raises(TrainConfigError, match="mode must be one of"):
         build_config({"mode": "finetune"})
     assert build_config({"steps": 10}, ["tokens=5000"]).steps == 0
+
+
+def test_python_m_train_and_help():
+    out = subprocess.run([sys.executable, "-m", "train", "postshare", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and "--set KEY=VALUE" in out.stdout and "usage: jaxshare train postshare" in out.stdout
+    for argv in (["train", "--help"], ["train", "resume", "--help"], ["train", "direct+post", "--help"],
+                 ["plot-run", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            from jaxshare.cli import build_parser
+
+            build_parser().parse_args(argv)
+        assert e.value.code == 0
