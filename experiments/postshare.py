@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--eval-seq-len", type=int, default=512)
     ap.add_argument("--run-root", default=str(ROOT / "runs" / "postshare_exp"))
     ap.add_argument("--name", default="postshare")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of the trained runs")
+    ap.add_argument("--seed-from", help="a results JSON whose base / directshare PPL to reuse (same eval setup)")
     args = ap.parse_args()
 
     from jaxshare.data import join_documents, load_corpus
@@ -51,6 +53,11 @@ def main() -> None:
     res.update(setup={k: v for k, v in vars(args).items()}, model="smollm2-135m",
                eval=f"first {args.windows} windows x {args.eval_seq_len} tokens of each corpus")
     res.setdefault("ppl", {})
+    if args.seed_from:
+        old = json.loads(Path(args.seed_from).read_text())
+        if old["eval"] == res["eval"] and old["setup"]["ratio"] == args.ratio:
+            for k in ("base", "directshare"):
+                res["ppl"].setdefault(k, old["ppl"][k])
     res.setdefault("runs", {})
 
     def save():
@@ -73,7 +80,7 @@ def main() -> None:
     ppl_all(shared, "directshare")
     del shared
 
-    for mode in MODES:
+    for mode in args.modes.split(","):
         label = {"postshare": "postshare", "direct+post": "directshare+postshare", "plain": "plain+directshare"}[mode]
         if label in res["ppl"]:
             continue

@@ -257,8 +257,8 @@ class Trainer:
 
         tc, prep, mcfg = self.tc, self.prep, self.prep.model.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(tc, self.run_dir / "config.yaml")  # on resume: the overrides stick for the next resume
         if not self.resuming:
-            dump_config(tc, self.run_dir / "config.yaml")
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         params0, decision = self._plan_and_params()
         pairs = None
