@@ -1,0 +1,159 @@
+"""PostShare on SmolLM2-135M at ratio 0.3: base, DirectShare, PostShare (after tying),
+DirectShare+PostShare, and the control (plain fine-tune without the penalty, then DirectShare
+on the same pairs). Every trained run uses the same data, budget, optimizer and seed.
+
+PPL on a fixed subset: the first W windows of S tokens of wiki test and canterbury
+(METHODS.md protocol). Results go to benchmarks/results/postshare.json, a markdown table
+(postshare.md) and curves (postshare_curves.png). Each finished piece is cached in the JSON, so
+a re-run skips what is done.
+
+  nice -n 10 python experiments/postshare.py --steps 60 --lr 5e-4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CORPORA = ("wiki:test", "canterbury")
+MODES = ("postshare", "direct+post", "plain")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--gamma", type=float, default=0.5)
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--dtype", default="fp32", help="compute dtype (fp32 on CPU: no bf16 speed-up there)")
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--eval-seq-len", type=int, default=512)
+    ap.add_argument("--run-root", default=str(ROOT / "runs" / "postshare_exp"))
+    ap.add_argument("--name", default="postshare")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of the trained runs")
+    ap.add_argument("--report-only", action="store_true", help="rebuild table and plots from the JSON")
+    ap.add_argument("--seed-from", help="a results JSON whose base / directshare PPL to reuse (same eval setup)")
+    args = ap.parse_args()
+
+    from jaxshare.data import join_documents, load_corpus
+    from jaxshare.directshare import direct_share
+    from jaxshare.evaluate import make_windows, perplexity_of_windows, tokenize_corpus
+    from jaxshare.loading import load_model
+    from jaxshare.train_config import build_config
+    from jaxshare.trainer import Trainer
+
+    out_json = RESULTS / f"{args.name}.json"
+    res = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    res.update(setup={k: v for k, v in vars(args).items()}, model="smollm2-135m",
+               eval=f"first {args.windows} windows x {args.eval_seq_len} tokens of each corpus")
+    res.setdefault("ppl", {})
+    if args.seed_from:
+        old = json.loads(Path(args.seed_from).read_text())
+        if old["eval"] == res["eval"] and old["setup"]["ratio"] == args.ratio:
+            for k in ("base", "directshare"):
+                res["ppl"].setdefault(k, old["ppl"][k])
+    res.setdefault("runs", {})
+
+    def save():
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(res, indent=2) + "\n")
+
+    if args.report_only:
+        res["setup"] = json.loads(out_json.read_text())["setup"]
+        report(res, args.name)
+        save()
+        return
+
+    m = load_model("smollm2-135m", "fp32")
+    windows = {c: make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus(c))), args.eval_seq_len,
+                               args.windows) for c in CORPORA}
+
+    def ppl_all(params, label):
+        if label not in res["ppl"]:
+            res["ppl"][label] = {c: perplexity_of_windows(params, m.cfg, w, 4, desc=label)["ppl"] for c, w in windows.items()}
+            save()
+            print(label, res["ppl"][label], flush=True)
+
+    ppl_all(m.params, "base")
+    shared, info = direct_share(m.params, m.cfg, args.ratio, "qk")
+    res["accounting"] = info["report"]
+    ppl_all(shared, "directshare")
+    del shared
+
+    for mode in args.modes.split(","):
+        label = {"postshare": "postshare", "direct+post": "directshare+postshare", "plain": "plain+directshare"}[mode]
+        if label in res["ppl"]:
+            continue
+        run_dir = Path(args.run_root) / mode.replace("+", "_")
+        tc = build_config({"mode": mode, "run_dir": str(run_dir), "steps": args.steps, "seq_len": args.seq_len,
+                           "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma, "ratio": args.ratio,
+                           "warmup_steps": max(1, args.steps // 10), "eval_every": 0, "checkpoint_every": 0,
+                           "export_hf": False, "dtype": args.dtype, "data": "wiki:train", "eval_data": "wiki:validation",
+                           "eval_windows": 4, "progress": False})
+        if (run_dir / "checkpoints").exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # an unfinished earlier attempt: start the run over
+        t0 = time.perf_counter()
+        tr = Trainer(tc)
+        result = tr.run()
+        result["wall_s"] = time.perf_counter() - t0
+        rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        result["curve"] = [{k: r[k] for k in ("step", "loss", "ce", "lw", "tok_per_s")} for r in rows if "loss" in r]
+        res["runs"][mode] = result
+        if mode != "direct+post":
+            ppl_all(tr.trained, f"{mode} (dense, before tying)")
+        ppl_all(tr.shared, label)
+        del tr
+
+    report(res, args.name)
+    save()
+
+
+def report(res: dict, name: str) -> None:
+    from jaxshare import plots
+
+    p = res["ppl"]
+    lines = [f"SmolLM2-135M, ratio {res['setup']['ratio']}, {res['eval']}; training: wiki:train, "
+             f"{res['setup']['steps']} steps x {res['setup']['batch_size']} x {res['setup']['seq_len']} tokens, "
+             f"lr {res['setup']['lr']}, gamma {res['setup']['gamma']}\n",
+             "| model | " + " | ".join(CORPORA) + " |", "| --- |" + " --- |" * len(CORPORA)]
+    for label, v in p.items():
+        lines.append(f"| {label} | " + " | ".join(f"{v[c]:.3f}" for c in CORPORA) + " |")
+    rec = {}
+    if "postshare" in p:
+        for c in CORPORA:
+            lost = p["directshare"][c] - p["base"][c]
+            rec[c] = (p["directshare"][c] - p["postshare"][c]) / lost if lost > 0 else float("nan")
+        lines.append("\nPostShare recovery of the PPL lost by DirectShare: " +
+                     ", ".join(f"{c} {r:.1%}" for c, r in rec.items()))
+    ctrl = {}
+    if "postshare" in p and "plain+directshare" in p:  # the part the penalty earns over the same fine-tune
+        for c in CORPORA:
+            lost = p["directshare"][c] - p["base"][c]
+            ctrl[c] = (p["plain+directshare"][c] - p["postshare"][c]) / lost if lost > 0 else float("nan")
+        lines.append("Of which beyond the control (plain fine-tune + DirectShare): " +
+                     ", ".join(f"{c} {r:.1%}" for c, r in ctrl.items()))
+    res["recovery"], res["recovery_beyond_control"] = rec, ctrl
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    runs = res.get("runs", {})
+    if runs:
+        n = max(len(r["curve"]) for r in runs.values())
+        xs = list(range(1, n + 1))
+        series = {f"{mode} CE": [c["ce"] for c in r["curve"]] for mode, r in runs.items()}
+        plots.lines(xs, series, RESULTS / f"{name}_curves.png", "training CE (wiki:train)", "step", "CE")
+        lw = {f"{mode} L_w": [c["lw"] for c in r["curve"]] for mode, r in runs.items() if mode != "direct+post"}
+        if lw:
+            plots.lines(xs, lw, RESULTS / f"{name}_lw.png", "pair distance L_w", "step", "L_w")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""PostShare post-training: penalty, sharding, resume after kill -9, tying, NaN safety, config errors."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxshare import directshare, mesh as meshlib, penalty, sharing, trainer
+from jaxshare.bank import materialize
+from jaxshare.checkpoint import save_native
+from jaxshare.cli import main as cli_main
+from jaxshare.config import ModelConfig
+from jaxshare.model import forward
+from jaxshare.params import init_params
+from jaxshare.train_config import TrainConfigError, build_config, load_config
+from jaxshare.train_data import Batches, pack
+
+ROOT = Path(__file__).resolve().parents[1]
+# SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
+CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
+                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
+    rng = np.random.default_rng(0)
+    # A learnable stream (repeated random phrases) so the loss really moves.
+    phrases = rng.integers(0, 256, (16, 8))
+    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
+    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
+    return d
+
+
+def config(files, run_dir, **kw):
+    base = dict(model=str(files / "model"), data=str(files / "train.npy"), eval_data=str(files / "eval.npy"),
+                run_dir=str(run_dir), steps=6, seq_len=32, batch_size=8, lr=1e-3, warmup_steps=1, ratio=0.3,
+                eval_every=0, eval_windows=4, checkpoint_every=2, mesh="data=1,fsdp=1", progress=False)
+    base.update(kw)
+    return build_config(base)
+
+
+def metrics(run_dir):
+    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [r for r in rows if "loss" in r]
+
+
+# -- penalty -------------------------------------------------------------------------------------
+
+def test_penalty_value_and_gradient_match_numpy():
+    params = init_params(CFG, jax.random.key(1))
+    decision = directshare.plan(params, CFG, 0.3)
+    pairs = penalty.pairs_from_plan(decision)
+    n = decision["n"]
+    assert all(p.shape == (n, 2) for p in pairs.values()) and n == round(0.3 * 12)
+    attn = params.layers.attn
+    ref, ref_grad = 0.0, {}
+    for m, name in (("q", "wq"), ("k", "wk"), ("v", "wv")):
+        w = np.asarray(getattr(attn, name), np.float64)
+        flat = w.reshape((-1,) + w.shape[2:])
+        g = np.zeros_like(flat)
+        for i, j in pairs[m]:
+            diff = flat[i] - flat[j]
+            norm = np.sqrt((diff ** 2).sum())
+            ref += norm / n
+            g[i] += diff / norm / n
+            g[j] -= diff / norm / n
+        ref_grad[name] = g.reshape(w.shape)
+    val, grad = jax.value_and_grad(penalty.weight_penalty)(params, pairs)
+    assert float(val) == pytest.approx(ref, rel=1e-5)
+    for name, g in ref_grad.items():
+        np.testing.assert_allclose(np.asarray(getattr(grad.layers.attn, name)), g, atol=1e-5)
+    # Finite difference along a random direction of wq.
+    v = jax.random.normal(jax.random.key(2), attn.wq.shape)
+    v = v / jnp.linalg.norm(v)  # a unit direction: the step h stays small against the weights
+    h = 1e-3
+    f = lambda t: float(penalty.weight_penalty(dataclasses.replace(  # noqa: E731
+        params, layers=dataclasses.replace(params.layers, attn=dataclasses.replace(attn, wq=attn.wq + t * v))), pairs))
+    fd = (f(h) - f(-h)) / (2 * h)
+    assert fd == pytest.approx(float(jnp.vdot(grad.layers.attn.wq, v)), rel=1e-2)
+
+
+def test_penalty_gradient_is_finite_for_tied_pair():
+    params = init_params(CFG, jax.random.key(1))
+    pairs = {m: np.array([[3, 0]], np.int32) for m in ("q", "k", "v")}
+    a = params.layers.attn
+    tied = {n: getattr(a, n).at[1, 0].set(getattr(a, n)[0, 0]) for n in ("wq", "wk", "wv")}
+    p = dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=dataclasses.replace(a, **tied)))
+    val, grad = jax.value_and_grad(penalty.weight_penalty)(p, pairs)
+    assert float(val) == 0.0
+    assert all(bool(jnp.all(jnp.isfinite(x))) and not bool(jnp.any(x)) for x in jax.tree_util.tree_leaves(grad))
+
+
+# -- sharding --------------------------------------------------------------------------------------
+
+def test_loss_on_eight_devices_equals_one_device():
+    assert len(jax.devices()) == 8
+    params = init_params(CFG, jax.random.key(3))
+    pairs = {k: jnp.asarray(v) for k, v in penalty.pairs_from_plan(directshare.plan(params, CFG, 0.3)).items()}
+    tc = build_config({"steps": 3, "lr": 1e-3, "warmup_steps": 0})
+    tx, _ = trainer.make_optimizer(tc, 3)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 8, 32)).astype(np.int32)  # [A=2, B=8, T]
+    out = {}
+    for spec in ("data=1,fsdp=1", "data=2,fsdp=4"):
+        mesh = meshlib.make_mesh(spec)
+        state, sh = trainer.place_state(params, tx, 0, mesh)
+        step, batch_sh = trainer.compile_step(trainer.make_step(CFG, tx, 0.5, jnp.float32, pairs, True), mesh, sh)
+        state, m = step(state, jax.device_put(batch, batch_sh))
+        out[spec] = (jax.device_get(m), jax.device_get(state["params"]))
+    specs = {str(s.spec) for s in jax.tree_util.tree_leaves(sh["params"])}
+    assert any("fsdp" in s for s in specs)  # the 8-device run really sharded params over fsdp
+    (m1, p1), (m8, p8) = out.values()
+    for k in ("loss", "ce", "lw", "grad_norm"):
+        assert float(m8[k]) == pytest.approx(float(m1[k]), rel=2e-6, abs=1e-6), k
+    # After one AdamW step the params agree to 2% of lr: Adam's first update is ~lr * g/|g| per
+    # element, which turns fp32 rounding of near-zero gradient entries into visible steps.
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_sharding_rules_keep_axis0_and_banks_whole():
+    assert meshlib.leaf_spec((30, 3, 3, 576, 64), 4) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert meshlib.leaf_spec((63, 3, 576, 64), 8) == jax.sharding.PartitionSpec(None, None, "fsdp")
+    assert meshlib.leaf_spec((49152, 576), 4) == jax.sharding.PartitionSpec(None, "fsdp")
+    assert meshlib.leaf_spec((30, 100), 4) == jax.sharding.PartitionSpec()  # small: replicated
+    assert meshlib.leaf_spec((4096,), 4) == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match="does not cover"):
+        meshlib.make_mesh("data=3")
+    assert dict(meshlib.make_mesh("").shape) == {"data": 1, "fsdp": 8}
+    assert dict(meshlib.make_mesh("data=2").shape) == {"data": 2, "fsdp": 4}
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def test_batches_are_deterministic_and_resume_by_position():
+    w = pack(np.arange(10 * 4, dtype=np.int32), 4)
+    b = Batches(w, seed=3)
+    stream = np.concatenate([b.batch_at(p, 3) for p in range(0, 30, 3)])  # 3 epochs
+    assert np.array_equal(stream, Batches(w, seed=3).batch_at(0, 30))
+    assert np.array_equal(Batches(w, seed=3).batch_at(12, 5), stream[12:17])  # a fresh process at position 12
+    for e in range(3):  # each epoch is a permutation of all windows
+        assert sorted(stream[10 * e:10 * e + 10, 0].tolist()) == list(range(0, 40, 4))
+    assert not np.array_equal(stream[:10], stream[10:20])
+    assert not np.array_equal(stream[:10], Batches(w, seed=4).batch_at(0, 10))
+
+
+def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
+    from jaxshare.loading import _tokenizer_from_dir
+    from jaxshare.fetch import cache_dir
+    from jaxshare.train_data import token_ids
+
+    native = cache_dir() / "models" / "smollm2-135m" / "native"
+    if not native.is_dir():
+        pytest.skip("SmolLM2 tokenizer not cached")
+    tok = _tokenizer_from_dir(native)
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
+    txt = tmp_path / "c.txt"
+    txt.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    ids = token_ids(str(txt), tok)
+    assert ids.dtype == np.int32 and len(ids) > 100
+    assert len(list((tmp_path / "cache" / "tokens").glob("*.npy"))) == 1
+    assert np.array_equal(token_ids(str(txt), tok), ids)
+
+
+# -- end-to-end runs -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def converged(files, tmp_path_factory):
+    """A postshare run with a large gamma: the pairs are pulled together."""
+    run = tmp_path_factory.mktemp("runs") / "big_gamma"
+    tc = config(files, run, steps=40, gamma=50.0, lr=3e-3, checkpoint_every=0, eval_every=20)
+    tr = trainer.Trainer(tc)
+    res = tr.run()
+    return tr, res, run
+
+
+def test_large_gamma_pairs_converge(converged):
+    tr, res, run = converged
+    rows = metrics(run)
+    assert rows[-1]["lw"] < 0.05 * rows[0]["lw"]
+    assert res["lw_before_tie"] < 0.05 * rows[0]["lw"]
+    # Tying nearly-equal pairs barely moves the model.
+    assert res["eval_ppl"] == pytest.approx(res["eval_before_tie"], rel=0.02)
+
+
+def test_tied_model_logits_equal_materialized_dense(converged, files):
+    from jaxshare.loading import load_model
+
+    tr, res, run = converged
+    shared, trained = tr.shared, tr.trained
+    decision = trainer._load_plan(run / "plan.npz")
+    toks = jnp.asarray(np.load(files / "eval.npy")[:64].reshape(2, 32))
+    dense = materialize(shared)
+    np.testing.assert_array_equal(np.asarray(forward(shared, CFG, toks)), np.asarray(forward(dense, CFG, toks)))
+    # The materialized weights are the trained dense weights with every unit reading its root.
+    for m, name in (("q", "wq"), ("k", "wk"), ("v", "wv")):
+        roots = decision["by_matrix"][m]["roots"].ravel()
+        w = np.asarray(getattr(trained.layers.attn, name))
+        flat = w.reshape((-1,) + w.shape[2:])
+        np.testing.assert_array_equal(np.asarray(getattr(dense.layers.attn, name)), flat[roots].reshape(w.shape))
+    assert res["accounting"]["units_freed"] == decision["n"]
+    # The native save and the HF export both reload to the same logits, with the manifest.
+    ref = np.asarray(forward(shared, CFG, toks))
+    native = load_model(str(run / "final"))
+    assert sharing.is_shared(native.params)
+    np.testing.assert_allclose(np.asarray(forward(native.params, CFG, toks)), ref, atol=1e-5)
+    man = json.loads((run / "hf" / "sharing.json").read_text())
+    assert man["rows"]["q"] == 12 - decision["n"]
+    hf = load_model(str(run / "hf"))
+    np.testing.assert_allclose(np.asarray(forward(hf.params, CFG, toks)), ref, atol=1e-5)
+    assert any("eval_ppl" in json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_plot_run(converged, capsys):
+    _, _, run = converged
+    assert cli_main(["plot-run", str(run), "--json"]) == 0
+    plots = json.loads(capsys.readouterr().out)["plots"]
+    assert {Path(p).name for p in plots} == {"loss.png", "penalty.png", "eval_ppl.png"}
+
+
+def test_direct_post_trains_bank_rows_with_frozen_index(files, tmp_path):
+    tc = config(files, tmp_path / "dp", mode="direct+post", steps=3, checkpoint_every=0, export_hf=False)
+    tr = trainer.Trainer(tc)
+    res = tr.run()
+    decision = trainer._load_plan(tmp_path / "dp" / "plan.npz")
+    roots = {m: decision["by_matrix"][m]["roots"] for m in ("q", "k", "v")}
+    start = sharing.compact_params(sharing.share(tr.prep.model.params, CFG, roots))
+    for m in ("q", "k", "v"):
+        assert np.array_equal(sharing.index_of(tr.shared, m), sharing.index_of(start, m))
+    assert not np.allclose(tr.shared.layers.attn.wq.rows, start.layers.attn.wq.rows)
+    assert res["accounting"]["units_freed"] == decision["n"] and all(r["lw"] == 0 for r in metrics(tmp_path / "dp"))
+
+
+def test_nan_stops_run_and_last_checkpoint_restores(files, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    run = tmp_path / "nan"
+    tr = trainer.Trainer(config(files, run, steps=4, checkpoint_every=2))
+    tr.run()
+    ckpt = run / "checkpoints"
+    before = ocp.StandardCheckpointer().restore((ckpt / "4" / "state").absolute())
+    monkeypatch.setattr(trainer, "ce_loss", lambda *a, **k: jnp.float32(jnp.nan))
+    with pytest.raises(trainer.TrainingDiverged, match="loss is nan at step 5.*Last good checkpoint: step 4"):
+        trainer.Trainer.resume(run, ["steps=8"]).run()
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4"]
+    after = ocp.StandardCheckpointer().restore((ckpt / "4" / "state").absolute())
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(a, b)
+    assert max(r["step"] for r in metrics(run)) == 4  # the bad step never reached the log
+    monkeypatch.undo()  # and the run continues from the intact checkpoint
+    res = trainer.Trainer.resume(run, ["steps=8"]).run()
+    assert res["steps"] == 8
+
+
+def _cli(args, run_dir, files, extra=()):
+    sets = ["--set", f"model={files / 'model'}", "--set", f"data={files / 'train.npy'}",
+            "--set", f"eval_data={files / 'eval.npy'}", "--set", f"run_dir={run_dir}", "--set", "seq_len=32",
+            "--set", "batch_size=8", "--set", "lr=1e-3", "--set", "warmup_steps=2", "--set", "eval_windows=2",
+            "--set", "eval_every=0", "--set", "mesh=data=1,fsdp=1", "--set", "progress=false",
+            "--set", "export_hf=false"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return [sys.executable, "-m", *args, "--config", str(ROOT / "train/configs/smollm2_postshare.yaml"), *sets,
+            *extra], env
+
+
+def test_kill9_after_checkpoint_then_resume_is_bit_identical(files, tmp_path):
+    """The remaining trajectory after resume equals the uninterrupted run's exactly: the
+    restored state is bitwise the saved one, the batch is recomputed from the stored data
+    position, and the same compiled step runs on the same device layout."""
+    steps = ["--set", "steps=24", "--set", "checkpoint_every=3"]
+    cmd, env = _cli(["train", "postshare"], tmp_path / "ref", files, steps)
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+    cmd, env = _cli(["jaxshare", "train", "postshare"], tmp_path / "cut", files, steps)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "cut" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt / "6").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert 6 <= done < 24
+    subprocess.run([sys.executable, "-m", "jaxshare", "train", "resume", str(tmp_path / "cut")], env=env, cwd=ROOT,
+                   check=True, capture_output=True)
+    ref, cut = metrics(tmp_path / "ref"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == list(range(1, 25))
+    for a, b in zip(ref, cut):
+        assert (a["loss"], a["ce"], a["lw"], a["grad_norm"]) == (b["loss"], b["ce"], b["lw"], b["grad_norm"])
+    assert json.loads((tmp_path / "cut" / "result.json").read_text())["eval_ppl"] == \
+        json.loads((tmp_path / "ref" / "result.json").read_text())["eval_ppl"]
+
+
+def test_sigterm_saves_and_resume_completes(files, tmp_path):
+    cmd, env = _cli(["jaxshare", "train", "plain"], tmp_path / "pre", files, ["--set", "steps=400",
+                                                                              "--set", "checkpoint_every=0"])
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "pre" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "preempted at step" in out
+    step = max(int(p.name) for p in (tmp_path / "pre" / "checkpoints").iterdir() if p.name.isdigit())
+    assert 3 <= step < 400 and max(r["step"] for r in metrics(tmp_path / "pre")) == step
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def test_shipped_configs_validate():
+    for name, mode in (("smollm2_postshare", "postshare"), ("smollm2_direct_post", "direct+post"),
+                       ("smollm2_plain", "plain")):
+        tc = load_config(ROOT / "train" / "configs" / f"{name}.yaml")
+        assert tc.mode == mode and tc.gamma == 0.5 and tc.lr == 5e-5 and (tc.b1, tc.b2) == (0.9, 0.95)
+    tc = load_config(ROOT / "train/configs/smollm2_postshare.yaml", ["epochs=0.5", "mesh=data=2,fsdp=4", "lr=1e-4"])
+    assert (tc.steps, tc.epochs, tc.mesh, tc.lr) == (0, 0.5, "data=2,fsdp=4", 1e-4)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["colour=blue"], "unknown config key 'colour'"),
+    (["lr=-1"], "lr must be a positive number"),
+    (["seq_len=4096"], "seq_len 4096 is above the model's maximum of 128"),
+    (["data=EMPTY"], "fewer than one window"),
+    (["gamma=abc"], "gamma must be a number"),
+    (["mesh=data=3,fsdp=5"], "does not cover"),
+    (["batch_size=3", "mesh=data=1,fsdp=2"], "not divisible"),
+    (["ratio=0.99"], "ratio"),
+])
+def test_bad_config_fails_before_compute(files, tmp_path, capsys, sets, message):
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros(0, np.int32))
+    sets = [s.replace("EMPTY", str(empty)) for s in sets]
+    run = tmp_path / "run"
+    argv = ["train", "postshare", "--set", f"model={files / 'model'}", "--set", f"data={files / 'train.npy'}",
+            "--set", f"eval_data={files / 'eval.npy'}", "--set", f"run_dir={run}", "--set", "seq_len=32",
+            "--set", "batch_size=8", "--set", "mesh=data=1,fsdp=1"]
+    for s in sets:
+        argv += ["--set", s]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxshare train: error:") and message in err
+    assert not run.exists()  # nothing was written: the run never started
+
+
+def test_config_errors_direct():
+    with pytest.raises(TrainConfigError, match="exactly one of steps, tokens, epochs"):
+        build_config({"steps": 10, "tokens": 100})
+    with pytest.raises(TrainConfigError, match="mode must be one of"):
+        build_config({"mode": "finetune"})
+    assert build_config({"steps": 10}, ["tokens=5000"]).steps == 0
+
+
+def test_python_m_train_and_help():
+    out = subprocess.run([sys.executable, "-m", "train", "postshare", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and "--set KEY=VALUE" in out.stdout and "usage: jaxshare train postshare" in out.stdout
+    for argv in (["train", "--help"], ["train", "resume", "--help"], ["train", "direct+post", "--help"],
+                 ["plot-run", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            from jaxshare.cli import build_parser
+
+            build_parser().parse_args(argv)
+        assert e.value.code == 0
+
+
+def test_resume_on_another_mesh(files, tmp_path):
+    """Saved on 1 device, restored straight into an 8-device (data=2, fsdp=4) layout."""
+    ref = trainer.Trainer(config(files, tmp_path / "ref", steps=6, checkpoint_every=0, export_hf=False))
+    ref.run()
+    cut = tmp_path / "cut"
+    trainer.Trainer(config(files, cut, steps=6, checkpoint_every=3, export_hf=False)).run()
+    ckpt = cut / "checkpoints"
+    import shutil
+
+    shutil.rmtree(ckpt / "6")  # as if the run had stopped after step 3
+    res = trainer.Trainer.resume(cut, ["mesh=data=2,fsdp=4"]).run()
+    assert res["steps"] == 6
+    a, b = metrics(tmp_path / "ref"), metrics(cut)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in a[:3]] == [r["loss"] for r in b[:3]]  # same layout before the stop
+    # Afterwards the same math in another fp32 reduction order; AdamW at lr 1e-3 amplifies the
+    # rounding of near-zero gradient entries, so the losses agree to 1e-4, not bitwise.
+    for x, y in zip(a[3:], b[3:]):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)
