@@ -10,6 +10,7 @@ weights and whitening factor) and stops, so `net` = peak - inputs_only is what t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import timeit, write_result  # noqa: E402
+from common import RESULTS, timeit, write_result  # noqa: E402
 
 SETUP = """
 import numpy as np
@@ -59,7 +60,9 @@ def svd_paths(n: int, d_in: int, d_out: int) -> dict:
     res["eig_over_concat_peak_rss"] = res["eig"]["peak_rss_bytes"] / res["concat"]["peak_rss_bytes"]
     res["eig_over_concat_net_rss"] = res["eig"]["net_rss_bytes"] / max(res["concat"]["net_rss_bytes"], 1)
     res["eig_over_concat_time"] = res["eig"]["path_s"] / res["concat"]["path_s"]
-    res["shape"] = {"n": n, "d_in": d_in, "d_out": d_out, "rank": int((1 - 0.2) * n * d_in * d_out / (d_in + n * d_out))}
+    from jaxshare.basis import rank
+
+    res["shape"] = {"n": n, "d_in": d_in, "d_out": d_out, "rank": rank(n, d_in, d_out, 0.2)}
     return res
 
 
@@ -99,9 +102,14 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=64, help="reuses the sweep's cached statistics")
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--skip-prefill", action="store_true")
+    ap.add_argument("--reuse-group-svd", action="store_true", help="keep group_svd from the existing results file")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = {"group_svd": svd_paths(args.n, args.d_in, args.d_out)}
+    prev = RESULTS / "basis.json"
+    if args.reuse_group_svd and prev.is_file():
+        res = {"group_svd": {**json.loads(prev.read_text())["group_svd"], "reused_from_previous_run": True}}
+    else:
+        res = {"group_svd": svd_paths(args.n, args.d_in, args.d_out)}
     if not args.skip_prefill:
         res["prefill"] = prefill(args.batch, args.seq_len, args.calib_windows, args.calib_seq_len)
     g = res["group_svd"]
