@@ -123,7 +123,7 @@ def _best_partners(feats, coef_M3, layer_of_U, rows_U, block: int, precision: st
     return sharded(feats, coef_M3, layer_of_U, rows_U)
 
 
-def best_partners(params: Params, match: str = "qk", block: int = 256, precision: str = "highest",
+def best_partners(params: Params, match: str = "qk", block: int = 512, precision: str = "highest",
                   mesh: Mesh | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Per scored function f: {"score": [L, K], "partner": [L, K]} (flat unit id of the best
     unit in an earlier layer; layer-0 units have score -inf and partner -1)."""
@@ -131,7 +131,7 @@ def best_partners(params: Params, match: str = "qk", block: int = 256, precision
     return search_features(unit_features(params), L, K, match, block, precision, mesh)
 
 
-def search_features(feats, L: int, K: int, match: str = "qk", block: int = 256, precision: str = "highest",
+def search_features(feats, L: int, K: int, match: str = "qk", block: int = 512, precision: str = "highest",
                     mesh: Mesh | None = None) -> dict[str, dict[str, np.ndarray]]:
     """`best_partners` over flattened unit weights (q, k, v), each [L*K, F_m]; entries a match
     does not need may be None (at scale, only the needed matrices are ever materialized)."""
