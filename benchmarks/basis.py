@@ -22,7 +22,7 @@ from common import RESULTS, timeit, write_result  # noqa: E402
 
 SETUP = """
 import numpy as np
-from jaxshare.basis import group_factor, rank
+from jaxshare.basis.factor import group_factor, rank
 rng = np.random.default_rng(0)
 n, d_in, d_out = {n}, {d_in}, {d_out}
 ws = [rng.standard_normal((d_in, d_out)) / np.sqrt(d_in) for _ in range(n)]
@@ -60,7 +60,7 @@ def svd_paths(n: int, d_in: int, d_out: int) -> dict:
     res["eig_over_concat_peak_rss"] = res["eig"]["peak_rss_bytes"] / res["concat"]["peak_rss_bytes"]
     res["eig_over_concat_net_rss"] = res["eig"]["net_rss_bytes"] / max(res["concat"]["net_rss_bytes"], 1)
     res["eig_over_concat_time"] = res["eig"]["path_s"] / res["concat"]["path_s"]
-    from jaxshare.basis import rank
+    from jaxshare.basis.factor import rank
 
     res["shape"] = {"n": n, "d_in": d_in, "d_out": d_out, "rank": rank(n, d_in, d_out, 0.2)}
     return res
@@ -71,10 +71,10 @@ def prefill(batch: int, seq_len: int, calib_windows: int, calib_seq_len: int) ->
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxshare.basis_compress import compress
-    from jaxshare.calibrate import calibrate
-    from jaxshare.model import forward
-    from jaxshare.loading import load_model
+    from jaxshare.basis.compress import compress
+    from jaxshare.basis.calibrate import calibrate
+    from jaxshare.core.model import forward
+    from jaxshare.io.load import load_model
 
     m = load_model("smollm2-135m")
     grams, info = calibrate(m, "wiki:train", calib_windows, calib_seq_len)

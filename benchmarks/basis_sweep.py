@@ -54,11 +54,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from jaxshare.basis_compress import compress
-    from jaxshare.calibrate import calibrate
-    from jaxshare.data import load_corpus
-    from jaxshare.evaluate import perplexity
-    from jaxshare.loading import load_model
+    from jaxshare.basis.compress import compress
+    from jaxshare.basis.calibrate import calibrate
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.eval.perplexity import perplexity
+    from jaxshare.io.load import load_model
 
     m = load_model(args.model)
     eval_sets = {"wiki:test": load_corpus("wiki:test"), "canterbury": load_corpus("canterbury")}

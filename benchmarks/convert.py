@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import write_result  # noqa: E402
 
-IMPORTS = "import jax, jax.numpy, transformers, orbax.checkpoint, jaxshare.loading, jaxshare.checkpoint"
+IMPORTS = "import jax, jax.numpy, transformers, orbax.checkpoint, jaxshare.io.load, jaxshare.io.native"
 
 
 HWM = """
@@ -44,10 +44,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from jaxshare import registry
-    from jaxshare.hf_io import export_hf
-    from jaxshare.loading import load_model
-    from jaxshare.params import count_params
+    from jaxshare.io import registry
+    from jaxshare.io.hf import export_hf
+    from jaxshare.io.load import load_model
+    from jaxshare.core.params import count_params
 
     gguf = registry.registered_gguf("smollm2-135m")
     m = load_model("smollm2-135m")
@@ -58,9 +58,9 @@ def main() -> None:
         del m
         cases = {
             "baseline_imports": f"{IMPORTS}",
-            "jaxshare_convert_gguf": f"{IMPORTS}\nfrom jaxshare.cli import main\n"
+            "jaxshare_convert_gguf": f"{IMPORTS}\nfrom jaxshare.cli.main import main\n"
                                      f"main(['convert', {str(gguf)!r}, {tmp + '/n1'!r}])",
-            "jaxshare_convert_hf": f"{IMPORTS}\nfrom jaxshare.cli import main\n"
+            "jaxshare_convert_hf": f"{IMPORTS}\nfrom jaxshare.cli.main import main\n"
                                    f"main(['convert', {str(hf_dir)!r}, {tmp + '/n2'!r}])",
             "transformers_load_gguf": "import torch, transformers\n"
                                       f"transformers.AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, "

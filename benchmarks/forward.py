@@ -18,10 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import timeit, write_result  # noqa: E402
-from jaxshare.loading import load_model  # noqa: E402
-from jaxshare.model import forward  # noqa: E402
-from jaxshare.params import cast_params  # noqa: E402
-from jaxshare.parity import reference_model  # noqa: E402
+from jaxshare.io.load import load_model  # noqa: E402
+from jaxshare.core.model import forward  # noqa: E402
+from jaxshare.core.params import cast_params  # noqa: E402
+from jaxshare.eval.parity import reference_model  # noqa: E402
 
 
 def main() -> None:

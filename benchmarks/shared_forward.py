@@ -28,10 +28,10 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args(argv)
 
-    from jaxshare.directshare import direct_share
-    from jaxshare.loading import load_model
-    from jaxshare.model import forward
-    from jaxshare.params import param_bytes
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.io.load import load_model
+    from jaxshare.core.model import forward
+    from jaxshare.core.params import param_bytes
 
     m = load_model("smollm2-135m")
     shared, info = direct_share(m.params, m.cfg, args.ratio, "qk")

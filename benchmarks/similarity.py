@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timeit, write_result  # noqa: E402
 
-from jaxshare.similarity import search_features, unit_features  # noqa: E402
+from jaxshare.headshare.similarity import search_features, unit_features  # noqa: E402
 
 
 def naive_algorithm1(q: np.ndarray, k: np.ndarray, L: int, K: int, layers: int) -> tuple[float, int, np.ndarray]:
@@ -85,7 +85,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     results = {}
     if "smollm2" in args.scale:
-        from jaxshare.loading import load_model
+        from jaxshare.io.load import load_model
 
         m = load_model("smollm2-135m")
         q, k, _ = unit_features(m.params)

@@ -32,11 +32,13 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxshare import mesh as meshlib, trainer
-    from jaxshare.directshare import plan
-    from jaxshare.loading import load_model
-    from jaxshare.penalty import pairs_from_plan
-    from jaxshare.train_config import build_config
+    from jaxshare.training import mesh as meshlib
+
+    from jaxshare.training import trainer
+    from jaxshare.headshare.directshare import plan
+    from jaxshare.io.load import load_model
+    from jaxshare.headshare.penalty import pairs_from_plan
+    from jaxshare.training.config import build_config
 
     m = load_model(args.model, "fp32")
     decision = plan(m.params, m.cfg, args.ratio, "qk")

@@ -2,7 +2,7 @@
 of `jaxshare convert` and `jaxshare export`."""
 import sys
 
-from jaxshare.cli import main
+from jaxshare.cli.main import main
 
 argv = sys.argv[1:]
 sys.exit(main(argv if argv[:1] in (["export"], ["convert"]) else ["convert", *argv]))

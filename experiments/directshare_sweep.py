@@ -80,10 +80,10 @@ def main(argv=None):
         print(report(rows, RESULTS))
         return
 
-    from jaxshare.data import join_documents, load_corpus
-    from jaxshare.directshare import direct_share
-    from jaxshare.evaluate import make_windows, perplexity_of_windows, tokenize_corpus
-    from jaxshare.loading import load_model
+    from jaxshare.data.corpora import join_documents, load_corpus
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.eval.perplexity import make_windows, perplexity_of_windows, tokenize_corpus
+    from jaxshare.io.load import load_model
 
     m = load_model("smollm2-135m")
     windows = {c: make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus(c))), args.seq_len, args.windows)

@@ -42,12 +42,12 @@ def main() -> None:
     ap.add_argument("--seed-from", help="a results JSON whose base / directshare PPL to reuse (same eval setup)")
     args = ap.parse_args()
 
-    from jaxshare.data import join_documents, load_corpus
-    from jaxshare.directshare import direct_share
-    from jaxshare.evaluate import make_windows, perplexity_of_windows, tokenize_corpus
-    from jaxshare.loading import load_model
-    from jaxshare.train_config import build_config
-    from jaxshare.trainer import Trainer
+    from jaxshare.data.corpora import join_documents, load_corpus
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.eval.perplexity import make_windows, perplexity_of_windows, tokenize_corpus
+    from jaxshare.io.load import load_model
+    from jaxshare.training.config import build_config
+    from jaxshare.training.trainer import Trainer
 
     out_json = RESULTS / f"{args.name}.json"
     res = json.loads(out_json.read_text()) if out_json.is_file() else {}

@@ -1,5 +1,5 @@
 import sys
 
-from jaxshare.cli import main
+from jaxshare.cli.main import main
 
 sys.exit(main())

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import random_hf_model, torch_logits
-from jaxshare.bank import materialize
-from jaxshare.basis import (Factored, from_2d, to_2d, group_factor, groups_of, rank, type_rank, whitened_loss,
+from jaxshare.core.bank import materialize
+from jaxshare.basis.factor import (Factored, from_2d, to_2d, group_factor, groups_of, rank, type_rank, whitened_loss,
                             whitening)
-from jaxshare.basis_compress import compress
-from jaxshare.calibrate import collect_grams
-from jaxshare.hf_io import load_hf_dir
-from jaxshare.model import KVCache, forward, forward_cached
+from jaxshare.basis.compress import compress
+from jaxshare.basis.calibrate import collect_grams
+from jaxshare.io.hf import load_hf_dir
+from jaxshare.core.model import KVCache, forward, forward_cached
 
 ALL = ("q", "k", "v", "o", "up", "gate", "down")
 
@@ -139,9 +139,9 @@ def test_native_and_hf_round_trips_and_torch_parity(case, tokens, tmp_path):
     import torch
     import transformers
 
-    from jaxshare.checkpoint import save_native
-    from jaxshare.cli import main
-    from jaxshare.loading import load_model
+    from jaxshare.io.native import save_native
+    from jaxshare.cli.main import main
+    from jaxshare.io.load import load_model
 
     family, kw = CASES[case]
     cfg, params = _load(_tiny(family, **kw), tmp_path)
@@ -167,9 +167,9 @@ def test_native_and_hf_round_trips_and_torch_parity(case, tokens, tmp_path):
 def test_import_rejects_factors_that_do_not_match(tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from jaxshare.basis_io import export_files
-    from jaxshare.hf_io import CheckpointError, export_hf
-    from jaxshare.loading import load_model
+    from jaxshare.basis.io import export_files
+    from jaxshare.io.hf import CheckpointError, export_hf
+    from jaxshare.io.load import load_model
 
     cfg, params = _load(_tiny("llama"), tmp_path)
     cp, man, _ = compress(params, cfg, _grams(params, cfg), 0.3, 2, progress=False)
@@ -197,7 +197,7 @@ def tiny_dir(tmp_path):
     (["--shared", "q,up", "--private", "q"], "both shared and private"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(extra, msg, tiny_dir, tmp_path, capsys):
-    from jaxshare.cli import main
+    from jaxshare.cli.main import main
 
     out = tmp_path / "out"
     assert main(["basis", tiny_dir, str(out), "--method", "svd", *extra]) == 2
@@ -208,8 +208,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(extra, msg, tiny_dir, tmp
 
 
 def test_cli_svd_writes_a_smaller_checkpoint_with_a_json_report(tiny_dir, tmp_path, capsys, tokens):
-    from jaxshare.cli import main
-    from jaxshare.loading import load_model
+    from jaxshare.cli.main import main
+    from jaxshare.io.load import load_model
 
     out = tmp_path / "out"
     assert main(["basis", tiny_dir, str(out), "--method", "svd", "--ratio", "0.4", "--json"]) == 0
@@ -225,7 +225,7 @@ def test_cli_svd_writes_a_smaller_checkpoint_with_a_json_report(tiny_dir, tmp_pa
 
 
 def test_basis_pairs_losses_and_files(tmp_path):
-    from jaxshare.basis_pairs import pair_losses, write_pairs
+    from jaxshare.basis.pairs import pair_losses, write_pairs
 
     cfg, params = _load(_tiny("llama", num_hidden_layers=4), tmp_path)
     res = pair_losses(params, cfg, _grams(params, cfg), 0.3, ["q", "down"], progress=False)
@@ -239,10 +239,10 @@ def test_basis_pairs_losses_and_files(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
-    from jaxshare.cli import main
-    from jaxshare.evaluate import perplexity
-    from jaxshare.data import load_corpus
-    from jaxshare.loading import load_model
+    from jaxshare.cli.main import main
+    from jaxshare.eval.perplexity import perplexity
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.io.load import load_model
 
     out = tmp_path / "b"
     assert main(["basis", "smollm2-135m", str(out), "--ratio", "0.2", "--calib-windows", "4", "--calib-seq-len",
@@ -258,7 +258,7 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
 
     from rich.console import Console
 
-    from jaxshare.basis_compress import demo_step
+    from jaxshare.basis.compress import demo_step
 
     res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 256, 2, Console(stderr=True),
                     calib_windows=4, calib_seq_len=256)  # the CLI run above cached these statistics
@@ -267,7 +267,7 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["basis", "--help"], ["basis-pairs", "--help"]])
 def test_basis_subcommands_have_help(argv, capsys):
-    from jaxshare.cli import build_parser
+    from jaxshare.cli.main import build_parser
 
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from jaxshare import data
-from jaxshare.data import CORPORA, SPLITS, CorpusError, corpus_path, join_documents, load_corpus, split_of
+from jaxshare.data import corpora as data
+from jaxshare.data.corpora import CORPORA, SPLITS, CorpusError, corpus_path, join_documents, load_corpus, split_of
 
 
 @pytest.fixture(scope="session")

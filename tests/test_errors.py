@@ -6,10 +6,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import random_hf_model
-from jaxshare.cli import main
-from jaxshare.config import ConfigError
-from jaxshare.families import config_from_hf_dict
-from jaxshare.hf_io import CheckpointError, load_hf_dir
+from jaxshare.cli.main import main
+from jaxshare.core.config import ConfigError
+from jaxshare.io.families import config_from_hf_dict
+from jaxshare.io.hf import CheckpointError, load_hf_dir
 
 
 @pytest.fixture

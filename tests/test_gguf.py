@@ -13,7 +13,9 @@ import torch
 import transformers
 
 from conftest import random_hf_model
-from jaxshare import fetch, gguf_io, registry
+from jaxshare.io import fetch
+from jaxshare.io import gguf as gguf_io
+from jaxshare.io import registry
 
 Q = gguf.GGMLQuantizationType
 BLOCK_NAMES = {v: k for k, v in gguf_io._BLOCK_NAMES.items()}

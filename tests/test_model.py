@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import random_hf_model
-from jaxshare.checkpoint import load_native, save_native
-from jaxshare.config import ModelConfig
-from jaxshare.generate import generate, sample_token
-from jaxshare.hf_io import load_hf_dir
-from jaxshare.model import KVCache, forward, forward_cached
-from jaxshare.params import count_params, init_params
+from jaxshare.io.native import load_native, save_native
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.generate import generate, sample_token
+from jaxshare.io.hf import load_hf_dir
+from jaxshare.core.model import KVCache, forward, forward_cached
+from jaxshare.core.params import count_params, init_params
 
 
 @pytest.mark.parametrize("family,kw", [("llama", {}), ("mistral", {"sliding_window": 24}), ("gpt2", {})])
@@ -69,8 +69,8 @@ def test_native_checkpoint_roundtrip(tmp_path):
 
 def test_attention_probs_reproduce_the_attention_output(tmp_path):
     """The maps that analyses read (attention_probs) are the ones the forward uses."""
-    from jaxshare.model import apply_rope, attention, attention_probs, project_qkv, rope_tables
-    from jaxshare.params import Layers
+    from jaxshare.core.model import apply_rope, attention, attention_probs, project_qkv, rope_tables
+    from jaxshare.core.params import Layers
 
     random_hf_model("mistral", sliding_window=16).save_pretrained(tmp_path)
     cfg, params = load_hf_dir(tmp_path)

@@ -5,8 +5,8 @@ import torch
 import transformers
 
 from conftest import random_hf_model, torch_logits
-from jaxshare.hf_io import export_hf, load_hf_dir
-from jaxshare.model import forward
+from jaxshare.io.hf import export_hf, load_hf_dir
+from jaxshare.core.model import forward
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64, "rope_theta": 500000.0}

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from jaxshare.cli import main
-from jaxshare.data import load_corpus
-from jaxshare.loading import load_model
-from jaxshare.parity import reference_model, run_parity
+from jaxshare.cli.main import main
+from jaxshare.data.corpora import load_corpus
+from jaxshare.io.load import load_model
+from jaxshare.eval.parity import reference_model, run_parity
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxshare.cli import build_parser
+from jaxshare.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 
 from conftest import random_hf_model, torch_logits
-from jaxshare import bank, directshare, sharing, similarity
-from jaxshare.cli import main as cli_main
-from jaxshare.config import ModelConfig
-from jaxshare.hf_io import export_hf, load_hf_dir
-from jaxshare.loading import load_model
-from jaxshare.model import forward, token_nll
-from jaxshare.params import init_params
+from jaxshare.core import bank
+from jaxshare.headshare import directshare
+from jaxshare.headshare import sharing
+from jaxshare.headshare import similarity
+from jaxshare.cli.main import main as cli_main
+from jaxshare.core.config import ModelConfig
+from jaxshare.io.hf import export_hf, load_hf_dir
+from jaxshare.io.load import load_model
+from jaxshare.core.model import forward, token_nll
+from jaxshare.core.params import init_params
 
 # SmolLM2's head layout (9 query heads in 3 KV groups), at toy width.
 CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=5, n_heads=9, n_kv_heads=3, head_dim=8,
@@ -173,7 +176,7 @@ def test_compact_shrinks_and_gather_gradient_sums_tied_units(params, toks):
 @pytest.mark.parametrize("family,kw", [("qwen2", dict(num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)),
                                        ("gpt2", dict(n_layer=4))])
 def test_native_save_load_and_hf_export_restore_sharing(tmp_path, family, kw):
-    from jaxshare.checkpoint import load_native, save_native
+    from jaxshare.io.native import load_native, save_native
 
     model = random_hf_model(family, **kw)
     model.save_pretrained(tmp_path / "src")

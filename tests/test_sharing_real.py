@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import torch_logits
-from jaxshare.cli import main as cli_main
+from jaxshare.cli.main import main as cli_main
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,8 @@ def test_share_reports_exactly_n_units_and_bytes(shared_dir, capsys):
 def test_eval_generate_and_export_of_shared_model(shared_dir, tmp_path, capsys):
     import transformers
 
-    from jaxshare.loading import load_model
-    from jaxshare.model import forward
+    from jaxshare.io.load import load_model
+    from jaxshare.core.model import forward
 
     assert cli_main(["eval", "ppl", str(shared_dir), "--data", "canterbury", "--seq-len", "512", "--max-windows", "1",
                      "--json"]) == 0

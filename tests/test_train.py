@@ -13,15 +13,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxshare import directshare, mesh as meshlib, penalty, sharing, trainer
-from jaxshare.bank import materialize
-from jaxshare.checkpoint import save_native
-from jaxshare.cli import main as cli_main
-from jaxshare.config import ModelConfig
-from jaxshare.model import forward
-from jaxshare.params import init_params
-from jaxshare.train_config import TrainConfigError, build_config, load_config
-from jaxshare.train_data import Batches, pack
+from jaxshare.headshare import directshare
+
+from jaxshare.training import mesh as meshlib
+
+from jaxshare.headshare import penalty
+
+from jaxshare.headshare import sharing
+
+from jaxshare.training import trainer
+from jaxshare.core.bank import materialize
+from jaxshare.io.native import save_native
+from jaxshare.cli.main import main as cli_main
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.model import forward
+from jaxshare.core.params import init_params
+from jaxshare.training.config import TrainConfigError, build_config, load_config
+from jaxshare.training.data import Batches, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 # SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
@@ -154,9 +162,9 @@ def test_batches_are_deterministic_and_resume_by_position():
 
 
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
-    from jaxshare.loading import _tokenizer_from_dir
-    from jaxshare.fetch import cache_dir
-    from jaxshare.train_data import token_ids
+    from jaxshare.io.load import _tokenizer_from_dir
+    from jaxshare.io.fetch import cache_dir
+    from jaxshare.training.data import token_ids
 
     native = cache_dir() / "models" / "smollm2-135m" / "native"
     if not native.is_dir():
@@ -193,7 +201,7 @@ def test_large_gamma_pairs_converge(converged):
 
 
 def test_tied_model_logits_equal_materialized_dense(converged, files):
-    from jaxshare.loading import load_model
+    from jaxshare.io.load import load_model
 
     tr, res, run = converged
     shared, trained = tr.shared, tr.trained
@@ -367,7 +375,7 @@ def test_python_m_train_and_help():
     for argv in (["train", "--help"], ["train", "resume", "--help"], ["train", "direct+post", "--help"],
                  ["plot-run", "--help"]):
         with pytest.raises(SystemExit) as e:
-            from jaxshare.cli import build_parser
+            from jaxshare.cli.main import build_parser
 
             build_parser().parse_args(argv)
         assert e.value.code == 0

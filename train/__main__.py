@@ -2,6 +2,6 @@
 the same entry as `jaxshare train ...`."""
 import sys
 
-from jaxshare.cli_train import main
+from jaxshare.cli.train import main
 
 sys.exit(main())

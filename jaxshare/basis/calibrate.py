@@ -1,0 +1,121 @@
+"""Calibration statistics for Basis Sharing: X^T X of every linear layer's input, in float32.
+
+The grams come from our own jit-compiled forward: `gram_layer` runs `decoder_layer` with each
+weight wrapped in a `Tap`, which model.linear asks to apply itself; the tap adds x^T x to this
+layer's grams and returns the normal product. The grams leave the layer scan as its stacked
+second output ([L, d_in, d_in] per input), so no hooks and no host round trips per layer.
+Inputs: attn_in (q, k, v), o_in, mlp_in (up, gate), down_in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.model import decoder_layer, hidden_states, linear
+
+INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
+_TAPPED = {"attn_in": ("attn", "wq"), "o_in": ("attn", "wo"), "mlp_in": ("mlp", "w_up"), "down_in": ("mlp", "w_down")}
+
+
+class Tap:
+    """A weight that records its input's gram before multiplying (lives only inside one trace)."""
+
+    def __init__(self, w, name: str, sink: dict):
+        self.w, self.name, self.sink = w, name, sink
+
+    def apply(self, x, dense_fn):
+        x2 = x.reshape(-1, int(np.prod(x.shape[2:]))).astype(jnp.float32)
+        self.sink[self.name] = jnp.einsum("ni,nj->ij", x2, x2, precision=jax.lax.Precision.HIGHEST)
+        return linear(x, self.w, dense_fn)
+
+
+def gram_layer(x, layer, cfg, rope, q_pos_BT, window, kv=None):
+    """decoder_layer that also returns {input: x^T x} of this layer."""
+    sink: dict = {}
+    attn, mlp = layer.attn, layer.mlp
+    for name, (mod, leaf) in _TAPPED.items():
+        part = attn if mod == "attn" else mlp
+        part = dataclasses.replace(part, **{leaf: Tap(getattr(part, leaf), name, sink)})
+        attn, mlp = (part, mlp) if mod == "attn" else (attn, part)
+    x, _ = decoder_layer(x, dataclasses.replace(layer, attn=attn, mlp=mlp), cfg, rope, q_pos_BT, window, kv)
+    return x, {k: sink[k] for k in INPUTS}
+
+
+@partial(jax.jit, static_argnames=("cfg",), donate_argnames=("acc",))
+def _accumulate(acc, params, cfg: ModelConfig, tokens_BT):
+    _, grams = hidden_states(params, cfg, tokens_BT, layer_fn=gram_layer)
+    return {k: acc[k] + grams[k] for k in INPUTS}
+
+
+def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int, seed: int = 0) -> np.ndarray:
+    """n_windows non-overlapping windows [N, T] drawn with a fixed seed from the joined corpus.
+    Only as much text is tokenized as the windows need (a prefix, grown if short)."""
+    from jaxshare.data.corpora import join_documents
+    from jaxshare.eval.perplexity import EvalError, tokenize_corpus
+
+    text = join_documents(docs)
+    chars = max(n_windows * seq_len * 8, 1 << 16)
+    while True:
+        ids = tokenize_corpus(tokenizer, text[:chars])
+        if len(ids) // seq_len >= n_windows or chars >= len(text):
+            break
+        chars *= 2
+    avail = len(ids) // seq_len
+    if avail < n_windows:
+        raise EvalError(f"calibration text has {len(ids)} tokens: {avail} windows of {seq_len}, "
+                        f"fewer than the {n_windows} asked for")
+    pick = np.sort(np.random.default_rng(seed).choice(avail, n_windows, replace=False))
+    return ids[: avail * seq_len].reshape(avail, seq_len)[pick]
+
+
+def collect_grams(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """{input: [L, d_in, d_in] float32} summed over all calibration tokens."""
+    d_o = cfg.n_heads * cfg.head_dim
+    sizes = {"attn_in": cfg.d_model, "o_in": d_o, "mlp_in": cfg.d_model, "down_in": cfg.d_ff}
+    acc = {k: jnp.zeros((cfg.n_layers, d, d), jnp.float32) for k, d in sizes.items()}
+    n = len(windows)
+    for i in tqdm(range(0, n, batch_size), desc="calibration", unit="batch", leave=False):
+        acc = _accumulate(acc, params, cfg, jnp.asarray(windows[i:i + batch_size]))
+        jax.block_until_ready(acc)  # an honest progress bar (dispatch is asynchronous)
+    return {k: np.asarray(v) for k, v in acc.items()}
+
+
+def cache_key(model_id: str, data: str, n_windows: int, seq_len: int, seed: int) -> str:
+    blob = json.dumps([model_id, data, n_windows, seq_len, seed, 1])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def model_identity(loaded) -> str:
+    """The model's source plus a fingerprint of a few weights (a changed file gives a new key)."""
+    p = loaded.params
+    probe = np.asarray(jax.tree_util.tree_leaves(p)[0]).ravel()[:4096].astype(np.float64)
+    return f"{loaded.source}|{loaded.cfg.family}|{loaded.cfg.n_layers}|{probe.sum():.10e}|{np.abs(probe).sum():.10e}"
+
+
+def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
+              batch_size: int = 4, use_cache: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Grams for a LoadedModel, cached as npz under cache_dir()/calib/ by model and data identity."""
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.io.fetch import cache_dir
+
+    info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
+    path = cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+    if use_cache and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in INPUTS}, {**info, "cached": True}
+    windows = calibration_windows(loaded.tokenizer, load_corpus(data), n_windows, seq_len, seed)
+    grams = collect_grams(loaded.params, loaded.cfg, windows, batch_size)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial.npz")
+        np.savez(tmp, **grams)
+        tmp.replace(path)
+    return grams, {**info, "cached": False}

@@ -1,0 +1,242 @@
+"""Basis Sharing (arXiv 2410.03765, METHODS.md §2): whitening, group SVD, rank, representation.
+
+A compressed weight type (q, k, v, o, up, gate, down) becomes `Factored(basis, coef)`: one basis
+B [d_in, k] per group of consecutive layers, held in a `Bank` (rows [groups, d_in, k], index
+[L] layer -> group) and gathered inside the layer scan, and per-layer coefficients C_l
+[L, k, d_out]. A layer computes y = (x @ B) @ C_l. Weights are handled as W (d_in, d_out) with
+y = x @ W, so the calibration loss ||X W - X B C||_F is what the whitening minimizes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshare.core.bank import Bank
+from jaxshare.core.config import ModelConfig
+
+Array = jax.Array
+
+
+class BasisError(ValueError):
+    """Bad Basis Sharing input (ratio, type names, group size)."""
+
+
+# type -> (params path under layers, calibration input it reads)
+TYPES = {
+    "q": ("attn.wq", "attn_in"), "k": ("attn.wk", "attn_in"), "v": ("attn.wv", "attn_in"),
+    "o": ("attn.wo", "o_in"),
+    "up": ("mlp.w_up", "mlp_in"), "gate": ("mlp.w_gate", "mlp_in"), "down": ("mlp.w_down", "down_in"),
+}
+METHODS = ("basis", "svd-llm", "svd")
+
+
+def default_types(cfg: ModelConfig) -> tuple[list[str], list[str]]:
+    """(shared, private) per family, as the authors' code chooses them (METHODS.md §2)."""
+    present = [t for t in TYPES if t != "gate" or cfg.gated_mlp]
+    if cfg.family == "gpt2":  # c_attn -> q, k, v (split in our params), c_fc -> up, attn.c_proj -> o
+        shared = ["q", "k", "v", "up", "o"]
+    elif cfg.n_kv_heads < cfg.n_heads:  # GQA: k and v are too narrow to share well
+        shared = ["q", "up", "gate"]
+    else:
+        shared = ["q", "k", "v", "up", "gate"]
+    shared = [t for t in shared if t in present]
+    return shared, [t for t in present if t not in shared]
+
+
+# ---------------------------------------------------------------- representation
+
+def to_2d(layout: str, w: Array) -> Array:
+    """A dense leaf [..., leaf_shape] -> [..., d_in, d_out] (y = x @ W, output heads flattened)."""
+    if layout == "q":  # [.., K, G, D, d] -> [.., D, K*G*d]
+        w = jnp.moveaxis(w, -2, -4)
+        return w.reshape(w.shape[:-3] + (-1,))
+    if layout in ("k", "v"):  # [.., K, D, d] -> [.., D, K*d]
+        w = jnp.moveaxis(w, -2, -3)
+        return w.reshape(w.shape[:-2] + (-1,))
+    if layout == "o":  # [.., K, G, d, D] -> [.., K*G*d, D]
+        return w.reshape(w.shape[:-4] + (-1, w.shape[-1]))
+    return w
+
+
+def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
+    """Inverse of to_2d for a leaf whose per-layer shape is leaf_shape."""
+    lead = w.shape[:-2]
+    if layout == "q":
+        K, G, D, d = leaf_shape
+        return jnp.moveaxis(w.reshape(lead + (D, K, G, d)), -4, -2)
+    if layout in ("k", "v"):
+        K, D, d = leaf_shape
+        return jnp.moveaxis(w.reshape(lead + (D, K, d)), -3, -2)
+    return w.reshape(lead + tuple(leaf_shape))
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class Factored:
+    """W_l = B[index_l] @ C_l for a weight leaf. Before the scan basis is a Bank and coef [L, k, d_out];
+    inside it (after split_banks' rebuild) basis is [d_in, k] and coef [k, d_out]."""
+    basis: Bank | Array
+    coef: Array
+    layout: str = field(metadata=dict(static=True))  # the type name: how heads fold into d_in/d_out
+    leaf_shape: tuple = field(metadata=dict(static=True))  # the dense per-layer leaf shape
+
+    def dense(self) -> Array:
+        b = self.basis.dense() if isinstance(self.basis, Bank) else self.basis
+        return from_2d(self.layout, b @ self.coef, self.leaf_shape)
+
+    def apply(self, x, dense_fn=None) -> Array:
+        """y = (x @ B) @ C for one layer; x's head axes (o) are flattened, q/k/v's output unflattened."""
+        lead = x.shape[:2]
+        x2 = x.reshape(lead + (-1,))
+        y = (x2 @ self.basis.astype(x.dtype)) @ self.coef.astype(x.dtype)
+        if self.layout == "q":
+            return y.reshape(lead + tuple(self.leaf_shape[:2]) + (self.leaf_shape[3],))
+        if self.layout in ("k", "v"):
+            return y.reshape(lead + (self.leaf_shape[0], self.leaf_shape[2]))
+        return y
+
+
+def is_factored(x) -> bool:
+    return isinstance(x, Factored)
+
+
+def get_type(layers, t: str):
+    mod, name = TYPES[t][0].split(".")
+    return getattr(getattr(layers, mod), name)
+
+
+def set_types(params, new: dict):
+    """params with layers.<type> leaves replaced by new[type]."""
+    attn = dataclasses.replace(params.layers.attn, **{TYPES[t][0].split(".")[1]: v for t, v in new.items()
+                                                      if TYPES[t][0].startswith("attn")})
+    mlp = dataclasses.replace(params.layers.mlp, **{TYPES[t][0].split(".")[1]: v for t, v in new.items()
+                                                    if TYPES[t][0].startswith("mlp")})
+    return dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=attn, mlp=mlp))
+
+
+def dims(cfg: ModelConfig, t: str) -> tuple[int, int]:
+    """(d_in, d_out) of a type."""
+    D, F, hd = cfg.d_model, cfg.d_ff, cfg.head_dim
+    return {"q": (D, cfg.n_heads * hd), "k": (D, cfg.n_kv_heads * hd), "v": (D, cfg.n_kv_heads * hd),
+            "o": (cfg.n_heads * hd, D), "up": (D, F), "gate": (D, F), "down": (F, D)}[t]
+
+
+# ---------------------------------------------------------------- rank and groups
+
+def rank(n: int, d_in: int, d_out: int, ratio: float) -> int:
+    """The authors' rank for a group of n layers at compression ratio CR."""
+    return int(math.floor(n * d_in * d_out * (1 - ratio) / (d_in + n * d_out)))
+
+
+def type_rank(n_layers: int, n_groups: int, d_in: int, d_out: int, ratio: float) -> int:
+    """One rank for every group of a type so that the type's stored size meets the budget:
+    n_groups * d_in * k + n_layers * k * d_out <= (1 - CR) * n_layers * d_in * d_out.
+    Equals `rank(n, ...)` when n divides n_layers; with a remainder group it keeps the ratio."""
+    return int(math.floor((1 - ratio) * n_layers * d_in * d_out / (n_groups * d_in + n_layers * d_out)))
+
+
+def groups_of(n_layers: int, n: int) -> list[list[int]]:
+    """Consecutive groups of n layers; the remainder forms a last, smaller group."""
+    return [list(range(i, min(i + n, n_layers))) for i in range(0, n_layers, n)]
+
+
+def validate(cfg: ModelConfig, ratio: float, group_size: int, method: str,
+             shared: list[str] | None, private: list[str] | None) -> tuple[list[str], list[str]]:
+    """Check the request before any compute; (shared, private) type lists."""
+    if method not in METHODS:
+        raise BasisError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not (0.0 < ratio < 1.0):
+        raise BasisError(f"--ratio must be strictly between 0 and 1, got {ratio}")
+    if group_size < 1:
+        raise BasisError(f"--group-size must be at least 1, got {group_size}")
+    d_shared, d_private = default_types(cfg)
+    present = set(d_shared) | set(d_private)
+    for name, lst in (("--shared", shared), ("--private", private)):
+        for t in lst or []:
+            if t not in present:
+                raise BasisError(f"{name}: unknown matrix type {t!r} for {cfg.family}; "
+                                 f"known: {', '.join(x for x in TYPES if x in present)}")
+    if shared is None and private is None:
+        shared, private = d_shared, d_private
+    elif shared is None:
+        shared = [t for t in TYPES if t in present and t not in private]
+    elif private is None:
+        private = [t for t in TYPES if t in present and t not in shared]
+    both = set(shared) & set(private)
+    if both:
+        raise BasisError(f"types both shared and private: {', '.join(sorted(both))}")
+    if method != "basis":  # SVD-LLM and plain SVD: every type alone (n = 1)
+        private, shared = [t for t in TYPES if t in set(shared) | set(private)], []
+    return shared, private
+
+
+# ---------------------------------------------------------------- whitening and SVD
+
+def whitening(sxx: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(S, fell_back): S = cholesky(Sxx)^T (upper), so S^T S = Sxx and ||X D||_F = ||S D||_F.
+    A non-PD Sxx gets (-lambda_min + eps) I added, eps = 1e-6 of the mean diagonal."""
+    sxx = np.asarray(sxx, np.float64)
+    try:
+        low = np.linalg.cholesky(sxx)
+        if np.all(np.isfinite(low)):
+            return low.T, False
+    except np.linalg.LinAlgError:
+        pass
+    eps = 1e-6 * max(float(np.mean(np.abs(np.diag(sxx)))), 1e-30)
+    shift = -float(np.linalg.eigvalsh(sxx)[0]) + eps
+    for _ in range(20):  # rounding can leave it just short of PD; grow the shift until it holds
+        try:
+            low = np.linalg.cholesky(sxx + shift * np.eye(len(sxx)))
+            if np.all(np.isfinite(low)):
+                return low.T, True
+        except np.linalg.LinAlgError:
+            pass
+        shift = 2 * shift + eps
+    raise BasisError("could not whiten: Sxx stays non-positive-definite after shifting")
+
+
+def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str = "auto"):
+    """Shared basis B [d_in, k] and coefficients [C_l (k, d_out)] of W_l (d_in, d_out), in float64.
+
+    concat: svd(S [W_1 .. W_n]) = U Sig V^T, B = S^-1 U_k Sig_k, C = V_k^T split by layer.
+    eig: eigh(S (sum W_l W_l^T) S^T) = U Sig^2 U^T gives the same U_k, Sig_k without the
+    [d_in, n d_out] concatenation; then C_l = Sig_k^-1 U_k^T S W_l.
+    """
+    d_in, d_out = ws[0].shape
+    n = len(ws)
+    if path == "auto":
+        path = "eig" if n * d_out > 2 * d_in else "concat"
+    sw = (lambda w: w) if s is None else (lambda w: s @ w)
+    if path == "concat":
+        u, sig, vt = np.linalg.svd(np.concatenate([sw(np.asarray(w, np.float64)) for w in ws], axis=1),
+                                   full_matrices=False)
+        u_k, sig_k, coef = u[:, :k], sig[:k], vt[:k]
+        coefs = [coef[:, i * d_out:(i + 1) * d_out] for i in range(n)]
+    else:
+        m = np.zeros((d_in, d_in))
+        for w in ws:  # one layer at a time: never the concatenation
+            a = sw(np.asarray(w, np.float64))
+            m += a @ a.T
+        lam, u = np.linalg.eigh(m)
+        order = np.argsort(lam)[::-1][:k]
+        u_k, sig_k = u[:, order], np.sqrt(np.clip(lam[order], 0.0, None))
+        inv = np.where(sig_k > sig_k[:1] * 1e-12, 1.0 / np.maximum(sig_k, 1e-300), 0.0)
+        coefs = [inv[:, None] * (u_k.T @ sw(np.asarray(w, np.float64))) for w in ws]
+    b = u_k * sig_k
+    if s is not None:
+        b = np.linalg.solve(s, b)  # S^-1 U_k Sig_k (S is triangular and well conditioned after the fallback)
+    return b, coefs
+
+
+def whitened_loss(ws, sxx, b, coefs) -> float:
+    """||X (W - B C)||_F over a group, from Sxx = X^T X."""
+    tot = 0.0
+    for w, c in zip(ws, coefs):
+        d = np.asarray(w, np.float64) - b @ c
+        tot += float(np.sum(d * (np.asarray(sxx, np.float64) @ d)))
+    return math.sqrt(max(tot, 0.0))

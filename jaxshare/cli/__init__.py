@@ -1,0 +1,1 @@
+"""The `jaxshare` command: one module per command group."""

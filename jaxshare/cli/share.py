@@ -1,0 +1,144 @@
+"""Subcommands of head-wise sharing: `similarity`, `attention-similarity`, `share`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jaxshare.headshare.similarity import MATCHES
+
+MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, or a jaxshare checkpoint"
+
+
+def _emit(args, obj: dict, text: str) -> None:
+    print(json.dumps(obj) if args.json else text)
+
+
+def check_out_dir(out, overwrite: bool) -> None:
+    """Refuse a non-empty OUT before any compute (the write itself is atomic as well)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def cmd_similarity(args) -> None:
+    import numpy as np
+
+    from jaxshare import plots
+    from jaxshare.io.load import load_model
+    from jaxshare.headshare.similarity import best_partners, similarity_matrix
+
+    m = load_model(args.model, "fp32")
+    K = m.cfg.n_kv_heads
+    found = best_partners(m.params, args.match)
+    out = {"model": args.model, "match": args.match, "units": m.cfg.n_layers * K, "functions": {}}
+    lines = []
+    for f, r in found.items():
+        ok = r["partner"] >= 0
+        own_layer = np.repeat(np.arange(m.cfg.n_layers), K).reshape(r["partner"].shape)
+        dist = (own_layer - r["partner"] // K)[ok]
+        scores = r["score"][ok]
+        out["functions"][f] = {
+            "score_mean": float(scores.mean()), "score_max": float(scores.max()), "score_min": float(scores.min()),
+            "layer_distance_mean": float(dist.mean()), "layer_distance_hist": np.bincount(dist).tolist(),
+            "partner": r["partner"].tolist(), "score": np.where(ok, r["score"], np.nan).tolist()}
+        lines.append(f"{f}: best-partner cosine mean {scores.mean():.3f} (max {scores.max():.3f}); "
+                     f"mean layer distance {dist.mean():.2f}")
+        if args.plot:
+            d = Path(args.plot)
+            S = np.asarray(similarity_matrix(m.params, f))
+            files = [plots.heatmap(S, d / f"similarity_{f}.png", f"unit x unit cosine ({f})", tick_every=K),
+                     plots.histogram(dist, d / f"partner_distance_{f}.png", f"layer distance to best partner ({f})",
+                                     "layers back", integer=True),
+                     plots.histogram(scores, d / f"scores_{f}.png", f"best-partner cosine ({f})", "cosine", bins=30)]
+            out["functions"][f]["plots"] = [str(p) for p in files]
+            lines.append("  plots: " + ", ".join(str(p) for p in files))
+    _emit(args, out, "\n".join(lines))
+
+
+def cmd_attention_similarity(args) -> None:
+    import numpy as np
+
+    from jaxshare import plots
+    from jaxshare.eval.attention_maps import map_similarity
+    from jaxshare.data.corpora import join_documents, load_corpus
+    from jaxshare.eval.perplexity import check_seq_len, make_windows, tokenize_corpus
+    from jaxshare.io.load import load_model
+
+    m = load_model(args.model, "fp32")
+    check_seq_len(m.cfg, args.seq_len)
+    ids = tokenize_corpus(m.tokenizer, join_documents(load_corpus(args.data)))
+    tokens = make_windows(ids, args.seq_len, args.batch)
+    sim = map_similarity(m.params, m.cfg, tokens)
+    L = m.cfg.n_layers
+    off = ~np.eye(L, dtype=bool)
+    adjacent = float(np.mean([sim["layer"][i, i + 1] for i in range(L - 1)]))
+    out = {"model": args.model, "data": args.data, "batch": int(tokens.shape[0]), "seq_len": args.seq_len,
+           "layer_similarity": sim["layer"].tolist(), "adjacent_layer_mean": adjacent,
+           "layer_offdiag_mean": float(sim["layer"][off].mean())}
+    text = (f"attention-map cosine over {tokens.shape[0]} x {args.seq_len} tokens: adjacent layers {adjacent:.3f}, "
+            f"all layer pairs {out['layer_offdiag_mean']:.3f}")
+    if args.plot:
+        d = Path(args.plot)
+        files = [plots.heatmap(sim["layer"], d / "attention_layer_similarity.png", "attention-map cosine, layer x layer",
+                               tick_every=1),
+                 plots.heatmap(sim["head"], d / "attention_head_similarity.png", "attention-map cosine, head x head",
+                               tick_every=m.cfg.n_heads)]
+        out["plots"] = [str(p) for p in files]
+        text += "\nplots: " + ", ".join(out["plots"])
+    _emit(args, out, text)
+
+
+def cmd_share(args) -> None:
+    from jaxshare import plots
+    from jaxshare.io.native import save_native
+    from jaxshare.headshare.directshare import direct_share, n_units
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.headshare.sharing import SharingError, manifest
+
+    if not (0 <= args.ratio < 1):
+        raise SharingError(f"--ratio must be in [0, 1), got {args.ratio}")
+    check_out_dir(args.out, args.overwrite)
+    resolve(args.model)
+    m = load_model(args.model, "fp32")
+    n_units(args.ratio, m.cfg)  # a ratio asking for more units than have partners fails here
+    shared, info = direct_share(m.params, m.cfg, args.ratio, args.match, args.keep, args.share_o)
+    rep = {"model": args.model, "out": str(args.out), **info["report"]}
+    man = manifest(shared, m.cfg, ratio=args.ratio, match=args.match, keep=args.keep, share_o=args.share_o,
+                   source=str(m.source))
+    extra = {"sharing": man, "derived_from": str(m.source)}
+    if args.plot:
+        d = Path(args.plot)
+        rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
+                                            f"DirectShare {args.ratio:.0%} ({args.match}, {mm}): source layer"))
+                        for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
+    save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
+    _emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units ({args.match}, keep={args.keep}): "
+                     f"q/k/v params -{rep['qkv_fraction_removed']:.1%}, attention -{rep['attn_fraction_removed']:.1%}, "
+                     f"model -{rep['model_fraction_removed']:.1%}; {rep['bytes_before'] / 2**20:.1f} -> "
+                     f"{rep['bytes_after'] / 2**20:.1f} MiB; wrote {args.out}")
+
+
+def register(sub, add) -> None:
+    s = add("similarity", cmd_similarity, "best-partner search over attention units (jit, vmapped Gram)")
+    s.add_argument("model", help=MODEL_HELP)
+    s.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
+    s.add_argument("--plot", metavar="DIR", help="write PNG heatmap, partner-distance and score histograms")
+
+    a = add("attention-similarity", cmd_attention_similarity,
+            "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
+    a.add_argument("model", help=MODEL_HELP)
+    a.add_argument("--data", default="wiki", help="corpus name or .txt/.jsonl file")
+    a.add_argument("--seq-len", type=int, default=256)
+    a.add_argument("--batch", type=int, default=4, help="windows averaged over")
+    a.add_argument("--plot", metavar="DIR", help="write PNG heatmaps (layer x layer, head x head)")
+
+    sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
+    sh.add_argument("model", help=MODEL_HELP)
+    sh.add_argument("out", help="output jaxshare checkpoint directory")
+    sh.add_argument("--ratio", type=float, required=True, help="fraction of the L*K units to tie, in [0, 1)")
+    sh.add_argument("--match", choices=MATCHES, default="qk")
+    sh.add_argument("--keep", choices=("root", "mean"), default="root",
+                    help="a tied group keeps the root's weights (paper) or their mean")
+    sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
+    sh.add_argument("--plot", metavar="DIR", help="write a per-layer PNG map of tied units")
+    sh.add_argument("--overwrite", action="store_true")

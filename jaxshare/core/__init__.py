@@ -1,0 +1,1 @@
+"""The model itself: configuration, parameter pytrees, the generic decoder, banks, generation."""

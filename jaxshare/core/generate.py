@@ -1,0 +1,76 @@
+"""Generation with a KV cache: greedy, or temperature with nucleus (top-p) sampling."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.model import KVCache, forward_cached
+
+
+@partial(jax.jit, static_argnames=("temperature", "top_p"))
+def sample_token(logits_BV, key, temperature: float = 0.0, top_p: float = 1.0):
+    """Next token [B]: argmax at temperature 0, else a draw from the top-p nucleus."""
+    if temperature <= 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits = logits_BV.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
+        keep = before < top_p  # the most likely token is always kept
+        cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, eos_ids=(), dtype=jnp.float32) -> np.ndarray:
+    """New tokens [B, <=max_new_tokens] after the prompt; stops early when every row hit EOS."""
+    prompt = jnp.asarray(prompt_BT, jnp.int32)
+    B, T = prompt.shape
+    if T + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{cfg.max_seq_len} positions")
+    cache = KVCache.empty(cfg, B, T + max_new_tokens, dtype)
+    logits, cache = forward_cached(params, cfg, prompt, cache, dtype)
+    key = jax.random.key(seed)
+    eos = np.asarray(sorted(eos_ids), np.int32)
+    done = np.zeros(B, bool)
+    out = []
+    last = logits[:, -1]
+    for _ in range(max_new_tokens):
+        key, sub = jax.random.split(key)
+        tok = sample_token(last, sub, temperature, top_p)
+        tok_np = np.asarray(tok)
+        out.append(np.where(done, eos[0] if len(eos) else tok_np, tok_np))
+        done |= np.isin(tok_np, eos)
+        if done.all():
+            break
+        logits, cache = forward_cached(params, cfg, tok[:, None], cache, dtype)
+        last = logits[:, -1]
+    return np.stack(out, axis=1) if out else np.zeros((B, 0), np.int32)
+
+
+def eos_ids(cfg: ModelConfig, tokenizer=None) -> tuple[int, ...]:
+    ids = cfg.eos_token_id
+    ids = () if ids is None else (ids if isinstance(ids, tuple) else (ids,))
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids = tuple(sorted(set(ids) | {tokenizer.eos_token_id}))
+    return ids
+
+
+def generate_text(loaded, prompt: str, max_new_tokens: int = 64, *, chat: bool = False, **kw) -> str:
+    tok = loaded.tokenizer
+    if tok is None:
+        raise ValueError(f"{loaded.source} has no tokenizer; cannot generate from text")
+    if chat and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+    else:
+        ids = tok(prompt)["input_ids"]
+    new = generate(loaded.params, loaded.cfg, np.asarray([ids]), max_new_tokens, eos_ids=eos_ids(loaded.cfg, tok), **kw)
+    return tok.decode(new[0], skip_special_tokens=True)

@@ -1,0 +1,1 @@
+"""Evaluation and analysis: perplexity, parity with transformers, attention maps."""

@@ -1,0 +1,70 @@
+"""Parity against transformers (torch, fp32) on the same source and the same tokens."""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxshare.eval.perplexity import PROTOCOL, check_seq_len, make_windows, tokenize_corpus
+from jaxshare.io.load import LoadedModel
+from jaxshare.core.model import forward
+
+
+def reference_model(loaded: LoadedModel):
+    """The transformers model for the same weights: its GGUF loader for GGUFs, from_pretrained otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if loaded.kind in ("gguf", "registered"):
+        gguf = loaded.source
+        if loaded.kind == "registered":
+            from jaxshare.io import registry
+
+            gguf = registry.registered_gguf(loaded.meta["extra"]["registered"])
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    elif loaded.kind == "hf":
+        model = AutoModelForCausalLM.from_pretrained(str(loaded.source), dtype=torch.float32)
+    else:  # native: the reference reads our HF export of it
+        from jaxshare.io.hf import export_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = export_hf(loaded.params, loaded.cfg, Path(tmp) / "hf")
+            model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    return model.eval()
+
+
+def _nll_sum(logits_TV: np.ndarray, targets_T: np.ndarray) -> float:
+    x = logits_TV.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(targets_T)), targets_T].sum())
+
+
+def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: int = 2) -> dict:
+    """Max |logit diff| and both PPLs over the first max_windows windows, at highest matmul precision."""
+    import torch
+
+    from jaxshare.data.corpora import join_documents
+
+    check_seq_len(loaded.cfg, seq_len)
+    windows = make_windows(tokenize_corpus(loaded.tokenizer, join_documents(docs)), seq_len, max_windows)
+    ref = reference_model(loaded)
+    max_diff, nll_jax, nll_ref = 0.0, 0.0, 0.0
+    with jax.default_matmul_precision("highest"):
+        for w in tqdm(windows, desc="parity", unit="window", leave=False):
+            got = np.asarray(forward(loaded.params, loaded.cfg, w[None]))[0]
+            with torch.no_grad():
+                want = ref(torch.as_tensor(w[None].astype(np.int64))).logits[0].float().numpy()
+            max_diff = max(max_diff, float(np.max(np.abs(got - want))))
+            nll_jax += _nll_sum(got[:-1], w[1:])
+            nll_ref += _nll_sum(want[:-1], w[1:])
+    tokens = len(windows) * (seq_len - 1)
+    ppl_jax, ppl_ref = math.exp(nll_jax / tokens), math.exp(nll_ref / tokens)
+    return {"max_abs_logit_diff": max_diff, "ppl_jax": ppl_jax, "ppl_reference": ppl_ref,
+            "ppl_rel_diff": abs(ppl_jax - ppl_ref) / ppl_ref, "tokens": tokens, "windows": len(windows),
+            "seq_len": seq_len, "reference": f"transformers {__import__('transformers').__version__} torch fp32",
+            "protocol": PROTOCOL}

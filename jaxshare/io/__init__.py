@@ -1,0 +1,1 @@
+"""Models in and out: Hugging Face directories, GGUF files, native checkpoints, registered names."""

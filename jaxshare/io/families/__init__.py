@@ -1,0 +1,61 @@
+"""Family adapters: the only per-model code. Each maps HF config and tensor names onto the
+generic decoder's ModelConfig and Params."""
+from __future__ import annotations
+
+import re
+from types import ModuleType
+
+from jaxshare.core.config import ConfigError, ModelConfig
+from jaxshare.io.families import gpt2, llama
+from jaxshare.io.families.base import Slot
+
+ADAPTERS: dict[str, ModuleType] = {"llama": llama, "mistral": llama, "qwen2": llama, "gpt2": gpt2}
+
+
+def adapter(family: str) -> ModuleType:
+    try:
+        return ADAPTERS[family]
+    except KeyError:
+        raise ConfigError(
+            f"unsupported architecture {family!r}; supported: {', '.join(sorted(ADAPTERS))}") from None
+
+
+def _transformers_config_class(model_type: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type).__class__
+
+
+def config_from_hf_dict(hf: dict) -> ModelConfig:
+    """ModelConfig from a config.json dict, normalised through transformers' own config class.
+
+    Raises ConfigError naming the architecture or attribute we cannot honour.
+    """
+    model_type = hf.get("model_type")
+    if model_type is None:
+        raise ConfigError("config.json has no model_type")
+    mod = adapter(model_type)
+    cls = _transformers_config_class(model_type)
+    # transformers v5 renames legacy keys (rope_scaling/rope_theta -> rope_parameters) on load.
+    normalised = cls(**{k: v for k, v in hf.items() if k != "model_type"}).to_dict()
+    normalised = {k: v for k, v in normalised.items() if k in hf or k == "rope_parameters"}
+    normalised["model_type"] = model_type
+    default = cls().to_dict()
+    return mod.config_from_hf(normalised, default)
+
+
+def hf_config(cfg: ModelConfig):
+    """A transformers config object for export (written with its own save_pretrained)."""
+    cls = _transformers_config_class(cfg.family)
+    return cls(**adapter(cfg.family).hf_config_kwargs(cfg))
+
+
+def slots(cfg: ModelConfig) -> list[Slot]:
+    return adapter(cfg.family).slots(cfg)
+
+
+def is_ignored(cfg: ModelConfig, key: str) -> bool:
+    return any(re.fullmatch(p, key) for p in adapter(cfg.family).IGNORED)
+
+
+__all__ = ["ADAPTERS", "Slot", "adapter", "config_from_hf_dict", "hf_config", "slots", "is_ignored"]

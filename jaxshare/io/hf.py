@@ -1,0 +1,241 @@
+"""Hugging Face checkpoints in (safetensors, sharded or not; .bin behind a flag) and out.
+
+Tensors stream one at a time into preallocated per-leaf buffers, so a load never holds a
+full state dict on top of the params. Keys are accounted strictly.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxshare.io import families
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.params import Params, get_leaf, map_shapes, param_shapes
+
+NP_DTYPES = {"fp32": np.float32, "float32": np.float32, "bf16": ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as the model it claims to be."""
+
+
+def np_dtype(dtype) -> np.dtype:
+    if isinstance(dtype, str):
+        if dtype not in NP_DTYPES:
+            raise CheckpointError(f"unsupported dtype {dtype!r}; use fp32 or bf16")
+        return np.dtype(NP_DTYPES[dtype])
+    return np.dtype(dtype)
+
+
+def _names(keys, limit=8) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype="fp32",
+                        source: str = "checkpoint", total: int | None = None) -> Params:
+    """Fill a Params pytree from (hf_key, array) pairs; raise on missing/unexpected/duplicate keys."""
+    dt = np_dtype(dtype)
+    table = {s.hf_key: s for s in families.slots(cfg)}
+    buffers: dict[str, np.ndarray] = {}
+    map_shapes(lambda path, shape: buffers.__setitem__(path, np.empty(shape, dt)), param_shapes(cfg))
+    seen, unexpected, duplicate = set(), [], []
+    for key, arr in tqdm(tensors, total=total, desc=f"loading {Path(source).name}", unit="tensor", leave=False):
+        if key in seen:
+            duplicate.append(key)
+            continue
+        slot = table.get(key)
+        if slot is None:
+            # A tied model may still carry its (identical) lm_head copy; it is not a parameter here.
+            if not (families.is_ignored(cfg, key) or (cfg.tie_embeddings and key == "lm_head.weight")):
+                unexpected.append(key)
+            continue
+        seen.add(key)
+        if tuple(arr.shape) != slot.hf_shape:
+            raise CheckpointError(f"{source}: tensor {key} has shape {tuple(arr.shape)}, expected {slot.hf_shape}")
+        for (leaf, layer), part in zip(slot.parts, slot.split(np.asarray(arr))):
+            target = buffers[leaf] if layer is None else buffers[leaf][layer]
+            target[...] = part.astype(dt, copy=False)
+    missing = set(table) - seen
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if duplicate:
+        problems.append(f"duplicate keys: {_names(duplicate)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+    def to_device(path, _shape):
+        # may_alias: on CPU the device array adopts the host buffer instead of copying it
+        # (a copy measured 2x the leaf in peak RSS); the buffer is never written again.
+        return jax.device_put(buffers.pop(path), may_alias=True)
+
+    return map_shapes(to_device, param_shapes(cfg))
+
+
+def _safetensor_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+        absent = [f for f in files if not (model_dir / f).exists()]
+        if absent:
+            raise CheckpointError(f"{index} names shard(s) that do not exist: {_names(absent)}")
+        return [model_dir / f for f in files]
+    single = model_dir / "model.safetensors"
+    return [single] if single.exists() else []
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import SafetensorError, safe_open
+
+    for path in files:
+        try:
+            handle = safe_open(str(path), framework="numpy")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+        with handle as f:
+            for key in f.keys():
+                try:
+                    yield key, f.get_tensor(key)
+                except (SafetensorError, OSError) as e:
+                    raise CheckpointError(f"{path}: cannot read tensor {key}: {e}") from None
+
+
+def count_safetensors(files: list[Path]) -> int:
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                total += len(list(f.keys()))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+    return total
+
+
+def iter_torch_bin(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    import torch  # only on this opt-in path
+
+    files = sorted(model_dir.glob("pytorch_model*.bin"))
+    for path in files:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in list(state):
+            yield key, state.pop(key).float().numpy()
+
+
+def read_hf_config(model_dir: Path) -> ModelConfig:
+    path = Path(model_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    return families.config_from_hf_dict(hf)
+
+
+def load_hf_dir(model_dir, dtype="fp32", allow_bin: bool = False) -> tuple[ModelConfig, Params]:
+    """(config, params) of an HF model directory."""
+    model_dir = Path(model_dir)
+    cfg = read_hf_config(model_dir)
+    files = _safetensor_files(model_dir)
+    if files:
+        return cfg, params_from_tensors(cfg, iter_safetensors(files), dtype, str(model_dir), count_safetensors(files))
+    if any(model_dir.glob("pytorch_model*.bin")):
+        if not allow_bin:
+            raise CheckpointError(f"{model_dir} holds only PyTorch .bin weights, which are pickles; "
+                                  "pass --allow-bin (loaded with weights_only=True) or convert to safetensors")
+        return cfg, params_from_tensors(cfg, iter_torch_bin(model_dir), dtype, str(model_dir))
+    raise CheckpointError(f"{model_dir}: no model.safetensors, sharded index, or pytorch_model.bin")
+
+
+def hf_tensor(params: Params, slot, dtype) -> np.ndarray:
+    """The HF tensor of one slot, assembled from its param leaves."""
+    parts = []
+    for leaf, layer in slot.parts:
+        arr = get_leaf(params, leaf)
+        parts.append(np.asarray(arr if layer is None else arr[layer]).astype(np.float32))
+    return np.ascontiguousarray(slot.join(*parts).astype(np_dtype(dtype)))
+
+
+def hf_state_dict(params: Params, cfg: ModelConfig, dtype="fp32") -> Iterator[tuple[str, np.ndarray]]:
+    """(hf_key, array) of the whole model, one tensor at a time."""
+    for slot in families.slots(cfg):
+        yield slot.hf_key, hf_tensor(params, slot, dtype)
+
+
+def atomic_dir(out_dir: Path, overwrite: bool = False):
+    """Context: a temp dir beside out_dir, renamed onto it only if the block succeeds."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        try:
+            yield tmp
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return ctx()
+
+
+def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="fp32",
+              max_shard_bytes: int = 2 * 1024**3, extra_json: dict | None = None, overwrite: bool = False,
+              extra_files: dict | None = None) -> Path:
+    """Write an HF directory that transformers loads with from_pretrained. extra_json / extra_files:
+    {file name: object / bytes} written beside the weights (a compressed method's manifest, factors)."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+    from safetensors.numpy import save_file
+
+    from jaxshare.core.bank import materialize
+
+    params = materialize(params)  # banks and factored weights leave as plain dense tensors
+    dt = np_dtype(dtype)
+    hf_cfg = families.hf_config(cfg)
+    hf_cfg.dtype = "bfloat16" if dt == np.dtype(ml_dtypes.bfloat16) else "float32"
+    hf_cfg.architectures = [type(hf_cfg).__name__.replace("Config", "ForCausalLM").replace("GPT2ForCausalLM", "GPT2LMHeadModel")]
+    sizes = {s.hf_key: int(np.prod(s.hf_shape)) * dt.itemsize for s in families.slots(cfg)}
+    split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_bytes,
+                                                 filename_pattern="model{suffix}.safetensors")
+    with atomic_dir(Path(out_dir), overwrite) as tmp:
+        hf_cfg.save_pretrained(tmp)
+        table = {s.hf_key: s for s in families.slots(cfg)}
+        for filename, keys in tqdm(split.filename_to_tensors.items(), desc="writing shards", leave=False):
+            shard = {key: hf_tensor(params, table[key], dtype) for key in keys}  # one shard in memory at a time
+            save_file(shard, str(tmp / filename), metadata={"format": "pt"})
+            del shard
+        if split.is_sharded:
+            index = {"metadata": {"total_size": split.metadata.get("total_size", sum(sizes.values()))},
+                     "weight_map": split.tensor_to_filename}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2))
+        for name, blob in (extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
+    return Path(out_dir)

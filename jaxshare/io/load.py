@@ -1,0 +1,123 @@
+"""Resolve a MODEL argument: a registered name, an HF directory, a .gguf file, or a native checkpoint."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxshare.core.config import ModelConfig
+from jaxshare.io.hf import CheckpointError, load_hf_dir
+from jaxshare.core.params import Params
+
+
+# An exported HF directory of a compressed model holds dense weights plus a manifest; importing
+# it restores the compressed form. file name -> "module:function(cfg, params, manifest) -> params"
+HF_MANIFESTS = {
+    "sharing.json": "jaxshare.headshare.sharing:from_dense",
+    "basis.json": "jaxshare.basis.io:restore_from_hf",
+}
+
+
+def _apply_hf_manifests(path: Path, cfg: ModelConfig, params: Params) -> tuple[Params, dict]:
+    import importlib
+    import inspect
+    import json
+
+    extra = {}
+    for name, ref in HF_MANIFESTS.items():
+        if (path / name).is_file():
+            manifest = json.loads((path / name).read_text())
+            module, fn = ref.split(":")
+            fn = getattr(importlib.import_module(module), fn)
+            # a restorer that reads side files of the directory takes it as `source`
+            kw = {"source": path} if "source" in inspect.signature(fn).parameters else {}
+            params = fn(cfg, params, manifest, **kw)
+            extra[name.removesuffix(".json")] = manifest
+    return params, {"extra": extra} if extra else {}
+
+
+@dataclass
+class LoadedModel:
+    cfg: ModelConfig
+    params: Params
+    tokenizer: Any  # a transformers tokenizer, or None when the source has none
+    kind: str  # registered | native | hf | gguf
+    source: Path  # the file or directory the weights came from
+    meta: dict
+
+
+def _tokenizer_from_dir(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
+    from jaxshare.io import families
+    from jaxshare.io import gguf as gguf_io
+    from jaxshare.io.hf import params_from_tensors
+
+    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))
+    params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path), dtype, str(path))
+    return cfg, params, gguf_io.gguf_tokenizer(path)
+
+
+def registered_native(name: str) -> Path:
+    """The cached native checkpoint of a registered model, converting its GGUF once."""
+    from jaxshare.io import registry
+    from jaxshare.io.native import is_native, save_native
+    from jaxshare.io.fetch import cache_dir
+
+    out = cache_dir() / "models" / name / "native"
+    if not is_native(out):
+        gguf = registry.registered_gguf(name)
+        cfg, params, tok = convert_gguf(gguf, "fp32")
+        save_native(out, cfg, params, tok, extra={"converted_from": gguf.name, "registered": name}, overwrite=True)
+    return out
+
+
+def resolve(spec: str) -> tuple[str, Path]:
+    """(kind, path) for a MODEL argument, without loading weights."""
+    from jaxshare.io import registry
+    from jaxshare.io.native import is_native
+
+    path = Path(os.path.expanduser(spec))
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return "gguf", path
+        if path.is_dir() and is_native(path):
+            return "native", path
+        if path.is_dir() and (path / "config.json").exists():
+            return "hf", path
+        raise CheckpointError(f"{spec}: not a .gguf file, a jaxshare checkpoint, or an HF model directory")
+    if registry.is_registered(spec):
+        return "registered", Path(spec)
+    raise CheckpointError(f"cannot load {spec!r}: no such file or directory, and not a registered model "
+                          f"(registered: {', '.join(sorted(registry.REGISTERED))})")
+
+
+def load_model(spec: str, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
+    """Load any supported MODEL argument into (config, params, tokenizer)."""
+    from jaxshare.io.native import load_native
+
+    kind, path = resolve(spec)
+    if kind == "registered":
+        path = registered_native(spec)
+    if kind in ("registered", "native"):
+        cfg, params, meta = load_native(path, dtype=_jnp_dtype(dtype))
+        return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
+    if kind == "gguf":
+        cfg, params, tok = convert_gguf(path, dtype)
+        return LoadedModel(cfg, params, tok, kind, path, {})
+    cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
+    params, meta = _apply_hf_manifests(path, cfg, params)
+    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
+
+
+def _jnp_dtype(dtype):
+    import jax.numpy as jnp
+
+    return {"fp32": jnp.float32, "bf16": jnp.bfloat16}.get(dtype, dtype)

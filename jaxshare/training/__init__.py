@@ -1,0 +1,1 @@
+"""Post-training pieces: config, packed data, mesh rules, the trainer."""

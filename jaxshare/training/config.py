@@ -1,0 +1,225 @@
+"""Post-training configuration: a frozen dataclass read from YAML plus `--set key=value`
+overrides, validated up front so a bad run fails before any compute (METHODS.md §1, PostShare).
+
+Defaults are the paper's: gamma 0.5, AdamW lr 5e-5, betas (0.9, 0.95), eps 1e-8, weight decay
+0.1, cosine schedule with warm-up, gradient clip 1.0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MODES = ("postshare", "direct+post", "plain")
+DTYPES = ("fp32", "bf16")
+# Exactly one training length is in force; setting one with --set clears the others.
+LENGTH_KEYS = ("steps", "tokens", "epochs")
+
+
+class TrainConfigError(ValueError):
+    """A training configuration that cannot run as written."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "postshare"
+    model: str = "smollm2-135m"
+    data: str = "wiki:train"  # named corpus, .txt/.jsonl file, or a .npy of int token ids
+    eval_data: str = "wiki:validation"
+    run_dir: str = "runs/postshare"
+    # Length: exactly one of steps / tokens / epochs (fraction of an epoch, paper: 0.5).
+    steps: int = 100
+    tokens: int = 0
+    epochs: float = 0.0
+    seq_len: int = 256
+    batch_size: int = 4  # windows per micro-batch (global, over all devices)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    # Sharing (DirectShare selection on the starting model decides the pairs).
+    ratio: float = 0.3
+    match: str = "qk"
+    keep: str = "root"
+    share_o: bool = False
+    # Loss and optimizer.
+    gamma: float = 0.5
+    lr: float = 5e-5
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    end_lr_ratio: float = 0.0  # cosine decays to lr * end_lr_ratio
+    clip_norm: float = 1.0
+    dtype: str = "bf16"  # compute dtype; master weights and optimizer state stay fp32
+    # Observability, checkpoints, evaluation.
+    eval_every: int = 50  # 0 = never during training (the final evaluation always runs)
+    eval_windows: int = 8
+    eval_batch_size: int = 8
+    checkpoint_every: int = 50  # 0 = only the preemption and final saves
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    progress: bool = True
+    export_hf: bool = True
+    # Devices.
+    mesh: str = ""  # "data=2,fsdp=4"; empty: every device on fsdp
+    multihost: bool = False  # call jax.distributed.initialize() first
+    seed: int = 0
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def validate(self) -> "TrainConfig":
+        """Checks that need no model or data; raises TrainConfigError."""
+        def bad(msg):
+            raise TrainConfigError(msg)
+
+        if self.mode not in MODES:
+            bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            bad(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from jaxshare.headshare.sharing import KEEP
+        from jaxshare.headshare.similarity import MATCHES
+
+        if self.match not in MATCHES:
+            bad(f"match must be one of {', '.join(MATCHES)}, got {self.match!r}")
+        if self.keep not in KEEP:
+            bad(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if not (0 <= self.ratio < 1):
+            bad(f"ratio must be in [0, 1), got {self.ratio}")
+        lengths = [k for k in LENGTH_KEYS if getattr(self, k) > 0]
+        if len(lengths) != 1:
+            bad(f"set exactly one of steps, tokens, epochs (> 0); got {lengths or 'none'}")
+        for k in LENGTH_KEYS:
+            if getattr(self, k) < 0:
+                bad(f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("seq_len",):
+            if getattr(self, k) < 2:
+                bad(f"{k} must be at least 2, got {getattr(self, k)}")
+        for k in ("batch_size", "grad_accum", "eval_windows", "eval_batch_size", "keep_checkpoints", "log_every"):
+            if getattr(self, k) < 1:
+                bad(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("eval_every", "checkpoint_every", "warmup_steps", "seed"):
+            if getattr(self, k) < 0:
+                bad(f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("lr", "eps"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                bad(f"{k} must be a positive number, got {v}")
+        for k in ("gamma", "weight_decay", "clip_norm", "end_lr_ratio"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                bad(f"{k} must be a finite number >= 0, got {v}")
+        for k in ("b1", "b2"):
+            if not (0 <= getattr(self, k) < 1):
+                bad(f"{k} must be in [0, 1), got {getattr(self, k)}")
+        if not self.run_dir:
+            bad("run_dir must be set")
+        from jaxshare.training.mesh import parse_mesh
+
+        parse_mesh(self.mesh)  # syntax only; device counts are checked when the mesh is built
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, raw, typ: type):
+    """A YAML value or --set string as the field's type (bool/int/float/str)."""
+    if isinstance(raw, str) and typ is not str:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise TrainConfigError(f"{key}: cannot parse {raw!r}") from None
+    if typ is bool:
+        if not isinstance(raw, bool):
+            raise TrainConfigError(f"{key} must be true or false, got {raw!r}")
+        return raw
+    if typ is int:
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise TrainConfigError(f"{key} must be an integer, got {raw!r}")
+        return raw
+    if typ is float:
+        if isinstance(raw, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                raw = float(raw)
+            except ValueError:
+                pass
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise TrainConfigError(f"{key} must be a number, got {raw!r}")
+        return float(raw)
+    if raw is None:
+        return ""
+    return str(raw)
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _field_types() -> dict[str, type]:
+    return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(TrainConfig)}
+
+
+def build_config(base: dict | None = None, sets: list[str] | None = None, mode: str | None = None) -> TrainConfig:
+    """TrainConfig from a YAML mapping, `key=value` overrides (applied last) and a mode."""
+    types = _field_types()
+    values: dict = {}
+    for key, raw in (base or {}).items():
+        if key not in types:
+            raise TrainConfigError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        values[key] = _coerce(key, raw, types[key])
+    for item in sets or []:
+        if "=" not in item:
+            raise TrainConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in types:
+            raise TrainConfigError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        if key in LENGTH_KEYS:  # one length at a time: the override wins over the file's
+            for other in LENGTH_KEYS:
+                values[other] = types[other](0)
+        values[key] = _coerce(key, raw, types[key])
+    if mode is not None:  # the subcommand names the mode; it overrides the file's
+        values["mode"] = mode
+    return TrainConfig(**values).validate()
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name) -> Path:
+    """A YAML path, or the bare name of a shipped config (`smollm2_postshare`), so that a wheel
+    install finds the configs without a checkout."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / f"{p.name.removesuffix('.yaml')}.yaml"
+    if p.parent == Path(".") and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
+    raise TrainConfigError(f"config file {name} does not exist (shipped configs: {known})")
+
+
+def load_config(path=None, sets: list[str] | None = None, mode: str | None = None) -> TrainConfig:
+    import yaml
+
+    base = {}
+    if path is not None:
+        p = config_path(path)
+        try:
+            base = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(base, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of config keys")
+    return build_config(base, sets, mode)
+
+
+def dump_config(cfg: TrainConfig, path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
