@@ -71,15 +71,13 @@ def _drop_closed_loop_noise(hook):
 def _quiet_orbax():
     """Orbax logs a traceback per background thread when a save fails (a full disk: three); the
     failure itself still raises, and atomic_output reports it in one line."""
+    if not getattr(sys.unraisablehook, "jaxshare", False):  # stays: the noise may come after the error
+        sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
     log = logging.getLogger("absl")
     level = log.level
     log.setLevel(logging.CRITICAL)
     try:
         yield
-    except BaseException:
-        if not getattr(sys.unraisablehook, "jaxshare", False):
-            sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
-        raise
     finally:
         log.setLevel(level)
 
