@@ -331,9 +331,12 @@ def test_kill_at_random_moments_leaves_absent_or_complete(models, tmp_path, caps
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env()))
     try:
         for seed, child in enumerate(children):
-            lines = [child.stderr.readline() for _ in range(2)]  # every destination exists; warm
-            assert all(ln.startswith("cycle ") for ln in lines), f"the writer failed: {lines}{child.stderr.read()}"
-            time.sleep(random.Random(seed).uniform(0, 2 * float(lines[1].split()[1])))
+            cycles, seen = [], []
+            while len(cycles) < 2:  # two cycles done: every destination exists, and the writer is warm
+                line = child.stderr.readline()
+                assert line, f"the writer failed: {''.join(seen)}"
+                (cycles if line.startswith("cycle ") else seen).append(line)
+            time.sleep(random.Random(seed).uniform(0, 2 * float(cycles[1].split()[1])))
             child.send_signal(signal.SIGKILL)
     finally:
         for child in children:
