@@ -82,12 +82,11 @@ def summarize(res: dict) -> dict:
 def write_pairs(out_dir, res: dict, info: dict, overwrite: bool = False) -> dict:
     """basis_pairs.json + basis_pairs.png, written atomically into out_dir."""
     import json
-    from pathlib import Path
 
-    from jaxshare.io.hf import atomic_dir
+    from jaxshare.io.atomic import atomic_output
 
     obj = {**info, "summary": summarize(res), "types": res}
-    with atomic_dir(Path(out_dir), overwrite) as tmp:
+    with atomic_output(out_dir, overwrite) as tmp:
         (tmp / "basis_pairs.json").write_text(json.dumps(obj))
         heatmap(res, tmp / "basis_pairs.png", f"{info.get('model', '')}: relative whitened loss\nof a shared basis")
     return obj

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from jaxshare.basis.factor import METHODS, TYPES, BasisError
 
@@ -23,9 +22,9 @@ def _calib_name(s: str) -> str:
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-    p = Path(out)
-    if p.exists() and (not p.is_dir() or any(p.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    from jaxshare.io.atomic import check_destination
+
+    check_destination(out, overwrite)  # before loading or computing anything
 
 
 def cmd_basis(args) -> None:

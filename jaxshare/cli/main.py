@@ -31,9 +31,11 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_convert(args) -> None:
+    from jaxshare.io.atomic import check_destination
     from jaxshare.io.native import save_native
     from jaxshare.io.load import load_model
 
+    check_destination(args.out, args.overwrite)  # before the (slow) load
     m = load_model(args.src, args.dtype, allow_bin=args.allow_bin)
     out = save_native(args.out, m.cfg, m.params, m.tokenizer, extra={"converted_from": str(m.source)},
                       overwrite=args.overwrite)
@@ -46,8 +48,10 @@ def cmd_export(args) -> None:
 
     import importlib
 
+    from jaxshare.io.atomic import check_destination
     from jaxshare.io.native import EXPORT_FILES, MANIFEST_KEYS
 
+    check_destination(args.out, args.overwrite)  # before the (slow) load
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
     extra = m.meta.get("extra", {})
     manifests = {f"{k}.json": extra[k] for k in MANIFEST_KEYS if k in extra}  # e.g. sharing.json
@@ -183,20 +187,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors():
     from jaxshare.core.config import ConfigError
+    from jaxshare.io.atomic import OutputError
     from jaxshare.io.fetch import FetchError
     from jaxshare.io.hf import CheckpointError
 
-    errors = [ConfigError, CheckpointError, FetchError, FileExistsError, FileNotFoundError, ValueError, KeyError]
+    # OSError: a file that cannot be read or written (permission, no space, not a directory) is the
+    # user's to fix, never a bug to show a traceback for.
+    errors = [ConfigError, CheckpointError, FetchError, OutputError, OSError, ValueError, KeyError]
     return tuple(errors)
 
 
+def _prog(parser: argparse.ArgumentParser, args) -> str:
+    """The chosen subcommand's full name (`jaxshare eval ppl`), found by the function it runs."""
+    found = []
+
+    def walk(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sp in action.choices.values():
+                    walk(sp)
+        if p._defaults.get("fn") is getattr(args, "fn", None):
+            found.append(p.prog)
+
+    walk(parser)
+    chosen = {v for v in vars(args).values() if isinstance(v, str)}  # e.g. train's mode
+    return next((p for p in found if p.split()[-1] in chosen), found[0] if found else parser.prog)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         args.fn(args)
     except _user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"jaxshare {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{_prog(parser, args)}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

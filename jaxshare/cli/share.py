@@ -14,10 +14,10 @@ def _emit(args, obj: dict, text: str) -> None:
 
 
 def check_out_dir(out, overwrite: bool) -> None:
-    """Refuse a non-empty OUT before any compute (the write itself is atomic as well)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    """Refuse a bad OUT before any compute (the write itself is atomic as well)."""
+    from jaxshare.io.atomic import check_destination
+
+    check_destination(out, overwrite)
 
 
 def cmd_similarity(args) -> None:

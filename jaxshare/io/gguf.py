@@ -62,9 +62,31 @@ _GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
 
 
 def _reader(path):
+    """A gguf.GGUFReader that checks every tensor's byte range against the file size first (the
+    reader itself would fail on a truncated file with a bare numpy reshape error)."""
     import gguf
 
-    return gguf.GGUFReader(str(path), "r")
+    class CheckedReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            size = len(self.data)
+            for field in fields:
+                _, name, _, dims, raw_type, offset = field.parts
+                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_type[0])]
+                begin = int(start_offs + offset[0])
+                end = begin + int(np.prod(dims)) * type_size // block
+                if end > size:
+                    raise CheckpointError(f"{path} is truncated: tensor {bytes(name).decode(errors='replace')} "
+                                          f"needs bytes {begin}..{end}, the file has {size}")
+            super()._build_tensors(start_offs, fields)
+
+    from jaxshare.io.hf import CheckpointError
+
+    try:
+        return CheckedReader(str(path), "r")
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, IndexError, OverflowError) as e:  # a header cut short or garbled
+        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
 
 
 def _fields(reader) -> dict:

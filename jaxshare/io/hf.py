@@ -6,8 +6,6 @@ full state dict on top of the params. Keys are accounted strictly.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.io import families
+from jaxshare.io.atomic import EXPORT_MARKER, atomic_output
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import Params, get_leaf, map_shapes, param_shapes
 
@@ -181,28 +180,6 @@ def hf_state_dict(params: Params, cfg: ModelConfig, dtype="fp32") -> Iterator[tu
         yield slot.hf_key, hf_tensor(params, slot, dtype)
 
 
-def atomic_dir(out_dir: Path, overwrite: bool = False):
-    """Context: a temp dir beside out_dir, renamed onto it only if the block succeeds."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def ctx():
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        try:
-            yield tmp
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    return ctx()
-
-
 def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="fp32",
               max_shard_bytes: int = 2 * 1024**3, extra_json: dict | None = None, overwrite: bool = False,
               extra_files: dict | None = None) -> Path:
@@ -221,7 +198,7 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
     sizes = {s.hf_key: int(np.prod(s.hf_shape)) * dt.itemsize for s in families.slots(cfg)}
     split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_bytes,
                                                  filename_pattern="model{suffix}.safetensors")
-    with atomic_dir(Path(out_dir), overwrite) as tmp:
+    with atomic_output(out_dir, overwrite) as tmp:
         hf_cfg.save_pretrained(tmp)
         table = {s.hf_key: s for s in families.slots(cfg)}
         for filename, keys in tqdm(split.filename_to_tensors.items(), desc="writing shards", leave=False):
@@ -238,4 +215,5 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
             (tmp / name).write_text(json.dumps(obj, indent=2))
         for name, blob in (extra_files or {}).items():
             (tmp / name).write_bytes(blob)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"format": "jaxshare-hf-export", "version": 1}) + "\n")
     return Path(out_dir)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.io.hf import CheckpointError, atomic_dir
+from jaxshare.io.atomic import atomic_output
+from jaxshare.io.hf import CheckpointError
 from jaxshare.core.params import Params, abstract_params
 
 META = "jaxshare.json"
@@ -51,14 +55,41 @@ def is_native(path) -> bool:
     return (Path(path) / META).is_file()
 
 
+def _drop_closed_loop_noise(hook):
+    def filtered(u):
+        # After a failed save orbax closes its event loop while tensorstore still holds callbacks
+        # into it; each reports "Event loop is closed" as an unraisable exception, possibly after
+        # the one-line error has been printed. Nothing is lost by dropping them.
+        if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"):
+            hook(u)
+
+    filtered.jaxshare = True
+    return filtered
+
+
+@contextmanager
+def _quiet_orbax():
+    """Orbax logs a traceback per background thread when a save fails (a full disk: three); the
+    failure itself still raises, and atomic_output reports it in one line."""
+    if not getattr(sys.unraisablehook, "jaxshare", False):  # stays: the noise may come after the error
+        sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra: dict | None = None,
                 overwrite: bool = False) -> Path:
     """Write a checkpoint atomically: into a temp dir beside out_dir, then rename."""
     dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
     meta = {"format": "jaxshare", "version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
             "dtype": dtype, "extra": extra or {}}
-    with atomic_dir(Path(out_dir), overwrite) as tmp:
-        with ocp.StandardCheckpointer() as ckptr:
+    with atomic_output(out_dir, overwrite) as tmp:
+        with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), params)
             ckptr.wait_until_finished()
         if tokenizer is not None:

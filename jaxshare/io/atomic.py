@@ -1,0 +1,263 @@
+"""The one way an output directory is written: aside, then swapped in whole.
+
+`atomic_output(path, overwrite)` yields a fresh temporary sibling `.<name>.partial-<pid>-<random>`
+of the destination; when the block finishes, modes are set from the umask and the temporary is
+renamed onto the destination. With `overwrite` the previous output is first renamed aside to
+`.<name>.old-<pid>-<random>` and deleted only once the new one is in place (if the swap fails it is
+put back). A killed process therefore leaves the destination either as it was or complete, plus at
+most a hidden sibling that the next write to the same destination sweeps (`sweep_stale`).
+
+`--overwrite` only ever replaces something recognisably ours (`is_our_output`) or an empty
+directory, and never the working directory, one of its ancestors, the home directory or `/`.
+
+Every I/O failure while writing (OSError, safetensors' SafetensorError, orbax/tensorstore
+errors) becomes one `OutputError` naming the destination and the cause; the temporary is removed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+# Written into every Hugging Face export, so that --overwrite can tell our export from any
+# other directory holding a config.json (a downloaded model, say).
+EXPORT_MARKER = "jaxshare_export.json"
+STALE_AFTER_S = 24 * 3600  # a sibling older than this is stale even if its pid is alive (pid reuse)
+_TAGS = ("partial", "old", "trash")
+
+
+class OutputError(Exception):
+    """An output that cannot be written where asked; the message names the path and the cause."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The destination holds something and --overwrite was not given."""
+
+
+def is_our_output(path: Path) -> str | None:
+    """What kind of jaxshare output the directory is (native, hf-export, run, basis-pairs), or None."""
+    if (path / "jaxshare.json").is_file():
+        return "native checkpoint"
+    if (path / EXPORT_MARKER).is_file():
+        return "Hugging Face export"
+    if (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()):
+        return "training run"
+    if (path / "basis_pairs.json").is_file():
+        return "basis-pairs output"
+    return None
+
+
+def _protected(real: Path) -> str | None:
+    """Why `real` (a resolved path) may never be an output destination, or None."""
+    if real == Path(real.anchor):
+        return "it is the root directory"
+    cwd = Path.cwd().resolve()
+    if real == cwd:
+        return "it is the current directory"
+    if real in cwd.parents:
+        return "it is an ancestor of the current directory"
+    home = Path.home().resolve()
+    if real == home:
+        return "it is the home directory"
+    if real in home.parents:
+        return "it is an ancestor of the home directory"
+    return None
+
+
+def check_destination(path, overwrite: bool) -> Path:
+    """Refuse a destination we must not write (cheap: call it before loading anything).
+
+    Returns the resolved destination (symlinks followed). Raises OutputError (OutputExistsError for a
+    non-empty destination without --overwrite)."""
+    shown = str(path)
+    real = Path(os.path.expanduser(str(path))).resolve()
+    why = _protected(real)
+    if why:
+        raise OutputError(f"refusing to write to {shown}: {why}")
+    if real.exists():
+        if not real.is_dir():
+            raise OutputError(f"{shown} exists and is not a directory")
+        try:
+            empty = not any(real.iterdir())
+        except OSError as e:
+            raise OutputError(f"cannot read {shown}: {e.strerror or e}") from None
+        if not empty:
+            if not overwrite:
+                raise OutputExistsError(f"{shown} exists and is not empty (pass --overwrite to replace it)")
+            if is_our_output(real) is None:
+                raise OutputError(f"{shown} is not a jaxshare output (no jaxshare.json, {EXPORT_MARKER}, run "
+                                  "config.yaml or basis_pairs.json); --overwrite only replaces jaxshare outputs: "
+                                  "move or delete it yourself")
+    parent = real.parent
+    while not parent.exists():  # the first existing ancestor must be a writable directory
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {shown}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {shown}: {parent} is not writable")
+    return real
+
+
+def _sibling_re(name: str) -> re.Pattern:
+    # New names carry the writer's pid; `.name.partial-XXXXXXXX` (no pid) is the pre-pid layout.
+    return re.compile(rf"\.{re.escape(name)}\.({'|'.join(_TAGS)})-(?:(\d+)-)?[A-Za-z0-9_]+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale(dest: Path, now: float | None = None) -> list[Path]:
+    """Remove the `.partial-*`/`.old-*` siblings of `dest` left by dead writers (pid gone, or older
+    than a day); an `.old-*` whose destination is missing (killed mid-swap) is put back instead.
+    Nothing but those exact sibling names is touched. Returns what was removed or restored."""
+    now = time.time() if now is None else now
+    pattern, done = _sibling_re(dest.name), []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return done
+    for p in sorted(entries):
+        m = pattern.fullmatch(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        tag, pid = m.group(1), m.group(2)
+        try:
+            old_enough = now - p.lstat().st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if not (old_enough or (pid is not None and not _alive(int(pid)))):
+            continue
+        try:
+            if tag == "old" and not os.path.lexists(dest):
+                os.rename(p, dest)  # the writer died between moving the old output aside and swapping in
+            else:
+                shutil.rmtree(p)
+        except OSError:
+            continue  # not ours to fight over; a later write tries again
+        done.append(p)
+    return done
+
+
+def _umask() -> int:
+    try:  # reading it without setting it: os.umask would race with other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Directories 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700, libraries vary)."""
+    mask = _umask()
+    dmode, fmode = 0o777 & ~mask, 0o666 & ~mask
+    os.chmod(root, dmode)
+    for top, dirs, files in os.walk(root):
+        for d in dirs:
+            if not os.path.islink(os.path.join(top, d)):
+                os.chmod(os.path.join(top, d), dmode)
+        for f in files:
+            if not os.path.islink(os.path.join(top, f)):
+                os.chmod(os.path.join(top, f), fmode)
+
+
+_IO_TEXT = re.compile(r"os_error_code='?(\d+)|os error (\d+)|\[Errno (\d+)\]")
+_STATUS = re.compile(r"^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DATA_LOSS|NOT_FOUND|ALREADY_EXISTS"
+                     r"|FAILED_PRECONDITION|INTERNAL|UNKNOWN): ")
+
+
+def is_io_error(e: BaseException) -> bool:
+    """An OSError, or a library's wrapping of one (safetensors, orbax/tensorstore)."""
+    if isinstance(e, OSError):
+        return True
+    if type(e).__name__ == "SafetensorError":
+        return True
+    if isinstance(e, (ValueError, RuntimeError)):
+        text = str(e)
+        return bool(_IO_TEXT.search(text) or _STATUS.match(text))
+    return False
+
+
+def describe(e: BaseException, hide: Path | None = None) -> str:
+    """The cause of an I/O error in a few words (`No space left on device`), plus the failing path
+    when it is not inside the temporary directory `hide`."""
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if code is None:
+        m = _IO_TEXT.search(str(e))
+        code = next((int(g) for g in m.groups() if g), None) if m else None
+    cause = os.strerror(code) if code else str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    where = getattr(e, "filename", None) if isinstance(e, OSError) else None
+    if where and not (hide is not None and str(where).startswith(str(hide))):
+        cause += f" ({where})"
+    return cause
+
+
+def _aside(dest: Path, tag: str) -> Path:
+    return dest.parent / f".{dest.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove(old: Path, dest: Path) -> None:
+    # Renamed first, so that a kill mid-delete leaves a `.trash-*` (swept) and never a half-deleted
+    # `.old-*` that a later sweep could mistake for a whole previous output and put back.
+    trash = _aside(dest, "trash")
+    try:
+        os.rename(old, trash)
+    except OSError:
+        trash = old
+    shutil.rmtree(trash, ignore_errors=True)  # what remains is swept by the next write
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    old = None
+    if os.path.lexists(dest):
+        old = _aside(dest, "old")
+        os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        _remove(old, dest)
+
+
+@contextmanager
+def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
+    """Context: yields an empty temporary directory; on success it becomes `path` (see module doc)."""
+    shown, tmp = str(path), None
+    try:
+        real = check_destination(path, overwrite)
+        if real.parent.is_dir() and sweep_stale(real):
+            check_destination(path, overwrite)  # a put-back `.old-*` is an existing output again
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.partial-{os.getpid()}-"))
+        yield tmp
+        apply_umask(tmp)
+        check_destination(path, overwrite)  # again: the destination may have changed meanwhile
+        _swap(tmp, real)
+    except OutputError:
+        raise
+    except Exception as e:
+        if is_io_error(e):
+            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
+        raise
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
