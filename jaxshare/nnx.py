@@ -41,7 +41,7 @@ def _variable(value, axes, is_index: bool, rules, mesh):
     return kind(value, mesh=mesh, **meta)
 
 
-class Node(nnx.Module):
+class ParamsNode(nnx.Module):
     """One dataclass node of a params tree (Params, Layers, Attention, Norm, MLP, Bank, Factored):
     its array fields become variables, its dataclass fields child Nodes, its static fields stay
     static. `rebuild()` gives the dataclass back with the variables' current values."""
@@ -55,7 +55,7 @@ class Node(nnx.Module):
             if value is None:
                 child = None
             elif dataclasses.is_dataclass(value):
-                child = Node(value, ax, rules, mesh)
+                child = ParamsNode(value, ax, rules, mesh)
             else:
                 child = _variable(value, ax, isinstance(node, Bank) and name == "index", rules, mesh)
             setattr(self, name, child)
@@ -64,12 +64,12 @@ class Node(nnx.Module):
         def value(child):
             if child is None:
                 return None
-            return child.rebuild() if isinstance(child, Node) else child.get_value()
+            return child.rebuild() if isinstance(child, ParamsNode) else child.get_value()
 
         return self._kind(**{n: value(getattr(self, n)) for n in self._fields}, **dict(self._static))
 
 
-class Decoder(Node):
+class Decoder(ParamsNode):
     """An nnx.Module over a jaxshare model: `Decoder(cfg, params)(tokens_BT)` gives logits
     [B, T, V] equal to `forward(params, cfg, tokens_BT)`. `dtype` is the compute dtype."""
 
