@@ -43,7 +43,7 @@ def _variable(value, axes, is_index: bool, rules, mesh):
 
 class ParamsNode(nnx.Module):
     """One dataclass node of a params tree (Params, Layers, Attention, Norm, MLP, Bank, Factored):
-    its array fields become variables, its dataclass fields child Nodes, its static fields stay
+    its array fields become variables, its dataclass fields child ParamsNodes, its static fields stay
     static. `rebuild()` gives the dataclass back with the variables' current values."""
 
     def __init__(self, node, axes, rules=DEFAULT_RULES, mesh=None):
@@ -71,7 +71,8 @@ class ParamsNode(nnx.Module):
 
 class Decoder(ParamsNode):
     """An nnx.Module over a jaxshare model: `Decoder(cfg, params)(tokens_BT)` gives logits
-    [B, T, V] equal to `forward(params, cfg, tokens_BT)`. `dtype` is the compute dtype."""
+    [B, T, V] equal to `forward(params, cfg, tokens_BT)`. `dtype` is the compute dtype; `rules`
+    map logical axes to mesh axes (jaxshare.core.axes); `mesh` (Auto axes) places the weights."""
 
     def __init__(self, cfg: ModelConfig, params: Params, *, dtype=jnp.float32, rules=DEFAULT_RULES, mesh=None):
         if not isinstance(params, Params):

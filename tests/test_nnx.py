@@ -243,6 +243,12 @@ def test_module_to_params_export_hf_reload_same_logits(kind, tmp_path):
         {p: np.asarray(b.index).tolist() for p, b in bank_leaves(trained).items()}
 
 
+def test_decoder_takes_a_params_tree():
+    cfg, params = tiny_model("dense")
+    with pytest.raises(TypeError, match="Params tree, got Layers"):
+        Decoder(cfg, params.layers)
+
+
 def test_import_jaxshare_does_not_import_flax():
     code = "import sys, jaxshare; assert not any(m.split('.')[0] == 'flax' for m in sys.modules), 'flax'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
@@ -254,6 +260,8 @@ def test_smollm2_shared_nnx_finetune_keeps_sharing():
     from jaxshare.eval.perplexity import make_windows, tokenize_corpus
 
     m = load_model("smollm2-135m")
+    tok = jnp.asarray(m.tokenizer("The capital of France is", return_tensors="np")["input_ids"], jnp.int32)
+    assert np.array_equal(np.asarray(Decoder.from_loaded(m)(tok)), np.asarray(forward(m.params, m.cfg, tok)))
     shared = direct_share(m.params, m.cfg, 0.3)[0]
     model = Decoder(m.cfg, shared)
     windows = make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus("botchan"))), 65, 6)
