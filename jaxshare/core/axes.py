@@ -156,7 +156,7 @@ def _rules_dict(rules) -> dict:
             raise AxesError(f"rule {name!r} -> {pair[1]!r}: unknown mesh axis {bad[0]!r} (known: {', '.join(MESH_AXES)})")
         if name in NEVER_SHARDED and target:
             raise AxesError(f"rule {name!r} -> {pair[1]!r}: a bank's unit axis is never sharded")
-        table.setdefault(name, target)  # first rule wins, as in flax
+        table.setdefault(name, target)  # first rule wins (as in flax.linen): prepend to override a default
     return table
 
 
