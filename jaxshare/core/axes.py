@@ -1,0 +1,207 @@
+"""Logical axes of every parameter leaf, and the rules that map them onto a device mesh.
+
+Each leaf of `Params` names its axes (`param_axes(cfg)` mirrors `param_shapes(cfg)`):
+  embed [V, D]           (vocab, embed)          lm_head [D, V]   (embed, vocab)
+  attn.wq [L, K, G, D, d] (layers, kv_heads, heads, embed, head_dim)
+  attn.wk/wv [L, K, D, d] (layers, kv_heads, embed, head_dim)
+  attn.wo [L, K, G, d, D] (layers, kv_heads, heads, head_dim, embed)
+  mlp.w_up/w_gate [L, D, F] (layers, embed, mlp)  mlp.w_down [L, F, D] (layers, mlp, embed)
+  norms [L, D] / [D]     (layers, norm) / (norm)  pos_embed [P, D] (positions, embed)
+A `Bank` replaces the leading axes its index covers: rows get (units, <the rest>), the int32
+index gets None on every axis (always replicated: the scan reads it whole on every device).
+A `Factored` weight has basis rows (units, <in>, rank), coef (layers, rank, <out>), where a
+flattened head axis K*G*d or K*d is named kv_heads: splitting it into n contiguous blocks is
+splitting K when n divides K.
+
+A rules table (pairs of logical name -> mesh axis, a tuple of mesh axes, or None) maps names
+onto the mesh axes `data`, `fsdp`, `tensor`; `spec` resolves one leaf into a PartitionSpec.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import fields
+
+import numpy as np
+
+from jaxshare.core.bank import Bank
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.params import map_shapes, param_shapes
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Weights shard over fsdp along D and over tensor along heads / MLP width / vocab (Megatron
+# style); the batch splits over data x fsdp. The scanned layer axis and a bank's unit axis are
+# never split: a layer's index may read any unit.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("units", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("positions", None),
+    ("norm", None),
+    ("kv_heads", "tensor"),
+    ("heads", None),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("rank", None),
+)
+NEVER_SHARDED = ("units",)
+
+_ATTN = {
+    "wq": ("layers", "kv_heads", "heads", "embed", "head_dim"),
+    "wk": ("layers", "kv_heads", "embed", "head_dim"),
+    "wv": ("layers", "kv_heads", "embed", "head_dim"),
+    "wo": ("layers", "kv_heads", "heads", "head_dim", "embed"),
+    "bq": ("layers", "kv_heads", "heads", "head_dim"),
+    "bk": ("layers", "kv_heads", "head_dim"),
+    "bv": ("layers", "kv_heads", "head_dim"),
+    "bo": ("layers", "embed"),
+}
+_MLP = {
+    "w_up": ("layers", "embed", "mlp"), "w_gate": ("layers", "embed", "mlp"), "w_down": ("layers", "mlp", "embed"),
+    "b_up": ("layers", "mlp"), "b_gate": ("layers", "mlp"), "b_down": ("layers", "embed"),
+}
+LEAF_AXES = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "pos_embed": ("positions", "embed"),
+    "final_norm.scale": ("norm",),
+    "final_norm.bias": ("norm",),
+    **{f"layers.{n}.{f}": ("layers", "norm") for n in ("attn_norm", "mlp_norm") for f in ("scale", "bias")},
+    **{f"layers.attn.{k}": v for k, v in _ATTN.items()},
+    **{f"layers.mlp.{k}": v for k, v in _MLP.items()},
+}
+# Factored layouts (basis.factor.TYPES): the logical names of d_in and d_out.
+FACTORED_IO = {"q": ("embed", "kv_heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"),
+               "o": ("kv_heads", "embed"), "up": ("embed", "mlp"), "gate": ("embed", "mlp"),
+               "down": ("mlp", "embed")}
+
+
+class AxesError(ValueError):
+    """A params leaf or a rules table that the logical-axis scheme cannot place."""
+
+
+def leaf_axes(path: str) -> tuple[str, ...]:
+    """Logical axes of the dense leaf at a dotted params path, e.g. 'layers.attn.wq'."""
+    if path not in LEAF_AXES:
+        raise AxesError(f"no logical axes for params leaf {path!r}")
+    return LEAF_AXES[path]
+
+
+def param_axes(cfg: ModelConfig):
+    """The Params tree of `cfg` with logical-axis tuples as leaves (mirrors param_shapes)."""
+    def axes(path, shape):
+        a = leaf_axes(path)
+        if len(a) != len(shape):
+            raise AxesError(f"{path}: {len(a)} logical axes for a rank-{len(shape)} leaf")
+        return a
+
+    return map_shapes(axes, param_shapes(cfg))
+
+
+def _rank(x) -> int:
+    return len(x.shape)  # arrays and ShapeDtypeStructs alike
+
+
+def _bank_axes(bank: Bank, dense: tuple, path: str) -> Bank:
+    n = _rank(bank.index)
+    if _rank(bank.rows) != 1 + len(dense) - n:
+        raise AxesError(f"{path}: bank rows of rank {_rank(bank.rows)} do not stand for a leaf with axes {dense}")
+    return Bank(rows=("units",) + tuple(dense[n:]), index=(None,) * n)
+
+
+def _factored_axes(w, path: str):
+    if w.layout not in FACTORED_IO:
+        raise AxesError(f"{path}: unknown factored layout {w.layout!r}")
+    d_in, d_out = FACTORED_IO[w.layout]
+    return dataclasses.replace(w, basis=_bank_axes(w.basis, ("layers", d_in, "rank"), path),
+                               coef=("layers", "rank", d_out))
+
+
+def tree_axes(params):
+    """Logical axes for any params tree (dense, banked, factored, concrete or abstract): the same
+    structure with a tuple of names (or None for a never-sharded axis) in place of each array."""
+    from jaxshare.basis.factor import Factored  # basis imports core; keep core importable alone
+
+    def walk(node, path):
+        if node is None:
+            return None
+        if isinstance(node, Bank):
+            return _bank_axes(node, leaf_axes(path), path)
+        if isinstance(node, Factored):
+            return _factored_axes(node, path)
+        if dataclasses.is_dataclass(node):
+            out = {f.name: walk(getattr(node, f.name), f"{path}.{f.name}" if path else f.name)
+                   for f in fields(node) if not f.metadata.get("static")}
+            return dataclasses.replace(node, **out)
+        axes = leaf_axes(path)
+        if len(axes) != _rank(node):
+            raise AxesError(f"{path}: {len(axes)} logical axes for a rank-{_rank(node)} leaf")
+        return axes
+
+    return walk(params, "")
+
+
+def _rules_dict(rules) -> dict:
+    table = {}
+    for pair in rules:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise AxesError(f"a sharding rule is a (logical name, mesh axes) pair, got {pair!r}")
+        name, target = pair
+        target = (target,) if isinstance(target, str) else tuple(target or ())
+        bad = [t for t in target if t not in MESH_AXES]
+        if bad:
+            raise AxesError(f"rule {name!r} -> {pair[1]!r}: unknown mesh axis {bad[0]!r} (known: {', '.join(MESH_AXES)})")
+        if name in NEVER_SHARDED and target:
+            raise AxesError(f"rule {name!r} -> {pair[1]!r}: a bank's unit axis is never sharded")
+        table.setdefault(name, target)  # first rule wins (as in flax.linen): prepend to override a default
+    return table
+
+
+def leaf_rules(axes, rules=DEFAULT_RULES, shape=None, mesh=None) -> tuple:
+    """The rules one leaf uses, resolved: (name, mesh axes or None) for each named axis.
+
+    A mesh axis goes to the first dimension that asks for it (a PartitionSpec may name it once);
+    with `shape` and `mesh`, a dimension whose size the mesh axes do not divide stays whole.
+    """
+    table = _rules_dict(rules)
+    used, out = set(), []
+    for i, name in enumerate(axes):
+        if name is None:
+            continue
+        if name not in table:
+            raise AxesError(f"no sharding rule for logical axis {name!r}")
+        target = tuple(t for t in table[name] if t not in used)
+        if mesh is not None:
+            target = tuple(t for t in target if t in mesh.shape)
+            if shape is not None and shape[i] % int(np.prod([mesh.shape[t] for t in target])):
+                target = ()
+        used.update(target)
+        out.append((name, None if not target else target[0] if len(target) == 1 else target))
+    return tuple(out)
+
+
+def spec(axes, rules=DEFAULT_RULES, shape=None, mesh=None):
+    """PartitionSpec of one leaf with these logical axes (see leaf_rules for shape and mesh)."""
+    from jax.sharding import PartitionSpec
+
+    resolved = dict(leaf_rules(axes, rules, shape, mesh))
+    return PartitionSpec(*(None if name is None else resolved[name] for name in axes))
+
+
+def tree_specs(params, rules=DEFAULT_RULES, mesh=None):
+    """PartitionSpec per array leaf of a params tree (same structure; None leaves stay None)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda x, a: spec(a, rules, tuple(x.shape), mesh), params, tree_axes(params))
+
+
+def tree_shardings(params, mesh, rules=DEFAULT_RULES):
+    """NamedSharding per array leaf, for device_put or jit out_shardings."""
+    import jax
+    from jax.sharding import NamedSharding
+
+    return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), tree_specs(params, rules, mesh),
+                                  is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
