@@ -173,7 +173,40 @@ def phases_child(argv: list[str]) -> None:
     sys.exit(rc or 0)
 
 
-def main() -> None:
+def measure(args) -> dict:
+    """Train in a fresh process (and, with args.phases, again under the phase profile); the
+    figures of the result JSON. The run directory is temporary and removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="train_memory-") as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "jaxshare", "train", *train_args(args, run_dir)]
+        res = run_measured(cmd, child_env())
+        if res["rc"] != 0:
+            raise RuntimeError(f"training failed (exit {res['rc']}): {res['stderr'].strip().splitlines()[-3:]}")
+        left = {"checkpoints_bytes": dir_bytes(run_dir / "checkpoints"), "final_bytes": dir_bytes(run_dir / "final"),
+                "hf_bytes": dir_bytes(run_dir / "hf"), "run_dir_bytes": dir_bytes(run_dir)}
+        ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir()) if (run_dir / "checkpoints").exists() else []
+        phases = None
+        if args.phases:
+            import shutil
+
+            shutil.rmtree(run_dir)
+            pres = run_measured([sys.executable, __file__, "--phases-child", *train_args(args, run_dir)], child_env())
+            line = [ln for ln in pres["stdout"].splitlines() if ln.startswith("PHASES ")]
+            if pres["rc"] != 0 or not line:
+                raise RuntimeError(f"phase profile failed (exit {pres['rc']}): {pres['stderr'].strip().splitlines()[-3:]}")
+            phases = json.loads(line[0][len("PHASES "):])
+    sb = state_bytes(args.model)
+    ratio = res["peak_rss_bytes"] / sb["state_bytes"]
+    out = {"label": args.label, "command": " ".join(["jaxshare", "train", *train_args(args, Path("RUN"))]),
+           **sb, "peak_rss_bytes": res["peak_rss_bytes"], "ratio": ratio, "target_ratio": TARGET_RATIO,
+           "meets_target": ratio <= TARGET_RATIO, **left, "checkpoints_left": ckpts, "wall_s": res["wall_s"],
+           "result": json.loads(res["stdout"].strip().splitlines()[-1]), "rss_timeline": res["rss_timeline"]}
+    if phases is not None:
+        out["phases"] = phases
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="smollm2_postshare")
     ap.add_argument("--model", default="smollm2-135m")
@@ -189,43 +222,24 @@ def main() -> None:
     ap.add_argument("--out", default="train_memory", help="result name under benchmarks/results/")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--phases-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.phases_child is not None:
         phases_child(args.phases_child)
         return
-
-    with tempfile.TemporaryDirectory(prefix="train_memory-", dir=ROOT / "benchmarks") as tmp:
-        run_dir = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "jaxshare", "train", *train_args(args, run_dir)]
-        res = run_measured(cmd, child_env())
-        if res["rc"] != 0:
-            sys.exit(f"training failed (exit {res['rc']}): {res['stderr'].strip().splitlines()[-1:]}")
-        left = {"checkpoints_bytes": dir_bytes(run_dir / "checkpoints"), "final_bytes": dir_bytes(run_dir / "final"),
-                "hf_bytes": dir_bytes(run_dir / "hf"), "run_dir_bytes": dir_bytes(run_dir)}
-        ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir()) if (run_dir / "checkpoints").exists() else []
-        phases = None
-        if args.phases:
-            import shutil
-
-            shutil.rmtree(run_dir)
-            pres = run_measured([sys.executable, __file__, "--phases-child", *train_args(args, run_dir)], child_env())
-            line = [ln for ln in pres["stdout"].splitlines() if ln.startswith("PHASES ")]
-            if pres["rc"] != 0 or not line:
-                sys.exit(f"phase profile failed (exit {pres['rc']}): {pres['stderr'].strip().splitlines()[-1:]}")
-            phases = json.loads(line[0][len("PHASES "):])
-    sb = state_bytes(args.model)
-    ratio = res["peak_rss_bytes"] / sb["state_bytes"]
-    out = {"label": args.label, "command": " ".join(["jaxshare", "train", *train_args(args, Path("RUN"))]),
-           **sb, "peak_rss_bytes": res["peak_rss_bytes"], "ratio": ratio, "target_ratio": TARGET_RATIO,
-           "meets_target": ratio <= TARGET_RATIO, **left, "checkpoints_left": ckpts, "wall_s": res["wall_s"],
-           "result": json.loads(res["stdout"].strip().splitlines()[-1]), "rss_timeline": res["rss_timeline"]}
-    if phases is not None:
-        out["phases"] = phases
+    try:
+        out = measure(args)
+    except RuntimeError as e:
+        sys.exit(str(e))
+    ratio, ckpts, phases = out["ratio"], out["checkpoints_left"], out.get("phases")
     gb = 1e9
-    print(f"peak RSS {res['peak_rss_bytes'] / gb:.2f} GB; params + AdamW state {sb['state_bytes'] / gb:.2f} GB "
-          f"({sb['n_params'] / 1e6:.1f}M params); ratio {ratio:.2f} (target <= {TARGET_RATIO}); left on disk: "
-          f"checkpoints {left['checkpoints_bytes'] / gb:.2f} GB {ckpts}, final/ {left['final_bytes'] / gb:.2f} GB, "
-          f"hf/ {left['hf_bytes'] / gb:.2f} GB", file=sys.stderr)
+    print(f"peak RSS {out['peak_rss_bytes'] / gb:.2f} GB; params + AdamW state {out['state_bytes'] / gb:.2f} GB "
+          f"({out['n_params'] / 1e6:.1f}M params); ratio {ratio:.2f} (target <= {TARGET_RATIO}); left on disk: "
+          f"checkpoints {out['checkpoints_bytes'] / gb:.2f} GB {ckpts}, final/ {out['final_bytes'] / gb:.2f} GB, "
+          f"hf/ {out['hf_bytes'] / gb:.2f} GB", file=sys.stderr)
     for row in phases or []:
         if not row["phase"].startswith("before "):
             print(f"  {row['phase']:<28} peak {row['peak_bytes'] / gb:6.2f} GB   end {row['rss_end_bytes'] / gb:6.2f} GB",

@@ -51,7 +51,7 @@ class TrainConfig:
     end_lr_ratio: float = 0.0  # cosine decays to lr * end_lr_ratio
     clip_norm: float = 1.0
     dtype: str = "bf16"  # compute dtype; master weights and optimizer state stay fp32
-    remat: bool = True  # recompute layer internals in the backward pass: less memory, ~10% more compute
+    remat: bool = True  # backward recomputes casts, norms, attention scores (keeps weight matmuls): -0.8 GB on SmolLM2
     # Observability, checkpoints, evaluation.
     eval_every: int = 50  # 0 = never during training (the final evaluation always runs)
     eval_windows: int = 8
