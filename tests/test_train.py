@@ -458,3 +458,17 @@ def test_completed_run_drops_its_checkpoints(files, tmp_path):
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["4"]  # keep_checkpoints: 1
     res = trainer.Trainer.resume(tmp_path / "b").run()  # the kept one re-finishes the run
     assert res["steps"] == 4
+
+
+def test_drop_checkpoints_removes_only_step_dirs(tmp_path):
+    from jaxshare.training.memory import drop_checkpoints
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "4" / "state").mkdir(parents=True)
+    (ckpt / "notes.txt").write_text("mine")
+    drop_checkpoints(ckpt)
+    assert [p.name for p in ckpt.iterdir()] == ["notes.txt"]
+    (ckpt / "notes.txt").unlink()
+    (ckpt / "8").mkdir()
+    drop_checkpoints(ckpt)
+    assert not ckpt.exists()

@@ -1,4 +1,4 @@
-"""Memory-lean pieces of the training step (issue 9: peak RSS <= 2.5x params + AdamW state).
+"""Memory- and disk-lean pieces of training (issue 9: peak RSS <= 2.5x params + AdamW state).
 
 Measured on SmolLM2-135M (fp32 master weights P = 0.54 GB, AdamW m and v = 2P), batch 2 x 128,
 bf16 compute, with XLA's own buffer accounting (`compiled.memory_analysis().temp_size_in_bytes`):
@@ -13,12 +13,16 @@ bf16 compute, with XLA's own buffer accounting (`compiled.memory_analysis().temp
   checkpoints keep their tree structure.
 - glibc keeps the step's freed temporaries in its arenas; a checkpoint save or the export then
   maps fresh memory on top of them. `release_free_memory` hands them back between phases.
+- A checkpoint is the whole training state (fp32 params + m + v: 3x the model). A completed run
+  has its result in final/ and hf/, so `drop_checkpoints` removes them unless asked to keep one.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -61,3 +65,15 @@ def release_free_memory() -> None:
 
 def tree_bytes(tree) -> int:
     return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
+
+
+def drop_checkpoints(ckpt_dir: Path) -> None:
+    """Remove the orbax step directories (digit names) of a completed run, then checkpoints/
+    itself if that left it empty; anything else there is not ours and stays."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.iterdir():
+        if p.is_dir() and p.name.isdigit():
+            shutil.rmtree(p)
+    if not any(ckpt_dir.iterdir()):
+        ckpt_dir.rmdir()

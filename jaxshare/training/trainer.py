@@ -27,7 +27,7 @@ from jaxshare.core.model import decoder_layer, hidden_states, token_nll, unembed
 from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training.config import TrainConfig, TrainConfigError, dump_config
-from jaxshare.training.memory import clip_by_global_norm, release_free_memory, remat_layer
+from jaxshare.training.memory import clip_by_global_norm, drop_checkpoints, release_free_memory, remat_layer
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -40,10 +40,10 @@ class TrainingDiverged(ValueError):
 # Pure pieces: loss, optimizer, step. Module-level so tests and benchmarks use exactly these.
 
 def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32, remat: bool = False):
-    """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits).
-    remat: recompute each layer in the backward pass instead of keeping its residuals
-    (jaxshare.training.memory)."""
-    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=remat_layer(decoder_layer) if remat else decoder_layer)
+    """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits);
+    remat: layers recomputed in the backward pass, not stored (jaxshare.training.memory)."""
+    layer_fn = remat_layer(decoder_layer) if remat else decoder_layer
+    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=layer_fn)
     logits = unembed(params, cfg, x[:, :-1])
     return jnp.mean(token_nll(logits, tokens_BT[:, 1:]))
 
@@ -125,8 +125,7 @@ def state_shardings(mesh, state_shapes):
 def place_state(params, tx, seed: int, mesh, donate: bool = False):
     """init_state laid out on the mesh: params put on their shardings, optimizer state created
     directly in its sharded layout (no replicated copy of m and v ever exists). donate: the
-    state's params reuse the buffers of `params`, which are then deleted (the caller must hold
-    no other use for them); otherwise the state gets its own copy."""
+    state takes over the buffers of `params` (deleted then) instead of copying them."""
     shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
     sh = state_shardings(mesh, shapes)
     trainable, frozen = partition(params)
@@ -273,8 +272,7 @@ class Trainer:
         if not self.resuming:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         params0, decision = self._plan_and_params()
-        # The accounting at the end needs the starting model's shapes only: its buffers go to
-        # the training state (donated), so the dense model is not held twice.
+        # The final accounting needs only the starting model's shapes: its buffers go to the state.
         self.dense_shapes = jax.eval_shape(lambda p: p, prep.model.params)
         prep.model = dataclasses.replace(prep.model, params=None)
         pairs = None
@@ -358,19 +356,8 @@ class Trainer:
         release_free_memory()
         result = self._finish(trained, decision, step)
         if not tc.keep_final_checkpoint:
-            self._drop_checkpoints()
+            drop_checkpoints(self.ckpt_dir)
         return result
-
-    def _drop_checkpoints(self) -> None:
-        """After a completed run: the step directories this run's CheckpointManager wrote (the
-        full training state, 3x the params); anything else in checkpoints/ stays."""
-        import shutil
-
-        for p in self.ckpt_dir.iterdir():
-            if p.is_dir() and p.name.isdigit():
-                shutil.rmtree(p)
-        if not any(self.ckpt_dir.iterdir()):
-            self.ckpt_dir.rmdir()
 
     # -- end of run: tie, compact, evaluate, save, export ---------------------------------------
     def _finish(self, trained, decision, step: int) -> dict:
