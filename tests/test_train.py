@@ -453,6 +453,8 @@ def test_place_state_donates_the_starting_params():
 def test_completed_run_drops_its_checkpoints(files, tmp_path):
     trainer.Trainer(config(files, tmp_path / "a", steps=4, checkpoint_every=2, export_hf=False)).run()
     assert not (tmp_path / "a" / "checkpoints").exists() and (tmp_path / "a" / "final").is_dir()
+    with pytest.raises(FileNotFoundError, match="the run completed; keep_final_checkpoint"):
+        trainer.Trainer.resume(tmp_path / "a").run()
     trainer.Trainer(config(files, tmp_path / "b", steps=4, checkpoint_every=1, export_hf=False,
                            keep_final_checkpoint=True)).run()
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["4"]  # keep_checkpoints: 1

@@ -285,7 +285,9 @@ class Trainer:
         if self.resuming:
             last = mngr.latest_step()
             if last is None:
-                raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from")
+                done = " (the run completed; keep_final_checkpoint: true keeps its last one)"
+                raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from"
+                                        f"{done if (self.run_dir / 'result.json').is_file() else ''}")
             # Restore straight into this run's shardings (the mesh may differ from the saving run's).
             shapes = jax.eval_shape(lambda p: init_state(p, tx, tc.seed), params0)
             del params0
