@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxshare.headshare import directshare
@@ -241,7 +242,9 @@ def test_direct_post_trains_bank_rows_with_frozen_index(files, tmp_path):
     res = tr.run()
     decision = trainer._load_plan(tmp_path / "dp" / "plan.npz")
     roots = {m: decision["by_matrix"][m]["roots"] for m in ("q", "k", "v")}
-    start = sharing.compact_params(sharing.share(tr.prep.model.params, CFG, roots))
+    from jaxshare.io.load import load_model
+
+    start = sharing.compact_params(sharing.share(load_model(str(files / "model")).params, CFG, roots))
     for m in ("q", "k", "v"):
         assert np.array_equal(sharing.index_of(tr.shared, m), sharing.index_of(start, m))
     assert not np.allclose(tr.shared.layers.attn.wq.rows, start.layers.attn.wq.rows)
@@ -252,7 +255,7 @@ def test_nan_stops_run_and_last_checkpoint_restores(files, tmp_path, monkeypatch
     import orbax.checkpoint as ocp
 
     run = tmp_path / "nan"
-    tr = trainer.Trainer(config(files, run, steps=4, checkpoint_every=2))
+    tr = trainer.Trainer(config(files, run, steps=4, checkpoint_every=2, keep_checkpoints=3, keep_final_checkpoint=True))
     tr.run()
     ckpt = run / "checkpoints"
     before = ocp.StandardCheckpointer().restore((ckpt / "4" / "state").absolute())
@@ -386,7 +389,8 @@ def test_resume_on_another_mesh(files, tmp_path):
     ref = trainer.Trainer(config(files, tmp_path / "ref", steps=6, checkpoint_every=0, export_hf=False))
     ref.run()
     cut = tmp_path / "cut"
-    trainer.Trainer(config(files, cut, steps=6, checkpoint_every=3, export_hf=False)).run()
+    trainer.Trainer(config(files, cut, steps=6, checkpoint_every=3, export_hf=False, keep_checkpoints=2,
+                           keep_final_checkpoint=True)).run()
     ckpt = cut / "checkpoints"
     import shutil
 
@@ -400,3 +404,73 @@ def test_resume_on_another_mesh(files, tmp_path):
     # rounding of near-zero gradient entries, so the losses agree to 1e-4, not bitwise.
     for x, y in zip(a[3:], b[3:]):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)
+
+
+# -- memory (issue 9): the lean step computes the same thing; a finished run leaves no state --------
+
+def test_fused_clip_equals_optax_clip():
+    from jaxshare.training.memory import clip_by_global_norm
+
+    g = {"a": jnp.asarray(np.random.default_rng(0).normal(size=(7, 5)), jnp.float32), "b": jnp.full((3,), 0.5)}
+    for max_norm in (0.1, 100.0):  # clipped and untouched
+        ref, _ = optax.clip_by_global_norm(max_norm).update(g, optax.EmptyState())
+        got, _ = clip_by_global_norm(max_norm).update(g, optax.EmptyState())
+        for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, g)
+    got, _ = clip_by_global_norm(1.0).update(zero, optax.EmptyState())
+    assert all(not bool(jnp.any(x)) and bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(got))
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_remat_step_equals_plain_step(accum):
+    params = init_params(CFG, jax.random.key(4))
+    pairs = {k: jnp.asarray(v) for k, v in penalty.pairs_from_plan(directshare.plan(params, CFG, 0.3)).items()}
+    tx, _ = trainer.make_optimizer(build_config({"lr": 1e-3, "warmup_steps": 0}), 3)
+    batch = np.random.default_rng(1).integers(0, 256, (accum, 4, 32)).astype(np.int32)
+    mesh = meshlib.make_mesh("data=1,fsdp=1")
+    out = []
+    for remat in (False, True):
+        state, sh = trainer.place_state(params, tx, 0, mesh)
+        step, bsh = trainer.compile_step(trainer.make_step(CFG, tx, 0.5, jnp.float32, pairs, True, remat=remat), mesh, sh)
+        state, m = step(state, jax.device_put(batch, bsh))
+        out.append((jax.device_get(m), jax.device_get(state["params"])))
+    (m0, p0), (m1, p1) = out
+    for k in ("loss", "ce", "lw", "grad_norm"):
+        assert float(m1[k]) == pytest.approx(float(m0[k]), rel=1e-6), k
+    for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(p1)):
+        np.testing.assert_allclose(a, b, atol=2e-5)  # one AdamW step, as in the 1-vs-8-device test
+
+
+def test_place_state_donates_the_starting_params():
+    params = init_params(CFG, jax.random.key(5))
+    tx, _ = trainer.make_optimizer(build_config({}), 3)
+    state, _ = trainer.place_state(params, tx, 0, meshlib.make_mesh("data=1,fsdp=1"), donate=True)
+    assert params.layers.attn.wq.is_deleted()  # the state took the buffers: no second copy
+    assert not state["params"].layers.attn.wq.is_deleted()
+
+
+def test_completed_run_drops_its_checkpoints(files, tmp_path):
+    trainer.Trainer(config(files, tmp_path / "a", steps=4, checkpoint_every=2, export_hf=False)).run()
+    assert not (tmp_path / "a" / "checkpoints").exists() and (tmp_path / "a" / "final").is_dir()
+    with pytest.raises(FileNotFoundError, match="the run completed; keep_final_checkpoint"):
+        trainer.Trainer.resume(tmp_path / "a").run()
+    trainer.Trainer(config(files, tmp_path / "b", steps=4, checkpoint_every=1, export_hf=False,
+                           keep_final_checkpoint=True)).run()
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["4"]  # keep_checkpoints: 1
+    res = trainer.Trainer.resume(tmp_path / "b").run()  # the kept one re-finishes the run
+    assert res["steps"] == 4
+
+
+def test_drop_checkpoints_removes_only_step_dirs(tmp_path):
+    from jaxshare.training.memory import drop_checkpoints
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "4" / "state").mkdir(parents=True)
+    (ckpt / "notes.txt").write_text("mine")
+    drop_checkpoints(ckpt)
+    assert [p.name for p in ckpt.iterdir()] == ["notes.txt"]
+    (ckpt / "notes.txt").unlink()
+    (ckpt / "8").mkdir()
+    drop_checkpoints(ckpt)
+    assert not ckpt.exists()

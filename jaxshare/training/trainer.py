@@ -8,6 +8,7 @@ the starting model), metrics.jsonl, checkpoints/, final/ (native), hf/ and resul
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -22,10 +23,11 @@ import optax
 
 from jaxshare.training import mesh as meshlib
 from jaxshare.core.bank import combine, partition
-from jaxshare.core.model import hidden_states, token_nll, unembed
+from jaxshare.core.model import decoder_layer, hidden_states, token_nll, unembed
 from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training.config import TrainConfig, TrainConfigError, dump_config
+from jaxshare.training.memory import clip_by_global_norm, drop_checkpoints, release_free_memory, remat_layer
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -37,9 +39,11 @@ class TrainingDiverged(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Pure pieces: loss, optimizer, step. Module-level so tests and benchmarks use exactly these.
 
-def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32):
-    """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits)."""
-    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype)
+def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32, remat: bool = False):
+    """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits);
+    remat: layers recomputed in the backward pass, not stored (jaxshare.training.memory)."""
+    layer_fn = remat_layer(decoder_layer) if remat else decoder_layer
+    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=layer_fn)
     logits = unembed(params, cfg, x[:, :-1])
     return jnp.mean(token_nll(logits, tokens_BT[:, 1:]))
 
@@ -58,13 +62,14 @@ def make_optimizer(tc: TrainConfig, total_steps: int):
     warmup = min(tc.warmup_steps, max(total_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(total_steps, warmup + 1),
                                                   end_value=tc.lr * tc.end_lr_ratio)
-    parts = [optax.clip_by_global_norm(tc.clip_norm)] if tc.clip_norm > 0 else []
+    parts = [clip_by_global_norm(tc.clip_norm)] if tc.clip_norm > 0 else []
     parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
                              mask=_decay_mask))
     return optax.chain(*parts), schedule
 
 
-def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, monitor: bool = True):
+def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, monitor: bool = True,
+              remat: bool = True):
     """step(state, batch [A, B, T]) -> (state, metrics). Gradients of the CE are averaged over
     the A micro-batches by a scan (gradient accumulation without extra optimizer steps); the
     penalty depends on the weights only, so it is added once per step, not per micro-batch."""
@@ -74,17 +79,20 @@ def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, 
         params, frozen = state["params"], state["frozen"]
 
         def ce_of(p, toks):
-            return ce_loss(combine(p, frozen), cfg, toks, dtype)
+            return ce_loss(combine(p, frozen), cfg, toks, dtype, remat)
 
         def micro(acc, toks):
             loss, g = jax.value_and_grad(ce_of)(params, toks)
             return (acc[0] + loss, jax.tree_util.tree_map(jnp.add, acc[1], g)), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (ce_sum, g_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT)
         A = batch_ABT.shape[0]
-        ce = ce_sum / A
-        grads = jax.tree_util.tree_map(lambda g: g / A, g_sum)
+        if A == 1:  # no accumulator: a zeroed copy of the params would only be added to once
+            ce, grads = jax.value_and_grad(ce_of)(params, batch_ABT[0])
+        else:
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            (ce_sum, g_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT)
+            ce = ce_sum / A
+            grads = jax.tree_util.tree_map(lambda g: g / A, g_sum)
         lw = jnp.zeros((), jnp.float32)
         if use_lw and penalize:
             lw, g_pen = jax.value_and_grad(lambda p: weight_penalty(combine(p, frozen), pairs))(params)
@@ -114,16 +122,19 @@ def state_shardings(mesh, state_shapes):
     return meshlib.tree_shardings(mesh, state_shapes)
 
 
-def place_state(params, tx, seed: int, mesh):
+def place_state(params, tx, seed: int, mesh, donate: bool = False):
     """init_state laid out on the mesh: params put on their shardings, optimizer state created
-    directly in its sharded layout (no replicated copy of m and v ever exists)."""
+    directly in its sharded layout (no replicated copy of m and v ever exists). donate: the
+    state takes over the buffers of `params` (deleted then) instead of copying them."""
     shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
     sh = state_shardings(mesh, shapes)
     trainable, frozen = partition(params)
+    del params
     trainable = jax.device_put(trainable, sh["params"])
     frozen = jax.device_put(frozen, sh["frozen"])
-    state = jax.jit(lambda t, f: {**init_state(combine(t, f), tx, seed)}, out_shardings=sh)(trainable, frozen)
-    return state, sh
+    init = jax.jit(lambda t, f: {**init_state(combine(t, f), tx, seed)}, out_shardings=sh,
+                   donate_argnums=(0, 1) if donate else ())
+    return init(trainable, frozen), sh
 
 
 def compile_step(step, mesh, sh):
@@ -261,33 +272,45 @@ class Trainer:
         if not self.resuming:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         params0, decision = self._plan_and_params()
+        # The final accounting needs only the starting model's shapes: its buffers go to the state.
+        self.dense_shapes = jax.eval_shape(lambda p: p, prep.model.params)
+        prep.model = dataclasses.replace(prep.model, params=None)
         pairs = None
         if decision is not None and tc.mode != "direct+post":
             pairs = {k: jnp.asarray(v) for k, v in pairs_from_plan(decision).items()}
         total = prep.total_steps
         tx, schedule = make_optimizer(tc, total)
-        state, sh = place_state(params0, tx, tc.seed, self.mesh)
-        step_fn = make_step(mcfg, tx, tc.gamma, DTYPES[tc.dtype], pairs, penalize=(tc.mode == "postshare"))
-        train_step, batch_sh = compile_step(step_fn, self.mesh, sh)
-
         mngr = ocp.CheckpointManager(self.ckpt_dir, options=ocp.CheckpointManagerOptions(
-            max_to_keep=tc.keep_checkpoints, create=True))
+            max_to_keep=tc.keep_checkpoints, create=True, enable_async_checkpointing=tc.async_checkpoints))
         if self.resuming:
             last = mngr.latest_step()
             if last is None:
-                raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from")
+                done = " (the run completed; keep_final_checkpoint: true keeps its last one)"
+                raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from"
+                                        f"{done if (self.run_dir / 'result.json').is_file() else ''}")
             # Restore straight into this run's shardings (the mesh may differ from the saving run's).
-            abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
-            del state
-            restored = mngr.restore(last, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-            state = restored["state"]
+            shapes = jax.eval_shape(lambda p: init_state(p, tx, tc.seed), params0)
+            del params0
+            sh = state_shardings(self.mesh, shapes)
+            abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
+            state = mngr.restore(last, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
             self._truncate_metrics(int(state["step"]))
+        else:
+            state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True)
+            del params0
+        step_fn = make_step(mcfg, tx, tc.gamma, DTYPES[tc.dtype], pairs, penalize=(tc.mode == "postshare"),
+                            remat=tc.remat)
+        train_step, batch_sh = compile_step(step_fn, self.mesh, sh)
         step, pos = int(state["step"]), int(state["data_pos"])
         per_step = tc.batch_size * tc.grad_accum
         tokens_per_step = per_step * tc.seq_len
 
         def save(s, state):
+            release_free_memory()  # the steps' freed temporaries, before orbax's host copy of the state
             mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+            if not tc.async_checkpoints:  # the writer's buffers are gone before the next step allocates
+                mngr.wait_until_finished()
+                release_free_memory()  # tensorstore's threads free into their own malloc arenas
 
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         bar = tqdm(total=total, initial=step, desc=f"{tc.mode}", unit="step", disable=not tc.progress, dynamic_ncols=True)
@@ -330,17 +353,22 @@ class Trainer:
             mngr.close()
         if status == "preempted":
             return {"status": status, "step": step, "run_dir": str(self.run_dir)}
-        return self._finish(state, decision, step)
+        trained = combine(state["params"], state["frozen"])
+        del state  # AdamW's m and v (2x the params) are not needed to tie, evaluate and export
+        release_free_memory()
+        result = self._finish(trained, decision, step)
+        if not tc.keep_final_checkpoint:
+            drop_checkpoints(self.ckpt_dir)
+        return result
 
     # -- end of run: tie, compact, evaluate, save, export ---------------------------------------
-    def _finish(self, state, decision, step: int) -> dict:
+    def _finish(self, trained, decision, step: int) -> dict:
         from jaxshare.io.native import save_native
         from jaxshare.headshare.directshare import accounting
         from jaxshare.io.hf import export_hf
         from jaxshare.headshare.sharing import compact_params, is_shared, manifest, share
 
         tc, m = self.tc, self.prep.model
-        trained = combine(state["params"], state["frozen"])
         result = {"status": "completed", "mode": tc.mode, "steps": step, "tokens": step * tc.batch_size *
                   tc.grad_accum * tc.seq_len, "run_dir": str(self.run_dir), "eval_data": tc.eval_data,
                   "eval_windows": int(len(self.prep.eval_windows)), "seq_len": tc.seq_len}
@@ -355,7 +383,7 @@ class Trainer:
             roots = {mm: decision["by_matrix"][mm]["roots"] for mm in MATRICES}
             shared = compact_params(share(trained, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
         shared = jax.device_get(shared)  # one host copy for saving and export
-        self.trained, self.shared = jax.device_get(trained), shared  # for library callers (experiments)
+        self.trained, self.shared = trained, shared  # for library callers (experiments); no extra copy
         result["eval_ppl"] = self._evaluate(shared)["ppl"]
         extra = {"derived_from": str(m.source), "train": tc.to_dict()}
         export_json = {}
@@ -363,7 +391,7 @@ class Trainer:
             man = manifest(shared, m.cfg, ratio=tc.ratio, match=tc.match, keep=tc.keep, share_o=tc.share_o,
                            method=tc.mode, source=str(m.source))
             extra["sharing"], export_json["sharing.json"] = man, man
-            result["accounting"] = accounting(m.params, shared, m.cfg)
+            result["accounting"] = accounting(self.dense_shapes, shared, m.cfg)
         save_native(self.run_dir / "final", m.cfg, shared, m.tokenizer, extra=extra, overwrite=True)
         result["final"] = str(self.run_dir / "final")
         if tc.export_hf:
