@@ -356,7 +356,7 @@ def test_bad_config_fails_before_compute(files, tmp_path, capsys, sets, message)
         argv += ["--set", s]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("jaxshare train: error:") and message in err
+    assert err.startswith("jaxshare train postshare: error:") and message in err
     assert not run.exists()  # nothing was written: the run never started
 
 
