@@ -143,6 +143,10 @@ def test_basis_prints_size_and_estimate_before_calibrating_and_reuses_the_cache(
     argv[2] = tmp_path / "b2"
     code, out, _ = run(capsys, *argv)
     assert code == 0 and json.loads(out)["calibration"]["cached"] is True  # same key: model, data, size, seed
+    assert "calibration: 3 x 64 = 192 tokens of " in seen[1] and "cached from an earlier run" in seen[1]
+    argv[2], argv[-1] = tmp_path / "b3", "--seed"
+    code, out, _ = run(capsys, *argv, 1, "--json")  # another draw of windows is another key
+    assert code == 0 and json.loads(out)["calibration"]["cached"] is False and "estimate" in seen[2]
 
 
 def test_calibration_estimate_scales_with_tokens():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from jaxshare.cli.main import main
 from tiny_model import save_text, save_tiny_model
@@ -51,6 +52,13 @@ def world(tmp_path_factory):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "ce": 2.0, "lw": 0.0}\n'
                                        '{"step": 1, "eval_ppl": 7.0}\n')
+    from jaxshare.io.fetch import cache_dir
+
+    real = cache_dir()
+    (root / "cache").mkdir()
+    for name in ("corpora", "registry", "models"):  # named corpora stay where they were fetched
+        if (real / name).is_dir():
+            (root / "cache" / name).symlink_to(real / name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAXSHARE_CACHE", str(root / "cache"))
         assert main(["convert", str(hf), str(root / "native")]) == 0
@@ -109,7 +117,8 @@ def run_cli(world, argv: list[str]) -> tuple[int, str, str, Path]:
 def check(world, argv):
     before = snapshot(world["root"] / "hf") | {"native:" + p for p in snapshot(world["native"])}
     code, out, err, work = run_cli(world, argv)
-    event(f"{' '.join(argv[:2])}: exit {code}")  # pytest --hypothesis-show-statistics shows the mix
+    if currently_in_test_context():
+        event(f"{' '.join(argv[:2])}: exit {code}")  # pytest --hypothesis-show-statistics shows the mix
     assert code in (0, 2), (argv, code, err[-2000:])
     assert "Traceback" not in err and "Traceback" not in out, (argv, err[-3000:])
     if code == 2:
@@ -124,6 +133,7 @@ def check(world, argv):
             assert complete(work / top), (argv, top, made)
     after = snapshot(world["root"] / "hf") | {"native:" + p for p in snapshot(world["native"])}
     assert after == before, argv  # inputs are never written to
+    return code, err, made
 
 
 def command(words, positionals, flags, unknown=st.sampled_from(["--no-such-flag", "-z", "--json=1", "extra"])):
@@ -185,35 +195,35 @@ def test_parse_time_errors_for_every_flag_value_of_every_subcommand(world):
     assert checked > 60
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(data=st.data())
 def test_light_commands_never_traceback_or_leave_partial_output(world, data):
     w = world
     cmds = [
-        command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)], { "--seq-len": values(INTS, ["16", "64"]),
-                                              "--max-windows": values(INTS, ["1", "2"]),
-                                              "--batch-size": values(INTS, ["1", "4"]), "--compute-dtype": st.sampled_from(["fp32", "bf16", "fp16"]),
+        command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)], { "--seq-len": values(INTS, ["16"]),
+                                              "--max-windows": values(INTS, ["2"]),
+                                              "--batch-size": values(INTS, ["2"]), "--compute-dtype": st.sampled_from(["fp32", "bf16", "fp16"]),
                                               "--dtype": st.sampled_from(["fp32", "x"]), "--json": None}),
-        command(["generate"], [model(w)], {"--prompt": st.sampled_from(TEXTS), "--max-new-tokens": values(INTS, ["1", "5"]),
-                                           "--temperature": values(FLOATS, ["0", "0.7"]),
-                                           "--top-p": values(FLOATS, ["0.9", "1"]), "--seed": values(INTS, ["0", "7"]), "--chat": None, "--json": None}),
+        command(["generate"], [model(w)], {"--prompt": st.sampled_from(TEXTS), "--max-new-tokens": values(INTS, ["3"]),
+                                           "--temperature": values(FLOATS, ["0"]),
+                                           "--top-p": values(FLOATS, ["1"]), "--seed": values(INTS, ["0"]), "--chat": None, "--json": None}),
         command(["share"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"])]))],
                 {"--ratio": values(FLOATS, ["0", "0.2"]), "--match": st.sampled_from(["qk", "q", "separate", "qkvo", ""]),
                  "--keep": st.sampled_from(["root", "mean", "x"]), "--share-o": None, "--plot": st.just("WORK/plots"),
                  "--json": None}),
         command(["basis"], [model(w), st.just("WORK/out")],
-                {"--ratio": values(FLOATS, ["0.2", "0.5"]), "--group-size": values(INTS, ["1", "2"]), "--method": st.sampled_from(["svd", "svd-llm", "basis", "x"]),
+                {"--ratio": values(FLOATS, ["0.5"]), "--group-size": values(INTS, ["1", "2"]), "--method": st.sampled_from(["svd", "basis", "x"]),
                  "--shared": st.sampled_from(["q", "q,up", "", "qq", "q,,k"]), "--private": st.sampled_from(["k", "q", ""]),
-                 "--calib": corpus(w), "--calib-windows": st.sampled_from(["1", "2", "0", "1000000"]),
-                 "--calib-seq-len": st.sampled_from(["2", "16", "1", "99999"]), "--seed": values(INTS, ["0", "1"]), "--json": None}),
+                 "--calib": corpus(w), "--calib-windows": values(["0", "1000000"], ["2"]),
+                 "--calib-seq-len": values(["1", "99999"], ["16"]), "--seed": values(INTS, ["0", "1"]), "--json": None}),
         command(["convert"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"])]))],
                 {"--dtype": st.sampled_from(["fp32", "bf16", "int8"]), "--allow-bin": None, "--json": None}),
         command(["export"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["text"])]))],
                 {"--dtype": st.sampled_from(["fp32", "bf16"]), "--max-shard-mb": values(FLOATS, ["0.01", "2048"]), "--json": None}),
         command(["similarity"], [model(w)], {"--match": st.sampled_from(["qk", "v", "x"]), "--plot": st.just("WORK/plots"),
                                              "--json": None}),
-        command(["attention-similarity"], [model(w)], {"--data": corpus(w), "--seq-len": st.sampled_from(["8", "32", "1", "-2", "9999"]),
-                                                       "--batch-size": values(INTS, ["1", "2"]), "--batch": values(INTS, ["2"]), "--json": None}),
+        command(["attention-similarity"], [model(w)], {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]),
+                                                       "--batch-size": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
         command(["fetch"], [st.sampled_from(["model", "data", "x", ""]), st.sampled_from(["", "nope", "-", "wiki:nope"])], {}),
         command(["plot-run"], [st.sampled_from([str(w["run"]), "", "WORK/nope"])], {"--out": st.just("WORK/plots"),
                                                                                     "--json": None}),
@@ -239,3 +249,23 @@ def test_long_commands_validate_everything_before_their_work(world, data):
                                          "--max-windows": st.sampled_from(["1", "0", "-1"]), "--json": None}),
     ]
     check(w, data.draw(st.one_of(cmds)))
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "ppl", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--max-windows", "2", "--batch-size", "2"],
+    ["generate", "NATIVE", "--prompt", "w1 w2", "--max-new-tokens", "3"],
+    ["share", "NATIVE", "WORK/out", "--ratio", "0.5", "--plot", "WORK/plots"],
+    ["basis", "HF", "WORK/out", "--calib", "TEXT", "--calib-windows", "2", "--calib-seq-len", "16", "--ratio", "0.5"],
+    ["convert", "HF", "WORK/out", "--dtype", "bf16"],
+    ["export", "NATIVE", "WORK/out", "--max-shard-mb", "0.01"],
+    ["similarity", "NATIVE", "--plot", "WORK/plots"],
+    ["attention-similarity", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--batch", "2"],
+    ["plot-run", "RUN", "--out", "WORK/plots"],
+], ids=lambda a: a[0])
+def test_valid_runs_exit_0_with_complete_outputs(world, argv):
+    """The property's other half, for certain: a valid command succeeds and what it wrote is whole."""
+    names = {"NATIVE": world["native"], "HF": world["hf"], "TEXT": world["text"], "RUN": world["run"]}
+    argv = [str(names.get(a, a)) for a in argv]
+    code, err, made = check(world, argv)
+    assert code == 0, err[-2000:]
+    assert bool(made) == any(a.startswith("WORK/") for a in argv), made  # wrote exactly when asked to

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import time
 from functools import partial
 
 import jax
@@ -100,14 +102,20 @@ def model_identity(loaded) -> str:
     return f"{loaded.source}|{loaded.cfg.family}|{loaded.cfg.n_layers}|{probe.sum():.10e}|{np.abs(probe).sum():.10e}"
 
 
+def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
+    """Where calibrate() keeps (or finds) these statistics."""
+    from jaxshare.io.fetch import cache_dir
+
+    return cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+
+
 def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
               batch_size: int = 4, use_cache: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Grams for a LoadedModel, cached as npz under cache_dir()/calib/ by model and data identity."""
     from jaxshare.data.corpora import load_corpus
-    from jaxshare.io.fetch import cache_dir
 
     info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
-    path = cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+    path = cache_path(loaded, data, n_windows, seq_len, seed)
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in INPUTS}, {**info, "cached": True}
@@ -123,8 +131,6 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
 
 def _matmul_rate() -> float:
     """FLOP/s of this backend on a calibration-shaped fp32 matmul (a ~0.1 s probe)."""
-    import time
-
     a = jnp.ones((2048, 576), jnp.float32)
     b = jnp.ones((576, 1536), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
@@ -138,10 +144,9 @@ def _matmul_rate() -> float:
 
 
 def _rss_bytes() -> int:
+    """What this process holds now (Linux), else its peak so far."""
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         import resource
@@ -149,9 +154,10 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# Measured on SmolLM2-135M, 2 shared CPU cores: 16 x 512 took 158 s and 32 x 512 took 430 s at a probe
-# rate of ~21.5 GFLOP/s, i.e. the forward + grams ran at 0.8-1.1x the probe's rate; plus the compile.
-EFFICIENCY, COMPILE_S = 0.9, 8.0
+# Measured on SmolLM2-135M, 2 CPU cores shared with other jobs (load ~13): 16 x 512 ran at 0.46x and
+# 32 x 512 at 1.07x the probe's rate taken just before; the middle, plus the compile. Expect ~2x either way
+# on a busy machine.
+EFFICIENCY, COMPILE_S = 0.7, 8.0
 
 
 def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4) -> dict:

@@ -31,12 +31,16 @@ def _calib_name(s: str) -> str:
 
 def announce(m, args) -> None:
     """The calibration's size and a rough cost on stderr, before the long work starts."""
-    from jaxshare.basis.calibrate import estimate
+    from jaxshare.basis.calibrate import cache_path, estimate
 
+    size = f"{args.calib_windows} x {args.calib_seq_len} = {args.calib_windows * args.calib_seq_len:,} tokens"
+    if cache_path(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed).is_file():
+        print(f"calibration: {size} of {_calib_name(args.calib)}, cached from an earlier run", file=sys.stderr)
+        return
     est = estimate(m.cfg, args.calib_windows, args.calib_seq_len, args.batch_size)
-    msg = (f"calibration: {args.calib_windows} x {args.calib_seq_len} = {est['tokens']:,} tokens of "
-           f"{_calib_name(args.calib)} in batches of {args.batch_size}; rough estimate ~{est['seconds']:.0f} s and "
-           f"~{est['peak_bytes'] / 2**30:.1f} GiB peak on this {est['backend']} (cached for the next run)")
+    msg = (f"calibration: {size} of {_calib_name(args.calib)} in batches of {args.batch_size}; rough estimate "
+           f"~{est['seconds']:.0f} s and ~{est['peak_bytes'] / 2**30:.1f} GiB peak on this {est['backend']} "
+           f"(cached for the next run)")
     if est["tokens"] < 256 * 2048:
         msg += "; " + SCALE_UP
     print(msg, file=sys.stderr)
