@@ -250,3 +250,22 @@ def test_every_numeric_flag_is_validated_while_parsing():
     for words, sp in leaves(build_parser()):
         for a in sp._actions:
             assert a.type not in builtins, (words, a.option_strings)  # a bare int/float accepts 0, -1, nan
+
+
+@pytest.mark.parametrize("argv", [["share", "m", ""], ["basis", "m", ""], ["basis-pairs", "m", ""], ["convert", "m", ""],
+                                  ["export", "m", ""], ["share", "m", "o", "--plot", ""], ["plot-run", ""]])
+def test_an_empty_output_path_is_refused_while_parsing(argv, capsys, monkeypatch):
+    # "" is the working directory to pathlib: the fuzz test found `share m ""` writing there
+    monkeypatch.setattr("jaxshare.io.load.load_model", _must_not_load)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "must not be empty" in err
+
+
+def test_share_writes_its_plots_only_after_the_checkpoint(tiny, tmp_path, capsys, monkeypatch):
+    def full_disk(*a, **kw):
+        raise FileExistsError("the write failed")  # any failure of the checkpoint write
+
+    monkeypatch.setattr("jaxshare.io.native.save_native", full_disk)
+    code, _, err = run(capsys, "share", tiny[0], tmp_path / "out", "--plot", tmp_path / "plots")
+    assert code == 2 and "the write failed" in err
+    assert not (tmp_path / "plots").exists() and not (tmp_path / "out").exists()

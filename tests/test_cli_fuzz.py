@@ -199,34 +199,36 @@ def test_parse_time_errors_for_every_flag_value_of_every_subcommand(world):
 @given(data=st.data())
 def test_light_commands_never_traceback_or_leave_partial_output(world, data):
     w = world
+    out = mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"]), str(w["text"])]))
+    plot = mostly(st.just("WORK/plots"), st.just(""))
+    one = st.sampled_from
     cmds = [
-        command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)], { "--seq-len": values(INTS, ["16"]),
-                                              "--max-windows": values(INTS, ["2"]),
-                                              "--batch-size": values(INTS, ["2"]), "--compute-dtype": st.sampled_from(["fp32", "bf16", "fp16"]),
-                                              "--dtype": st.sampled_from(["fp32", "x"]), "--json": None}),
-        command(["generate"], [model(w)], {"--prompt": st.sampled_from(TEXTS), "--max-new-tokens": values(INTS, ["3"]),
-                                           "--temperature": values(FLOATS, ["0"]),
-                                           "--top-p": values(FLOATS, ["1"]), "--seed": values(INTS, ["0"]), "--chat": None, "--json": None}),
-        command(["share"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"])]))],
-                {"--ratio": values(FLOATS, ["0", "0.2"]), "--match": st.sampled_from(["qk", "q", "separate", "qkvo", ""]),
-                 "--keep": st.sampled_from(["root", "mean", "x"]), "--share-o": None, "--plot": st.just("WORK/plots"),
-                 "--json": None}),
-        command(["basis"], [model(w), st.just("WORK/out")],
-                {"--ratio": values(FLOATS, ["0.5"]), "--group-size": values(INTS, ["1", "2"]), "--method": st.sampled_from(["svd", "basis", "x"]),
-                 "--shared": st.sampled_from(["q", "q,up", "", "qq", "q,,k"]), "--private": st.sampled_from(["k", "q", ""]),
-                 "--calib": corpus(w), "--calib-windows": values(["0", "1000000"], ["2"]),
-                 "--calib-seq-len": values(["1", "99999"], ["16"]), "--seed": values(INTS, ["0", "1"]), "--json": None}),
-        command(["convert"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"])]))],
-                {"--dtype": st.sampled_from(["fp32", "bf16", "int8"]), "--allow-bin": None, "--json": None}),
-        command(["export"], [model(w), mostly(st.just("WORK/out"), st.sampled_from(["", str(w["text"])]))],
-                {"--dtype": st.sampled_from(["fp32", "bf16"]), "--max-shard-mb": values(FLOATS, ["0.01", "2048"]), "--json": None}),
-        command(["similarity"], [model(w)], {"--match": st.sampled_from(["qk", "v", "x"]), "--plot": st.just("WORK/plots"),
-                                             "--json": None}),
-        command(["attention-similarity"], [model(w)], {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]),
-                                                       "--batch-size": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
-        command(["fetch"], [st.sampled_from(["model", "data", "x", ""]), st.sampled_from(["", "nope", "-", "wiki:nope"])], {}),
-        command(["plot-run"], [st.sampled_from([str(w["run"]), "", "WORK/nope"])], {"--out": st.just("WORK/plots"),
-                                                                                    "--json": None}),
+        command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)],
+                {"--seq-len": values(INTS, ["16"]), "--max-windows": values(INTS, ["2"]),
+                 "--batch-size": values(INTS, ["2"]), "--compute-dtype": one(["fp32", "bf16", "fp16"]),
+                 "--dtype": one(["fp32", "x"]), "--json": None}),
+        command(["generate"], [model(w)],
+                {"--prompt": one(TEXTS), "--max-new-tokens": values(INTS, ["3"]),
+                 "--temperature": values(FLOATS, ["0"]), "--top-p": values(FLOATS, ["1"]), "--seed": values(INTS, ["0"]), "--chat": None, "--json": None}),
+        command(["share"], [model(w), out],
+                {"--ratio": values(FLOATS, ["0", "0.2"]), "--match": one(["qk", "q", "separate", "qkvo", ""]),
+                 "--keep": one(["root", "mean", "x"]), "--share-o": None, "--plot": plot, "--json": None}),
+        command(["basis"], [model(w), out],
+                {"--ratio": values(FLOATS, ["0.5"]), "--group-size": values(INTS, ["1", "2"]),
+                 "--method": one(["svd", "basis", "x"]), "--shared": one(["q", "q,up", "", "qq", "q,,k"]),
+                 "--private": one(["k", "q", ""]), "--calib": corpus(w),
+                 "--calib-windows": values(["0", "1000000"], ["2"]), "--calib-seq-len": values(["1", "99999"], ["16"]),
+                 "--seed": values(INTS, ["0", "1"]), "--json": None}),
+        command(["convert"], [model(w), out], {"--dtype": one(["fp32", "bf16", "int8"]), "--allow-bin": None,
+                                               "--json": None}),
+        command(["export"], [model(w), out], {"--dtype": one(["fp32", "bf16"]),
+                                              "--max-shard-mb": values(FLOATS, ["0.01", "2048"]), "--json": None}),
+        command(["similarity"], [model(w)], {"--match": one(["qk", "v", "x"]), "--plot": plot, "--json": None}),
+        command(["attention-similarity"], [model(w)],
+                {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]), "--plot": plot,
+                 "--batch-size": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
+        command(["fetch"], [one(["model", "data", "x", ""]), one(["", "nope", "-", "wiki:nope"])], {}),
+        command(["plot-run"], [one([str(w["run"]), "", "WORK/nope"])], {"--out": plot, "--json": None}),
     ]
     check(w, data.draw(st.one_of(cmds)))
 
@@ -241,8 +243,8 @@ def test_long_commands_validate_everything_before_their_work(world, data):
     cmds = [
         command(["demo"], [], {"--model": model(w), "--seq-len": values(INTS), "--max-windows": values(INTS),
                                "--plot-dir": st.sampled_from(["WORK/demo", ""]), "--json": None}),
-        sets.flatmap(lambda s: command(["train", "postshare"], [], {"--config": st.sampled_from(["smollm2_postshare", "nope", ""]),
-                                                                   "--json": None}).map(
+        sets.flatmap(lambda s: command(["train", "postshare"], [], {
+            "--config": st.sampled_from(["smollm2_postshare", "nope", ""]), "--json": None}).map(
             lambda argv: [*argv, *[x for kv in s for x in ("--set", kv)]])),
         command(["train", "resume"], [st.sampled_from([str(w["run"]), "", "WORK/none"])], {"--json": None}),
         command(["parity"], [model(w)], {"--data": corpus(w), "--seq-len": st.sampled_from(["8", "1", "0", "9999"]),

@@ -6,7 +6,7 @@ import json
 import sys
 
 from jaxshare.basis.factor import METHODS, TYPES, BasisError
-from jaxshare.cli.common import BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir
+from jaxshare.cli.common import BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty
 
 # Sized for a CPU (about a minute for SmolLM2-135M); the paper's 256 x 2048 is for accelerators.
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512
@@ -116,7 +116,7 @@ def _calib_args(p) -> None:
 def register(sub, add, group) -> None:
     b = add("basis", cmd_basis, "compress with Basis Sharing (shared SVD bases across layers), SVD-LLM or plain SVD")
     b.add_argument("model", help=MODEL_HELP)
-    b.add_argument("out", help="output jaxshare checkpoint directory")
+    b.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     b.add_argument("--ratio", type=BASIS_RATIO, default=0.2,
                    help="compression ratio of the linear weights, in (0, 1); 0.2 is the paper's headline setting")
     b.add_argument("--group-size", type=COUNT, default=2, help="layers per shared basis (n)")
@@ -133,7 +133,7 @@ def register(sub, add, group) -> None:
 
     bp = add("basis-pairs", cmd_basis_pairs, "Frobenius loss of sharing a basis between any two layers (heatmap + JSON)")
     bp.add_argument("model", help=MODEL_HELP)
-    bp.add_argument("out", help="output directory for basis_pairs.json and basis_pairs.png")
+    bp.add_argument("out", type=nonempty, help="output directory for basis_pairs.json and basis_pairs.png")
     bp.add_argument("--ratio", type=BASIS_RATIO, default=0.2, help="compression ratio that sets the rank, in (0, 1)")
     bp.add_argument("--types", type=type_list, default=None, help="comma list of types (default: all)")
     _calib_args(bp)

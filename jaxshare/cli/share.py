@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxshare.cli.common import COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, SHARE_RATIO, DeprecatedAlias, check_out_dir, emit
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, SHARE_RATIO, DeprecatedAlias, check_out_dir,
+                                 emit, nonempty)
 from jaxshare.headshare.similarity import MATCHES
 
 
@@ -93,12 +94,12 @@ def cmd_share(args) -> None:
     man = manifest(shared, m.cfg, ratio=args.ratio, match=args.match, keep=args.keep, share_o=args.share_o,
                    source=str(m.source))
     extra = {"sharing": man, "derived_from": str(m.source)}
-    if args.plot:
+    save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
+    if args.plot:  # after the checkpoint: a failed write leaves no plots behind either
         d = Path(args.plot)
         rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
                                             f"DirectShare {args.ratio:.0%} ({args.match}, {mm}): source layer"))
                         for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
-    save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
     emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units ({args.match}, keep={args.keep}): "
                     f"q/k/v params -{rep['qkv_fraction_removed']:.1%}, attention -{rep['attn_fraction_removed']:.1%}, "
                     f"model -{rep['model_fraction_removed']:.1%}; {rep['bytes_before'] / 2**20:.1f} -> "
@@ -109,7 +110,8 @@ def register(sub, add, group) -> None:
     s = add("similarity", cmd_similarity, "best-partner search over attention units (jit, vmapped Gram)")
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
-    s.add_argument("--plot", metavar="DIR", help="write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
+    s.add_argument("--plot", metavar="DIR", type=nonempty,
+                   help="write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
 
     a = add("attention-similarity", cmd_attention_similarity,
             "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
@@ -118,16 +120,18 @@ def register(sub, add, group) -> None:
     a.add_argument("--seq-len", type=SEQ_LEN, default=256, help="tokens per window")
     a.add_argument("--batch-size", type=COUNT, default=4, help="windows averaged over")
     a.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
-    a.add_argument("--plot", metavar="DIR", help="write PNG heatmaps (layer x layer, head x head) to DIR (default: no plots)")
+    a.add_argument("--plot", metavar="DIR", type=nonempty,
+                   help="write PNG heatmaps (layer x layer, head x head) to DIR (default: no plots)")
 
     sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
     sh.add_argument("model", help=MODEL_HELP)
-    sh.add_argument("out", help="output jaxshare checkpoint directory")
+    sh.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     sh.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
                     help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
     sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
     sh.add_argument("--keep", choices=("root", "mean"), default="root",
                     help="a tied group keeps the root's weights (paper) or their mean")
     sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
-    sh.add_argument("--plot", metavar="DIR", help="write a per-layer PNG map of tied units to DIR (default: no plot)")
+    sh.add_argument("--plot", metavar="DIR", type=nonempty,
+                    help="write a per-layer PNG map of tied units to DIR (default: no plot)")
     sh.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

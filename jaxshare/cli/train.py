@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxshare.cli.common import emit
+from jaxshare.cli.common import emit, nonempty
 from jaxshare.training.config import MODES
 
 SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=data=2,fsdp=4"
@@ -78,14 +78,14 @@ def register(sub, add, group) -> None:
                                          "(default: none, the built-in defaults)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + " (default: none)")
     r = add("resume", cmd_resume, "continue a run from its latest checkpoint", parent=t_sub)
-    r.add_argument("run_dir", help="the run directory (run_dir of the config) to continue")
+    r.add_argument("run_dir", type=nonempty, help="the run directory (run_dir of the config) to continue")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key on resume (mesh, eval_every, checkpoint_every, progress are safe) "
                         "(default: none)")
     r.set_defaults(mode=None)
     pr = add("plot-run", cmd_plot_run, "draw a run's loss / penalty / held-out PPL curves to PNG")
-    pr.add_argument("run_dir", help="a run directory holding metrics.jsonl")
-    pr.add_argument("--out", help="directory for the PNGs (default: the run dir)")
+    pr.add_argument("run_dir", type=nonempty, help="a run directory holding metrics.jsonl")
+    pr.add_argument("--out", type=nonempty, help="directory for the PNGs (default: the run dir)")
 
 
 def main(argv=None) -> int:
