@@ -154,9 +154,9 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# Measured on SmolLM2-135M, 2 CPU cores shared with other jobs (load ~13): 16 x 512 ran at 0.46x and
-# 32 x 512 at 1.07x the probe's rate taken just before; the middle, plus the compile. Expect ~2x either way
-# on a busy machine.
+# Measured on SmolLM2-135M, 2 CPU cores shared with other jobs (load ~13): 16, 32 and 64 x 512 ran at
+# 0.46x, 1.07x and 0.98x the probe's rate taken just before (158 s, 430 s, 741 s). 0.7 errs long; expect
+# up to ~2x either way on a busy machine. Peak RSS was 2.0 GiB for all three (estimate: 2.3 GiB).
 EFFICIENCY, COMPILE_S = 0.7, 8.0
 
 

@@ -9,7 +9,7 @@ import sys
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
                                  DeprecatedAlias, HelpFormatter, Parser, check_out_dir, emit, nonempty)
 
-# Modules with a `register(sub, add)` that adds a method's subcommands (imports stay lazy).
+# Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train"]
 
 STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
