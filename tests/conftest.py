@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# numpy's OpenBLAS threads spin-wait: on 2 cores shared with JAX's pool or other jobs, a float64 SVD of
+# 576 x 1152 took 3.5 s with its default threads and 0.4 s with one (Basis Sharing's group SVDs).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -24,13 +24,30 @@ def test_readme_opens_with_demo_and_test_commands_and_ci_runs_the_second():
     assert ci == tests
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["fetch", "--help"], ["convert", "--help"], ["export", "--help"],
-                                  ["eval", "--help"], ["eval", "ppl", "--help"], ["parity", "--help"],
-                                  ["generate", "--help"], ["demo", "--help"]])
-def test_every_subcommand_has_help(argv, capsys):
+COMMANDS = [[], ["fetch"], ["convert"], ["export"], ["eval"], ["eval", "ppl"], ["parity"], ["generate"], ["demo"],
+            ["similarity"], ["attention-similarity"], ["share"], ["basis"], ["basis-pairs"], ["train"],
+            ["train", "postshare"], ["train", "direct+post"], ["train", "plain"], ["train", "resume"], ["plot-run"]]
+
+
+def test_the_help_list_covers_every_subcommand():
+    import argparse
+
+    def walk(parser, prefix):
+        yield prefix
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from walk(sp, [*prefix, name])
+
+    assert sorted(walk(build_parser(), [])) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "jaxshare")
+def test_every_subcommand_has_help(words, capsys):
+    argv = [*words, "--help"]
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)
-    assert e.value.code == 0 and "usage: jaxshare" in capsys.readouterr().out
+    assert e.value.code == 0 and f"usage: {' '.join(['jaxshare', *words])} " in capsys.readouterr().out
 
 
 def test_python_m_convert_reaches_the_same_code():

@@ -56,7 +56,7 @@ def test_eval_generate_and_export_of_shared_model(shared_dir, tmp_path, capsys):
 
 
 def test_attention_similarity_on_real_text(tmp_path, capsys):
-    assert cli_main(["attention-similarity", "smollm2-135m", "--data", "canterbury", "--seq-len", "128", "--batch", "2",
+    assert cli_main(["attention-similarity", "smollm2-135m", "--data", "canterbury", "--seq-len", "128", "--batch-size", "2",
                      "--plot", str(tmp_path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     sim = np.asarray(res["layer_similarity"])

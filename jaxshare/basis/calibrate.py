@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import time
 from functools import partial
 
 import jax
@@ -100,14 +102,20 @@ def model_identity(loaded) -> str:
     return f"{loaded.source}|{loaded.cfg.family}|{loaded.cfg.n_layers}|{probe.sum():.10e}|{np.abs(probe).sum():.10e}"
 
 
+def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
+    """Where calibrate() keeps (or finds) these statistics."""
+    from jaxshare.io.fetch import cache_dir
+
+    return cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+
+
 def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
               batch_size: int = 4, use_cache: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Grams for a LoadedModel, cached as npz under cache_dir()/calib/ by model and data identity."""
     from jaxshare.data.corpora import load_corpus
-    from jaxshare.io.fetch import cache_dir
 
     info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
-    path = cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+    path = cache_path(loaded, data, n_windows, seq_len, seed)
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in INPUTS}, {**info, "cached": True}
@@ -119,3 +127,53 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
         np.savez(tmp, **grams)
         tmp.replace(path)
     return grams, {**info, "cached": False}
+
+
+def _matmul_rate() -> float:
+    """FLOP/s of this backend on a calibration-shaped fp32 matmul (a ~0.1 s probe)."""
+    a = jnp.ones((2048, 576), jnp.float32)
+    b = jnp.ones((576, 1536), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(5):  # the median: one slow or fast moment of a shared machine does not decide
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / max(float(np.median(times)), 1e-9)
+
+
+def _rss_bytes() -> int:
+    """What this process holds now (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# Measured on SmolLM2-135M, 2 CPU cores shared with other jobs (load ~13): 16, 32 and 64 x 512 ran at
+# 0.46x, 1.07x and 0.98x the probe's rate taken just before (158 s, 430 s, 741 s). 0.7 errs long; expect
+# up to ~2x either way on a busy machine. Peak RSS was 2.0 GiB for all three (estimate: 2.3 GiB).
+EFFICIENCY, COMPILE_S = 0.7, 8.0
+
+
+def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4) -> dict:
+    """Rough time and peak memory of calibrate() before it runs: FLOPs of the forward and the grams
+    at this backend's measured matmul rate; memory = what the process holds now + grams + one batch's
+    layer activations (the scan keeps one layer's at a time, attention scores included)."""
+    L, d, f, h = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim
+    kv = cfg.n_kv_heads * cfg.head_dim
+    tokens = n_windows * seq_len
+    linear = d * (h + 2 * kv) + h * d + 3 * d * f                 # weights a token meets per layer
+    grams = 2 * d * d + h * h + f * f                                # the four x^T x per layer
+    attn = 2 * seq_len * h                                           # scores and weighted sum, per token
+    flops = 2 * L * tokens * (linear + grams + attn)
+    gram_bytes = 4 * L * (2 * d * d + h * h + f * f)
+    b = min(batch_size, n_windows)
+    act_bytes = 4 * b * seq_len * (8 * d + 3 * f + 2 * cfg.n_heads * seq_len)
+    return {"tokens": tokens, "flops": flops, "backend": jax.default_backend(),
+            "seconds": COMPILE_S + flops / (EFFICIENCY * _matmul_rate()),
+            "peak_bytes": _rss_bytes() + 3 * gram_bytes + act_bytes}

@@ -1,23 +1,11 @@
 """Subcommands of head-wise sharing: `similarity`, `attention-similarity`, `share`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, SHARE_RATIO, DeprecatedAlias, check_out_dir,
+                                 emit, nonempty)
 from jaxshare.headshare.similarity import MATCHES
-
-MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, or a jaxshare checkpoint"
-
-
-def _emit(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
-
-
-def check_out_dir(out, overwrite: bool) -> None:
-    """Refuse a bad OUT before any compute (the write itself is atomic as well)."""
-    from jaxshare.io.atomic import check_destination
-
-    check_destination(out, overwrite)
 
 
 def cmd_similarity(args) -> None:
@@ -52,7 +40,7 @@ def cmd_similarity(args) -> None:
                      plots.histogram(scores, d / f"scores_{f}.png", f"best-partner cosine ({f})", "cosine", bins=30)]
             out["functions"][f]["plots"] = [str(p) for p in files]
             lines.append("  plots: " + ", ".join(str(p) for p in files))
-    _emit(args, out, "\n".join(lines))
+    emit(args, out, "\n".join(lines))
 
 
 def cmd_attention_similarity(args) -> None:
@@ -67,7 +55,7 @@ def cmd_attention_similarity(args) -> None:
     m = load_model(args.model, "fp32")
     check_seq_len(m.cfg, args.seq_len)
     ids = tokenize_corpus(m.tokenizer, join_documents(load_corpus(args.data)))
-    tokens = make_windows(ids, args.seq_len, args.batch)
+    tokens = make_windows(ids, args.seq_len, args.batch_size)
     sim = map_similarity(m.params, m.cfg, tokens)
     L = m.cfg.n_layers
     off = ~np.eye(L, dtype=bool)
@@ -85,7 +73,7 @@ def cmd_attention_similarity(args) -> None:
                                tick_every=m.cfg.n_heads)]
         out["plots"] = [str(p) for p in files]
         text += "\nplots: " + ", ".join(out["plots"])
-    _emit(args, out, text)
+    emit(args, out, text)
 
 
 def cmd_share(args) -> None:
@@ -106,39 +94,44 @@ def cmd_share(args) -> None:
     man = manifest(shared, m.cfg, ratio=args.ratio, match=args.match, keep=args.keep, share_o=args.share_o,
                    source=str(m.source))
     extra = {"sharing": man, "derived_from": str(m.source)}
-    if args.plot:
+    save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
+    if args.plot:  # after the checkpoint: a failed write leaves no plots behind either
         d = Path(args.plot)
         rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
                                             f"DirectShare {args.ratio:.0%} ({args.match}, {mm}): source layer"))
                         for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
-    save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
-    _emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units ({args.match}, keep={args.keep}): "
-                     f"q/k/v params -{rep['qkv_fraction_removed']:.1%}, attention -{rep['attn_fraction_removed']:.1%}, "
-                     f"model -{rep['model_fraction_removed']:.1%}; {rep['bytes_before'] / 2**20:.1f} -> "
-                     f"{rep['bytes_after'] / 2**20:.1f} MiB; wrote {args.out}")
+    emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units ({args.match}, keep={args.keep}): "
+                    f"q/k/v params -{rep['qkv_fraction_removed']:.1%}, attention -{rep['attn_fraction_removed']:.1%}, "
+                    f"model -{rep['model_fraction_removed']:.1%}; {rep['bytes_before'] / 2**20:.1f} -> "
+                    f"{rep['bytes_after'] / 2**20:.1f} MiB; wrote {args.out}")
 
 
-def register(sub, add) -> None:
+def register(sub, add, group) -> None:
     s = add("similarity", cmd_similarity, "best-partner search over attention units (jit, vmapped Gram)")
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
-    s.add_argument("--plot", metavar="DIR", help="write PNG heatmap, partner-distance and score histograms")
+    s.add_argument("--plot", metavar="DIR", type=nonempty,
+                   help="write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
 
     a = add("attention-similarity", cmd_attention_similarity,
             "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
     a.add_argument("model", help=MODEL_HELP)
-    a.add_argument("--data", default="wiki", help="corpus name or .txt/.jsonl file")
-    a.add_argument("--seq-len", type=int, default=256)
-    a.add_argument("--batch", type=int, default=4, help="windows averaged over")
-    a.add_argument("--plot", metavar="DIR", help="write PNG heatmaps (layer x layer, head x head)")
+    a.add_argument("--data", default="wiki", help=DATA_HELP)
+    a.add_argument("--seq-len", type=SEQ_LEN, default=256, help="tokens per window")
+    a.add_argument("--batch-size", type=COUNT, default=4, help="windows averaged over")
+    a.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
+    a.add_argument("--plot", metavar="DIR", type=nonempty,
+                   help="write PNG heatmaps (layer x layer, head x head) to DIR (default: no plots)")
 
     sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
     sh.add_argument("model", help=MODEL_HELP)
-    sh.add_argument("out", help="output jaxshare checkpoint directory")
-    sh.add_argument("--ratio", type=float, required=True, help="fraction of the L*K units to tie, in [0, 1)")
-    sh.add_argument("--match", choices=MATCHES, default="qk")
+    sh.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
+    sh.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
+                    help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
+    sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
     sh.add_argument("--keep", choices=("root", "mean"), default="root",
                     help="a tied group keeps the root's weights (paper) or their mean")
     sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
-    sh.add_argument("--plot", metavar="DIR", help="write a per-layer PNG map of tied units")
-    sh.add_argument("--overwrite", action="store_true")
+    sh.add_argument("--plot", metavar="DIR", type=nonempty,
+                    help="write a per-layer PNG map of tied units to DIR (default: no plot)")
+    sh.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

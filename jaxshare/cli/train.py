@@ -5,24 +5,21 @@ import json
 import sys
 from pathlib import Path
 
+from jaxshare.cli.common import emit, nonempty
 from jaxshare.training.config import MODES
 
 SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=data=2,fsdp=4"
 
 
-def _emit(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
-
-
 def _report(args, res: dict) -> None:
     if res["status"] == "preempted":
-        _emit(args, res, f"preempted at step {res['step']}; checkpoint saved. Continue with: "
-                         f"jaxshare train resume {res['run_dir']}")
+        emit(args, res, f"preempted at step {res['step']}; checkpoint saved. Continue with: "
+                        f"jaxshare train resume {res['run_dir']}")
         return
     before = f", before tying {res['eval_before_tie']:.4f}" if "eval_before_tie" in res else ""
-    _emit(args, res, f"{res['mode']}: {res['steps']} steps, {res['tokens']} tokens; eval PPL {res['eval_ppl']:.4f}"
-                     f"{before} ({res['eval_data']}, {res['eval_windows']} x {res['seq_len']}); "
-                     f"wrote {res['final']}" + (f" and {res['hf']}" if "hf" in res else ""))
+    emit(args, res, f"{res['mode']}: {res['steps']} steps, {res['tokens']} tokens; eval PPL {res['eval_ppl']:.4f}"
+                    f"{before} ({res['eval_data']}, {res['eval_windows']} x {res['seq_len']}); "
+                    f"wrote {res['final']}" + (f" and {res['hf']}" if "hf" in res else ""))
 
 
 def cmd_train(args) -> None:
@@ -69,26 +66,26 @@ def plot_run(run_dir, out=None) -> list[Path]:
 
 def cmd_plot_run(args) -> None:
     files = plot_run(args.run_dir, args.out)
-    _emit(args, {"plots": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
+    emit(args, {"plots": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
-def register(sub, add) -> None:
-    t = sub.add_parser("train", help="post-train with the PostShare penalty (or the plain / direct+post modes)",
-                       description="post-train with the PostShare penalty (or the plain / direct+post modes)")
-    t_sub = t.add_subparsers(dest="mode", required=True)
+def register(sub, add, group) -> None:
+    t_sub = group("train", "mode", "post-train with the PostShare penalty (or the plain / direct+post modes)")
     for mode in MODES:
         p = add(mode, cmd_train, f"train in {mode} mode (config: YAML file, then --set overrides)", parent=t_sub)
         p.add_argument("--config", help="YAML file of config keys, or the name of a shipped config "
-                                         "(smollm2_postshare, smollm2_direct_post, smollm2_plain; see train/configs/)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+                                         "(smollm2_postshare, smollm2_direct_post, smollm2_plain; see train/configs/) "
+                                         "(default: none, the built-in defaults)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + " (default: none)")
     r = add("resume", cmd_resume, "continue a run from its latest checkpoint", parent=t_sub)
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", type=nonempty, help="the run directory (run_dir of the config) to continue")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key on resume (mesh, eval_every, checkpoint_every, progress are safe)")
+                   help="override a key on resume (mesh, eval_every, checkpoint_every, progress are safe) "
+                        "(default: none)")
     r.set_defaults(mode=None)
     pr = add("plot-run", cmd_plot_run, "draw a run's loss / penalty / held-out PPL curves to PNG")
-    pr.add_argument("run_dir")
-    pr.add_argument("--out", help="directory for the PNGs (default: the run dir)")
+    pr.add_argument("run_dir", type=nonempty, help="a run directory holding metrics.jsonl")
+    pr.add_argument("--out", type=nonempty, help="directory for the PNGs (default: the run dir)")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """Generation with a KV cache: greedy, or temperature with nucleus (top-p) sampling."""
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -27,11 +28,24 @@ def sample_token(logits_BV, key, temperature: float = 0.0, top_p: float = 1.0):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Refuse settings that would run but print nonsense or nothing (negative temperature, top_p 0)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, eos_ids=(), dtype=jnp.float32) -> np.ndarray:
     """New tokens [B, <=max_new_tokens] after the prompt; stops early when every row hit EOS."""
+    check_sampling(max_new_tokens, temperature, top_p)
     prompt = jnp.asarray(prompt_BT, jnp.int32)
     B, T = prompt.shape
+    if T == 0:
+        raise ValueError("the prompt is empty (0 tokens); give at least one token to continue")
     if T + max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{cfg.max_seq_len} positions")
@@ -72,5 +86,7 @@ def generate_text(loaded, prompt: str, max_new_tokens: int = 64, *, chat: bool =
                                       tokenize=True, return_dict=False)
     else:
         ids = tok(prompt)["input_ids"]
+    if len(ids) == 0:
+        raise ValueError(f"the prompt {prompt!r} gives no tokens; give some text to continue")
     new = generate(loaded.params, loaded.cfg, np.asarray([ids]), max_new_tokens, eos_ids=eos_ids(loaded.cfg, tok), **kw)
     return tok.decode(new[0], skip_special_tokens=True)

@@ -30,6 +30,8 @@ def tokenize_corpus(tokenizer, text: str) -> np.ndarray:
 
 def make_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:
     """[N, seq_len] non-overlapping windows, the first max_windows of them."""
+    if max_windows is not None and max_windows < 1:
+        raise EvalError(f"max_windows must be at least 1 (or None for all), got {max_windows}")
     n = len(ids) // seq_len
     if n == 0:
         raise EvalError(f"the corpus has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
@@ -56,7 +58,10 @@ def window_nll(params, cfg: ModelConfig, tokens_BT, dtype=jnp.float32, layer_fn=
 
 def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 8,
                           dtype=jnp.float32, desc: str = "ppl", layer_fn=None) -> dict:
+    if batch_size < 1:
+        raise EvalError(f"batch_size must be at least 1, got {batch_size}")
     n, T = windows.shape
+    batch_size = max(1, min(batch_size, n))  # a batch larger than the windows would only score padding
     pad = (-n) % batch_size
     padded = np.concatenate([windows, np.zeros((pad, T), np.int32)]) if pad else windows
     sums = []

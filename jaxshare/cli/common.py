@@ -1,0 +1,129 @@
+"""What every subcommand shares: argument types that refuse bad values while parsing (one usage line,
+exit 2, before any model is loaded), a help formatter that shows defaults, printing of results, and
+the output-destination check.
+
+The library functions keep their own checks for Python callers; these types exist so that a typo on
+the command line costs nothing and names the flag."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, or a jaxshare checkpoint"
+DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or a .txt/.jsonl file"
+SEED_MAX = 2**32 - 1  # jax.random.key and numpy's default_rng both take any value in [0, 2^32)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option that has a value; on/off switches and options whose
+    default is None (their help says what None means) are left alone."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or "%(default)" in text or "(default:" in text):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _number(kind, text: str):
+    try:
+        value = kind(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(low: int, high: int | None = None):
+    """An integer type for argparse: low <= value (<= high)."""
+
+    def check(text: str) -> int:
+        value = _number(int, text)
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text}")
+        return value
+
+    check.__name__ = "integer"
+    return check
+
+
+def float_in(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """A float type for argparse: finite and inside the interval (open ends as flagged)."""
+    if high is None:
+        span = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        span = "in " + ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+
+    def check(text: str) -> float:
+        value = _number(float, text)
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+
+    check.__name__ = "number"
+    return check
+
+
+def nonempty(text: str) -> str:
+    if text == "":
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+# One type per concept, used by every subcommand that has the flag.
+COUNT = int_at_least(1)            # windows, batch sizes, group sizes, new tokens
+SEQ_LEN = int_at_least(2)          # a window scores T-1 predictions, so T >= 2
+SEED = int_at_least(0, SEED_MAX)
+TEMPERATURE = float_in(0.0)
+TOP_P = float_in(0.0, 1.0, low_open=True)
+SHARE_RATIO = float_in(0.0, 1.0, high_open=True)  # 0 reproduces the dense model (METHODS.md §1)
+BASIS_RATIO = float_in(0.0, 1.0, low_open=True, high_open=True)
+SHARD_MB = float_in(0.0, float(2**30), low_open=True)  # up to a pebibyte: int(mb * 2^20) stays exact
+
+
+class DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's dest and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        kw.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose "unrecognized arguments" error names the subcommand that was parsed
+    (argparse itself reports them from the top-level parser: "jaxshare: error: ...")."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            leaf = getattr(ns, "_parser", None) or self
+            leaf.error("unrecognized arguments: " + " ".join(extras))
+        if hasattr(ns, "_parser"):
+            del ns._parser
+        return ns
+
+
+def emit(args, obj: dict, text: str) -> None:
+    """One JSON object on stdout with --json, else the human line(s)."""
+    print(json.dumps(obj) if getattr(args, "json", False) else text)
+
+
+def check_out_dir(out, overwrite: bool) -> Path:
+    """Refuse an output destination before any model is loaded or computed (the write itself is
+    atomic and checks again). The one place that decides; subcommands call only this."""
+    from jaxshare.io.atomic import check_destination
+
+    return check_destination(out, overwrite)

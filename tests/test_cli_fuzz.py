@@ -1,0 +1,273 @@
+"""Property-based robustness of the command line (issue 9): whatever the arguments (boundary and
+random numbers, empty strings, unknown flags, missing positionals), `jaxshare` ends with exit code
+0 or 2, prints no traceback, and leaves nothing behind but complete outputs.
+
+Every subcommand runs in-process on a tiny random model. The two whose valid runs are long (demo,
+train) run for real up to the point where the long work would start: their entry points are
+replaced by a stub that stops there, so everything that parses and validates is exercised."""
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
+
+from jaxshare.cli.main import main
+from tiny_model import save_text, save_tiny_model
+
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+INTS = ["0", "-1", "1", "2", "3", "16", "1000000", "99999999999999999999999", "1e3", "nan", "inf", "-inf", "",
+        "abc", "2.5", "-0"]
+FLOATS = ["0", "-1", "1", "0.5", "0.1", "0.999", "1.5", "nan", "inf", "-inf", "1e308", "-1e-300", "", "x", "1e-9"]
+TEXTS = ["", " ", "w1 w2", "hello", "-", "--", "\x00", "é"]
+
+
+def mostly(good, bad):
+    """good three times in four (so that whole commands run too), else bad."""
+    return st.integers(0, 3).flatmap(lambda i: bad if i == 3 else good)
+
+
+def values(pool, valid=()):
+    """A value for a flag: mostly a valid one, else a boundary one or a random integer."""
+    bad = st.one_of(st.sampled_from(pool), st.integers(-10, 10**6).map(str))
+    return mostly(st.sampled_from(list(valid)), bad) if valid else bad
+
+
+class Reached(Exception):
+    """Raised by the stubs where a demo or a training run would start its long work."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Inputs every example reads (never written to): a native tiny model, its HF source, a text,
+    a finished run's metrics; the cache lives here too, so a calibration never touches ~/.cache."""
+    root = tmp_path_factory.mktemp("fuzz")
+    hf = save_tiny_model(root / "hf")
+    text = save_text(root / "text.txt")
+    run = root / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "ce": 2.0, "lw": 0.0}\n'
+                                       '{"step": 1, "eval_ppl": 7.0}\n')
+    from jaxshare.io.fetch import cache_dir
+
+    real = cache_dir()
+    (root / "cache").mkdir()
+    for name in ("corpora", "registry", "models"):  # named corpora stay where they were fetched
+        if (real / name).is_dir():
+            (root / "cache" / name).symlink_to(real / name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXSHARE_CACHE", str(root / "cache"))
+        assert main(["convert", str(hf), str(root / "native")]) == 0
+        import jaxshare.cli.demo
+        import jaxshare.training.trainer
+
+        def stop(*a, **kw):
+            raise Reached
+
+        class StubTrainer:
+            def __init__(self, *a, **kw):
+                raise Reached
+
+            @classmethod
+            def resume(cls, *a, **kw):
+                raise Reached
+
+        mp.setattr(jaxshare.cli.demo, "run_demo", stop)
+        mp.setattr(jaxshare.training.trainer, "Trainer", StubTrainer)
+        yield {"root": root, "native": root / "native", "hf": hf, "text": text, "run": run, "n": [0]}
+
+
+def snapshot(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*")}
+
+
+def complete(out: Path) -> bool:
+    """An output directory we wrote in full: its manifest is there and no temporary sibling is left."""
+    return out.is_dir() and any((out / f).is_file() for f in ("jaxshare.json", "config.json", "basis_pairs.json",
+                                                              "loss.png", "similarity_qk.png", "shared_units_q.png",
+                                                              "attention_layer_similarity.png"))
+
+
+def run_cli(world, argv: list[str]) -> tuple[int, str, str, Path]:
+    """Run one argv in a fresh working directory; (code, stdout, stderr, that directory)."""
+    world["n"][0] += 1
+    work = world["root"] / f"ex{world['n'][0]}"
+    work.mkdir()
+    argv = [a.replace("WORK", str(work)) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+            except Reached:
+                code = 0
+    finally:
+        os.chdir(cwd)
+    return code, out.getvalue(), err.getvalue(), work
+
+
+def check(world, argv):
+    before = snapshot(world["root"] / "hf") | {"native:" + p for p in snapshot(world["native"])}
+    code, out, err, work = run_cli(world, argv)
+    if currently_in_test_context():
+        event(f"{' '.join(argv[:2])}: exit {code}")  # pytest --hypothesis-show-statistics shows the mix
+    assert code in (0, 2), (argv, code, err[-2000:])
+    assert "Traceback" not in err and "Traceback" not in out, (argv, err[-3000:])
+    if code == 2:
+        assert "error:" in err, (argv, err[-2000:])
+    made = sorted(snapshot(work))
+    if code != 0:
+        assert made == [], (argv, made)
+    else:
+        tops = {m.split(os.sep)[0] for m in made}
+        for top in tops:
+            assert not top.startswith("."), (argv, made)  # a temporary sibling was left behind
+            assert complete(work / top), (argv, top, made)
+    after = snapshot(world["root"] / "hf") | {"native:" + p for p in snapshot(world["native"])}
+    assert after == before, argv  # inputs are never written to
+    return code, err, made
+
+
+def command(words, positionals, flags, unknown=st.sampled_from(["--no-such-flag", "-z", "--json=1", "extra"])):
+    """argv strategy: the words, each positional or a hole, a random subset of flags with values."""
+
+    @st.composite
+    def build(draw):
+        argv = list(words)
+        for pos in positionals:
+            if draw(st.integers(0, 9)) < 9:  # mostly present: a missing positional is a usage error
+                argv.append(draw(pos))
+        for flag, val in flags.items():
+            if draw(st.integers(0, 2)) == 2:
+                argv += [flag] if val is None else [flag, draw(val)]
+        if draw(st.integers(0, 7)) == 7:
+            argv.insert(draw(st.integers(1, len(argv))), draw(unknown))
+        return argv
+
+    return build()
+
+
+def model(world):
+    return mostly(st.sampled_from([str(world["native"]), str(world["hf"])]),
+                  st.sampled_from(["", "no-such-model", "WORK/missing", "-"]))
+
+
+def corpus(world):
+    return mostly(st.just(str(world["text"])), st.sampled_from(["", "no-such-corpus", "WORK/missing.txt"]))
+
+
+def test_parse_time_errors_for_every_flag_value_of_every_subcommand(world):
+    """Bad numbers never reach a command: for each numeric flag, a bad value is exit 2 at once."""
+    bad = {"--seq-len": ["1", "0", "-3", "nan", "x", ""], "--max-windows": ["0", "-1", "1.5", "inf"],
+           "--batch-size": ["0", "-2", "nan"], "--temperature": ["-1", "nan", "inf", "-1e-9"],
+           "--top-p": ["0", "-0.5", "1.0001", "nan"], "--max-new-tokens": ["0", "-4"], "--seed": ["-1", "4294967296"],
+           "--ratio": ["-0.1", "1", "nan", "inf"], "--group-size": ["0", "-1"], "--calib-windows": ["0", "-1"],
+           "--calib-seq-len": ["1", "0"], "--max-shard-mb": ["0", "-1", "inf", "nan"]}
+    native = str(world["native"])
+    cmds = {"eval ppl": ["eval", "ppl", native, "--data", "canterbury"], "parity": ["parity", native],
+            "generate": ["generate", native, "--prompt", "hi"], "demo": ["demo"],
+            "attention-similarity": ["attention-similarity", native], "share": ["share", native, "WORK/o"],
+            "basis": ["basis", native, "WORK/o"], "basis-pairs": ["basis-pairs", native, "WORK/o"],
+            "export": ["export", native, "WORK/o"]}
+    from jaxshare.cli.main import build_parser
+
+    checked = 0
+    for prog, base in cmds.items():
+        sp = build_parser()._subparsers._group_actions[0].choices[base[0]]
+        if base[0] == "eval":
+            sp = sp._subparsers._group_actions[0].choices["ppl"]
+        flags = {s for a in sp._actions for s in a.option_strings}
+        for flag, vals in bad.items():
+            if flag not in flags:
+                continue
+            for v in vals:
+                code, _, err, _ = run_cli(world, [*base, flag, v])
+                assert code == 2 and f"jaxshare {prog}: error: argument {flag}" in err, (prog, flag, v, err)
+                checked += 1
+    assert checked > 60
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(data=st.data())
+def test_light_commands_never_traceback_or_leave_partial_output(world, data):
+    w = world
+    out = mostly(st.just("WORK/out"), st.sampled_from(["", str(w["native"]), str(w["text"])]))
+    plot = mostly(st.just("WORK/plots"), st.just(""))
+    one = st.sampled_from
+    cmds = [
+        command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)],
+                {"--seq-len": values(INTS, ["16"]), "--max-windows": values(INTS, ["2"]),
+                 "--batch-size": values(INTS, ["2"]), "--compute-dtype": one(["fp32", "bf16", "fp16"]),
+                 "--dtype": one(["fp32", "x"]), "--json": None}),
+        command(["generate"], [model(w)],
+                {"--prompt": one(TEXTS), "--max-new-tokens": values(INTS, ["3"]),
+                 "--temperature": values(FLOATS, ["0"]), "--top-p": values(FLOATS, ["1"]), "--seed": values(INTS, ["0"]), "--chat": None, "--json": None}),
+        command(["share"], [model(w), out],
+                {"--ratio": values(FLOATS, ["0", "0.2"]), "--match": one(["qk", "q", "separate", "qkvo", ""]),
+                 "--keep": one(["root", "mean", "x"]), "--share-o": None, "--plot": plot, "--json": None}),
+        command(["basis"], [model(w), out],
+                {"--ratio": values(FLOATS, ["0.5"]), "--group-size": values(INTS, ["1", "2"]),
+                 "--method": one(["svd", "basis", "x"]), "--shared": one(["q", "q,up", "", "qq", "q,,k"]),
+                 "--private": one(["k", "q", ""]), "--calib": corpus(w),
+                 "--calib-windows": values(["0", "1000000"], ["2"]), "--calib-seq-len": values(["1", "99999"], ["16"]),
+                 "--seed": values(INTS, ["0", "1"]), "--json": None}),
+        command(["convert"], [model(w), out], {"--dtype": one(["fp32", "bf16", "int8"]), "--allow-bin": None,
+                                               "--json": None}),
+        command(["export"], [model(w), out], {"--dtype": one(["fp32", "bf16"]),
+                                              "--max-shard-mb": values(FLOATS, ["0.01", "2048"]), "--json": None}),
+        command(["similarity"], [model(w)], {"--match": one(["qk", "v", "x"]), "--plot": plot, "--json": None}),
+        command(["attention-similarity"], [model(w)],
+                {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]), "--plot": plot,
+                 "--batch-size": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
+        command(["fetch"], [one(["model", "data", "x", ""]), one(["", "nope", "-", "wiki:nope"])], {}),
+        command(["plot-run"], [one([str(w["run"]), "", "WORK/nope"])], {"--out": plot, "--json": None}),
+    ]
+    check(w, data.draw(st.one_of(cmds)))
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(data=st.data())
+def test_long_commands_validate_everything_before_their_work(world, data):
+    w = world
+    keys = ["steps", "seq_len", "batch_size", "lr", "gamma", "ratio", "mesh", "eval_every", "tokens", "nonsense"]
+    sets = st.lists(st.tuples(st.sampled_from(keys), values(INTS + FLOATS)).map(lambda kv: f"{kv[0]}={kv[1]}"),
+                    max_size=4)
+    cmds = [
+        command(["demo"], [], {"--model": model(w), "--seq-len": values(INTS), "--max-windows": values(INTS),
+                               "--plot-dir": st.sampled_from(["WORK/demo", ""]), "--json": None}),
+        sets.flatmap(lambda s: command(["train", "postshare"], [], {
+            "--config": st.sampled_from(["smollm2_postshare", "nope", ""]), "--json": None}).map(
+            lambda argv: [*argv, *[x for kv in s for x in ("--set", kv)]])),
+        command(["train", "resume"], [st.sampled_from([str(w["run"]), "", "WORK/none"])], {"--json": None}),
+        command(["parity"], [model(w)], {"--data": corpus(w), "--seq-len": st.sampled_from(["8", "1", "0", "9999"]),
+                                         "--max-windows": st.sampled_from(["1", "0", "-1"]), "--json": None}),
+    ]
+    check(w, data.draw(st.one_of(cmds)))
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "ppl", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--max-windows", "2", "--batch-size", "2"],
+    ["generate", "NATIVE", "--prompt", "w1 w2", "--max-new-tokens", "3"],
+    ["share", "NATIVE", "WORK/out", "--ratio", "0.5", "--plot", "WORK/plots"],
+    ["basis", "HF", "WORK/out", "--calib", "TEXT", "--calib-windows", "2", "--calib-seq-len", "16", "--ratio", "0.5"],
+    ["convert", "HF", "WORK/out", "--dtype", "bf16"],
+    ["export", "NATIVE", "WORK/out", "--max-shard-mb", "0.01"],
+    ["similarity", "NATIVE", "--plot", "WORK/plots"],
+    ["attention-similarity", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--batch", "2"],
+    ["plot-run", "RUN", "--out", "WORK/plots"],
+], ids=lambda a: a[0])
+def test_valid_runs_exit_0_with_complete_outputs(world, argv):
+    """The property's other half, for certain: a valid command succeeds and what it wrote is whole."""
+    names = {"NATIVE": world["native"], "HF": world["hf"], "TEXT": world["text"], "RUN": world["run"]}
+    argv = [str(names.get(a, a)) for a in argv]
+    code, err, made = check(world, argv)
+    assert code == 0, err[-2000:]
+    assert bool(made) == any(a.startswith("WORK/") for a in argv), made  # wrote exactly when asked to
