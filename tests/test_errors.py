@@ -145,3 +145,13 @@ def test_seq_len_above_model_max_and_empty_corpus(hf_dir, tmp_path, capsys):
 def test_unknown_model_name(capsys):
     code, _, err = run_cli(capsys, "eval", "ppl", "no-such-model", "--data", "canterbury")
     assert code == 2 and "not a registered model" in err and "smollm2-135m" in err
+
+
+def test_parity_without_the_reference_is_one_line(hf_dir, capsys, monkeypatch):
+    """torch/accelerate are optional (a wheel install has neither): parity says what to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    code, out, err = run_cli(capsys, "parity", hf_dir, "--max-windows", "1", "--seq-len", "16")
+    assert code == 2 and err.count("\n") == 1 and "jaxshare[reference]" in err and "Traceback" not in err

@@ -198,13 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors():
     from jaxshare.core.config import ConfigError
+    from jaxshare.eval.parity import ReferenceMissing
     from jaxshare.io.atomic import OutputError
     from jaxshare.io.fetch import FetchError
     from jaxshare.io.hf import CheckpointError
 
     # OSError: a file that cannot be read or written (permission, no space, not a directory) is the
     # user's to fix, never a bug to show a traceback for.
-    errors = [ConfigError, CheckpointError, FetchError, OutputError, OSError, ValueError, KeyError]
+    errors = [ConfigError, CheckpointError, FetchError, OutputError, OSError, ReferenceMissing, ValueError, KeyError]
     return tuple(errors)
 
 

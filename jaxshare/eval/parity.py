@@ -14,6 +14,21 @@ from jaxshare.io.load import LoadedModel
 from jaxshare.core.model import forward
 
 
+class ReferenceMissing(ImportError):
+    """The transformers reference needs torch (and accelerate for GGUF files); both are optional."""
+
+
+def check_reference(loaded: LoadedModel) -> None:
+    """Raise ReferenceMissing with the install line when the reference side cannot run here."""
+    import importlib.util
+
+    need = ["torch"] + (["accelerate"] if loaded.kind in ("gguf", "registered") else [])
+    missing = [n for n in need if importlib.util.find_spec(n) is None]
+    if missing:
+        raise ReferenceMissing(f"the transformers reference needs {' and '.join(missing)}: "
+                               f"pip install torch==2.13.0 'jaxshare[reference]'")
+
+
 def reference_model(loaded: LoadedModel):
     """The transformers model for the same weights: its GGUF loader for GGUFs, from_pretrained otherwise."""
     import torch
@@ -46,6 +61,7 @@ def _nll_sum(logits_TV: np.ndarray, targets_T: np.ndarray) -> float:
 
 def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: int = 2) -> dict:
     """Max |logit diff| and both PPLs over the first max_windows windows, at highest matmul precision."""
+    check_reference(loaded)
     import torch
 
     from jaxshare.data.corpora import join_documents
