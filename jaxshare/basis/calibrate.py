@@ -59,7 +59,7 @@ def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int
     """n_windows non-overlapping windows [N, T] drawn with a fixed seed from the joined corpus.
     Only as much text is tokenized as the windows need (a prefix, grown if short)."""
     from jaxshare.data.corpora import join_documents
-    from jaxshare.eval.perplexity import EvalError, tokenize_corpus
+    from jaxshare.data.tokens import DataError, tokenize_corpus
 
     text = join_documents(docs)
     chars = max(n_windows * seq_len * 8, 1 << 16)
@@ -70,7 +70,7 @@ def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int
         chars *= 2
     avail = len(ids) // seq_len
     if avail < n_windows:
-        raise EvalError(f"calibration text has {len(ids)} tokens: {avail} windows of {seq_len}, "
+        raise DataError(f"calibration text has {len(ids)} tokens: {avail} windows of {seq_len}, "
                         f"fewer than the {n_windows} asked for")
     pick = np.sort(np.random.default_rng(seed).choice(avail, n_windows, replace=False))
     return ids[: avail * seq_len].reshape(avail, seq_len)[pick]
