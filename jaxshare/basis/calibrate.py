@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import decoder_layer, hidden_states, linear
 
@@ -25,7 +26,7 @@ INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
 _TAPPED = {"attn_in": ("attn", "wq"), "o_in": ("attn", "wo"), "mlp_in": ("mlp", "w_up"), "down_in": ("mlp", "w_down")}
 
 
-class Tap:
+class Tap(SelfApplying):
     """A weight that records its input's gram before multiplying (lives only inside one trace)."""
 
     def __init__(self, w, name: str, sink: dict):

@@ -20,8 +20,3 @@ def as_dtype(dtype) -> np.dtype:
         return jnp.dtype(NAMES[dtype])
     return jnp.dtype(dtype)
 
-
-def dtype_name(dtype) -> str:
-    """The short name ("fp32", "bf16") of a dtype-like, or its numpy name for anything else."""
-    dt = as_dtype(dtype)
-    return {jnp.dtype(jnp.float32): "fp32", jnp.dtype(jnp.bfloat16): "bf16"}.get(dt, dt.name)

@@ -169,7 +169,7 @@ def leaf_paths(params) -> list[str]:
     def walk(node, prefix):
         if node is None:
             return
-        if not hasattr(node, "__dataclass_fields__"):
+        if not dataclasses.is_dataclass(node):
             out.append(prefix)
             return
         for f in fields(node):
