@@ -159,3 +159,16 @@ def test_export_hf_from_python_keeps_directshare_and_basis(tmp_path):
         js.save(tmp_path / f"{name}_native", m.cfg, params)  # the native checkpoint likewise
         _same_tree(js.load(tmp_path / f"{name}_native").params, params)
     assert (tmp_path / "basis" / "basis.safetensors").is_file()
+
+
+def test_benchmarks_and_experiments_run_as_modules_without_path_edits():
+    scripts = sorted(p for d in ("benchmarks", "experiments") for p in (ROOT / d).glob("*.py") if p.stem != "__init__")
+    for p in scripts:
+        assert "sys.path" not in p.read_text(), f"{p.relative_to(ROOT)} edits sys.path"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout root (cwd) is the path
+    for p in scripts:
+        if p.stem == "common":
+            continue
+        proc = subprocess.run([sys.executable, "-m", f"{p.parent.name}.{p.stem}", "--help"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "usage" in proc.stdout, (p.name, proc.stderr[-2000:])
