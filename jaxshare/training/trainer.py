@@ -28,6 +28,7 @@ from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training.config import TrainConfig, TrainConfigError, dump_config
 
+
 class TrainingDiverged(ValueError):
     """The loss became NaN/inf; the run stopped without saving the bad state."""
 
@@ -155,9 +156,9 @@ def prepare(tc: TrainConfig) -> Prepared:
     if tc.mode != "plain" or tc.ratio > 0:
         n_units(tc.ratio, m.cfg)
     train = token_windows(token_ids(tc.data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
-                    what=f"training data {tc.data}")
+                          what=f"training data {tc.data}")
     ev = token_windows(token_ids(tc.eval_data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
-                 what=f"eval data {tc.eval_data}")
+                       what=f"eval data {tc.eval_data}")
     batches = Batches(train, tc.seed)
     return Prepared(tc, m, batches, ev[: tc.eval_windows], steps_for(tc, len(train)))
 
