@@ -2,7 +2,7 @@
 concatenated SVD, at a shape where n * d_out >> d_in, each in a fresh process; (2) prefill
 throughput of the compressed SmolLM2-135M vs dense at CR 0.2 and 0.5.
 
-    python benchmarks/basis.py [--json] [--n 4 --d-in 1024 --d-out 11008] [--batch 4 --seq-len 512]
+    python -m benchmarks.basis [--json] [--n 4 --d-in 1024 --d-out 11008] [--batch 4 --seq-len 512]
 
 Peak RSS is the child's VmHWM; `inputs_only` is a child that builds the same inputs (float64
 weights and whitening factor) and stops, so `net` = peak - inputs_only is what the path costs.
@@ -16,9 +16,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import RESULTS, timeit, write_result  # noqa: E402
+from benchmarks.common import RESULTS, timeit, write_result
 
 SETUP = """
 import numpy as np

@@ -1,6 +1,6 @@
 """Basis Sharing vs SVD-LLM vs plain SVD on SmolLM2-135M: perplexity over compression ratios.
 
-    nice -n 10 python benchmarks/basis_sweep.py [--calib-windows 64 --calib-seq-len 512 --eval-windows 16]
+    nice -n 10 python -m benchmarks.basis_sweep [--calib-windows 64 --calib-seq-len 512 --eval-windows 16]
 
 Calibration: wiki:train, N windows x T tokens (seed 0). PPL: wiki:test and canterbury, seq 512,
 the first --eval-windows windows of each (METHODS.md protocol). Results are rewritten after
@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import RESULTS, write_result  # noqa: E402
+from benchmarks.common import RESULTS, write_result
 
 
 def plot(res: dict, path) -> None:

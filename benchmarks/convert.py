@@ -1,7 +1,7 @@
 """Conversion cost: wall time and peak RSS of `jaxshare convert` on the SmolLM2 GGUF and on an HF
 safetensors directory, beside transformers' own loading of the same files, each in a fresh process.
 
-    python benchmarks/convert.py [--json]
+    python -m benchmarks.convert [--json]
 
 Peak RSS is the child's VmHWM, read by the child itself at exit (ru_maxrss would carry the
 parent's peak across fork+exec). `baseline` is a process that only imports the same libraries,
@@ -10,16 +10,13 @@ so `net` = peak - baseline is what the conversion itself costs.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 IMPORTS = "import jax, jax.numpy, transformers, orbax.checkpoint, jaxshare.io.load, jaxshare.io.native"
 

@@ -1,27 +1,23 @@
 """SmolLM2-135M prefill throughput: jaxshare (jit, warmed up) vs transformers torch, same run.
 
-    python benchmarks/forward.py [--seq-len 512] [--reps 3] [--json]
+    python -m benchmarks.forward [--seq-len 512] [--reps 3] [--json]
 
 `ratio` = jaxshare / torch tokens/s, fp32, batch 8. bf16 figures are reported beside.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax.numpy as jnp
+import numpy as np
+import torch
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common import timeit, write_result  # noqa: E402
-from jaxshare.io.load import load_model  # noqa: E402
-from jaxshare.core.model import forward  # noqa: E402
-from jaxshare.core.params import cast_params  # noqa: E402
-from jaxshare.eval.parity import reference_model  # noqa: E402
+from benchmarks.common import timeit, write_result
+from jaxshare.io.load import load_model
+from jaxshare.core.model import forward
+from jaxshare.core.params import cast_params
+from jaxshare.eval.parity import reference_model
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 bytes the bank saves. SmolLM2-135M, 512 tokens; dense and shared runs are interleaved so that
 load on a shared machine hits both alike.
 
-  python benchmarks/shared_forward.py [--json] [--ratio 0.3] [--batch 4] [--reps 5]
+  python -m benchmarks.shared_forward [--json] [--ratio 0.3] [--batch 4] [--reps 5]
 """
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 
 def main(argv=None):

@@ -6,23 +6,21 @@ Two scales:
   llama7b  Llama-2-7B shapes (32 layers x 32 heads, D=4096), random fp32 q and k (4 GiB):
            the naive loop runs over the first layers only and is extrapolated by pair count.
 
-  python benchmarks/similarity.py [--json] [--scale smollm2,llama7b] [--naive-layers 3]
+  python -m benchmarks.similarity [--json] [--scale smollm2,llama7b] [--naive-layers 3]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timeit, write_result  # noqa: E402
+from benchmarks.common import timeit, write_result
 
-from jaxshare.headshare.similarity import search_features, unit_features  # noqa: E402
+from jaxshare.headshare.similarity import search_features, unit_features
 
 
 def naive_algorithm1(q: np.ndarray, k: np.ndarray, L: int, K: int, layers: int) -> tuple[float, int, np.ndarray]:

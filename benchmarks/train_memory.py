@@ -9,7 +9,7 @@ the bytes of the training state that must exist (fp32 params + AdamW m and v), t
 the peak reached during it (VmHWM, reset between phases through /proc/self/clear_refs), so the
 peak can be pinned on load, optimizer init, compile, steps, checkpoint saves, eval or export.
 
-  python benchmarks/train_memory.py [--steps 8] [--batch-size 2] [--seq-len 128] [--phases] [--json]
+  python -m benchmarks.train_memory [--steps 8] [--batch-size 2] [--seq-len 128] [--phases] [--json]
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import write_result
 
-from benchmarks.common import write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_RATIO = 2.5
 

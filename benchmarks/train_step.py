@@ -2,7 +2,7 @@
 against the plain LM step, same model, same batch, same optimizer, timed interleaved (A B A B ...)
 so machine load hits both alike. Reports median step time, the ratio and tokens/s.
 
-  python benchmarks/train_step.py [--model smollm2-135m] [--seq-len 128] [--batch-size 4] [--reps 5] [--json]
+  python -m benchmarks.train_step [--model smollm2-135m] [--seq-len 128] [--batch-size 4] [--reps 5] [--json]
 """
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 
 def main() -> None:
@@ -46,13 +43,12 @@ def main() -> None:
     tc = build_config({"steps": 1000, "lr": 5e-5})
     tx, _ = trainer.make_optimizer(tc, tc.steps)
     mesh = meshlib.make_mesh("")
-    dtype = trainer.DTYPES[args.dtype]
     batch = np.random.default_rng(0).integers(0, m.cfg.vocab_size, (1, args.batch_size, args.seq_len)).astype(np.int32)
     steps, states = {}, {}
     for name, kw in (("plain", dict(pairs=None, penalize=False, monitor=False)),
                      ("penalized", dict(pairs=pairs, penalize=True))):
         state, sh = trainer.place_state(m.params, tx, 0, mesh)
-        fn, batch_sh = trainer.compile_step(trainer.make_step(m.cfg, tx, 0.5, dtype, **kw), mesh, sh)
+        fn, batch_sh = trainer.compile_step(trainer.make_step(m.cfg, tx, 0.5, args.dtype, **kw), mesh, sh)
         b = jax.device_put(batch, batch_sh)
         state, out = fn(state, b)  # compile + warm-up
         jax.block_until_ready(out)

@@ -1,6 +1,6 @@
 """Does an XLA:CPU option bring a fast bf16 GEMM (oneDNN / AMX / AVX512-BF16) to jax?
 
-    python benchmarks/xla_cpu_flags.py [--json]
+    python -m benchmarks.xla_cpu_flags [--json]
 
 Each XLA_FLAGS setting runs in a fresh process (flags are read once at backend start). Every
 process times the same fp32 and bf16 GEMMs, at SmolLM2's MLP shape and a square one; torch times
@@ -14,9 +14,8 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 SHAPES = [(4096, 576, 1536), (2048, 2048, 2048)]  # (M, K, N): B*T x D x F of SmolLM2, and square
 FLAG_SETS = {

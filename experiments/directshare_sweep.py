@@ -6,7 +6,7 @@ Each configuration is evaluated on a fixed subset of windows of wiki test and ca
 as they come, so an interrupted sweep resumes where it stopped; the table and plot are
 rebuilt from it.
 
-  python experiments/directshare_sweep.py [--windows 16] [--seq-len 512]
+  python -m experiments.directshare_sweep [--windows 16] [--seq-len 512]
 """
 from __future__ import annotations
 
@@ -80,14 +80,11 @@ def main(argv=None):
         print(report(rows, RESULTS))
         return
 
-    from jaxshare.data.corpora import join_documents, load_corpus
-    from jaxshare.headshare.directshare import direct_share
-    from jaxshare.eval.perplexity import make_windows, perplexity_of_windows, tokenize_corpus
-    from jaxshare.io.load import load_model
+    import jaxshare as js
+    from jaxshare import direct_share, perplexity_of_windows
 
-    m = load_model("smollm2-135m")
-    windows = {c: make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus(c))), args.seq_len, args.windows)
-               for c in CORPORA}
+    m = js.load("smollm2-135m")
+    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows) for c in CORPORA}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

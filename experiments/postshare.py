@@ -7,7 +7,7 @@ PPL on a fixed subset: the first W windows of S tokens of wiki test and canterbu
 (postshare.md) and curves (postshare_curves.png). Each finished piece is cached in the JSON, so
 a re-run skips what is done.
 
-  nice -n 10 python experiments/postshare.py --steps 60 --lr 5e-4
+  nice -n 10 python -m experiments.postshare --steps 60 --lr 5e-4
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,10 +41,8 @@ def main() -> None:
     ap.add_argument("--seed-from", help="a results JSON whose base / directshare PPL to reuse (same eval setup)")
     args = ap.parse_args()
 
-    from jaxshare.data.corpora import join_documents, load_corpus
-    from jaxshare.headshare.directshare import direct_share
-    from jaxshare.eval.perplexity import make_windows, perplexity_of_windows, tokenize_corpus
-    from jaxshare.io.load import load_model
+    import jaxshare as js
+    from jaxshare import direct_share, perplexity_of_windows
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import Trainer
 
@@ -71,9 +68,8 @@ def main() -> None:
         save()
         return
 
-    m = load_model("smollm2-135m", "fp32")
-    windows = {c: make_windows(tokenize_corpus(m.tokenizer, join_documents(load_corpus(c))), args.eval_seq_len,
-                               args.windows) for c in CORPORA}
+    m = js.load("smollm2-135m", "fp32")
+    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.eval_seq_len, args.windows) for c in CORPORA}
 
     def ppl_all(params, label):
         if label not in res["ppl"]:

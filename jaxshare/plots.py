@@ -25,24 +25,36 @@ def _save(fig, path) -> Path:
     return path
 
 
-def heatmap(matrix: np.ndarray, path, title: str, label: str = "cosine similarity", tick_every: int | None = None,
-            tick_name: str = "layer", vmin=None, vmax=None) -> Path:
-    """A square heatmap; with tick_every, ticks mark each block of that many rows (e.g. units per layer)."""
+def heatmap(matrix, path, title: str, label: str = "cosine similarity", tick_every: int | None = None,
+            tick_name: str = "layer", vmin=None, vmax=None, cols: int = 4) -> Path:
+    """Square heatmaps: one matrix, or {panel title: matrix} laid out in a grid of `cols` columns.
+    With tick_every, ticks mark each block of that many rows (e.g. units per layer)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=label)
-    if tick_every:
-        n = matrix.shape[0] // tick_every
-        step = max(1, n // 15)
-        ticks = np.arange(0, n, step)
-        ax.set_xticks(ticks * tick_every)
-        ax.set_xticklabels(ticks)
-        ax.set_yticks(ticks * tick_every)
-        ax.set_yticklabels(ticks)
+    panels = matrix if isinstance(matrix, dict) else {None: matrix}
+    ncols = min(cols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    size = (7, 6) if len(panels) == 1 else (4.2 * ncols, 3.8 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    for ax, (name, m) in zip(axes.ravel(), panels.items()):
+        m = np.asarray(m)
+        im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=label, fraction=0.046)
+        if tick_every:
+            n = m.shape[0] // tick_every
+            ticks = np.arange(0, n, max(1, n // 15))
+            ax.set_xticks(ticks * tick_every, ticks)
+            ax.set_yticks(ticks * tick_every, ticks)
         ax.set_xlabel(tick_name)
         ax.set_ylabel(tick_name)
-    ax.set_title(title)
+        if name is not None:
+            ax.set_title(name)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if len(panels) == 1:
+        axes[0, 0].set_title(title)
+    else:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -167,13 +167,12 @@ def test_native_and_hf_round_trips_and_torch_parity(case, tokens, tmp_path):
 def test_import_rejects_factors_that_do_not_match(tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from jaxshare.basis.io import export_files
     from jaxshare.io.hf import CheckpointError, export_hf
     from jaxshare.io.load import load_model
 
     cfg, params = _load(_tiny("llama"), tmp_path)
     cp, man, _ = compress(params, cfg, _grams(params, cfg), 0.3, 2, progress=False)
-    out = export_hf(cp, cfg, tmp_path / "hf", extra_json={"basis.json": man}, extra_files=export_files(cp, man))
+    out = export_hf(cp, cfg, tmp_path / "hf")  # writes basis.json and basis.safetensors by itself
     t = load_file(str(out / "basis.safetensors"))
     t["q.coef"] = t["q.coef"] * 1.5
     save_file(t, str(out / "basis.safetensors"))

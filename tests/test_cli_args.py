@@ -55,10 +55,10 @@ def test_eval_max_windows_below_one_is_a_usage_error(value, capsys, monkeypatch)
 
 
 def test_library_refuses_max_windows_below_one():
-    from jaxshare.eval.perplexity import EvalError, make_windows
+    from jaxshare.data.tokens import DataError, token_windows
 
-    with pytest.raises(EvalError, match="max_windows must be at least 1"):
-        make_windows(np.arange(100, dtype=np.int32), 10, 0)
+    with pytest.raises(DataError, match="max_windows must be at least 1"):
+        token_windows(np.arange(100, dtype=np.int32), 10, 0)
 
 
 def test_eval_batch_larger_than_the_windows_is_not_padded_out(tiny, capsys):

@@ -22,7 +22,6 @@ from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import map_shapes, param_shapes
 from jaxshare.headshare.directshare import direct_share
-from jaxshare.headshare.sharing import manifest
 from jaxshare.io.hf import export_hf
 from jaxshare.io.load import load_model
 from jaxshare.nnx import BankIndex, Decoder, next_token_loss, to_params
@@ -234,8 +233,7 @@ def test_module_to_params_export_hf_reload_same_logits(kind, tmp_path):
     model = Decoder(cfg, params)
     _finetune(model, [tokens_of(cfg, T=32, seed=5)])  # exported weights differ from the originals
     cfg_out, trained = to_params(model)
-    extra = {"sharing.json": manifest(trained, cfg_out)} if kind == "shared" else None
-    export_hf(trained, cfg_out, tmp_path / "hf", extra_json=extra)
+    export_hf(trained, cfg_out, tmp_path / "hf")  # writes sharing.json by itself
     back = load_model(str(tmp_path / "hf"))
     tok = tokens_of(cfg)
     assert np.array_equal(np.asarray(forward(back.params, back.cfg, tok)), np.asarray(model(tok)))
@@ -257,7 +255,7 @@ def test_import_jaxshare_does_not_import_flax():
 @pytest.mark.slow
 def test_smollm2_shared_nnx_finetune_keeps_sharing():
     from jaxshare.data.corpora import join_documents, load_corpus
-    from jaxshare.eval.perplexity import make_windows, tokenize_corpus
+    from jaxshare.data.tokens import token_windows as make_windows, tokenize_corpus
 
     m = load_model("smollm2-135m")
     tok = jnp.asarray(m.tokenizer("The capital of France is", return_tensors="np")["input_ids"], jnp.int32)

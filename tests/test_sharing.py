@@ -186,12 +186,15 @@ def test_native_save_load_and_hf_export_restore_sharing(tmp_path, family, kw):
     toks = np.random.default_rng(3).integers(0, 256, (2, 144)).astype(np.int32)
     ours = np.asarray(forward(shared, cfg, toks))
 
-    save_native(tmp_path / "native", cfg, shared, extra={"sharing": man})
-    _, loaded, _ = load_native(tmp_path / "native")
+    save_native(tmp_path / "native", cfg, shared)  # the manifest is read from the params themselves
+    _, loaded, meta = load_native(tmp_path / "native")
+    assert meta["extra"]["sharing"]["index"] == man["index"]
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(shared)
     np.testing.assert_array_equal(np.asarray(forward(loaded, cfg, toks)), ours)
 
-    export_hf(shared, cfg, tmp_path / "hf", extra_json={"sharing.json": man})
+    export_hf(shared, cfg, tmp_path / "hf", info={"sharing": {"ratio": 0.3}})
+    on_disk = json.loads((tmp_path / "hf" / "sharing.json").read_text())
+    assert on_disk["index"] == man["index"] and on_disk["ratio"] == 0.3
     m = load_model(str(tmp_path / "hf"))
     for name in ("wq", "wk", "wv", "bq"):
         a, b = getattr(m.params.layers.attn, name), getattr(shared.layers.attn, name)

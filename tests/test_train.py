@@ -30,7 +30,8 @@ from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import init_params
 from jaxshare.training.config import TrainConfigError, build_config, load_config
-from jaxshare.training.data import Batches, pack
+from jaxshare.data.tokens import token_windows
+from jaxshare.training.data import Batches
 
 ROOT = Path(__file__).resolve().parents[1]
 # SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
@@ -151,7 +152,7 @@ def test_sharding_rules_keep_axis0_and_banks_whole():
 # -- data ------------------------------------------------------------------------------------------
 
 def test_batches_are_deterministic_and_resume_by_position():
-    w = pack(np.arange(10 * 4, dtype=np.int32), 4)
+    w = token_windows(np.arange(10 * 4, dtype=np.int32), 4)
     b = Batches(w, seed=3)
     stream = np.concatenate([b.batch_at(p, 3) for p in range(0, 30, 3)])  # 3 epochs
     assert np.array_equal(stream, Batches(w, seed=3).batch_at(0, 30))
@@ -165,7 +166,7 @@ def test_batches_are_deterministic_and_resume_by_position():
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
     from jaxshare.io.load import _tokenizer_from_dir
     from jaxshare.io.fetch import cache_dir
-    from jaxshare.training.data import token_ids
+    from jaxshare.data.tokens import token_ids
 
     native = cache_dir() / "models" / "smollm2-135m" / "native"
     if not native.is_dir():

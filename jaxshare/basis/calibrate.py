@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import decoder_layer, hidden_states, linear
 
@@ -27,7 +28,7 @@ INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
 _TAPPED = {"attn_in": ("attn", "wq"), "o_in": ("attn", "wo"), "mlp_in": ("mlp", "w_up"), "down_in": ("mlp", "w_down")}
 
 
-class Tap:
+class Tap(SelfApplying):
     """A weight that records its input's gram before multiplying (lives only inside one trace)."""
 
     def __init__(self, w, name: str, sink: dict):
@@ -61,7 +62,7 @@ def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int
     """n_windows non-overlapping windows [N, T] drawn with a fixed seed from the joined corpus.
     Only as much text is tokenized as the windows need (a prefix, grown if short)."""
     from jaxshare.data.corpora import join_documents
-    from jaxshare.eval.perplexity import EvalError, tokenize_corpus
+    from jaxshare.data.tokens import DataError, tokenize_corpus
 
     text = join_documents(docs)
     chars = max(n_windows * seq_len * 8, 1 << 16)
@@ -72,7 +73,7 @@ def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int
         chars *= 2
     avail = len(ids) // seq_len
     if avail < n_windows:
-        raise EvalError(f"calibration text has {len(ids)} tokens: {avail} windows of {seq_len}, "
+        raise DataError(f"calibration text has {len(ids)} tokens: {avail} windows of {seq_len}, "
                         f"fewer than the {n_windows} asked for")
     pick = np.sort(np.random.default_rng(seed).choice(avail, n_windows, replace=False))
     return ids[: avail * seq_len].reshape(avail, seq_len)[pick]

@@ -3,13 +3,12 @@
 Every listed type is factorized at the same ratio: shared types in consecutive groups of n
 layers (one basis per group), private types alone (n = 1, SVD-LLM style whitened SVD), as the
 authors' code does for o and down. The manifest (ranks, groups, method) is enough to rebuild
-the abstract tree that orbax restores (`abstract_structure`, registered in checkpoint.STRUCTURES).
+the abstract tree that orbax restores (`basis.io.abstract_structure`, through `Factored.abstract`).
 """
 from __future__ import annotations
 
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,15 +17,7 @@ from jaxshare.core.bank import Bank
 from jaxshare.basis.factor import (TYPES, Factored, to_2d, dims, get_type, group_factor, groups_of, set_types,
                             type_rank, validate, whitened_loss, whitening)
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.params import abstract_params
-
-
-def _float_count(tree) -> int:
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)))
-
-
-def _bytes(tree) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)))
+from jaxshare.core.params import count_params, param_bytes
 
 
 def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_size: int = 2,
@@ -85,24 +76,12 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
 def accounting(dense, compressed, types: dict) -> dict:
     cb = sum(r["params_before"] for r in types.values())
     ca = sum(r["params_after"] for r in types.values())
-    return {"params_before": _float_count(dense), "params_after": _float_count(compressed),
-            "bytes_before": _bytes(dense), "bytes_after": _bytes(compressed),
+    return {"params_before": count_params(dense), "params_after": count_params(compressed),
+            "bytes_before": param_bytes(dense), "bytes_after": param_bytes(compressed),
             "compressible_params_before": cb, "compressible_params_after": ca,
             "achieved_ratio": 1 - ca / cb if cb else 0.0,
-            "model_ratio": 1 - _float_count(compressed) / _float_count(dense),
+            "model_ratio": 1 - count_params(compressed) / count_params(dense),
             "per_type": {t: {k: v for k, v in r.items() if k != "groups"} for t, r in types.items()}}
-
-
-def abstract_structure(cfg: ModelConfig, manifest: dict, dtype):
-    """The abstract params tree of a basis-compressed checkpoint (checkpoint.STRUCTURES["basis"])."""
-    base = abstract_params(cfg, dtype)
-    L, new = cfg.n_layers, {}
-    for t, r in manifest["types"].items():
-        leaf = get_type(base.layers, t)
-        G, k = len(r["groups"]), r["rank"]
-        new[t] = Factored(Bank(jax.ShapeDtypeStruct((G, r["d_in"], k), dtype), jax.ShapeDtypeStruct((L,), jnp.int32)),
-                          jax.ShapeDtypeStruct((L, k, r["d_out"]), dtype), t, tuple(leaf.shape[1:]))
-    return set_types(base, new)
 
 
 def demo_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 0.2,

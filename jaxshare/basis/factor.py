@@ -8,9 +8,10 @@ y = x @ W, so the calibration loss ||X W - X B C||_F is what the whitening minim
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ import numpy as np
 
 from jaxshare.core.bank import Bank
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.params import replace_leaves
 
 Array = jax.Array
 
@@ -79,11 +81,37 @@ def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
 @dataclass
 class Factored:
     """W_l = B[index_l] @ C_l for a weight leaf. Before the scan basis is a Bank and coef [L, k, d_out];
-    inside it (after split_banks' rebuild) basis is [d_in, k] and coef [k, d_out]."""
+    inside it (after split_banks' rebuild) basis is [d_in, k] and coef [k, d_out].
+    A `Compressed` kind (jaxshare.core.compressed) with manifest `basis` (jaxshare.basis.io)."""
     basis: Bank | Array
     coef: Array
     layout: str = field(metadata=dict(static=True))  # the type name: how heads fold into d_in/d_out
     leaf_shape: tuple = field(metadata=dict(static=True))  # the dense per-layer leaf shape
+    key: ClassVar[str] = "basis"
+
+    @classmethod
+    def manifest(cls, params, cfg) -> dict:
+        from jaxshare.basis.io import structure
+
+        return structure(params)
+
+    @classmethod
+    def abstract(cls, cfg, manifest: dict, base):
+        from jaxshare.basis.io import abstract_structure
+
+        return abstract_structure(cfg, manifest, base)
+
+    @classmethod
+    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
+        from jaxshare.basis.io import export_files
+
+        return export_files(params, manifest)
+
+    @classmethod
+    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
+        from jaxshare.basis.io import restore_from_hf
+
+        return restore_from_hf(cfg, params, manifest, source)
 
     def dense(self) -> Array:
         b = self.basis.dense() if isinstance(self.basis, Bank) else self.basis
@@ -101,10 +129,6 @@ class Factored:
         return y
 
 
-def is_factored(x) -> bool:
-    return isinstance(x, Factored)
-
-
 def get_type(layers, t: str):
     mod, name = TYPES[t][0].split(".")
     return getattr(getattr(layers, mod), name)
@@ -112,11 +136,7 @@ def get_type(layers, t: str):
 
 def set_types(params, new: dict):
     """params with layers.<type> leaves replaced by new[type]."""
-    attn = dataclasses.replace(params.layers.attn, **{TYPES[t][0].split(".")[1]: v for t, v in new.items()
-                                                      if TYPES[t][0].startswith("attn")})
-    mlp = dataclasses.replace(params.layers.mlp, **{TYPES[t][0].split(".")[1]: v for t, v in new.items()
-                                                    if TYPES[t][0].startswith("mlp")})
-    return dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=attn, mlp=mlp))
+    return replace_leaves(params, {f"layers.{TYPES[t][0]}": v for t, v in new.items()})
 
 
 def dims(cfg: ModelConfig, t: str) -> tuple[int, int]:

@@ -1,4 +1,9 @@
-"""Hugging Face export / import of a basis-compressed model.
+"""How a basis-compressed model is described, saved, exported and restored (`Factored`'s side of
+jaxshare.core.compressed).
+
+The manifest `basis.json` (also meta["extra"]["basis"] of a native checkpoint) names, per
+factorized type, its layer groups, rank and shape: enough to rebuild the abstract tree orbax
+restores (`abstract_structure`).
 
 An exported directory holds dense weights W_l = B[g(l)] @ C_l (what transformers loads), the
 manifest `basis.json` (ranks, groups, method) and the factors themselves in `basis.safetensors`
@@ -10,15 +15,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.bank import Bank
-from jaxshare.basis.factor import Factored, to_2d, get_type, set_types
+from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.config import ModelConfig
 from jaxshare.io.hf import CheckpointError
 
 FACTORS = "basis.safetensors"
+
+
+def structure(params) -> dict:
+    """The structural part of basis.json, read from the Factored leaves of params (Factored.manifest)."""
+    types = {}
+    for t in TYPES:
+        f = get_type(params.layers, t)
+        if not isinstance(f, Factored):
+            continue
+        index = np.asarray(f.basis.index)
+        G, d_in, k = f.basis.rows.shape
+        groups = [np.flatnonzero(index == g).tolist() for g in range(G)]
+        n = max(len(g) for g in groups)
+        types[t] = {"shared": n > 1, "group_size": n, "groups": groups, "rank": int(k), "d_in": int(d_in),
+                    "d_out": int(f.coef.shape[-1])}
+    return {"types": types}
+
+
+def abstract_structure(cfg: ModelConfig, manifest: dict, base):
+    """`base` (an abstract params tree) with the Factored leaves a basis checkpoint holds (Factored.abstract)."""
+    L, new = cfg.n_layers, {}
+    for t, r in manifest["types"].items():
+        leaf = get_type(base.layers, t)
+        G, k, dt = len(r["groups"]), r["rank"], leaf.dtype
+        new[t] = Factored(Bank(jax.ShapeDtypeStruct((G, r["d_in"], k), dt), jax.ShapeDtypeStruct((L,), jnp.int32)),
+                          jax.ShapeDtypeStruct((L, k, r["d_out"]), dt), t, tuple(leaf.shape[1:]))
+    return set_types(base, new)
 
 
 def export_files(params, manifest: dict) -> dict[str, bytes]:
@@ -38,7 +71,7 @@ def export_files(params, manifest: dict) -> dict[str, bytes]:
 
 def restore_from_hf(cfg: ModelConfig, params, manifest: dict, source: Path | None = None):
     """The factorized params of an exported directory: factors from basis.safetensors, checked
-    against the dense weights (loading.HF_MANIFESTS["basis.json"])."""
+    against the dense weights (Factored.restore_hf)."""
     from safetensors.numpy import load_file
 
     path = Path(source) / FACTORS if source is not None else None

@@ -44,30 +44,6 @@ def pair_losses(params, cfg, grams: dict, ratio: float = 0.2, types=None, progre
     return out
 
 
-def heatmap(res: dict, path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    types = list(res)
-    cols = min(4, len(types))
-    rows = math.ceil(len(types) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
-    for ax, t in zip(axes.ravel(), types):
-        im = ax.imshow(np.asarray(res[t]["rel_loss"]), cmap="viridis", origin="upper")
-        ax.set_title(f"{t} (pair rank {res[t]['rank_pair']})")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    for ax in axes.ravel()[len(types):]:
-        ax.axis("off")
-    fig.suptitle(title or "relative whitened Frobenius loss of sharing one basis between two layers", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def summarize(res: dict) -> dict:
     """Mean relative loss per type: adjacent pairs (i, i+1), all pairs i < j, and alone (i, i)."""
     out = {}
@@ -88,5 +64,9 @@ def write_pairs(out_dir, res: dict, info: dict, overwrite: bool = False) -> dict
     obj = {**info, "summary": summarize(res), "types": res}
     with atomic_output(out_dir, overwrite) as tmp:
         (tmp / "basis_pairs.json").write_text(json.dumps(obj))
-        heatmap(res, tmp / "basis_pairs.png", f"{info.get('model', '')}: relative whitened loss\nof a shared basis")
+        from jaxshare.plots import heatmap
+
+        heatmap({f"{t} (pair rank {r['rank_pair']})": r["rel_loss"] for t, r in res.items()}, tmp / "basis_pairs.png",
+                f"{info.get('model', '')}: relative whitened Frobenius loss of sharing one basis between two layers",
+                label="relative loss")
     return obj

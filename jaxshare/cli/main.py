@@ -41,24 +41,15 @@ def cmd_convert(args) -> None:
 
 
 def cmd_export(args) -> None:
-    import importlib
-
     from jaxshare.io.hf import export_hf
     from jaxshare.io.load import load_model
-    from jaxshare.io.native import EXPORT_FILES, MANIFEST_KEYS
 
     check_out_dir(args.out, args.overwrite)
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
-    extra = m.meta.get("extra", {})
-    manifests = {f"{k}.json": extra[k] for k in MANIFEST_KEYS if k in extra}  # e.g. sharing.json
-    files = {}
-    for k, ref in EXPORT_FILES.items():  # e.g. basis.safetensors: the factors themselves
-        if k in extra:
-            module, fn = ref.split(":")
-            files.update(getattr(importlib.import_module(module), fn)(m.params, extra[k]))
+    # export_hf writes the manifests (sharing.json, basis.json + basis.safetensors) by itself
     out = export_hf(m.params, m.cfg, args.out, m.tokenizer, dtype=args.dtype,
-                    max_shard_bytes=int(args.max_shard_mb * 2**20), extra_json=manifests, overwrite=args.overwrite,
-                    extra_files=files)
+                    max_shard_bytes=int(args.max_shard_mb * 2**20), overwrite=args.overwrite,
+                    info=m.meta.get("extra"))
     emit(args, {"out": str(out), "dtype": args.dtype}, f"wrote Hugging Face directory {out}")
 
 
@@ -70,12 +61,12 @@ def _docs(data: str):
 
 def cmd_eval_ppl(args) -> None:
     from jaxshare.eval.perplexity import check_seq_len, perplexity
-    from jaxshare.io.load import _jnp_dtype, load_model
+    from jaxshare.io.load import load_model
 
     m = load_model(args.model, "fp32")
     check_seq_len(m.cfg, args.seq_len)
     res = perplexity(m.params, m.cfg, m.tokenizer, _docs(args.data), args.seq_len, args.max_windows,
-                     args.batch_size, _jnp_dtype(args.compute_dtype))
+                     args.batch_size, args.compute_dtype)
     # "dtype" is the key older scripts read; "compute_dtype" says what it is
     res.update(model=args.model, data=args.data, dtype=args.compute_dtype, compute_dtype=args.compute_dtype)
     emit(args, res, f"ppl {res['ppl']:.4f}  (nll {res['nll']:.4f}, {res['tokens']} tokens, "
@@ -96,11 +87,11 @@ def cmd_parity(args) -> None:
 
 def cmd_generate(args) -> None:
     from jaxshare.core.generate import generate_text
-    from jaxshare.io.load import _jnp_dtype, load_model
+    from jaxshare.io.load import load_model
 
     m = load_model(args.model, "fp32")
     text = generate_text(m, args.prompt, args.max_new_tokens, chat=args.chat, temperature=args.temperature,
-                         top_p=args.top_p, seed=args.seed, dtype=_jnp_dtype(args.compute_dtype))
+                         top_p=args.top_p, seed=args.seed, dtype=args.compute_dtype)
     emit(args, {"prompt": args.prompt, "completion": text}, text)
 
 

@@ -48,14 +48,14 @@ def cmd_attention_similarity(args) -> None:
 
     from jaxshare import plots
     from jaxshare.eval.attention_maps import map_similarity
-    from jaxshare.data.corpora import join_documents, load_corpus
-    from jaxshare.eval.perplexity import check_seq_len, make_windows, tokenize_corpus
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import token_windows, tokenize_corpus
+    from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.io.load import load_model
 
     m = load_model(args.model, "fp32")
     check_seq_len(m.cfg, args.seq_len)
-    ids = tokenize_corpus(m.tokenizer, join_documents(load_corpus(args.data)))
-    tokens = make_windows(ids, args.seq_len, args.batch_size)
+    tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus(args.data)), args.seq_len, args.batch_size)
     sim = map_similarity(m.params, m.cfg, tokens)
     L = m.cfg.n_layers
     off = ~np.eye(L, dtype=bool)

@@ -13,10 +13,14 @@ The index is a leaf (so it checkpoints and shards like any array) but is never t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxshare.core.compressed import materialize  # noqa: F401  (banks are where most callers meet it)
 
 Array = jax.Array
 
@@ -24,12 +28,42 @@ Array = jax.Array
 @jax.tree_util.register_dataclass
 @dataclass
 class Bank:
+    """A `Compressed` kind (jaxshare.core.compressed): as a leaf of `Layers` it is head sharing,
+    whose manifest is `sharing` (jaxshare.headshare.sharing)."""
+
     rows: Array  # [U, ...]: the unique weights
     index: Array  # int32 [L] or [L, K]: the row each layer (unit) reads
+    key: ClassVar[str] = "sharing"
 
     def dense(self) -> Array:
         """The per-layer leaf this bank stands for: [L, (K,) ...]."""
         return self.rows[self.index]
+
+    def apply(self, x: Array, dense_fn) -> Array:
+        # Inside the layer scan banks arrive gathered; this is the product outside of it.
+        return dense_fn(x, self.dense().astype(x.dtype))
+
+    @classmethod
+    def manifest(cls, params, cfg) -> dict:
+        from jaxshare.headshare.sharing import manifest
+
+        return manifest(params, cfg)
+
+    @classmethod
+    def abstract(cls, cfg, manifest: dict, base):
+        from jaxshare.headshare.sharing import abstract_shared
+
+        return abstract_shared(cfg, manifest, base)
+
+    @classmethod
+    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
+        return {}  # sharing.json alone restores the banks from the (tied, equal) dense weights
+
+    @classmethod
+    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
+        from jaxshare.headshare.sharing import from_dense
+
+        return from_dense(cfg, params, manifest)
 
 
 def is_bank(x) -> bool:
@@ -59,14 +93,6 @@ def split_banks(layers):
         return jax.tree_util.tree_unflatten(treedef, [x if r is None else r[x] for r, x in zip(rows, xs_l)])
 
     return xs, rebuild
-
-
-def materialize(tree):
-    """The same tree with every bank replaced by its dense per-layer leaf (for export, parity)."""
-    def dense(x):
-        return x.dense() if hasattr(x, "dense") else x
-
-    return jax.tree_util.tree_map(dense, tree, is_leaf=lambda x: hasattr(x, "dense"))
 
 
 def compact(bank: Bank) -> Bank:

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.bank import split_banks
+from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import MLP, Attention, Layers, Norm, Params
 
 Array = jax.Array
@@ -29,7 +31,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+        shape, dtype = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim), as_dtype(dtype)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
 
@@ -93,9 +95,9 @@ def _matmul(x, w):
 
 
 def linear(x: Array, w, dense_fn=_matmul) -> Array:
-    """dense_fn(x, w) for a plain weight; a structured weight (a basis-shared factorization, a
-    calibration tap) has an `apply(x, dense_fn)` and computes its own product."""
-    if hasattr(w, "apply"):
+    """dense_fn(x, w) for a plain weight; a `SelfApplying` weight (a compressed kind such as a
+    basis-shared factorization, a calibration tap) computes its own product."""
+    if isinstance(w, SelfApplying):
         return w.apply(x, dense_fn)
     return dense_fn(x, w.astype(x.dtype))
 
@@ -124,6 +126,24 @@ def project_qkv(x_BTD: Array, p: Attention) -> tuple[Array, Array, Array]:
     return q, k, v
 
 
+def qkv_rope(x_BTD: Array, p: Attention, cfg: ModelConfig, rope) -> tuple[Array, Array, Array]:
+    """q [B,T,K,G,d], k and v [B,T,K,d] of one layer, q and k rotated by position (rope families).
+
+    x_BTD: the attention input (after the layer's attn_norm). rope: the (cos, sin) tables a
+    `layer_fn` receives, positions [B, T] (int) to build them from, or None (learned positions)."""
+    q, k, v = project_qkv(x_BTD, p)
+    if cfg.positions == "rope":
+        cos_sin = rope if isinstance(rope, tuple) else rope_tables(cfg, rope)
+        q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+    return q, k, v
+
+
+def qk_rope(x_BTD: Array, p: Attention, cfg: ModelConfig, rope) -> tuple[Array, Array]:
+    """Rotated q [B,T,K,G,d] and k [B,T,K,d] (see qkv_rope); the unused v is dead code under jit."""
+    q, k, _ = qkv_rope(x_BTD, p, cfg, rope)
+    return q, k
+
+
 def visible(q_pos_BT: Array, k_pos_BS: Array, window: Array) -> Array:
     """Which keys each query sees [B, T, S]: causal, written (unwritten cache slots carry -1),
     and with a window w > 0, q_pos - k_pos < w (the Mistral/transformers convention)."""
@@ -141,9 +161,7 @@ def attention_probs(q_BTKGd: Array, k_BSKd: Array, q_pos_BT: Array, k_pos_BS: Ar
 
 def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
     """Self-attention of one layer. kv: optional (k_cache, v_cache, length) of this layer."""
-    q, k, v = project_qkv(x_BTD, p)
-    if cfg.positions == "rope":
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q, k, v = qkv_rope(x_BTD, p, cfg, rope)
     if kv is None:
         k_all, v_all, k_pos, new_kv = k, v, q_pos_BT, None
     else:
@@ -188,11 +206,26 @@ def unembed(params: Params, cfg: ModelConfig, x_BTD: Array) -> Array:
 
 def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=jnp.float32,
                   cache: KVCache | None = None, layer_fn=decoder_layer):
-    """Final hidden states [B,T,D] before the final norm, and the updated cache (or None).
+    """(x, aux): final hidden states [B,T,D] before the final norm, and what the layers returned.
 
-    Bank leaves (jaxshare.core.bank) are gathered per layer inside the scan; `layer_fn` lets an
-    analysis or method swap the per-layer computation while keeping this scan.
+    The layers run under one `lax.scan`; bank leaves (jaxshare.core.bank) are gathered per layer
+    inside it. `layer_fn` swaps the per-layer computation while keeping this scan:
+
+        layer_fn(x_BTD, layer, cfg, rope, q_pos_BT, window, kv=None) -> (x_BTD, aux)
+
+    x_BTD: the residual stream entering the layer, in the compute dtype. layer: this layer's
+    `Layers` (no leading L axis; banks gathered, a `Factored` leaf holds its group's basis [d_in, k]).
+    rope: (cos, sin) [B, T, d] or None (learned positions); `qk_rope(x, layer.attn, cfg, rope)`
+    gives the rotated q/k. q_pos_BT: int32 positions. window: int32 scalar sliding window (0 = full).
+    kv: None without a cache; with one, (k_cache, v_cache, length) of this layer.
+    Returns the layer's output stream and `aux`, any pytree of arrays (or None): without a cache
+    hidden_states returns it stacked over layers (each leaf gains a leading L axis, e.g. per-head
+    statistics [L, B, H]); with a cache aux must be the layer's updated (k_cache, v_cache) and the
+    second output is the grown KVCache. The usual pattern computes its statistic and then calls
+    `decoder_layer(x_BTD, layer, cfg, rope, q_pos_BT, window)` for the output stream.
+    dtype: compute dtype, anything `as_dtype` takes ("fp32", "bf16", jnp.bfloat16).
     """
+    dtype = as_dtype(dtype)
     B, T = tokens_BT.shape
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
     q_pos_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
@@ -208,7 +241,6 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
             layer, window = xs
             return layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window)
 
-        # A layer_fn's second output (None for decoder_layer) comes back stacked over layers.
         x, aux = jax.lax.scan(body, x, (layers_xs, windows_L))
         return x, aux
 
@@ -239,3 +271,11 @@ def token_nll(logits_BTV: Array, targets_BT: Array) -> Array:
     """Per-token negative log-likelihood [B, T] in float32."""
     logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
+
+
+def next_token_nll(params: Params, cfg: ModelConfig, tokens_BT: Array, dtype=jnp.float32,
+                   layer_fn=decoder_layer) -> Array:
+    """NLL [B, T-1] of each window's T-1 next-token predictions (fp32 logits): the quantity both
+    perplexity and the training loss average."""
+    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=layer_fn)
+    return token_nll(unembed(params, cfg, x[:, :-1]), tokens_BT[:, 1:])

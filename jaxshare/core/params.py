@@ -7,11 +7,11 @@ the leading L axis of wq/wk/wv without touching anything else.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxshare.core.config import ModelConfig
 
@@ -141,6 +141,27 @@ def get_leaf(params: Params, path: str):
     return node
 
 
+def replace_leaves(params, new: dict[str, object]):
+    """params with the leaf at each dotted path of `new` ('layers.attn.wq') replaced by its value."""
+    done = set()
+
+    def walk(node, prefix):
+        changes = {}
+        for f in fields(node):
+            path = f"{prefix}.{f.name}" if prefix else f.name
+            if path in new:
+                changes[f.name] = new[path]
+                done.add(path)
+            elif any(p.startswith(path + ".") for p in new):
+                changes[f.name] = walk(getattr(node, f.name), path)
+        return dataclasses.replace(node, **changes)
+
+    out = walk(params, "")
+    if done != set(new):
+        raise KeyError(f"no such params leaves: {sorted(set(new) - done)}")
+    return out
+
+
 def leaf_paths(params) -> list[str]:
     """Dotted paths of the array leaves present in a params tree."""
     out = []
@@ -148,7 +169,7 @@ def leaf_paths(params) -> list[str]:
     def walk(node, prefix):
         if node is None:
             return
-        if not hasattr(node, "__dataclass_fields__"):
+        if not dataclasses.is_dataclass(node):
             out.append(prefix)
             return
         for f in fields(node):
@@ -158,8 +179,9 @@ def leaf_paths(params) -> list[str]:
     return out
 
 
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+def count_params(tree) -> int:
+    """Parameters, not bookkeeping: floating leaves only (a bank's int32 index counts in bytes, not here)."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)))
 
 
 def param_bytes(params) -> int:
@@ -167,4 +189,8 @@ def param_bytes(params) -> int:
 
 
 def cast_params(params, dtype):
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    """Floating leaves cast to dtype (any name `as_dtype` takes); integer leaves (bank indices) kept."""
+    from jaxshare.core.dtypes import as_dtype
+
+    dt = as_dtype(dtype)
+    return jax.tree_util.tree_map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)

@@ -13,15 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.bank import split_banks
-from jaxshare.core.model import apply_rope, attention_probs, decoder_layer, embed, norm, project_qkv, rope_tables
+from jaxshare.core.model import attention_probs, decoder_layer, hidden_states, norm, qk_rope
+from jaxshare.headshare.similarity import cosine
 
 
-def _maps_layer(x_BTD, layer, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
-    """A decoder layer that also returns its attention maps [B, H, T, T]."""
-    q, k, _ = project_qkv(norm(x_BTD, layer.attn_norm, cfg), layer.attn)
-    if cfg.positions == "rope":
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+def maps_layer(x_BTD, layer, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
+    """A `layer_fn` that also returns the layer's attention maps [B, H, T, T]."""
+    q, k = qk_rope(norm(x_BTD, layer.attn_norm, cfg), layer.attn, cfg, rope)
     p = attention_probs(q, k, q_pos_BT, q_pos_BT, window)  # [B, K, G, T, T]
     x_BTD, _ = decoder_layer(x_BTD, layer, cfg, rope, q_pos_BT, window)
     B, K, G, T, S = p.shape
@@ -31,24 +29,7 @@ def _maps_layer(x_BTD, layer, cfg: ModelConfig, rope, q_pos_BT, window, kv=None)
 @partial(jax.jit, static_argnames=("cfg",))
 def attention_maps(params, cfg: ModelConfig, tokens_BT) -> jax.Array:
     """Post-softmax maps [L, B, H, T, T] (float32) of every layer and head."""
-    B, T = tokens_BT.shape
-    q_pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    x = embed(params, cfg, tokens_BT, q_pos, jnp.float32)
-    rope = rope_tables(cfg, q_pos) if cfg.positions == "rope" else None
-    xs, rebuild = split_banks(params.layers)
-
-    def body(x, xs_l):
-        layer, window = xs_l
-        return _maps_layer(x, rebuild(layer), cfg, rope, q_pos, window)
-
-    _, maps = jax.lax.scan(body, x, (xs, jnp.asarray(cfg.layer_windows, jnp.int32)))
-    return maps
-
-
-@jax.jit
-def _cosine_BNN(m_BNF):
-    m = m_BNF / jnp.maximum(jnp.linalg.norm(m_BNF, axis=-1, keepdims=True), 1e-30)
-    return jnp.einsum("bnf,bmf->bnm", m, m, precision="highest")
+    return hidden_states(params, cfg, tokens_BT, layer_fn=maps_layer)[1]
 
 
 def map_similarity(params, cfg: ModelConfig, tokens_BT) -> dict[str, np.ndarray]:
@@ -56,6 +37,6 @@ def map_similarity(params, cfg: ModelConfig, tokens_BT) -> dict[str, np.ndarray]
     maps = attention_maps(params, cfg, jnp.asarray(tokens_BT))  # [L, B, H, T, T]
     L, B, H, T, _ = maps.shape
     per_b = jnp.moveaxis(maps, 1, 0)  # [B, L, H, T, T]
-    layer = _cosine_BNN(per_b.reshape(B, L, H * T * T)).mean(0)
-    head = _cosine_BNN(per_b.reshape(B, L * H, T * T)).mean(0)
+    layer = cosine(per_b.reshape(B, L, H * T * T)).mean(0)
+    head = cosine(per_b.reshape(B, L * H, T * T)).mean(0)
     return {"layer": np.asarray(layer), "head": np.asarray(head)}

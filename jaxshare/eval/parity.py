@@ -9,7 +9,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxshare.eval.perplexity import PROTOCOL, check_seq_len, make_windows, tokenize_corpus
+from jaxshare.data.tokens import token_windows, tokenize_corpus
+from jaxshare.eval.perplexity import PROTOCOL, check_seq_len
 from jaxshare.io.load import LoadedModel
 from jaxshare.core.model import forward
 
@@ -64,10 +65,8 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
     check_reference(loaded)
     import torch
 
-    from jaxshare.data.corpora import join_documents
-
     check_seq_len(loaded.cfg, seq_len)
-    windows = make_windows(tokenize_corpus(loaded.tokenizer, join_documents(docs)), seq_len, max_windows)
+    windows = token_windows(tokenize_corpus(loaded.tokenizer, docs), seq_len, max_windows)
     ref = reference_model(loaded)
     max_diff, nll_jax, nll_ref = 0.0, 0.0, 0.0
     with jax.default_matmul_precision("highest"):

@@ -12,7 +12,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.model import hidden_states, token_nll, unembed
+from jaxshare.core.model import decoder_layer, next_token_nll
+from jaxshare.data.tokens import token_windows, tokenize_corpus
 
 PROTOCOL = ("documents joined with '\\n\\n', tokenized once without special tokens, non-overlapping "
             "windows of seq_len tokens (ragged tail dropped), T-1 scored predictions per window, "
@@ -21,23 +22,6 @@ PROTOCOL = ("documents joined with '\\n\\n', tokenized once without special toke
 
 class EvalError(ValueError):
     """Evaluation input that cannot give a meaningful number."""
-
-
-def tokenize_corpus(tokenizer, text: str) -> np.ndarray:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return np.asarray(ids, dtype=np.int32)
-
-
-def make_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:
-    """[N, seq_len] non-overlapping windows, the first max_windows of them."""
-    if max_windows is not None and max_windows < 1:
-        raise EvalError(f"max_windows must be at least 1 (or None for all), got {max_windows}")
-    n = len(ids) // seq_len
-    if n == 0:
-        raise EvalError(f"the corpus has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return ids[: n * seq_len].reshape(n, seq_len)
 
 
 def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
@@ -50,10 +34,7 @@ def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
 @partial(jax.jit, static_argnames=("cfg", "dtype", "layer_fn"))
 def window_nll(params, cfg: ModelConfig, tokens_BT, dtype=jnp.float32, layer_fn=None):
     """Summed NLL [B] of the T-1 next-token predictions of each window."""
-    kw = {} if layer_fn is None else {"layer_fn": layer_fn}
-    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, **kw)
-    logits = unembed(params, cfg, x[:, :-1])
-    return jnp.sum(token_nll(logits, tokens_BT[:, 1:]), axis=-1)
+    return jnp.sum(next_token_nll(params, cfg, tokens_BT, dtype, layer_fn or decoder_layer), axis=-1)
 
 
 def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 8,
@@ -75,8 +56,7 @@ def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_s
 
 def perplexity(params, cfg: ModelConfig, tokenizer, docs: list[str], seq_len: int, max_windows: int | None = None,
                batch_size: int = 8, dtype=jnp.float32, layer_fn=None) -> dict:
-    from jaxshare.data.corpora import join_documents
-
+    """PPL of docs (a list of documents) under the protocol; dtype: anything `as_dtype` takes."""
     check_seq_len(cfg, seq_len)
-    windows = make_windows(tokenize_corpus(tokenizer, join_documents(docs)), seq_len, max_windows)
-    return perplexity_of_windows(params, cfg, windows, batch_size, dtype, layer_fn=layer_fn)
+    return perplexity_of_windows(params, cfg, token_windows(tokenize_corpus(tokenizer, docs), seq_len, max_windows),
+                                 batch_size, dtype, layer_fn=layer_fn)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.params import Params, param_bytes
+from jaxshare.core.params import Params, count_params, param_bytes
 from jaxshare.headshare.sharing import FIELDS, KEEP, MATRICES, SharingError, compact_params, index_of, share
 from jaxshare.headshare.similarity import best_partners, check_match, scored_functions
 
@@ -70,23 +68,18 @@ def plan(params: Params, cfg: ModelConfig, ratio: float, match: str = "qk", mesh
     return {"n": n, "ratio": ratio, "match": match, "by_matrix": by_matrix}
 
 
-def _float_params(tree) -> int:
-    """Parameters, not bookkeeping: int32 indices count in bytes but not here."""
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)))
-
-
 def accounting(dense: Params, shared: Params, cfg: ModelConfig) -> dict:
     """Units and parameters removed, as counts and fractions, and the pytree bytes."""
     def qkv(p):
         a = p.layers.attn
-        return sum(_float_params(getattr(a, n)) for m in MATRICES for n in FIELDS[m])
+        return sum(count_params(getattr(a, n)) for m in MATRICES for n in FIELDS[m])
 
     total = cfg.n_layers * cfg.n_kv_heads
     freed = {m: total - (int(index_of(shared, m).max()) + 1) for m in MATRICES}
     out = {"units_total": total, "units_freed": max(freed.values()), "units_freed_by_matrix": freed,
-           "params_before": _float_params(dense), "params_after": _float_params(shared),
+           "params_before": count_params(dense), "params_after": count_params(shared),
            "qkv_params_before": qkv(dense), "qkv_params_after": qkv(shared),
-           "attn_params_before": _float_params(dense.layers.attn), "attn_params_after": _float_params(shared.layers.attn),
+           "attn_params_before": count_params(dense.layers.attn), "attn_params_after": count_params(shared.layers.attn),
            "bytes_before": param_bytes(dense), "bytes_after": param_bytes(shared)}
     for key in ("qkv", "attn"):
         b, f = out[f"{key}_params_before"], out[f"{key}_params_after"]

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.bank import Bank, compact, is_bank, materialize
+from jaxshare.core.bank import Bank, compact, is_bank
+from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.params import Attention, Params, abstract_params
+from jaxshare.core.params import Params, replace_leaves
 
 MATRICES = ("q", "k", "v")
 # Attention fields of each matrix type; biases share their weight's index.
@@ -39,8 +40,8 @@ def is_shared(params: Params) -> bool:
     return is_bank(params.layers.attn.wq)
 
 
-def _with_attn(params: Params, attn: Attention) -> Params:
-    return dataclasses.replace(params, layers=dataclasses.replace(params.layers, attn=attn))
+def _with_attn(params: Params, new: dict) -> Params:
+    return replace_leaves(params, {f"layers.attn.{name}": v for name, v in new.items()})
 
 
 def _bank_of(w_LK_: jax.Array, roots_LK: np.ndarray, keep: str) -> Bank:
@@ -83,7 +84,7 @@ def share(params: Params, cfg: ModelConfig, roots: dict[str, np.ndarray], keep: 
             leaf = getattr(attn, name)
             if leaf is not None:
                 new[name] = _bank_of(leaf, np.asarray(r), keep)
-    return _with_attn(params, dataclasses.replace(attn, **new))
+    return _with_attn(params, new)
 
 
 def identity_share(params: Params, cfg: ModelConfig) -> Params:
@@ -97,7 +98,8 @@ def index_of(params: Params, m: str) -> np.ndarray:
 
 
 def manifest(params: Params, cfg: ModelConfig, **info) -> dict:
-    """The JSON manifest of a shared model: which bank row each unit reads, per matrix type."""
+    """The JSON manifest of a shared model: which bank row each unit reads, per matrix type
+    (Bank.manifest; `info`, method details such as the ratio, rides along)."""
     attn = params.layers.attn
     idx = {m: index_of(params, m).tolist() for m in ("q", "k", "v", "o") if is_bank(getattr(attn, FIELDS[m][0]))}
     return {"version": MANIFEST_VERSION, "unit": "kv_group", "layers": cfg.n_layers, "units_per_layer": cfg.n_kv_heads,
@@ -120,11 +122,10 @@ def _check_manifest(cfg: ModelConfig, man: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def abstract_shared(cfg: ModelConfig, man: dict, dtype) -> Params:
-    """The abstract params tree of a shared checkpoint (orbax restore target)."""
+def abstract_shared(cfg: ModelConfig, man: dict, base) -> Params:
+    """`base` (an abstract params tree) with the banks a shared checkpoint holds (orbax restore target)."""
     index = _check_manifest(cfg, man)
-    dense = abstract_params(cfg, dtype)
-    attn = dense.layers.attn
+    attn = base.layers.attn
     new = {}
     for m, a in index.items():
         rows = int(a.max()) + 1
@@ -133,7 +134,7 @@ def abstract_shared(cfg: ModelConfig, man: dict, dtype) -> Params:
             if leaf is not None:
                 new[name] = Bank(jax.ShapeDtypeStruct((rows,) + leaf.shape[2:], leaf.dtype),
                                  jax.ShapeDtypeStruct(a.shape, jnp.int32))
-    return _with_attn(dense, dataclasses.replace(attn, **new))
+    return _with_attn(base, new)
 
 
 def from_dense(cfg: ModelConfig, params: Params, man: dict) -> Params:
@@ -155,10 +156,10 @@ def from_dense(cfg: ModelConfig, params: Params, man: dict) -> Params:
             if not bool(jnp.array_equal(bank.dense(), leaf)):
                 raise SharingError(f"sharing.json says units share {name}, but their exported weights differ")
             new[name] = bank
-    return _with_attn(params, dataclasses.replace(attn, **new))
+    return _with_attn(params, new)
 
 
 def compact_params(params: Params) -> Params:
     attn = params.layers.attn
     new = {f.name: compact(getattr(attn, f.name)) for f in dataclasses.fields(attn) if is_bank(getattr(attn, f.name))}
-    return _with_attn(params, dataclasses.replace(attn, **new))
+    return _with_attn(params, new)

@@ -165,6 +165,32 @@ def similarity_matrix(params: Params, func: str = "qk", precision: str = "highes
     return dot * jax.lax.rsqrt(jnp.maximum(n[:, None] * n[None, :], 1e-30))
 
 
+@partial(jax.jit, static_argnames=("precision",))
+def cosine(x_NF: jax.Array, precision: str = "highest") -> jax.Array:
+    """Cosine similarity [..., N, N] of the rows of x [..., N, F] (leading axes batch)."""
+    x = x_NF / jnp.maximum(jnp.linalg.norm(x_NF, axis=-1, keepdims=True), 1e-30)
+    return jnp.einsum("...nf,...mf->...nm", x, x, precision=precision)
+
+
+def head_features(params: Params, matrix: str = "q") -> jax.Array:
+    """Flattened weights of every head [L, N, F]: N = H query heads for q and o (one per query head,
+    not per KV group), N = K KV heads for k and v."""
+    attn = materialize(params).layers.attn
+    w = {"q": attn.wq, "k": attn.wk, "v": attn.wv, "o": attn.wo}.get(matrix)
+    if w is None:
+        raise MatchError(f"unknown matrix {matrix!r}; choose one of q, k, v, o")
+    L, K = w.shape[:2]
+    heads = K * w.shape[2] if matrix in ("q", "o") else K  # q, o: [L, K, G, ...]; k, v: [L, K, ...]
+    return w.reshape(L, heads, -1)
+
+
+def head_similarity(params: Params, matrix: str = "q") -> jax.Array:
+    """Cosine [L*N, L*N] between the weights of every pair of heads (see head_features), in
+    (layer, head) order: entry (l*N + i, m*N + j) compares head i of layer l with head j of layer m."""
+    f = head_features(params, matrix)
+    return cosine(f.reshape(-1, f.shape[-1]))
+
+
 def numpy_reference(params: Params, func: str) -> np.ndarray:
     """Cosines by the definition, for tests: concatenate the flattened matrices, normalize, dot."""
     q, k, v = (np.asarray(F, np.float64) for F in unit_features(params))

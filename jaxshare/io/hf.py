@@ -11,28 +11,18 @@ from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.io import families
 from jaxshare.io.atomic import EXPORT_MARKER, atomic_output
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params, get_leaf, map_shapes, param_shapes
-
-NP_DTYPES = {"fp32": np.float32, "float32": np.float32, "bf16": ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read as the model it claims to be."""
-
-
-def np_dtype(dtype) -> np.dtype:
-    if isinstance(dtype, str):
-        if dtype not in NP_DTYPES:
-            raise CheckpointError(f"unsupported dtype {dtype!r}; use fp32 or bf16")
-        return np.dtype(NP_DTYPES[dtype])
-    return np.dtype(dtype)
 
 
 def _names(keys, limit=8) -> str:
@@ -44,7 +34,7 @@ def _names(keys, limit=8) -> str:
 def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype="fp32",
                         source: str = "checkpoint", total: int | None = None) -> Params:
     """Fill a Params pytree from (hf_key, array) pairs; raise on missing/unexpected/duplicate keys."""
-    dt = np_dtype(dtype)
+    dt = as_dtype(dtype)
     table = {s.hf_key: s for s in families.slots(cfg)}
     buffers: dict[str, np.ndarray] = {}
     map_shapes(lambda path, shape: buffers.__setitem__(path, np.empty(shape, dt)), param_shapes(cfg))
@@ -171,7 +161,7 @@ def hf_tensor(params: Params, slot, dtype) -> np.ndarray:
     for leaf, layer in slot.parts:
         arr = get_leaf(params, leaf)
         parts.append(np.asarray(arr if layer is None else arr[layer]).astype(np.float32))
-    return np.ascontiguousarray(slot.join(*parts).astype(np_dtype(dtype)))
+    return np.ascontiguousarray(slot.join(*parts).astype(as_dtype(dtype)))
 
 
 def hf_state_dict(params: Params, cfg: ModelConfig, dtype="fp32") -> Iterator[tuple[str, np.ndarray]]:
@@ -181,19 +171,21 @@ def hf_state_dict(params: Params, cfg: ModelConfig, dtype="fp32") -> Iterator[tu
 
 
 def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="fp32",
-              max_shard_bytes: int = 2 * 1024**3, extra_json: dict | None = None, overwrite: bool = False,
-              extra_files: dict | None = None) -> Path:
-    """Write an HF directory that transformers loads with from_pretrained. extra_json / extra_files:
-    {file name: object / bytes} written beside the weights (a compressed method's manifest, factors)."""
+              max_shard_bytes: int = 2 * 1024**3, overwrite: bool = False, info: dict | None = None) -> Path:
+    """Write an HF directory that transformers loads with from_pretrained: dense weights, and for
+    every compressed kind in `params` its manifest (sharing.json, basis.json) and side files
+    (basis.safetensors), so `load_model` restores the compression. info: {kind key: details}
+    (e.g. a native checkpoint's meta["extra"]) merged into those manifests."""
     from huggingface_hub import split_state_dict_into_shards_factory
     from safetensors.numpy import save_file
 
-    from jaxshare.core.bank import materialize
+    from jaxshare.core.compressed import export_files, manifests, materialize
 
-    params = materialize(params)  # banks and factored weights leave as plain dense tensors
-    dt = np_dtype(dtype)
+    side_files = export_files(params, manifests(params, cfg, info))
+    params = materialize(params)  # compressed leaves leave as plain dense tensors
+    dt = as_dtype(dtype)
     hf_cfg = families.hf_config(cfg)
-    hf_cfg.dtype = "bfloat16" if dt == np.dtype(ml_dtypes.bfloat16) else "float32"
+    hf_cfg.dtype = "bfloat16" if dt == jnp.bfloat16 else "float32"
     hf_cfg.architectures = [type(hf_cfg).__name__.replace("Config", "ForCausalLM").replace("GPT2ForCausalLM", "GPT2LMHeadModel")]
     sizes = {s.hf_key: int(np.prod(s.hf_shape)) * dt.itemsize for s in families.slots(cfg)}
     split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_bytes,
@@ -211,9 +203,7 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        for name, obj in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2))
-        for name, blob in (extra_files or {}).items():
+        for name, blob in side_files.items():
             (tmp / name).write_bytes(blob)
         (tmp / EXPORT_MARKER).write_text(json.dumps({"format": "jaxshare-hf-export", "version": 1}) + "\n")
     return Path(out_dir)

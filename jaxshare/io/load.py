@@ -7,34 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.io.hf import CheckpointError, load_hf_dir
+from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params
-
-
-# An exported HF directory of a compressed model holds dense weights plus a manifest; importing
-# it restores the compressed form. file name -> "module:function(cfg, params, manifest) -> params"
-HF_MANIFESTS = {
-    "sharing.json": "jaxshare.headshare.sharing:from_dense",
-    "basis.json": "jaxshare.basis.io:restore_from_hf",
-}
-
-
-def _apply_hf_manifests(path: Path, cfg: ModelConfig, params: Params) -> tuple[Params, dict]:
-    import importlib
-    import inspect
-    import json
-
-    extra = {}
-    for name, ref in HF_MANIFESTS.items():
-        if (path / name).is_file():
-            manifest = json.loads((path / name).read_text())
-            module, fn = ref.split(":")
-            fn = getattr(importlib.import_module(module), fn)
-            # a restorer that reads side files of the directory takes it as `source`
-            kw = {"source": path} if "source" in inspect.signature(fn).parameters else {}
-            params = fn(cfg, params, manifest, **kw)
-            extra[name.removesuffix(".json")] = manifest
-    return params, {"extra": extra} if extra else {}
+from jaxshare.io.hf import CheckpointError, load_hf_dir
 
 
 @dataclass
@@ -99,25 +74,23 @@ def resolve(spec: str) -> tuple[str, Path]:
                           f"(registered: {', '.join(sorted(registry.REGISTERED))})")
 
 
-def load_model(spec: str, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
-    """Load any supported MODEL argument into (config, params, tokenizer)."""
+def load_model(spec, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
+    """Load any supported MODEL argument (a registered name, an HF directory, a .gguf file, a native
+    checkpoint) into (config, params, tokenizer). dtype: anything `as_dtype` takes. An HF export of
+    a compressed model comes back compressed (its manifests, e.g. sharing.json, are applied)."""
+    from jaxshare.core.compressed import restore_hf
     from jaxshare.io.native import load_native
 
+    spec, dtype = str(spec), as_dtype(dtype)
     kind, path = resolve(spec)
     if kind == "registered":
         path = registered_native(spec)
     if kind in ("registered", "native"):
-        cfg, params, meta = load_native(path, dtype=_jnp_dtype(dtype))
+        cfg, params, meta = load_native(path, dtype=dtype)
         return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
     if kind == "gguf":
         cfg, params, tok = convert_gguf(path, dtype)
         return LoadedModel(cfg, params, tok, kind, path, {})
     cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
-    params, meta = _apply_hf_manifests(path, cfg, params)
-    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
-
-
-def _jnp_dtype(dtype):
-    import jax.numpy as jnp
-
-    return {"fp32": jnp.float32, "bf16": jnp.bfloat16}.get(dtype, dtype)
+    params, extra = restore_hf(cfg, params, path)
+    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {"extra": extra} if extra else {})

@@ -2,6 +2,7 @@
 
 Layout of a checkpoint directory:
   jaxshare.json   {"format": "jaxshare", "version": 1, "config": {...}, "dtype": ..., "extra": {...}}
+                  extra holds, under each compressed kind's key ("sharing", "basis"), its manifest
   params/         orbax StandardCheckpointer
   tokenizer*      whatever the tokenizer's save_pretrained writes
 """
@@ -17,38 +18,15 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from jaxshare.core.compressed import abstract_tree, kinds, manifests
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.dtypes import as_dtype
+from jaxshare.core.params import Params, cast_params
 from jaxshare.io.atomic import atomic_output
 from jaxshare.io.hf import CheckpointError
-from jaxshare.core.params import Params, abstract_params
 
 META = "jaxshare.json"
 FORMAT_VERSION = 1
-
-# A compressed checkpoint names its method in meta["extra"]; the method rebuilds the abstract
-# params tree (bank sizes, ranks) from its manifest there, so orbax restores the exact structure.
-# key -> "module:function(cfg, manifest, dtype) -> abstract Params"
-STRUCTURES = {
-    "sharing": "jaxshare.headshare.sharing:abstract_shared",
-    "basis": "jaxshare.basis.compress:abstract_structure",
-}
-MANIFEST_KEYS = tuple(STRUCTURES)
-# Methods whose HF export needs more than the manifest (e.g. the factors that dense weights alone
-# cannot give back exactly): key -> "module:function(params, manifest) -> {file name: bytes}"
-EXPORT_FILES = {
-    "basis": "jaxshare.basis.io:export_files",
-}
-
-
-def structure_target(cfg: ModelConfig, meta: dict, dtype):
-    """The abstract params tree a checkpoint with this metadata holds."""
-    import importlib
-
-    for key, ref in STRUCTURES.items():
-        if key in meta.get("extra", {}):
-            module, fn = ref.split(":")
-            return getattr(importlib.import_module(module), fn)(cfg, meta["extra"][key], dtype)
-    return abstract_params(cfg, dtype)
 
 
 def is_native(path) -> bool:
@@ -84,10 +62,15 @@ def _quiet_orbax():
 
 def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra: dict | None = None,
                 overwrite: bool = False) -> Path:
-    """Write a checkpoint atomically: into a temp dir beside out_dir, then rename."""
+    """Write a checkpoint atomically: into a temp dir beside out_dir, then rename. The manifest of
+    every compressed kind in `params` is written by itself; extra[kind key] (method details such
+    as the ratio) is merged into it, other extra keys are kept as given."""
     dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
+    given = extra or {}
+    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
+    extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
     meta = {"format": "jaxshare", "version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
-            "dtype": dtype, "extra": extra or {}}
+            "dtype": dtype, "extra": extra}
     with atomic_output(out_dir, overwrite) as tmp:
         with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), params)
@@ -110,15 +93,13 @@ def read_meta(path) -> dict:
 
 def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dict]:
     """(config, params, metadata). `target`: an abstract pytree when the params are not a plain Params."""
-    import jax.numpy as jnp
-
     meta = read_meta(path)
     cfg = ModelConfig.from_dict(meta["config"])
-    stored = jnp.dtype(meta["dtype"])
-    abstract = target if target is not None else structure_target(cfg, meta, stored)
+    stored = as_dtype(meta["dtype"])
+    # each compressed kind named in extra rebuilds its leaves (bank sizes, ranks) for orbax
+    abstract = target if target is not None else abstract_tree(cfg, meta.get("extra", {}), stored)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore((Path(path) / "params").absolute(), abstract)
-    if dtype is not None and jnp.dtype(dtype) != stored:
-        params = jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                                        params)
+    if dtype is not None and as_dtype(dtype) != stored:
+        params = cast_params(params, dtype)
     return cfg, params, meta

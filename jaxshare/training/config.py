@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 MODES = ("postshare", "direct+post", "plain")
-DTYPES = ("fp32", "bf16")
 # Exactly one training length is in force; setting one with --set clears the others.
 LENGTH_KEYS = ("steps", "tokens", "epochs")
 
@@ -80,8 +79,10 @@ class TrainConfig:
 
         if self.mode not in MODES:
             bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.dtype not in DTYPES:
-            bad(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from jaxshare.core.dtypes import NAMES
+
+        if self.dtype not in NAMES:  # the names every entry point takes (core.dtypes.as_dtype)
+            bad(f"dtype must be one of {', '.join(NAMES)}, got {self.dtype!r}")
         from jaxshare.headshare.sharing import KEEP
         from jaxshare.headshare.similarity import MATCHES
 

@@ -23,13 +23,12 @@ import optax
 
 from jaxshare.training import mesh as meshlib
 from jaxshare.core.bank import combine, partition
-from jaxshare.core.model import decoder_layer, hidden_states, token_nll, unembed
+from jaxshare.core.dtypes import as_dtype
+from jaxshare.core.model import decoder_layer, next_token_nll
 from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training.config import TrainConfig, TrainConfigError, dump_config
 from jaxshare.training.memory import clip_by_global_norm, drop_checkpoints, release_free_memory, remat_layer
-
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 class TrainingDiverged(ValueError):
@@ -43,9 +42,7 @@ def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32, remat: bool = False):
     """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits);
     remat: layers recomputed in the backward pass, not stored (jaxshare.training.memory)."""
     layer_fn = remat_layer(decoder_layer) if remat else decoder_layer
-    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=layer_fn)
-    logits = unembed(params, cfg, x[:, :-1])
-    return jnp.mean(token_nll(logits, tokens_BT[:, 1:]))
+    return jnp.mean(next_token_nll(params, cfg, tokens_BT, dtype, layer_fn=layer_fn))
 
 
 def _decay_mask(params):
@@ -160,7 +157,8 @@ def prepare(tc: TrainConfig) -> Prepared:
     model, seq_len against its positions, the ratio against its units, both corpora."""
     from jaxshare.headshare.directshare import n_units
     from jaxshare.io.load import load_model, resolve
-    from jaxshare.training.data import Batches, pack, steps_for, token_ids
+    from jaxshare.data.tokens import token_ids, token_windows
+    from jaxshare.training.data import Batches, steps_for
 
     resolve(tc.model)
     m = load_model(tc.model, "fp32")
@@ -168,8 +166,10 @@ def prepare(tc: TrainConfig) -> Prepared:
         raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
     if tc.mode != "plain" or tc.ratio > 0:
         n_units(tc.ratio, m.cfg)
-    train = pack(token_ids(tc.data, m.tokenizer), tc.seq_len, m.cfg.vocab_size, f"training data {tc.data}")
-    ev = pack(token_ids(tc.eval_data, m.tokenizer), tc.seq_len, m.cfg.vocab_size, f"eval data {tc.eval_data}")
+    train = token_windows(token_ids(tc.data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+                          what=f"training data {tc.data}")
+    ev = token_windows(token_ids(tc.eval_data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+                       what=f"eval data {tc.eval_data}")
     batches = Batches(train, tc.seed)
     return Prepared(tc, m, batches, ev[: tc.eval_windows], steps_for(tc, len(train)))
 
@@ -298,7 +298,7 @@ class Trainer:
         else:
             state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True)
             del params0
-        step_fn = make_step(mcfg, tx, tc.gamma, DTYPES[tc.dtype], pairs, penalize=(tc.mode == "postshare"),
+        step_fn = make_step(mcfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
                             remat=tc.remat)
         train_step, batch_sh = compile_step(step_fn, self.mesh, sh)
         step, pos = int(state["step"]), int(state["data_pos"])
@@ -386,16 +386,15 @@ class Trainer:
         self.trained, self.shared = trained, shared  # for library callers (experiments); no extra copy
         result["eval_ppl"] = self._evaluate(shared)["ppl"]
         extra = {"derived_from": str(m.source), "train": tc.to_dict()}
-        export_json = {}
         if decision is not None:
             man = manifest(shared, m.cfg, ratio=tc.ratio, match=tc.match, keep=tc.keep, share_o=tc.share_o,
                            method=tc.mode, source=str(m.source))
-            extra["sharing"], export_json["sharing.json"] = man, man
+            extra["sharing"] = man
             result["accounting"] = accounting(self.dense_shapes, shared, m.cfg)
         save_native(self.run_dir / "final", m.cfg, shared, m.tokenizer, extra=extra, overwrite=True)
         result["final"] = str(self.run_dir / "final")
         if tc.export_hf:
-            export_hf(shared, m.cfg, self.run_dir / "hf", m.tokenizer, extra_json=export_json, overwrite=True)
+            export_hf(shared, m.cfg, self.run_dir / "hf", m.tokenizer, overwrite=True, info=extra)
             result["hf"] = str(self.run_dir / "hf")
         self._log({"step": step, "final_eval_ppl": result["eval_ppl"]})
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=2))

@@ -1,0 +1,93 @@
+"""Token ids of a corpus, tokenized once, and the windows every consumer cuts from them.
+
+The protocol (METHODS.md): documents joined with "\\n\\n" (`join_documents`), tokenized once
+without special tokens, cut into non-overlapping windows of seq_len tokens, ragged tail dropped.
+Perplexity, parity, attention maps, calibration and training all read their tokens this way.
+`token_ids` caches the ids of a named corpus or file per tokenizer (as .npy), so a training run
+or a sweep tokenizes a corpus once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Token data that cannot feed the requested windows."""
+
+
+def tokenize_corpus(tokenizer, text) -> np.ndarray:
+    """int32 ids of a text, or of a list of documents joined under the protocol; no special tokens."""
+    if not isinstance(text, str):
+        from jaxshare.data.corpora import join_documents
+
+        text = join_documents(list(text))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return np.asarray(ids, dtype=np.int32)
+
+
+def token_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None, vocab_size: int | None = None,
+            what: str = "the corpus") -> np.ndarray:
+    """[N, seq_len] non-overlapping windows (ragged tail dropped), the first max_windows of them.
+    With vocab_size, ids outside the vocabulary are refused; `what` names the data in errors."""
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"max_windows must be at least 1 (or None for all), got {max_windows}")
+    n = len(ids) // seq_len
+    if n == 0:
+        raise DataError(f"{what} has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
+    if vocab_size is not None and len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise DataError(f"{what} has token ids outside the model's vocabulary of {vocab_size}")
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def tokenizer_key(tokenizer) -> str:
+    """A stable identity of a tokenizer (its full serialized form when it has one)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()[:16]
+
+
+def _corpus_key(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.suffix in (".txt", ".jsonl") and path.is_file():
+        st = path.stat()  # a local file re-tokenizes when it changes
+        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return source
+
+
+def token_ids(source: str, tokenizer) -> np.ndarray:
+    """int32 token ids of a corpus: a .npy of ids (used as is), or a corpus that `load_corpus`
+    reads, tokenized once under the protocol and cached by tokenizer + corpus."""
+    from jaxshare.io.fetch import cache_dir
+
+    path = Path(source).expanduser()
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise DataError(f"{source}: no such file")
+        ids = np.load(path)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise DataError(f"{source}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+        return ids.astype(np.int32)
+    if tokenizer is None:
+        raise DataError(f"{source}: the model has no tokenizer; pass token ids as a .npy file")
+    key = hashlib.sha256(f"{tokenizer_key(tokenizer)}|{_corpus_key(source)}".encode()).hexdigest()[:20]
+    cached = cache_dir() / "tokens" / f"{key}.npy"
+    if cached.is_file():
+        return np.load(cached)
+    from jaxshare.data.corpora import load_corpus
+
+    ids = tokenize_corpus(tokenizer, load_corpus(source))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.partial.npy")
+    np.save(tmp, ids)
+    tmp.replace(cached)  # atomic: a killed run never leaves a truncated cache entry
+    return ids

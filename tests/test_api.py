@@ -1,0 +1,174 @@
+"""The public API: `import jaxshare as js` is enough for a jit analysis script, and Python callers
+get the same compressed round trips as the CLI."""
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxshare as js
+from conftest import random_hf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A user's analysis: per-head attention entropy computed inside the layer scan under jax.jit (via
+# layer_fn), and per-head q/k weight similarity. Only `jaxshare`'s top-level names are used.
+SCRIPT = '''
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxshare as js
+
+model, out = sys.argv[1], sys.argv[2]
+m = js.load(model, dtype="fp32")
+if m.tokenizer is None:  # a bare random checkpoint: random tokens
+    tokens = np.random.default_rng(0).integers(0, m.cfg.vocab_size, (2, 32)).astype(np.int32)
+else:
+    tokens = js.token_windows(js.token_ids("canterbury", m.tokenizer), 128, 2)
+
+
+def entropy_layer(x, layer, cfg, rope, q_pos, window, kv=None):
+    q, k = js.qk_rope(js.norm(x, layer.attn_norm, cfg), layer.attn, cfg, rope)
+    p = js.attention_probs(q, k, q_pos, q_pos, window)  # [B, K, G, T, S]
+    h = -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)  # [B, K, G, T]
+    x, _ = js.decoder_layer(x, layer, cfg, rope, q_pos, window)
+    return x, h.mean(axis=(0, 3)).reshape(-1)  # [H], stacked by the scan into [L, H]
+
+
+entropy = jax.jit(lambda params, toks: js.hidden_states(params, m.cfg, toks, layer_fn=entropy_layer)[1])
+res = {"tokens": np.asarray(tokens).tolist(), "entropy": np.asarray(entropy(m.params, tokens)).tolist(),
+       "sim_q": np.asarray(js.head_similarity(m.params, "q")).tolist(),
+       "sim_k": np.asarray(js.head_similarity(m.params, "k")).tolist()}
+with open(out, "w") as f:
+    json.dump(res, f)
+'''
+
+
+def _uses_only_top_level_names(src: str) -> None:
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            raise AssertionError(f"the script imports from {node.module}")
+        if isinstance(node, ast.Import):
+            assert all(a.name in ("json", "sys", "jax", "jax.numpy", "numpy", "jaxshare") for a in node.names)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "js":
+            assert node.attr in js.__all__, node.attr
+
+
+def _run_script(model: str, tmp_path) -> dict:
+    _uses_only_top_level_names(SCRIPT)
+    script, out = tmp_path / "analysis.py", tmp_path / "analysis.json"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script), model, str(out)], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _check_against_library(res: dict, params, cfg) -> None:
+    from jaxshare.eval.attention_maps import attention_maps
+    from jaxshare.headshare.similarity import similarity_matrix
+
+    maps = np.asarray(attention_maps(params, cfg, jnp.asarray(res["tokens"], jnp.int32)), np.float64)  # [L,B,H,T,T]
+    want = -np.sum(maps * np.log(np.maximum(maps, 1e-30)), axis=-1).mean(axis=(1, 3))  # [L, H]
+    got = np.asarray(res["entropy"])
+    assert got.shape == (cfg.n_layers, cfg.n_heads)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # k heads are the sharing units: the per-head cosine is the library's `k` similarity
+    np.testing.assert_allclose(np.asarray(res["sim_k"]), np.asarray(similarity_matrix(params, "k")), atol=1e-5)
+    # q: one row per query head (not per KV group), by the definition
+    wq = np.asarray(jax.device_get(params.layers.attn.wq), np.float64)  # [L, K, G, D, d]
+    f = wq.reshape(cfg.n_layers * cfg.n_heads, -1)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(res["sim_q"]), f @ f.T, atol=1e-5)
+
+
+def test_import_is_cheap_and_every_public_name_resolves():
+    code = "import sys, jaxshare as js; print('jax' in sys.modules, len(js.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert out == ["False", str(len(js.__all__))]
+    for name in js.__all__:
+        assert getattr(js, name) is not None
+    with pytest.raises(AttributeError):
+        js.no_such_name
+
+
+def test_analysis_script_on_a_tiny_random_model(tmp_path):
+    cfg = js.ModelConfig(family="llama", vocab_size=128, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
+                         d_ff=64, max_seq_len=64, norm_eps=1e-5)
+    params = js.init_params(cfg, jax.random.key(0))
+    js.save(tmp_path / "tiny", cfg, params)
+    res = _run_script(str(tmp_path / "tiny"), tmp_path)
+    _check_against_library(res, params, cfg)
+
+
+@pytest.mark.slow
+def test_analysis_script_on_smollm2(tmp_path):
+    res = _run_script("smollm2-135m", tmp_path)
+    m = js.load("smollm2-135m")
+    _check_against_library(res, m.params, m.cfg)
+
+
+def test_dtypes_are_accepted_the_same_way_everywhere(tmp_path):
+    random_hf_model("llama").save_pretrained(tmp_path / "m")
+    a, b = js.load(tmp_path / "m", dtype="bf16"), js.load(str(tmp_path / "m"), dtype=jnp.bfloat16)
+    assert a.params.embed.dtype == b.params.embed.dtype == jnp.bfloat16
+    toks = np.random.default_rng(0).integers(0, a.cfg.vocab_size, (1, 16)).astype(np.int32)
+    got = [np.asarray(js.forward(a.params, a.cfg, toks, dtype=d)) for d in ("bf16", "bfloat16", jnp.bfloat16)]
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0], got[2])
+    assert js.as_dtype("fp32") == js.as_dtype(jnp.float32) == np.float32
+    with pytest.raises(ValueError, match="unsupported dtype 'fp8'"):
+        js.as_dtype("fp8")
+
+
+def _same_tree(a, b) -> None:
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_export_hf_from_python_keeps_directshare_and_basis(tmp_path):
+    random_hf_model("llama").save_pretrained(tmp_path / "m")
+    m = js.load(tmp_path / "m")
+    toks = np.random.default_rng(1).integers(0, m.cfg.vocab_size, (2, 48)).astype(np.int32)
+    shared, _ = js.direct_share(m.params, m.cfg, 0.3)
+    calib = np.random.default_rng(5).integers(0, m.cfg.vocab_size, (4, 64)).astype(np.int32)
+    basis, _, _ = js.compress(m.params, m.cfg, js.collect_grams(m.params, m.cfg, calib, batch_size=2), 0.3, 2,
+                              progress=False)
+    assert isinstance(shared.layers.attn.wq, js.Bank) and isinstance(basis.layers.mlp.w_up, js.Factored)
+    for name, params, manifest in (("ds", shared, "sharing.json"), ("basis", basis, "basis.json")):
+        ours = np.asarray(js.forward(params, m.cfg, toks))
+        out = js.export_hf(params, m.cfg, tmp_path / name)  # no manifest passed: it writes its own
+        assert (out / manifest).is_file()
+        back = js.load(out)
+        _same_tree(back.params, params)  # the compressed structure itself, not just equal products
+        np.testing.assert_allclose(np.asarray(js.forward(back.params, m.cfg, toks)), ours, atol=1e-5, rtol=0)
+        js.save(tmp_path / f"{name}_native", m.cfg, params)  # the native checkpoint likewise
+        _same_tree(js.load(tmp_path / f"{name}_native").params, params)
+    assert (tmp_path / "basis" / "basis.safetensors").is_file()
+
+
+def test_benchmarks_and_experiments_run_as_modules_without_path_edits():
+    scripts = sorted(p for d in ("benchmarks", "experiments") for p in (ROOT / d).glob("*.py") if p.stem != "__init__")
+    for p in scripts:
+        assert "sys.path" not in p.read_text(), f"{p.relative_to(ROOT)} edits sys.path"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout root (cwd) is the path
+    for p in scripts:
+        if p.stem == "common":
+            continue
+        proc = subprocess.run([sys.executable, "-m", f"{p.parent.name}.{p.stem}", "--help"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "usage" in proc.stdout, (p.name, proc.stderr[-2000:])
