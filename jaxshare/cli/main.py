@@ -11,7 +11,7 @@ DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or
 
 
 # Modules with a `register(sub, add)` that adds a method's subcommands (imports stay lazy).
-COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train"]
+COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train", "jaxshare.cli.inheritune"]
 
 
 def _emit(args, obj: dict, text: str) -> None:
