@@ -6,7 +6,7 @@ reference's held-out loss? Arms (same token budget, data, optimizer and seed for
   last_k        the last k layers instead (control)
   random_k      k freshly initialised layers with the reference's embeddings, norm, head (control)
   every_other   layers 0, 2, 4, ... (k of them; control)
-  grow          first_k trained, then stages k+2, k+4, ... (the reference's next layers), each
+  grow_<n>      first_k trained, then stages k+2, k+4, ... (the reference's next layers), each
                 trained on the same per-stage budget, until the reference's loss or --grow-stages ends
 
 Held-out loss: the first W windows of S tokens of wiki:validation (METHODS.md protocol); training
@@ -136,39 +136,39 @@ def main() -> None:
               flush=True)
         done = done_arms(out)
 
-    if "grow" in args.arms.split(",") and "grow" not in done:
+    if "grow" in args.arms.split(","):
         grow_arm(args, m, root, out, ref_loss, loss, setup)
     report(out, args.name)
 
 
 def grow_arm(args, m, root: Path, out: Path, ref_loss: float, loss, setup) -> None:
-    """Growth from the trained first_k model: each stage adds the reference's next two layers."""
+    """Growth from the trained first_k model: each stage adds the reference's next two layers and
+    trains on the same budget; one JSON line per finished stage (arm "grow_<layers>")."""
     from jaxshare.core.params import count_params
     from jaxshare.inheritune.grow import grow_params
     from jaxshare.io.native import is_native, load_native, save_native
 
     cfg, params, _ = load_native(root / "first_k" / "run" / "final")
-    tokens = 0
-    stages = []
     for s in range(1, args.grow_stages + 1):
         n = cfg.n_layers + 2
         stage_dir = root / f"grow_{n}"
         if not is_native(stage_dir / "init"):
             p2, c2 = grow_params(params, cfg, n, "reference", reference=(m.params, m.cfg))
             save_native(stage_dir / "init", c2, p2, m.tokenizer, extra={"derived_from": str(m.source)}, overwrite=True)
-        c2, p2, _ = load_native(stage_dir / "init")
-        before = loss(p2, c2)
-        res = train_arm(stage_dir / "init", stage_dir / "run", args)
+        done = done_arms(out)
+        if f"grow_{n}" not in done:
+            c2, p2, _ = load_native(stage_dir / "init")
+            before = loss(p2, c2)
+            res = train_arm(stage_dir / "init", stage_dir / "run", args)
+            after = math.log(res["eval_ppl"])
+            append(out, {"arm": f"grow_{n}", "n_layers": n, "params": count_params(p2), "tokens": res["tokens"],
+                         "loss_before": before, "loss_after": after, "ref_loss": ref_loss, "setup": setup})
+            print(f"grow stage {n} layers: {before:.4f} -> {after:.4f} (reference {ref_loss:.4f})", flush=True)
+        else:
+            after = done[f"grow_{n}"]["loss_after"]
         cfg, params, _ = load_native(stage_dir / "run" / "final")
-        after = math.log(res["eval_ppl"])
-        tokens += res["tokens"]
-        stages.append({"layers": n, "params": count_params(params), "tokens": res["tokens"], "loss_before": before,
-                       "loss_after": after})
-        print(f"grow stage {n} layers: {before:.4f} -> {after:.4f} (reference {ref_loss:.4f})", flush=True)
         if after <= ref_loss:
             break
-    append(out, {"arm": "grow", "stages": stages, "tokens_after_first_k": tokens, "ref_loss": ref_loss,
-                 "setup": setup})
 
 
 def report(out: Path, name: str) -> None:
@@ -196,14 +196,14 @@ def report(out: Path, name: str) -> None:
             names.append(arm)
             before.append(r["loss_before"])
             after.append(r["loss_after"])
-    if "grow" in rows:
-        for st in rows["grow"]["stages"]:
-            lines.append(f"| grow -> {st['layers']} | {st['layers']} | {st['params'] / 1e6:.1f}M | +{st['tokens']} "
-                         f"| {st['loss_before']:.4f} | {st['loss_after']:.4f} | {math.exp(st['loss_after']):.2f} "
-                         f"| {st['loss_after'] - ref:+.4f} |")
-            names.append(f"grow {st['layers']}")
-            before.append(st["loss_before"])
-            after.append(st["loss_after"])
+    for arm in sorted((a for a in rows if a.startswith("grow_")), key=lambda a: rows[a]["n_layers"]):
+        st = rows[arm]
+        lines.append(f"| grow -> {st['n_layers']} (reference layers) | {st['n_layers']} | {st['params'] / 1e6:.1f}M "
+                     f"| +{st['tokens']} | {st['loss_before']:.4f} | {st['loss_after']:.4f} "
+                     f"| {math.exp(st['loss_after']):.2f} | {st['loss_after'] - ref:+.4f} |")
+        names.append(f"grow {st['n_layers']}")
+        before.append(st["loss_before"])
+        after.append(st["loss_after"])
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if names:
