@@ -243,6 +243,20 @@ def test_inheritune_stops_at_the_reference_loss(files, tmp_path):
     assert res["stages"][0]["loss"] <= res["reference_loss"]
 
 
+def test_shipped_inheritune_config_validates():
+    from jaxshare.inheritune.grow import check_stages
+    from jaxshare.training.config import TrainConfigError, load_config
+
+    tc = load_config("smollm2_inheritune")
+    assert tc.mode == "inheritune" and tc.ratio == 0 and check_stages(tc.stages, tc.grow) == [15, 17, 19]
+    assert tc.reference == "smollm2-135m" and tc.grow == "reference" and tc.stop_at_reference
+    assert build_config({}, mode="inheritune").ratio == 0  # no head sharing unless asked for ...
+    with pytest.raises(TrainConfigError, match="inheritune trains without it"):
+        build_config({"ratio": 0.3}, mode="inheritune")  # ... and asking is an error
+    with pytest.raises(TrainConfigError, match="grow must be one of copy, reference"):
+        build_config({"grow": "clone"}, mode="inheritune")
+
+
 # -- bad inputs ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
