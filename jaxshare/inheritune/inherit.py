@@ -77,7 +77,8 @@ def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_i
     ids = list(range(check_layers(k, cfg.n_layers))) if layer_ids is None else list(layer_ids)
     new, new_cfg = select_layers(params, cfg, ids)
     extra = dict(extra or {})
-    out = {k_: v for k_, v in extra.items() if k_ not in ("sharing", "basis", "inherited")}
+    # Keys that describe the source's own weights (its GGUF, its registry name) do not carry over.
+    out = {k_: v for k_, v in extra.items() if k_ not in ("sharing", "basis", "inherited", "registered", "converted_from")}
     if "sharing" in extra and is_shared(new):
         info = {k_: v for k_, v in extra["sharing"].items()
                 if k_ not in ("version", "unit", "layers", "units_per_layer", "index", "rows")}
