@@ -309,13 +309,19 @@ def test_degeneration_and_inherit_on_smollm2(tmp_path, capsys):
                      "--max-windows", "2", "--json"]) == 0
     assert np.isfinite(json.loads(capsys.readouterr().out)["ppl"])
     assert cli_main(["export", str(tmp_path / "k15"), str(tmp_path / "hf")]) == 0
+    from jaxshare.eval.parity import reference_model
     from jaxshare.io.load import load_model
 
     m = load_model(str(tmp_path / "k15"))
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ref = reference_model(load_model("smollm2-135m"))  # transformers' own SmolLM2, cut to its first 15 layers
+    ref.model.layers = ref.model.layers[:15]
+    ref.config.num_hidden_layers = 15
     ids = m.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="np")["input_ids"]
-    diff = np.max(np.abs(torch_logits(back, ids) - np.asarray(forward(m.params, m.cfg, ids.astype(np.int32)))))
-    assert back.config.num_hidden_layers == 15 and diff <= 1e-4
+    want = torch_logits(ref, ids)
+    assert back.config.num_hidden_layers == 15 and np.max(np.abs(torch_logits(back, ids) - want)) <= 1e-5
+    # jaxshare vs transformers on the real model: the project's parity bound (tests/test_real_model.py)
+    assert np.max(np.abs(np.asarray(forward(m.params, m.cfg, ids.astype(np.int32))) - want)) <= 1e-3
     assert cli_main(["generate", str(tmp_path / "k15"), "--prompt", "Hello", "--max-new-tokens", "4"]) == 0
 
 
@@ -327,7 +333,7 @@ def test_inheritune_notebook_runs():
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"inheritune cell {cell['id']}", "exec"), namespace)
-    assert namespace["k"] == 15 and namespace["back_diff"] <= 1e-4
+    assert namespace["k"] == 15 and namespace["back_diff"] <= 1e-3  # jax vs torch: the project's parity bound
     assert np.isfinite(namespace["trained"]["eval_ppl"])
 
 
