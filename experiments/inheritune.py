@@ -206,6 +206,18 @@ def report(out: Path, name: str) -> None:
         after.append(st["loss_after"])
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    curves = {}
+    for arm in names:
+        path = Path(setup["run_root"]) / (arm.replace("grow ", "grow_") if arm.startswith("grow") else arm) / "run" / "metrics.jsonl"
+        if path.is_file():
+            steps = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+            by_step = {r["step"]: r["ce"] for r in steps if "ce" in r}  # a resumed run's replay wins
+            curves[arm] = [by_step[k] for k in sorted(by_step)]
+    if curves:
+        n = max(len(v) for v in curves.values())
+        tokens_per_step = setup["batch_size"] * setup["seq_len"]
+        plots.lines([tokens_per_step * (i + 1) for i in range(n)], curves, RESULTS / f"{name}_curves.png",
+                    "Inheritune on SmolLM2-135M: training loss (wiki:train)", "tokens", "loss (nats/token)", hline=ref)
     if names:
         plots.bars(names, {"before training": before, "after training": after}, RESULTS / f"{name}.png",
                    "Inheritune on SmolLM2-135M: held-out loss (wiki:validation)", "loss (nats/token)", hline=ref)
