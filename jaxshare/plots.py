@@ -107,3 +107,54 @@ def lines(xs, series: dict[str, list], path, title: str, xlabel: str, ylabel: st
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def bars(names: list[str], series: dict[str, list], path, title: str, ylabel: str, hline: float | None = None,
+         hline_label: str = "reference") -> Path:
+    """Grouped bars: one group per name, one bar per series."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(names))
+    for i, (label, ys) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="black", linestyle="--", label=hline_label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def grid(matrix: np.ndarray, path, title: str, label: str, xlabel: str, ylabel: str, vmin=None, vmax=None) -> Path:
+    """A (rows x columns) heatmap with every cell's axis labelled, e.g. layer x head."""
+    plt = _plt()
+    R, C = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * C + 2.5), max(4, 0.22 * R + 1.5)))
+    im = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_xticks(range(C))
+    ax.set_yticks(range(0, R, max(1, R // 15)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def panels(maps: dict[str, np.ndarray], path, title: str) -> Path:
+    """Square maps side by side (e.g. attention maps of shallow and deep layers), shared colour scale."""
+    plt = _plt()
+    n = len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+    vmax = max(float(np.max(m)) for m in maps.values()) or 1.0
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(m, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention probability")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -83,6 +83,12 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     con.print("[bold]6. Basis Sharing[/] at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
     summary["basis"] = demo_step(m, docs, seq_len, max_windows, con)
 
+    from jaxshare.inheritune.demo import demo_step as inheritune_step
+
+    con.print("[bold]7. Inheritune[/] (attention degeneration on 4 x 256 wiki:validation, inherit the layers before "
+              "the degenerate ones; no training)")
+    summary["inheritune"] = inheritune_step(m, docs, seq_len, max_windows, plot_dir, con)
+
     summary["seconds"] = time.perf_counter() - t0
     table = Table(title="jaxshare demo summary")
     table.add_column("step")
@@ -97,6 +103,9 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     bs = summary["basis"]
     table.add_row("basis sharing 20%", f"ppl {bs['ppl']:.3f}, {bs['params_before'] / 1e6:.1f}M -> "
                   f"{bs['params_after'] / 1e6:.1f}M params")
+    it = summary["inheritune"]
+    table.add_row("inheritune (no training)", f"k = {it['k']} of {cfg.n_layers} layers, {it['params_after'] / 1e6:.1f}M "
+                  f"params, ppl {it['ppl_untrained']:.1f} before training")
     table.add_row("generation", text[:80])
     table.add_row("wall time", f"{summary['seconds']:.0f} s")
     Console(file=table_to or sys.stdout).print(table)

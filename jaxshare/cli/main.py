@@ -10,7 +10,8 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
                                  DeprecatedAlias, HelpFormatter, Parser, check_out_dir, emit, nonempty)
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
-COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train"]
+COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
+                              "jaxshare.cli.inheritune"]
 
 STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
 COMPUTE_DTYPE_HELP = ("dtype of the forward pass; the weights are loaded as fp32 "

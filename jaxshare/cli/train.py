@@ -12,6 +12,15 @@ SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=
 
 
 def _report(args, res: dict) -> None:
+    if res.get("mode") == "inheritune" and res["status"] == "completed":
+        from jaxshare.inheritune.grow import stage_table
+
+        ref = res["reference_loss"]
+        verdict = "no reference" if ref is None else (f"reached the reference's loss {ref:.4f}" if res["reached_reference"]
+                                                     else f"above the reference's loss {ref:.4f}")
+        emit(args, res, f"{stage_table(res)}\ninheritune: {len(res['stages'])} stage(s), {res['tokens']} tokens; "
+                         f"{verdict}; wrote {res['final']}" + (f" and {res['hf']}" if "hf" in res else ""))
+        return
     if res["status"] == "preempted":
         emit(args, res, f"preempted at step {res['step']}; checkpoint saved. Continue with: "
                         f"jaxshare train resume {res['run_dir']}")
@@ -27,12 +36,23 @@ def cmd_train(args) -> None:
     from jaxshare.training.trainer import Trainer
 
     tc = load_config(args.config, args.set, mode=args.mode)
+    if tc.mode == "inheritune":  # one trainer run per growth stage
+        from jaxshare.inheritune.grow import run_inheritune
+
+        _report(args, run_inheritune(tc))
+        return
     _report(args, Trainer(tc).run())
 
 
 def cmd_resume(args) -> None:
+    from jaxshare.inheritune.grow import STATE, run_inheritune
+    from jaxshare.training.config import load_config
     from jaxshare.training.trainer import Trainer
 
+    if (Path(args.run_dir) / STATE).is_file():  # an inheritune run: resume its stages
+        tc = load_config(Path(args.run_dir) / "config.yaml", list(args.set) + [f"run_dir={args.run_dir}"])
+        _report(args, run_inheritune(tc, resuming=True))
+        return
     _report(args, Trainer.resume(args.run_dir, args.set).run())
 
 
@@ -74,8 +94,8 @@ def register(sub, add, group) -> None:
     for mode in MODES:
         p = add(mode, cmd_train, f"train in {mode} mode (config: YAML file, then --set overrides)", parent=t_sub)
         p.add_argument("--config", help="YAML file of config keys, or the name of a shipped config "
-                                         "(smollm2_postshare, smollm2_direct_post, smollm2_plain; see train/configs/) "
-                                         "(default: none, the built-in defaults)")
+                                         "(smollm2_postshare, smollm2_direct_post, smollm2_plain, smollm2_inheritune; "
+                                         "see train/configs/) (default: none, the built-in defaults)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + " (default: none)")
     r = add("resume", cmd_resume, "continue a run from its latest checkpoint", parent=t_sub)
     r.add_argument("run_dir", type=nonempty, help="the run directory (run_dir of the config) to continue")

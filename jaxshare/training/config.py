@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-MODES = ("postshare", "direct+post", "plain")
+MODES = ("postshare", "direct+post", "plain", "inheritune")
 # Exactly one training length is in force; setting one with --set clears the others.
 LENGTH_KEYS = ("steps", "tokens", "epochs")
 
@@ -39,6 +39,13 @@ class TrainConfig:
     match: str = "qk"
     keep: str = "root"
     share_o: bool = False
+    # Inheritune (METHODS.md §3): growth stages as layer counts ("15,17,19"; empty = one stage at
+    # the model's depth), each trained for the length above; new layers copy the student's last
+    # layers or take the reference's next ones; stop once held-out loss reaches the reference's.
+    stages: str = ""
+    grow: str = "copy"
+    reference: str = ""  # empty: the model itself when it is deeper than the first stage
+    stop_at_reference: bool = True
     # Loss and optimizer.
     gamma: float = 0.5
     lr: float = 5e-5
@@ -120,6 +127,15 @@ class TrainConfig:
                 bad(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if not self.run_dir:
             bad("run_dir must be set")
+        if self.mode == "inheritune":
+            from jaxshare.inheritune.grow import check_stages
+
+            if self.ratio != 0:
+                bad(f"ratio is a head-sharing setting; inheritune trains without it (set ratio=0), got {self.ratio}")
+            try:
+                check_stages(self.stages, self.grow)
+            except ValueError as e:
+                bad(str(e))
         from jaxshare.training.mesh import parse_mesh
 
         parse_mesh(self.mesh)  # syntax only; device counts are checked when the mesh is built
@@ -190,6 +206,8 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
         values[key] = _coerce(key, raw, types[key])
     if mode is not None:  # the subcommand names the mode; it overrides the file's
         values["mode"] = mode
+    if values.get("mode") == "inheritune":  # no head sharing unless a ratio was asked for
+        values.setdefault("ratio", 0.0)
     return TrainConfig(**values).validate()
 
 

@@ -1,0 +1,116 @@
+"""Subcommands of Inheritune: `degeneration` (attention-degeneration analysis) and `inherit`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, DeprecatedAlias, check_out_dir, emit, float_in,
+                                 int_at_least, nonempty)
+
+TAU = float_in(0.0, 1.0, low_open=True)
+SHARE = float_in(0.0, 1.0)
+HEAD_FRAC = float_in(0.0, 1.0, high_open=True)
+
+
+def run_analysis(m, args) -> dict:
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import token_windows, tokenize_corpus
+    from jaxshare.eval.perplexity import check_seq_len
+    from jaxshare.inheritune.degeneration import analyze
+
+    check_seq_len(m.cfg, args.seq_len)
+    tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus(args.data)), args.seq_len, args.batch_size)
+    res = analyze(m.params, m.cfg, tokens, args.tau, args.rank_max, args.mass_min, args.head_frac, args.chunk)
+    res["batch"], res["seq_len"] = int(tokens.shape[0]), args.seq_len
+    return res
+
+
+def _summary_text(res: dict) -> str:
+    import numpy as np
+
+    deg = np.flatnonzero(res["degenerate"]).tolist()
+    r, m = res["layer_rank_mean"], res["layer_mass_mean"]
+    return (f"{len(r)} layers x {res['rank'].shape[1]} heads on {res['batch']} x {res['seq_len']} tokens: "
+            f"mean rank at tau={res['thresholds']['tau']} {r[0]:.1f} (layer 0) -> {r[-1]:.1f} (last); "
+            f"mean single-column mass {m[0]:.2f} -> {m[-1]:.2f}; degenerate layers: {deg or 'none'}")
+
+
+def cmd_degeneration(args) -> None:
+    from jaxshare.inheritune.degeneration import to_json, write_plots
+    from jaxshare.io.load import load_model, resolve
+
+    resolve(args.model)
+    m = load_model(args.model, "fp32")
+    res = run_analysis(m, args)
+    out = {"model": args.model, "data": args.data, "batch": res["batch"], "seq_len": res["seq_len"], **to_json(res)}
+    text = _summary_text(res)
+    if args.plot:
+        d = Path(args.plot)
+        files = write_plots(res, d, Path(str(args.model)).name)
+        out["plots"] = [str(f) for f in files]
+        tmp = d / ".degeneration.json.partial"
+        tmp.write_text(json.dumps(out, indent=1))
+        tmp.replace(d / "degeneration.json")
+        out["json"] = str(d / "degeneration.json")
+        text += "\nwrote " + ", ".join(out["plots"] + [out["json"]])
+    emit(args, out, text)
+
+
+def cmd_inherit(args) -> None:
+    from jaxshare.core.params import count_params
+    from jaxshare.inheritune.inherit import check_layers, inherit
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.io.native import save_native
+
+    check_out_dir(args.out, args.overwrite)
+    resolve(args.model)
+    m = load_model(args.model, "fp32")
+    rep = {"model": args.model, "out": str(args.out), "from_layers": m.cfg.n_layers}
+    if args.auto:
+        from jaxshare.inheritune.degeneration import auto_k
+
+        res = run_analysis(m, args)
+        k, why = auto_k(res)
+        rep.update(auto=True, reason=why, degenerate_layers=[int(i) for i in res["degenerate"].nonzero()[0]])
+    else:
+        k, why = check_layers(args.layers, m.cfg.n_layers), None
+    extra = dict(m.meta.get("extra", {}))
+    extra["derived_from"] = str(m.source)
+    params, cfg, new_extra = inherit(m.params, m.cfg, k, extra)
+    save_native(args.out, cfg, params, m.tokenizer, extra=new_extra, overwrite=args.overwrite)
+    rep.update(layers=k, params_before=count_params(m.params), params_after=count_params(params))
+    emit(args, rep, (f"--auto: {why}\n" if why else "") +
+          f"inherited the first {k} of {m.cfg.n_layers} layers ({rep['params_before'] / 1e6:.1f}M -> "
+          f"{rep['params_after'] / 1e6:.1f}M params); wrote {args.out}")
+
+
+def _analysis_flags(p, batch: int = 8) -> None:
+    p.add_argument("--data", default="wiki:validation", help=DATA_HELP)
+    p.add_argument("--batch-size", type=COUNT, default=batch, help="windows averaged over")
+    p.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
+    p.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
+    p.add_argument("--tau", type=TAU, default=0.9, help="energy share the rank must reach, in (0, 1]")
+    p.add_argument("--rank-max", type=int_at_least(0), default=1, help="a head is degenerate with rank <= this ...")
+    p.add_argument("--mass-min", type=SHARE, default=0.5, help="... or single-column mass >= this, in [0, 1]")
+    p.add_argument("--head-frac", type=HEAD_FRAC, default=0.5,
+                   help="a layer is degenerate when more than this share of its heads are, in [0, 1)")
+    p.add_argument("--chunk", type=COUNT, default=4, help="heads per batched SVD")
+
+
+def register(sub, add, group) -> None:
+    d = add("degeneration", cmd_degeneration, "attention-degeneration analysis: rank and single-column mass "
+                                              "per layer and head on real text (Inheritune)")
+    d.add_argument("model", help=MODEL_HELP)
+    _analysis_flags(d)
+    d.add_argument("--plot", metavar="DIR", type=nonempty,
+                   help="write degeneration.json and PNG heatmaps, curves and example maps to DIR (default: none)")
+
+    i = add("inherit", cmd_inherit, "Inheritune: a smaller model of the first k layers (+ embeddings, final norm, "
+                                    "LM head)")
+    i.add_argument("model", help=MODEL_HELP)
+    i.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
+    g = i.add_mutually_exclusive_group(required=True)
+    g.add_argument("--layers", type=COUNT, help="k, the number of leading layers to keep (1..L)")
+    g.add_argument("--auto", action="store_true", help="pick k from the degeneration analysis and say why")
+    _analysis_flags(i)
+    i.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier jaxshare output")

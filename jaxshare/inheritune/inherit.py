@@ -1,0 +1,90 @@
+"""Inherit a subset of a model's layers (METHODS.md §3): the first k layers plus embeddings, final
+norm and LM head make an ordinary model of the same family.
+
+Works on any params tree: dense leaves are sliced on their layer axis; banks (head sharing) and
+factored weights (Basis Sharing) slice their per-layer index (and coefficients) and are compacted,
+so rows no kept layer reads are dropped and the manifests describe the smaller model.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshare.core.bank import Bank, compact, is_bank
+from jaxshare.core.config import ModelConfig
+
+
+class InheritError(ValueError):
+    """A layer selection that does not describe a smaller model of the same family."""
+
+
+def check_layers(k, n_layers: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not (1 <= k <= n_layers):
+        raise InheritError(f"--layers must be an integer in 1..{n_layers} (the model has {n_layers} layers), got {k}")
+    return int(k)
+
+
+def _is_factored(x) -> bool:
+    from jaxshare.basis.factor import Factored
+
+    return isinstance(x, Factored)
+
+
+def _take(leaf, ids: np.ndarray):
+    if _is_factored(leaf):
+        basis = leaf.basis
+        if is_bank(basis):
+            basis = compact(Bank(basis.rows, basis.index[jnp.asarray(ids)]))
+        else:  # a per-layer basis [L, d_in, k]
+            basis = basis[jnp.asarray(ids)]
+        return dataclasses.replace(leaf, basis=basis, coef=leaf.coef[jnp.asarray(ids)])
+    if is_bank(leaf):
+        return compact(Bank(leaf.rows, leaf.index[jnp.asarray(ids)]))
+    return leaf[jnp.asarray(ids)]
+
+
+def select_layers(params, cfg: ModelConfig, layer_ids) -> tuple[object, ModelConfig]:
+    """(params, cfg) of the model made of `layer_ids` (in that order) and every non-layer leaf."""
+    ids = np.asarray(list(layer_ids), dtype=np.int32)
+    if ids.ndim != 1 or ids.size == 0 or ids.min() < 0 or ids.max() >= cfg.n_layers:
+        raise InheritError(f"layer ids must be a non-empty list within 0..{cfg.n_layers - 1}, got {ids.tolist()}")
+    layers = jax.tree_util.tree_map(lambda x: _take(x, ids), params.layers,
+                                    is_leaf=lambda x: is_bank(x) or _is_factored(x))
+    windows = None if cfg.windows is None else tuple(cfg.windows[i] for i in ids)
+    return dataclasses.replace(params, layers=layers), dataclasses.replace(cfg, n_layers=int(ids.size), windows=windows)
+
+
+def _basis_manifest(params, man: dict, n_layers: int) -> dict:
+    """The basis manifest of the sliced model: groups re-read from each type's compacted index."""
+    from jaxshare.basis.factor import get_type
+
+    types = {}
+    for t, r in man["types"].items():
+        index = np.asarray(get_type(params.layers, t).basis.index)
+        groups = [np.flatnonzero(index == g).tolist() for g in range(int(index.max()) + 1)]
+        types[t] = {**r, "groups": groups}
+    return {**man, "types": types}
+
+
+def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_ids=None):
+    """(params, cfg, extra): the first k layers (or `layer_ids`), with the checkpoint metadata's
+    method manifests (sharing, basis) rewritten for the smaller model."""
+    from jaxshare.headshare.sharing import is_shared, manifest
+
+    ids = list(range(check_layers(k, cfg.n_layers))) if layer_ids is None else list(layer_ids)
+    new, new_cfg = select_layers(params, cfg, ids)
+    extra = dict(extra or {})
+    # Keys that describe the source's own weights (its GGUF, its registry name) do not carry over.
+    out = {k_: v for k_, v in extra.items() if k_ not in ("sharing", "basis", "inherited", "registered", "converted_from")}
+    if "sharing" in extra and is_shared(new):
+        info = {k_: v for k_, v in extra["sharing"].items()
+                if k_ not in ("version", "unit", "layers", "units_per_layer", "index", "rows")}
+        out["sharing"] = manifest(new, new_cfg, **info)
+    if "basis" in extra:
+        out["basis"] = _basis_manifest(new, extra["basis"], new_cfg.n_layers)
+    out["inherited"] = {"layers": [int(i) for i in ids], "from_layers": cfg.n_layers,
+                        "source": extra.get("derived_from") or extra.get("registered") or extra.get("converted_from")}
+    return new, new_cfg, out
