@@ -1,0 +1,286 @@
+"""jaxshare as an lm-evaluation-harness (0.4.x) model: `--model jaxshare`.
+
+Registering happens on import of this module. lm-eval 0.4 finds models only through its own
+registry (a fixed name->class table, no entry points), so the shell entry is this module:
+
+    python -m jaxshare.eval.harness --model jaxshare --model_args model=smollm2-135m,dtype=fp32 \\
+        --include_path "$(python -m jaxshare.eval.tasks)" --tasks bb_social_iqa --limit 100
+
+which imports jaxshare (registering the model) and hands every argument to lm-eval's own CLI.
+From Python: `import jaxshare.eval.harness` then `lm_eval.simple_evaluate(model="jaxshare", ...)`,
+or pass a `JaxshareLM.from_loaded(loaded_model)` instance (any compressed params pytree works).
+
+Scoring follows lm-eval's `hf` backend token for token (same context/continuation split from
+TemplateLM, same left truncation, same rolling windows), so the per-item log-likelihoods are
+comparable. Requests are sorted by length and padded to a power of two (rows and tokens), so jit
+compiles a handful of shapes; only the continuation positions are unembedded.
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxshare.core.model import KVCache, forward_cached, hidden_states, unembed
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+except ImportError as e:  # the optional extra
+    raise ImportError("lm-eval is not installed: pip install 'jaxshare[eval]' "
+                      "(or pip install 'lm-eval>=0.4,<0.5')") from e
+
+MIN_BUCKET = 8
+
+
+def bucket(n: int, cap: int | None = None) -> int:
+    """The padded size of n: the next power of two (at least MIN_BUCKET), at most cap."""
+    b = max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
+    return min(b, cap) if cap is not None and cap >= n else b
+
+
+@partial(jax.jit, static_argnames=("cfg", "dtype"))
+def score_positions(params, cfg, tokens_BT, pos_BK, target_BK, mask_BK, dtype=jnp.float32):
+    """Sum of log p(target) over the masked positions [B], and whether every target is the argmax [B].
+
+    pos_BK are the input positions whose next-token distributions score target_BK; only those
+    rows of the hidden states go through the (large) unembedding."""
+    x_BTD, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype)
+    x_BKD = jnp.take_along_axis(x_BTD, pos_BK[..., None], axis=1)
+    logp_BKV = jax.nn.log_softmax(unembed(params, cfg, x_BKD), axis=-1)
+    lp_BK = jnp.take_along_axis(logp_BKV, target_BK[..., None], axis=-1)[..., 0]
+    greedy_BK = jnp.argmax(logp_BKV, axis=-1) == target_BK
+    return jnp.sum(jnp.where(mask_BK, lp_BK, 0.0), axis=-1), jnp.all(greedy_BK | ~mask_BK, axis=-1)
+
+
+def _pow2_rows(n: int, batch_size: int) -> int:
+    return min(batch_size, 1 << max(0, n - 1).bit_length())
+
+
+class JaxshareLM(TemplateLM):
+    """model_args: model (any jaxshare MODEL argument; `pretrained` is accepted too), dtype
+    (fp32|bf16 compute), batch_size, max_length (default: the model's positions), add_bos_token,
+    max_gen_toks (256)."""
+
+    def __init__(self, model: str | None = None, pretrained: str | None = None, dtype: str = "fp32",
+                 batch_size: int | str = 16, max_length: int | None = None, add_bos_token: bool | None = None,
+                 max_gen_toks: int = 256, loaded=None, **_ignored):
+        super().__init__()
+        if loaded is None:
+            from jaxshare.io.load import load_model
+
+            spec = model or pretrained
+            if not spec:
+                raise ValueError("--model_args needs model=<registered name, HF directory, .gguf or checkpoint>")
+            loaded = load_model(str(spec), "fp32")
+        if loaded.tokenizer is None:
+            raise ValueError(f"{loaded.source} has no tokenizer; lm-eval needs one")
+        from jaxshare.io.load import _jnp_dtype
+
+        self.loaded, self.params, self.cfg, self.tokenizer = loaded, loaded.params, loaded.cfg, loaded.tokenizer
+        self.dtype_name, self.dtype = str(dtype), _jnp_dtype(str(dtype))
+        bs = str(batch_size).split(":")[0]
+        self._batch_size = 16 if bs.startswith("auto") else int(bs)
+        if self._batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._max_length = int(max_length) if max_length else int(self.cfg.max_seq_len)
+        self.add_bos_token = None if add_bos_token is None else str(add_bos_token).lower() in ("1", "true", "yes")
+        self._max_gen_toks = int(max_gen_toks)
+
+    @classmethod
+    def from_loaded(cls, loaded, **kw) -> "JaxshareLM":
+        return cls(loaded=loaded, **kw)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        # lm-eval adds its --batch_size/--device here; a batch_size in --model_args wins over it
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        from lm_eval import utils
+
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
+    # ------------------------------------------------------------------ what lm-eval asks of a model
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "")).replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None, **kw):
+        from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
+
+        # as lm-eval's hf backend does, so that both backends score the same tokens
+        special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
+        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+            special["add_special_tokens"] = False
+        enc = self.tokenizer.encode(string, **special)
+        return enc[-left_truncate_len:] if left_truncate_len else enc
+
+    def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    def get_model_info(self) -> dict:
+        n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
+        return {"model_num_parameters": n, "model_dtype": self.dtype_name, "model_source": str(self.loaded.source)}
+
+    # ------------------------------------------------------------------ scoring
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_kw):
+        """requests: (cache key, context tokens, continuation tokens) -> (log p, is greedy), in order."""
+        items = []
+        for i, (_, ctx, cont) in enumerate(requests):
+            if not ctx or not cont:
+                raise ValueError("lm-eval sent an empty context or continuation")
+            whole = (list(ctx) + list(cont))[-(self.max_length + 1):]
+            items.append((i, whole[:-1], whole[-len(cont):]))  # input tokens, the scored targets
+        # longest first: a batch pads to its first row, and time estimates err on the long side
+        items.sort(key=lambda it: (-len(it[1]), it[0]))
+        out: list = [None] * len(items)
+        bar = tqdm(total=len(items), desc="jaxshare loglikelihood", disable=disable_tqdm, file=sys.stderr)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            B = _pow2_rows(len(chunk), self.batch_size)
+            T = bucket(len(chunk[0][1]), self.max_length)
+            K = bucket(max(len(c[2]) for c in chunk), T)
+            tokens = np.zeros((B, T), np.int32)
+            pos, tgt, mask = np.zeros((B, K), np.int32), np.zeros((B, K), np.int32), np.zeros((B, K), bool)
+            for r, (_, inp, cont) in enumerate(chunk):
+                n, k = len(inp), len(cont)
+                tokens[r, :n] = inp
+                pos[r, :k] = np.arange(n - k, n)  # logits at input position p predict token p+1
+                tgt[r, :k], mask[r, :k] = cont, True
+            lp, greedy = score_positions(self.params, self.cfg, jnp.asarray(tokens), jnp.asarray(pos),
+                                         jnp.asarray(tgt), jnp.asarray(mask), self.dtype)
+            lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
+            for r, (i, _, _) in enumerate(chunk):
+                out[i] = (float(lp[r]), bool(greedy[r]))
+                key = requests[i][0]
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, out[i])
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        from lm_eval import utils
+
+        windows, owner = [], []
+        for r, (string,) in enumerate([req.args for req in requests]):
+            for ctx, cont in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, ctx, cont))
+                owner.append(r)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for r, (lp, _) in zip(owner, scores):
+            totals[r] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # ------------------------------------------------------------------ generation
+    def _prefill(self, ids: list[int], cache: KVCache):
+        """Run the prompt through the cache in power-of-two chunks (its binary digits, largest
+        first): exact, and jit sees at most log2(max_length) prompt shapes instead of one per length."""
+        logits, at = None, 0
+        for bit in reversed(range(len(ids).bit_length())):
+            size = 1 << bit
+            if len(ids) & size:
+                chunk = jnp.asarray([ids[at:at + size]], jnp.int32)
+                logits, cache = forward_cached(self.params, self.cfg, chunk, cache, self.dtype)
+                at += size
+        return logits[:, -1], cache
+
+    def _generate_one(self, context: str, until: list[str], max_gen_toks: int) -> str:
+        ids = self.tok_encode(context, left_truncate_len=self.max_length - max_gen_toks)
+        if not ids:
+            ids = [self.prefix_token_id]
+        cache = KVCache.empty(self.cfg, 1, bucket(len(ids) + max_gen_toks), self.dtype)
+        last, cache = self._prefill(ids, cache)
+        new: list[int] = []
+        text = ""
+        for _ in range(max_gen_toks):
+            tok = int(jnp.argmax(last[0]))
+            if tok == self.eot_token_id:
+                break
+            new.append(tok)
+            text = self.tok_decode(new)
+            if any(u and u in text for u in until):
+                break
+            logits, cache = forward_cached(self.params, self.cfg, jnp.asarray([[tok]], jnp.int32), cache, self.dtype)
+            last = logits[:, -1]
+        for u in until:  # lm-eval's contract: the text before the first stop string
+            if u:
+                text = text.split(u)[0]
+        return text
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy, one request at a time (cached decoding; generation is not this backend's hot path)."""
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+        eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        out = []
+        for req in tqdm(requests, desc="jaxshare generate_until", disable=disable_tqdm, file=sys.stderr):
+            context, gen_kwargs = req.args
+            kw = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            if kw.get("do_sample") and float(kw.get("temperature") or 0.0) > 0.0:
+                raise ValueError("the jaxshare backend generates greedily; do_sample with temperature > 0 is not supported")
+            until = handle_stop_sequences(kw.pop("until", None), eos=eos)
+            max_gen = int(kw.pop("max_gen_toks"))
+            if max_gen >= self.max_length:
+                raise ValueError(f"max_gen_toks {max_gen} leaves no room for a context in {self.max_length} positions")
+            text = self._generate_one(context, until, max_gen)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+
+if __name__ != "__main__":  # run as a script, the package module registers (see below)
+    from lm_eval.api.registry import model_registry
+
+    if model_registry.get("jaxshare", None) is not JaxshareLM:
+        register_model("jaxshare")(JaxshareLM)
+
+
+def cli(argv=None) -> int:
+    """`python -m jaxshare.eval.harness ...`: lm-eval's own CLI with the jaxshare model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    # Running as __main__ must not register a second copy of the class: use the package module.
+    import jaxshare.eval.harness as _registered  # noqa: F401
+
+    sys.exit(_registered.cli())
