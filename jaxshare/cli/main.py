@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--batch-size", type=int, default=8)
     pp.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype")
 
+    from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
+    register_mc(ev_sub, add)
+
     pa = add("parity", cmd_parity, "compare logits and PPL with transformers (torch fp32) on the same tokens")
     pa.add_argument("model", help=MODEL_HELP)
     pa.add_argument("--data", default="canterbury", help=DATA_HELP)
