@@ -18,14 +18,12 @@ compiles a handful of shapes; only the continuation positions are unembedded.
 from __future__ import annotations
 
 import sys
-from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxshare.core.model import KVCache, forward_cached, hidden_states, unembed
+from jaxshare.eval.scoring import greedy_until, score_continuations
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -33,33 +31,6 @@ try:
 except ImportError as e:  # the optional extra
     raise ImportError("lm-eval is not installed: pip install 'jaxshare[eval]' "
                       "(or pip install 'lm-eval>=0.4,<0.5')") from e
-
-MIN_BUCKET = 8
-
-
-def bucket(n: int, cap: int | None = None) -> int:
-    """The padded size of n: the next power of two (at least MIN_BUCKET), at most cap."""
-    b = max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
-    return min(b, cap) if cap is not None and cap >= n else b
-
-
-@partial(jax.jit, static_argnames=("cfg", "dtype"))
-def score_positions(params, cfg, tokens_BT, pos_BK, target_BK, mask_BK, dtype=jnp.float32):
-    """Sum of log p(target) over the masked positions [B], and whether every target is the argmax [B].
-
-    pos_BK are the input positions whose next-token distributions score target_BK; only those
-    rows of the hidden states go through the (large) unembedding."""
-    x_BTD, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype)
-    x_BKD = jnp.take_along_axis(x_BTD, pos_BK[..., None], axis=1)
-    logp_BKV = jax.nn.log_softmax(unembed(params, cfg, x_BKD), axis=-1)
-    lp_BK = jnp.take_along_axis(logp_BKV, target_BK[..., None], axis=-1)[..., 0]
-    greedy_BK = jnp.argmax(logp_BKV, axis=-1) == target_BK
-    return jnp.sum(jnp.where(mask_BK, lp_BK, 0.0), axis=-1), jnp.all(greedy_BK | ~mask_BK, axis=-1)
-
-
-def _pow2_rows(n: int, batch_size: int) -> int:
-    return min(batch_size, 1 << max(0, n - 1).bit_length())
-
 
 class JaxshareLM(TemplateLM):
     """model_args: model (any jaxshare MODEL argument; `pretrained` is accepted too), dtype
@@ -153,39 +124,13 @@ class JaxshareLM(TemplateLM):
     # ------------------------------------------------------------------ scoring
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_kw):
         """requests: (cache key, context tokens, continuation tokens) -> (log p, is greedy), in order."""
-        items = []
-        for i, (_, ctx, cont) in enumerate(requests):
-            if not ctx or not cont:
-                raise ValueError("lm-eval sent an empty context or continuation")
-            whole = (list(ctx) + list(cont))[-(self.max_length + 1):]
-            items.append((i, whole[:-1], whole[-len(cont):]))  # input tokens, the scored targets
-        # longest first: a batch pads to its first row, and time estimates err on the long side
-        items.sort(key=lambda it: (-len(it[1]), it[0]))
-        out: list = [None] * len(items)
-        bar = tqdm(total=len(items), desc="jaxshare loglikelihood", disable=disable_tqdm, file=sys.stderr)
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            B = _pow2_rows(len(chunk), self.batch_size)
-            T = bucket(len(chunk[0][1]), self.max_length)
-            K = bucket(max(len(c[2]) for c in chunk), T)
-            tokens = np.zeros((B, T), np.int32)
-            pos, tgt, mask = np.zeros((B, K), np.int32), np.zeros((B, K), np.int32), np.zeros((B, K), bool)
-            for r, (_, inp, cont) in enumerate(chunk):
-                n, k = len(inp), len(cont)
-                tokens[r, :n] = inp
-                pos[r, :k] = np.arange(n - k, n)  # logits at input position p predict token p+1
-                tgt[r, :k], mask[r, :k] = cont, True
-            lp, greedy = score_positions(self.params, self.cfg, jnp.asarray(tokens), jnp.asarray(pos),
-                                         jnp.asarray(tgt), jnp.asarray(mask), self.dtype)
-            lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
-            for r, (i, _, _) in enumerate(chunk):
-                out[i] = (float(lp[r]), bool(greedy[r]))
-                key = requests[i][0]
-                if key is not None:
-                    self.cache_hook.add_partial("loglikelihood", key, out[i])
-            bar.update(len(chunk))
-        bar.close()
-        return out
+        def cache(i, result):
+            if requests[i][0] is not None:
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
+
+        return score_continuations(self.params, self.cfg, [(r[1], r[2]) for r in requests],
+                                   batch_size=self.batch_size, max_length=self.max_length, dtype=self.dtype,
+                                   disable_tqdm=disable_tqdm, on_result=cache)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval import utils
@@ -206,41 +151,6 @@ class JaxshareLM(TemplateLM):
         return totals
 
     # ------------------------------------------------------------------ generation
-    def _prefill(self, ids: list[int], cache: KVCache):
-        """Run the prompt through the cache in power-of-two chunks (its binary digits, largest
-        first): exact, and jit sees at most log2(max_length) prompt shapes instead of one per length."""
-        logits, at = None, 0
-        for bit in reversed(range(len(ids).bit_length())):
-            size = 1 << bit
-            if len(ids) & size:
-                chunk = jnp.asarray([ids[at:at + size]], jnp.int32)
-                logits, cache = forward_cached(self.params, self.cfg, chunk, cache, self.dtype)
-                at += size
-        return logits[:, -1], cache
-
-    def _generate_one(self, context: str, until: list[str], max_gen_toks: int) -> str:
-        ids = self.tok_encode(context, left_truncate_len=self.max_length - max_gen_toks)
-        if not ids:
-            ids = [self.prefix_token_id]
-        cache = KVCache.empty(self.cfg, 1, bucket(len(ids) + max_gen_toks), self.dtype)
-        last, cache = self._prefill(ids, cache)
-        new: list[int] = []
-        text = ""
-        for _ in range(max_gen_toks):
-            tok = int(jnp.argmax(last[0]))
-            if tok == self.eot_token_id:
-                break
-            new.append(tok)
-            text = self.tok_decode(new)
-            if any(u and u in text for u in until):
-                break
-            logits, cache = forward_cached(self.params, self.cfg, jnp.asarray([[tok]], jnp.int32), cache, self.dtype)
-            last = logits[:, -1]
-        for u in until:  # lm-eval's contract: the text before the first stop string
-            if u:
-                text = text.split(u)[0]
-        return text
-
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy, one request at a time (cached decoding; generation is not this backend's hot path)."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
@@ -256,7 +166,9 @@ class JaxshareLM(TemplateLM):
             max_gen = int(kw.pop("max_gen_toks"))
             if max_gen >= self.max_length:
                 raise ValueError(f"max_gen_toks {max_gen} leaves no room for a context in {self.max_length} positions")
-            text = self._generate_one(context, until, max_gen)
+            ids = self.tok_encode(context, left_truncate_len=self.max_length - max_gen) or [self.prefix_token_id]
+            text = greedy_until(self.params, self.cfg, ids, self.tok_decode, until, max_gen,
+                                stop_ids=(self.eot_token_id,), dtype=self.dtype)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
