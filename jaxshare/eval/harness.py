@@ -6,7 +6,8 @@ registry (a fixed name->class table, no entry points), so the shell entry is thi
     python -m jaxshare.eval.harness --model jaxshare --model_args model=smollm2-135m,dtype=fp32 \\
         --include_path "$(python -m jaxshare.eval.tasks)" --tasks bb_social_iqa --limit 100
 
-which imports jaxshare (registering the model) and hands every argument to lm-eval's own CLI.
+(or the `jaxshare-lm-eval` console script), which imports jaxshare (registering the model) and
+hands every argument to lm-eval's own CLI; a bb_* task without --include_path gets ours added.
 From Python: `import jaxshare.eval.harness` then `lm_eval.simple_evaluate(model="jaxshare", ...)`,
 or pass a `JaxshareLM.from_loaded(loaded_model)` instance (any compressed params pytree works).
 
@@ -185,8 +186,15 @@ def cli(argv=None) -> int:
     """`python -m jaxshare.eval.harness ...`: lm-eval's own CLI with the jaxshare model registered."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # no dataset hub here; our tasks are local JSONL
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--include_path" not in args and any("bb_" in a for a in args):
+        from jaxshare.eval.tasks import task_dir
+
+        args += ["--include_path", str(task_dir())]  # our local BIG-bench tasks, written on first use
+    sys.argv = [sys.argv[0], *args]
     cli_evaluate()
     return 0
 
