@@ -42,6 +42,8 @@ class JaxshareLM(TemplateLM):
                  batch_size: int | str = 16, max_length: int | None = None, add_bos_token: bool | None = None,
                  max_gen_toks: int = 256, loaded=None, **_ignored):
         super().__init__()
+        if str(dtype) not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
         if loaded is None:
             from jaxshare.io.load import load_model
 
