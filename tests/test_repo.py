@@ -24,7 +24,7 @@ def test_readme_opens_with_demo_and_test_commands_and_ci_runs_the_second():
     assert ci == tests
 
 
-COMMANDS = [[], ["fetch"], ["convert"], ["export"], ["eval"], ["eval", "ppl"], ["parity"], ["generate"], ["demo"],
+COMMANDS = [[], ["fetch"], ["convert"], ["export"], ["eval"], ["eval", "ppl"], ["eval", "mc"], ["parity"], ["generate"], ["demo"],
             ["similarity"], ["attention-similarity"], ["share"], ["basis"], ["basis-pairs"], ["train"],
             ["train", "postshare"], ["train", "direct+post"], ["train", "plain"], ["train", "resume"], ["plot-run"],
             ["train", "inheritune"], ["degeneration"], ["inherit"]]

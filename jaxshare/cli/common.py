@@ -127,3 +127,13 @@ def check_out_dir(out, overwrite: bool) -> Path:
     from jaxshare.io.atomic import check_destination
 
     return check_destination(out, overwrite)
+
+
+COMPUTE_DTYPE_HELP = ("dtype of the forward pass; the weights are loaded as fp32 "
+                      "(--dtype is accepted as an older spelling)")
+
+
+def compute_dtype_arg(p) -> None:
+    p.add_argument("--compute-dtype", choices=["fp32", "bf16"], default="fp32", help=COMPUTE_DTYPE_HELP)
+    p.add_argument("--dtype", action=DeprecatedAlias, dest="compute_dtype", new="--compute-dtype",
+                   choices=["fp32", "bf16"])

@@ -7,15 +7,14 @@ import json
 import sys
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
-                                 DeprecatedAlias, HelpFormatter, Parser, check_out_dir, emit, nonempty)
+                                 HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
+                                 nonempty)
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
                               "jaxshare.cli.inheritune"]
 
 STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
-COMPUTE_DTYPE_HELP = ("dtype of the forward pass; the weights are loaded as fp32 "
-                      "(--dtype is accepted as an older spelling)")
 
 
 def cmd_fetch(args) -> None:
@@ -105,12 +104,6 @@ def cmd_demo(args) -> None:
         print(json.dumps(res))
 
 
-def compute_dtype_arg(p) -> None:
-    p.add_argument("--compute-dtype", choices=["fp32", "bf16"], default="fp32", help=COMPUTE_DTYPE_HELP)
-    p.add_argument("--dtype", action=DeprecatedAlias, dest="compute_dtype", new="--compute-dtype",
-                   choices=["fp32", "bf16"])
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="jaxshare", description="Compress LLMs by sharing weights (JAX).", formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -157,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate only the first K windows (default: every window of the corpus)")
     pp.add_argument("--batch-size", type=COUNT, default=8, help="windows per forward pass")
     compute_dtype_arg(pp)
+
+    from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
+    register_mc(ev_sub, add)
 
     pa = add("parity", cmd_parity, "compare logits and PPL with transformers (torch fp32) on the same tokens")
     pa.add_argument("model", help=MODEL_HELP)

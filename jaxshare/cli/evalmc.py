@@ -1,0 +1,46 @@
+"""`jaxshare eval mc`: zero-shot multiple-choice accuracy (lm-eval's scoring, jaxshare's backend)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from jaxshare.cli.common import COUNT, MODEL_HELP, compute_dtype_arg
+
+
+class EvalSetupError(ValueError):
+    """The optional lm-eval extra is missing."""
+
+
+def cmd_eval_mc(args) -> None:
+    from jaxshare.eval.mc import check_limit, parse_tasks
+
+    tasks = parse_tasks(args.tasks)  # bad input is refused before the (slow) model load
+    check_limit(args.limit)
+    try:
+        from jaxshare.eval.harness import JaxshareLM
+    except ImportError as e:
+        raise EvalSetupError(str(e)) from None
+    from jaxshare.eval.mc import evaluate, table
+    from jaxshare.io.load import load_model
+
+    m = load_model(args.model, "fp32")
+    lm = JaxshareLM.from_loaded(m, dtype=args.compute_dtype, batch_size=args.batch_size)
+    res = evaluate(lm, tasks, args.limit)
+    res.update(model=args.model, dtype=args.compute_dtype, compute_dtype=args.compute_dtype, batch_size=args.batch_size, backend="jaxshare")
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(table(res["tasks"]))
+        print(f"({res['seconds']:.1f} s; zero-shot; limit {args.limit})", file=sys.stderr)
+
+
+def register(ev_sub, add) -> None:
+    from jaxshare.eval.tasks import TASKS
+
+    mc = add("mc", cmd_eval_mc, "zero-shot multiple-choice accuracy (acc, acc_norm) on local BIG-bench "
+             "tasks, scored by lm-evaluation-harness (needs the [eval] extra)", parent=ev_sub)
+    mc.add_argument("model", help=MODEL_HELP)
+    mc.add_argument("--tasks", default="social_iqa", help=f"comma-separated, or all: {', '.join(TASKS)}")
+    mc.add_argument("--limit", type=COUNT, default=None, help="the first N items of each task (default: all)")
+    mc.add_argument("--batch-size", type=COUNT, default=16, help="requests scored per jit call")
+    compute_dtype_arg(mc)

@@ -1,0 +1,219 @@
+"""The lm-eval backend (jaxshare.eval.harness), its scoring (jaxshare.eval.scoring), the local
+BIG-bench tasks and `jaxshare eval mc`. Scoring tests run without lm-eval; the rest skip without it."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import random_hf_model
+from jaxshare.core.generate import generate
+from jaxshare.core.model import forward
+from jaxshare.eval.perplexity import perplexity_of_windows
+from jaxshare.eval.scoring import bucket, greedy_until, score_continuations
+
+EOS = "<|endoftext|>"
+
+
+def byte_tokenizer():
+    """A byte-level BPE with no merges: every text is its UTF-8 bytes, plus EOS (id 256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(loaded jaxshare model, our HF export of it): a random 3-layer Llama on a byte tokenizer."""
+    from jaxshare.io.hf import export_hf
+    from jaxshare.io.load import load_model
+
+    src = tmp_path_factory.mktemp("tiny_src")
+    random_hf_model("llama", seed=3, vocab_size=260).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    loaded = load_model(str(src))
+    out = export_hf(loaded.params, loaded.cfg, tmp_path_factory.mktemp("tiny") / "export", loaded.tokenizer)
+    return loaded, out
+
+
+def direct_logprobs(loaded, ids):
+    """log p [len(ids), V] from one plain forward; right-padded to 64 (one compile), which a causal
+    model's earlier positions never see."""
+    padded = np.zeros((1, 64), np.int32)
+    padded[0, :len(ids)] = ids
+    logp = jax.nn.log_softmax(forward(loaded.params, loaded.cfg, jnp.asarray(padded))[0], axis=-1)
+    return np.asarray(logp, np.float64)[:len(ids)]
+
+
+# ------------------------------------------------------------------ scoring, no lm-eval needed
+
+def test_bucket_shapes():
+    assert [bucket(n) for n in (1, 8, 9, 16, 17, 100)] == [8, 8, 16, 16, 32, 128]
+    assert bucket(100, cap=64) == 128 and bucket(50, cap=64) == 64
+
+
+def test_score_continuations_equals_direct_sum(tiny):
+    loaded, _ = tiny
+    rng = np.random.default_rng(0)
+    pairs = [(list(rng.integers(0, 256, rng.integers(1, 60))), list(rng.integers(0, 256, rng.integers(1, 9))))
+             for _ in range(11)]
+    pairs.append((list(rng.integers(0, 256, 70)), list(rng.integers(0, 256, 5))))  # left-truncated at 48
+    got = score_continuations(loaded.params, loaded.cfg, pairs, batch_size=4, max_length=48, disable_tqdm=True)
+    for (ctx, cont), (lp, greedy) in zip(pairs, got):
+        whole = (ctx + cont)[-49:]
+        logp = direct_logprobs(loaded, whole[:-1])
+        rows = np.arange(len(whole) - 1 - len(cont), len(whole) - 1)
+        want = logp[rows, cont].sum()
+        assert lp == pytest.approx(want, rel=1e-5, abs=1e-5)
+        assert greedy == bool(np.all(logp[rows].argmax(-1) == np.asarray(cont)))
+
+
+def test_greedy_until_stops_at_the_stop_string(tiny):
+    loaded, _ = tiny
+    tok = loaded.tokenizer
+    ids = tok.encode("The cat sat on")
+    free = generate(loaded.params, loaded.cfg, np.asarray([ids]), 12)[0].tolist()  # the core's greedy
+    assert greedy_until(loaded.params, loaded.cfg, ids, tok.decode, [], 12) == tok.decode(free)
+    texts = []
+
+    def decode(t):  # token numbers as text: the stop string is exact, whatever bytes come out
+        texts.append(" ".join(map(str, t)))
+        return texts[-1]
+
+    full = " ".join(map(str, free))
+    stop = f" {free[5]}"
+    cut = greedy_until(loaded.params, loaded.cfg, ids, decode, ["never-there", stop], 12)
+    assert cut == full[:full.index(stop)]
+    assert stop in texts[-1] and not any(stop in t for t in texts[:-1]) and len(texts) < 12
+
+
+# ------------------------------------------------------------------ local tasks
+
+def test_task_conversion_keeps_every_item_and_gold():
+    from jaxshare.data.corpora import _read_members
+    from jaxshare.eval.tasks import TASKS, load_rows, task_dir
+    from jaxshare.io.fetch import registry_file
+
+    root = task_dir()
+    raw = _read_members(registry_file("bigbench", "1.0.0", sdist=True), TASKS, "bigbench")
+    for name in TASKS:
+        examples = json.loads(raw[name])["examples"]
+        rows = load_rows(name)
+        assert len(rows) == len(examples), name
+        assert f"task: bb_{name}" in (root / f"{name}.yaml").read_text()
+        for i in (0, len(rows) // 2, len(rows) - 1):
+            ex, row = examples[i], rows[i]
+            assert ex["input"].strip() in row["inputs"]
+            assert row["choices"] == [k.strip() for k in ex["target_scores"]]
+            assert ex["target_scores"][list(ex["target_scores"])[row["gold"]]] == max(ex["target_scores"].values())
+    siqa = load_rows("social_iqa")[0]
+    assert siqa["choices"][siqa["gold"]] == "Find somewhere to go" and siqa["inputs"].endswith("\nA:")
+
+
+# ------------------------------------------------------------------ through lm-eval
+
+def _ours(loaded, **kw):
+    pytest.importorskip("lm_eval")
+    from jaxshare.eval.harness import JaxshareLM
+
+    return JaxshareLM.from_loaded(loaded, **kw)
+
+
+def test_backend_loglikelihood_and_registration(tiny):
+    lm = _ours(tiny[0], batch_size=4)
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    from jaxshare.eval.harness import JaxshareLM
+
+    assert get_model("jaxshare") is JaxshareLM
+    reqs = [("Question: is it? Answer:", " yes"), ("Question: is it? Answer:", " no"), ("", "hello")]
+    got = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)], disable_tqdm=True)
+    tok = tiny[0].tokenizer
+    for (ctx, cont), (lp, _) in zip(reqs, got):
+        ctx_ids = tok.encode(ctx) if ctx else [tok.eos_token_id]  # no BOS: the prefix is EOS
+        ids = ctx_ids + tok.encode(cont)
+        logp = direct_logprobs(tiny[0], ids[:-1])
+        n = len(tok.encode(cont))
+        assert lp == pytest.approx(logp[np.arange(len(ids) - 1 - n, len(ids) - 1), ids[-n:]].sum(), rel=1e-5)
+
+
+def test_loglikelihood_rolling_equals_perplexity_nll(tiny):
+    L = 16
+    lm = _ours(tiny[0], batch_size=4, max_length=L)
+    from lm_eval.api.instance import Instance
+
+    text = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"  # 48 bytes = 3 windows of L
+    ids = tiny[0].tokenizer.encode(text)
+    assert len(ids) == 3 * L
+    (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True)
+    # lm-eval's rolling windows = our protocol's windows of L+1 tokens, each starting at the last
+    # token of the one before (the first at the prefix token), scoring L predictions each
+    seq = [tiny[0].tokenizer.eos_token_id] + ids
+    windows = np.asarray([seq[i * L:i * L + L + 1] for i in range(3)], np.int32)
+    ppl = perplexity_of_windows(tiny[0].params, tiny[0].cfg, windows, batch_size=4)
+    assert ppl["tokens"] == 3 * L
+    assert -rolling == pytest.approx(ppl["nll"] * ppl["tokens"], rel=1e-5)
+    assert math.exp(-rolling / (3 * L)) == pytest.approx(ppl["ppl"], rel=1e-5)
+
+
+def test_generate_until_through_lm_eval(tiny):
+    lm = _ours(tiny[0])
+    from lm_eval.api.instance import Instance
+
+    free, = lm.generate_until([Instance("generate_until", {}, ("Once upon", {"until": [], "max_gen_toks": 10}), 0)],
+                              disable_tqdm=True)
+    stop = free[4:6]
+    cut, = lm.generate_until([Instance("generate_until", {}, ("Once upon", {"until": [stop], "max_gen_toks": 10}), 0)],
+                             disable_tqdm=True)
+    assert cut == free[:free.index(stop)] and len(cut) < len(free)
+
+
+def test_parity_with_lm_eval_hf_backend(tiny):
+    """Same tasks through lm-eval's own `hf` backend on our HF export: same per-item log-likelihoods
+    (fp32, <= 1e-4 relative) and the same acc / acc_norm."""
+    ours = _ours(tiny[0], batch_size=8)
+    from lm_eval.models.huggingface import HFLM
+
+    from jaxshare.eval.mc import evaluate
+
+    hf = HFLM(pretrained=str(tiny[1]), dtype="float32", batch_size=8, device="cpu")
+    tasks = ["winowhy", "social_iqa"]
+    a = evaluate(ours, tasks, limit=6, log_samples=True)
+    b = evaluate(hf, tasks, limit=6, log_samples=True)
+    for t in tasks:
+        assert a["tasks"][t] == b["tasks"][t]
+        for sa, sb in zip(a["samples"][t], b["samples"][t], strict=True):
+            ll_a = np.asarray([r[0] for r in sa["filtered_resps"]], np.float64)
+            ll_b = np.asarray([r[0] for r in sb["filtered_resps"]], np.float64)
+            np.testing.assert_allclose(ll_a, ll_b, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ CLI
+
+@pytest.mark.parametrize("argv, msg", [
+    (["smollm2-135m", "--tasks", "nope"], "unknown task 'nope'"),
+    (["smollm2-135m", "--limit", "0"], "argument --limit: must be an integer at least 1, got 0"),
+    (["/no/such/model", "--limit", "2"], "cannot load '/no/such/model'"),
+])
+def test_eval_mc_bad_input(capsys, argv, msg):
+    from jaxshare.cli.main import main
+
+    if argv[0].startswith("/"):
+        pytest.importorskip("lm_eval")  # the model is loaded only once lm-eval is there
+    try:
+        code = main(["eval", "mc", *argv])
+    except SystemExit as e:  # refused while parsing: usage lines, then the error line
+        code = e.code
+    out, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert last.startswith("jaxshare eval mc: error:") and msg in last
