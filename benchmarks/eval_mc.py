@@ -2,7 +2,7 @@
 (torch), same task items, same model (our HF export of it), same batch size, same process, runs
 interleaved (ours, hf, ours, hf, ...) so that a shared CPU's load falls on both sides alike.
 
-    python benchmarks/eval_mc.py [--model smollm2-135m] [--task social_iqa] [--limit 200]
+    python -m benchmarks.eval_mc [--model smollm2-135m] [--task social_iqa] [--limit 200]
                                  [--batch-size 16] [--reps 2] [--parity-limit 50] [--json]
 
 Timed: `lm.loglikelihood(requests)` on the task's requests as lm-eval builds them (every choice of
@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 
 def hf_export(model: str) -> Path:

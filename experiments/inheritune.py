@@ -94,7 +94,7 @@ def main() -> None:
     from jaxshare.eval.perplexity import perplexity_of_windows
     from jaxshare.inheritune.inherit import inherit
     from jaxshare.io.load import load_model
-    from jaxshare.io.native import is_native, save_native
+    from jaxshare.io.native import is_native, load_native, save_native
     from jaxshare.data.tokens import token_ids, token_windows
 
     m = load_model(args.model, "fp32")
@@ -146,7 +146,7 @@ def grow_arm(args, m, root: Path, out: Path, ref_loss: float, loss, setup) -> No
     trains on the same budget; one JSON line per finished stage (arm "grow_<layers>")."""
     from jaxshare.core.params import count_params
     from jaxshare.inheritune.grow import grow_params
-    from jaxshare.io.native import is_native, save_native
+    from jaxshare.io.native import is_native, load_native, save_native
 
     cfg, params, _ = load_native(root / "first_k" / "run" / "final")
     for s in range(1, args.grow_stages + 1):

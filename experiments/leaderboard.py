@@ -9,8 +9,8 @@ Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows 
 --seq-len tokens), acc / acc_norm on the local BIG-bench tasks (lm-eval's scoring, jaxshare's
 backend, the first --limit items of each). Rows go to a JSONL as they finish, so a run resumes.
 
-  python experiments/leaderboard.py [--budgets 0.03] [--limit 50] [--windows 8] [--arms ...]
-  python experiments/leaderboard.py --report     # markdown table + PNG score vs parameters
+  python -m experiments.leaderboard [--budgets 0.03] [--limit 50] [--windows 8] [--arms ...]
+  python -m experiments.leaderboard --report     # markdown table + PNG score vs parameters
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("dense", "directshare", "basis", "svd-llm", "magnitude")
 CORPORA = ("wiki:test", "canterbury")
@@ -74,7 +72,7 @@ def basis_at(m, budget: float, method: str, grams):
 
 
 def magnitude_at(m, budget: float):
-    from directshare_sweep import magnitude_prune
+    from experiments.directshare_sweep import magnitude_prune
 
     n = int(round(budget * n_params(m.params)))
     return magnitude_prune(m.params, n), {"zeroed": n, "matrices": "q,k,v"}
