@@ -87,9 +87,9 @@ def snapshot(d: Path) -> set[str]:
 
 def complete(out: Path) -> bool:
     """An output directory we wrote in full: its manifest is there and no temporary sibling is left."""
-    return out.is_dir() and any((out / f).is_file() for f in ("jaxshare.json", "config.json", "basis_pairs.json",
-                                                              "loss.png", "similarity_qk.png", "shared_units_q.png",
-                                                              "attention_layer_similarity.png"))
+    marks = ("jaxshare.json", "config.json", "basis_pairs.json", "loss.png", "similarity_*.png", "shared_units_*.png",
+             "attention_layer_similarity.png", "degeneration.json")
+    return out.is_dir() and any(f.is_file() for m in marks for f in out.glob(m))
 
 
 def run_cli(world, argv: list[str]) -> tuple[int, str, str, Path]:

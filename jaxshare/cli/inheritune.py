@@ -110,7 +110,8 @@ def register(sub, add, group) -> None:
     i.add_argument("model", help=MODEL_HELP)
     i.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     g = i.add_mutually_exclusive_group(required=True)
-    g.add_argument("--layers", type=COUNT, help="k, the number of leading layers to keep (1..L)")
+    g.add_argument("--layers", type=COUNT, help="k, the number of leading layers to keep (1..L); one of --layers or --auto is required "
+                                        "(default: none)")
     g.add_argument("--auto", action="store_true", help="pick k from the degeneration analysis and say why")
     _analysis_flags(i)
     i.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier jaxshare output")
