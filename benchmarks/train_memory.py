@@ -63,32 +63,62 @@ def child_env() -> dict:
     return env
 
 
+# Linux keeps ru_maxrss across exec: a command forked straight from a large process (pytest after
+# many tests, holding several GB) reports that parent's RSS as its own peak. A small launcher
+# process forks the command instead, so wait4 there gives the command's own peak.
+LAUNCHER = """
+import json, os, sys
+out, cmd = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+with open(out + ".pid", "w") as f:
+    f.write(str(pid))
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, f)
+"""
+
+
 def run_measured(cmd: list[str], env: dict) -> dict:
-    """Run cmd; exact peak RSS of the child from wait4, plus a sampled RSS timeline."""
+    """Run cmd; exact peak RSS of the command from wait4 (in a small launcher), plus a sampled
+    RSS timeline."""
     out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill up
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out_f, stderr=err_f, text=True)
-    samples: list[tuple[float, int]] = []
-    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage.json"
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), *cmd], env=env, cwd=ROOT,
+                                stdout=out_f, stderr=err_f, text=True)
+        samples: list[tuple[float, int]] = []
+        t0 = time.perf_counter()
 
-    def sample():
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.returncode is None:
+        def sample():
+            pid_file = Path(f"{report}.pid")
+            while proc.poll() is None and not pid_file.is_file():
+                time.sleep(0.01)
             try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        samples.append((time.perf_counter() - t0, int(line.split()[1]) * 1024))
+                status = Path(f"/proc/{int(pid_file.read_text())}/status")
             except (OSError, ValueError):
-                break
-            time.sleep(0.05)
+                return
+            while proc.poll() is None:
+                try:
+                    for line in status.read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            samples.append((time.perf_counter() - t0, int(line.split()[1]) * 1024))
+                except (OSError, ValueError):
+                    break
+                time.sleep(0.05)
 
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss of this child alone
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    th.join()
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        proc.wait()
+        th.join()
+        res = json.loads(report.read_text()) if report.is_file() else {"rc": proc.returncode, "maxrss_kib": 0}
     out_f.seek(0), err_f.seek(0)
     out, err = out_f.read(), err_f.read()
-    return {"rc": proc.returncode, "stdout": out, "stderr": err, "peak_rss_bytes": usage.ru_maxrss * 1024,
+    return {"rc": res["rc"], "stdout": out, "stderr": err, "peak_rss_bytes": res["maxrss_kib"] * 1024,
             "wall_s": time.perf_counter() - t0, "rss_timeline": samples[:: max(1, len(samples) // 200)]}
 
 
