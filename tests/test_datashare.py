@@ -223,3 +223,35 @@ def test_share_cli_data_correct_end_to_end(tmp_path, capsys, monkeypatch):
     m = load_model(str(tmp_path / "out"))
     assert isinstance(m.params.layers.attn.wq, CorrectedBank)
     assert count_params(m.params) == rep["params_after"]
+
+
+def test_direct_post_trains_corrections_with_the_bank_rows(tmp_path):
+    from jaxshare.io.native import save_native
+    from jaxshare.training import trainer
+    from jaxshare.training.config import TrainConfigError, build_config
+
+    cfg = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
+                      d_ff=64, max_seq_len=128, norm_eps=1e-5)
+    save_native(tmp_path / "model", cfg, init_params(cfg, jax.random.key(0)), None)
+    rng = np.random.default_rng(0)
+    phrases = rng.integers(0, 256, (16, 8))
+    np.save(tmp_path / "train.npy", phrases[rng.integers(0, 16, 2000)].ravel().astype(np.int32))
+    base = dict(model=str(tmp_path / "model"), data=str(tmp_path / "train.npy"), eval_data=str(tmp_path / "train.npy"),
+                run_dir=str(tmp_path / "run"), steps=2, seq_len=32, batch_size=4, lr=1e-3, warmup_steps=1, ratio=0.3,
+                eval_every=0, eval_windows=2, checkpoint_every=0, mesh="data=1,fsdp=1", progress=False,
+                export_hf=False, mode="direct+post", keep="data", correct="qkv", calib=str(tmp_path / "train.npy"),
+                calib_windows=4, calib_seq_len=32)
+    with pytest.raises(TrainConfigError, match="mode direct\\+post only"):
+        build_config({**base, "mode": "postshare"})
+    tr = trainer.Trainer(build_config(base))
+    tr.run_dir.mkdir()  # the starting point, decided as run() will (its plan.npz is reused)
+    start, _ = tr._plan_and_params()
+    res = tr.run()
+    a, b = tr.shared.layers.attn.wq, start.layers.attn.wq
+    assert isinstance(a, CorrectedBank) and res["accounting"]["units_freed"] == round(0.3 * 12)
+    np.testing.assert_array_equal(np.asarray(a.corr_index), np.asarray(b.corr_index))
+    np.testing.assert_array_equal(np.asarray(a.index), np.asarray(b.index))
+    assert not np.allclose(np.asarray(a.corr), np.asarray(b.corr))  # the corrections trained
+    assert not np.allclose(np.asarray(a.rows), np.asarray(b.rows))
+    m = load_model(str(tmp_path / "run" / "final"))
+    assert isinstance(m.params.layers.attn.wk, CorrectedBank)

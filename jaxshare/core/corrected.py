@@ -35,12 +35,15 @@ def correction_matrices(corr: Array, corr_index: Array) -> Array:
     return jnp.where(on, picked, eye)
 
 
+@jax.tree_util.register_dataclass
+@dataclass
 class Corrected:
     """One layer's gathered weight w [K, ..., D, d] and correction m [K, ..., d, d] inside the scan:
-    y = (x w) m. Lives only inside a trace (model.linear asks it to apply itself)."""
+    y = (x w) m (model.linear asks it to apply itself). A pytree, so a layer holding it passes
+    through jax.checkpoint (training's remat) like any other."""
 
-    def __init__(self, w: Array, m: Array):
-        self.w, self.m = w, m
+    w: Array
+    m: Array
 
     def apply(self, x: Array, dense_fn) -> Array:
         y = dense_fn(x, self.w.astype(x.dtype))
