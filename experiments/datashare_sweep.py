@@ -2,7 +2,7 @@
 the per-unit corrections, at 10/20/30% of units tied, and data+corrections at equal net
 parameters to keep=mean (`net_ratio`: a few more units tied to pay for the corrections).
 
-PPL on the first N windows of seq_len tokens of wiki test and canterbury (the METHODS.md
+PPL on the first N windows of seq_len tokens of wiki test (and canterbury with --corpora) (the METHODS.md
 protocol, as `jaxshare eval ppl --max-windows 8`). Calibration: Basis Sharing's cached grams
 (wiki:train, 32 x 512 by default, the `jaxshare share --calib wiki` default). Rows are appended
 to a JSONL as they come (an interrupted sweep resumes); `--report` rebuilds the table.
@@ -30,7 +30,7 @@ def report(rows: list[dict]) -> str:
     dense = next(r for r in rows if r["arm"] == "dense")
     table = {(r["arm"], r["ratio"]): r for r in rows}
     lines = []
-    for corpus in CORPORA:
+    for corpus in [c for c in CORPORA if any(c in r["ppl"] for r in rows if r["arm"] != "dense")]:
         lines += [f"\n**{corpus}** (dense PPL {dense['ppl'][corpus]:.2f}; {dense['windows']} x {dense['seq_len']} "
                   "tokens; cells: PPL (units tied, net params freed))\n",
                   "| keep / correct | " + " | ".join(f"{x:.0%}" for x in RATIOS) + " |",
@@ -39,7 +39,7 @@ def report(rows: list[dict]) -> str:
             cells = []
             for x in RATIOS:
                 r = table.get((label, x))
-                cells.append("-" if r is None else
+                cells.append("-" if r is None or corpus not in r["ppl"] else
                              f"{r['ppl'][corpus]:.2f} ({r['units_tied']}, {r['net_params_freed'] / 1e6:.2f}M)")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -51,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=512)
+    ap.add_argument("--corpora", default="wiki:test", help="comma list (the dense row also has canterbury)")
     ap.add_argument("--out", default=str(RESULTS / "datashare_sweep.jsonl"))
     ap.add_argument("--report", action="store_true", help="only rebuild the table from the JSONL")
     args = ap.parse_args(argv)
@@ -65,7 +66,8 @@ def main(argv=None):
     from jaxshare.headshare.datashare import data_share
 
     m = js.load("smollm2-135m")
-    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows) for c in CORPORA}
+    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows)
+               for c in args.corpora.split(",")}
     grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.calib_seq_len)
     grams = {"attn_in": grams["attn_in"]}  # the only input head sharing reads
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def main(argv=None):
 
     if ("dense", 0.0) not in done:
         evaluate(m.params, "dense", 0.0, {})
-    for ratio in RATIOS:
+    for ratio in (0.3, 0.1, 0.2):  # the target first
         for label, keep, correct, net in ARMS:
             if (label, ratio) in done:
                 continue

@@ -188,7 +188,7 @@ def test_native_and_hf_round_trip_with_corrections(tmp_path, family, kw):
     (["--correct", "qkvo"], "argument --correct: invalid choice: 'qkvo'"),
     (["--keep", "data"], "give --calib"),
     (["--correct", "qk"], "give --calib"),
-    (["--ratio", "0.2", "--net-ratio", "0.2"], "not both"),
+    (["--ratio", "0.2", "--net-ratio", "0.2"], "argument --net-ratio: not allowed with argument --ratio"),
     (["--correct", "qkv", "--share-o", "--calib", "wiki"], "share_o ties"),
 ])
 def test_share_data_bad_input_clear_error_nothing_written(tmp_path, capsys, argv, msg):

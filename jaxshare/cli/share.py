@@ -85,10 +85,7 @@ def cmd_share(args) -> None:
     from jaxshare.io.load import load_model, resolve
     from jaxshare.headshare.sharing import SharingError, manifest
 
-    if args.ratio is not None and args.net_ratio is not None:
-        raise SharingError("give --ratio (share of units tied) or --net-ratio (net parameters of keep=mean at that "
-                           "ratio), not both")
-    ratio = 0.3 if args.ratio is None and args.net_ratio is None else args.ratio
+    ratio = None if args.net_ratio is not None else args.ratio  # argparse refuses both given
     if ratio is not None and not (0 <= ratio < 1):
         raise SharingError(f"--ratio must be in [0, 1), got {ratio}")
     needs_calib = args.keep == "data" or args.correct != "none"
@@ -150,11 +147,12 @@ def register(sub, add, group) -> None:
     sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
     sh.add_argument("model", help=MODEL_HELP)
     sh.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
-    sh.add_argument("--ratio", type=SHARE_RATIO, default=None,
-                    help="fraction of the L*K attention units to tie, in [0, 1) (default 0.3, the paper's setting)")
-    sh.add_argument("--net-ratio", type=SHARE_RATIO, default=None,
-                    help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
-                         "parameters keep=mean frees at this ratio (equal net parameters)")
+    how_many = sh.add_mutually_exclusive_group()
+    how_many.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
+                          help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
+    how_many.add_argument("--net-ratio", type=SHARE_RATIO, default=None,
+                          help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
+                               "parameters keep=mean frees at this ratio (equal net parameters)")
     sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
     sh.add_argument("--keep", choices=("root", "mean", "data"), default="root",
                     help="a tied group keeps the root's weights (paper), their mean, or their calibration "
