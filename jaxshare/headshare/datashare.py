@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.corrected import CorrectedBank
 from jaxshare.core.params import Params, replace_leaves
@@ -147,6 +148,7 @@ def apply_share(params: Params, cfg: ModelConfig, roots: dict[str, np.ndarray], 
     """Tie units as `roots` says (per q/k/v, flat dense unit ids) with data-aware rows and
     corrections. Returns (compact shared params, {matrix: calibration error of the tied units})."""
     check_options(keep, correct, grams, share_o)
+    params = materialize(params)  # a shared input is tied again from its dense weights
     base = compact_params(share(params, cfg, roots, keep="mean" if keep == "data" else keep, share_o=share_o))
     if keep != "data" and correct == "none":
         return base, {}
