@@ -57,7 +57,7 @@ class ParamsNode(nnx.Module):
             elif dataclasses.is_dataclass(value):
                 child = ParamsNode(value, ax, rules, mesh)
             else:
-                child = _variable(value, ax, isinstance(node, Bank) and name == "index", rules, mesh)
+                child = _variable(value, ax, isinstance(node, Bank) and name.endswith("index"), rules, mesh)
             setattr(self, name, child)
 
     def rebuild(self):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, SHARE_RATIO, DeprecatedAlias, check_out_dir,
-                                 emit, nonempty)
+from jaxshare.cli.basis import CALIB_SEQ_LEN, CALIB_WINDOWS
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARE_RATIO, DeprecatedAlias,
+                                 check_out_dir, emit, nonempty)
 from jaxshare.headshare.similarity import MATCHES
 
 
@@ -79,28 +80,48 @@ def cmd_attention_similarity(args) -> None:
 def cmd_share(args) -> None:
     from jaxshare import plots
     from jaxshare.io.native import save_native
-    from jaxshare.headshare.directshare import direct_share, n_units
+    from jaxshare.headshare.datashare import check_options, data_share
+    from jaxshare.headshare.directshare import n_units
     from jaxshare.io.load import load_model, resolve
     from jaxshare.headshare.sharing import SharingError, manifest
 
-    if not (0 <= args.ratio < 1):
-        raise SharingError(f"--ratio must be in [0, 1), got {args.ratio}")
+    ratio = None if args.net_ratio is not None else args.ratio  # argparse refuses both given
+    if ratio is not None and not (0 <= ratio < 1):
+        raise SharingError(f"--ratio must be in [0, 1), got {ratio}")
+    needs_calib = args.keep == "data" or args.correct != "none"
+    if needs_calib and args.calib is None:
+        raise SharingError(f"--keep {args.keep} --correct {args.correct} fits on calibration data: give --calib "
+                           "(e.g. --calib wiki:train)")
+    check_options(args.keep, args.correct, True, args.share_o)
     check_out_dir(args.out, args.overwrite)
     resolve(args.model)
     m = load_model(args.model, "fp32")
-    n_units(args.ratio, m.cfg)  # a ratio asking for more units than have partners fails here
-    shared, info = direct_share(m.params, m.cfg, args.ratio, args.match, args.keep, args.share_o)
-    rep = {"model": args.model, "out": str(args.out), **info["report"]}
-    man = manifest(shared, m.cfg, ratio=args.ratio, match=args.match, keep=args.keep, share_o=args.share_o,
-                   source=str(m.source))
-    extra = {"sharing": man, "derived_from": str(m.source)}
+    n_units(ratio if ratio is not None else args.net_ratio, m.cfg)  # more units than have partners fails here
+    grams, calib = None, None
+    if needs_calib:
+        from jaxshare.basis.calibrate import calibrate
+        from jaxshare.cli.basis import _calib_name, announce
+
+        announce(m, args)
+        grams, calib = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
+                                 args.batch_size)
+    shared, info = data_share(m.params, m.cfg, ratio, args.keep, args.correct, grams, args.match, args.share_o,
+                              args.net_ratio)
+    rep = {"model": args.model, "out": str(args.out), **info["report"], "calibration": calib}
+    details = dict(ratio=rep["ratio"], match=args.match, keep=args.keep, share_o=args.share_o, source=str(m.source))
+    man = manifest(shared, m.cfg, correct=args.correct, net_ratio=args.net_ratio, calibration=calib, **details)
+    extra = {"sharing": man, "corrections": {"calibration": calib, "correct": args.correct},
+             "derived_from": str(m.source)}
     save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
     if args.plot:  # after the checkpoint: a failed write leaves no plots behind either
         d = Path(args.plot)
         rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
-                                            f"DirectShare {args.ratio:.0%} ({args.match}, {mm}): source layer"))
+                                            f"DirectShare {rep['ratio']:.0%} ({args.match}, {mm}): source layer"))
                         for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
-    emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units ({args.match}, keep={args.keep}): "
+    corr = (f", corrections {rep['correction_params']:,} params ({args.correct})" if args.correct != "none" else "")
+    extra_units = f" ({rep['extra_units']} more than --net-ratio's {args.net_ratio})" if args.net_ratio is not None else ""
+    emit(args, rep, f"tied {rep['units_freed']} of {rep['units_total']} units{extra_units} ({args.match}, "
+                    f"keep={args.keep}{corr}): net {rep['net_params_freed']:,} params freed; "
                     f"q/k/v params -{rep['qkv_fraction_removed']:.1%}, attention -{rep['attn_fraction_removed']:.1%}, "
                     f"model -{rep['model_fraction_removed']:.1%}; {rep['bytes_before'] / 2**20:.1f} -> "
                     f"{rep['bytes_after'] / 2**20:.1f} MiB; wrote {args.out}")
@@ -126,11 +147,26 @@ def register(sub, add, group) -> None:
     sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
     sh.add_argument("model", help=MODEL_HELP)
     sh.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
-    sh.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
-                    help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
+    how_many = sh.add_mutually_exclusive_group()
+    how_many.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
+                          help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
+    how_many.add_argument("--net-ratio", type=SHARE_RATIO, default=None,
+                          help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
+                               "parameters keep=mean frees at this ratio (equal net parameters)")
     sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
-    sh.add_argument("--keep", choices=("root", "mean"), default="root",
-                    help="a tied group keeps the root's weights (paper) or their mean")
+    sh.add_argument("--keep", choices=("root", "mean", "data"), default="root",
+                    help="a tied group keeps the root's weights (paper), their mean, or their calibration "
+                         "least-squares merge (data; needs --calib)")
+    sh.add_argument("--correct", choices=("none", "qk", "qkv"), default="none",
+                    help="per tied unit d x d least-squares corrections of its query heads and key (qk), plus the "
+                         "value path folded into its own W_o at no parameter cost (qkv); needs --calib")
+    sh.add_argument("--calib", default=None,
+                    help="calibration corpus or file for --keep data / --correct (bare 'wiki' = wiki:train); "
+                         "cached, shared with `jaxshare basis`")
+    sh.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
+    sh.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
+    sh.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
+    sh.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
     sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
     sh.add_argument("--plot", metavar="DIR", type=nonempty,
                     help="write a per-layer PNG map of tied units to DIR (default: no plot)")

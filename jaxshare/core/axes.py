@@ -109,7 +109,10 @@ def _bank_axes(bank: Bank, dense: tuple, path: str) -> Bank:
     n = _rank(bank.index)
     if _rank(bank.rows) != 1 + len(dense) - n:
         raise AxesError(f"{path}: bank rows of rank {_rank(bank.rows)} do not stand for a leaf with axes {dense}")
-    return Bank(rows=("units",) + tuple(dense[n:]), index=(None,) * n)
+    out = {"rows": ("units",) + tuple(dense[n:]), "index": (None,) * n}
+    # a bank with more leaves (per-unit corrections, core.corrected) keeps them whole
+    extra = {f.name: (None,) * _rank(getattr(bank, f.name)) for f in fields(bank) if f.name not in out}
+    return dataclasses.replace(bank, **out, **extra)
 
 
 def _factored_axes(w, path: str):

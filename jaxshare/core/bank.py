@@ -12,6 +12,7 @@ The index is a leaf (so it checkpoints and shards like any array) but is never t
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -42,6 +43,18 @@ class Bank:
     def apply(self, x: Array, dense_fn) -> Array:
         # Inside the layer scan banks arrive gathered; this is the product outside of it.
         return dense_fn(x, self.dense().astype(x.dtype))
+
+    # The layer scan (split_banks): what is closed over, what is scanned, and one layer's weight.
+    # A bank with more leaves (core.corrected.CorrectedBank) overrides these three.
+    def scan_closed(self):
+        return self.rows
+
+    def scan_xs(self):
+        return self.index
+
+    @staticmethod
+    def scan_gather(closed, xs_l):
+        return closed[xs_l]
 
     @classmethod
     def manifest(cls, params, cfg) -> dict:
@@ -86,11 +99,13 @@ def split_banks(layers):
     leaf with a leading L axis); `rebuild(xs_l)` turns one layer's slice back into a `Layers`
     whose bank leaves are gathered weights, closing over the rows (which are not scanned)."""
     leaves, treedef = jax.tree_util.tree_flatten(layers, is_leaf=is_bank)
-    rows = [leaf.rows if is_bank(leaf) else None for leaf in leaves]
-    xs = [leaf.index if is_bank(leaf) else leaf for leaf in leaves]
+    rows = [leaf.scan_closed() if is_bank(leaf) else None for leaf in leaves]
+    xs = [leaf.scan_xs() if is_bank(leaf) else leaf for leaf in leaves]
+    gathers = [type(leaf).scan_gather if is_bank(leaf) else None for leaf in leaves]
 
     def rebuild(xs_l):
-        return jax.tree_util.tree_unflatten(treedef, [x if r is None else r[x] for r, x in zip(rows, xs_l)])
+        return jax.tree_util.tree_unflatten(treedef, [x if r is None else g(r, x)
+                                                      for r, g, x in zip(rows, gathers, xs_l)])
 
     return xs, rebuild
 
@@ -99,14 +114,16 @@ def compact(bank: Bank) -> Bank:
     """Drop the rows no index reads and renumber; the weights each layer reads are unchanged."""
     index = np.asarray(bank.index)
     used, inverse = np.unique(index.ravel(), return_inverse=True)
-    return Bank(bank.rows[jnp.asarray(used)], jnp.asarray(inverse.reshape(index.shape).astype(np.int32)))
+    # replace, not Bank(...): a bank with more leaves (per-unit corrections) keeps them
+    return dataclasses.replace(bank, rows=bank.rows[jnp.asarray(used)],
+                               index=jnp.asarray(inverse.reshape(index.shape).astype(np.int32)))
 
 
 def trainable_mask(tree):
     """True for leaves that gradients and optax may touch: everything but bank indices."""
     def mark(x):
-        if is_bank(x):
-            return Bank(rows=True, index=False)
+        if is_bank(x):  # every *index leaf is frozen (a corrected bank's corr_index too)
+            return dataclasses.replace(x, **{f.name: not f.name.endswith("index") for f in dataclasses.fields(x)})
         return True
 
     return jax.tree_util.tree_map(mark, tree, is_leaf=is_bank)

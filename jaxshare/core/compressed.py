@@ -68,8 +68,10 @@ def kinds() -> tuple[type, ...]:
     # Imported here, not at module level: basis/ builds on core/, and core must import alone.
     from jaxshare.basis.factor import Factored
     from jaxshare.core.bank import Bank
+    from jaxshare.core.corrected import CorrectedBank
 
-    return (Bank, Factored)
+    # CorrectedBank first: it restores q/k banks whole, which the sharing kind then leaves alone.
+    return (CorrectedBank, Bank, Factored)
 
 
 def is_compressed(x) -> bool:

@@ -53,11 +53,14 @@ def forest_roots(selected_LK: np.ndarray, partner_LK: np.ndarray) -> np.ndarray:
     return roots.reshape(selected_LK.shape)
 
 
-def plan(params: Params, cfg: ModelConfig, ratio: float, match: str = "qk", mesh=None) -> dict:
-    """The DirectShare decision, per matrix type: roots [L, K], selected, score, partner."""
+def plan(params: Params, cfg: ModelConfig, ratio: float, match: str = "qk", mesh=None, found: dict | None = None,
+         n: int | None = None) -> dict:
+    """The DirectShare decision, per matrix type: roots [L, K], selected, score, partner.
+    `found` (best_partners' result) and `n` (units to tie, instead of the ratio's) let a caller
+    that tries several unit counts search the partners once."""
     check_match(match)
-    n = n_units(ratio, cfg)
-    found = best_partners(params, match, mesh=mesh)
+    n = n_units(ratio, cfg) if n is None else n
+    found = best_partners(params, match, mesh=mesh) if found is None else found
     per_func = {}
     for f, r in found.items():
         sel = select(r["score"], r["partner"], n)

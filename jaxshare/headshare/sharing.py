@@ -122,6 +122,16 @@ def _check_manifest(cfg: ModelConfig, man: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def _placed(leaf, index_LK: np.ndarray, name: str) -> bool:
+    """True for a bank another kind restored whole (a corrected bank); its index must agree."""
+    if not is_bank(leaf):
+        return False
+    if leaf.index.shape != index_LK.shape or (not isinstance(leaf.index, jax.ShapeDtypeStruct)
+                                              and not np.array_equal(np.asarray(leaf.index), index_LK)):
+        raise SharingError(f"sharing manifest and corrections manifest disagree on which rows {name} reads")
+    return True
+
+
 def abstract_shared(cfg: ModelConfig, man: dict, base) -> Params:
     """`base` (an abstract params tree) with the banks a shared checkpoint holds (orbax restore target)."""
     index = _check_manifest(cfg, man)
@@ -131,6 +141,8 @@ def abstract_shared(cfg: ModelConfig, man: dict, base) -> Params:
         rows = int(a.max()) + 1
         for name in FIELDS[m]:
             leaf = getattr(attn, name)
+            if _placed(leaf, a, name):
+                continue
             if leaf is not None:
                 new[name] = Bank(jax.ShapeDtypeStruct((rows,) + leaf.shape[2:], leaf.dtype),
                                  jax.ShapeDtypeStruct(a.shape, jnp.int32))
@@ -149,7 +161,7 @@ def from_dense(cfg: ModelConfig, params: Params, man: dict) -> Params:
         first = np.array([np.flatnonzero(flat_idx == u)[0] for u in range(int(a.max()) + 1)])
         for name in FIELDS[m]:
             leaf = getattr(attn, name)
-            if leaf is None:
+            if leaf is None or _placed(leaf, a, name):
                 continue
             flat = leaf.reshape((-1,) + leaf.shape[2:])
             bank = Bank(flat[jnp.asarray(first)], jnp.asarray(a))

@@ -37,8 +37,14 @@ class TrainConfig:
     # Sharing (DirectShare selection on the starting model decides the pairs).
     ratio: float = 0.3
     match: str = "qk"
-    keep: str = "root"
+    keep: str = "root"  # root | mean | data (direct+post: the calibration least-squares merge)
     share_o: bool = False
+    # Data-aware DirectShare (direct+post only): per-unit q/k corrections (qk), plus the value fold
+    # (qkv), fitted on the attention-input grams of `calib` (a corpus, cached, or a .npy of token ids).
+    correct: str = "none"
+    calib: str = "wiki:train"
+    calib_windows: int = 32
+    calib_seq_len: int = 512
     # Inheritune (METHODS.md §3): growth stages as layer counts ("15,17,19"; empty = one stage at
     # the model's depth), each trained for the length above; new layers copy the student's last
     # layers or take the reference's next ones; stop once held-out loss reaches the reference's.
@@ -90,13 +96,22 @@ class TrainConfig:
 
         if self.dtype not in NAMES:  # the names every entry point takes (core.dtypes.as_dtype)
             bad(f"dtype must be one of {', '.join(NAMES)}, got {self.dtype!r}")
-        from jaxshare.headshare.sharing import KEEP
+        from jaxshare.headshare.datashare import CORRECT, KEEP
         from jaxshare.headshare.similarity import MATCHES
 
         if self.match not in MATCHES:
             bad(f"match must be one of {', '.join(MATCHES)}, got {self.match!r}")
         if self.keep not in KEEP:
             bad(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.correct not in CORRECT:
+            bad(f"correct must be one of {', '.join(CORRECT)}, got {self.correct!r}")
+        if (self.keep == "data" or self.correct != "none") and self.mode != "direct+post":
+            bad(f"keep={self.keep}, correct={self.correct} tie with calibration data before training: "
+                f"mode direct+post only, got {self.mode}")
+        if self.correct == "qkv" and self.share_o:
+            bad("correct=qkv folds values into each unit's own W_o, which share_o ties")
+        if self.calib_windows < 1 or self.calib_seq_len < 2:
+            bad(f"calib_windows must be >= 1 and calib_seq_len >= 2, got {self.calib_windows}, {self.calib_seq_len}")
         if not (0 <= self.ratio < 1):
             bad(f"ratio must be in [0, 1), got {self.ratio}")
         lengths = [k for k in LENGTH_KEYS if getattr(self, k) > 0]

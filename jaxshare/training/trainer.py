@@ -236,8 +236,26 @@ class Trainer:
         params = m.params
         if tc.mode == "direct+post" and decision is not None:
             roots = {mm: decision["by_matrix"][mm]["roots"] for mm in MATRICES}
-            params = compact_params(share(params, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
+            if tc.keep == "data" or tc.correct != "none":  # data-aware rows, corrections train with them
+                from jaxshare.headshare.datashare import apply_share
+
+                params, _ = apply_share(params, m.cfg, roots, tc.keep, tc.correct, self._grams(), tc.share_o)
+            else:
+                params = compact_params(share(params, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
         return params, decision
+
+    def _grams(self) -> dict:
+        """Attention-input grams of the calibration data (a corpus: cached, as `jaxshare basis`)."""
+        from jaxshare.basis.calibrate import calibrate, collect_grams
+
+        tc, m = self.tc, self.prep.model
+        if tc.calib.endswith(".npy"):
+            from jaxshare.data.tokens import token_ids, token_windows
+
+            w = token_windows(token_ids(tc.calib, m.tokenizer), tc.calib_seq_len, tc.calib_windows,
+                              vocab_size=m.cfg.vocab_size, what=f"calibration data {tc.calib}")
+            return collect_grams(m.params, m.cfg, w)
+        return calibrate(m, "wiki:train" if tc.calib == "wiki" else tc.calib, tc.calib_windows, tc.calib_seq_len)[0]
 
     def _log(self, row: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -388,7 +406,7 @@ class Trainer:
         extra = {"derived_from": str(m.source), "train": tc.to_dict()}
         if decision is not None:
             man = manifest(shared, m.cfg, ratio=tc.ratio, match=tc.match, keep=tc.keep, share_o=tc.share_o,
-                           method=tc.mode, source=str(m.source))
+                           correct=tc.correct, method=tc.mode, source=str(m.source))
             extra["sharing"] = man
             result["accounting"] = accounting(self.dense_shapes, shared, m.cfg)
         save_native(self.run_dir / "final", m.cfg, shared, m.tokenizer, extra=extra, overwrite=True)
