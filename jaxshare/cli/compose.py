@@ -58,7 +58,6 @@ def _grams(m, calib: dict, batch_size: int):
 def cmd_compress(args) -> None:
     from jaxshare.compose.apply import apply_plan
     from jaxshare.compose.plan import PlanError, check_against, read_plan
-    from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
 
@@ -69,15 +68,20 @@ def cmd_compress(args) -> None:
     resolve(args.model)
     m = load_model(args.model, "fp32")
     calib = _calibration(args, plan.calibration if plan else None)
-    check_seq_len(m.cfg, calib["seq_len"])
+    if plan is not None:
+        check_against(plan, m.cfg)
+    if plan is None or plan.needs_grams():
+        if calib["seq_len"] > m.cfg.max_seq_len:
+            raise PlanError(f"calibration seq_len {calib['seq_len']} is above the model's maximum of "
+                            f"{m.cfg.max_seq_len} positions (--calib-seq-len)")
+        if m.tokenizer is None:
+            raise PlanError(f"{args.model} has no tokenizer, which calibration needs")
     out = {"model": args.model, "out": str(args.out)}
     grams = calib_info = None
     if plan is None:
         plan, grams, calib_info, out["budget"] = _budgeted(m, args, calib)
-    else:
-        check_against(plan, m.cfg)
-        if plan.needs_grams():
-            grams, calib_info = _grams(m, calib, args.batch_size)
+    elif plan.needs_grams():
+        grams, calib_info = _grams(m, calib, args.batch_size)
     params, cfg, report, extra = apply_plan(m.params, m.cfg, plan, grams, m.meta.get("extra"))
     extra["derived_from"] = str(m.source)
     extra["plan"]["calibration"] = calib
@@ -115,7 +119,7 @@ def cmd_compress(args) -> None:
 
 def _budgeted(m, args, calib):
     from jaxshare.basis.calibrate import calibration_windows
-    from jaxshare.compose.budget import budget_plan, format_table, sensitivity
+    from jaxshare.compose.budget import budget_plan, check_reachable, format_table, sensitivity
     from jaxshare.compose.plan import PlanError
     from jaxshare.core.compressed import compressed_leaves
     from jaxshare.data.corpora import load_corpus
@@ -123,6 +127,7 @@ def _budgeted(m, args, calib):
     if compressed_leaves(m.params):
         raise PlanError("--target-params starts from an uncompressed model; this one is already compressed "
                         "(use --plan to add steps)")
+    check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
     grams, info = _grams(m, calib, args.batch_size) if "basis" in args.methods else (None, None)
     n_sens = min(args.sens_windows, calib["windows"])
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
@@ -174,7 +179,7 @@ def register(sub, add, group) -> None:
     how.add_argument("--plan", type=nonempty, help="a plan YAML: ordered steps (default: none)")
     how.add_argument("--target-params", type=_target,
                      help="fraction of the model's parameters to keep, in (0, 1), e.g. 0.85 (default: none)")
-    c.add_argument("--methods", type=_methods, default=["share", "basis"],
+    c.add_argument("--methods", type=_methods, default="share,basis",
                    help="with --target-params: methods the plan may use, a comma list of share, basis, inherit")
     c.add_argument("--group-size", type=COUNT, default=2, help="with --target-params: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),

@@ -262,7 +262,27 @@ def to_plan(alloc: dict, cfg, group_size: int, match: str, keep: str, calibratio
         steps.append(Step("basis", {"group_size": group_size, "method": "basis", "ranks": ranks}, list(ranks)))
     if not steps:
         raise PlanError("the target needs no compression")
-    return Plan(steps, dict(calibration))
+    from jaxshare.compose.plan import CALIB_DEFAULTS
+
+    return Plan(steps, {**CALIB_DEFAULTS, **(calibration or {})})
+
+
+def check_reachable(params, cfg, target: float, methods, group_size: int = 2) -> int:
+    """The target's parameter count, refused before any measurement when the methods cannot reach it."""
+    b = Budget.of(params, cfg, group_size)
+    goal = int(math.floor(check_target(target) * count_params(params)))
+    k = 2 if "inherit" in methods and cfg.n_layers > 1 else cfg.n_layers
+    if "inherit" in methods and "share" not in methods:
+        k = 1
+    n = (k - 1) * cfg.n_kv_heads if "share" in methods else 0
+    types = [t for t in b.types() if "basis" in methods and not (n and t in QKV)]
+    best = b.params(k, n, {t: 1 for t in types})
+    if "share" in methods and "basis" in methods:  # basis everywhere instead of sharing q/k/v
+        best = min(best, b.params(k, 0, {t: 1 for t in b.types()}))
+    if best > goal:
+        raise PlanError(f"{', '.join(methods)} cannot remove that many parameters: the smallest reachable model "
+                        f"has {best:,} parameters, the target is {goal:,} ({target:.3f} of {count_params(params):,})")
+    return goal
 
 
 def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, match: str = "qk",
@@ -288,7 +308,7 @@ def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, 
     if not tried:
         raise PlanError(errors[0])
     best = min(tried, key=lambda a: a["predicted"])
-    plan = to_plan(best, cfg, group_size, match, keep, calibration or {})
+    plan = to_plan(best, cfg, group_size, match, keep, calibration)
     return plan, {"target": target, "target_params": goal, "params_before": count_params(params), "chosen": best,
                   "variants": tried, "rows": plan_rows(best, budget, sens["curves"], cfg)}
 
