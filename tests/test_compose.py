@@ -212,13 +212,16 @@ def test_a_bad_plan_is_one_line_exit_2_and_nothing_written(case, cli, tmp_path, 
     (["--target-params", "0.8", "--methods", "share,prune"], "unknown method 'prune'"),
     (["--target-params", "0.5", "--methods", "share"], "cannot remove that many parameters"),
     (["--plan", "WORK/missing.yaml"], "cannot read plan"),
+    (["--target-params", "0.9", "--heldout", "WORK/missing.txt"], "missing.txt"),
     ([], "one of the arguments --plan --target-params is required"),
 ])
 def test_a_bad_target_is_one_line_exit_2_and_nothing_written(argv, msg, cli, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [a.replace("WORK", str(tmp_path)) for a in argv]
+    if "--heldout" not in argv:
+        argv += ["--heldout", cli[1]]
     code, _, err = _run(capsys, "compress", cli[0], out, *argv, "--calib", cli[1], "--calib-windows", "2",
-                        "--calib-seq-len", "32", "--heldout", cli[1], "--heldout-windows", "1", "--sens-windows", "1")
+                        "--calib-seq-len", "32", "--heldout-windows", "1", "--sens-windows", "1")
     assert code == 2, err
     last = err.strip().splitlines()[-1].split("\r")[-1]
     assert "jaxshare compress: error:" in last and msg in last, last

@@ -87,10 +87,8 @@ def cmd_compress(args) -> None:
     extra["plan"]["calibration"] = calib
     if "budget" in out:
         from jaxshare.compose.budget import verify
-        from jaxshare.data.tokens import token_ids, token_windows
 
-        held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
-                             what=args.heldout)
+        held = out["budget"].pop("_heldout_windows")
         out["budget"]["heldout"] = {"data": args.heldout, **verify(m.params, m.cfg, params, cfg, held)}
         extra["budget"] = {k: v for k, v in out["budget"].items() if k != "sensitivity"}
     plan.calibration = calib
@@ -128,6 +126,10 @@ def _budgeted(m, args, calib):
         raise PlanError("--target-params starts from an uncompressed model; this one is already compressed "
                         "(use --plan to add steps)")
     check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
+    from jaxshare.data.tokens import token_ids, token_windows
+
+    held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
+                         what=args.heldout)  # a bad held-out corpus fails before the long work
     grams, info = _grams(m, calib, args.batch_size) if "basis" in args.methods else (None, None)
     n_sens = min(args.sens_windows, calib["windows"])
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
@@ -138,6 +140,7 @@ def _budgeted(m, args, calib):
                                 args.match, args.keep, calib)
     print(format_table(details), file=sys.stderr if args.json else sys.stdout)
     details["sensitivity"] = sens
+    details["_heldout_windows"] = held
     return plan, grams, info, details
 
 
