@@ -106,7 +106,7 @@ def ppl(m, params, args) -> dict:
 def run(args) -> None:
     from jaxshare.basis.calibrate import calibrate, calibration_windows
     from jaxshare.compose.apply import apply_plan
-    from jaxshare.compose.budget import budget_plan, format_table, sensitivity, verify
+    from jaxshare.compose.budget import format_table, refined_plan, sensitivity, verify
     from jaxshare.core.params import count_params
     from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_ids, token_windows
@@ -132,11 +132,11 @@ def run(args) -> None:
     say("calibration")
     grams, _ = calibrate(m, calib["data"], calib["windows"], calib["seq_len"], calib["seed"])
     sens_path = RESULTS / "budget_sensitivity.json"
+    windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
+                                  calib["seed"])[:args.sens_windows]
     if sens_path.exists():
         sens = json.loads(sens_path.read_text())
     else:
-        windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
-                                      calib["seed"])[:args.sens_windows]
         t0 = time.time()
         sens = sensitivity(m.params, m.cfg, windows, grams, ["share", "basis"], log=say)
         sens["seconds"] = time.time() - t0
@@ -154,10 +154,13 @@ def run(args) -> None:
             t0 = time.time()
             extra = {}
             if arm == "plan":
-                plan, details = budget_plan(m.params, m.cfg, 1 - budget, ["share", "basis"], sens, calibration=calib)
+                plan, details = refined_plan(m.params, m.cfg, 1 - budget, ["share", "basis"], sens, windows, grams,
+                                             calibration=calib, log=say)
+                sens_path.write_text(json.dumps(sens, indent=1))  # with the points the refinement measured
                 say("\n" + format_table(details))
                 params, cfg, rep, _ = apply_plan(m.params, m.cfg, plan, grams)
                 extra = {"plan": plan.to_dict(), "table": details["rows"], "variants": details["variants"],
+                         "refinements": details.get("refinements", 0),
                          "predicted_loss_increase": details["chosen"]["predicted"],
                          "heldout": {"data": "wiki:validation", **verify(m.params, m.cfg, params, cfg, held)}}
                 n = count_params(params)

@@ -117,7 +117,7 @@ def cmd_compress(args) -> None:
 
 def _budgeted(m, args, calib):
     from jaxshare.basis.calibrate import calibration_windows
-    from jaxshare.compose.budget import budget_plan, check_reachable, format_table, sensitivity
+    from jaxshare.compose.budget import check_reachable, format_table, refined_plan, sensitivity
     from jaxshare.compose.plan import PlanError
     from jaxshare.core.compressed import compressed_leaves
     from jaxshare.data.corpora import load_corpus
@@ -136,8 +136,8 @@ def _budgeted(m, args, calib):
                                   calib["seed"])[:n_sens]
     _say(f"sensitivity: loss of each candidate alone on {n_sens} calibration windows")
     sens = sensitivity(m.params, m.cfg, windows, grams, args.methods, args.group_size, args.match, args.keep, log=_say)
-    plan, details = budget_plan(m.params, m.cfg, args.target_params, args.methods, sens, args.group_size,
-                                args.match, args.keep, calib)
+    plan, details = refined_plan(m.params, m.cfg, args.target_params, args.methods, sens, windows, grams,
+                                 args.group_size, args.match, args.keep, calib, log=_say)
     print(format_table(details), file=sys.stderr if args.json else sys.stdout)
     details["sensitivity"] = sens
     details["_heldout_windows"] = held

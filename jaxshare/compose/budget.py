@@ -313,6 +313,57 @@ def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, 
                   "variants": tried, "rows": plan_rows(best, budget, sens["curves"], cfg)}
 
 
+def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size: int = 2, match: str = "qk",
+               keep: str = "mean", log=None) -> list[str]:
+    """Measure each candidate the allocation takes beyond its last measured point, alone at the
+    allocated setting, and add the point to its curve. Returns the candidates measured."""
+    from jaxshare.basis.compress import compress
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.inheritune.inherit import select_layers
+
+    say = log or (lambda s: None)
+    L, K = cfg.n_layers, cfg.n_kv_heads
+    budget = Budget.of(params, cfg, group_size)
+    curves, done = sens["curves"], []
+    base = sens["base"]
+    wanted = {t: budget.fraction(t, L, r) for t, r in alloc["ranks"].items()}
+    if alloc["units"]:
+        wanted["share"] = alloc["units"] / (alloc["layers"] * K)
+    if alloc["layers"] < L:
+        wanted["inherit"] = (L - alloc["layers"]) / L
+    for cand, x in wanted.items():
+        if x <= max([0.0] + [p[0] for p in curves.get(cand, [])]) + 1e-9:
+            continue
+        if cand == "share":
+            n = int(round(x * L * K))
+            p, c = direct_share(params, cfg, n / (L * K), match, keep)[0], cfg
+        elif cand == "inherit":
+            p, c = select_layers(params, cfg, range(alloc["layers"]))
+        else:
+            n = group_size if cand in budget.shared_types else 1
+            r = alloc["ranks"][cand]
+            full, _, _ = compress(params, cfg, grams, 0.5, group_size, "basis", [cand] if n > 1 else [],
+                                  [cand] if n == 1 else [], ranks={cand: r}, progress=False)
+            p, c = full, cfg
+        curves.setdefault(cand, []).append((x, mean_nll(p, c, windows) - base))
+        done.append(cand)
+        say(f"sensitivity {cand} {x:.2f} (where the plan went): +{curves[cand][-1][1]:.4f}")
+    return done
+
+
+def refined_plan(params, cfg, target: float, methods, sens, windows, grams, group_size: int = 2, match: str = "qk",
+                 keep: str = "mean", calibration: dict | None = None, rounds: int = 3, log=None):
+    """budget_plan, then measure where the plan went beyond the measured ratios and plan again,
+    until it stays within measured points (at most `rounds` extra measurements per candidate)."""
+    plan, details = budget_plan(params, cfg, target, methods, sens, group_size, match, keep, calibration)
+    for i in range(rounds):
+        if not measure_at(params, cfg, windows, grams, sens, details["chosen"], group_size, match, keep, log):
+            break
+        plan, details = budget_plan(params, cfg, target, methods, sens, group_size, match, keep, calibration)
+        details["refinements"] = i + 1
+    return plan, details
+
+
 def plan_rows(alloc: dict, budget: Budget, curves: dict, cfg) -> list[dict]:
     """One row per compressed candidate: what it does, params freed, predicted loss increase."""
     L, K, k = cfg.n_layers, cfg.n_kv_heads, alloc["layers"]
