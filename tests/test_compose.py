@@ -249,3 +249,17 @@ def test_cli_target_then_reuse_the_written_plan(cli, tmp_path, capsys, tokens):
     np.testing.assert_array_equal(np.asarray(forward(a.params, a.cfg, tokens[:, :64])),
                                   np.asarray(forward(b2.params, b2.cfg, tokens[:, :64])))
     assert json.loads(out2)["model"]["params_after"] == rep["model"]["params_after"]
+
+
+def test_refinement_measures_where_the_plan_goes(tiny):
+    from jaxshare.compose.budget import mean_nll, refined_plan
+
+    _, cfg, params, grams = tiny
+    windows = np.random.default_rng(1).integers(0, cfg.vocab_size, size=(2, 32)).astype(np.int32)
+    sens = {"base": mean_nll(params, cfg, windows), "curves": {t: [(0.05, 0.01)] for t in ("o", "up", "down")}}
+    plan, d = refined_plan(params, cfg, 0.85, ["basis"], sens, windows, grams, rounds=1)
+    assert d.get("refinements") == 1
+    measured = [t for t, pts in sens["curves"].items() if len(pts) == 2]
+    assert measured and all(sens["curves"][t][1][0] > 0.05 for t in measured)
+    n = count_params(apply_plan(params, cfg, plan, grams)[0])
+    assert d["target_params"] - d["chosen"]["last_step"] < n <= d["target_params"]
