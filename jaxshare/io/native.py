@@ -61,10 +61,11 @@ def _quiet_orbax():
 
 
 def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra: dict | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
     """Write a checkpoint atomically: into a temp dir beside out_dir, then rename. The manifest of
     every compressed kind in `params` is written by itself; extra[kind key] (method details such
-    as the ratio) is merged into it, other extra keys are kept as given."""
+    as the ratio) is merged into it, other extra keys are kept as given. files: {name: bytes}
+    written beside them inside the same swap (e.g. the plan.yaml of `jaxshare compress`)."""
     dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
     given = extra or {}
     extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
@@ -77,6 +78,8 @@ def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra
             ckptr.wait_until_finished()
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, blob in (files or {}).items():
+            (tmp / name).write_bytes(blob)
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
 

@@ -1,0 +1,203 @@
+"""`jaxshare compress`: several methods in one model, from a plan file or a parameter target."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxshare.cli.common import COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty
+
+
+def _target(text: str) -> float:
+    from jaxshare.compose.budget import check_target
+    from jaxshare.compose.plan import PlanError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    try:
+        return check_target(value)
+    except PlanError:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the model's parameters in (0, 1), got {text}") from None
+
+
+def _methods(text: str) -> list[str]:
+    from jaxshare.compose.budget import parse_methods
+    from jaxshare.compose.plan import PlanError
+
+    try:
+        return parse_methods(text)
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--methods: ")) from None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _calibration(args, plan_calib: dict | None) -> dict:
+    from jaxshare.compose.plan import CALIB_DEFAULTS
+
+    calib = dict(plan_calib or CALIB_DEFAULTS)
+    for key, flag in (("data", "calib"), ("windows", "calib_windows"), ("seq_len", "calib_seq_len"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            calib[key] = getattr(args, flag)
+    if calib["data"] == "wiki":
+        calib["data"] = "wiki:train"  # calibrating on wiki:test would leak into the evaluation
+    return calib
+
+
+def _grams(m, calib: dict, batch_size: int):
+    from jaxshare.basis.calibrate import calibrate
+
+    _say(f"calibration: {calib['windows']} x {calib['seq_len']} tokens of {calib['data']} (cached after the first run)")
+    return calibrate(m, calib["data"], calib["windows"], calib["seq_len"], calib["seed"], batch_size)
+
+
+def cmd_compress(args) -> None:
+    from jaxshare.compose.apply import apply_plan
+    from jaxshare.compose.plan import PlanError, check_against, read_plan
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.io.native import save_native
+
+    plan = read_plan(args.plan) if args.plan else None  # a bad plan costs nothing
+    check_out_dir(args.out, args.overwrite)
+    if args.plan_out:
+        _check_file_out(args.plan_out)
+    resolve(args.model)
+    m = load_model(args.model, "fp32")
+    calib = _calibration(args, plan.calibration if plan else None)
+    if plan is not None:
+        check_against(plan, m.cfg)
+    if plan is None or plan.needs_grams():
+        if calib["seq_len"] > m.cfg.max_seq_len:
+            raise PlanError(f"calibration seq_len {calib['seq_len']} is above the model's maximum of "
+                            f"{m.cfg.max_seq_len} positions (--calib-seq-len)")
+        if m.tokenizer is None:
+            raise PlanError(f"{args.model} has no tokenizer, which calibration needs")
+    out = {"model": args.model, "out": str(args.out)}
+    grams = calib_info = None
+    if plan is None:
+        plan, grams, calib_info, out["budget"] = _budgeted(m, args, calib)
+    elif plan.needs_grams():
+        grams, calib_info = _grams(m, calib, args.batch_size)
+    params, cfg, report, extra = apply_plan(m.params, m.cfg, plan, grams, m.meta.get("extra"))
+    extra["derived_from"] = str(m.source)
+    extra["plan"]["calibration"] = calib
+    if "budget" in out:
+        from jaxshare.compose.budget import verify
+
+        held = out["budget"].pop("_heldout_windows")
+        out["budget"]["heldout"] = {"data": args.heldout, **verify(m.params, m.cfg, params, cfg, held)}
+        extra["budget"] = {k: v for k, v in out["budget"].items() if k != "sensitivity"}
+    plan.calibration = calib
+    text = plan.to_yaml()
+    save_native(args.out, cfg, params, m.tokenizer, extra=extra, overwrite=args.overwrite,
+                files={"plan.yaml": text.encode()})
+    if args.plan_out:
+        _write_text(args.plan_out, text)
+    out.update(report, plan=plan.to_dict(), calibration=calib_info, plan_file=str(args.out) + "/plan.yaml")
+    if args.json:
+        print(json.dumps(out))
+        return
+    acc = report["model"]
+    lines = [f"step {s['step']} {s['method']}: model {s['model']['params_before']:,} -> {s['model']['params_after']:,} "
+             f"params ({s['seconds']:.1f} s)" for s in report["steps"]]
+    lines.append(f"whole model {acc['params_before']:,} -> {acc['params_after']:,} params "
+                 f"(-{acc['model_fraction_removed']:.2%}), {acc['bytes_before']:,} -> {acc['bytes_after']:,} bytes")
+    if "budget" in out:
+        h = out["budget"]["heldout"]
+        lines.append(f"held-out {args.heldout} ({h['windows']} x {h['seq_len']}): loss {h['loss_before']:.4f} -> "
+                     f"{h['loss_after']:.4f} (ppl {h['ppl_before']:.2f} -> {h['ppl_after']:.2f}); predicted increase "
+                     f"{out['budget']['chosen']['predicted']:.4f}")
+    lines.append(f"wrote {args.out} (plan: {args.out}/plan.yaml{', ' + args.plan_out if args.plan_out else ''})")
+    print("\n".join(lines))
+
+
+def _budgeted(m, args, calib):
+    from jaxshare.basis.calibrate import calibration_windows
+    from jaxshare.compose.budget import check_reachable, format_table, refined_plan, sensitivity
+    from jaxshare.compose.plan import PlanError
+    from jaxshare.core.compressed import compressed_leaves
+    from jaxshare.data.corpora import load_corpus
+
+    if compressed_leaves(m.params):
+        raise PlanError("--target-params starts from an uncompressed model; this one is already compressed "
+                        "(use --plan to add steps)")
+    check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
+    from jaxshare.data.tokens import token_ids, token_windows
+
+    held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
+                         what=args.heldout)  # a bad held-out corpus fails before the long work
+    grams, info = _grams(m, calib, args.batch_size) if "basis" in args.methods else (None, None)
+    n_sens = min(args.sens_windows, calib["windows"])
+    windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
+                                  calib["seed"])[:n_sens]
+    _say(f"sensitivity: loss of each candidate alone on {n_sens} calibration windows")
+    sens = sensitivity(m.params, m.cfg, windows, grams, args.methods, args.group_size, args.match, args.keep, log=_say)
+    plan, details = refined_plan(m.params, m.cfg, args.target_params, args.methods, sens, windows, grams,
+                                 args.group_size, args.match, args.keep, calib, log=_say)
+    print(format_table(details), file=sys.stderr if args.json else sys.stdout)
+    details["sensitivity"] = sens
+    details["_heldout_windows"] = held
+    return plan, grams, info, details
+
+
+def _check_file_out(path) -> None:
+    import os
+    from pathlib import Path
+
+    from jaxshare.io.atomic import OutputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"--plan-out {path} is a directory")
+    if not p.parent.is_dir() or not os.access(p.parent, os.W_OK):
+        raise OutputError(f"--plan-out {path}: {p.parent} is not a writable directory")
+
+
+def _write_text(path, text: str) -> None:
+    import os
+    from pathlib import Path
+
+    from jaxshare.io.atomic import OutputError
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def register(sub, add, group) -> None:
+    c = add("compress", cmd_compress, "compose methods in one model: a plan of steps (share, basis, inherit), "
+                                      "or a plan chosen to meet a parameter target")
+    c.add_argument("model", help=MODEL_HELP)
+    c.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory (holds plan.yaml too)")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--plan", type=nonempty, help="a plan YAML: ordered steps (default: none)")
+    how.add_argument("--target-params", type=_target,
+                     help="fraction of the model's parameters to keep, in (0, 1), e.g. 0.85 (default: none)")
+    c.add_argument("--methods", type=_methods, default="share,basis",
+                   help="with --target-params: methods the plan may use, a comma list of share, basis, inherit")
+    c.add_argument("--group-size", type=COUNT, default=2, help="with --target-params: layers per shared basis")
+    c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
+                   help="with --target-params: head-sharing match function")
+    c.add_argument("--keep", default="mean", choices=("root", "mean"),
+                   help="with --target-params: what a tied group of units keeps")
+    c.add_argument("--sens-windows", type=COUNT, default=4,
+                   help="with --target-params: calibration windows each sensitivity loss is measured on")
+    c.add_argument("--heldout", default="wiki:validation", help="with --target-params: held-out data; " + DATA_HELP)
+    c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --target-params: held-out windows")
+    c.add_argument("--plan-out", type=nonempty, help="also write the plan YAML here (default: only OUT/plan.yaml)")
+    c.add_argument("--calib", default=None, help="calibration corpus (default: the plan's, else wiki:train)")
+    c.add_argument("--calib-windows", type=COUNT, default=None, help="calibration windows (default: the plan's, else 16)")
+    c.add_argument("--calib-seq-len", type=SEQ_LEN, default=None,
+                   help="tokens per calibration window (default: the plan's, else 512)")
+    c.add_argument("--seed", type=SEED, default=None, help="which calibration windows are drawn (default: the plan's, else 0)")
+    c.add_argument("--batch-size", type=COUNT, default=4, help="windows per forward pass")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

@@ -1,0 +1,404 @@
+"""A budgeted plan: per-type compression chosen to meet a whole-model parameter target.
+
+1. Sensitivity: the loss increase on calibration windows of compressing one candidate alone at a
+   few ratios (head sharing of the q/k/v units; Basis Sharing of each weight type; dropping the
+   last layers). Each candidate's cost curve is the lower convex envelope of its measured points
+   and (0, 0), as a function of the fraction of that candidate's weights removed (slope beyond
+   the last point kept).
+2. Allocation: greedy in the smallest steps the methods have (one unit, one rank, one layer): each
+   step takes the move with the least predicted loss increase per parameter freed, until the
+   exact parameter count (`Budget.params`, equal to the built model's) is at or below the target.
+   The target is therefore met within one step. Head sharing and Basis Sharing of q/k/v exclude
+   each other, so with both methods two allocations run (share + basis elsewhere; basis
+   everywhere) and the lower predicted loss wins.
+3. Verification: the plan is applied and its loss measured on held-out windows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from jaxshare.basis.factor import TYPES, Factored, default_types, dims, get_type, groups_of, set_types, type_rank
+from jaxshare.compose.plan import Plan, PlanError, Step
+from jaxshare.core.bank import Bank
+from jaxshare.core.params import count_params
+
+BUDGET_METHODS = ("share", "basis", "inherit")
+SHARE_RATIOS = (0.1, 0.2, 0.35)
+BASIS_RATIOS = (0.1, 0.25, 0.45)
+DROP_LAYERS = (1, 2, 4)
+QKV = ("q", "k", "v")
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not names:
+        raise PlanError("--methods: expected a comma list of share, basis, inherit")
+    for n in names:
+        if n not in BUDGET_METHODS:
+            raise PlanError(f"--methods: unknown method {n!r}; known: {', '.join(BUDGET_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def check_target(target) -> float:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) \
+            or not 0 < target < 1:
+        raise PlanError(f"--target-params must be a fraction of the model's parameters in (0, 1), got {target}")
+    return float(target)
+
+
+# ---------------------------------------------------------------- exact parameter accounting
+
+@dataclasses.dataclass
+class Budget:
+    """The parameter count of any allocation (layers kept, units tied, per-type ranks), exactly."""
+    cfg: object
+    group_size: int
+    nonlayer: int  # embeddings, final norm, LM head
+    rest: int  # per layer: norms and the biases not carried by a q/k/v unit
+    unit: dict  # q/k/v: weights + bias of one unit
+    bias: dict  # q/k/v: bias params per layer (stay dense beside a factored weight)
+    shared_types: tuple
+
+    @classmethod
+    def of(cls, params, cfg, group_size: int = 2) -> "Budget":
+        L, K = cfg.n_layers, cfg.n_kv_heads
+        attn = params.layers.attn
+        bias = {t: 0 if getattr(attn, "b" + t) is None else int(getattr(attn, "b" + t).size) // L for t in QKV}
+        types = [t for t in TYPES if get_type(params.layers, t) is not None]
+        weights = sum(L * dims(cfg, t)[0] * dims(cfg, t)[1] for t in types)
+        total_layers = count_params(params.layers)
+        rest = (total_layers - weights - L * sum(bias.values())) // L
+        unit = {t: (dims(cfg, t)[0] * dims(cfg, t)[1] + bias[t]) // K for t in QKV}
+        shared, _ = default_types(cfg)
+        return cls(cfg, group_size, count_params(params) - total_layers, rest, unit, bias, tuple(shared))
+
+    def types(self) -> list[str]:
+        shared, private = default_types(self.cfg)
+        return [t for t in TYPES if t in set(shared) | set(private)]
+
+    def n_groups(self, t: str, k: int) -> int:
+        return len(groups_of(k, self.group_size if t in self.shared_types else 1))
+
+    def type_params(self, t: str, k: int, n: int, rank) -> int:
+        d_in, d_out = dims(self.cfg, t)
+        if rank is not None:
+            return self.n_groups(t, k) * d_in * rank + k * rank * d_out + k * self.bias.get(t, 0)
+        if t in QKV:
+            return (k * self.cfg.n_kv_heads - n) * self.unit[t]
+        return k * d_in * d_out
+
+    def params(self, k: int, n: int, ranks: dict) -> int:
+        return self.nonlayer + k * self.rest + sum(self.type_params(t, k, n, ranks.get(t)) for t in self.types())
+
+    def max_useful_rank(self, t: str, k: int) -> int:
+        """The largest rank whose factors are smaller than the dense weights."""
+        d_in, d_out = dims(self.cfg, t)
+        per_rank = self.n_groups(t, k) * d_in + k * d_out
+        return min((k * d_in * d_out - 1) // per_rank, d_in)
+
+    def fraction(self, t: str, k: int, rank: int) -> float:
+        d_in, d_out = dims(self.cfg, t)
+        return 1 - (self.n_groups(t, k) * d_in * rank + k * rank * d_out) / (k * d_in * d_out)
+
+
+# ---------------------------------------------------------------- sensitivity
+
+def mean_nll(params, cfg, windows, batch_size: int = 4) -> float:
+    from jaxshare.eval.perplexity import perplexity_of_windows
+
+    return perplexity_of_windows(params, cfg, windows, batch_size, desc="sensitivity")["nll"]
+
+
+def truncate(f: Factored, k: int) -> Factored:
+    """The same factorization at a lower rank (columns are in decreasing singular-value order)."""
+    return dataclasses.replace(f, basis=Bank(f.basis.rows[..., :k], f.basis.index), coef=f.coef[:, :k, :])
+
+
+def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match: str = "qk", keep: str = "mean",
+                share_ratios=SHARE_RATIOS, basis_ratios=BASIS_RATIOS, drop_layers=DROP_LAYERS, log=None) -> dict:
+    """{"base": loss, "curves": {candidate: [(fraction removed, loss increase), ...]}}."""
+    from jaxshare.basis.compress import compress
+    from jaxshare.headshare.directshare import direct_share
+
+    say = log or (lambda s: None)
+    base = mean_nll(params, cfg, windows)
+    curves, L, K = {}, cfg.n_layers, cfg.n_kv_heads
+    budget = Budget.of(params, cfg, group_size)
+    if "share" in methods:
+        pts = []
+        for r in share_ratios:
+            n = int(round(r * L * K))
+            if n == 0 or n > (L - 1) * K:
+                continue
+            shared, _ = direct_share(params, cfg, r, match, keep)
+            pts.append((n / (L * K), mean_nll(shared, cfg, windows) - base))
+            say(f"sensitivity share {n / (L * K):.2f}: +{pts[-1][1]:.4f}")
+        curves["share"] = pts
+    if "basis" in methods:
+        for t in budget.types():
+            n = group_size if t in budget.shared_types else 1
+            d_in, d_out = dims(cfg, t)
+            ranks = [max(1, type_rank(L, len(groups_of(L, n)), d_in, d_out, r)) for r in basis_ratios]
+            full, _, _ = compress(params, cfg, grams, 0.5, group_size, "basis", [t] if n > 1 else [],
+                                  [t] if n == 1 else [], ranks={t: max(ranks)}, progress=False)
+            f = get_type(full.layers, t)
+            pts = []
+            for k in ranks:
+                p = set_types(params, {t: truncate(f, k)})
+                pts.append((budget.fraction(t, L, k), mean_nll(p, cfg, windows) - base))
+                say(f"sensitivity basis {t} {pts[-1][0]:.2f}: +{pts[-1][1]:.4f}")
+            curves[t] = pts
+    if "inherit" in methods:
+        from jaxshare.inheritune.inherit import select_layers
+
+        pts = []
+        for d in drop_layers:
+            if d >= L:
+                continue
+            p, c = select_layers(params, cfg, range(L - d))
+            pts.append((d / L, mean_nll(p, c, windows) - base))
+            say(f"sensitivity inherit -{d} layers: +{pts[-1][1]:.4f}")
+        curves["inherit"] = pts
+    return {"base": base, "curves": curves, "windows": int(len(windows)), "seq_len": int(windows.shape[1])}
+
+
+def envelope(points) -> list[tuple[float, float]]:
+    """Lower convex envelope of (0, 0) and the points (loss increases below 0, measurement noise,
+    count as 0: compressing is never assumed to help), sorted by x."""
+    pts = sorted({(0.0, 0.0), *[(float(x), max(float(y), 0.0)) for x, y in points]})
+    hull = []
+    for p in pts:
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0]) >= \
+                (p[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0]):
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+EXTRAPOLATE = 2.0  # beyond the last measured point the slope doubles: unmeasured ratios are a risk
+MIN_SLOPE = 1e-6  # and never free, so a flat (noise-level) curve is not driven to rank 1
+
+
+def cost(hull, x: float) -> float:
+    """The envelope at x; beyond its last point, linear with EXTRAPOLATE times the steeper of the
+    last segment's slope and the average slope from the origin."""
+    if x <= 0:
+        return 0.0
+    if len(hull) == 1:
+        return math.inf  # nothing measured: never chosen
+    for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    (x0, y0), (x1, y1) = hull[-2], hull[-1]
+    slope = EXTRAPOLATE * max((y1 - y0) / (x1 - x0), y1 / x1, MIN_SLOPE)
+    return y1 + slope * (x - x1)
+
+
+# ---------------------------------------------------------------- allocation
+
+def allocate(budget: Budget, curves: dict, target_params: int, use_share: bool, basis_types: list[str],
+             use_inherit: bool, min_layers: int = 1) -> dict:
+    """Greedy allocation; {"layers", "units", "ranks", "params", "last_step", "predicted"}."""
+    cfg = budget.cfg
+    L, K = cfg.n_layers, cfg.n_kv_heads
+    hulls = {c: envelope(p) for c, p in curves.items()}
+    k, n, ranks, last = L, 0, {}, 0
+
+    def total_cost(k, n, ranks):
+        c = 0.0
+        if n:
+            c += cost(hulls["share"], n / (k * K))
+        for t, r in ranks.items():
+            c += cost(hulls[t], budget.fraction(t, L, r))
+        if k < L:
+            c += cost(hulls["inherit"], (L - k) / L)
+        return c
+
+    now_p, now_c = budget.params(k, n, ranks), 0.0
+    while now_p > target_params:
+        moves = []
+        if use_share and "share" in hulls and n + 1 <= (k - 1) * K:
+            moves.append((k, n + 1, ranks))
+        for t in basis_types:
+            if t not in hulls:
+                continue
+            r = ranks.get(t)
+            nr = budget.max_useful_rank(t, k) if r is None else r - 1
+            if nr >= 1:
+                moves.append((k, n, {**ranks, t: nr}))
+        if use_inherit and "inherit" in hulls and k - 1 >= min_layers and n <= (k - 2) * K:
+            moves.append((k - 1, n, ranks))
+        best = None
+        for mv in moves:
+            p = budget.params(*mv)
+            if p >= now_p:
+                continue
+            c = total_cost(*mv)
+            score = (c - now_c) / (now_p - p)
+            if best is None or score < best[0]:
+                best = (score, mv, p, c)
+        if best is None:
+            raise PlanError(f"the methods cannot remove that many parameters: the smallest reachable model "
+                            f"has {now_p:,} parameters, the target is {target_params:,}")
+        _, (k, n, ranks), p, now_c = best
+        last, now_p = now_p - p, p
+    return {"layers": k, "units": n, "ranks": dict(ranks), "params": now_p, "last_step": last, "predicted": now_c}
+
+
+def to_plan(alloc: dict, cfg, group_size: int, match: str, keep: str, calibration: dict) -> Plan:
+    steps = []
+    if alloc["layers"] < cfg.n_layers:
+        steps.append(Step("inherit", {"layers": alloc["layers"]}))
+    if alloc["units"]:
+        ratio = alloc["units"] / (alloc["layers"] * cfg.n_kv_heads)
+        steps.append(Step("share", {"ratio": ratio, "match": match, "keep": keep, "correct": "none",
+                                    "share_o": False}))
+    if alloc["ranks"]:
+        ranks = {t: int(alloc["ranks"][t]) for t in TYPES if t in alloc["ranks"]}
+        steps.append(Step("basis", {"group_size": group_size, "method": "basis", "ranks": ranks}, list(ranks)))
+    if not steps:
+        raise PlanError("the target needs no compression")
+    from jaxshare.compose.plan import CALIB_DEFAULTS
+
+    return Plan(steps, {**CALIB_DEFAULTS, **(calibration or {})})
+
+
+def check_reachable(params, cfg, target: float, methods, group_size: int = 2) -> int:
+    """The target's parameter count, refused before any measurement when the methods cannot reach it."""
+    b = Budget.of(params, cfg, group_size)
+    goal = int(math.floor(check_target(target) * count_params(params)))
+    k = 2 if "inherit" in methods and cfg.n_layers > 1 else cfg.n_layers
+    if "inherit" in methods and "share" not in methods:
+        k = 1
+    n = (k - 1) * cfg.n_kv_heads if "share" in methods else 0
+    types = [t for t in b.types() if "basis" in methods and not (n and t in QKV)]
+    best = b.params(k, n, {t: 1 for t in types})
+    if "share" in methods and "basis" in methods:  # basis everywhere instead of sharing q/k/v
+        best = min(best, b.params(k, 0, {t: 1 for t in b.types()}))
+    if best > goal:
+        raise PlanError(f"{', '.join(methods)} cannot remove that many parameters: the smallest reachable model "
+                        f"has {best:,} parameters, the target is {goal:,} ({target:.3f} of {count_params(params):,})")
+    return goal
+
+
+def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, match: str = "qk",
+                keep: str = "mean", calibration: dict | None = None) -> tuple[Plan, dict]:
+    """(plan, details) meeting `target` (fraction of the params kept) from sensitivity curves `sens`."""
+    target = check_target(target)
+    budget = Budget.of(params, cfg, group_size)
+    goal = int(math.floor(target * count_params(params)))
+    variants = []
+    types = budget.types() if "basis" in methods else []
+    if "share" in methods:
+        variants.append(("share + basis elsewhere" if types else "share", True, [t for t in types if t not in QKV]))
+    if types:
+        variants.append(("basis everywhere", False, types))
+    tried, errors = [], []
+    for name, use_share, btypes in variants:
+        try:
+            a = allocate(budget, sens["curves"], goal, use_share, btypes, "inherit" in methods)
+        except PlanError as e:
+            errors.append(str(e))
+            continue
+        tried.append({"variant": name, **a})
+    if not tried:
+        raise PlanError(errors[0])
+    best = min(tried, key=lambda a: a["predicted"])
+    plan = to_plan(best, cfg, group_size, match, keep, calibration)
+    return plan, {"target": target, "target_params": goal, "params_before": count_params(params), "chosen": best,
+                  "variants": tried, "rows": plan_rows(best, budget, sens["curves"], cfg)}
+
+
+def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size: int = 2, match: str = "qk",
+               keep: str = "mean", log=None) -> list[str]:
+    """Measure each candidate the allocation takes beyond its last measured point, alone at the
+    allocated setting, and add the point to its curve. Returns the candidates measured."""
+    from jaxshare.basis.compress import compress
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.inheritune.inherit import select_layers
+
+    say = log or (lambda s: None)
+    L, K = cfg.n_layers, cfg.n_kv_heads
+    budget = Budget.of(params, cfg, group_size)
+    curves, done = sens["curves"], []
+    base = sens["base"]
+    wanted = {t: budget.fraction(t, L, r) for t, r in alloc["ranks"].items()}
+    if alloc["units"]:
+        wanted["share"] = alloc["units"] / (alloc["layers"] * K)
+    if alloc["layers"] < L:
+        wanted["inherit"] = (L - alloc["layers"]) / L
+    for cand, x in wanted.items():
+        if x <= max([0.0] + [p[0] for p in curves.get(cand, [])]) + 1e-9:
+            continue
+        if cand == "share":
+            n = int(round(x * L * K))
+            p, c = direct_share(params, cfg, n / (L * K), match, keep)[0], cfg
+        elif cand == "inherit":
+            p, c = select_layers(params, cfg, range(alloc["layers"]))
+        else:
+            n = group_size if cand in budget.shared_types else 1
+            r = alloc["ranks"][cand]
+            full, _, _ = compress(params, cfg, grams, 0.5, group_size, "basis", [cand] if n > 1 else [],
+                                  [cand] if n == 1 else [], ranks={cand: r}, progress=False)
+            p, c = full, cfg
+        curves.setdefault(cand, []).append((x, mean_nll(p, c, windows) - base))
+        done.append(cand)
+        say(f"sensitivity {cand} {x:.2f} (where the plan went): +{curves[cand][-1][1]:.4f}")
+    return done
+
+
+def refined_plan(params, cfg, target: float, methods, sens, windows, grams, group_size: int = 2, match: str = "qk",
+                 keep: str = "mean", calibration: dict | None = None, rounds: int = 3, log=None):
+    """budget_plan, then measure where the plan went beyond the measured ratios and plan again,
+    until it stays within measured points (at most `rounds` extra measurements per candidate)."""
+    plan, details = budget_plan(params, cfg, target, methods, sens, group_size, match, keep, calibration)
+    for i in range(rounds):
+        if not measure_at(params, cfg, windows, grams, sens, details["chosen"], group_size, match, keep, log):
+            break
+        plan, details = budget_plan(params, cfg, target, methods, sens, group_size, match, keep, calibration)
+        details["refinements"] = i + 1
+    return plan, details
+
+
+def plan_rows(alloc: dict, budget: Budget, curves: dict, cfg) -> list[dict]:
+    """One row per compressed candidate: what it does, params freed, predicted loss increase."""
+    L, K, k = cfg.n_layers, cfg.n_kv_heads, alloc["layers"]
+    rows = []
+    if k < L:
+        freed = budget.params(L, 0, {}) - budget.params(k, 0, {})
+        rows.append({"what": "inherit", "setting": f"first {k} of {L} layers", "params_freed": freed,
+                     "predicted_loss": cost(envelope(curves["inherit"]), (L - k) / L)})
+    if alloc["units"]:
+        n = alloc["units"]
+        freed = budget.params(k, 0, {}) - budget.params(k, n, {})
+        rows.append({"what": "share q/k/v", "setting": f"{n} of {k * K} units (ratio {n / (k * K):.3f})",
+                     "params_freed": freed, "predicted_loss": cost(envelope(curves["share"]), n / (k * K))})
+    for t, r in alloc["ranks"].items():
+        freed = budget.type_params(t, k, 0, None) - budget.type_params(t, k, 0, r)
+        frac = budget.fraction(t, L, r)
+        rows.append({"what": f"basis {t}", "setting": f"rank {r} (type ratio {budget.fraction(t, k, r):.3f})",
+                     "params_freed": freed, "predicted_loss": cost(envelope(curves[t]), frac)})
+    return rows
+
+
+def format_table(details: dict) -> str:
+    lines = [f"{'step':14s} {'setting':40s} {'params freed':>13s} {'pred. dloss':>11s}"]
+    for r in details["rows"]:
+        lines.append(f"{r['what']:14s} {r['setting']:40s} {r['params_freed']:13,d} {r['predicted_loss']:11.4f}")
+    c = details["chosen"]
+    lines.append(f"model {details['params_before']:,} -> {c['params']:,} params (target {details['target_params']:,}, "
+                 f"{details['target']:.3f} kept; last step {c['last_step']:,}); predicted loss increase "
+                 f"{c['predicted']:.4f} ({c['variant']})")
+    return "\n".join(lines)
+
+
+def verify(params_before, cfg_before, params_after, cfg_after, windows) -> dict:
+    t0 = time.perf_counter()
+    base, after = mean_nll(params_before, cfg_before, windows), mean_nll(params_after, cfg_after, windows)
+    return {"windows": int(len(windows)), "seq_len": int(windows.shape[1]), "loss_before": base, "loss_after": after,
+            "loss_increase": after - base, "ppl_before": math.exp(base), "ppl_after": math.exp(after),
+            "seconds": time.perf_counter() - t0}
