@@ -62,6 +62,19 @@ def test_basis_before_share_keeps_the_factors(tiny, tokens):
                                np.asarray(forward(materialize(out), cfg, tokens)), atol=2e-5)
 
 
+def test_data_aware_share_step_with_corrections_composes(tiny, tokens):
+    from jaxshare.core.corrected import CorrectedBank
+
+    _, cfg, params, grams = tiny
+    plan = parse_plan({"steps": [{"inherit": {"layers": 3}}, {"share": {"ratio": 0.34, "keep": "data", "correct": "qkv"}},
+                                 {"basis": {"ratios": {"up": 0.3}}}]})
+    out, new_cfg, rep, _ = apply_plan(params, cfg, plan, grams)
+    assert isinstance(out.layers.attn.wq, CorrectedBank) and isinstance(out.layers.mlp.w_up, Factored)
+    assert rep["steps"][1]["correction_params"] > 0
+    np.testing.assert_allclose(np.asarray(forward(out, new_cfg, tokens)),
+                               np.asarray(forward(materialize(out), new_cfg, tokens)), atol=2e-5)
+
+
 def test_zero_ratios_are_the_dense_model_bit_for_bit(tiny, tokens):
     _, cfg, params, grams = tiny
     plan = parse_plan({"steps": [{"inherit": {"layers": cfg.n_layers}}, {"share": {"ratio": 0.0}},

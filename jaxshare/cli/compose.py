@@ -187,7 +187,7 @@ def register(sub, add, group) -> None:
     c.add_argument("--group-size", type=COUNT, default=2, help="with --target-params: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
                    help="with --target-params: head-sharing match function")
-    c.add_argument("--keep", default="mean", choices=("root", "mean"),
+    c.add_argument("--keep", default="mean", choices=("root", "mean", "data"),
                    help="with --target-params: what a tied group of units keeps")
     c.add_argument("--sens-windows", type=COUNT, default=4,
                    help="with --target-params: calibration windows each sensitivity loss is measured on")

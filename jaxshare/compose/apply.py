@@ -12,8 +12,6 @@ anyway (one pass, as the plan promises).
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import time
 
 import numpy as np
@@ -55,21 +53,13 @@ def _carry(before, after, keep_types) -> object:
 
 
 def _share_step(params, cfg, o: dict, grams):
+    from jaxshare.headshare.datashare import data_share
     from jaxshare.headshare.directshare import direct_share
-    from jaxshare.headshare.sharing import KEEP
 
-    kw = {}
-    sig = inspect.signature(direct_share).parameters
-    if o["keep"] not in KEEP:
-        raise PlanError(f"share: keep={o['keep']} is not available in this build (known: {', '.join(KEEP)})")
-    if o["correct"] != "none" or o["keep"] == "data":
-        if "correct" not in sig and o["correct"] != "none":
-            raise PlanError(f"share: correct={o['correct']} is not available in this build")
-        if o["correct"] != "none":
-            kw["correct"] = o["correct"]
-        if "grams" in sig:
-            kw["grams"] = grams
-    shared, info = direct_share(params, cfg, o["ratio"], o["match"], o["keep"], o["share_o"], **kw)
+    if o["keep"] == "data" or o["correct"] != "none":  # data-aware: the plan's one calibration pass
+        shared, info = data_share(params, cfg, o["ratio"], o["keep"], o["correct"], grams, o["match"], o["share_o"])
+    else:
+        shared, info = direct_share(params, cfg, o["ratio"], o["match"], o["keep"], o["share_o"])
     claimed = {"q", "k", "v"} | ({"o"} if o["share_o"] else set())
     shared = _carry(params, shared, [t for t in TYPES if t not in claimed])
     return shared, info["report"]

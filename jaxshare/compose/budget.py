@@ -19,7 +19,6 @@ import dataclasses
 import math
 import time
 
-import numpy as np
 
 from jaxshare.basis.factor import TYPES, Factored, default_types, dims, get_type, groups_of, set_types, type_rank
 from jaxshare.compose.plan import Plan, PlanError, Step
@@ -118,11 +117,22 @@ def truncate(f: Factored, k: int) -> Factored:
     return dataclasses.replace(f, basis=Bank(f.basis.rows[..., :k], f.basis.index), coef=f.coef[:, :k, :])
 
 
+def _tie(params, cfg, ratio: float, match: str, keep: str, grams):
+    """Head sharing at `ratio` (keep=data merges on the calibration grams; no corrections, whose
+    parameters the budget does not count)."""
+    if keep == "data":
+        from jaxshare.headshare.datashare import data_share
+
+        return data_share(params, cfg, ratio, "data", "none", grams, match)[0]
+    from jaxshare.headshare.directshare import direct_share
+
+    return direct_share(params, cfg, ratio, match, keep)[0]
+
+
 def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match: str = "qk", keep: str = "mean",
                 share_ratios=SHARE_RATIOS, basis_ratios=BASIS_RATIOS, drop_layers=DROP_LAYERS, log=None) -> dict:
     """{"base": loss, "curves": {candidate: [(fraction removed, loss increase), ...]}}."""
     from jaxshare.basis.compress import compress
-    from jaxshare.headshare.directshare import direct_share
 
     say = log or (lambda s: None)
     base = mean_nll(params, cfg, windows)
@@ -134,7 +144,7 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
             n = int(round(r * L * K))
             if n == 0 or n > (L - 1) * K:
                 continue
-            shared, _ = direct_share(params, cfg, r, match, keep)
+            shared = _tie(params, cfg, r, match, keep, grams)
             pts.append((n / (L * K), mean_nll(shared, cfg, windows) - base))
             say(f"sensitivity share {n / (L * K):.2f}: +{pts[-1][1]:.4f}")
         curves["share"] = pts
@@ -318,7 +328,6 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
     """Measure each candidate the allocation takes beyond its last measured point, alone at the
     allocated setting, and add the point to its curve. Returns the candidates measured."""
     from jaxshare.basis.compress import compress
-    from jaxshare.headshare.directshare import direct_share
     from jaxshare.inheritune.inherit import select_layers
 
     say = log or (lambda s: None)
@@ -336,7 +345,7 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
             continue
         if cand == "share":
             n = int(round(x * L * K))
-            p, c = direct_share(params, cfg, n / (L * K), match, keep)[0], cfg
+            p, c = _tie(params, cfg, n / (L * K), match, keep, grams), cfg
         elif cand == "inherit":
             p, c = select_layers(params, cfg, range(alloc["layers"]))
         else:
