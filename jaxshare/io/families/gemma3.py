@@ -96,11 +96,16 @@ def hf_config_kwargs(cfg: ModelConfig) -> dict:
                          "sliding_attention": {"rope_type": "default", "rope_theta": local}},
         layer_types=["sliding_attention" if w else "full_attention" for w in cfg.layer_windows],
         sliding_window=sliding[0] if sliding else None, attention_bias=cfg.qkv_bias,
-        query_pre_attn_scalar=cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else cfg.head_dim,
+        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None
+                                            else cfg.head_dim),
         final_logit_softcapping=cfg.final_logit_softcap, attn_logit_softcapping=None,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
         eos_token_id=list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id,
     )
+
+
+def _int_if_whole(x):
+    return int(x) if float(x).is_integer() else x  # transformers' strict config types it int
 
 
 def slots(cfg: ModelConfig) -> list[Slot]:
@@ -156,8 +161,9 @@ def gguf_config(cfg: dict, fields: dict, arch: str) -> dict:
     full = cfg["rope_parameters"]
     cfg["rope_parameters"] = {"full_attention": full,
                               "sliding_attention": {"rope_type": "default", "rope_theta": LOCAL_ROPE_THETA}}
-    # llama.cpp scales scores by 1/sqrt(head size), except for the 27B model (1/sqrt(D/H)).
-    big = str(fields.get("general.size_label", "")).upper() == "27B"
+    # llama.cpp scales scores by 1/sqrt(head size), except for the 27B model (62 layers): 1/sqrt(D/H).
+    # (transformers' GGUF loader keeps its default 256: the same for every released size but 27B.)
+    big = n == 62
     cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // cfg["num_attention_heads"] if big else cfg["head_dim"]
     return cfg
 
