@@ -125,7 +125,7 @@ def test_head_sharing_units_export_and_transformers(kv, tmp_path, tokens):
     from jaxshare.headshare import directshare, sharing
     from jaxshare.io.load import load_model
 
-    cfg, params = _load(gemma(num_hidden_layers=4, num_key_value_heads=kv, sliding_window=48), tmp_path)
+    cfg, params = _load(gemma(num_hidden_layers=4, num_key_value_heads=kv, head_dim=16, sliding_window=48), tmp_path)
     shared, info = directshare.direct_share(params, cfg, 0.5, "qk")
     assert info["report"]["units_total"] == 4 * kv and info["report"]["units_freed"] == 2 * kv
     assert np.asarray(shared.layers.attn.wq.index).shape == (4, kv)
@@ -145,7 +145,7 @@ def test_basis_sharing_and_export(tmp_path, tokens):
     from jaxshare.basis.factor import Factored, default_types
     from jaxshare.core.bank import materialize
 
-    cfg, params = _load(gemma(num_key_value_heads=1, sliding_window=48), tmp_path)
+    cfg, params = _load(gemma(num_key_value_heads=1, head_dim=16, sliding_window=48), tmp_path)
     assert default_types(cfg)[0] == ["q", "up", "gate"]  # MQA: k and v stay private
     calib = np.random.default_rng(5).integers(0, cfg.vocab_size, size=(4, 64)).astype(np.int32)
     cp, man, rep = compress(params, cfg, collect_grams(params, cfg, calib, batch_size=2), 0.3, 2, progress=False)
