@@ -283,3 +283,22 @@ def test_registry_sha256_mismatch_is_refused_and_leaves_nothing(what, tmp_path, 
         registry.registered_gguf("gemma3-270m")
     folder = tmp_path / "cache" / "models" / "gemma3-270m"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_native_roundtrip_and_inherited_layers_keep_their_rope(tmp_path, tokens):
+    """Native checkpoints carry the new config flags; a layer subset keeps each layer's window and
+    with it the layer's RoPE base (local on sliding layers)."""
+    from jaxshare.inheritune.inherit import select_layers
+    from jaxshare.io.native import load_native, save_native
+
+    cfg, params = _load(gemma(num_key_value_heads=1, head_dim=16, sliding_window=48, sliding_window_pattern=2), tmp_path)
+    save_native(tmp_path / "native", cfg, params)
+    cfg2, params2, _ = load_native(tmp_path / "native")
+    assert cfg2 == cfg
+    np.testing.assert_array_equal(np.asarray(forward(params2, cfg2, tokens)), np.asarray(forward(params, cfg, tokens)))
+    sub, sub_cfg = select_layers(params, cfg, [1, 2])  # a global then a local layer
+    assert sub_cfg.windows == (0, 48) and sub_cfg.rope_local_theta == cfg.rope_local_theta
+    hf = export_hf(sub, sub_cfg, tmp_path / "sub")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    assert ref.config.layer_types == ["full_attention", "sliding_attention"]
+    assert np.max(np.abs(torch_logits(ref, tokens) - np.asarray(forward(sub, sub_cfg, tokens)))) <= 1e-4
