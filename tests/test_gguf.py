@@ -207,7 +207,7 @@ def test_rope_scaling_none_is_accepted(tmp_path):
 
 def test_registry_unknown_name():
     assert registry.is_registered("smollm2-135m") and not registry.is_registered("nope")
-    with pytest.raises(KeyError, match="registered: smollm2-135m"):
+    with pytest.raises(KeyError, match="registered: gemma3-270m, smollm2-135m"):
         registry.registered_gguf("nope")
 
 

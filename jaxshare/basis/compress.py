@@ -85,14 +85,14 @@ def accounting(dense, compressed, types: dict) -> dict:
 
 
 def demo_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 0.2,
-              calib_windows: int = 16, calib_seq_len: int = 512) -> dict:
+              calib_windows: int = 16, calib_seq_len: int = 512, ppl_batch: int = 8) -> dict:
     """The demo's Basis Sharing step: calibrate small, compress at `ratio`, perplexity on docs."""
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.eval.perplexity import perplexity
 
     grams, info = calibrate(m, "wiki:train", calib_windows, calib_seq_len)
     params, _, rep = compress(m.params, m.cfg, grams, ratio, progress=False)
-    ppl = perplexity(params, m.cfg, m.tokenizer, docs, seq_len, max_windows)
+    ppl = perplexity(params, m.cfg, m.tokenizer, docs, seq_len, max_windows, ppl_batch)
     res = {"ratio": ratio, "achieved_ratio": rep["achieved_ratio"], "params_after": rep["params_after"],
            "params_before": rep["params_before"], "ppl": ppl["ppl"], "calibration": info,
            "seconds": rep["seconds"]}

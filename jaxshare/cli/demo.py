@@ -1,4 +1,5 @@
-"""`jaxshare demo`: the main workflow on the embedded SmolLM2-135M, end to end, with a summary."""
+"""`jaxshare demo`: the main workflow on a registered model (SmolLM2-135M by default; `--model
+gemma3-270m`), end to end, with a summary."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 
-def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, con, ratios=(0.1, 0.3)) -> dict:
+def eval_batch(cfg, seq_len: int, budget_bytes: int = 1 << 30, most: int = 8) -> int:
+    """Windows per perplexity batch: at most `most`, and the batch's fp32 logits [B, T, V] within
+    budget_bytes (SmolLM2 at 512 tokens: 8; Gemma3's 262k vocabulary: 2)."""
+    return max(1, min(most, budget_bytes // (seq_len * cfg.vocab_size * 4)))
+
+
+def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, con, ratios=(0.1, 0.3),
+                     batch: int = 8) -> dict:
     """DirectShare at each ratio: accounting, PPL, and a per-layer map of tied units."""
     from jaxshare import plots
     from jaxshare.headshare.directshare import direct_share
@@ -19,7 +27,7 @@ def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, co
     for ratio in ratios:
         shared, info = direct_share(m.params, m.cfg, ratio, "qk")
         rep = info["report"]
-        ppl = perplexity(shared, m.cfg, m.tokenizer, docs, seq_len, max_windows)["ppl"]
+        ppl = perplexity(shared, m.cfg, m.tokenizer, docs, seq_len, max_windows, batch)["ppl"]
         png = plots.share_map(info["decision"]["by_matrix"]["q"]["roots"], plot_dir / f"directshare_{int(ratio * 100)}.png",
                               f"DirectShare {ratio:.0%} (qk): layer each tied unit reads")
         out[str(ratio)] = {"units_freed": rep["units_freed"], "qkv_fraction_removed": rep["qkv_fraction_removed"],
@@ -64,7 +72,8 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     summary["parity"] = par
 
     con.print(f"[bold]3. perplexity[/] on canterbury, first {max_windows} windows of {seq_len} tokens")
-    ppl = perplexity(m.params, cfg, m.tokenizer, docs, seq_len, max_windows)
+    batch = eval_batch(cfg, seq_len)
+    ppl = perplexity(m.params, cfg, m.tokenizer, docs, seq_len, max_windows, batch)
     summary["ppl_canterbury"] = ppl
     con.print(f"   ppl {ppl['ppl']:.3f} over {ppl['tokens']} scored tokens")
 
@@ -75,19 +84,19 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     con.print(f"   {prompt!r} -> {text!r}")
 
     con.print(f"[bold]5. DirectShare[/] (head-wise sharing, match qk, no training), same windows; plots in {plot_dir}/")
-    ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con)
+    ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con, batch=batch)
     summary["directshare"] = ds
 
     from jaxshare.basis.compress import demo_step
 
     con.print("[bold]6. Basis Sharing[/] at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
-    summary["basis"] = demo_step(m, docs, seq_len, max_windows, con)
+    summary["basis"] = demo_step(m, docs, seq_len, max_windows, con, ppl_batch=batch)
 
     from jaxshare.inheritune.demo import demo_step as inheritune_step
 
     con.print("[bold]7. Inheritune[/] (attention degeneration on 4 x 256 wiki:validation, inherit the layers before "
               "the degenerate ones; no training)")
-    summary["inheritune"] = inheritune_step(m, docs, seq_len, max_windows, plot_dir, con)
+    summary["inheritune"] = inheritune_step(m, docs, seq_len, max_windows, plot_dir, con, ppl_batch=batch)
 
     summary["seconds"] = time.perf_counter() - t0
     table = Table(title="jaxshare demo summary")

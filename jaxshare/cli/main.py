@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     compute_dtype_arg(g)
 
-    d = add("demo", cmd_demo, "the main workflow on the embedded SmolLM2-135M, end to end")
+    d = add("demo", cmd_demo, "the main workflow on the embedded SmolLM2-135M (or --model gemma3-270m), end to end")
     d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per evaluation window")
     d.add_argument("--max-windows", type=COUNT, default=16, help="evaluation windows per perplexity")

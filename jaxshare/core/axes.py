@@ -70,6 +70,8 @@ LEAF_AXES = {
     "final_norm.scale": ("norm",),
     "final_norm.bias": ("norm",),
     **{f"layers.{n}.{f}": ("layers", "norm") for n in ("attn_norm", "mlp_norm") for f in ("scale", "bias")},
+    **{f"layers.{n}.{f}": ("layers", "norm") for n in ("attn_post_norm", "mlp_post_norm") for f in ("scale", "bias")},
+    "layers.attn.q_norm": ("layers", "head_dim"), "layers.attn.k_norm": ("layers", "head_dim"),
     **{f"layers.attn.{k}": v for k, v in _ATTN.items()},
     **{f"layers.mlp.{k}": v for k, v in _MLP.items()},
 }

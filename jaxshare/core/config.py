@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gemma3_text")
 CHOICES = {"norm": ("rms", "layer"), "act": ("silu", "gelu_tanh", "gelu"), "positions": ("rope", "learned")}
 
 
@@ -52,6 +52,14 @@ class ModelConfig:
     windows: tuple[int, ...] | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    # Gemma-style features; the defaults are the plain pre-norm decoder above.
+    norm_plus_one: bool = False  # RMSNorm weight is (1 + scale), the product taken in fp32
+    post_norms: bool = False  # a norm on the attention and MLP outputs before each residual add
+    qk_norm: bool = False  # RMSNorm over head_dim of q and k (per head, one weight per layer) before RoPE
+    scale_embed: bool = False  # embeddings times sqrt(d_model), in the compute dtype
+    rope_local_theta: float | None = None  # RoPE base of the sliding-window layers (window > 0)
+    query_pre_attn_scalar: float | None = None  # attention scores scaled by this ** -0.5, not head_dim ** -0.5
+    final_logit_softcap: float | None = None  # logits = c * tanh(logits / c)
 
     def __post_init__(self):
         if self.family not in FAMILIES:

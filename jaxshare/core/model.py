@@ -35,11 +35,13 @@ class KVCache:
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [d/2] in float64 math, as transformers computes them."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse frequencies [d/2] in float64 math, as transformers computes them. local: those of the
+    sliding-window layers (rope_local_theta, unscaled as transformers' Gemma3 leaves them)."""
     d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-    s = cfg.rope_scaling
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+    s = None if local else cfg.rope_scaling
     if s is None:
         return inv.astype(np.float32)
     # llama3: long wavelengths slow down by `factor`, short ones stay, the middle band blends.
@@ -53,9 +55,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_tables(cfg: ModelConfig, positions_BT: Array) -> tuple[Array, Array]:
+def rope_tables(cfg: ModelConfig, positions_BT: Array, local: bool = False) -> tuple[Array, Array]:
     """cos, sin [B, T, d] for rotate-half RoPE (the Hugging Face layout)."""
-    inv = jnp.asarray(rope_inv_freq(cfg))
+    inv = jnp.asarray(rope_inv_freq(cfg, local))
     ang_BTh = positions_BT.astype(jnp.float32)[..., None] * inv
     ang_BTd = jnp.concatenate([ang_BTh, ang_BTh], axis=-1)
     return jnp.cos(ang_BTd), jnp.sin(ang_BTd)
@@ -75,6 +77,8 @@ def norm(x_BTD: Array, p: Norm, cfg: ModelConfig) -> Array:
     x = x_BTD.astype(jnp.float32)
     if cfg.norm == "rms":
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.norm_eps)
+        if cfg.norm_plus_one:  # Gemma multiplies by (1 + w) in fp32 and casts after
+            return (x * (1.0 + p.scale.astype(jnp.float32))).astype(x_BTD.dtype)
         return p.scale.astype(x_BTD.dtype) * x.astype(x_BTD.dtype)
     mu = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
@@ -130,8 +134,11 @@ def qkv_rope(x_BTD: Array, p: Attention, cfg: ModelConfig, rope) -> tuple[Array,
     """q [B,T,K,G,d], k and v [B,T,K,d] of one layer, q and k rotated by position (rope families).
 
     x_BTD: the attention input (after the layer's attn_norm). rope: the (cos, sin) tables a
-    `layer_fn` receives, positions [B, T] (int) to build them from, or None (learned positions)."""
+    `layer_fn` receives, positions [B, T] (int) to build them from, or None (learned positions).
+    With qk_norm, q and k are RMS-normalized per head before the rotation."""
     q, k, v = project_qkv(x_BTD, p)
+    if p.q_norm is not None:
+        q, k = norm(q, Norm(p.q_norm), cfg), norm(k, Norm(p.k_norm), cfg)
     if cfg.positions == "rope":
         cos_sin = rope if isinstance(rope, tuple) else rope_tables(cfg, rope)
         q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
@@ -151,9 +158,18 @@ def visible(q_pos_BT: Array, k_pos_BS: Array, window: Array) -> Array:
     return (kp <= qp) & (kp >= 0) & ((window <= 0) | (qp - kp < window))
 
 
-def attention_probs(q_BTKGd: Array, k_BSKd: Array, q_pos_BT: Array, k_pos_BS: Array, window: Array) -> Array:
-    """Post-softmax attention [B, K, G, T, S] in float32, for analyses that need the maps."""
-    scale = 1.0 / math.sqrt(q_BTKGd.shape[-1])
+def attention_scale(cfg: ModelConfig) -> float:
+    """What the q.k scores are multiplied by: query_pre_attn_scalar ** -0.5 (Gemma), else 1/sqrt(d)."""
+    if cfg.query_pre_attn_scalar is None:
+        return 1.0 / math.sqrt(cfg.head_dim)
+    return cfg.query_pre_attn_scalar ** -0.5  # transformers' expression, to the last bit
+
+
+def attention_probs(q_BTKGd: Array, k_BSKd: Array, q_pos_BT: Array, k_pos_BS: Array, window: Array,
+                    scale: float | None = None) -> Array:
+    """Post-softmax attention [B, K, G, T, S] in float32, for analyses that need the maps.
+    scale: `attention_scale(cfg)`; None means 1/sqrt(head_dim)."""
+    scale = 1.0 / math.sqrt(q_BTKGd.shape[-1]) if scale is None else scale
     s = jnp.einsum("btkgd,bskd->bkgts", q_BTKGd, k_BSKd, preferred_element_type=jnp.float32) * scale
     s = jnp.where(visible(q_pos_BT, k_pos_BS, window)[:, None, None], s, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(s, axis=-1)
@@ -177,7 +193,8 @@ def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=
     # jax's own XLA attention (GQA-aware, softmax in fp32) measured ~9% faster on CPU than
     # our einsum + softmax, with the same results to fp32 rounding.
     out = jax.nn.dot_product_attention(q.reshape(B, T, K * G, d), k_all, v_all,
-                                       mask=visible(q_pos_BT, k_pos, window)[:, None], implementation="xla")
+                                       mask=visible(q_pos_BT, k_pos, window)[:, None], implementation="xla",
+                                       scale=None if cfg.query_pre_attn_scalar is None else attention_scale(cfg))
     y = linear(out.reshape(B, T, K, G, d), p.wo, partial(jnp.einsum, "btkgd,kgdD->btD"))
     if p.bo is not None:
         y = y + p.bo.astype(y.dtype)
@@ -186,13 +203,20 @@ def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=
 
 def decoder_layer(x_BTD, layer: Layers, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
     h, new_kv = attention(norm(x_BTD, layer.attn_norm, cfg), layer.attn, cfg, rope, q_pos_BT, window, kv)
+    if layer.attn_post_norm is not None:
+        h = norm(h, layer.attn_post_norm, cfg)
     x_BTD = x_BTD + h
-    x_BTD = x_BTD + mlp(norm(x_BTD, layer.mlp_norm, cfg), layer.mlp, cfg)
+    h = mlp(norm(x_BTD, layer.mlp_norm, cfg), layer.mlp, cfg)
+    if layer.mlp_post_norm is not None:
+        h = norm(h, layer.mlp_post_norm, cfg)
+    x_BTD = x_BTD + h
     return x_BTD, new_kv
 
 
 def embed(params: Params, cfg: ModelConfig, tokens_BT: Array, positions_BT: Array, dtype) -> Array:
     x = params.embed.astype(dtype)[tokens_BT]
+    if cfg.scale_embed:  # transformers' Gemma: sqrt(D) as a tensor in the weights' dtype
+        x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
     if cfg.positions == "learned":
         x = x + params.pos_embed.astype(dtype)[positions_BT]
     return x
@@ -201,7 +225,21 @@ def embed(params: Params, cfg: ModelConfig, tokens_BT: Array, positions_BT: Arra
 def unembed(params: Params, cfg: ModelConfig, x_BTD: Array) -> Array:
     x = norm(x_BTD, params.final_norm, cfg)
     w_DV = params.embed.T if params.lm_head is None else params.lm_head
-    return jnp.einsum("btD,DV->btV", x, w_DV.astype(x.dtype), preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btD,DV->btV", x, w_DV.astype(x.dtype), preferred_element_type=jnp.float32)
+    if cfg.final_logit_softcap is not None:
+        logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+    return logits
+
+
+def _per_layer_rope(cfg: ModelConfig, rope, q_pos_BT: Array):
+    """window -> the layer's (cos, sin). With rope_local_theta, sliding-window layers (window > 0)
+    read the local tables: both tables stack to [2, B, T, d] and each layer picks its own inside
+    the scan, so the per-layer choice rides on the windows array the scan already carries."""
+    if rope is None or cfg.rope_local_theta is None:
+        return lambda window: rope
+    local = rope_tables(cfg, q_pos_BT, local=True)
+    cos_2BTd, sin_2BTd = jnp.stack([rope[0], local[0]]), jnp.stack([rope[1], local[1]])
+    return lambda window: (cos_2BTd[(window > 0).astype(jnp.int32)], sin_2BTd[(window > 0).astype(jnp.int32)])
 
 
 def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=jnp.float32,
@@ -232,6 +270,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     x = embed(params, cfg, tokens_BT, q_pos_BT, dtype)
     rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
     windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
+    layer_rope = _per_layer_rope(cfg, rope, q_pos_BT)
 
     # Banked leaves (shared heads, shared bases) scan over their index; rows are gathered here.
     layers_xs, rebuild = split_banks(params.layers)
@@ -239,14 +278,15 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     if cache is None:
         def body(x, xs):
             layer, window = xs
-            return layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window)
+            return layer_fn(x, rebuild(layer), cfg, layer_rope(window), q_pos_BT, window)
 
         x, aux = jax.lax.scan(body, x, (layers_xs, windows_L))
         return x, aux
 
     def body_kv(x, xs):
         layer, window, k_c, v_c = xs
-        x, (k_c, v_c) = layer_fn(x, rebuild(layer), cfg, rope, q_pos_BT, window, (k_c, v_c, cache.length))
+        x, (k_c, v_c) = layer_fn(x, rebuild(layer), cfg, layer_rope(window), q_pos_BT, window,
+                                 (k_c, v_c, cache.length))
         return x, (k_c, v_c)
 
     x, (k, v) = jax.lax.scan(body_kv, x, (layers_xs, windows_L, cache.k, cache.v))

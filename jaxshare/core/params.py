@@ -36,6 +36,8 @@ class Attention:
     bk: Array | None = None  # [L, K, d]
     bv: Array | None = None  # [L, K, d]
     bo: Array | None = None  # [L, D]
+    q_norm: Array | None = None  # [L, d], qk_norm families: one RMSNorm weight shared by a layer's heads
+    k_norm: Array | None = None  # [L, d]
 
 
 @jax.tree_util.register_dataclass
@@ -56,6 +58,8 @@ class Layers:
     attn: Attention
     mlp_norm: Norm
     mlp: MLP
+    attn_post_norm: Norm | None = None  # post_norms families: on the attention output
+    mlp_post_norm: Norm | None = None  # and on the MLP output, before the residual adds
 
 
 @jax.tree_util.register_dataclass
@@ -82,6 +86,8 @@ def param_shapes(cfg: ModelConfig) -> Params:
         bk=(L, K, d) if cfg.qkv_bias else None,
         bv=(L, K, d) if cfg.qkv_bias else None,
         bo=(L, D) if cfg.o_bias else None,
+        q_norm=(L, d) if cfg.qk_norm else None,
+        k_norm=(L, d) if cfg.qk_norm else None,
     )
     mlp = MLP(
         w_up=(L, D, F), w_down=(L, F, D),
@@ -92,7 +98,9 @@ def param_shapes(cfg: ModelConfig) -> Params:
     )
     return Params(
         embed=(V, D),
-        layers=Layers(attn_norm=norm(L), attn=attn, mlp_norm=norm(L), mlp=mlp),
+        layers=Layers(attn_norm=norm(L), attn=attn, mlp_norm=norm(L), mlp=mlp,
+                      attn_post_norm=norm(L) if cfg.post_norms else None,
+                      mlp_post_norm=norm(L) if cfg.post_norms else None),
         final_norm=norm(),
         lm_head=None if cfg.tie_embeddings else (D, V),
         pos_embed=(cfg.max_seq_len, D) if cfg.positions == "learned" else None,
@@ -127,8 +135,9 @@ def init_params(cfg: ModelConfig, key: Array, dtype=jnp.float32, std: float = 0.
     keys = dict(zip(names, jax.random.split(key, len(names))))
 
     def make(path, shape):
-        if path.endswith(".scale"):
-            return (1.0 + 0.1 * jax.random.normal(keys[path], shape)).astype(dtype)
+        if path.endswith((".scale", "_norm")):  # around 1 as an effective norm weight
+            offset = 0.0 if cfg.norm_plus_one else 1.0
+            return (offset + 0.1 * jax.random.normal(keys[path], shape)).astype(dtype)
         return (std * jax.random.normal(keys[path], shape)).astype(dtype)
 
     return map_shapes(make, shapes)

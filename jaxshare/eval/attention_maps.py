@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.model import attention_probs, decoder_layer, hidden_states, norm, qk_rope
+from jaxshare.core.model import attention_probs, attention_scale, decoder_layer, hidden_states, norm, qk_rope
 from jaxshare.headshare.similarity import cosine
 
 
 def maps_layer(x_BTD, layer, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
     """A `layer_fn` that also returns the layer's attention maps [B, H, T, T]."""
     q, k = qk_rope(norm(x_BTD, layer.attn_norm, cfg), layer.attn, cfg, rope)
-    p = attention_probs(q, k, q_pos_BT, q_pos_BT, window)  # [B, K, G, T, T]
+    p = attention_probs(q, k, q_pos_BT, q_pos_BT, window, attention_scale(cfg))  # [B, K, G, T, T]
     x_BTD, _ = decoder_layer(x_BTD, layer, cfg, rope, q_pos_BT, window)
     B, K, G, T, S = p.shape
     return x_BTD, p.reshape(B, K * G, T, S)

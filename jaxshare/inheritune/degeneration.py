@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.model import apply_rope, attention_probs, decoder_layer, hidden_states, norm, project_qkv
+from jaxshare.core.model import attention_probs, attention_scale, decoder_layer, hidden_states, norm, qk_rope
 
 # Cumulative energies are float32 sums; a map whose energy reaches tau exactly (the identity at
 # tau = 0.9 with T = 10) must not miss it by one rounding step.
@@ -59,10 +59,8 @@ def _analysis_layer(tau, chunk: int, corner: int):
     """A decoder layer (hidden_states' layer_fn) that also returns this layer's metrics."""
 
     def layer_fn(x_BTD, layer, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
-        q, k, _ = project_qkv(norm(x_BTD, layer.attn_norm, cfg), layer.attn)
-        if cfg.positions == "rope":
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        p = attention_probs(q, k, q_pos_BT, q_pos_BT, window)  # [B, K, G, T, T], this layer only
+        q, k = qk_rope(norm(x_BTD, layer.attn_norm, cfg), layer.attn, cfg, rope)  # q/k norms included
+        p = attention_probs(q, k, q_pos_BT, q_pos_BT, window, attention_scale(cfg))  # [B, K, G, T, T], this layer only
         B, K, G, T, _ = p.shape
         avg_HTT = jnp.mean(p, axis=0).reshape(K * G, T, T)
         rank, mass = head_metrics(avg_HTT, tau, chunk)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def demo_step(m, docs, seq_len: int, max_windows: int, plot_dir, console, batch: int = 4,
-              analysis_seq_len: int = 256) -> dict:
+              analysis_seq_len: int = 256, ppl_batch: int = 8) -> dict:
     from jaxshare.core.params import count_params
     from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_windows, tokenize_corpus
@@ -19,7 +19,7 @@ def demo_step(m, docs, seq_len: int, max_windows: int, plot_dir, console, batch:
     files = write_plots(res, Path(plot_dir), m.cfg.family)
     k, why = auto_k(res)
     params, cfg, _ = inherit(m.params, m.cfg, k)
-    ppl = perplexity(params, cfg, m.tokenizer, docs, seq_len, max_windows)["ppl"]
+    ppl = perplexity(params, cfg, m.tokenizer, docs, seq_len, max_windows, ppl_batch)["ppl"]
     out = {"degenerate_layers": [int(i) for i in res["degenerate"].nonzero()[0]], "k": k, "reason": why,
            "layer_rank_mean": res["layer_rank_mean"].tolist(), "layer_mass_mean": res["layer_mass_mean"].tolist(),
            "params_before": count_params(m.params), "params_after": count_params(params),

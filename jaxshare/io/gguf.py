@@ -20,8 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # GGUF general.architecture -> HF model_type
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}  # general.architecture -> HF model_type
 PERMUTED_QK = {"llama"}  # architectures whose q/k rows llama.cpp permutes for its RoPE layout
+HEAD_DIM_TYPES = {"llama", "gemma3_text"}  # model types whose HF config takes head_dim != hidden // heads
 
 # {arch}.<suffix> -> HF config key (a scalar each).
 _ARCH_KEYS = {
@@ -59,6 +60,19 @@ _BLOCK_NAMES = {
 }
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
+
+
+def _family(arch: str | None):
+    """The family adapter of a GGUF architecture; its optional GGUF hooks: GGUF_KEYS (more
+    {arch}.<key> metadata it reads), GGUF_BLOCK_NAMES (block tensor names that differ from
+    Llama's), gguf_config(cfg, fields, arch) and gguf_tensor(hf_key, array)."""
+    from jaxshare.io import families
+
+    return families.ADAPTERS.get(ARCHITECTURES.get(arch))
+
+
+def _hook(arch: str | None, name: str, default=None):
+    return getattr(_family(arch), name, default)
 
 
 def _reader(path):
@@ -141,7 +155,7 @@ def _config(reader, path) -> tuple[dict, str]:
     problems = _rope_scaling_problems(fields, arch)
     if "rope_freqs.weight" in tensor_names:
         problems.append("rope_freqs.weight (llama3-style RoPE frequency scaling)")
-    known = set(_ARCH_KEYS) | _ARCH_CHECKED
+    known = set(_ARCH_KEYS) | _ARCH_CHECKED | set(_hook(arch, "GGUF_KEYS", ()))
     for key, value in fields.items():
         suffix = key[len(arch) + 1:]
         if key.startswith(f"{arch}.") and suffix not in known and not suffix.startswith("rope.scal"):
@@ -172,7 +186,7 @@ def _config(reader, path) -> tuple[dict, str]:
     if rope_dim is not None and int(rope_dim) != head_dim:
         raise ValueError(f"{path}: partial rotary embedding (rope.dimension_count {rope_dim} of head size "
                          f"{head_dim}) is not supported")
-    if model_type == "llama":
+    if model_type in HEAD_DIM_TYPES:
         cfg["head_dim"] = head_dim
     elif head_dim != cfg["hidden_size"] // heads:
         raise ValueError(f"{path}: {model_type} head size {head_dim} != hidden_size // num_attention_heads")
@@ -187,15 +201,18 @@ def _config(reader, path) -> tuple[dict, str]:
         value = _scalar(fields, f"tokenizer.ggml.{gguf_key}", required=False)
         if value is not None:
             cfg[hf_key] = int(value)
+    if (hook := _hook(arch, "gguf_config")) is not None:
+        cfg = hook(cfg, fields, arch)
     return cfg, arch
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
-    """HF state-dict key of a GGUF tensor name (Llama/Qwen2 naming), or None when unknown."""
+def hf_tensor_name(gguf_name: str, arch: str | None = None) -> str | None:
+    """HF state-dict key of a GGUF tensor name (Llama/Qwen2 naming, or `arch`'s), or None when unknown."""
     if m := _BLOCK_RE.fullmatch(gguf_name):
         layer, part, kind = m.groups()
-        if part in _BLOCK_NAMES:
-            return f"model.layers.{int(layer)}.{_BLOCK_NAMES[part]}.{kind}"
+        block_names = {**_BLOCK_NAMES, **_hook(arch, "GGUF_BLOCK_NAMES", {})}
+        if part in block_names:
+            return f"model.layers.{int(layer)}.{block_names[part]}.{kind}"
         return None
     if (m := _GLOBAL_RE.fullmatch(gguf_name)) and m.group(1) in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
@@ -237,14 +254,16 @@ def iter_gguf_tensors(path) -> Iterator[tuple[str, np.ndarray]]:
     """
     reader = _reader(path)
     cfg, arch = _config(reader, path)
-    names = {t.name: hf_tensor_name(t.name) for t in reader.tensors}
+    names = {t.name: hf_tensor_name(t.name, arch) for t in reader.tensors}
     unknown = sorted(n for n, hf in names.items() if hf is None)
     if unknown:
         more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
         raise ValueError(f"{path}: unknown GGUF tensor name(s): {', '.join(unknown[:8])}{more}")
     permuted = arch in PERMUTED_QK
+    fix = _hook(arch, "gguf_tensor", lambda key, a: a)
     for tensor in reader.tensors:
-        hf_key, arr = names[tensor.name], _dequantize(tensor)
+        hf_key = names[tensor.name]
+        arr = fix(hf_key, _dequantize(tensor))
         if permuted and ".self_attn.q_proj." in hf_key:
             arr = unpermute_rope_rows(arr, cfg["num_attention_heads"])
         elif permuted and ".self_attn.k_proj." in hf_key:

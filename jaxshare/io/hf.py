@@ -186,7 +186,8 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
     dt = as_dtype(dtype)
     hf_cfg = families.hf_config(cfg)
     hf_cfg.dtype = "bfloat16" if dt == jnp.bfloat16 else "float32"
-    hf_cfg.architectures = [type(hf_cfg).__name__.replace("Config", "ForCausalLM").replace("GPT2ForCausalLM", "GPT2LMHeadModel")]
+    arch = getattr(families.adapter(cfg.family), "ARCHITECTURE", None)  # when the config class name misleads
+    hf_cfg.architectures = [arch or type(hf_cfg).__name__.replace("Config", "ForCausalLM").replace("GPT2ForCausalLM", "GPT2LMHeadModel")]
     sizes = {s.hf_key: int(np.prod(s.hf_shape)) * dt.itemsize for s in families.slots(cfg)}
     split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_bytes,
                                                  filename_pattern="model{suffix}.safetensors")

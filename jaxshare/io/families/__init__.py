@@ -6,10 +6,11 @@ import re
 from types import ModuleType
 
 from jaxshare.core.config import ConfigError, ModelConfig
-from jaxshare.io.families import gpt2, llama
+from jaxshare.io.families import gemma3, gpt2, llama
 from jaxshare.io.families.base import Slot
 
-ADAPTERS: dict[str, ModuleType] = {"llama": llama, "mistral": llama, "qwen2": llama, "gpt2": gpt2}
+ADAPTERS: dict[str, ModuleType] = {"llama": llama, "mistral": llama, "qwen2": llama, "gpt2": gpt2,
+                                   "gemma3_text": gemma3}
 
 
 def adapter(family: str) -> ModuleType:
@@ -38,7 +39,8 @@ def config_from_hf_dict(hf: dict) -> ModelConfig:
     cls = _transformers_config_class(model_type)
     # transformers v5 renames legacy keys (rope_scaling/rope_theta -> rope_parameters) on load.
     normalised = cls(**{k: v for k, v in hf.items() if k != "model_type"}).to_dict()
-    normalised = {k: v for k, v in normalised.items() if k in hf or k == "rope_parameters"}
+    keep = {"rope_parameters", *getattr(mod, "NORMALISED_KEYS", ())}  # derived by transformers when absent
+    normalised = {k: v for k, v in normalised.items() if k in hf or k in keep}
     normalised["model_type"] = model_type
     default = cls().to_dict()
     return mod.config_from_hf(normalised, default)
