@@ -119,7 +119,7 @@ def _unit_gram(grams, t, cfg, pairs):
 
 def _quantize_leaf(leaf, t, cfg, grams, spec, acc, bar):
     L = cfg.n_layers
-    dt = leaf.dtype
+    dt = leaf.rows.dtype if isinstance(leaf, Bank) else leaf.coef.dtype if isinstance(leaf, Factored) else leaf.dtype
     if isinstance(leaf, Bank):  # head sharing: one quantized weight per bank row
         layout = {"q": "q_unit", "o": "o_unit"}.get(t, "2d")
         rows2 = np.asarray(to_2d(layout, leaf.rows), np.float32)
@@ -204,8 +204,7 @@ def quantize_params(params, cfg: ModelConfig, spec: QuantSpec, grams: dict | Non
     with tqdm(total=total, desc=f"{spec.method} int{spec.bits}", unit="matrix", leave=False,
               disable=not progress) as bar:
         for t in todo:
-            new[t] = _quantize_leaf(get_type(params.layers, t), t, cfg, grams if spec.method == "gptq" else None,
-                                    spec, acc, bar)
+            new[t] = _quantize_leaf(get_type(params.layers, t), t, cfg, grams, spec, acc, bar)
             jax.block_until_ready(jax.tree_util.tree_leaves(new[t]))
     out = set_types(params, new)
     return out, report(params, out, acc.parts, spec, time.perf_counter() - t0)
