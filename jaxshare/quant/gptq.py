@@ -57,13 +57,12 @@ def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order
 def _static_params(w0_IO, bits, group, sym, perm):
     """Scale/zero per group from the original weights, and each processed row's group id."""
     d_in = w0_IO.shape[0]
-    orig = jnp.asarray(w0_IO)[jnp.argsort(jnp.asarray(perm))]  # back to the natural row order
+    orig = w0_IO[jnp.argsort(perm)]  # back to the natural row order
     scale, zero = params_of(groups_view(orig, group), bits, sym)
     g = d_in if group is None else group
-    return scale, zero, jnp.asarray(perm) // g
+    return scale, zero, perm // g
 
 
-@partial(jax.jit, static_argnames=("bits", "group", "sym", "lazy", "blk"))
 def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy, blk):
     d_in, d_out = w_IO.shape
     g = d_in if group is None else group
@@ -107,19 +106,36 @@ def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy, blk):
     return q, scale, zero
 
 
+@partial(jax.jit, static_argnames=("bits", "group", "sym", "lazy", "blk"))
+def _run_many(w_NIO, u_NII, perm_NI, *, bits, group, sym, lazy, blk):
+    def one(w, u, perm):
+        scale, zero, gid = _static_params(w, bits, group, sym, perm)
+        q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy, blk=blk)
+        return q[jnp.argsort(perm)], scale, zero  # codes back in the natural row order
+
+    return jax.vmap(one)(w_NIO, u_NII, perm_NI)
+
+
+def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
+              act_order: bool = False):
+    """GPTQ of N same-shaped weights at once (the row loop vmapped over them): (codes int32 [N, d_in, O]
+    in natural row order, scale [N, G, O], zero [N, G, O])."""
+    d_in = np.shape(ws_NIO[0])[0]
+    if group is not None and d_in % group:
+        raise QuantError(f"group {group} does not divide the {d_in} input rows")
+    preps = [prepare(w, h, damp, act_order) for w, h in zip(ws_NIO, grams_NII)]
+    w, u, perm = (jnp.asarray(np.stack([p[i] for p in preps])) for i in range(3))
+    lazy = group is not None and group < d_in and not act_order
+    q, scale, zero = _run_many(w, u, perm.astype(jnp.int32), bits=bits, group=group, sym=sym, lazy=lazy,
+                               blk=block_size(d_in, group))
+    return q.astype(jnp.int32), scale, zero
+
+
 def gptq(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
          act_order: bool = False):
     """(codes int32 [d_in, O] in natural row order, scale [G, O], zero [G, O]) of W."""
-    d_in = np.shape(w_IO)[0]
-    if group is not None and d_in % group:
-        raise QuantError(f"group {group} does not divide the {d_in} input rows")
-    w, u, perm = prepare(w_IO, gram_II, damp, act_order)
-    lazy = group is not None and group < d_in and not act_order
-    scale, zero, gid = _static_params(w, bits, group, sym, perm)
-    q, scale, zero = _gptq_loop(jnp.asarray(w), jnp.asarray(u), scale, zero, gid, bits=bits, group=group,
-                                sym=sym, lazy=lazy, blk=block_size(d_in, group))
-    inv = jnp.argsort(jnp.asarray(perm))
-    return q[inv].astype(jnp.int32), scale, zero
+    q, s, z = gptq_many([w_IO], [gram_II], bits, group, sym, damp, act_order)
+    return q[0], s[0], z[0]
 
 
 def gptq_numpy(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
@@ -129,7 +145,7 @@ def gptq_numpy(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, da
     w, u, perm = prepare(w_IO, gram_II, damp, act_order)
     g = d_in if group is None else group
     lazy = group is not None and group < d_in and not act_order
-    scale, zero, gid = (np.array(a) for a in _static_params(w, bits, group, sym, perm))
+    scale, zero, gid = (np.array(a) for a in _static_params(jnp.asarray(w), bits, group, sym, jnp.asarray(perm)))
     q = np.zeros((d_in, d_out), np.float32)
     top = qmax(bits)
     for i in range(d_in):

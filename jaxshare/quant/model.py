@@ -22,7 +22,7 @@ from jaxshare.core.compressed import compressed_leaves
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import param_bytes
 from jaxshare.quant import pack as P
-from jaxshare.quant.gptq import gptq
+from jaxshare.quant.gptq import gptq_many
 from jaxshare.quant.leaf import Quantized, make, to_2d
 from jaxshare.quant.tree import quantized_paths
 
@@ -46,11 +46,11 @@ class QuantSpec:
             raise P.QuantError(f"--damp must be in (0, 1), got {self.damp}")
 
 
-def quantize_matrix(w_IO: np.ndarray, gram_II: np.ndarray | None, spec: QuantSpec, pad_ok: bool = False,
-                    what: str = "weight"):
-    """(codes [rows, O], scale [G, O], zero [G, O] or None, d_in) of one W [d_in, O]; rows = d_in, or with
-    pad_ok, d_in padded with zero rows (and dead gram rows) to whole groups."""
-    d_in = w_IO.shape[0]
+def quantize_matrices(ws_NIO, grams_NII, spec: QuantSpec, pad_ok: bool = False, what: str = "weight"):
+    """(codes [N, rows, O], scale [N, G, O], zero [N, G, O] or None, d_in) of N same-shaped W [d_in, O];
+    rows = d_in, or with pad_ok, d_in padded with zero rows (dead inputs for GPTQ) to whole groups."""
+    ws = np.asarray(ws_NIO, np.float32)
+    n, d_in, d_out = ws.shape
     g = spec.group
     rows = d_in
     if g is not None and d_in % g:
@@ -61,21 +61,20 @@ def quantize_matrix(w_IO: np.ndarray, gram_II: np.ndarray | None, spec: QuantSpe
         if not pad_ok:
             raise P.QuantError(f"int4 packs row pairs; {what} has {d_in} input rows")
         rows = d_in + 1
-    w = np.zeros((rows, w_IO.shape[1]), np.float32)
-    w[:d_in] = w_IO
-    if spec.method == "rtn" or gram_II is None:
+    w = np.zeros((n, rows, d_out), np.float32)
+    w[:, :d_in] = ws
+    if spec.method == "rtn" or grams_NII is None:
         q, s, z = P.rtn(jnp.asarray(w), spec.bits, g, spec.sym)
     else:
-        h = np.zeros((rows, rows), np.float64)
-        h[:d_in, :d_in] = gram_II
-        q, s, z = gptq(w, h, spec.bits, g, spec.sym, spec.damp, spec.act_order)
+        h = np.zeros((n, rows, rows), np.float64)
+        h[:, :d_in, :d_in] = np.asarray(grams_NII, np.float64)
+        q, s, z = gptq_many(list(w), list(h), spec.bits, g, spec.sym, spec.damp, spec.act_order)
     return np.asarray(q), np.asarray(s), None if spec.sym else np.asarray(z), d_in
 
 
-def _stack(items, spec, layout, leaf_shape, dtype) -> Quantized:
-    codes, scales, zeros, d_ins = zip(*items)
-    zero = None if spec.sym else np.stack(zeros)
-    return make(np.stack(codes), np.stack(scales), zero, spec.bits, spec.group, layout, leaf_shape, d_ins[0], dtype)
+def _make(items, spec, layout, leaf_shape, dtype) -> Quantized:
+    codes, scale, zero, d_in = items
+    return make(codes, scale, zero, spec.bits, spec.group, layout, leaf_shape, d_in, dtype)
 
 
 def _rel_error(w, what, gram) -> tuple[float, float]:
@@ -117,6 +116,14 @@ def _unit_gram(grams, t, cfg, pairs):
     return sum(g[l, k * w:(k + 1) * w, k * w:(k + 1) * w] for l, k in pairs)
 
 
+def _errors(w_N, what_N, grams_N) -> tuple[float, float]:
+    e2 = r2 = 0.0
+    for i, (w, wh) in enumerate(zip(w_N, what_N)):
+        e, r = _rel_error(w, wh, None if grams_N is None else grams_N[i])
+        e2, r2 = e2 + e, r2 + r
+    return e2, r2
+
+
 def _quantize_leaf(leaf, t, cfg, grams, spec, acc, bar):
     L = cfg.n_layers
     dt = leaf.rows.dtype if isinstance(leaf, Bank) else leaf.coef.dtype if isinstance(leaf, Factored) else leaf.dtype
@@ -124,54 +131,32 @@ def _quantize_leaf(leaf, t, cfg, grams, spec, acc, bar):
         layout = {"q": "q_unit", "o": "o_unit"}.get(t, "2d")
         rows2 = np.asarray(to_2d(layout, leaf.rows), np.float32)
         index = np.asarray(leaf.index)
-        items, e2, r2 = [], 0.0, 0.0
-        for u in range(rows2.shape[0]):
-            gram = _unit_gram(grams, t, cfg, list(zip(*np.nonzero(index == u))))
-            items.append(quantize_matrix(rows2[u], gram, spec, what=f"{t} bank row"))
-            bar.update()
-        q = _stack(items, spec, layout, tuple(leaf.rows.shape[1:]), dt)
-        for u, (w, wh) in enumerate(zip(rows2, np.asarray(q.dense_2d()))):
-            e, r = _rel_error(w, wh, _unit_gram(grams, t, cfg, list(zip(*np.nonzero(index == u)))))
-            e2, r2 = e2 + e, r2 + r
-        acc.add(f"{t}.rows", leaf.rows, q, e2, r2)
+        gs = None if grams is None else [_unit_gram(grams, t, cfg, list(zip(*np.nonzero(index == u))))
+                                         for u in range(rows2.shape[0])]
+        q = _make(quantize_matrices(rows2, gs, spec, what=f"{t} bank rows"), spec, layout,
+                  tuple(leaf.rows.shape[1:]), dt)
+        bar.update(rows2.shape[0])
+        acc.add(f"{t}.rows", leaf.rows, q, *_errors(rows2, np.asarray(q.dense_2d()), gs))
         return Bank(q, leaf.index)
     if isinstance(leaf, Factored):  # the shared basis first, then each layer's coefficients against it
         index = np.asarray(leaf.basis.index)
         b_rows = np.asarray(leaf.basis.rows, np.float32)
-        items, e2, r2 = [], 0.0, 0.0
-        for gi in range(b_rows.shape[0]):
-            gram = _gram(grams, t, np.flatnonzero(index == gi))
-            items.append(quantize_matrix(b_rows[gi], gram, spec, what=f"{t} basis"))
-            bar.update()
-        qb = _stack(items, spec, "2d", tuple(b_rows.shape[1:]), dt)
+        gs = None if grams is None else [_gram(grams, t, np.flatnonzero(index == gi)) for gi in range(len(b_rows))]
+        qb = _make(quantize_matrices(b_rows, gs, spec, what=f"{t} basis"), spec, "2d", tuple(b_rows.shape[1:]), dt)
         b_hat = np.asarray(qb.dense_2d(), np.float64)
-        for gi in range(b_rows.shape[0]):
-            e, r = _rel_error(b_rows[gi], b_hat[gi], _gram(grams, t, np.flatnonzero(index == gi)))
-            e2, r2 = e2 + e, r2 + r
-        acc.add(f"{t}.basis", leaf.basis.rows, qb, e2, r2)
+        acc.add(f"{t}.basis", leaf.basis.rows, qb, *_errors(b_rows, b_hat, gs))
         coef = np.asarray(leaf.coef, np.float32)
-        items, e2, r2 = [], 0.0, 0.0
-        for l in range(L):
-            gram = None if grams is None else b_hat[index[l]].T @ _gram(grams, t, [l]) @ b_hat[index[l]]
-            items.append(quantize_matrix(coef[l], gram, spec, pad_ok=True, what=f"{t} coefficients"))
-            bar.update()
-        qc = _stack(items, spec, "2d", tuple(coef.shape[1:]), dt)
-        for l, ch in enumerate(np.asarray(qc.dense_2d())):
-            gram = None if grams is None else b_hat[index[l]].T @ _gram(grams, t, [l]) @ b_hat[index[l]]
-            e, r = _rel_error(coef[l], ch, gram)
-            e2, r2 = e2 + e, r2 + r
-        acc.add(f"{t}.coef", leaf.coef, qc, e2, r2)
+        gs = None if grams is None else [b_hat[index[l]].T @ _gram(grams, t, [l]) @ b_hat[index[l]] for l in range(L)]
+        qc = _make(quantize_matrices(coef, gs, spec, pad_ok=True, what=f"{t} coefficients"), spec, "2d",
+                   tuple(coef.shape[1:]), dt)
+        bar.update(len(b_rows) + L)
+        acc.add(f"{t}.coef", leaf.coef, qc, *_errors(coef, np.asarray(qc.dense_2d()), gs))
         return Factored(Bank(qb, leaf.basis.index), qc, leaf.layout, leaf.leaf_shape)
     w2 = np.asarray(to_2d(t, leaf), np.float32)  # a dense leaf [L, ...]
-    items, e2, r2 = [], 0.0, 0.0
-    for l in range(L):
-        items.append(quantize_matrix(w2[l], _gram(grams, t, [l]), spec, what=f"{t} (d_in {w2.shape[1]})"))
-        bar.update()
-    q = _stack(items, spec, t, tuple(leaf.shape[1:]), dt)
-    for l, wh in enumerate(np.asarray(q.dense_2d())):
-        e, r = _rel_error(w2[l], wh, _gram(grams, t, [l]))
-        e2, r2 = e2 + e, r2 + r
-    acc.add(t, leaf, q, e2, r2)
+    gs = None if grams is None else [_gram(grams, t, [l]) for l in range(L)]
+    q = _make(quantize_matrices(w2, gs, spec, what=f"{t} (d_in {w2.shape[1]})"), spec, t, tuple(leaf.shape[1:]), dt)
+    bar.update(L)
+    acc.add(t, leaf, q, *_errors(w2, np.asarray(q.dense_2d()), gs))
     return q
 
 

@@ -9,6 +9,8 @@ one); int8 codes are stored one per byte. Every function here works on arrays wi
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,7 @@ def groups_view(w_IO: jax.Array, group: int | None) -> jax.Array:
     return w_IO.reshape(w_IO.shape[:-2] + (d_in // g, g, w_IO.shape[-1]))
 
 
+@partial(jax.jit, static_argnames=("bits", "group", "sym"))
 def rtn(w_IO: jax.Array, bits: int, group: int | None, sym: bool):
     """Round-to-nearest: (codes int32 [..., d_in, O], scale [..., G, O], zero [..., G, O])."""
     wg = groups_view(w_IO, group)
