@@ -168,3 +168,45 @@ def test_basis_with_quantized_factors_round_trips(tokens, tiny, tmp_path):
     assert isinstance(back.params.layers.mlp.w_up.coef, Quantized)
     np.testing.assert_allclose(np.asarray(forward(back.params, cfg, tokens)), np.asarray(forward(qp, cfg, tokens)),
                                atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tiny_model import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("quant_cli") / "m"))
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--bits", "3"], "argument --bits: must be 4 or 8, got 3"),
+    (["--group", "48"], "argument --group: must be 32, 64, 128 or 'channel', got 48"),
+    (["--group", "64"], "group 64 does not divide the 96 input rows of down"),
+    (["--damp", "0"], "argument --damp: must be in (0, 1)"),
+])
+def test_cli_bad_input_is_a_clear_error_and_writes_nothing(extra, msg, tiny_dir, tmp_path, capsys):
+    from jaxshare.cli.main import main
+
+    out = tmp_path / "out"
+    try:
+        code = main(["quantize", tiny_dir, str(out), "--method", "rtn", *extra])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert last.startswith("jaxshare quantize: error:") and msg in last, last
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_cli_quantizes_and_requantizing_is_refused(tiny_dir, tmp_path, capsys, tokens):
+    from jaxshare.cli.main import main
+    from jaxshare.io.load import load_model
+
+    out = tmp_path / "q8"
+    assert main(["quantize", tiny_dir, str(out), "--bits", "8", "--method", "rtn", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["per_kind"]["dense"]["bytes_after"] < rep["per_kind"]["dense"]["bytes_before"] / 3.5
+    m = load_model(out)
+    assert isinstance(m.params.layers.mlp.w_down, Quantized) and m.params.layers.mlp.w_down.group is None
+    assert m.meta["extra"]["quant"]["bits"] == 8
+    assert main(["quantize", str(out), str(tmp_path / "again"), "--method", "rtn"]) == 2
+    assert "already quantized" in capsys.readouterr().err

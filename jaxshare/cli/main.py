@@ -12,7 +12,7 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
-                              "jaxshare.cli.inheritune"]
+                              "jaxshare.cli.inheritune", "jaxshare.cli.quantize"]
 
 STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
 
