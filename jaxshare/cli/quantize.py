@@ -61,6 +61,37 @@ def cmd_quantize(args) -> None:
     print(json.dumps(rep) if args.json else "\n".join(lines))
 
 
+def gguf_type_arg(text: str) -> str:
+    from jaxshare.io.gguf_export import TYPES
+
+    if text not in TYPES:
+        raise argparse.ArgumentTypeError(f"unsupported GGUF type {text!r}; choose one of {', '.join(TYPES)}")
+    return text
+
+
+def gguf_export_args(e) -> None:
+    """`jaxshare export`'s GGUF flags (the HF path ignores them)."""
+    e.add_argument("--format", choices=("hf", "gguf"), default=None,
+                   help="output format (default: gguf when OUT ends in .gguf, else an HF directory)")
+    e.add_argument("--gguf-type", type=gguf_type_arg, default="q8_0",
+                   help="GGUF tensor type of the matrices: q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32")
+
+
+def export_gguf_cmd(args) -> None:
+    """`jaxshare export MODEL OUT.gguf`: llama.cpp names, metadata, tokenizer and chat template."""
+    from jaxshare.io import registry
+    from jaxshare.io.gguf_export import check_destination, export_gguf
+    from jaxshare.io.load import load_model
+
+    check_destination(args.out, args.overwrite)  # before loading: a taken OUT costs nothing
+    m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
+    source = m.source if m.kind == "gguf" else registry.registered_gguf(args.model) if m.kind == "registered" else None
+    out = export_gguf(m.params, m.cfg, args.out, m.tokenizer, args.gguf_type, args.overwrite, source_gguf=source,
+                      name=f"{m.cfg.family} via jaxshare")
+    obj = {"out": str(out), "format": "gguf", "gguf_type": args.gguf_type, "bytes": out.stat().st_size}
+    print(json.dumps(obj) if args.json else f"wrote GGUF file {out} ({args.gguf_type}, {obj['bytes']} bytes)")
+
+
 def register(sub, add, group) -> None:
     q = add("quantize", cmd_quantize, "weight-only int8/int4 quantization (RTN or GPTQ) of any model, "
                                       "shared and basis models included")
