@@ -8,7 +8,8 @@ Metrics: wiki:test and canterbury PPL (METHODS.md protocol, the first --windows 
 tokens), bytes of the params pytree (whole model, and the layers' linear weights alone). GPTQ and
 Basis Sharing calibrate once on the dense model (wiki:train, --calib-windows x --calib-seq-len, seed 0,
 cached); the composed arms reuse those grams (the shared model's own inputs differ slightly).
-Each arm is one JSON line as it finishes (resumable); --report writes the JSON summary and a table.
+Each arm is one JSON line in experiments/results/quantize.jsonl as it finishes (resumable); --report
+writes experiments/results/quantize.json and prints the table.
 
   nice python -m experiments.quantize            # then: python -m experiments.quantize --report
 """
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "experiments" / "results"
 LOG = RESULTS / "quantize.jsonl"
 CORPORA = ("wiki:test", "canterbury")
 ARMS = ("fp32", "int8-rtn", "int8-gptq", "int4-rtn-g64", "int4-gptq-g64", "int4-rtn-asym-g32", "gguf-q4_1-original",

@@ -38,20 +38,37 @@ def block_size(d_in: int, group: int | None) -> int:
 
 
 def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order: bool = False):
-    """(W in processing order [d_in, O] f32, U [d_in, d_in] f32, perm [d_in]): float64 setup shared
-    by both implementations. Inputs that never fire (zero diagonal) are fixed to weight 0, as in GPTQ."""
-    w = np.asarray(w_IO, np.float64).copy()
-    h = 2.0 * np.asarray(gram_II, np.float64)
+    """(W in processing order [d_in, O], U [d_in, d_in], perm [d_in]) in float32 numpy (gptq_numpy's
+    setup; `_prepare` is the same in jax). Inputs that never fire (zero diagonal) get weight 0, as in GPTQ."""
+    w = np.asarray(w_IO, np.float32).copy()
+    h = 2.0 * np.asarray(gram_II, np.float32)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[dead] = 0.0
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
     w, h = w[perm], h[perm][:, perm]
-    h += damp * float(np.mean(np.diag(h))) * np.eye(len(h))
+    h += np.float32(damp * float(np.mean(np.diag(h)))) * np.eye(len(h), dtype=np.float32)
     low = np.linalg.cholesky(h)
-    hinv = np.linalg.solve(low.T, np.linalg.solve(low, np.eye(len(h))))
+    hinv = np.linalg.solve(low.T, np.linalg.solve(low, np.eye(len(h), dtype=np.float32)))
     u = np.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
-    return w.astype(np.float32), u.astype(np.float32), perm
+    return w, u, perm
+
+
+def _prepare(w_IO, gram_II, damp: float, act_order: bool):
+    """`prepare` in jax (float32, as the reference implementation computes it)."""
+    d_in = w_IO.shape[0]
+    h = 2.0 * gram_II.astype(jnp.float32)
+    diag = jnp.diag(h)
+    dead = diag == 0
+    h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
+    w = jnp.where(dead[:, None], 0.0, w_IO.astype(jnp.float32))
+    diag = jnp.diag(h)
+    perm = jnp.argsort(-diag, stable=True) if act_order else jnp.arange(d_in)
+    w, h = w[perm], h[perm][:, perm]
+    h = h + damp * jnp.mean(diag) * jnp.eye(d_in, dtype=jnp.float32)
+    low = jnp.linalg.cholesky(h)
+    hinv = jax.scipy.linalg.cho_solve((low, True), jnp.eye(d_in, dtype=jnp.float32))
+    return w, jnp.linalg.cholesky(hinv).T, perm.astype(jnp.int32)
 
 
 def _static_params(w0_IO, bits, group, sym, perm):
@@ -106,28 +123,29 @@ def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy, blk):
     return q, scale, zero
 
 
-@partial(jax.jit, static_argnames=("bits", "group", "sym", "lazy", "blk"))
-def _run_many(w_NIO, u_NII, perm_NI, *, bits, group, sym, lazy, blk):
-    def one(w, u, perm):
+@partial(jax.jit, static_argnames=("bits", "group", "sym", "damp", "act_order", "lazy", "blk"))
+def _run_many(w_NIO, gram_NII, *, bits, group, sym, damp, act_order, lazy, blk):
+    def one(w, gram):
+        w, u, perm = _prepare(w, gram, damp, act_order)
         scale, zero, gid = _static_params(w, bits, group, sym, perm)
         q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy, blk=blk)
         return q[jnp.argsort(perm)], scale, zero  # codes back in the natural row order
 
-    return jax.vmap(one)(w_NIO, u_NII, perm_NI)
+    return jax.vmap(one)(w_NIO, gram_NII)
 
 
 def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
               act_order: bool = False):
-    """GPTQ of N same-shaped weights at once (the row loop vmapped over them): (codes int32 [N, d_in, O]
-    in natural row order, scale [N, G, O], zero [N, G, O])."""
+    """GPTQ of N same-shaped weights at once (setup and row loop vmapped over them, one compile per
+    shape): (codes int32 [N, d_in, O] in natural row order, scale [N, G, O], zero [N, G, O])."""
     d_in = np.shape(ws_NIO[0])[0]
     if group is not None and d_in % group:
         raise QuantError(f"group {group} does not divide the {d_in} input rows")
-    preps = [prepare(w, h, damp, act_order) for w, h in zip(ws_NIO, grams_NII)]
-    w, u, perm = (jnp.asarray(np.stack([p[i] for p in preps])) for i in range(3))
     lazy = group is not None and group < d_in and not act_order
-    q, scale, zero = _run_many(w, u, perm.astype(jnp.int32), bits=bits, group=group, sym=sym, lazy=lazy,
-                               blk=block_size(d_in, group))
+    w = jnp.asarray(np.asarray(ws_NIO, np.float32))
+    g = jnp.asarray(np.asarray(grams_NII, np.float32))
+    q, scale, zero = _run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
+                               lazy=lazy, blk=block_size(d_in, group))
     return q.astype(jnp.int32), scale, zero
 
 
