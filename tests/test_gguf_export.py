@@ -151,3 +151,20 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(extra, msg, tmp_path, cap
     other = tmp_path / "foreign.gguf"
     other.write_bytes(b"not ours")
     assert main(["export", str(src), str(other), "--overwrite"]) == 2 and other.read_bytes() == b"not ours"
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_export_matches_transformers(tmp_path):
+    """The real model: our q8_0 export read by transformers' GGUF loader gives our logits (<= 1e-3)."""
+    from jaxshare.cli.main import main
+    from jaxshare.data.tokens import token_ids, token_windows
+
+    out = tmp_path / "smol.gguf"
+    assert main(["export", "smollm2-135m", str(out), "--gguf-type", "q8_0"]) == 0
+    back = load_model(out)
+    toks = token_windows(token_ids("canterbury", back.tokenizer), 128, 1)
+    ours = np.asarray(forward(back.params, back.cfg, toks))
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm" and "im_start" in fields["tokenizer.chat_template"].contents()
+    tm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name, dtype=torch.float32)
+    assert np.max(np.abs(torch_logits(tm.eval(), toks) - ours)) <= 1e-3

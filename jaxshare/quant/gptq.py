@@ -26,6 +26,7 @@ import numpy as np
 from jaxshare.quant.pack import QuantError, codes_of, groups_view, params_of, qmax
 
 BLOCK = 128
+CHUNK_ELEMS = 1 << 25  # d_in^2 elements per chunk of the vmapped setup (128 MiB per float32 array)
 
 
 def block_size(d_in: int, group: int | None) -> int:
@@ -142,10 +143,19 @@ def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True,
     if group is not None and d_in % group:
         raise QuantError(f"group {group} does not divide the {d_in} input rows")
     lazy = group is not None and group < d_in and not act_order
-    w = jnp.asarray(np.asarray(ws_NIO, np.float32))
-    g = jnp.asarray(np.asarray(grams_NII, np.float32))
-    q, scale, zero = _run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
-                               lazy=lazy, blk=block_size(d_in, group))
+    n = len(ws_NIO)
+    # Chunks of equal size (the last one padded with repeats) bound the memory of the vmapped setup
+    # (a few [N, d_in, d_in] float32 arrays) and keep one compile per shape.
+    chunks = -(-n // max(1, CHUNK_ELEMS // (d_in * d_in)))
+    size = -(-n // chunks)
+    outs = []
+    for c in range(chunks):
+        idx = [min(i, n - 1) for i in range(c * size, (c + 1) * size)]
+        w = jnp.asarray(np.stack([np.asarray(ws_NIO[i], np.float32) for i in idx]))
+        g = jnp.asarray(np.stack([np.asarray(grams_NII[i], np.float32) for i in idx]))
+        outs.append(_run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
+                              lazy=lazy, blk=block_size(d_in, group)))
+    q, scale, zero = (jnp.concatenate([o[i] for o in outs])[:n] for i in range(3))
     return q.astype(jnp.int32), scale, zero
 
 

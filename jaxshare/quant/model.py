@@ -66,9 +66,8 @@ def quantize_matrices(ws_NIO, grams_NII, spec: QuantSpec, pad_ok: bool = False, 
     if spec.method == "rtn" or grams_NII is None:
         q, s, z = P.rtn(jnp.asarray(w), spec.bits, g, spec.sym)
     else:
-        h = np.zeros((n, rows, rows), np.float64)
-        h[:, :d_in, :d_in] = np.asarray(grams_NII, np.float64)
-        q, s, z = gptq_many(list(w), list(h), spec.bits, g, spec.sym, spec.damp, spec.act_order)
+        h = [np.pad(np.asarray(x, np.float32), ((0, rows - d_in), (0, rows - d_in))) for x in grams_NII]
+        q, s, z = gptq_many(list(w), h, spec.bits, g, spec.sym, spec.damp, spec.act_order)
     return np.asarray(q), np.asarray(s), None if spec.sym else np.asarray(z), d_in
 
 
@@ -101,7 +100,7 @@ class _Acc:
 def _gram(grams, t, layers):
     if grams is None:
         return None
-    return np.sum(np.asarray(grams[TYPES[t][1]][list(layers)], np.float64), axis=0)
+    return np.sum(np.asarray(grams[TYPES[t][1]][list(layers)], np.float32), axis=0)
 
 
 def _unit_gram(grams, t, cfg, pairs):
