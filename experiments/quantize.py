@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 LOG = RESULTS / "quantize.jsonl"
 CORPORA = ("wiki:test", "canterbury")
-ARMS = ("fp32", "int8-rtn", "int8-gptq", "int4-rtn-g64", "int4-gptq-g64", "int4-rtn-asym-g32", "gguf-q4_1-original",
+ARMS = ("fp32", "int8-rtn", "int8-gptq", "int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act", "int4-gptq-g64-damp0.1",
+        "int4-rtn-asym-g32", "gguf-q4_1-original",
         "gguf-q4_1-reexport", "ds30", "ds30+int4-gptq-g64", "bs20", "bs20+int8-gptq", "bs20+int4-gptq-g64")
 
 
@@ -80,8 +81,8 @@ def run(args) -> None:
             cache["bs20"] = compress(m.params, m.cfg, grams, 0.2, 2, "basis")[0]
         return cache["bs20"]
 
-    def quant(params, bits, group, method, sym=True):
-        return quantize_params(params, m.cfg, QuantSpec(bits, group, sym, method), grams)
+    def quant(params, bits, group, method, sym=True, **kw):
+        return quantize_params(params, m.cfg, QuantSpec(bits, group, sym, method, **kw), grams)
 
     def from_gguf(path):
         return load_model(path).params
@@ -89,12 +90,11 @@ def run(args) -> None:
     def reexport():
         from jaxshare.io.gguf_export import export_gguf
 
-        out = RESULTS / "quantize_tmp" / "smollm2-q4_1.gguf"
-        export_gguf(m.params, m.cfg, out, m.tokenizer, "q4_1", overwrite=True)
-        params = from_gguf(out)
-        size = gguf_tensor_bytes(out)
-        out.unlink()
-        return params, {"gguf_tensor_bytes": size}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            out = export_gguf(m.params, m.cfg, Path(d) / "smollm2-q4_1.gguf", m.tokenizer, "q4_1")
+            return from_gguf(out), {"gguf_tensor_bytes": gguf_tensor_bytes(out)}
 
     builders = {
         "fp32": lambda: (m.params, {}),
@@ -102,6 +102,8 @@ def run(args) -> None:
         "int8-gptq": lambda: quant(m.params, 8, None, "gptq"),
         "int4-rtn-g64": lambda: quant(m.params, 4, 64, "rtn"),
         "int4-gptq-g64": lambda: quant(m.params, 4, 64, "gptq"),
+        "int4-gptq-g64-act": lambda: quant(m.params, 4, 64, "gptq", act_order=True),
+        "int4-gptq-g64-damp0.1": lambda: quant(m.params, 4, 64, "gptq", damp=0.1),
         "int4-rtn-asym-g32": lambda: quant(m.params, 4, 32, "rtn", sym=False),
         "gguf-q4_1-original": lambda: (from_gguf(registry.registered_gguf("smollm2-135m")),
                                        {"gguf_tensor_bytes": gguf_tensor_bytes(registry.registered_gguf("smollm2-135m"))}),
