@@ -121,6 +121,7 @@ def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+EIGHT_BIT_NAMES = ("token_embd.weight", "output.weight")
 _NATIVE = {"q8_0": (8, True), "q4_0": (4, True), "q4_1": (4, False)}  # type -> (bits, symmetric), group 32
 
 
@@ -171,11 +172,13 @@ def tensors(params, cfg: ModelConfig, gguf_type: str):
     from jaxshare.quant.leaf import Quantized
 
     arch = check_model(cfg)
-    qt = _qtype(gguf_type)
-    block = gguf.GGML_QUANT_SIZES[qt][0]
     dense = materialize(params)
     for hf_key, arr in hf_state_dict(dense, cfg, "fp32"):
         name = gguf_name(hf_key)
+        # The embedding and output matrices stay at q8_0 under 4/5-bit types, as llama.cpp's quantizer keeps
+        # them (the registered SmolLM2 Q4_1 file holds a Q8_0 token_embd): 4 bits there cost the most.
+        qt = _qtype("q8_0" if name in EIGHT_BIT_NAMES and gguf_type[1] in "45" else gguf_type)
+        block = gguf.GGML_QUANT_SIZES[qt][0]
         heads = cfg.n_heads if ".q_proj." in hf_key else cfg.n_kv_heads if ".k_proj." in hf_key else None
         slot = _hf_to_2d_slot(hf_key)
         leaf = get_type(params.layers, slot[0]) if slot else None
