@@ -63,6 +63,9 @@ def run(args) -> None:
     from jaxshare.io.load import load_model
     from jaxshare.quant.model import QuantSpec, quantize_params
 
+    from jaxshare.quant import gptq
+
+    gptq.CHUNK_ELEMS = 1 << 22  # small vmapped chunks: this machine is shared, keep the peak low
     done = set()
     if LOG.exists():
         done = {json.loads(line)["arm"] for line in LOG.read_text().splitlines() if line.strip()}
@@ -114,6 +117,9 @@ def run(args) -> None:
         "bs20+int8-gptq": lambda: quant(bs20(), 8, None, "gptq"),
         "bs20+int4-gptq-g64": lambda: quant(bs20(), 4, 64, "gptq"),
     }
+    if all(a.startswith("bs20") for a in args.arms if a not in done):
+        bs20()
+        m.params = None  # only the basis model is needed from here on: free the dense one
     for arm in args.arms:
         if arm in done:
             continue
