@@ -27,7 +27,7 @@ LOG = RESULTS / "quantize.jsonl"
 CORPORA = ("wiki:test", "canterbury")
 ARMS = ("fp32", "int8-rtn", "int8-gptq", "int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act", "int4-gptq-g64-damp0.1",
         "int4-rtn-asym-g32", "gguf-q4_1-original",
-        "gguf-q4_1-reexport", "ds30", "ds30+int4-gptq-g64", "bs20", "bs20+int8-gptq", "bs20+int4-gptq-g64")
+        "gguf-q4_1-reexport", "ds30", "ds30+int4-gptq-g64", "ds30+int4-gptq-g64-act", "bs20", "bs20+int8-gptq", "bs20+int4-gptq-g64")
 
 
 def linear_bytes(params) -> int:
@@ -113,6 +113,7 @@ def run(args) -> None:
         "gguf-q4_1-reexport": reexport,
         "ds30": lambda: (ds30(), {}),
         "ds30+int4-gptq-g64": lambda: quant(ds30(), 4, 64, "gptq"),
+        "ds30+int4-gptq-g64-act": lambda: quant(ds30(), 4, 64, "gptq", act_order=True),
         "bs20": lambda: (bs20(), {}),
         "bs20+int8-gptq": lambda: quant(bs20(), 8, None, "gptq"),
         "bs20+int4-gptq-g64": lambda: quant(bs20(), 4, 64, "gptq"),
