@@ -176,7 +176,7 @@ def test_parse_time_errors_for_every_flag_value_of_every_subcommand(world):
             "generate": ["generate", native, "--prompt", "hi"], "demo": ["demo"],
             "attention-similarity": ["attention-similarity", native], "share": ["share", native, "WORK/o"],
             "basis": ["basis", native, "WORK/o"], "basis-pairs": ["basis-pairs", native, "WORK/o"],
-            "export": ["export", native, "WORK/o"]}
+            "export": ["export", native, "WORK/o"], "quantize": ["quantize", native, "WORK/o"]}
     from jaxshare.cli.main import build_parser
 
     checked = 0

@@ -114,19 +114,26 @@ class Factored:
         return restore_from_hf(cfg, params, manifest, source)
 
     def dense(self) -> Array:
-        b = self.basis.dense() if isinstance(self.basis, Bank) else self.basis
-        return from_2d(self.layout, b @ self.coef, self.leaf_shape)
+        b = self.basis.dense() if isinstance(self.basis, Bank) else _plain(self.basis)
+        return from_2d(self.layout, b @ _plain(self.coef), self.leaf_shape)
 
     def apply(self, x, dense_fn=None) -> Array:
         """y = (x @ B) @ C for one layer; x's head axes (o) are flattened, q/k/v's output unflattened."""
         lead = x.shape[:2]
         x2 = x.reshape(lead + (-1,))
-        y = (x2 @ self.basis.astype(x.dtype)) @ self.coef.astype(x.dtype)
+        y = (x2 @ _plain(self.basis).astype(x.dtype)) @ _plain(self.coef).astype(x.dtype)
         if self.layout == "q":
             return y.reshape(lead + tuple(self.leaf_shape[:2]) + (self.leaf_shape[3],))
         if self.layout in ("k", "v"):
             return y.reshape(lead + (self.leaf_shape[0], self.leaf_shape[2]))
         return y
+
+
+def _plain(w):
+    """A factor as an array (a quantized factor dequantizes)."""
+    from jaxshare.core.compressed import is_compressed
+
+    return w.dense() if is_compressed(w) else w
 
 
 def get_type(layers, t: str):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import is_compressed
 from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.config import ModelConfig
 from jaxshare.io.hf import CheckpointError
@@ -63,9 +64,11 @@ def export_files(params, manifest: dict) -> dict[str, bytes]:
         f = get_type(params.layers, t)
         if not isinstance(f, Factored):
             raise CheckpointError(f"manifest lists {t} as factorized but the params hold a dense {t}")
-        tensors[f"{t}.basis"] = np.ascontiguousarray(np.asarray(f.basis.rows, np.float32))
+        rows = f.basis.rows.dense() if is_compressed(f.basis.rows) else f.basis.rows  # quantized: dequantized
+        coef = f.coef.dense() if is_compressed(f.coef) else f.coef
+        tensors[f"{t}.basis"] = np.ascontiguousarray(np.asarray(rows, np.float32))
         tensors[f"{t}.index"] = np.asarray(f.basis.index, np.int32)
-        tensors[f"{t}.coef"] = np.ascontiguousarray(np.asarray(f.coef, np.float32))
+        tensors[f"{t}.coef"] = np.ascontiguousarray(np.asarray(coef, np.float32))
     return {FACTORS: save(tensors, metadata={"format": "jaxshare-basis"})}
 
 

@@ -12,7 +12,7 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
-                              "jaxshare.cli.inheritune", "jaxshare.cli.compose"]
+                              "jaxshare.cli.inheritune", "jaxshare.cli.compose", "jaxshare.cli.quantize"]
 
 STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
 
@@ -44,6 +44,10 @@ def cmd_export(args) -> None:
     from jaxshare.io.hf import export_hf
     from jaxshare.io.load import load_model
 
+    if args.format == "gguf" or (args.format is None and str(args.out).endswith(".gguf")):
+        from jaxshare.cli.quantize import export_gguf_cmd
+
+        return export_gguf_cmd(args)
     check_out_dir(args.out, args.overwrite)
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
     # export_hf writes the manifests (sharing.json, basis.json + basis.safetensors) by itself
@@ -140,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-shard-mb", type=SHARD_MB, default=2048, help="shard size above which to split (MiB)")
     e.add_argument("--allow-bin", action="store_true", help="read PyTorch .bin (pickle, weights_only=True)")
     e.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
+    from jaxshare.cli.quantize import gguf_export_args  # --format, --gguf-type (GGUF output)
+    gguf_export_args(e)
 
     ev_sub = group("eval", "metric", "evaluate a model")
     pp = add("ppl", cmd_eval_ppl, "perplexity on a corpus (protocol in the JSON)", parent=ev_sub)

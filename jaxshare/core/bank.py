@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.compressed import materialize  # noqa: F401  (banks are where most callers meet it)
+from jaxshare.core.compressed import is_compressed, materialize  # noqa: F401  (materialize: banks are where most callers meet it)
 
 Array = jax.Array
 
@@ -38,7 +38,8 @@ class Bank:
 
     def dense(self) -> Array:
         """The per-layer leaf this bank stands for: [L, (K,) ...]."""
-        return self.rows[self.index]
+        rows = self.rows.dense() if is_compressed(self.rows) else self.rows  # quantized rows
+        return rows[self.index]
 
     def apply(self, x: Array, dense_fn) -> Array:
         # Inside the layer scan banks arrive gathered; this is the product outside of it.

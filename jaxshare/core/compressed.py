@@ -1,7 +1,7 @@
 """Compressed weight kinds: one typed protocol for every leaf that stands in for a dense weight.
 
 A params tree may hold, in place of a dense per-layer leaf, a compressed leaf: a `Bank` (head
-sharing, METHODS.md §1), a `Factored` basis (Basis Sharing, §2), later quantized weights. Each
+sharing, METHODS.md §1), a `Factored` basis (Basis Sharing, §2), `Quantized` codes (§5). Each
 kind says, through `Compressed`, how it computes inside the layer scan (`apply`), what dense
 leaf it stands for (`dense`), and, for a whole params tree, what describes its structure
 (`manifest`: bank sizes, ranks), how to rebuild the abstract tree orbax restores (`abstract`),
@@ -69,9 +69,11 @@ def kinds() -> tuple[type, ...]:
     from jaxshare.basis.factor import Factored
     from jaxshare.core.bank import Bank
     from jaxshare.core.corrected import CorrectedBank
+    from jaxshare.quant.leaf import Quantized
 
     # CorrectedBank first: it restores q/k banks whole, which the sharing kind then leaves alone.
-    return (CorrectedBank, Bank, Factored)
+    # Quantized last: its leaves may sit inside the others.
+    return (CorrectedBank, Bank, Factored, Quantized)
 
 
 def is_compressed(x) -> bool:
@@ -84,7 +86,13 @@ def compressed_leaves(tree) -> list:
 
 
 def kinds_in(tree) -> list[type]:
-    found = {type(x) for x in compressed_leaves(tree)}
+    """Every kind in the tree, also one nested in another (a bank whose rows are quantized)."""
+    found, todo = set(), compressed_leaves(tree)
+    while todo:
+        x = todo.pop()
+        found.add(type(x))
+        todo += [y for y in jax.tree_util.tree_leaves(x, is_leaf=lambda y: y is not x and is_compressed(y))
+                 if y is not x and is_compressed(y)]
     return [k for k in kinds() if k in found]
 
 
