@@ -96,21 +96,33 @@ def _basis(params, cfg, grams):
     return compress(params, cfg, grams, 0.3, 2, progress=False)[0]
 
 
-@pytest.mark.parametrize("base,method", [("dense", "rtn"), ("shared", "gptq"), ("basis", "gptq")])
+def _corrected(params, cfg, grams):
+    from jaxshare.headshare.datashare import data_share
+
+    return data_share(params, cfg, 0.5, "data", "qkv", grams)[0]
+
+
+@pytest.mark.parametrize("base,method", [("dense", "rtn"), ("shared", "gptq"), ("basis", "gptq"), ("corrected", "gptq")])
 def test_quantized_forward_equals_materialized(base, method, tokens, tiny):
     cfg, params, grams = tiny
-    p = {"dense": lambda: params, "shared": lambda: _shared(params, cfg), "basis": lambda: _basis(params, cfg, grams)}[base]()
+    p = {"dense": lambda: params, "shared": lambda: _shared(params, cfg), "basis": lambda: _basis(params, cfg, grams),
+         "corrected": lambda: _corrected(params, cfg, grams)}[base]()
     spec = QuantSpec(bits=4, group=32, sym=method == "rtn", method=method)
     qp, rep = quantize_params(p, cfg, spec, grams, progress=False)
     wq, w_up = qp.layers.attn.wq, qp.layers.mlp.w_up
     if base == "shared":
         assert isinstance(wq, Bank) and isinstance(wq.rows, Quantized)
+    elif base == "corrected":  # data-aware sharing: the rows are quantized, the corrections kept
+        from jaxshare.core.corrected import CorrectedBank
+
+        assert isinstance(wq, CorrectedBank) and isinstance(wq.rows, Quantized)
+        assert np.array_equal(np.asarray(wq.corr), np.asarray(p.layers.attn.wq.corr))
     elif base == "basis":
         assert isinstance(w_up, Factored) and isinstance(w_up.basis.rows, Quantized) and isinstance(w_up.coef, Quantized)
     else:
         assert isinstance(wq, Quantized)
     assert rep["bytes_after"] < rep["bytes_before"] and rep["linear_bytes_after"] < rep["linear_bytes_before"] / 5
-    assert set(rep["per_kind"]) >= ({"sharing"} if base == "shared" else {"basis"} if base == "basis" else {"dense"})
+    assert set(rep["per_kind"]) >= ({"sharing"} if base in ("shared", "corrected") else {"basis"} if base == "basis" else {"dense"})
     got = np.asarray(forward(qp, cfg, tokens))
     dense = materialize(qp)
     assert jax.tree_util.tree_structure(dense) == jax.tree_util.tree_structure(params)

@@ -46,7 +46,10 @@ class Corrected:
     m: Array
 
     def apply(self, x: Array, dense_fn) -> Array:
-        y = dense_fn(x, self.w.astype(x.dtype))
+        from jaxshare.core.compressed import SelfApplying
+
+        # quantized rows (jaxshare quantize on a data-aware shared model) apply themselves
+        y = self.w.apply(x, dense_fn) if isinstance(self.w, SelfApplying) else dense_fn(x, self.w.astype(x.dtype))
         return jnp.einsum("bt...d,...de->bt...e", y, self.m.astype(y.dtype))
 
 
@@ -63,7 +66,7 @@ class CorrectedBank(Bank):
         return correction_matrices(self.corr, self.corr_index)
 
     def dense(self) -> Array:
-        w = self.rows[self.index]
+        w = super().dense()  # the rows gathered per unit, dequantized if quantized
         return jnp.einsum("...Dd,...de->...De", w, self.matrices().astype(w.dtype))
 
     # The layer scan (bank.split_banks): rows and corrections are closed over, both indices scanned.

@@ -8,6 +8,8 @@ norms and biases stay as they are. The grams are calibrate()'s {input: [L, d_in,
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass
 
@@ -136,7 +138,8 @@ def _quantize_leaf(leaf, t, cfg, grams, spec, acc, bar):
                   tuple(leaf.rows.shape[1:]), dt)
         bar.update(rows2.shape[0])
         acc.add(f"{t}.rows", leaf.rows, q, *_errors(rows2, np.asarray(q.dense_2d()), gs))
-        return Bank(q, leaf.index)
+        # replace, not Bank(...): a CorrectedBank (data-aware sharing) keeps its d x d corrections
+        return dataclasses.replace(leaf, rows=q)
     if isinstance(leaf, Factored):  # the shared basis first, then each layer's coefficients against it
         index = np.asarray(leaf.basis.index)
         b_rows = np.asarray(leaf.basis.rows, np.float32)
