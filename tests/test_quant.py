@@ -222,3 +222,23 @@ def test_cli_quantizes_and_requantizing_is_refused(tiny_dir, tmp_path, capsys, t
     assert m.meta["extra"]["quant"]["bits"] == 8
     assert main(["quantize", str(out), str(tmp_path / "again"), "--method", "rtn"]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_quantized_data_aware_model_round_trips(tokens, tiny, tmp_path):
+    """Quantized rows under a CorrectedBank: the codes and the corrections both survive save and export."""
+    from jaxshare.core.corrected import CorrectedBank
+    from jaxshare.io.hf import export_hf
+    from jaxshare.io.load import load_model
+    from jaxshare.io.native import save_native
+
+    cfg, params, grams = tiny
+    qp, _ = quantize_params(_corrected(params, cfg, grams), cfg, QuantSpec(bits=4, group=32, sym=False), grams,
+                            progress=False)
+    ours = np.asarray(forward(qp, cfg, tokens[:, :40]))
+    save_native(tmp_path / "native", cfg, qp)
+    m = load_model(tmp_path / "native")
+    back = load_model(export_hf(m.params, cfg, tmp_path / "hf", info=m.meta["extra"]))
+    for got in (m.params, back.params):
+        wq = got.layers.attn.wq
+        assert isinstance(wq, CorrectedBank) and isinstance(wq.rows, Quantized)
+        np.testing.assert_array_equal(np.asarray(forward(got, cfg, tokens[:, :40])), ours)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.core.compressed import is_compressed
 from jaxshare.core.corrected import CorrectedBank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import replace_leaves
@@ -80,7 +81,8 @@ def export_files(params, man: dict) -> dict[str, bytes]:
 
     tensors = {}
     for m, cb in corrected_leaves(params).items():
-        tensors[f"{m}.rows"] = np.ascontiguousarray(np.asarray(cb.rows, np.float32))
+        rows = cb.rows.dense() if is_compressed(cb.rows) else cb.rows  # quantized rows: quant.safetensors has the codes
+        tensors[f"{m}.rows"] = np.ascontiguousarray(np.asarray(rows, np.float32))
         tensors[f"{m}.corr"] = np.ascontiguousarray(np.asarray(cb.corr, np.float32))
     return {SIDE_FILE: save(tensors, metadata={"format": "jaxshare-corrections"})}
 
