@@ -30,14 +30,12 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from jaxshare.io.native import save_native
-    from jaxshare.io.load import load_model
+    from jaxshare.io.convert import convert
 
     check_out_dir(args.out, args.overwrite)  # before the model is loaded: a taken OUT costs nothing
-    m = load_model(args.src, args.dtype, allow_bin=args.allow_bin)
-    out = save_native(args.out, m.cfg, m.params, m.tokenizer, extra={"converted_from": str(m.source)},
-                      overwrite=args.overwrite)
-    emit(args, {"out": str(out), "family": m.cfg.family}, f"wrote jaxshare checkpoint {out}")
+    # streamed: one tensor in memory at a time (HF and GGUF sources)
+    out, cfg, _ = convert(args.src, args.out, args.dtype, allow_bin=args.allow_bin, overwrite=args.overwrite)
+    emit(args, {"out": str(out), "family": cfg.family}, f"wrote jaxshare checkpoint {out}")
 
 
 def cmd_export(args) -> None:
