@@ -104,10 +104,11 @@ def _embed(params, cfg: ModelConfig, tokens_BT):
     return embed(params, cfg, tokens_BT, jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)), jnp.float32)
 
 
-@partial(jax.jit, static_argnames=("cfg", "start", "stop"), donate_argnames=("acc",))
-def _chunk(acc, params, cfg: ModelConfig, x_BTD, start: int, stop: int):
-    """Layers [start, stop) of the decoder on the residual stream x (the scan of `hidden_states`,
-    restricted to a range): (x after layer stop-1, acc + these layers' grams [stop-start, d, d])."""
+@partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("acc",))
+def _chunk(acc, params, cfg: ModelConfig, x_BTD, start, n: int):
+    """Layers [start, start + n) of the decoder on the residual stream x (the scan of `hidden_states`,
+    restricted to a range; start is traced, so every chunk of n layers shares one compilation):
+    (x after the last of them, acc + these layers' grams [n, d, d])."""
     B, T = x_BTD.shape[:2]
     q_pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
@@ -118,7 +119,7 @@ def _chunk(acc, params, cfg: ModelConfig, x_BTD, start: int, stop: int):
         layer = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers_xs)
         return gram_layer(x, rebuild(layer), cfg, rope, q_pos_BT, windows_L[i])
 
-    x, grams = jax.lax.scan(body, x_BTD, jnp.arange(start, stop))
+    x, grams = jax.lax.scan(body, x_BTD, start + jnp.arange(n, dtype=jnp.int32))
     return x, {k: acc[k] + grams[k] for k in INPUTS}
 
 
@@ -146,7 +147,7 @@ def collect_grams_to_disk(params, cfg: ModelConfig, windows: np.ndarray, out_dir
         stop = min(L, start + per_chunk)
         acc = {k: jnp.zeros((stop - start, d, d), jnp.float32) for k, d in sizes.items()}
         for i in range(0, n, batch_size):
-            x, acc = _chunk(acc, params, cfg, jnp.asarray(x_NTD[i:i + batch_size]), start, stop)
+            x, acc = _chunk(acc, params, cfg, jnp.asarray(x_NTD[i:i + batch_size]), jnp.int32(start), stop - start)
             x_NTD[i:i + batch_size] = np.asarray(x)
             jax.block_until_ready(acc)  # an honest progress bar (dispatch is asynchronous)
             bar.update(stop - start)
