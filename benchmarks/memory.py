@@ -2,6 +2,7 @@
 load and eval of the same checkpoint in the same run.
 
     python -m benchmarks.memory [--models smollm2,qwen2-1.5b] [--big-dir DIR] [--work DIR] [--json]
+    flock /work/wt/heavy.lock python -m benchmarks.memory --models qwen2-1.5b --held-lock --seq-len 256 --calib 4x256
 
 Models: `smollm2` (SmolLM2-135M, from its registered Q4_1 GGUF) and `qwen2-1.5b`, a random-weight
 Qwen2-1.5B-shaped HF checkpoint made with transformers (benchmarks.make_random_qwen2, bf16 on disk,
@@ -79,14 +80,14 @@ def cases(model: str, src: Path, work: Path, seq_len: int, windows: int, calib: 
          []),
         ("share", js + ["share", str(nat), str(work / "share"), "--ratio", "0.3", "--overwrite", "--json"],
          [work / "share"]),
-        ("basis", js + ["basis", str(nat), str(work / "basis"), "--ratio", "0.2", "--calib-windows", str(cw),
-                        "--calib-seq-len", str(cs), "--seed", str(int(time.time()) % 100000), "--overwrite", "--json"],
-         [work / "basis"]),
         ("export", js + ["export", str(nat), str(work / "hf"), "--overwrite"], []),
         ("baseline_torch_imports", [PY, "-c", TORCH_IMPORTS], []),
         # transformers reads the HF form of the same weights: our export (SmolLM2) or the source dir (1.5B)
         ("transformers_load", [PY, "-c", TF_EVAL, "HF", data, str(seq_len), "0"], []),
         ("transformers_load_eval_ppl", [PY, "-c", TF_EVAL, "HF", data, str(seq_len), str(windows)], []),
+        ("basis", js + ["basis", str(nat), str(work / "basis"), "--ratio", "0.2", "--calib-windows", str(cw),
+                        "--calib-seq-len", str(cs), "--seed", str(int(time.time()) % 100000), "--overwrite", "--json"],
+         [work / "basis"]),
     ]
 
 
@@ -101,7 +102,7 @@ def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked:
         if only and name not in only and not name.startswith("baseline"):
             continue
         argv = [str(hf_for_tf or work / "hf") if a == "HF" else a for a in argv]
-        cmd = (["flock", LOCK] if locked else []) + argv
+        cmd = (["flock", LOCK] if locked and not name.startswith("baseline") else []) + argv  # imports only: no lock
         calib_before = {p.name for p in (cache_dir() / "calib").iterdir()} if (cache_dir() / "calib").is_dir() else set()
         r = run_measured(cmd, env)
         for p in new_calib_dirs(calib_before):  # the grams this run wrote (GBs at 1.5B): ours to remove
@@ -174,6 +175,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8, help="PPL windows (eval ppl and transformers)")
     ap.add_argument("--calib", default="8x256", help="basis calibration windows x seq_len (sized for a CPU)")
     ap.add_argument("--cases", default=None, help="comma list: run only these (plus the baselines)")
+    ap.add_argument("--held-lock", action="store_true",
+                    help="the caller already holds the lock for the whole run (flock LOCK python -m "
+                         "benchmarks.memory ...): the 1.5B commands do not take it one by one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     calib = tuple(int(x) for x in args.calib.split("x"))
@@ -195,7 +199,8 @@ def main() -> None:
             if not (args.big_dir / "config.json").is_file():
                 os.system(f"flock {LOCK} {PY} -m benchmarks.make_random_qwen2 {args.big_dir}")
             big = make(args.big_dir)
-            run_model(model, big, big, args.work / model, True, out, path, args.seq_len, args.windows, calib, only)
+            run_model(model, big, big, args.work / model, not args.held_lock, out, path, args.seq_len, args.windows,
+                      calib, only)
         else:
             sys.exit(f"unknown model {model}")
     for model, res in out["models"].items():

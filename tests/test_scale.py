@@ -150,3 +150,20 @@ def test_parity_cli_on_native_runs_the_sides_in_sequence(tmp_path, capsys):
     assert code == 0, err
     res = json.loads(out)
     assert res["max_abs_logit_diff"] < 1e-4 and res["ppl_rel_diff"] < 1e-5
+
+
+def test_share_and_basis_store_bf16(tmp_path, capsys):
+    from jaxshare.cli.main import main
+    from jaxshare.io.native import load_native
+    from tiny_model import save_text, save_tiny_model
+
+    save_tiny_model(tmp_path / "hf")
+    text = save_text(tmp_path / "t.txt")
+    for argv in (["share", tmp_path / "hf", tmp_path / "sh", "--ratio", "0.25", "--dtype", "bf16"],
+                 ["basis", tmp_path / "hf", tmp_path / "bs", "--calib", text, "--calib-windows", "2",
+                  "--calib-seq-len", "32", "--dtype", "bf16", "--max-memory", "8G"]):
+        code = main([str(a) for a in argv])
+        assert code == 0, capsys.readouterr().err
+        _, params, meta = load_native(argv[2])
+        assert meta["dtype"] == "bfloat16"
+        assert {str(x.dtype) for x in jax.tree_util.tree_leaves(params)} <= {"bfloat16", "int32"}
