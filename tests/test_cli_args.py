@@ -199,8 +199,26 @@ def test_dtype_means_storage_and_compute_dtype_has_its_own_name(capsys):
         for a in sp._actions:
             if "dtype" in a.dest and a.help != argparse.SUPPRESS:
                 texts.setdefault(a.option_strings[0], set()).add(a.help)
-    assert set(texts) == {"--dtype", "--compute-dtype"}
+    assert set(texts) == {"--dtype", "--compute-dtype", "--param-dtype"}
     assert all("stored" in h for h in texts["--dtype"]) and all("forward" in h for h in texts["--compute-dtype"])
+    assert all("held" in h for h in texts["--param-dtype"])
+    for cmd in (["eval", "ppl", "m", "--data", "x"], ["generate", "m", "--prompt", "hi"]):
+        assert p.parse_args([*cmd, "--param-dtype", "bf16"]).param_dtype == "bf16"
+        assert p.parse_args(cmd).param_dtype == "fp32"
+
+
+@pytest.mark.parametrize("text,value", [("12G", 12 * 2**30), ("800M", 800 * 2**20), ("1.5GiB", int(1.5 * 2**30)),
+                                        ("4096", 4096), ("2gb", 2 * 2**30)])
+def test_memory_sizes_parse(text, value):
+    from jaxshare.cli.common import memory_size
+
+    assert memory_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["0", "-1G", "12Q", "", "G", "nan"])
+def test_bad_memory_sizes_are_refused_while_parsing(bad, capsys):
+    code, _, err = run(capsys, "eval", "ppl", "m", "--data", "x", "--max-memory", bad)
+    assert code == 2 and "jaxshare eval ppl: error: argument --max-memory" in err
 
 
 @pytest.mark.parametrize("argv,prog", [

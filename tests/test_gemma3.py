@@ -302,3 +302,25 @@ def test_native_roundtrip_and_inherited_layers_keep_their_rope(tmp_path, tokens)
     ref = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
     assert ref.config.layer_types == ["full_attention", "sliding_attention"]
     assert np.max(np.abs(torch_logits(ref, tokens) - np.asarray(forward(sub, sub_cfg, tokens)))) <= 1e-4
+
+
+def test_lean_paths_keep_gemma3_features(tmp_path):
+    """The chunked-vocabulary NLL applies the final logit softcap, and layer-chunked calibration reads
+    each layer's own RoPE base (local vs global), as the full forward does."""
+    from jaxshare.basis.calibrate import INPUTS, GramStore, collect_grams, collect_grams_to_disk, layer_gram_bytes
+    from jaxshare.core.model import hidden_states, token_nll, unembed
+    from jaxshare.eval.perplexity import chunked_token_nll
+
+    cfg, params = _load(gemma(**CASES["mha-bias-softcap-scalar"]), tmp_path)
+    toks = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(2, 40)).astype(np.int32))
+    x, _ = hidden_states(params, cfg, toks)
+    want = token_nll(unembed(params, cfg, x[:, :-1]), toks[:, 1:])
+    got = chunked_token_nll(params, cfg, x[:, :-1], toks[:, 1:], chunk=7)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=2e-6)
+    windows = np.random.default_rng(3).integers(0, 256, size=(3, 24)).astype(np.int32)
+    one = collect_grams(params, cfg, windows, batch_size=2)
+    (tmp_path / "g").mkdir()
+    collect_grams_to_disk(params, cfg, windows, tmp_path / "g", batch_size=2, budget_bytes=layer_gram_bytes(cfg))
+    chunked = GramStore(tmp_path / "g", cfg.n_layers)
+    for k in INPUTS:
+        np.testing.assert_allclose(np.asarray(chunked[k]), one[k], rtol=1e-5, atol=1e-5 * np.abs(one[k]).max())

@@ -5,6 +5,12 @@ weight wrapped in a `Tap`, which model.linear asks to apply itself; the tap adds
 layer's grams and returns the normal product. The grams leave the layer scan as its stacked
 second output ([L, d_in, d_in] per input), so no hooks and no host round trips per layer.
 Inputs: attn_in (q, k, v), o_in, mlp_in (up, gate), down_in.
+
+At scale the grams do not fit at once (Qwen2-1.5B's down_in alone: 28 x 8960^2 x 4 B = 9 GB), so
+`collect_grams_to_disk` runs the layers in chunks: the residual stream of every calibration window
+is kept between chunks ([N, T, D], small), each chunk's grams are accumulated, written to the
+on-disk cache one .npy per layer and input, and dropped. `GramStore` reads them back lazily, a
+group of layers at a time, which is how `compress` consumes them.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from tqdm.auto import tqdm
 
 from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.model import decoder_layer, hidden_states, linear
+from jaxshare.core.bank import split_banks
+from jaxshare.core.model import _per_layer_rope, decoder_layer, embed, hidden_states, linear, rope_tables
 
 INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
 _TAPPED = {"attn_in": ("attn", "wq"), "o_in": ("attn", "wo"), "mlp_in": ("mlp", "w_up"), "down_in": ("mlp", "w_down")}
@@ -91,43 +98,152 @@ def collect_grams(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int
     return {k: np.asarray(v) for k, v in acc.items()}
 
 
+@partial(jax.jit, static_argnames=("cfg",))
+def _embed(params, cfg: ModelConfig, tokens_BT):
+    B, T = tokens_BT.shape
+    return embed(params, cfg, tokens_BT, jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)), jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("acc",))
+def _chunk(acc, params, cfg: ModelConfig, x_BTD, start, n: int):
+    """Layers [start, start + n) of the decoder on the residual stream x (the scan of `hidden_states`,
+    restricted to a range; start is traced, so every chunk of n layers shares one compilation):
+    (x after the last of them, acc + these layers' grams [n, d, d])."""
+    B, T = x_BTD.shape[:2]
+    q_pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
+    windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
+    layer_rope = _per_layer_rope(cfg, rope, q_pos_BT)  # local/global RoPE bases (Gemma3), as hidden_states
+    layers_xs, rebuild = split_banks(params.layers)
+
+    def body(x, i):  # one layer's weights sliced per step: the chunk is never copied whole
+        layer = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers_xs)
+        return gram_layer(x, rebuild(layer), cfg, layer_rope(windows_L[i]), q_pos_BT, windows_L[i])
+
+    x, grams = jax.lax.scan(body, x_BTD, start + jnp.arange(n, dtype=jnp.int32))
+    return x, {k: acc[k] + grams[k] for k in INPUTS}
+
+
+def gram_sizes(cfg: ModelConfig) -> dict[str, int]:
+    return {"attn_in": cfg.d_model, "o_in": cfg.n_heads * cfg.head_dim, "mlp_in": cfg.d_model, "down_in": cfg.d_ff}
+
+
+def layer_gram_bytes(cfg: ModelConfig) -> int:
+    return 4 * sum(d * d for d in gram_sizes(cfg).values())
+
+
+def collect_grams_to_disk(params, cfg: ModelConfig, windows: np.ndarray, out_dir, batch_size: int = 4,
+                          budget_bytes: int = 1 << 30) -> None:
+    """Write <input>.<layer>.npy (float32 [d, d]) for every layer into out_dir, holding the grams of
+    at most a chunk of layers (about budget_bytes, counted twice for the scan's output) at once."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    sizes, L, n = gram_sizes(cfg), cfg.n_layers, len(windows)
+    per_chunk = max(1, min(L, budget_bytes // (2 * layer_gram_bytes(cfg))))
+    x_NTD = np.concatenate([np.asarray(_embed(params, cfg, jnp.asarray(windows[i:i + batch_size])))
+                            for i in range(0, n, batch_size)])
+    bar = tqdm(total=L * (-(-n // batch_size)), desc="calibration", unit="layer-batch", leave=False)
+    for start in range(0, L, per_chunk):
+        stop = min(L, start + per_chunk)
+        acc = {k: jnp.zeros((stop - start, d, d), jnp.float32) for k, d in sizes.items()}
+        for i in range(0, n, batch_size):
+            x, acc = _chunk(acc, params, cfg, jnp.asarray(x_NTD[i:i + batch_size]), jnp.int32(start), stop - start)
+            x_NTD[i:i + batch_size] = np.asarray(x)
+            jax.block_until_ready(acc)  # an honest progress bar (dispatch is asynchronous)
+            bar.update(stop - start)
+        for k in INPUTS:
+            g = np.asarray(acc[k])
+            for j in range(stop - start):
+                np.save(out_dir / f"{k}.{start + j}.npy", g[j])
+            del g
+        del acc
+    bar.close()
+
+
+class LayerGrams:
+    """The grams of one input over the layers, read from disk on indexing: g[i] ([d, d]), g[[i, j]]
+    or g[a:b] ([n, d, d]); np.asarray(g) reads them all."""
+
+    def __init__(self, directory, name: str, n_layers: int):
+        self.directory, self.name, self.n_layers = directory, name, n_layers
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    def _one(self, i: int) -> np.ndarray:
+        return np.load(self.directory / f"{self.name}.{int(i)}.npy", allow_pickle=False)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            return self._one(idx)
+        layers = range(self.n_layers)[idx] if isinstance(idx, slice) else list(idx)
+        return np.stack([self._one(i) for i in layers])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class GramStore(dict):
+    """{input: LayerGrams} over a calibration cache directory (what `calibrate` returns)."""
+
+    def __init__(self, directory, n_layers: int):
+        super().__init__({k: LayerGrams(directory, k, n_layers) for k in INPUTS})
+        self.directory = directory
+
+
 def cache_key(model_id: str, data: str, n_windows: int, seq_len: int, seed: int) -> str:
-    blob = json.dumps([model_id, data, n_windows, seq_len, seed, 1])
+    blob = json.dumps([model_id, data, n_windows, seq_len, seed, 2])  # 2: a directory of per-layer grams
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def model_identity(loaded) -> str:
     """The model's source plus a fingerprint of a few weights (a changed file gives a new key)."""
     p = loaded.params
-    probe = np.asarray(jax.tree_util.tree_leaves(p)[0]).ravel()[:4096].astype(np.float64)
+    probe = np.asarray(jax.tree_util.tree_leaves(p)[0][:8]).ravel()[:4096].astype(np.float64)
     return f"{loaded.source}|{loaded.cfg.family}|{loaded.cfg.n_layers}|{probe.sum():.10e}|{np.abs(probe).sum():.10e}"
 
 
 def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
-    """Where calibrate() keeps (or finds) these statistics."""
+    """Where calibrate() keeps (or finds) these statistics: a directory, complete when it exists."""
     from jaxshare.io.fetch import cache_dir
 
-    return cache_dir() / "calib" / f"{cache_key(model_identity(loaded), data, n_windows, seq_len, seed)}.npz"
+    return cache_dir() / "calib" / cache_key(model_identity(loaded), data, n_windows, seq_len, seed)
 
 
 def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
-              batch_size: int = 4, use_cache: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Grams for a LoadedModel, cached as npz under cache_dir()/calib/ by model and data identity."""
+              batch_size: int = 4, use_cache: bool = True, budget_bytes: int = 1 << 30) -> tuple[dict, dict]:
+    """Grams for a LoadedModel as a GramStore ({input: per-layer grams read from disk on demand}),
+    cached under cache_dir()/calib/ by model and data identity. Without the cache they are written
+    to a temporary directory that lives as long as the returned store."""
+    import shutil
+    import tempfile
+    import weakref
+    from pathlib import Path
+
     from jaxshare.data.corpora import load_corpus
 
     info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
     path = cache_path(loaded, data, n_windows, seq_len, seed)
-    if use_cache and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in INPUTS}, {**info, "cached": True}
+    L = loaded.cfg.n_layers
+    if use_cache and path.is_dir():
+        return GramStore(path, L), {**info, "cached": True}
     windows = calibration_windows(loaded.tokenizer, load_corpus(data), n_windows, seq_len, seed)
-    grams = collect_grams(loaded.params, loaded.cfg, windows, batch_size)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial.npz")
-        np.savez(tmp, **grams)
-        tmp.replace(path)
-    return grams, {**info, "cached": False}
+    parent = path.parent if use_cache else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".partial-calib-"))
+    try:
+        collect_grams_to_disk(loaded.params, loaded.cfg, windows, tmp, batch_size, budget_bytes)
+        if use_cache:
+            tmp.rename(path)  # whole or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    store = GramStore(path if use_cache else tmp, L)
+    if not use_cache:
+        weakref.finalize(store, shutil.rmtree, tmp, True)
+    return store, {**info, "cached": False}
 
 
 def _matmul_rate() -> float:
@@ -161,9 +277,10 @@ def _rss_bytes() -> int:
 EFFICIENCY, COMPILE_S = 0.7, 8.0
 
 
-def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4) -> dict:
+def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4, budget_bytes: int = 1 << 30) -> dict:
     """Rough time and peak memory of calibrate() before it runs: FLOPs of the forward and the grams
-    at this backend's measured matmul rate; memory = what the process holds now + grams + one batch's
+    at this backend's measured matmul rate; memory = what the process holds now + one chunk of
+    layers' grams (twice: the scan's output) + the residual stream of every window + one batch's
     layer activations (the scan keeps one layer's at a time, attention scores included)."""
     L, d, f, h = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim
     kv = cfg.n_kv_heads * cfg.head_dim
@@ -172,9 +289,10 @@ def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4
     grams = 2 * d * d + h * h + f * f                                # the four x^T x per layer
     attn = 2 * seq_len * h                                           # scores and weighted sum, per token
     flops = 2 * L * tokens * (linear + grams + attn)
-    gram_bytes = 4 * L * (2 * d * d + h * h + f * f)
+    per_layer = layer_gram_bytes(cfg)
+    gram_bytes = 2 * per_layer * max(1, min(L, budget_bytes // (2 * per_layer))) + 4 * tokens * d
     b = min(batch_size, n_windows)
     act_bytes = 4 * b * seq_len * (8 * d + 3 * f + 2 * cfg.n_heads * seq_len)
     return {"tokens": tokens, "flops": flops, "backend": jax.default_backend(),
             "seconds": COMPILE_S + flops / (EFFICIENCY * _matmul_rate()),
-            "peak_bytes": _rss_bytes() + 3 * gram_bytes + act_bytes}
+            "peak_bytes": _rss_bytes() + gram_bytes + act_bytes}

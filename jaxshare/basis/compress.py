@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,10 +23,14 @@ from jaxshare.core.params import count_params, param_bytes
 
 def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_size: int = 2,
              method: str = "basis", shared=None, private=None, path: str = "auto",
-             ranks: dict | None = None, progress: bool = True):
+             ranks: dict | None = None, progress: bool = True, consume: bool = False):
     """(compressed params, manifest, report). grams: calibrate.calibrate's {input: [L, d, d]}
-    (unused by method "svd"). ranks: {type: k} overrides the ratio's rank (tests: full rank)."""
+    (unused by method "svd"); only the layers of one group are read at a time. ranks: {type: k}
+    overrides the ratio's rank (tests: full rank). Float64 is used for one group at a time.
+    consume: delete each dense leaf's buffer once its type is factorized (the caller's `params`
+    become unusable), so the dense and the factorized weights of a type never coexist."""
     t0 = time.perf_counter()
+    dense_counts = {"params_before": count_params(params), "bytes_before": param_bytes(params)}
     shared, private = validate(cfg, ratio, group_size, method, shared, private)
     if method != "svd" and grams is None:
         raise ValueError(f"method {method!r} needs calibration grams")
@@ -39,25 +44,30 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
         groups = groups_of(L, n)
         k = (ranks or {}).get(t) or type_rank(L, len(groups), d_in, d_out, ratio)
         k = max(1, min(k, d_in, min(len(g) for g in groups) * d_out))
-        w_L = np.asarray(to_2d(t, leaf), np.float64)  # [L, d_in, d_out]
-        rows, coefs, loss2, ref2 = [], [None] * L, 0.0, 0.0
-        for g in groups:
+        dt = leaf.dtype
+        rows = np.empty((len(groups), d_in, k), dt)  # filled a group at a time, already in the params' dtype
+        coefs = np.empty((L, k, d_out), dt)
+        loss2, ref2 = 0.0, 0.0
+        for gi, g in enumerate(groups):
+            w_g = [np.asarray(to_2d(t, leaf[i]), np.float64) for i in g]  # [d_in, d_out] per layer, this group only
             s = sxx = None
             if method != "svd":
                 sxx = np.sum(np.asarray(grams[TYPES[t][1]][g], np.float64), axis=0)
                 s, fell = whitening(sxx)
                 fallbacks += int(fell)
-            b, cs = group_factor([w_L[i] for i in g], s, k, path)
-            rows.append(b)
+            b, cs = group_factor(w_g, s, k, path)
+            rows[gi] = b
             for i, c in zip(g, cs):
                 coefs[i] = c
             if sxx is not None:  # calibration loss ||X (W - BC)|| relative to ||X W||
-                loss2 += whitened_loss([w_L[i] for i in g], sxx, b, cs) ** 2
-                ref2 += whitened_loss([w_L[i] for i in g], sxx, np.zeros((d_in, 1)), [np.zeros((1, d_out))] * len(g)) ** 2
-        dt = leaf.dtype
+                loss2 += whitened_loss(w_g, sxx, b, cs) ** 2
+                ref2 += whitened_loss(w_g, sxx, np.zeros((d_in, 1)), [np.zeros((1, d_out))] * len(g)) ** 2
+            del w_g, s, sxx, b, cs
         index = np.concatenate([np.full(len(g), gi, np.int32) for gi, g in enumerate(groups)])
-        new[t] = Factored(Bank(jnp.asarray(np.stack(rows), dt), jnp.asarray(index)),
-                          jnp.asarray(np.stack(coefs), dt), t, tuple(leaf.shape[1:]))
+        new[t] = Factored(Bank(jax.device_put(rows, may_alias=True), jnp.asarray(index)),
+                          jax.device_put(coefs, may_alias=True), t, tuple(leaf.shape[1:]))
+        if consume:
+            leaf.delete()
         before, after = L * d_in * d_out, len(groups) * d_in * k + L * k * d_out
         types[t] = {"shared": t in shared, "group_size": n, "groups": groups, "rank": k, "d_in": d_in, "d_out": d_out,
                     "params_before": before, "params_after": after, "ratio": 1 - after / before,
@@ -67,20 +77,22 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
                 "types": {t: {k: v for k, v in r.items() if k in ("shared", "group_size", "groups", "rank",
                                                                   "d_in", "d_out")} for t, r in types.items()},
                 "fallbacks": fallbacks}
-    report = accounting(params, out, types)
+    report = accounting(params, out, types, dense_counts)
     report.update(method=method, group_size=group_size, requested_ratio=ratio, fallbacks=fallbacks,
                   shared=shared, private=private, seconds=time.perf_counter() - t0)
     return out, manifest, report
 
 
-def accounting(dense, compressed, types: dict) -> dict:
+def accounting(dense, compressed, types: dict, dense_counts: dict | None = None) -> dict:
+    """dense_counts: {params_before, bytes_before} taken before the dense leaves were consumed."""
     cb = sum(r["params_before"] for r in types.values())
     ca = sum(r["params_after"] for r in types.values())
-    return {"params_before": count_params(dense), "params_after": count_params(compressed),
-            "bytes_before": param_bytes(dense), "bytes_after": param_bytes(compressed),
+    counts = dense_counts or {"params_before": count_params(dense), "bytes_before": param_bytes(dense)}
+    return {"params_before": counts["params_before"], "params_after": count_params(compressed),
+            "bytes_before": counts["bytes_before"], "bytes_after": param_bytes(compressed),
             "compressible_params_before": cb, "compressible_params_after": ca,
             "achieved_ratio": 1 - ca / cb if cb else 0.0,
-            "model_ratio": 1 - count_params(compressed) / count_params(dense),
+            "model_ratio": 1 - count_params(compressed) / counts["params_before"],
             "per_type": {t: {k: v for k, v in r.items() if k != "groups"} for t, r in types.items()}}
 
 

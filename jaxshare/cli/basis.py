@@ -6,7 +6,8 @@ import json
 import sys
 
 from jaxshare.basis.factor import METHODS, TYPES, BasisError
-from jaxshare.cli.common import BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty
+from jaxshare.cli.common import (BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, memory_size,
+                                 nonempty)
 
 # Sized for a CPU: 16k tokens, 430 s and 2.0 GiB for SmolLM2-135M on 2 busy cores (256 x 2048 ran about
 # an hour and 4.4 GB there); the paper's 256 x 2048 is for accelerators.
@@ -35,7 +36,7 @@ def announce(m, args) -> None:
     from jaxshare.basis.calibrate import cache_path, estimate
 
     size = f"{args.calib_windows} x {args.calib_seq_len} = {args.calib_windows * args.calib_seq_len:,} tokens"
-    if cache_path(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed).is_file():
+    if cache_path(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed).is_dir():
         print(f"calibration: {size} of {_calib_name(args.calib)}, cached from an earlier run", file=sys.stderr)
         return
     est = estimate(m.cfg, args.calib_windows, args.calib_seq_len, args.batch_size)
@@ -45,6 +46,35 @@ def announce(m, args) -> None:
     if est["tokens"] < 256 * 2048:
         msg += "; " + SCALE_UP
     print(msg, file=sys.stderr)
+
+
+def gram_budget(args) -> int:
+    """Bytes of calibration grams held at once: a third of what --max-memory leaves beside the
+    loaded model, else 1 GiB (the rest stays on disk, one .npy per layer and input)."""
+    from jaxshare.eval.perplexity import rss_bytes
+
+    if getattr(args, "max_memory", None) is None:
+        return 1 << 30
+    return max(64 << 20, (args.max_memory - rss_bytes()) // 3)
+
+
+def cast_consuming(params, dtype):
+    """params with floating leaves cast to dtype, each source buffer deleted once cast."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxshare.core.dtypes import as_dtype
+
+    dt = as_dtype(dtype)
+
+    def cast(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dt:
+            return x
+        y = x.astype(dt)
+        x.delete()
+        return y
+
+    return jax.tree_util.tree_map(cast, params)
 
 
 def cmd_basis(args) -> None:
@@ -65,9 +95,12 @@ def cmd_basis(args) -> None:
     if args.method != "svd":
         announce(m, args)
         grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
-                                args.batch_size)
+                                args.batch_size, budget_bytes=gram_budget(args))
+    # consume: each dense type is freed once factorized (m.params is not used again)
     params, manifest, rep = compress(m.params, m.cfg, grams, args.ratio, args.group_size, args.method, shared,
-                                     private, path=args.path)
+                                     private, path=args.path, consume=True)
+    if args.dtype != "fp32":
+        params = cast_consuming(params, args.dtype)
     manifest["calibration"] = info
     save_native(args.out, m.cfg, params, m.tokenizer, extra={"basis": manifest, "compressed_from": str(m.source)},
                 overwrite=args.overwrite)
@@ -130,6 +163,11 @@ def register(sub, add, group) -> None:
     b.add_argument("--path", choices=["auto", "eig", "concat"], default="auto",
                    help="basis from eigh of S(sum W W^T)S^T (eig) or svd of the concatenation; auto by shape")
     _calib_args(b)
+    b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype the factors are stored in (calibration and factorization run in fp32/fp64)")
+    b.add_argument("--max-memory", type=memory_size, default=None,
+                   help="peak memory to aim for (e.g. 12G): sets how many layers' calibration grams are "
+                        "held at once (default: 1 GiB of grams; the rest waits on disk)")
     b.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
 
     bp = add("basis-pairs", cmd_basis_pairs, "Frobenius loss of sharing a basis between any two layers (heatmap + JSON)")

@@ -89,6 +89,23 @@ BASIS_RATIO = float_in(0.0, 1.0, low_open=True, high_open=True)
 SHARD_MB = float_in(0.0, float(2**30), low_open=True)  # up to a pebibyte: int(mb * 2^20) stays exact
 
 
+def memory_size(text: str) -> int:
+    """A byte count: 12G, 12GB, 12GiB, 800M, 3.5G or plain bytes (K/M/G/T are powers of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size such as 12G, 800M or a byte count, got {text!r}")
+    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
+    return int(value)
+
+
+memory_size.__name__ = "size"
+PARAM_DTYPE_HELP = "dtype the weights are loaded and held in (bf16 halves the memory of the model)"
+
+
 class DeprecatedAlias(argparse.Action):
     """A hidden old spelling of an option: stores into the new option's dest and says so on stderr."""
 
@@ -129,8 +146,8 @@ def check_out_dir(out, overwrite: bool) -> Path:
     return check_destination(out, overwrite)
 
 
-COMPUTE_DTYPE_HELP = ("dtype of the forward pass; the weights are loaded as fp32 "
-                      "(--dtype is accepted as an older spelling)")
+COMPUTE_DTYPE_HELP = ("dtype of the forward pass; where a --param-dtype flag exists it sets the dtype the "
+                      "weights are held in, else they are fp32 (--dtype is accepted as an older spelling)")
 
 
 def compute_dtype_arg(p) -> None:

@@ -7,8 +7,8 @@ import json
 import sys
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
-                                 HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
-                                 nonempty)
+                                 PARAM_DTYPE_HELP, HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
+                                 memory_size, nonempty)
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
@@ -30,14 +30,12 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from jaxshare.io.native import save_native
-    from jaxshare.io.load import load_model
+    from jaxshare.io.convert import convert
 
     check_out_dir(args.out, args.overwrite)  # before the model is loaded: a taken OUT costs nothing
-    m = load_model(args.src, args.dtype, allow_bin=args.allow_bin)
-    out = save_native(args.out, m.cfg, m.params, m.tokenizer, extra={"converted_from": str(m.source)},
-                      overwrite=args.overwrite)
-    emit(args, {"out": str(out), "family": m.cfg.family}, f"wrote jaxshare checkpoint {out}")
+    # streamed: one tensor in memory at a time (HF and GGUF sources)
+    out, cfg, _ = convert(args.src, args.out, args.dtype, allow_bin=args.allow_bin, overwrite=args.overwrite)
+    emit(args, {"out": str(out), "family": cfg.family}, f"wrote jaxshare checkpoint {out}")
 
 
 def cmd_export(args) -> None:
@@ -67,12 +65,14 @@ def cmd_eval_ppl(args) -> None:
     from jaxshare.eval.perplexity import check_seq_len, perplexity
     from jaxshare.io.load import load_model
 
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
+    # the batch shrinks to fit --max-memory beside the loaded params (logits are made in vocabulary chunks)
     res = perplexity(m.params, m.cfg, m.tokenizer, _docs(args.data), args.seq_len, args.max_windows,
-                     args.batch_size, args.compute_dtype)
+                     args.batch_size, args.compute_dtype, max_memory=args.max_memory)
     # "dtype" is the key older scripts read; "compute_dtype" says what it is
-    res.update(model=args.model, data=args.data, dtype=args.compute_dtype, compute_dtype=args.compute_dtype)
+    res.update(model=args.model, data=args.data, dtype=args.compute_dtype, compute_dtype=args.compute_dtype,
+               param_dtype=args.param_dtype)
     emit(args, res, f"ppl {res['ppl']:.4f}  (nll {res['nll']:.4f}, {res['tokens']} tokens, "
                     f"{res['windows']} windows x {res['seq_len']})")
 
@@ -84,7 +84,7 @@ def cmd_parity(args) -> None:
 
     m = load_model(args.model, "fp32")
     check_seq_len(m.cfg, args.seq_len)
-    res = run_parity(m, _docs(args.data), args.seq_len, args.max_windows)
+    res = run_parity(m, _docs(args.data), args.seq_len, args.max_windows, free_params=True)
     emit(args, res, f"max |logit diff| {res['max_abs_logit_diff']:.3g}; ppl jaxshare {res['ppl_jax']:.4f} vs "
                     f"transformers {res['ppl_reference']:.4f} ({res['tokens']} tokens)")
 
@@ -93,7 +93,7 @@ def cmd_generate(args) -> None:
     from jaxshare.core.generate import generate_text
     from jaxshare.io.load import load_model
 
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.param_dtype)
     text = generate_text(m, args.prompt, args.max_new_tokens, chat=args.chat, temperature=args.temperature,
                          top_p=args.top_p, seed=args.seed, dtype=args.compute_dtype)
     emit(args, {"prompt": args.prompt, "completion": text}, text)
@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
     pp.add_argument("--max-windows", type=COUNT, default=None,
                     help="evaluate only the first K windows (default: every window of the corpus)")
-    pp.add_argument("--batch-size", type=COUNT, default=8, help="windows per forward pass")
+    pp.add_argument("--batch-size", type=COUNT, default=8, help="windows per forward pass (at most)")
+    pp.add_argument("--max-memory", type=memory_size, default=None,
+                    help="peak memory to stay under (e.g. 12G): the batch shrinks to fit beside the model "
+                         "(default: no limit beyond --batch-size)")
+    pp.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help=PARAM_DTYPE_HELP)
     compute_dtype_arg(pp)
 
     from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
@@ -175,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus mass in (0, 1]; 1 = no cut")
     g.add_argument("--seed", type=SEED, default=0, help="sampling seed")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    g.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help=PARAM_DTYPE_HELP)
     compute_dtype_arg(g)
 
     d = add("demo", cmd_demo, "the main workflow on the embedded SmolLM2-135M (or --model gemma3-270m), end to end")

@@ -95,7 +95,7 @@ def cmd_share(args) -> None:
     check_options(args.keep, args.correct, True, args.share_o)
     check_out_dir(args.out, args.overwrite)
     resolve(args.model)
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.dtype)  # held (and stored) in --dtype
     n_units(ratio if ratio is not None else args.net_ratio, m.cfg)  # more units than have partners fails here
     grams, calib = None, None
     if needs_calib:
@@ -170,4 +170,6 @@ def register(sub, add, group) -> None:
     sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
     sh.add_argument("--plot", metavar="DIR", type=nonempty,
                     help="write a per-layer PNG map of tied units to DIR (default: no plot)")
+    sh.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="dtype the weights are loaded, matched and stored in (bf16 halves the memory)")
     sh.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

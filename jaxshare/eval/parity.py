@@ -30,8 +30,9 @@ def check_reference(loaded: LoadedModel) -> None:
                                f"pip install torch==2.13.0 'jaxshare[reference]'")
 
 
-def reference_model(loaded: LoadedModel):
-    """The transformers model for the same weights: its GGUF loader for GGUFs, from_pretrained otherwise."""
+def reference_model(loaded: LoadedModel, hf_dir=None):
+    """The transformers model for the same weights: its GGUF loader for GGUFs, from_pretrained otherwise
+    (hf_dir: an HF export of a native checkpoint made beforehand)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -44,6 +45,8 @@ def reference_model(loaded: LoadedModel):
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     elif loaded.kind == "hf":
         model = AutoModelForCausalLM.from_pretrained(str(loaded.source), dtype=torch.float32)
+    elif hf_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     else:  # native: the reference reads our HF export of it
         from jaxshare.io.hf import export_hf
 
@@ -53,30 +56,53 @@ def reference_model(loaded: LoadedModel):
     return model.eval()
 
 
-def _nll_sum(logits_TV: np.ndarray, targets_T: np.ndarray) -> float:
-    x = logits_TV.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
-    return float(-logp[np.arange(len(targets_T)), targets_T].sum())
+def _nll_sum(logits_TV: np.ndarray, targets_T: np.ndarray, rows: int = 64) -> float:
+    total = 0.0
+    for a in range(0, len(targets_T), rows):  # float64 a block of rows at a time (a 151k vocabulary is large)
+        x = logits_TV[a:a + rows].astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+        total += float(-logp[np.arange(len(x)), targets_T[a:a + rows]].sum())
+    return total
 
 
-def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: int = 2) -> dict:
-    """Max |logit diff| and both PPLs over the first max_windows windows, at highest matmul precision."""
+def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: int = 2,
+               free_params: bool = False) -> dict:
+    """Max |logit diff| and both PPLs over the first max_windows windows, at highest matmul precision.
+
+    The two sides run in sequence: our logits first, then (with free_params, which deletes the
+    loaded params' buffers) the reference alone, so the two models are never in memory together."""
     check_reference(loaded)
     import torch
 
     check_seq_len(loaded.cfg, seq_len)
     windows = token_windows(tokenize_corpus(loaded.tokenizer, docs), seq_len, max_windows)
-    ref = reference_model(loaded)
-    max_diff, nll_jax, nll_ref = 0.0, 0.0, 0.0
+    ours = []
     with jax.default_matmul_precision("highest"):
-        for w in tqdm(windows, desc="parity", unit="window", leave=False):
-            got = np.asarray(forward(loaded.params, loaded.cfg, w[None]))[0]
-            with torch.no_grad():
-                want = ref(torch.as_tensor(w[None].astype(np.int64))).logits[0].float().numpy()
-            max_diff = max(max_diff, float(np.max(np.abs(got - want))))
-            nll_jax += _nll_sum(got[:-1], w[1:])
-            nll_ref += _nll_sum(want[:-1], w[1:])
+        for w in tqdm(windows, desc="parity (jaxshare)", unit="window", leave=False):
+            ours.append(np.asarray(forward(loaded.params, loaded.cfg, w[None]))[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = None
+        if loaded.kind == "native":  # the reference reads our HF export, written before the params go
+            from jaxshare.io.hf import export_hf
+
+            hf_dir = export_hf(loaded.params, loaded.cfg, Path(tmp) / "hf")
+        if free_params:
+            for leaf in jax.tree_util.tree_leaves(loaded.params):
+                leaf.delete()
+            loaded.params = None
+            from jaxshare.io.convert import release_memory
+
+            release_memory()
+        ref = reference_model(loaded, hf_dir)
+    max_diff, nll_jax, nll_ref = 0.0, 0.0, 0.0
+    for w, got in tqdm(list(zip(windows, ours)), desc="parity (transformers)", unit="window", leave=False):
+        with torch.no_grad():
+            want = ref(torch.as_tensor(w[None].astype(np.int64))).logits[0].float().numpy()
+        max_diff = max(max_diff, float(np.max(np.abs(got - want))))
+        nll_jax += _nll_sum(got[:-1], w[1:])
+        nll_ref += _nll_sum(want[:-1], w[1:])
+        del want
     tokens = len(windows) * (seq_len - 1)
     ppl_jax, ppl_ref = math.exp(nll_jax / tokens), math.exp(nll_ref / tokens)
     return {"max_abs_logit_diff": max_diff, "ppl_jax": ppl_jax, "ppl_reference": ppl_ref,

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.model import decoder_layer, next_token_nll
+from jaxshare.core.model import decoder_layer, hidden_states, norm
 from jaxshare.data.tokens import token_windows, tokenize_corpus
 
 PROTOCOL = ("documents joined with '\\n\\n', tokenized once without special tokens, non-overlapping "
@@ -31,17 +31,87 @@ def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
         raise EvalError(f"--seq-len {seq_len} is above the model's maximum of {cfg.max_seq_len} positions")
 
 
+VOCAB_CHUNK = 8192  # logits are made [B, T, 8192] at a time, never [B, T, V]
+
+
+def chunked_token_nll(params, cfg: ModelConfig, x_BTD, targets_BT, chunk: int = VOCAB_CHUNK):
+    """Per-token NLL [B, T] (float32) of targets from final hidden states (before the final norm),
+    as `token_nll(unembed(...))` computes it, but the vocabulary is visited in chunks with an
+    online log-sum-exp, so the fp32 logits never exist whole (151,936 x T x B x 4 bytes at 1.5B)."""
+    x = norm(x_BTD, params.final_norm, cfg)
+    w = params.embed if params.lm_head is None else params.lm_head  # [V, D] tied, [D, V] untied
+    tied = params.lm_head is None
+    V = w.shape[0] if tied else w.shape[1]
+    C = min(chunk, V)
+    n = -(-V // C)
+    B, T = targets_BT.shape
+    neg = jnp.full((B, T), -jnp.inf, jnp.float32)
+
+    def body(carry, i):
+        m, s, tgt = carry
+        start = jnp.minimum(i * C, V - C)  # the last chunk is shifted back inside V ...
+        w_c = jax.lax.dynamic_slice_in_dim(w, start, C, axis=0 if tied else 1)
+        w_DC = (w_c.T if tied else w_c).astype(x.dtype)
+        logits = jnp.einsum("btD,DC->btC", x, w_DC, preferred_element_type=jnp.float32)
+        if cfg.final_logit_softcap is not None:  # as model.unembed does
+            logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+        cols = start + jnp.arange(C)
+        logits = jnp.where(cols >= i * C, logits, -jnp.inf)  # ... and its overlap with the one before is masked
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[..., None]), axis=-1)
+        hit = (targets_BT >= i * C) & (targets_BT < start + C)
+        picked = jnp.take_along_axis(logits, jnp.clip(targets_BT - start, 0, C - 1)[..., None], axis=-1)[..., 0]
+        return (m_new, s, jnp.where(hit, picked, tgt)), None
+
+    (m, s, tgt), _ = jax.lax.scan(body, (neg, jnp.zeros((B, T), jnp.float32), neg), jnp.arange(n))
+    return m + jnp.log(s) - tgt
+
+
 @partial(jax.jit, static_argnames=("cfg", "dtype", "layer_fn"))
 def window_nll(params, cfg: ModelConfig, tokens_BT, dtype=jnp.float32, layer_fn=None):
-    """Summed NLL [B] of the T-1 next-token predictions of each window."""
-    return jnp.sum(next_token_nll(params, cfg, tokens_BT, dtype, layer_fn or decoder_layer), axis=-1)
+    """Summed NLL [B] of the T-1 next-token predictions of each window (vocabulary in chunks)."""
+    x, _ = hidden_states(params, cfg, tokens_BT, dtype=dtype, layer_fn=layer_fn or decoder_layer)
+    return jnp.sum(chunked_token_nll(params, cfg, x[:, :-1], tokens_BT[:, 1:]), axis=-1)
+
+
+def window_bytes(cfg: ModelConfig, seq_len: int, dtype=jnp.float32) -> int:
+    """Rough peak activation bytes of one window in window_nll: the residual stream and one layer's
+    q/k/v, MLP and attention scores (the scan keeps one layer's at a time), plus a logits chunk."""
+    from jaxshare.core.dtypes import as_dtype
+
+    T, D, F = seq_len, cfg.d_model, cfg.d_ff
+    item = np.dtype(as_dtype(dtype)).itemsize
+    qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+    per_layer = item * T * (4 * D + 2 * qkv + 3 * F) + 4 * 2 * cfg.n_heads * T * T  # scores + probs in fp32
+    return int(per_layer + 4 * T * (2 * min(VOCAB_CHUNK, cfg.vocab_size) + 2 * D))
+
+
+def rss_bytes() -> int:
+    """What this process holds now (Linux /proc), else 0."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def fit_batch(cfg: ModelConfig, seq_len: int, max_memory: int, dtype=jnp.float32, held: int | None = None) -> int:
+    """The largest batch whose activations fit `max_memory` bytes beside what the process holds
+    (`held`, default: its RSS now, the loaded params included); at least 1."""
+    held = rss_bytes() if held is None else held
+    return max(1, int((max_memory - held) // max(1, window_bytes(cfg, seq_len, dtype))))
 
 
 def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 8,
-                          dtype=jnp.float32, desc: str = "ppl", layer_fn=None) -> dict:
+                          dtype=jnp.float32, desc: str = "ppl", layer_fn=None, max_memory: int | None = None) -> dict:
+    """max_memory: bytes the process may reach; the batch shrinks below batch_size to fit it."""
     if batch_size < 1:
         raise EvalError(f"batch_size must be at least 1, got {batch_size}")
     n, T = windows.shape
+    if max_memory is not None:
+        batch_size = min(batch_size, fit_batch(cfg, T, max_memory, dtype))
     batch_size = max(1, min(batch_size, n))  # a batch larger than the windows would only score padding
     pad = (-n) % batch_size
     padded = np.concatenate([windows, np.zeros((pad, T), np.int32)]) if pad else windows
@@ -51,12 +121,13 @@ def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_s
     per_window = np.concatenate(sums)[:n].astype(np.float64)
     tokens = n * (T - 1)
     nll = float(per_window.sum() / tokens)
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": tokens, "windows": n, "seq_len": T, "protocol": PROTOCOL}
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": tokens, "windows": n, "seq_len": T, "batch_size": batch_size,
+            "protocol": PROTOCOL}
 
 
 def perplexity(params, cfg: ModelConfig, tokenizer, docs: list[str], seq_len: int, max_windows: int | None = None,
-               batch_size: int = 8, dtype=jnp.float32, layer_fn=None) -> dict:
+               batch_size: int = 8, dtype=jnp.float32, layer_fn=None, max_memory: int | None = None) -> dict:
     """PPL of docs (a list of documents) under the protocol; dtype: anything `as_dtype` takes."""
     check_seq_len(cfg, seq_len)
     return perplexity_of_windows(params, cfg, token_windows(tokenize_corpus(tokenizer, docs), seq_len, max_windows),
-                                 batch_size, dtype, layer_fn=layer_fn)
+                                 batch_size, dtype, layer_fn=layer_fn, max_memory=max_memory)

@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp) read as if they were Hugging Face checkpoints.
 
-`gguf_hf_config` turns the GGUF metadata into HF config kwargs, `iter_gguf_tensors` streams
-(hf_key, float32 array) pairs one tensor at a time from the memory-mapped file, dequantized
-with `gguf.quants.dequantize`, and `gguf_tokenizer` is transformers' own tokenizer for it.
+`gguf_hf_config` turns the GGUF metadata into HF config kwargs (header only, jaxshare.io.gguf_file),
+`iter_gguf_tensors` streams (hf_key, float32 array) pairs one tensor at a time, read with pread and
+dequantized with `gguf.quants.dequantize` a block of rows at a time, and `gguf_tokenizer` is
+transformers' own tokenizer for it.
 
 Orientation: GGUF lists a tensor's shape fastest axis first (ne order); the numpy view that
 gguf.GGUFReader gives, and the array dequantize returns, are already row-major [rows, cols],
@@ -76,37 +77,16 @@ def _hook(arch: str | None, name: str, default=None):
 
 
 def _reader(path):
-    """A gguf.GGUFReader that checks every tensor's byte range against the file size first (the
-    reader itself would fail on a truncated file with a bare numpy reshape error)."""
-    import gguf
+    """The file's metadata and tensor table (jaxshare.io.gguf_file): no tensor data, no vocabulary
+    objects; a truncated or garbled file raises CheckpointError naming the cause."""
+    from jaxshare.io.gguf_file import GGUFFile
 
-    class CheckedReader(gguf.GGUFReader):
-        def _build_tensors(self, start_offs, fields):
-            size = len(self.data)
-            for field in fields:
-                _, name, _, dims, raw_type, offset = field.parts
-                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_type[0])]
-                begin = int(start_offs + offset[0])
-                end = begin + int(np.prod(dims)) * type_size // block
-                if end > size:
-                    raise CheckpointError(f"{path} is truncated: tensor {bytes(name).decode(errors='replace')} "
-                                          f"needs bytes {begin}..{end}, the file has {size}")
-            super()._build_tensors(start_offs, fields)
-
-    from jaxshare.io.hf import CheckpointError
-
-    try:
-        return CheckedReader(str(path), "r")
-    except CheckpointError:
-        raise
-    except (ValueError, KeyError, IndexError, OverflowError) as e:  # a header cut short or garbled
-        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
+    return GGUFFile(path)
 
 
 def _fields(reader) -> dict:
     """Metadata key -> Python value (str, int, float, bool, or a list), less the vocabulary arrays."""
-    return {k: f.contents() for k, f in reader.fields.items()
-            if not k.startswith("GGUF.") and k not in _VOCAB_ARRAYS}
+    return reader.fields
 
 
 def _architecture(fields: dict) -> tuple[str, str]:
@@ -142,8 +122,10 @@ def _rope_scaling_problems(fields: dict, arch: str) -> list[str]:
 
 
 def gguf_hf_config(path) -> dict:
-    """HF config kwargs (a config.json-like dict) for the model in the GGUF file at `path`."""
-    return _config(_reader(path), path)[0]
+    """HF config kwargs (a config.json-like dict) for the model in the GGUF file at `path`; reads
+    the header only (milliseconds), so an unsupported file is refused before anything heavy."""
+    with _reader(path) as reader:
+        return _config(reader, path)[0]
 
 
 def _config(reader, path) -> tuple[dict, str]:
@@ -170,9 +152,9 @@ def _config(reader, path) -> tuple[dict, str]:
         if value is not None:
             cfg[hf_key] = float(value) if hf_key == "rms_norm_eps" else int(value)
     if "vocab_size" not in cfg:  # older files: the vocabulary size is the token list's length
-        if "tokenizer.ggml.tokens" not in reader.fields:
+        if "tokenizer.ggml.tokens" not in reader.array_lengths:
             raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
-        cfg["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
+        cfg["vocab_size"] = int(reader.array_lengths["tokenizer.ggml.tokens"])
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
 
@@ -233,47 +215,35 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _dequantize(tensor) -> np.ndarray:
-    from gguf.quants import dequantize
-
-    try:
-        out = dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError as e:
-        raise ValueError(f"GGUF tensor {tensor.name}: quantization type {tensor.tensor_type.name} "
-                         f"cannot be dequantized by the gguf package ({e})") from None
-    expected = tuple(int(n) for n in reversed(tensor.shape))  # ne order -> row-major
-    out = np.asarray(out, dtype=np.float32).reshape(expected)
-    # F32 comes back as a read-only view of the memory map; own it so the file can close.
-    return out.copy() if np.may_share_memory(out, tensor.data) else out
-
-
 def iter_gguf_tensors(path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (hf_key, float32 array in HF/torch orientation) per tensor, one at a time.
+    """Yield (hf_key, float32 array in HF/torch orientation) per tensor, one at a time; the file is
+    opened once and read with pread, a block of rows at a time (no memory map).
 
     Raises ValueError before yielding anything when a tensor name has no HF counterpart.
     """
-    reader = _reader(path)
-    cfg, arch = _config(reader, path)
-    names = {t.name: hf_tensor_name(t.name, arch) for t in reader.tensors}
-    unknown = sorted(n for n, hf in names.items() if hf is None)
-    if unknown:
-        more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
-        raise ValueError(f"{path}: unknown GGUF tensor name(s): {', '.join(unknown[:8])}{more}")
-    permuted = arch in PERMUTED_QK
-    fix = _hook(arch, "gguf_tensor", lambda key, a: a)
-    for tensor in reader.tensors:
-        hf_key = names[tensor.name]
-        arr = fix(hf_key, _dequantize(tensor))
-        if permuted and ".self_attn.q_proj." in hf_key:
-            arr = unpermute_rope_rows(arr, cfg["num_attention_heads"])
-        elif permuted and ".self_attn.k_proj." in hf_key:
-            arr = unpermute_rope_rows(arr, cfg["num_key_value_heads"])
-        yield hf_key, arr
+    with _reader(path) as reader:
+        cfg, arch = _config(reader, path)
+        names = {t.name: hf_tensor_name(t.name, arch) for t in reader.tensors}
+        unknown = sorted(n for n, hf in names.items() if hf is None)
+        if unknown:
+            more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
+            raise ValueError(f"{path}: unknown GGUF tensor name(s): {', '.join(unknown[:8])}{more}")
+        permuted = arch in PERMUTED_QK
+        fix = _hook(arch, "gguf_tensor", lambda key, a: a)
+        for tensor in reader.tensors:
+            hf_key = names[tensor.name]
+            arr = fix(hf_key, reader.read(tensor))
+            if permuted and ".self_attn.q_proj." in hf_key:
+                arr = unpermute_rope_rows(arr, cfg["num_attention_heads"])
+            elif permuted and ".self_attn.k_proj." in hf_key:
+                arr = unpermute_rope_rows(arr, cfg["num_key_value_heads"])
+            yield hf_key, arr
 
 
 def gguf_tensor_count(path) -> int:
     """Number of tensors in the file (a progress-bar total for iter_gguf_tensors)."""
-    return len(_reader(path).tensors)
+    with _reader(path) as reader:
+        return len(reader.tensors)
 
 
 def gguf_tokenizer(path):

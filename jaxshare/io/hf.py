@@ -31,13 +31,11 @@ def _names(keys, limit=8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype="fp32",
-                        source: str = "checkpoint", total: int | None = None) -> Params:
-    """Fill a Params pytree from (hf_key, array) pairs; raise on missing/unexpected/duplicate keys."""
-    dt = as_dtype(dtype)
+def fill_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], put, source: str = "checkpoint",
+                      total: int | None = None) -> None:
+    """Route (hf_key, array) pairs into param leaves: put(leaf path, layer index or None, array in the
+    leaf's layout) once per part. Raises on missing/unexpected/duplicate keys and wrong shapes."""
     table = {s.hf_key: s for s in families.slots(cfg)}
-    buffers: dict[str, np.ndarray] = {}
-    map_shapes(lambda path, shape: buffers.__setitem__(path, np.empty(shape, dt)), param_shapes(cfg))
     seen, unexpected, duplicate = set(), [], []
     for key, arr in tqdm(tensors, total=total, desc=f"loading {Path(source).name}", unit="tensor", leave=False):
         if key in seen:
@@ -53,8 +51,8 @@ def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
         if tuple(arr.shape) != slot.hf_shape:
             raise CheckpointError(f"{source}: tensor {key} has shape {tuple(arr.shape)}, expected {slot.hf_shape}")
         for (leaf, layer), part in zip(slot.parts, slot.split(np.asarray(arr))):
-            target = buffers[leaf] if layer is None else buffers[leaf][layer]
-            target[...] = part.astype(dt, copy=False)
+            put(leaf, layer, part)
+        del arr
     missing = set(table) - seen
     problems = []
     if missing:
@@ -65,6 +63,20 @@ def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
         problems.append(f"duplicate keys: {_names(duplicate)}")
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype="fp32",
+                        source: str = "checkpoint", total: int | None = None) -> Params:
+    """Fill a Params pytree from (hf_key, array) pairs; raise on missing/unexpected/duplicate keys."""
+    dt = as_dtype(dtype)
+    buffers: dict[str, np.ndarray] = {}
+    map_shapes(lambda path, shape: buffers.__setitem__(path, np.empty(shape, dt)), param_shapes(cfg))
+
+    def put(leaf, layer, part):
+        target = buffers[leaf] if layer is None else buffers[leaf][layer]
+        target[...] = part.astype(dt, copy=False)
+
+    fill_from_tensors(cfg, tensors, put, source, total)
 
     def to_device(path, _shape):
         # may_alias: on CPU the device array adopts the host buffer instead of copying it
@@ -91,31 +103,22 @@ def _safetensor_files(model_dir: Path) -> list[Path]:
 
 
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
-    from safetensors import SafetensorError, safe_open
+    """(key, array) of every tensor, each file opened once and read with pread (no memory map)."""
+    from jaxshare.io.tensorfile import TensorReader
 
     for path in files:
-        try:
-            handle = safe_open(str(path), framework="numpy")
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
-        with handle as f:
+        with TensorReader(path) as f:
             for key in f.keys():
-                try:
-                    yield key, f.get_tensor(key)
-                except (SafetensorError, OSError) as e:
-                    raise CheckpointError(f"{path}: cannot read tensor {key}: {e}") from None
+                yield key, f.read(key)
 
 
 def count_safetensors(files: list[Path]) -> int:
-    from safetensors import SafetensorError, safe_open
+    from jaxshare.io.tensorfile import TensorReader
 
     total = 0
     for path in files:
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                total += len(list(f.keys()))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+        with TensorReader(path) as f:
+            total += len(f.keys())
     return total
 
 
@@ -160,8 +163,9 @@ def hf_tensor(params: Params, slot, dtype) -> np.ndarray:
     parts = []
     for leaf, layer in slot.parts:
         arr = get_leaf(params, leaf)
-        parts.append(np.asarray(arr if layer is None else arr[layer]).astype(np.float32))
-    return np.ascontiguousarray(slot.join(*parts).astype(as_dtype(dtype)))
+        parts.append(np.asarray(arr if layer is None else arr[layer]).astype(np.float32, copy=False))
+    # copy=False: a large tensor (the embedding) is not copied once more per cast
+    return np.ascontiguousarray(slot.join(*parts)).astype(as_dtype(dtype), copy=False)
 
 
 def hf_state_dict(params: Params, cfg: ModelConfig, dtype="fp32") -> Iterator[tuple[str, np.ndarray]]:
@@ -177,7 +181,8 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
     (basis.safetensors), so `load_model` restores the compression. info: {kind key: details}
     (e.g. a native checkpoint's meta["extra"]) merged into those manifests."""
     from huggingface_hub import split_state_dict_into_shards_factory
-    from safetensors.numpy import save_file
+
+    from jaxshare.io.tensorfile import TensorWriter
 
     from jaxshare.core.compressed import export_files, manifests, materialize
 
@@ -195,9 +200,10 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
         hf_cfg.save_pretrained(tmp)
         table = {s.hf_key: s for s in families.slots(cfg)}
         for filename, keys in tqdm(split.filename_to_tensors.items(), desc="writing shards", leave=False):
-            shard = {key: hf_tensor(params, table[key], dtype) for key in keys}  # one shard in memory at a time
-            save_file(shard, str(tmp / filename), metadata={"format": "pt"})
-            del shard
+            specs = [(key, table[key].hf_shape, dt) for key in keys]
+            with TensorWriter(tmp / filename, specs, metadata={"format": "pt"}) as shard:
+                for key in keys:  # one tensor in memory at a time
+                    shard.write(key, hf_tensor(params, table[key], dtype))
         if split.is_sharded:
             index = {"metadata": {"total_size": split.metadata.get("total_size", sum(sizes.values()))},
                      "weight_map": split.tensor_to_filename}

@@ -35,22 +35,27 @@ def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
     from jaxshare.io import gguf as gguf_io
     from jaxshare.io.hf import params_from_tensors
 
-    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))
+    from jaxshare.io.convert import release_memory
+
+    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))  # the header only: refuses early
+    tokenizer = gguf_io.gguf_tokenizer(path)  # before the params: its transient peak does not stack on them
+    release_memory()
     params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path), dtype, str(path))
-    return cfg, params, gguf_io.gguf_tokenizer(path)
+    return cfg, params, tokenizer
 
 
 def registered_native(name: str) -> Path:
     """The cached native checkpoint of a registered model, converting its GGUF once."""
     from jaxshare.io import registry
-    from jaxshare.io.native import is_native, save_native
+    from jaxshare.io.convert import convert_gguf_to_native
     from jaxshare.io.fetch import cache_dir
+    from jaxshare.io.native import is_native
 
     out = cache_dir() / "models" / name / "native"
     if not is_native(out):
         gguf = registry.registered_gguf(name)
-        cfg, params, tok = convert_gguf(gguf, "fp32")
-        save_native(out, cfg, params, tok, extra={"converted_from": gguf.name, "registered": name}, overwrite=True)
+        convert_gguf_to_native(gguf, out, "fp32", extra={"converted_from": gguf.name, "registered": name},
+                               overwrite=True)
     return out
 
 

@@ -1,0 +1,215 @@
+"""Peak RSS of every heavy command (issue 15), each in a fresh process, next to transformers' own
+load and eval of the same checkpoint in the same run.
+
+    python -m benchmarks.memory [--models smollm2,qwen2-1.5b] [--big-dir DIR] [--work DIR] [--json]
+    flock /work/wt/heavy.lock python -m benchmarks.memory --models qwen2-1.5b --held-lock --seq-len 256 --calib 4x256
+
+Models: `smollm2` (SmolLM2-135M, from its registered Q4_1 GGUF) and `qwen2-1.5b`, a random-weight
+Qwen2-1.5B-shaped HF checkpoint made with transformers (benchmarks.make_random_qwen2, bf16 on disk,
+made once in --big-dir and reused). Commands: convert (fp32 and bf16), eval ppl, parity, share,
+basis (20%) and export; transformers: from_pretrained alone, and from_pretrained plus the same PPL
+windows. A 1.5B command runs under `flock /work/wt/heavy.lock` (a shared machine).
+
+Peak RSS is the command's own (wait4's ru_maxrss through a small launcher, benchmarks.train_memory;
+it covers the command's waited-for children, flock's python included). `net` subtracts a process
+that only does the same imports. Results: benchmarks/results/memory.json, written after every case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine
+from benchmarks.train_memory import child_env, run_measured
+
+LOCK = "/work/wt/heavy.lock"
+PY = sys.executable
+IMPORTS = ("import jax, jax.numpy, transformers, tokenizers, numpy, jaxshare.cli.main, jaxshare.io.load, "
+           "jaxshare.io.convert, jaxshare.io.native, jaxshare.io.hf, jaxshare.eval.perplexity")
+TORCH_IMPORTS = "import torch, transformers, transformers.models.qwen2.modeling_qwen2, transformers.models.llama.modeling_llama"
+
+TF_EVAL = """
+import sys, math, numpy as np, torch, transformers
+src, data, seq_len, windows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+if windows:
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import token_windows, tokenize_corpus
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    w = token_windows(tokenize_corpus(tok, load_corpus(data)), seq_len, windows)
+    nll = 0.0
+    with torch.inference_mode():
+        for x in w:  # one window at a time: transformers' loss materializes [T, V] logits
+            nll += float(model(torch.as_tensor(x[None].astype(np.int64)), labels=torch.as_tensor(x[None].astype(np.int64))).loss) * (seq_len - 1)
+    print("ppl", math.exp(nll / (len(w) * (seq_len - 1))))
+"""
+
+
+def param_count(native: Path) -> int:
+    from jaxshare.io.tensorfile import TensorReader
+
+    with TensorReader(native / "params.safetensors") as f:
+        return sum(int(__import__("math").prod(f.shape(k))) for k in f.keys())
+
+
+def new_calib_dirs(before: set) -> list[Path]:
+    from jaxshare.io.fetch import cache_dir
+
+    d = cache_dir() / "calib"
+    return [p for p in d.iterdir() if p.name not in before] if d.is_dir() else []
+
+
+def cases(model: str, src: Path, work: Path, seq_len: int, windows: int, calib: tuple[int, int]) -> list[tuple]:
+    """(name, argv, cleanup paths) in order; later cases read what convert wrote."""
+    nat, data = work / "native", "canterbury"
+    js = [PY, "-m", "jaxshare"]
+    cw, cs = calib
+    return [
+        ("baseline_imports", [PY, "-c", IMPORTS], []),
+        ("convert", js + ["convert", str(src), str(nat), "--overwrite"], []),
+        ("convert_bf16", js + ["convert", str(src), str(work / "native16"), "--dtype", "bf16", "--overwrite"],
+         [work / "native16"]),
+        ("eval_ppl", js + ["eval", "ppl", str(nat), "--data", data, "--seq-len", str(seq_len), "--max-windows",
+                           str(windows), "--batch-size", "8", "--json"], []),
+        ("parity", js + ["parity", str(src), "--data", data, "--seq-len", str(seq_len), "--max-windows", "2", "--json"],
+         []),
+        ("share", js + ["share", str(nat), str(work / "share"), "--ratio", "0.3", "--overwrite", "--json"],
+         [work / "share"]),
+        ("export", js + ["export", str(nat), str(work / "hf"), "--overwrite"], []),
+        ("baseline_torch_imports", [PY, "-c", TORCH_IMPORTS], []),
+        # transformers reads the HF form of the same weights: our export (SmolLM2) or the source dir (1.5B)
+        ("transformers_load", [PY, "-c", TF_EVAL, "HF", data, str(seq_len), "0"], []),
+        ("transformers_load_eval_ppl", [PY, "-c", TF_EVAL, "HF", data, str(seq_len), str(windows)], []),
+        ("basis", js + ["basis", str(nat), str(work / "basis"), "--ratio", "0.2", "--calib-windows", str(cw),
+                        "--calib-seq-len", str(cs), "--seed", str(int(time.time()) % 100000), "--overwrite", "--json"],
+         [work / "basis"]),
+    ]
+
+
+def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked: bool, out: dict, path: Path,
+              seq_len: int, windows: int, calib: tuple[int, int], only: set | None) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    env = child_env()
+    res = out["models"].setdefault(model, {"source": str(src), "cases": {}})
+    from jaxshare.io.fetch import cache_dir
+
+    for name, argv, cleanup in cases(model, src, work, seq_len, windows, calib):
+        if only and name not in only and not name.startswith("baseline"):
+            continue
+        argv = [str(hf_for_tf or work / "hf") if a == "HF" else a for a in argv]
+        cmd = (["flock", LOCK] if locked and not name.startswith("baseline") else []) + argv  # imports only: no lock
+        calib_before = {p.name for p in (cache_dir() / "calib").iterdir()} if (cache_dir() / "calib").is_dir() else set()
+        r = run_measured(cmd, env)
+        for p in new_calib_dirs(calib_before):  # the grams this run wrote (GBs at 1.5B): ours to remove
+            shutil.rmtree(p, ignore_errors=True)
+        entry = {"argv": argv[1:] if argv[0] == PY else argv, "rc": r["rc"], "wall_s": round(r["wall_s"], 1),
+                 "peak_rss_bytes": r["peak_rss_bytes"], "locked": locked}
+        if r["rc"] != 0:
+            entry["stderr_tail"] = r["stderr"][-1500:]
+        last = r["stdout"].strip().splitlines()[-1] if r["stdout"].strip() else ""
+        if last.startswith("{"):
+            keep = ("ppl", "batch_size", "max_abs_logit_diff", "ppl_rel_diff", "achieved_ratio", "params_after",
+                    "params_before", "units_freed")
+            entry["result"] = {k: v for k, v in json.loads(last).items() if k in keep}
+        elif last.startswith("ppl "):
+            entry["result"] = {"ppl": float(last.split()[1])}
+        res["cases"][name] = entry
+        print(f"{model} {name}: rc {r['rc']}, {entry['wall_s']} s, peak {r['peak_rss_bytes'] / 2**30:.2f} GiB",
+              file=sys.stderr)
+        for p in cleanup:
+            shutil.rmtree(p, ignore_errors=True)
+        summarize(res, work / "native")
+        save(path, out, model, res)
+    for p in (work / "native", work / "hf"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save(path: Path, out: dict, model: str, res: dict) -> None:
+    """Write this model's entry, keeping the other models' (another run may be writing them)."""
+    cur = json.loads(path.read_text()) if path.is_file() else {}
+    cur = {**cur, **{k: v for k, v in out.items() if k != "models"}}
+    cur.setdefault("models", {})[model] = res
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(cur, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def summarize(res: dict, native: Path) -> None:
+    c = res["cases"]
+    if native.is_dir() and "params" not in res:
+        res["params"] = param_count(native)
+    n = res.get("params")
+    base = c.get("baseline_imports", {}).get("peak_rss_bytes")
+    tbase = c.get("baseline_torch_imports", {}).get("peak_rss_bytes")
+    for name, e in c.items():
+        if name.startswith("baseline") or e["rc"] != 0:
+            continue
+        b = tbase if name.startswith("transformers") else base
+        if b:
+            e["net_rss_bytes"] = e["peak_rss_bytes"] - b
+        if n:
+            e["peak_over_fp32_params"] = round(e["peak_rss_bytes"] / (4 * n), 3)
+            if b:
+                e["net_over_fp32_params"] = round((e["peak_rss_bytes"] - b) / (4 * n), 3)
+                if name == "convert_bf16":
+                    e["net_over_bf16_params"] = round((e["peak_rss_bytes"] - b) / (2 * n), 3)
+    tf = c.get("transformers_load_eval_ppl", {}).get("peak_rss_bytes")
+    if tf:
+        res["ratio_to_transformers_load_eval"] = {k: round(e["peak_rss_bytes"] / tf, 3) for k, e in c.items()
+                                                  if not k.startswith(("baseline", "transformers")) and e["rc"] == 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2,qwen2-1.5b")
+    ap.add_argument("--big-dir", type=Path, default=Path("/work/wt/scale_cache/qwen2-1.5b-random"),
+                    help="the random 1.5B HF checkpoint (made here once if absent)")
+    ap.add_argument("--work", type=Path, default=Path("/work/wt/scale_cache/memory_work"),
+                    help="scratch for converted and compressed outputs (removed as the run goes)")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=8, help="PPL windows (eval ppl and transformers)")
+    ap.add_argument("--calib", default="8x256", help="basis calibration windows x seq_len (sized for a CPU)")
+    ap.add_argument("--cases", default=None, help="comma list: run only these (plus the baselines)")
+    ap.add_argument("--held-lock", action="store_true",
+                    help="the caller already holds the lock for the whole run (flock LOCK python -m "
+                         "benchmarks.memory ...): the 1.5B commands do not take it one by one")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    calib = tuple(int(x) for x in args.calib.split("x"))
+    only = set(args.cases.split(",")) if args.cases else None
+    path = RESULTS / "memory.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    out = {"benchmark": "memory", "models": old.get("models", {}) if only else {}}
+    out.update(machine=machine(), argv=sys.argv[1:], lock=LOCK)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for model in args.models.split(","):
+        if model == "smollm2":
+            from jaxshare.io import registry
+
+            run_model(model, registry.registered_gguf("smollm2-135m"), None, args.work / model, False, out, path,
+                      args.seq_len, args.windows, calib, only)
+        elif model == "qwen2-1.5b":
+            from benchmarks.make_random_qwen2 import make
+
+            if not (args.big_dir / "config.json").is_file():
+                os.system(f"flock {LOCK} {PY} -m benchmarks.make_random_qwen2 {args.big_dir}")
+            big = make(args.big_dir)
+            run_model(model, big, big, args.work / model, not args.held_lock, out, path, args.seq_len, args.windows,
+                      calib, only)
+        else:
+            sys.exit(f"unknown model {model}")
+    for model, res in out["models"].items():
+        for k, v in (res.get("ratio_to_transformers_load_eval") or {}).items():
+            print(f"{model} {k}: peak / transformers load+eval = {v}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
