@@ -152,7 +152,7 @@ def register(sub, add, group) -> None:
                           help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
     how_many.add_argument("--net-ratio", type=SHARE_RATIO, default=None,
                           help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
-                               "parameters keep=mean frees at this ratio (equal net parameters)")
+                               "parameters keep=mean frees at this ratio (equal net parameters) (default: none, --ratio decides)")
     sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
     sh.add_argument("--keep", choices=("root", "mean", "data"), default="root",
                     help="a tied group keeps the root's weights (paper), their mean, or their calibration "
@@ -162,7 +162,7 @@ def register(sub, add, group) -> None:
                          "value path folded into its own W_o at no parameter cost (qkv); needs --calib")
     sh.add_argument("--calib", default=None,
                     help="calibration corpus or file for --keep data / --correct (bare 'wiki' = wiki:train); "
-                         "cached, shared with `jaxshare basis`")
+                         "cached, shared with `jaxshare basis` (default: none)")
     sh.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
     sh.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
     sh.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
