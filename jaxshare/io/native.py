@@ -60,17 +60,23 @@ def _quiet_orbax():
         log.setLevel(level)
 
 
+def native_meta(cfg: ModelConfig, params: Params, extra: dict | None = None) -> dict:
+    """The jaxshare.json of a checkpoint of `params` (for writers that run orbax themselves, such
+    as a multi-host trainer whose processes each save their own shards)."""
+    dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
+    given = extra or {}
+    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
+    extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
+    return {"format": "jaxshare", "version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
+            "dtype": dtype, "extra": extra}
+
+
 def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra: dict | None = None,
                 overwrite: bool = False) -> Path:
     """Write a checkpoint atomically: into a temp dir beside out_dir, then rename. The manifest of
     every compressed kind in `params` is written by itself; extra[kind key] (method details such
     as the ratio) is merged into it, other extra keys are kept as given."""
-    dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
-    given = extra or {}
-    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
-    extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
-    meta = {"format": "jaxshare", "version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
-            "dtype": dtype, "extra": extra}
+    meta = native_meta(cfg, params, extra)
     with atomic_output(out_dir, overwrite) as tmp:
         with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save((tmp / "params").absolute(), params)
