@@ -248,7 +248,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     B, T = tokens_BT.shape
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
     q_pos_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
-    x = embed(params, cfg, tokens_BT, q_pos_BT, dtype)
+    x = constrain(embed(params, cfg, tokens_BT, q_pos_BT, dtype), "batch", "length", "act_embed")
     rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
     windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
 

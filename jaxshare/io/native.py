@@ -104,6 +104,12 @@ def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dic
     stored = as_dtype(meta["dtype"])
     # each compressed kind named in extra rebuilds its leaves (bank sizes, ranks) for orbax
     abstract = target if target is not None else abstract_tree(cfg, meta.get("extra", {}), stored)
+    # Without a sharding orbax would place arrays on the saving run's devices (a multi-host
+    # trainer's mesh, say), which this process may not have: restore onto our first local device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+        abstract)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore((Path(path) / "params").absolute(), abstract)
     if dtype is not None and as_dtype(dtype) != stored:

@@ -37,18 +37,21 @@ def put_global(tree, shardings):
 
 
 def to_host(tree):
-    """numpy copy of every leaf on every process; arrays sharded across processes are gathered
-    leaf by leaf (a collective: every process must call this at the same point)."""
+    """numpy copy of every leaf on every process. Arrays sharded across processes are gathered by
+    one `process_allgather` of the whole tree (a collective: every process calls this at the same
+    point; a barrier first, so that a process still finishing process-0-only work is not timed
+    out by the collective's own shorter deadline)."""
     from jax.experimental import multihost_utils
 
-    def one(x):
-        if x is None:
-            return None
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(jax.device_get(x))
-
-    return jax.tree_util.tree_map(one, tree, is_leaf=lambda x: x is None)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    out = [None if i in spread else np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)]
+    if spread:
+        barrier("jaxshare_to_host")
+        gathered = multihost_utils.process_allgather([leaves[i] for i in spread], tiled=True)
+        for i, g in zip(spread, gathered):
+            out[i] = np.asarray(g)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def local_rows(sharding, global_shape: tuple[int, ...], axis: int) -> tuple[int, int]:

@@ -89,16 +89,28 @@ def local_str(path) -> str:
     return os.path.abspath(os.fspath(as_path(path)))
 
 
+def _replace_local(p, blob: bytes) -> None:
+    from jaxshare.io.atomic import _umask
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.fspath(p.parent), prefix=f".{p.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain write would follow the umask
+        os.replace(tmp, os.fspath(p))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_text(path, text: str) -> None:
     """Replace a small file whole: local through a temporary + os.replace; an object store writes
     objects atomically by itself."""
     p = as_path(path)
     if is_local(p):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.fspath(p.parent), prefix=f".{p.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.fspath(p))
+        _replace_local(p, text.encode())
     else:
         p.write_text(text)
 
@@ -106,11 +118,7 @@ def write_text(path, text: str) -> None:
 def write_bytes(path, blob: bytes) -> None:
     p = as_path(path)
     if is_local(p):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.fspath(p.parent), prefix=f".{p.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, os.fspath(p))
+        _replace_local(p, blob)
     else:
         p.write_bytes(blob)
 
