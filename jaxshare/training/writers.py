@@ -37,17 +37,17 @@ class JsonlWriter:
     """metrics.jsonl: one JSON object per write (any epath; appended)."""
 
     def __init__(self, path):
-        from etils import epath
+        from jaxshare.training import paths
 
-        self.path = epath.Path(path)
+        self.path = paths.as_path(path)
+        self.local = paths.is_local(self.path)
 
     def write(self, step: int, scalars: dict) -> None:
         line = json.dumps({"step": step, **scalars}) + "\n"
-        if self.path.parent.exists() and not str(self.path).startswith(("gs://", "s3://", "memory://")) \
-                and os.path.isabs(os.fspath(self.path)):
+        if self.local:
             with open(os.fspath(self.path), "a") as f:
                 f.write(line)
-        else:  # object stores have no append: rewrite the object
+        else:  # object stores have no append: rewrite the (small) object
             old = self.path.read_text() if self.path.exists() else ""
             self.path.write_text(old + line)
 
@@ -56,15 +56,16 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-    """TensorBoard event files in RUN_DIR/tensorboard (written locally and copied up when the run
-    dir is not a local directory)."""
+    """TensorBoard event files in RUN_DIR/tensorboard (written locally and copied up at close
+    when the run dir is not on a local disk)."""
 
     def __init__(self, logdir):
-        from etils import epath
         from tensorboardX import SummaryWriter
 
-        self.dest = epath.Path(logdir)
-        self.local = "://" not in os.fspath(self.dest) and not str(self.dest).startswith("/memory")
+        from jaxshare.training import paths
+
+        self.dest = paths.as_path(logdir)
+        self.local = paths.is_local(self.dest)
         self.dir = os.fspath(self.dest) if self.local else tempfile.mkdtemp(prefix="jaxshare-tb-")
         self.sw = SummaryWriter(self.dir, flush_secs=30)
 
@@ -76,11 +77,10 @@ class TensorBoardWriter:
     def close(self) -> None:
         self.sw.close()
         if not self.local:
-            from etils import epath
-
             self.dest.mkdir(parents=True, exist_ok=True)
             for name in os.listdir(self.dir):
-                epath.Path(os.path.join(self.dir, name)).copy(self.dest / name, overwrite=True)
+                with open(os.path.join(self.dir, name), "rb") as f:
+                    (self.dest / name).write_bytes(f.read())
 
 
 class WandbWriter:
