@@ -33,7 +33,7 @@ import numpy as np
 from jaxshare.core.bank import combine
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import next_token_nll
-from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
+from jaxshare.headshare.penalty import pairs_from_plan
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
