@@ -187,7 +187,9 @@ def phases_child(argv: list[str]) -> None:
 
         return stepped, batch_sh
 
-    wrap(trainer, "prepare", "load model + data")
+    from jaxshare.training import program
+
+    wrap(program, "prepare", "load model + data")
     wrap(trainer, "place_state", "params + optimizer init")
     wrap(trainer, "compile_step", "jit wrapper", after_result=wrap_step)
     wrap(trainer.Trainer, "_evaluate", "eval")

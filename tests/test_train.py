@@ -31,7 +31,7 @@ from jaxshare.core.model import forward
 from jaxshare.core.params import init_params
 from jaxshare.training.config import TrainConfigError, build_config, load_config
 from jaxshare.data.tokens import token_windows
-from jaxshare.training.data import Batches
+from jaxshare.training.data import batch_iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 # SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
@@ -137,30 +137,53 @@ def test_loss_on_eight_devices_equals_one_device():
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
-def test_sharding_rules_keep_axis0_and_banks_whole():
-    assert meshlib.leaf_spec((30, 3, 3, 576, 64), 4) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
-    assert meshlib.leaf_spec((63, 3, 576, 64), 8) == jax.sharding.PartitionSpec(None, None, "fsdp")
-    assert meshlib.leaf_spec((49152, 576), 4) == jax.sharding.PartitionSpec(None, "fsdp")
-    assert meshlib.leaf_spec((30, 100), 4) == jax.sharding.PartitionSpec()  # small: replicated
-    assert meshlib.leaf_spec((4096,), 4) == jax.sharding.PartitionSpec()
+def test_sharding_follows_logical_axes_and_keeps_banks_whole():
+    P = jax.sharding.PartitionSpec
+    mesh = meshlib.make_mesh("data=1,fsdp=4,tensor=2")
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+    params = init_params(CFG, jax.random.key(0))
+    sh = meshlib.param_shardings(mesh, params)
+    assert sh.layers.attn.wq.spec == P(None, None, None, "fsdp", None)  # K=3 is not divisible by tensor=2
+    assert sh.layers.mlp.w_up.spec == P(None, "fsdp", "tensor")  # embed -> fsdp, mlp -> tensor
+    assert sh.embed.spec == P("tensor", "fsdp") and sh.layers.attn_norm.scale.spec == P(None, None)
+    shared = sharing.compact_params(sharing.share(params, CFG, directshare.plan(params, CFG, 0.3)["by_matrix"]["q"]
+                                                  and {m: directshare.plan(params, CFG, 0.3)["by_matrix"][m]["roots"]
+                                                       for m in ("q", "k", "v")}))
+    bank = meshlib.param_shardings(mesh, shared).layers.attn.wq
+    assert bank.rows.spec[0] is None and bank.index.spec == P(None, None)  # units whole, index replicated
     with pytest.raises(ValueError, match="does not cover"):
         meshlib.make_mesh("data=3")
-    assert dict(meshlib.make_mesh("").shape) == {"data": 1, "fsdp": 8}
-    assert dict(meshlib.make_mesh("data=2").shape) == {"data": 2, "fsdp": 4}
+    with pytest.raises(ValueError, match="mesh"):
+        meshlib.parse_mesh("pipeline=2")
+    assert dict(meshlib.make_mesh("").shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert dict(meshlib.make_mesh("data=2").shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    # ICI x DCN: 2 "slices" (granules) of 4 devices; data crosses slices, fsdp stays inside one.
+    hyb = meshlib.make_mesh("fsdp=4", dcn="data=2", devices=jax.devices())
+    assert dict(hyb.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
 
 
 # -- data ------------------------------------------------------------------------------------------
 
-def test_batches_are_deterministic_and_resume_by_position():
+def test_grain_batches_are_deterministic_sharded_and_resumable():
     w = token_windows(np.arange(10 * 4, dtype=np.int32), 4)
-    b = Batches(w, seed=3)
-    stream = np.concatenate([b.batch_at(p, 3) for p in range(0, 30, 3)])  # 3 epochs
-    assert np.array_equal(stream, Batches(w, seed=3).batch_at(0, 30))
-    assert np.array_equal(Batches(w, seed=3).batch_at(12, 5), stream[12:17])  # a fresh process at position 12
-    for e in range(3):  # each epoch is a permutation of all windows
+    it = batch_iterator(w, seed=3, micro=1, batch=3)
+    stream = np.concatenate([next(it)[0] for _ in range(10)])  # 30 windows: 3 epochs
+    for e in range(3):  # each epoch is a permutation of all windows, reshuffled every epoch
         assert sorted(stream[10 * e:10 * e + 10, 0].tolist()) == list(range(0, 40, 4))
     assert not np.array_equal(stream[:10], stream[10:20])
-    assert not np.array_equal(stream[:10], Batches(w, seed=4).batch_at(0, 10))
+    assert not np.array_equal(stream[:3], next(batch_iterator(w, seed=4, micro=1, batch=3))[0])
+    # A fresh iterator set to a saved state continues the stream exactly.
+    it = batch_iterator(w, seed=3, micro=1, batch=3)
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    again = batch_iterator(w, seed=3, micro=1, batch=3)
+    again.set_state(state)
+    assert np.array_equal(next(again)[0], stream[12:15])
+    # Per-process rows: [A, B] = [2, 4], rows 2..3 are the same windows the full batch holds there.
+    full = next(batch_iterator(w, seed=3, micro=2, batch=4))
+    part = next(batch_iterator(w, seed=3, micro=2, batch=4, rows=(2, 4)))
+    assert part.shape == (2, 2, 4) and np.array_equal(part, full[:, 2:4])
 
 
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
@@ -260,7 +283,9 @@ def test_nan_stops_run_and_last_checkpoint_restores(files, tmp_path, monkeypatch
     tr.run()
     ckpt = run / "checkpoints"
     before = ocp.StandardCheckpointer().restore((ckpt / "4" / "state").absolute())
-    monkeypatch.setattr(trainer, "ce_loss", lambda *a, **k: jnp.float32(jnp.nan))
+    from jaxshare.training import step as step_module
+
+    monkeypatch.setattr(step_module, "ce_loss", lambda *a, **k: jnp.float32(jnp.nan))
     with pytest.raises(trainer.TrainingDiverged, match="loss is nan at step 5.*Last good checkpoint: step 4"):
         trainer.Trainer.resume(run, ["steps=8"]).run()
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4"]
@@ -347,6 +372,9 @@ def test_shipped_configs_validate():
     (["mesh=data=3,fsdp=5"], "does not cover"),
     (["batch_size=3", "mesh=data=1,fsdp=2"], "not divisible"),
     (["ratio=0.99"], "ratio"),
+    (["remat=some"], "remat must be one of"),
+    (["attention=cudnn"], "attention cudnn needs a GPU"),
+    (["mesh=fsdp=4", "dcn_mesh=data=3"], "does not divide"),
 ])
 def test_bad_config_fails_before_compute(files, tmp_path, capsys, sets, message):
     empty = tmp_path / "empty.npy"
@@ -431,16 +459,17 @@ def test_remat_step_equals_plain_step(accum):
     batch = np.random.default_rng(1).integers(0, 256, (accum, 4, 32)).astype(np.int32)
     mesh = meshlib.make_mesh("data=1,fsdp=1")
     out = []
-    for remat in (False, True):
+    for remat in ("none", "dots", "full"):
         state, sh = trainer.place_state(params, tx, 0, mesh)
         step, bsh = trainer.compile_step(trainer.make_step(CFG, tx, 0.5, jnp.float32, pairs, True, remat=remat), mesh, sh)
         state, m = step(state, jax.device_put(batch, bsh))
         out.append((jax.device_get(m), jax.device_get(state["params"])))
-    (m0, p0), (m1, p1) = out
-    for k in ("loss", "ce", "lw", "grad_norm"):
-        assert float(m1[k]) == pytest.approx(float(m0[k]), rel=1e-6), k
-    for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(p1)):
-        np.testing.assert_allclose(a, b, atol=2e-5)  # one AdamW step, as in the 1-vs-8-device test
+    (m0, p0) = out[0]
+    for m1, p1 in out[1:]:
+        for k in ("loss", "ce", "lw", "grad_norm"):
+            assert float(m1[k]) == pytest.approx(float(m0[k]), rel=1e-6), k
+        for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(p1)):
+            np.testing.assert_allclose(a, b, atol=2e-5)  # one AdamW step, as in the 1-vs-8-device test
 
 
 def test_place_state_donates_the_starting_params():

@@ -35,7 +35,10 @@ def cmd_train(args) -> None:
     from jaxshare.training.config import load_config
     from jaxshare.training.trainer import Trainer
 
+    from jaxshare.training.program import initialize_distributed
+
     tc = load_config(args.config, args.set, mode=args.mode)
+    initialize_distributed(tc)  # the program's job, never the library's
     if tc.mode == "inheritune":  # one trainer run per growth stage
         from jaxshare.inheritune.grow import run_inheritune
 
@@ -47,8 +50,13 @@ def cmd_train(args) -> None:
 def cmd_resume(args) -> None:
     from jaxshare.inheritune.grow import STATE, run_inheritune
     from jaxshare.training.config import load_config
+    from jaxshare.training.paths import as_path
+    from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
 
+    path = as_path(args.run_dir) / "config.yaml"
+    if path.exists():
+        initialize_distributed(load_config(str(path), list(args.set) + [f"run_dir={args.run_dir}"]))
     if (Path(args.run_dir) / STATE).is_file():  # an inheritune run: resume its stages
         tc = load_config(Path(args.run_dir) / "config.yaml", list(args.set) + [f"run_dir={args.run_dir}"])
         _report(args, run_inheritune(tc, resuming=True))

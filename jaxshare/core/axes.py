@@ -46,6 +46,11 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("rank", None),
+    # Activations (`constrain` in the decoder): batch over data x fsdp; the residual stream's
+    # width whole; attention heads and the MLP's hidden width over tensor.
+    ("act_embed", None),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
 NEVER_SHARDED = ("units",)
 
@@ -210,3 +215,34 @@ def tree_shardings(params, mesh, rules=DEFAULT_RULES):
 
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), tree_specs(params, rules, mesh),
                                   is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+# -- activation sharding ---------------------------------------------------------------------------
+# The decoder calls `constrain(x, *names)` at a few points; it is the identity unless a trainer
+# traces it under `activation_sharding(mesh, rules)`, so inference code is unaffected.
+import contextlib  # noqa: E402
+import contextvars  # noqa: E402
+
+_ACTIVE = contextvars.ContextVar("jaxshare_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules=DEFAULT_RULES):
+    """While tracing inside this context, `constrain` pins activations to `rules` on `mesh`."""
+    token = _ACTIVE.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x, *names):
+    """with_sharding_constraint of an activation by its logical axes (identity outside a context)."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    import jax
+    from jax.sharding import NamedSharding
+
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(names, rules, tuple(x.shape), mesh)))

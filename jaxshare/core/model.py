@@ -5,6 +5,8 @@ differ only in ModelConfig flags (norm, activation, positions, biases, windows).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.core.axes import constrain
 from jaxshare.core.bank import split_banks
 from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
@@ -20,6 +23,20 @@ from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import MLP, Attention, Layers, Norm, Params
 
 Array = jax.Array
+
+# jax.nn.dot_product_attention's implementation: "xla" (default), "cudnn", or None (jax picks,
+# cuDNN where it supports the call). The trainer sets it for the steps it traces
+# (`attention_implementation`), so every other caller keeps the XLA path.
+_ATTENTION_IMPL = contextvars.ContextVar("jaxshare_attention_impl", default="xla")
+
+
+@contextlib.contextmanager
+def attention_implementation(impl):
+    token = _ATTENTION_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _ATTENTION_IMPL.reset(token)
 
 
 @jax.tree_util.register_dataclass
@@ -111,7 +128,7 @@ def mlp(x_BTD: Array, p: MLP, cfg: ModelConfig) -> Array:
         y = linear(x, w)
         return y if b is None else y + b.astype(x.dtype)
 
-    up_BTF = lin(p.w_up, p.b_up, x_BTD)
+    up_BTF = constrain(lin(p.w_up, p.b_up, x_BTD), "batch", "length", "act_mlp")
     if p.w_gate is not None:
         up_BTF = _act(lin(p.w_gate, p.b_gate, x_BTD), cfg.act) * up_BTF
     else:
@@ -193,7 +210,8 @@ def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=
     # jax's own XLA attention (GQA-aware, softmax in fp32) measured ~9% faster on CPU than
     # our einsum + softmax, with the same results to fp32 rounding.
     out = jax.nn.dot_product_attention(q.reshape(B, T, K * G, d), k_all, v_all,
-                                       mask=visible(q_pos_BT, k_pos, window)[:, None], implementation="xla",
+                                       mask=visible(q_pos_BT, k_pos, window)[:, None],
+                                       implementation=_ATTENTION_IMPL.get(),
                                        scale=None if cfg.query_pre_attn_scalar is None else attention_scale(cfg))
     y = linear(out.reshape(B, T, K, G, d), p.wo, partial(jnp.einsum, "btkgd,kgdD->btD"))
     if p.bo is not None:
@@ -202,6 +220,7 @@ def attention(x_BTD, p: Attention, cfg: ModelConfig, rope, q_pos_BT, window, kv=
 
 
 def decoder_layer(x_BTD, layer: Layers, cfg: ModelConfig, rope, q_pos_BT, window, kv=None):
+    x_BTD = constrain(x_BTD, "batch", "length", "act_embed")
     h, new_kv = attention(norm(x_BTD, layer.attn_norm, cfg), layer.attn, cfg, rope, q_pos_BT, window, kv)
     if layer.attn_post_norm is not None:
         h = norm(h, layer.attn_post_norm, cfg)
@@ -267,7 +286,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: Array, *, dtype=j
     B, T = tokens_BT.shape
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
     q_pos_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
-    x = embed(params, cfg, tokens_BT, q_pos_BT, dtype)
+    x = constrain(embed(params, cfg, tokens_BT, q_pos_BT, dtype), "batch", "length", "act_embed")
     rope = rope_tables(cfg, q_pos_BT) if cfg.positions == "rope" else None
     windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
     layer_rope = _per_layer_rope(cfg, rope, q_pos_BT)

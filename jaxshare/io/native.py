@@ -60,6 +60,17 @@ def write_leaves(path, items: list[tuple[str, object]]) -> None:
                 w.write(name, np.asarray(x[i:i + step]), row=i)
 
 
+def native_meta(cfg: ModelConfig, params: Params, extra: dict | None = None, version: int = FORMAT_VERSION) -> dict:
+    """The jaxshare.json of a checkpoint of `params`. Writers that run orbax themselves (a multi-host
+    trainer whose processes each save their own shards under params/) pass version=1, the orbax layout."""
+    dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
+    given = extra or {}
+    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
+    extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
+    return {"format": "jaxshare", "version": version, "config": dataclasses.asdict(cfg),
+            "dtype": dtype, "extra": extra}
+
+
 def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra: dict | None = None,
                 overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
     """Write a checkpoint atomically: into a temp dir beside out_dir, then rename. The manifest of
@@ -80,11 +91,8 @@ def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra
 
 def write_meta(directory, cfg: ModelConfig, dtype: str, params, extra: dict | None) -> None:
     """jaxshare.json; params: the tree (or an abstract tree) whose compressed kinds give the manifests."""
-    given = extra or {}
-    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
-    extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
-    meta = {"format": "jaxshare", "version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
-            "dtype": dtype, "extra": extra}
+    meta = native_meta(cfg, params, extra)
+    meta["dtype"] = dtype
     (Path(directory) / META).write_text(json.dumps(meta, indent=2))
 
 
@@ -132,8 +140,14 @@ def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dic
     abstract = target if target is not None else abstract_tree(cfg, meta.get("extra", {}), stored)
     if meta["version"] >= 2:
         return cfg, read_leaves(Path(path) / PARAMS_FILE, abstract, dtype), meta
-    import orbax.checkpoint as ocp  # version 1 only
+    import orbax.checkpoint as ocp  # version 1 (and a multi-host trainer's final/, whose processes save shards)
 
+    # Without a sharding orbax would place arrays on the saving run's devices (a multi-host
+    # trainer's mesh, say), which this process may not have: restore onto our first local device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+        abstract)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore((Path(path) / "params").absolute(), abstract)
     if dtype is not None and as_dtype(dtype) != stored:

@@ -63,7 +63,10 @@ class TrainConfig:
     end_lr_ratio: float = 0.0  # cosine decays to lr * end_lr_ratio
     clip_norm: float = 1.0
     dtype: str = "bf16"  # compute dtype; master weights and optimizer state stay fp32
-    remat: bool = True  # backward recomputes casts, norms, attention scores (keeps weight matmuls): -0.8 GB on SmolLM2
+    # jax.checkpoint policy on the scanned layer: dots (keep the weight matmuls, recompute casts,
+    # norms, attention: -0.8 GB on SmolLM2), full (keep only each layer's input), none. true = dots.
+    remat: str = "dots"
+    attention: str = "xla"  # xla | cudnn | auto (jax picks: cuDNN on a GPU where it supports the call)
     # Observability, checkpoints, evaluation.
     eval_every: int = 50  # 0 = never during training (the final evaluation always runs)
     eval_windows: int = 8
@@ -75,10 +78,19 @@ class TrainConfig:
     async_checkpoints: bool = False  # overlap the write with training, at a host copy of the state
     log_every: int = 1
     progress: bool = True
+    tensorboard: bool = True  # event files in RUN_DIR/tensorboard
+    wandb: str = ""  # a W&B project name: also log there (needs the wandb package)
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device kind (TPU/GPU table)
     export_hf: bool = True
     # Devices.
-    mesh: str = ""  # "data=2,fsdp=4"; empty: every device on fsdp
-    multihost: bool = False  # call jax.distributed.initialize() first
+    mesh: str = ""  # "data=2,fsdp=4,tensor=1"; empty: every device on fsdp. With dcn_mesh: one slice's layout
+    dcn_mesh: str = ""  # layout across slices (or processes), e.g. "data=2"; empty: one slice
+    # The program (`jaxshare train`, `python -m train`) calls jax.distributed.initialize() first;
+    # coordinator/num_processes/process_id are passed when set (auto-detected on TPU/SLURM otherwise).
+    multihost: bool = False
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
     seed: int = 0
 
     @classmethod
@@ -151,9 +163,18 @@ class TrainConfig:
                 check_stages(self.stages, self.grow)
             except ValueError as e:
                 bad(str(e))
+        from jaxshare.training.memory import REMAT
         from jaxshare.training.mesh import parse_mesh
+        from jaxshare.training.step import ATTENTION
 
+        if self.remat not in REMAT:
+            bad(f"remat must be one of {', '.join(REMAT)} (or true/false), got {self.remat!r}")
+        if self.attention not in ATTENTION:
+            bad(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
+        if not (math.isfinite(self.peak_flops) and self.peak_flops >= 0):
+            bad(f"peak_flops must be a number >= 0, got {self.peak_flops}")
         parse_mesh(self.mesh)  # syntax only; device counts are checked when the mesh is built
+        parse_mesh(self.dcn_mesh, "dcn_mesh")
         return self
 
     def to_dict(self) -> dict:
@@ -169,6 +190,8 @@ def _coerce(key: str, raw, typ: type):
             raw = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise TrainConfigError(f"{key}: cannot parse {raw!r}") from None
+    if key == "remat" and isinstance(raw, bool):  # the boolean form of earlier configs
+        return "dots" if raw else "none"
     if typ is bool:
         if not isinstance(raw, bool):
             raise TrainConfigError(f"{key} must be true or false, got {raw!r}")
@@ -231,7 +254,14 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 def config_path(name) -> Path:
     """A YAML path, or the bare name of a shipped config (`smollm2_postshare`), so that a wheel
-    install finds the configs without a checkout."""
+    install finds the configs without a checkout. A URL (gs://, memory://, ...) is read through epath."""
+    if "://" in str(name):
+        from jaxshare.training.paths import as_path
+
+        remote = as_path(str(name))
+        if remote.exists():
+            return remote
+        raise TrainConfigError(f"config file {name} does not exist")
     p = Path(name)
     if p.is_file():
         return p
@@ -260,4 +290,6 @@ def load_config(path=None, sets: list[str] | None = None, mode: str | None = Non
 def dump_config(cfg: TrainConfig, path) -> None:
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from jaxshare.training.paths import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,42 +1,56 @@
-"""Training batches over windows of token ids (jaxshare.data.tokens: tokenize once, windows), in
-a deterministic per-epoch shuffle. The position (windows consumed so far) is the whole data
-state: a checkpoint stores it and `batch_at(position)` replays from there.
+"""Training batches with grain: a deterministic, per-process sharded, checkpointable iterator.
+
+The stream is global and independent of the device layout: window number i of the run is
+`MapDataset.source(windows).shuffle(seed).repeat()[i]` (grain reshuffles every epoch with seed +
+epoch). Step s reads windows s*A*B .. (s+1)*A*B - 1 as [A, B, T] (A micro-batches of B). A process
+reads only the rows [lo, hi) of B that its devices hold, so each host loads 1/P of every batch;
+the trainer assembles the global batch with `make_array_from_process_local_data`. The iterator's
+state (grain's `next_index`, = steps consumed) is saved by orbax beside the params, one small
+JSON per process, so a resumed run sees exactly the batches it would have.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+# grain's MapDataset.range needs an end; a run never reaches it.
+_ENDLESS = 1 << 62
 
-class Batches:
-    """Deterministic batches over packed windows: epoch e visits the windows in the order of
-    permutation(seed, e); a batch is the next `per_step` windows, crossing epochs as needed."""
 
-    def __init__(self, windows: np.ndarray, seed: int):
-        self.windows = windows
-        self.seed = seed
-        self._perm_cache: dict[int, np.ndarray] = {}
+def window_stream(windows: np.ndarray, seed: int):
+    """grain MapDataset: the run's endless stream of windows, reshuffled every epoch."""
+    import grain
 
-    def __len__(self) -> int:
-        return len(self.windows)
+    return grain.MapDataset.source(windows).shuffle(seed=seed).repeat()
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))}
-        return self._perm_cache[epoch]
 
-    def batch_at(self, position: int, count: int) -> np.ndarray:
-        """[count, seq_len] windows number position .. position+count-1 of the stream."""
-        n = len(self.windows)
-        idx = []
-        for p in range(position, position + count):
-            idx.append(self._perm(p // n)[p % n])
-        return self.windows[np.asarray(idx)]
+def batch_dataset(stream, micro: int, batch: int, rows: tuple[int, int]):
+    """grain MapDataset whose item s is this process's [A, hi-lo, T] slice of step s's batch."""
+    import grain
+
+    lo, hi = rows
+    A, B = micro, batch
+
+    def load(s):
+        base = s * A * B
+        return np.stack([np.stack([stream[base + a * B + b] for b in range(lo, hi)]) for a in range(A)])
+
+    return grain.MapDataset.range(_ENDLESS).map(load)
+
+
+def batch_iterator(windows: np.ndarray, seed: int, micro: int, batch: int, rows: tuple[int, int] | None = None):
+    """A checkpointable grain iterator of process-local batches [A, rows, T] (all rows by default).
+    Threads off: items are cheap slices and the order must not depend on scheduling."""
+    import grain
+
+    rows = rows or (0, batch)
+    ds = batch_dataset(window_stream(windows, seed), micro, batch, rows)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 
 def steps_for(cfg, n_windows: int) -> int:
     """Optimizer steps of a run: steps, or tokens / tokens-per-step, or epochs * windows / per-step."""
-    import math
-
     per_step = cfg.batch_size * cfg.grad_accum
     if cfg.steps:
         return cfg.steps

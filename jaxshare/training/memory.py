@@ -21,8 +21,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +38,18 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+REMAT = ("none", "full", "dots")
+
+
 @functools.lru_cache(maxsize=None)
-def remat_layer(layer_fn):
-    """layer_fn recomputed in the backward pass except for its weight matmuls (cfg is static)."""
+def remat_layer(layer_fn, policy: str = "dots"):
+    """layer_fn under jax.checkpoint (cfg is static): "dots" keeps its weight-matmul outputs and
+    recomputes the rest in the backward pass; "full" keeps only the layer's input; "none" is
+    layer_fn itself (every residual stored)."""
+    if policy in ("none", False):
+        return layer_fn
+    if policy == "full":
+        return jax.checkpoint(layer_fn, static_argnums=(2,), policy=jax.checkpoint_policies.nothing_saveable)
     return jax.checkpoint(layer_fn, static_argnums=(2,),
                           policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
@@ -67,13 +74,16 @@ def tree_bytes(tree) -> int:
     return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
 
 
-def drop_checkpoints(ckpt_dir: Path) -> None:
+def drop_checkpoints(ckpt_dir) -> None:
     """Remove the orbax step directories (digit names) of a completed run, then checkpoints/
-    itself if that left it empty; anything else there is not ours and stays."""
+    itself if that left it empty; anything else there is not ours and stays (any epath)."""
+    from etils import epath
+
+    ckpt_dir = epath.Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return
     for p in ckpt_dir.iterdir():
         if p.is_dir() and p.name.isdigit():
-            shutil.rmtree(p)
+            p.rmtree()
     if not any(ckpt_dir.iterdir()):
         ckpt_dir.rmdir()

@@ -1,24 +1,27 @@
-"""Device mesh and sharding rules for training: a 2-D mesh (data, fsdp).
+"""Device mesh and sharding of the training state: mesh axes (data, fsdp, tensor).
 
-Params and optimizer state shard one axis over `fsdp` (FSDP/ZeRO-3 style: XLA all-gathers a
-weight where a layer uses it); the batch splits over data x fsdp. Axis 0 is never sharded:
-for layer-stacked leaves it is the scanned L axis, and for a bank it is the unit axis, which an
-index may read anywhere.
+Where each leaf goes is decided by its logical axes (`jaxshare.core.axes`: layers, units, embed,
+heads, kv_heads, head_dim, mlp, vocab) and a rules table mapping them onto the mesh axes; the
+defaults shard weights over fsdp along the model width and over tensor along heads / MLP width /
+vocab. A bank's unit axis and its int32 index are never split (a layer's index may read any
+unit). The batch splits over data x fsdp.
+
+ICI/DCN: `mesh` gives the axis sizes inside one slice (or one process, on CPU), `dcn_mesh` the
+sizes across slices (processes); the mesh is their product, built so that each DCN step crosses
+slices and the ICI axes stay inside one (`mesh_utils.create_hybrid_device_mesh`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-AXES = ("data", "fsdp")
-# Leaves below this many elements stay replicated: sharding them costs more than it saves.
-MIN_SHARD_ELEMENTS = 1 << 12
+AXES = ("data", "fsdp", "tensor")
 
 
 class MeshError(ValueError):
     """A mesh that cannot be built on these devices."""
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
+def parse_mesh(spec: str, what: str = "mesh") -> dict[str, int]:
     """"data=2,fsdp=4" -> {"data": 2, "fsdp": 4}; "" -> {} (the default layout)."""
     out: dict[str, int] = {}
     if not spec:
@@ -27,65 +30,106 @@ def parse_mesh(spec: str) -> dict[str, int]:
         name, _, size = part.partition("=")
         name = name.strip()
         if name not in AXES or not size.strip().lstrip("-").isdigit():
-            raise MeshError(f"mesh: expected 'data=N,fsdp=M', got {spec!r}")
+            raise MeshError(f"{what}: expected e.g. 'data=2,fsdp=4,tensor=1' (axes {', '.join(AXES)}), got {spec!r}")
         if int(size) < 1:
-            raise MeshError(f"mesh: axis {name} must have size >= 1, got {size}")
+            raise MeshError(f"{what}: axis {name} must have size >= 1, got {size}")
+        if name in out:
+            raise MeshError(f"{what}: axis {name} given twice in {spec!r}")
         out[name] = int(size)
     return out
 
 
-def make_mesh(spec: str = "", devices=None):
-    """A Mesh over `devices` (default: all). Unset axes take what is left: by default every
-    device goes to fsdp, which shards params and optimizer state and splits the batch too.
-    Both axes given with a smaller product: the mesh uses the first data*fsdp devices."""
+def _fill(sizes: dict[str, int], n: int, spec: str, where: str) -> tuple[int, ...]:
+    """Axis sizes covering n devices: tensor defaults to 1; of data and fsdp, an unset one takes
+    the rest (fsdp when both are unset)."""
+    sizes = dict(sizes)
+    sizes.setdefault("tensor", 1)
+    free = [a for a in ("fsdp", "data") if a not in sizes]
+    fixed = int(np.prod([sizes[a] for a in sizes]))
+    if free:
+        rest = n // fixed if n % fixed == 0 else -1
+        sizes[free[0]] = rest
+        for a in free[1:]:
+            sizes[a] = 1
+    shape = tuple(sizes[a] for a in AXES)
+    if int(np.prod(shape)) != n or min(shape) < 1:
+        raise MeshError(f"mesh {spec!r} does not cover the {n} available devices{where}")
+    return shape
+
+
+def make_mesh(spec: str = "", devices=None, dcn: str = ""):
+    """A Mesh over `devices` (default: all) with axes (data, fsdp, tensor).
+
+    Without `dcn`: unset axes take what is left (by default every device goes to fsdp), and a
+    mesh giving both data and fsdp with fewer devices uses the first ones (a 1-device reference run). With `dcn`, `spec`
+    is the per-slice (ICI) layout and `dcn` the layout across slices; a device's slice is its
+    `slice_index` (TPU) or else its process."""
     import jax
-    from jax.sharding import Mesh
+    from jax.experimental import mesh_utils
+    from jax.sharding import AxisType, Mesh
 
     devices = list(jax.devices() if devices is None else devices)
-    sizes = parse_mesh(spec)
-    if len(sizes) == 2 and sizes["data"] * sizes["fsdp"] < len(devices):
-        # A fully given smaller mesh runs on the first devices (e.g. a 1-device reference run).
-        devices = devices[: sizes["data"] * sizes["fsdp"]]
-    n = len(devices)
-    if "data" in sizes and "fsdp" not in sizes:
-        sizes["fsdp"] = n // sizes["data"] if n % sizes["data"] == 0 else -1
-    if "fsdp" in sizes and "data" not in sizes:
-        sizes["data"] = n // sizes["fsdp"] if n % sizes["fsdp"] == 0 else -1
-    sizes.setdefault("data", 1)
-    sizes.setdefault("fsdp", n)
-    if sizes["data"] * sizes["fsdp"] != n or min(sizes.values()) < 1:
-        raise MeshError(f"mesh {spec!r} does not cover the {n} available devices")
-    return Mesh(np.asarray(devices).reshape(sizes["data"], sizes["fsdp"]), AXES)
+    sizes, dcn_sizes = parse_mesh(spec), parse_mesh(dcn, "dcn_mesh")
+    auto = (AxisType.Auto,) * len(AXES)
+    if not dcn_sizes:
+        given = int(np.prod(list(sizes.values()))) if sizes else 0
+        if {"data", "fsdp"} <= set(sizes) and given < len(devices):
+            devices = devices[:given]
+        shape = _fill(sizes, len(devices), spec, "")
+        return jax.make_mesh(shape, AXES, auto, devices=devices)
+    dcn_shape = tuple(dcn_sizes.get(a, 1) for a in AXES)
+    granules = int(np.prod(dcn_shape))
+    if len(devices) % granules:
+        raise MeshError(f"dcn_mesh {dcn!r} ({granules} slices) does not divide the {len(devices)} devices")
+    ici_shape = _fill(sizes, len(devices) // granules, spec, f" of one slice ({granules} slices)")
+    by_process = getattr(devices[0], "slice_index", None) is None
+    n_granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    if n_granules == 1:
+        # One process and no slices (a CPU or single-host test of a pod layout): the same
+        # DCN-outermost arrangement create_hybrid_device_mesh builds, over consecutive devices.
+        grid = np.asarray(devices).reshape(dcn_shape + ici_shape)
+        grid = grid.transpose(0, 3, 1, 4, 2, 5).reshape([d * i for d, i in zip(dcn_shape, ici_shape)])
+        return Mesh(grid, AXES, axis_types=auto)
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
+    except (ValueError, AssertionError) as e:
+        raise MeshError(f"mesh {spec!r} x dcn_mesh {dcn!r} cannot be laid out on these devices: {e}") from None
+    return Mesh(grid, AXES, axis_types=auto)
 
 
-def leaf_spec(shape: tuple[int, ...], n_fsdp: int):
-    """PartitionSpec of one param/optimizer leaf: the largest axis >= 1 divisible by n_fsdp."""
-    from jax.sharding import PartitionSpec as P
+def param_shardings(mesh, params, rules=None):
+    """NamedSharding per leaf of a params tree (dense, banked or factored; arrays or
+    ShapeDtypeStructs) from its logical axes."""
+    from jaxshare.core import axes
 
-    if n_fsdp <= 1 or len(shape) < 2 or int(np.prod(shape)) < MIN_SHARD_ELEMENTS:
-        return P()
-    axes = [a for a in range(1, len(shape)) if shape[a] % n_fsdp == 0]
-    if not axes:
-        return P()
-    best = max(axes, key=lambda a: (shape[a], -a))
-    return P(*([None] * best + ["fsdp"]))
+    return axes.tree_shardings(params, mesh, rules or axes.DEFAULT_RULES)
 
 
-def tree_shardings(mesh, tree):
-    """NamedSharding per leaf of a tree of arrays or ShapeDtypeStructs (None leaves stay None).
-    Integer leaves (bank indices, counters) are replicated."""
+def state_shardings(mesh, state_shapes, params_shapes, rules=None):
+    """Shardings of the whole training state (init_state's tree): the trainable params and
+    every optimizer-state subtree shaped like them follow the params' logical axes; frozen leaves
+    (bank indices) follow theirs (replicated); counters, step and RNG are replicated."""
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    n = mesh.shape["fsdp"]
+    from jaxshare.core.bank import trainable_mask
 
-    def one(x):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            return NamedSharding(mesh, P())
-        return NamedSharding(mesh, leaf_spec(tuple(x.shape), n))
+    full = param_shardings(mesh, params_shapes, rules)
+    mask = trainable_mask(params_shapes)
+    pick = lambda keep: jax.tree_util.tree_map(lambda m, s: s if m == keep else None, mask, full)  # noqa: E731
+    train_sh, frozen_sh = pick(True), pick(False)
+    train_def = jax.tree_util.tree_structure(state_shapes["params"])
+    rep = replicated(mesh)
 
-    return jax.tree_util.tree_map(one, tree)
+    def opt(node):
+        if jax.tree_util.tree_structure(node) == train_def and type(node) is type(state_shapes["params"]):
+            return train_sh
+        return jax.tree_util.tree_map(lambda _: rep, node)
+
+    opt_sh = jax.tree_util.tree_map(opt, state_shapes["opt_state"],
+                                    is_leaf=lambda x: type(x) is type(state_shapes["params"]))
+    out = {k: jax.tree_util.tree_map(lambda _: rep, v) for k, v in state_shapes.items()}
+    out.update(params=train_sh, frozen=frozen_sh, opt_state=opt_sh)
+    return out
 
 
 def batch_sharding(mesh, ndim: int, batch_axis: int = 0):
@@ -93,7 +137,7 @@ def batch_sharding(mesh, ndim: int, batch_axis: int = 0):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     spec = [None] * ndim
-    spec[batch_axis] = AXES
+    spec[batch_axis] = ("data", "fsdp")
     return NamedSharding(mesh, P(*spec))
 
 
@@ -103,8 +147,12 @@ def replicated(mesh):
     return NamedSharding(mesh, P())
 
 
+def batch_devices(mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def check_batch(mesh, batch_size: int) -> None:
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    n = batch_devices(mesh)
     if batch_size % n:
-        raise MeshError(f"batch_size {batch_size} is not divisible by the {n} devices of the mesh "
-                        f"(data={mesh.shape['data']}, fsdp={mesh.shape['fsdp']})")
+        raise MeshError(f"batch_size {batch_size} is not divisible by the {n} batch shards of the mesh "
+                        f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")

@@ -1,0 +1,102 @@
+"""Ahead-of-time compile of a training config's step with abstract params: no weights, no data.
+
+    python -m jaxshare.training.aot --config llama3_8b_v5e64_postshare --shape llama3-8b --devices 64
+
+compiles the step on `--devices` simulated CPU devices (XLA_FLAGS is set before jax loads) with the
+config's mesh, dcn_mesh, remat, batch and grad_accum, and prints XLA's per-device memory
+(`compiled.memory_analysis()`): arguments (params + AdamW state + batch), outputs, temporaries.
+On CPU the figure is the SPMD program's per-partition buffers, the same accounting a TPU
+compile reports, but without TPU-specific layouts and fusions (see the README for the number).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+# Model shapes by name (no weights are needed to compile).
+SHAPES = {
+    "llama3-8b": dict(family="llama", vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                      head_dim=128, d_ff=14336, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0,
+                      rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                        original_max_position_embeddings=8192)),
+}
+
+
+def shape_config(name: str):
+    from jaxshare.core.config import ModelConfig, RopeScaling
+
+    if name not in SHAPES:
+        raise ValueError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})")
+    kw = dict(SHAPES[name])
+    if kw.get("rope_scaling"):
+        kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])
+    return ModelConfig(**kw)
+
+
+def compile_step(tc, cfg, mesh=None) -> dict:
+    """Lower and compile the train step of `tc` for model `cfg` on `mesh` (default: the config's)
+    from eval_shape'd params; returns XLA's per-device memory figures in bytes."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxshare.core.dtypes import as_dtype
+    from jaxshare.core.params import init_params
+    from jaxshare.headshare.directshare import n_units
+    from jaxshare.training import mesh as meshlib
+    from jaxshare.training import step as steplib
+
+    mesh = mesh if mesh is not None else meshlib.make_mesh(tc.mesh, dcn=tc.dcn_mesh)
+    meshlib.check_batch(mesh, tc.batch_size)
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    pairs = None
+    if tc.ratio > 0:  # which units pair up does not change the program, only how many do
+        n, units = n_units(tc.ratio, cfg), cfg.n_layers * cfg.n_kv_heads
+        later = np.arange(units - n, units, dtype=np.int32)
+        pairs = {m: jnp.asarray(np.stack([later, later - cfg.n_kv_heads], axis=1)) for m in ("q", "k", "v")}
+    tx, _ = steplib.make_optimizer(tc, max(tc.steps, 1))
+    abstract, sh = steplib.abstract_state(params, tx, tc.seed, mesh)
+    fn = steplib.make_step(cfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
+                           remat=tc.remat)
+    jitted, batch_sh = steplib.compile_step(fn, mesh, sh, attention=tc.attention)
+    batch = jax.ShapeDtypeStruct((tc.grad_accum, tc.batch_size, tc.seq_len), jnp.int32, sharding=batch_sh)
+    compiled = jitted.lower(abstract, batch).compile()
+    m = compiled.memory_analysis()
+    out = {k: int(getattr(m, f"{k}_in_bytes")) for k in
+           ("argument_size", "output_size", "temp_size", "alias_size", "generated_code_size")}
+    # Donated state: outputs alias the arguments, so the live peak is arguments + temporaries
+    # + the outputs that do not alias an argument.
+    out["peak_bytes"] = out["argument_size"] + out["temp_size"] + out["output_size"] - out["alias_size"]
+    out.update(devices=int(mesh.devices.size), mesh=dict(mesh.shape), n_params=int(sum(
+        x.size for x in jax.tree_util.tree_leaves(params))))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="a training YAML or the name of a shipped config")
+    ap.add_argument("--shape", default="llama3-8b", help=f"model shape ({', '.join(SHAPES)})")
+    ap.add_argument("--devices", type=int, default=64, help="simulated CPU devices (default: 64)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import time
+
+    from jaxshare.training.config import load_config
+
+    tc = load_config(args.config, args.set)
+    t0 = time.perf_counter()
+    res = compile_step(tc, shape_config(args.shape))
+    res.update(config=str(args.config), shape=args.shape, compile_s=round(time.perf_counter() - t0, 1),
+               remat=tc.remat, batch_size=tc.batch_size, grad_accum=tc.grad_accum, seq_len=tc.seq_len)
+    json.dump(res, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Run paths through etils.epath: local directories, gs:// / s3:// (epath's own schemes) and any
+other fsspec filesystem (`memory://`, ...; registered with epath on first use).
+
+Committing our own outputs safely on every filesystem:
+- local: the output is built in a temporary sibling and renamed into place (jaxshare.io.atomic);
+- elsewhere: built in a local temporary directory, copied to the destination, then a completion
+  marker `COMMIT_MARKER` is written last. Readers (`is_complete`) trust only a marked directory, so
+  a writer killed mid-copy leaves an unmarked directory that is ignored and replaced next time.
+Orbax reaches arrays through tensorstore, which writes local paths and gs:// but not arbitrary
+fsspec filesystems: `orbax_can_write` tells the trainer when to stage checkpoints locally and
+commit copies of them (single process).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+from etils import epath
+from etils.epath import backend as _backend
+from etils.epath import gpath as _gpath
+from etils.epath import register as _register
+
+COMMIT_MARKER = ".jaxshare_complete"
+_EPATH_SCHEMES = ("gs", "s3", "az", "hf")
+_ORBAX_SCHEMES = ("gs",)
+
+
+class _AnyFsspecBackend(_backend._FileSystemSpecBackend):  # noqa: SLF001 (epath has no public hook)
+    """epath's fsspec backend, for any protocol fsspec knows (not only gs/s3/az/hf)."""
+
+    def fs(self, path):
+        p = os.fspath(path)
+        scheme = p.split("://", 1)[0] if "://" in p else None
+        if scheme and scheme not in _EPATH_SCHEMES:
+            return self._get_filesystem(scheme)
+        return super().fs(path)
+
+
+_ANY = _AnyFsspecBackend()
+
+
+def _register_scheme(scheme: str) -> None:
+    """Teach epath a URL scheme served by fsspec (idempotent)."""
+    prefix = f"{scheme}://"
+    if prefix in _register._URI_PREFIXES_TO_CLS:  # noqa: SLF001
+        return
+    import fsspec
+
+    fsspec.get_filesystem_class(scheme)  # unknown protocol: ValueError, before epath is touched
+    _gpath._URI_PREFIXES = _gpath._URI_PREFIXES + (prefix,)  # noqa: SLF001
+    _gpath._URI_SCHEMES = _gpath._URI_SCHEMES | {scheme}  # noqa: SLF001
+    _gpath._URI_MAP_ROOT[prefix] = f"/{scheme}/"  # noqa: SLF001
+    _gpath._PREFIX_TO_BACKEND[scheme] = _ANY  # noqa: SLF001
+    _register._URI_PREFIXES_TO_CLS[prefix] = _gpath.PosixGPath  # noqa: SLF001
+
+
+def scheme(path) -> str | None:
+    s = str(path)
+    return s.split("://", 1)[0] if "://" in s else None
+
+
+def as_path(path) -> epath.Path:
+    """An epath for a local path or any URL an fsspec filesystem serves."""
+    if isinstance(path, str) and "://" in path:
+        s = scheme(path)
+        if s == "file":
+            return epath.Path(path.split("://", 1)[1])
+        if s not in _EPATH_SCHEMES:
+            try:
+                _register_scheme(s)
+            except (ValueError, ImportError) as e:
+                raise ValueError(f"{path}: no filesystem for {s}:// ({e})") from None
+    return epath.Path(path)
+
+
+def is_local(path) -> bool:
+    return scheme(as_path(path)) is None
+
+
+def orbax_can_write(path) -> bool:
+    s = scheme(as_path(path))
+    return s is None or s in _ORBAX_SCHEMES
+
+
+def local_str(path) -> str:
+    """Absolute local path string (orbax and tensorstore want absolute paths)."""
+    return os.path.abspath(os.fspath(as_path(path)))
+
+
+def _replace_local(p, blob: bytes) -> None:
+    from jaxshare.io.atomic import _umask
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.fspath(p.parent), prefix=f".{p.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain write would follow the umask
+        os.replace(tmp, os.fspath(p))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    """Replace a small file whole: local through a temporary + os.replace; an object store writes
+    objects atomically by itself."""
+    p = as_path(path)
+    if is_local(p):
+        _replace_local(p, text.encode())
+    else:
+        p.write_text(text)
+
+
+def write_bytes(path, blob: bytes) -> None:
+    p = as_path(path)
+    if is_local(p):
+        _replace_local(p, blob)
+    else:
+        p.write_bytes(blob)
+
+
+def is_complete(path) -> bool:
+    """A committed output: on a local disk any existing directory (renamed in whole), elsewhere
+    one holding the completion marker."""
+    p = as_path(path)
+    if is_local(p):
+        return p.is_dir()
+    return (p / COMMIT_MARKER).exists()
+
+
+def upload_tree(local_dir, dest) -> None:
+    """Copy a local directory to `dest` (any epath), then mark it complete. An earlier
+    incomplete or complete copy at dest is replaced; its marker goes first."""
+    dest = as_path(dest)
+    if (dest / COMMIT_MARKER).exists():
+        (dest / COMMIT_MARKER).unlink()
+    if dest.exists():
+        dest.rmtree()
+    for top, _dirs, files in os.walk(local_dir):
+        rel = os.path.relpath(top, local_dir)
+        target = dest if rel == "." else dest / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:  # bytes through epath: its cross-backend copy assumes one filesystem
+            with open(os.path.join(top, name), "rb") as f:
+                (target / name).write_bytes(f.read())
+    (dest / COMMIT_MARKER).write_text("")
+
+
+def download_tree(src, local_dir) -> None:
+    """Copy a directory (any epath) to a local directory, leaving out the completion marker."""
+    os.makedirs(local_dir, exist_ok=True)
+    for child in as_path(src).iterdir():
+        target = os.path.join(local_dir, child.name)
+        if child.is_dir():
+            download_tree(child, target)
+        elif child.name != COMMIT_MARKER:
+            with open(target, "wb") as f:
+                f.write(child.read_bytes())
+
+
+@contextmanager
+def output_dir(dest, overwrite: bool = True):
+    """Yields a local directory to fill; on success it becomes `dest` (rename locally, copy +
+    completion marker elsewhere)."""
+    from pathlib import Path
+
+    from jaxshare.io.atomic import atomic_output
+
+    dest = as_path(dest)
+    if is_local(dest):
+        with atomic_output(Path(os.fspath(dest)), overwrite) as tmp:
+            yield tmp
+        return
+    tmp = tempfile.mkdtemp(prefix="jaxshare-out-")
+    try:
+        yield Path(tmp)
+        upload_tree(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,65 @@
+"""The training program around the library: builds what `Trainer` takes from a TrainConfig (the
+model, the token windows, the held-out windows, the run length) and starts the distributed
+runtime. `jaxshare train ...` and `python -m train ...` go through here; a library caller builds
+its own pieces and passes them to `Trainer`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from jaxshare.training.config import TrainConfig, TrainConfigError
+
+
+@dataclass
+class Prepared:
+    model: object  # LoadedModel: cfg, params, tokenizer, source
+    windows: np.ndarray  # [N, seq_len] training windows
+    eval_windows: np.ndarray  # [n, seq_len] held-out windows
+    total_steps: int
+
+
+def initialize_distributed(tc: TrainConfig) -> None:
+    """jax.distributed.initialize() for a multi-host run (before anything touches a device); CPU
+    processes exchange collectives through gloo."""
+    if not tc.multihost:
+        return
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = {}
+    if tc.coordinator:
+        kw["coordinator_address"] = tc.coordinator
+    if tc.num_processes:
+        kw["num_processes"] = tc.num_processes
+    if tc.process_id >= 0:
+        kw["process_id"] = tc.process_id
+    jax.distributed.initialize(**kw)
+
+
+def prepare(tc: TrainConfig) -> Prepared:
+    """Everything that can be wrong with a run, checked before any training compute: the
+    model, seq_len against its positions, the ratio against its units, both corpora."""
+    from jaxshare.data.tokens import token_ids, token_windows
+    from jaxshare.headshare.directshare import n_units
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.training.data import steps_for
+
+    if tc.attention == "cudnn":
+        import jax
+
+        if jax.default_backend() != "gpu":
+            raise TrainConfigError(f"attention cudnn needs a GPU (the backend is {jax.default_backend()}); "
+                                   "use xla or auto")
+    resolve(tc.model)
+    m = load_model(tc.model, "fp32")
+    if tc.seq_len > m.cfg.max_seq_len:
+        raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
+    if tc.mode != "plain" or tc.ratio > 0:
+        n_units(tc.ratio, m.cfg)
+    train = token_windows(token_ids(tc.data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+                          what=f"training data {tc.data}")
+    ev = token_windows(token_ids(tc.eval_data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+                       what=f"eval data {tc.eval_data}")
+    return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)))

@@ -1,0 +1,142 @@
+"""The pure pieces of training: loss, optimizer, the jitted step and the sharded training state.
+Module-level so tests, benchmarks and the AOT compile use exactly what the trainer runs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxshare.core.bank import combine, partition
+from jaxshare.core.model import attention_implementation, decoder_layer, next_token_nll
+from jaxshare.headshare.penalty import weight_penalty
+from jaxshare.training import mesh as meshlib
+from jaxshare.training.memory import clip_by_global_norm, remat_layer
+
+ATTENTION = ("xla", "cudnn", "auto")
+
+
+def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32, remat="none"):
+    """Mean next-token cross-entropy over the T-1 predictions of each window (fp32 logits);
+    remat: none | full | dots (True = dots), a jax.checkpoint policy on the scanned layer."""
+    policy = {True: "dots", False: "none"}.get(remat, remat)
+    layer_fn = remat_layer(decoder_layer, policy) if policy != "none" else decoder_layer
+    return jnp.mean(next_token_nll(params, cfg, tokens_BT, dtype, layer_fn=layer_fn))
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only: norms and biases are exempt (the usual AdamW practice)."""
+    def decays(path, _x):
+        names = [k.name for k in path if hasattr(k, "name")]
+        leaf = names[-2] if names and names[-1] == "rows" else (names[-1] if names else "")
+        return not (leaf == "scale" or leaf.startswith("b"))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(tc, total_steps: int):
+    warmup = min(tc.warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(total_steps, warmup + 1),
+                                                  end_value=tc.lr * tc.end_lr_ratio)
+    parts = [clip_by_global_norm(tc.clip_norm)] if tc.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
+                             mask=_decay_mask))
+    return optax.chain(*parts), schedule
+
+
+def global_norm_fp32(tree):
+    """sqrt(sum of squares) accumulated in fp32 whatever the leaves' dtype."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, monitor: bool = True,
+              remat="dots"):
+    """step(state, batch [A, B, T]) -> (state, metrics). Gradients of the CE are averaged over
+    the A micro-batches by a scan (gradient accumulation without extra optimizer steps); the
+    penalty depends on the weights only, so it is added once per step, not per micro-batch."""
+    use_lw = pairs is not None and (penalize or monitor)
+
+    def step(state, batch_ABT):
+        params, frozen = state["params"], state["frozen"]
+
+        def ce_of(p, toks):
+            return ce_loss(combine(p, frozen), cfg, toks, dtype, remat)
+
+        def micro(acc, toks):
+            loss, g = jax.value_and_grad(ce_of)(params, toks)
+            return (acc[0] + loss, jax.tree_util.tree_map(jnp.add, acc[1], g)), None
+
+        A = batch_ABT.shape[0]
+        if A == 1:  # no accumulator: a zeroed copy of the params would only be added to once
+            ce, grads = jax.value_and_grad(ce_of)(params, batch_ABT[0])
+        else:
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            (ce_sum, g_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT)
+            ce = ce_sum / A
+            grads = jax.tree_util.tree_map(lambda g: g / A, g_sum)
+        lw = jnp.zeros((), jnp.float32)
+        if use_lw and penalize:
+            lw, g_pen = jax.value_and_grad(lambda p: weight_penalty(combine(p, frozen), pairs))(params)
+            grads = jax.tree_util.tree_map(lambda a, b: a + gamma * b, grads, g_pen)
+        elif use_lw:  # the control run logs how far its pairs drift without being pulled together
+            lw = weight_penalty(combine(params, frozen), pairs)
+        loss = ce + (gamma * lw if penalize else 0.0)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state,
+                   step=state["step"] + 1,
+                   rng=jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])))
+        return new, {"loss": loss, "ce": ce, "lw": lw, "grad_norm": global_norm_fp32(grads)}
+
+    return step
+
+
+def init_state(params, tx, seed: int) -> dict:
+    """The training state: trainable params, frozen leaves (bank indices), optimizer state,
+    step and RNG (checkpointed together; the data iterator's state is saved beside it)."""
+    trainable, frozen = partition(params)
+    return {"params": trainable, "frozen": frozen, "opt_state": tx.init(trainable),
+            "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def abstract_state(params, tx, seed: int, mesh, rules=None):
+    """(ShapeDtypeStructs of init_state carrying their shardings, the shardings): what a restore
+    or an AOT compile needs, without any array."""
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
+    p_shapes = jax.eval_shape(lambda p: p, params)
+    sh = meshlib.state_shardings(mesh, shapes, p_shapes, rules)
+    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
+    return abstract, sh
+
+
+def place_state(params, tx, seed: int, mesh, donate: bool = False):
+    """init_state laid out on the mesh: params put on their shardings, optimizer state created
+    directly in its sharded layout (no replicated copy of m and v ever exists). donate: the
+    state takes over the buffers of `params` (deleted then) instead of copying them. Every
+    process passes the same host params; each keeps only its devices' shards."""
+    from jaxshare.training.multihost import put_global
+
+    _, sh = abstract_state(params, tx, seed, mesh)
+    trainable, frozen = partition(params)
+    del params
+    trainable = put_global(trainable, sh["params"])
+    frozen = put_global(frozen, sh["frozen"])
+    init = jax.jit(lambda t, f: {**init_state(combine(t, f), tx, seed)}, out_shardings=sh,
+                   donate_argnums=(0, 1) if donate else ())
+    return init(trainable, frozen), sh
+
+
+def compile_step(step, mesh, sh, rules=None, attention: str = "xla"):
+    """The jitted step: state sharded as `sh`, batch [A, B, T] split over data x fsdp along B,
+    activations pinned by the logical-axis rules while tracing, metrics replicated."""
+    from jaxshare.core import axes
+
+    batch_sh = meshlib.batch_sharding(mesh, 3, batch_axis=1)
+    impl = {"auto": None}.get(attention, attention)
+
+    def traced(state, batch):
+        with axes.activation_sharding(mesh, rules or axes.DEFAULT_RULES), attention_implementation(impl):
+            return step(state, batch)
+
+    return jax.jit(traced, in_shardings=(sh, batch_sh), out_shardings=(sh, meshlib.replicated(mesh)),
+                   donate_argnums=0), batch_sh

@@ -1,0 +1,101 @@
+"""Issue 16: two CPU processes (jax.distributed, gloo collectives, 4 simulated devices each) train
+like one process with 8 devices, and write one metrics file, one checkpoint and one export."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.params import init_params
+from jaxshare.io.native import save_native
+from jaxshare.training import trainer
+from jaxshare.training.config import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
+                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+RUN = dict(steps=4, seq_len=32, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1, ratio=0.3, eval_every=0,
+           eval_windows=4, checkpoint_every=2, keep_final_checkpoint=True, progress=False, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mh")
+    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
+    rng = np.random.default_rng(0)
+    phrases = rng.integers(0, 256, (16, 8))
+    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
+    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _rows(run):
+    return [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(files, tmp_path):
+    base = dict(model=str(files / "model"), data=str(files / "train.npy"), eval_data=str(files / "eval.npy"), **RUN)
+    ref_run = tmp_path / "one"
+    ref = trainer.Trainer(build_config(dict(base, run_dir=str(ref_run), mesh="data=2,fsdp=4"))).run()
+
+    run = tmp_path / "two"
+    port = _free_port()
+    sets = [f"{k}={v}" for k, v in dict(base, run_dir=str(run), mesh="fsdp=4", dcn_mesh="data=2", multihost=True,
+                                         coordinator=f"localhost:{port}", num_processes=2).items()]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    procs = []
+    for pid in range(2):
+        argv = [sys.executable, "-m", "jaxshare", "train", "postshare", "--json"]
+        for s in sets + [f"process_id={pid}"]:
+            argv += ["--set", s]
+        procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))  # gloo logs to stdout
+    assert outs[0]["status"] == outs[1]["status"] == "completed"
+
+    # The same losses as one process on the same (data=2, fsdp=4) layout.
+    a, b = [r for r in _rows(ref_run) if "loss" in r], [r for r in _rows(run) if "loss" in r]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # one writer: no duplicated rows
+    for x, y in zip(a, b):
+        for k in ("loss", "ce", "lw", "grad_norm"):
+            assert y[k] == pytest.approx(x[k], rel=2e-6, abs=1e-6), (x["step"], k)
+    assert outs[0]["eval_ppl"] == pytest.approx(ref["eval_ppl"], rel=2e-6)
+
+    # One metrics file, one checkpoint (the kept final one, with both processes' data state), one export.
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.yaml", "final", "hf", "metrics.jsonl", "plan.npz", "result.json"]
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert steps == ["4"]
+    data_state = sorted(p.name for p in (run / "checkpoints" / "4" / "data").iterdir() if p.name.startswith("process"))
+    assert data_state == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert all(json.loads((run / "checkpoints" / "4" / "data" / n).read_text()) == {"next_index": 4} for n in data_state)
+    from jaxshare.core.model import forward
+    from jaxshare.io.load import load_model
+
+    toks = np.load(files / "eval.npy")[:64].reshape(2, 32)
+    for sub in ("final", "hf"):
+        got, want = load_model(str(run / sub)), load_model(str(ref_run / sub))
+        np.testing.assert_allclose(np.asarray(forward(got.params, CFG, toks)),
+                                   np.asarray(forward(want.params, CFG, toks)), atol=1e-4)
