@@ -115,6 +115,50 @@ def test_native_v2_roundtrip_of_shared_model(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_version_1_checkpoint_written_before_gemma3_leaves_loads(shared, tmp_path):
+    """A v1 (orbax) checkpoint from before Params had q/k norms and post-norms: those keys are
+    absent on disk, not None, and it must still load (users and caches hold such checkpoints)."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from jaxshare.headshare.directshare import direct_share
+    from jaxshare.io.native import META, leaf_items, load_native, native_meta
+
+    random_hf_model("llama", num_hidden_layers=3).save_pretrained(tmp_path / "hf")
+    cfg, params = load_hf_dir(tmp_path / "hf")
+    extra = {}
+    if shared:
+        params, _ = direct_share(params, cfg, 0.5)
+    new_keys = {"q_norm", "k_norm", "attn_post_norm", "mlp_post_norm"}
+
+    def old_layout(tree):  # the nested dict orbax wrote, None kept, the new keys never there
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+        out = {}
+        for path, leaf in flat:
+            keys = [str(getattr(k, "name", getattr(k, "key", k))) for k in path]
+            if new_keys & set(keys):
+                continue
+            d = out
+            for k in keys[:-1]:
+                d = d.setdefault(k, {})
+            d[keys[-1]] = None if leaf is None else np.asarray(leaf)
+        return out
+
+    out = tmp_path / "v1"
+    out.mkdir()
+    with ocp.StandardCheckpointer() as ck:
+        ck.save((out / "params").absolute(), old_layout(params))
+    meta = native_meta(cfg, params, extra, version=1)
+    (out / META).write_text(json.dumps(meta))
+    _, back, got = load_native(out)
+    assert got["version"] == 1
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    for (name, a), (_, b) in zip(leaf_items(back), leaf_items(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
 def test_unknown_gguf_architecture_is_refused_from_the_header_fast(tmp_path, capsys):
     import gguf
 

@@ -149,7 +149,31 @@ def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dic
         lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
         abstract)
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore((Path(path) / "params").absolute(), abstract)
+        params = _restore_v1(ckptr, (Path(path) / "params").absolute(), abstract)
     if dtype is not None and as_dtype(dtype) != stored:
         params = cast_params(params, dtype)
     return cfg, params, meta
+
+
+def _restore_v1(ckptr, directory, abstract):
+    """Restore an orbax (version 1) params tree into `abstract`, following the tree on disk:
+    leaves added to Params since it was written (Gemma3's q/k norms, say) are absent there and
+    must be None here, or orbax refuses the structure."""
+    disk = ckptr.metadata(directory).item_metadata.tree
+    wanted = dict(leaf_items(abstract))
+
+    def target(node, prefix):
+        if isinstance(node, dict):
+            return {k: target(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in node.items()}
+        if node is None:
+            return None
+        if prefix not in wanted:
+            raise CheckpointError(f"{directory}: unexpected tensor {prefix} (written by another version?)")
+        return wanted.pop(prefix)
+
+    item = target(disk, "")
+    if wanted:
+        raise CheckpointError(f"{directory}: no tensor {sorted(wanted)[0]}")
+    restored = dict(leaf_items(ckptr.restore(directory, item)))
+    treedef = jax.tree_util.tree_structure(abstract)
+    return jax.tree_util.tree_unflatten(treedef, [restored[name] for name, _ in leaf_items(abstract)])
