@@ -253,7 +253,6 @@ def test_import_jaxshare_does_not_import_flax():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="reads final/ or a native dir through orbax; native checkpoints are now v2 safetensors (issue 15 merge): to port", strict=False)
 def test_smollm2_shared_nnx_finetune_keeps_sharing():
     from jaxshare.data.corpora import join_documents, load_corpus
     from jaxshare.data.tokens import token_windows as make_windows, tokenize_corpus
@@ -270,7 +269,6 @@ def test_smollm2_shared_nnx_finetune_keeps_sharing():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="reads final/ or a native dir through orbax; native checkpoints are now v2 safetensors (issue 15 merge): to port", strict=False)
 def test_flax_nnx_notebook_runs():
     """Every code cell of notebooks/flax_nnx.ipynb, in order, in one namespace."""
     nb = json.loads((ROOT / "notebooks" / "flax_nnx.ipynb").read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import init_params
-from jaxshare.io.native import save_native
+from jaxshare.io.native import load_native, save_native
 from jaxshare.training import paths, trainer
 from jaxshare.training.config import build_config, load_config
 
@@ -74,7 +74,6 @@ def two_runs(files, tmp_path_factory):
     return local, paths.as_path(remote), res_local, res_remote
 
 
-@pytest.mark.xfail(reason="reads final/ or a native dir through orbax; native checkpoints are now v2 safetensors (issue 15 merge): to port", strict=False)
 def test_memory_fs_run_equals_local_run(two_runs):
     local, remote, res_local, res_remote = two_runs
     assert res_remote["eval_ppl"] == res_local["eval_ppl"]
@@ -90,15 +89,15 @@ def test_memory_fs_run_equals_local_run(two_runs):
     for a, b in zip(_restore(local / "checkpoints" / "4" / "state"), _restore(ck / "state")):
         np.testing.assert_array_equal(a, b)
     assert json.loads((ck / "data" / "process_0-of-1.json").read_text()) == {"next_index": 4}
-    # final/ and hf/: committed, and the same bytes (safetensors) and arrays (orbax) as the local run.
+    # final/ and hf/: committed, and the same bytes (safetensors) and arrays as the local run.
     for sub in ("final", "hf"):
         assert paths.is_complete(remote / sub)
     hf = _local_copy(remote / "hf")
     assert (hf / "model.safetensors").read_bytes() == (local / "hf" / "model.safetensors").read_bytes()
     assert (hf / "sharing.json").read_text() == (local / "hf" / "sharing.json").read_text()
     final = _local_copy(remote / "final")
-    for a, b in zip(_restore(local / "final" / "params"), _restore(final / "params")):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(*(jax.tree_util.tree_leaves(load_native(d)[1]) for d in (local / "final", final))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # A resume on the memory filesystem downloads the kept step and finishes the run again.
     res = trainer.Trainer.resume(str(remote)).run()
     assert res["steps"] == 4 and res["eval_ppl"] == res_local["eval_ppl"]
