@@ -2,13 +2,15 @@
 load and eval of the same checkpoint in the same run.
 
     python -m benchmarks.memory [--models smollm2,qwen2-1.5b] [--big-dir DIR] [--work DIR] [--json]
-    flock /work/wt/heavy.lock python -m benchmarks.memory --models qwen2-1.5b --held-lock --seq-len 256 --calib 4x256
+    flock $JAXSHARE_CACHE/.locks/heavy.lock python -m benchmarks.memory --models qwen2-1.5b --held-lock --cases basis
 
 Models: `smollm2` (SmolLM2-135M, from its registered Q4_1 GGUF) and `qwen2-1.5b`, a random-weight
 Qwen2-1.5B-shaped HF checkpoint made with transformers (benchmarks.make_random_qwen2, bf16 on disk,
 made once in --big-dir and reused). Commands: convert (fp32 and bf16), eval ppl, parity, share,
 basis (20%) and export; transformers: from_pretrained alone, and from_pretrained plus the same PPL
-windows. A 1.5B command runs under `flock /work/wt/heavy.lock` (a shared machine).
+windows. A 1.5B command runs under `flock $JAXSHARE_CACHE/.locks/heavy.lock`, so that two heavy jobs
+on one machine do not measure each other. Defaults keep the 1.5B checkpoint and the scratch outputs
+under $JAXSHARE_CACHE/bench.
 
 Peak RSS is the command's own (wait4's ru_maxrss through a small launcher, benchmarks.train_memory;
 it covers the command's waited-for children, flock's python included). `net` subtracts a process
@@ -26,8 +28,10 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, machine
 from benchmarks.train_memory import child_env, run_measured
+from jaxshare.io.fetch import cache_dir as _cache_dir
 
-LOCK = "/work/wt/heavy.lock"
+BENCH = _cache_dir() / "bench"
+LOCK = str(_cache_dir() / ".locks" / "heavy.lock")
 PY = sys.executable
 IMPORTS = ("import jax, jax.numpy, transformers, tokenizers, numpy, jaxshare.cli.main, jaxshare.io.load, "
            "jaxshare.io.convert, jaxshare.io.native, jaxshare.io.hf, jaxshare.eval.perplexity")
@@ -167,9 +171,9 @@ def summarize(res: dict, native: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,qwen2-1.5b")
-    ap.add_argument("--big-dir", type=Path, default=Path("/work/wt/scale_cache/qwen2-1.5b-random"),
+    ap.add_argument("--big-dir", type=Path, default=BENCH / "qwen2-1.5b-random",
                     help="the random 1.5B HF checkpoint (made here once if absent)")
-    ap.add_argument("--work", type=Path, default=Path("/work/wt/scale_cache/memory_work"),
+    ap.add_argument("--work", type=Path, default=BENCH / "memory_work",
                     help="scratch for converted and compressed outputs (removed as the run goes)")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--windows", type=int, default=8, help="PPL windows (eval ppl and transformers)")
@@ -187,6 +191,7 @@ def main() -> None:
     out = {"benchmark": "memory", "models": old.get("models", {}) if only else {}}
     out.update(machine=machine(), argv=sys.argv[1:], lock=LOCK)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(LOCK).parent.mkdir(parents=True, exist_ok=True)
     for model in args.models.split(","):
         if model == "smollm2":
             from jaxshare.io import registry

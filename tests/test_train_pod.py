@@ -1,5 +1,6 @@
 """Issue 16: run dirs on any fsspec filesystem, TensorBoard event files, the pod config's AOT compile."""
 import json
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -135,3 +136,33 @@ def test_pod_config_aot_compiles_with_abstract_params_on_64_devices():
     state = 3 * 4 * res["n_params"] / 64  # fp32 params + AdamW m and v, sharded over 64 devices
     assert state < res["argument_size"] < 1.01 * state + 2 ** 24  # + the batch shard, step, RNG
     assert 0 < res["temp_size"] and res["argument_size"] < res["peak_bytes"] < 16e9
+
+
+def test_model_and_data_from_a_url_are_cached_locally(files, tmp_path, monkeypatch):
+    """model: and data: may be URLs (gs://, s3://, any fsspec filesystem): prepare() reads a cached
+    local copy, made once and refreshed when the remote files change."""
+    from jaxshare.training.program import prepare
+
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
+    remote = paths.as_path("memory://jaxshare-test/models")
+    paths.upload_tree(files / "model", remote / "tiny")
+    for name in ("train.npy", "eval.npy"):
+        (remote / name).write_bytes((files / name).read_bytes())
+    tc = _config(files, tmp_path / "run", model="memory://jaxshare-test/models/tiny",
+                 data="memory://jaxshare-test/models/train.npy", eval_data="memory://jaxshare-test/models/eval.npy")
+    local = _config(files, tmp_path / "run2")
+    got, want = prepare(tc), prepare(local)
+    assert got.model.source == tc.model and got.total_steps == want.total_steps
+    np.testing.assert_array_equal(got.windows, want.windows)
+    np.testing.assert_array_equal(got.eval_windows, want.eval_windows)
+    for a, b in zip(jax.tree_util.tree_leaves(got.model.params), jax.tree_util.tree_leaves(want.model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    copy = paths.localize(tc.model)
+    assert copy.startswith(str(tmp_path / "cache")) and paths.COMMIT_MARKER not in os.listdir(copy)
+    stamp = os.stat(os.path.join(copy, "jaxshare.json")).st_mtime_ns
+    assert paths.localize(tc.model) == copy and os.stat(os.path.join(copy, "jaxshare.json")).st_mtime_ns == stamp
+    (remote / "tiny" / "extra.txt").write_text("changed")  # the remote changed: a fresh copy
+    assert os.path.exists(os.path.join(paths.localize(tc.model), "extra.txt"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        paths.localize("memory://jaxshare-test/models/absent")
+    assert not [p for p in os.listdir(tmp_path / "cache" / "remote") if ".partial" in p]

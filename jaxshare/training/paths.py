@@ -25,6 +25,7 @@ from etils.epath import register as _register
 COMMIT_MARKER = ".jaxshare_complete"
 _EPATH_SCHEMES = ("gs", "s3", "az", "hf")
 _ORBAX_SCHEMES = ("gs",)
+_COPY_BYTES = 64 << 20
 
 
 class _AnyFsspecBackend(_backend._FileSystemSpecBackend):  # noqa: SLF001 (epath has no public hook)
@@ -145,9 +146,15 @@ def upload_tree(local_dir, dest) -> None:
         target = dest if rel == "." else dest / rel
         target.mkdir(parents=True, exist_ok=True)
         for name in files:  # bytes through epath: its cross-backend copy assumes one filesystem
-            with open(os.path.join(top, name), "rb") as f:
-                (target / name).write_bytes(f.read())
+            with open(os.path.join(top, name), "rb") as r, (target / name).open("wb") as w:
+                shutil.copyfileobj(r, w, _COPY_BYTES)
     (dest / COMMIT_MARKER).write_text("")
+
+
+def _copy_file(src, dest: str) -> None:
+    """One file from any epath to a local path, in pieces (a model shard is GBs: never whole in memory)."""
+    with as_path(src).open("rb") as r, open(dest, "wb") as w:
+        shutil.copyfileobj(r, w, _COPY_BYTES)
 
 
 def download_tree(src, local_dir) -> None:
@@ -158,8 +165,66 @@ def download_tree(src, local_dir) -> None:
         if child.is_dir():
             download_tree(child, target)
         elif child.name != COMMIT_MARKER:
-            with open(target, "wb") as f:
-                f.write(child.read_bytes())
+            _copy_file(child, target)
+
+
+def _listing(p) -> list:
+    """(relative name, size) of every file under p (or of p itself): what a cached copy must match."""
+    if not p.is_dir():
+        return [[p.name, p.stat().length]]
+    out = []
+    for child in sorted(p.iterdir(), key=lambda c: c.name):
+        if child.name == COMMIT_MARKER:
+            continue
+        out += [[f"{child.name}/{n}", sz] for n, sz in _listing(child)] if child.is_dir() else _listing(child)
+    return out
+
+
+def localize(spec: str, what: str = "model") -> str:
+    """A local path for a model or data argument. Local paths, registered names and corpus names
+    come back unchanged; a URL (gs://, s3://, any fsspec filesystem) is copied into jaxshare's cache
+    once and reused while the remote names and sizes are unchanged.
+
+    The copy is built aside and renamed into place under the cache lock, so a killed download
+    never passes for a complete one."""
+    if "://" not in str(spec) or is_local(spec):
+        return os.fspath(as_path(spec)) if "://" in str(spec) else str(spec)
+    import hashlib
+    import json
+
+    from jaxshare.io.fetch import cache_dir, cache_lock
+
+    src = as_path(spec)
+    if not src.exists():
+        raise FileNotFoundError(f"{what} {spec}: no such file or directory")
+    listing = _listing(src)
+    key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
+    root = cache_dir() / "remote"
+    root.mkdir(exist_ok=True)
+    dest, stamp = root / f"{key}-{src.name}", root / f"{key}.listing.json"
+    with cache_lock(f"remote-{key}"):
+        if dest.exists() and stamp.is_file() and json.loads(stamp.read_text()) == listing:
+            return str(dest)
+        tmp = root / f".{key}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if src.is_dir():
+                download_tree(src, tmp)
+            else:
+                _copy_file(src, str(tmp))
+            stamp.unlink(missing_ok=True)  # the old copy is no longer vouched for
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            elif dest.exists():
+                dest.unlink()
+            os.replace(tmp, dest)
+            stamp.write_text(json.dumps(listing))
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+    return str(dest)
 
 
 @contextmanager

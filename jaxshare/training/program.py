@@ -44,6 +44,7 @@ def prepare(tc: TrainConfig) -> Prepared:
     from jaxshare.data.tokens import token_ids, token_windows
     from jaxshare.headshare.directshare import n_units
     from jaxshare.io.load import load_model, resolve
+    from jaxshare.training import paths
     from jaxshare.training.data import steps_for
 
     if tc.attention == "cudnn":
@@ -52,14 +53,17 @@ def prepare(tc: TrainConfig) -> Prepared:
         if jax.default_backend() != "gpu":
             raise TrainConfigError(f"attention cudnn needs a GPU (the backend is {jax.default_backend()}); "
                                    "use xla or auto")
-    resolve(tc.model)
-    m = load_model(tc.model, "fp32")
+    model = paths.localize(tc.model, "model")  # gs://, s3://, any fsspec URL: a cached local copy
+    resolve(model)
+    m = load_model(model, "fp32")
+    if model != tc.model:
+        m.source = tc.model  # provenance names the URL, not the cache copy
     if tc.seq_len > m.cfg.max_seq_len:
         raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
     if tc.mode != "plain" or tc.ratio > 0:
         n_units(tc.ratio, m.cfg)
-    train = token_windows(token_ids(tc.data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+    train = token_windows(token_ids(paths.localize(tc.data, "training data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                           what=f"training data {tc.data}")
-    ev = token_windows(token_ids(tc.eval_data, m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+    ev = token_windows(token_ids(paths.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                        what=f"eval data {tc.eval_data}")
     return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)))
