@@ -73,4 +73,5 @@ def is_ignored(cfg: ModelConfig, key: str) -> bool:
     return any(re.fullmatch(p, key) for p in adapter(cfg.family).IGNORED)
 
 
-__all__ = ["ADAPTERS", "Slot", "adapter", "config_from_gguf_dict", "config_from_hf_dict", "hf_config", "slots", "is_ignored"]
+__all__ = ["ADAPTERS", "Slot", "adapter", "config_from_gguf_dict", "config_from_hf_dict", "hf_config", "slots",
+           "is_ignored"]
