@@ -233,6 +233,9 @@ def test_gguf_matches_transformers_gguf_loader(tmp_path, tokens):
                                ref.state_dict()["model.layers.0.self_attn.q_norm.weight"].numpy(), atol=1e-6)
     cfg = config_from_hf_dict(hf_cfg)
     assert cfg.windows == (40,) * 5 + (0, 40) and cfg.rope_local_theta == 10000.0
+    from test_gguf import check_gguf_config_path
+
+    check_gguf_config_path(hf_cfg)  # the torch-free path convert takes
     params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path))
     assert np.max(np.abs(np.asarray(forward(params, cfg, tokens)) - torch_logits(tm, tokens))) <= 1e-4
 

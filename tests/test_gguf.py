@@ -100,6 +100,36 @@ def check_config_matches(ours: dict, theirs) -> None:
     rebuilt = transformers.AutoConfig.for_model(**ours)
     for field in CONFIG_FIELDS:
         assert getattr(rebuilt, field) == getattr(theirs, field), field
+    check_gguf_config_path(ours)
+
+
+def check_gguf_config_path(ours: dict) -> None:
+    """The torch-free GGUF config path gives what transformers' normalisation gives, also when the
+    header leaves out the keys a GGUF may lack (the adapter's GGUF_DEFAULTS then stand in)."""
+    from jaxshare.io import families
+
+    for drop in ((), ("bos_token_id", "eos_token_id", "pad_token_id", "sliding_window")):
+        d = {k: v for k, v in ours.items() if k not in drop}
+        assert families.config_from_gguf_dict(d) == families.config_from_hf_dict(d), drop
+
+
+def test_gguf_defaults_are_transformers_defaults():
+    from jaxshare.io import families
+
+    for model_type in set(gguf_io.ARCHITECTURES.values()):
+        default = transformers.AutoConfig.for_model(model_type).to_dict()
+        for key, value in getattr(families.adapter(model_type), "GGUF_DEFAULTS", {}).items():
+            assert default[key] == value, (model_type, key)
+
+
+def test_tokenizer_classes_are_autotokenizers():
+    """gguf_tokenizer picks the class AutoTokenizer picks for a GGUF of each architecture."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    for model_type in set(gguf_io.ARCHITECTURES.values()):
+        cls = TOKENIZER_MAPPING.get(type(transformers.AutoConfig.for_model(model_type)), TokenizersBackend)
+        assert cls.__name__ == gguf_io.TOKENIZER_CLASSES.get(model_type, "TokenizersBackend"), model_type
 
 
 SYNTHETIC = {

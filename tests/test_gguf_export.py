@@ -36,6 +36,22 @@ def save_bpe_model(path, family: str, **kw):
     return path
 
 
+def assert_same_tokenizer(ours, theirs, tmp_path) -> None:
+    """The same class and the same saved files, less the two keys from_pretrained adds about where
+    it loaded from (is_local, local_files_only)."""
+    assert type(ours) is type(theirs)
+    ours.save_pretrained(tmp_path / "tok_ours")
+    theirs.save_pretrained(tmp_path / "tok_theirs")
+    names = sorted(p.name for p in (tmp_path / "tok_theirs").iterdir())
+    assert sorted(p.name for p in (tmp_path / "tok_ours").iterdir()) == names
+    for name in names:
+        a, b = ((tmp_path / d / name).read_text() for d in ("tok_ours", "tok_theirs"))
+        if name == "tokenizer_config.json":
+            a, b = ({k: v for k, v in json.loads(x).items() if k not in ("is_local", "local_files_only")}
+                    for x in (a, b))
+        assert a == b, name
+
+
 CASES = {"llama": ("llama", dict(num_key_value_heads=2, tie_word_embeddings=False)),
          "qwen2": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True))}
 
@@ -75,6 +91,7 @@ def test_round_trips_ours_and_transformers(model_dir, gtype, tmp_path):
     tt = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     assert tt(text, add_special_tokens=False)["input_ids"] == m.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert back.tokenizer(text, add_special_tokens=False)["input_ids"] == tt(text, add_special_tokens=False)["input_ids"]
+    assert_same_tokenizer(gguf_in.gguf_tokenizer(out), tt, tmp_path)
     fields = gguf.GGUFReader(str(out)).fields
     assert fields["tokenizer.chat_template"].contents() == TEMPLATE
     assert fields["general.architecture"].contents() == m.cfg.family

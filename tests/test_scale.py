@@ -180,6 +180,26 @@ def test_unknown_gguf_architecture_is_refused_from_the_header_fast(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+def test_gguf_convert_does_not_import_torch(tmp_path):
+    """Issue 15: torch (and transformers' config classes, which import it) is ~240 MB of RSS, more than
+    the bf16 params of SmolLM2-135M; a GGUF conversion builds its config and tokenizer without it."""
+    import subprocess
+    import sys
+
+    from jaxshare.io.gguf_export import export_gguf
+    from jaxshare.io.load import load_model
+    from test_gguf_export import save_bpe_model
+
+    m = load_model(save_bpe_model(tmp_path / "m", "qwen2", num_key_value_heads=2))
+    path = export_gguf(m.params, m.cfg, tmp_path / "m.gguf", m.tokenizer, "q4_1")
+    code = ("import sys; from jaxshare.cli.main import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "convert", str(path), str(tmp_path / "n16"), "--dtype", "bf16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "n16" / "tokenizer.json").is_file() and (tmp_path / "n16" / "params.safetensors").is_file()
+
+
 def test_parity_cli_on_native_runs_the_sides_in_sequence(tmp_path, capsys):
     import json
 

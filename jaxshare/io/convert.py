@@ -57,7 +57,7 @@ def convert_gguf_to_native(path, out, dtype="fp32", extra: dict | None = None, o
     from jaxshare.io import gguf as gguf_io
 
     path = Path(path)
-    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))  # refuses in milliseconds
+    cfg = families.config_from_gguf_dict(gguf_io.gguf_hf_config(path))  # refuses in milliseconds
     tokenizer = gguf_io.gguf_tokenizer(path)  # first: its vocabulary objects are gone before the tensors
     release_memory()
     out = stream_to_native(out, cfg, gguf_io.iter_gguf_tensors(path), tokenizer, dtype, extra, overwrite,

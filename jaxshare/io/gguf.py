@@ -3,7 +3,7 @@
 `gguf_hf_config` turns the GGUF metadata into HF config kwargs (header only, jaxshare.io.gguf_file),
 `iter_gguf_tensors` streams (hf_key, float32 array) pairs one tensor at a time, read with pread and
 dequantized with `gguf.quants.dequantize` a block of rows at a time, and `gguf_tokenizer` is
-transformers' own tokenizer for it.
+transformers' own tokenizer for it, built without importing torch.
 
 Orientation: GGUF lists a tensor's shape fastest axis first (ne order); the numpy view that
 gguf.GGUFReader gives, and the array dequantize returns, are already row-major [rows, cols],
@@ -76,12 +76,12 @@ def _hook(arch: str | None, name: str, default=None):
     return getattr(_family(arch), name, default)
 
 
-def _reader(path):
+def _reader(path, vocab: bool = False):
     """The file's metadata and tensor table (jaxshare.io.gguf_file): no tensor data, no vocabulary
-    objects; a truncated or garbled file raises CheckpointError naming the cause."""
+    objects unless asked; a truncated or garbled file raises CheckpointError naming the cause."""
     from jaxshare.io.gguf_file import GGUFFile
 
-    return GGUFFile(path)
+    return GGUFFile(path, vocab)
 
 
 def _fields(reader) -> dict:
@@ -246,9 +246,36 @@ def gguf_tensor_count(path) -> int:
         return len(reader.tensors)
 
 
-def gguf_tokenizer(path):
-    """The transformers tokenizer built from the GGUF's tokenizer metadata."""
-    from transformers import AutoTokenizer
+# AutoTokenizer's class for a GGUF of these model types (its TOKENIZER_MAPPING; others get
+# TokenizersBackend). Read there only through the config classes, which import torch; the tests
+# check that the two still agree.
+TOKENIZER_CLASSES = {"qwen2": "Qwen2Tokenizer", "gemma3_text": "GemmaTokenizer"}
+# tokenizer_config key -> tokenizer.ggml.<key> holding the token's id (transformers' gguf integration)
+_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                   "pad_token": "padding_token_id"}
 
-    path = Path(path)
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+def gguf_tokenizer(path):
+    """The transformers tokenizer of the GGUF's vocabulary, the one AutoTokenizer.from_pretrained(dir,
+    gguf_file=name) gives, built from the same pieces (transformers.integrations.gguf) without its file
+    reader and config classes: both import torch, ~240 MB of RSS that a conversion otherwise never needs."""
+    import transformers
+    from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    with _reader(path, vocab=True) as reader:
+        meta = reader.fields
+    arch, model_type = _architecture(meta)
+    groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    vocab, config = groups["tokenizer"], groups["tokenizer_config"]
+    if "tokens" not in vocab:
+        raise ValueError(f"{path}: GGUF metadata has no tokenizer.ggml.tokens (no vocabulary to build a tokenizer)")
+    if vocab.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary by default
+        config.setdefault("add_bos_token", True)
+    for name, key in _SPECIAL_TOKENS.items():
+        token_id = meta.get(f"tokenizer.ggml.{key}")
+        config[name] = vocab["tokens"][token_id] if token_id is not None else None
+    backend, more = convert_gguf_tokenizer(arch, vocab)
+    del meta, vocab, groups  # the Python vocabulary (tens of MB for 150k tokens): the backend holds its own
+    cls = getattr(transformers, TOKENIZER_CLASSES.get(model_type, "TokenizersBackend"))
+    return cls(tokenizer_object=backend, name_or_path=str(Path(path).parent), **config, **more)

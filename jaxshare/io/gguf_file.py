@@ -98,7 +98,8 @@ class GGUFFile:
     """fields: metadata key -> value (vocabulary arrays left out; their lengths in array_lengths);
     tensors: the tensor table in file order. Use as a context manager; `read` needs the file open."""
 
-    def __init__(self, path):
+    def __init__(self, path, vocab: bool = False):
+        """vocab: keep the vocabulary arrays in fields too (only a tokenizer build needs them)."""
         import gguf
 
         from jaxshare.io.gguf import _VOCAB_ARRAYS
@@ -119,10 +120,12 @@ class GGUFFile:
             self.fields, self.array_lengths = {}, {}
             for _ in range(n_kv):
                 key, vtype = cur.string(), cur.take("<I")
-                if key in _VOCAB_ARRAYS:  # large; only the tokenizer needs them
+                if key in _VOCAB_ARRAYS and not vocab:  # large; only the tokenizer needs them
                     self.array_lengths[key] = cur.value(vtype, keep=False)
                 else:
                     self.fields[key] = cur.value(vtype)
+                    if key in _VOCAB_ARRAYS:
+                        self.array_lengths[key] = len(self.fields[key])
             infos = []
             for _ in range(n_tensors):
                 name, n_dims = cur.string(), cur.take("<I")

@@ -37,7 +37,7 @@ def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
 
     from jaxshare.io.convert import release_memory
 
-    cfg = families.config_from_hf_dict(gguf_io.gguf_hf_config(path))  # the header only: refuses early
+    cfg = families.config_from_gguf_dict(gguf_io.gguf_hf_config(path))  # the header only: refuses early
     tokenizer = gguf_io.gguf_tokenizer(path)  # before the params: its transient peak does not stack on them
     release_memory()
     params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path), dtype, str(path))

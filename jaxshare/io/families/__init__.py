@@ -46,6 +46,19 @@ def config_from_hf_dict(hf: dict) -> ModelConfig:
     return mod.config_from_hf(normalised, default)
 
 
+def config_from_gguf_dict(hf: dict) -> ModelConfig:
+    """ModelConfig from the config dict jaxshare.io.gguf builds from a GGUF header. That dict is in
+    transformers v5 form already (rope_parameters, layer_types), so it skips the normalisation through
+    transformers' config class, whose import pulls in torch (~240 MB of RSS a conversion never needs);
+    a key the header may lack takes the adapter's GGUF_DEFAULTS, transformers' own default for it.
+    The tests check that this equals config_from_hf_dict on the same dicts."""
+    model_type = hf.get("model_type")
+    if model_type is None:
+        raise ConfigError("GGUF config has no model_type")
+    mod = adapter(model_type)
+    return mod.config_from_hf(dict(hf), dict(getattr(mod, "GGUF_DEFAULTS", {})))
+
+
 def hf_config(cfg: ModelConfig):
     """A transformers config object for export (written with its own save_pretrained)."""
     cls = _transformers_config_class(cfg.family)
@@ -60,4 +73,5 @@ def is_ignored(cfg: ModelConfig, key: str) -> bool:
     return any(re.fullmatch(p, key) for p in adapter(cfg.family).IGNORED)
 
 
-__all__ = ["ADAPTERS", "Slot", "adapter", "config_from_hf_dict", "hf_config", "slots", "is_ignored"]
+__all__ = ["ADAPTERS", "Slot", "adapter", "config_from_gguf_dict", "config_from_hf_dict", "hf_config", "slots",
+           "is_ignored"]

@@ -144,6 +144,9 @@ GGUF_BLOCK_NAMES = {  # GGUF block tensor -> HF module, where Gemma3 differs fro
     "attn_k_norm": "self_attn.k_norm",
 }
 GGUF_KEYS = {"attention.sliding_window"}  # gemma3.<key> metadata read here
+# Gemma3TextConfig's defaults for what a GGUF header may leave out (families.config_from_gguf_dict);
+# the rest it reads with get() default to None/False there too.
+GGUF_DEFAULTS = {"sliding_window": 4096, "bos_token_id": 2, "eos_token_id": 1}
 # llama.cpp's Gemma3 graph: every 6th layer global, local RoPE base 10000 (not in the file).
 SLIDING_PATTERN, LOCAL_ROPE_THETA = 6, 10000.0
 
