@@ -166,3 +166,22 @@ def test_model_and_data_from_a_url_are_cached_locally(files, tmp_path, monkeypat
     with pytest.raises(FileNotFoundError, match="no such file"):
         paths.localize("memory://jaxshare-test/models/absent")
     assert not [p for p in os.listdir(tmp_path / "cache" / "remote") if ".partial" in p]
+
+
+@pytest.mark.parametrize("remat", ["none", "dots", "full"])
+def test_bf16_compute_gradient_follows_fp32(remat):
+    """bf16 activations and matmuls (fp32 master weights) give the fp32 gradient to bf16 rounding,
+    with every remat policy. (SmolLM2, 4 x 128 wiki:train: cosine 0.9991, norm 4.697 vs 4.713.)"""
+    import jax.numpy as jnp
+
+    from jaxshare.training.step import ce_loss, global_norm_fp32
+
+    params = init_params(CFG, jax.random.key(1))
+    tokens = jax.random.randint(jax.random.key(2), (4, 64), 0, CFG.vocab_size)
+    grad = jax.jit(jax.grad(ce_loss, argnums=0), static_argnums=(1, 3, 4))
+    g32 = grad(params, CFG, tokens, jnp.float32, "none")
+    g16 = grad(params, CFG, tokens, jnp.bfloat16, remat)
+    dot = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(g32), jax.tree_util.tree_leaves(g16)))
+    n32, n16 = float(global_norm_fp32(g32)), float(global_norm_fp32(g16))
+    assert float(dot) / (n32 * n16) > 0.995
+    assert abs(n16 / n32 - 1) < 0.02
