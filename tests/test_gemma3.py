@@ -327,3 +327,19 @@ def test_lean_paths_keep_gemma3_features(tmp_path):
     chunked = GramStore(tmp_path / "g", cfg.n_layers)
     for k in INPUTS:
         np.testing.assert_allclose(np.asarray(chunked[k]), one[k], rtol=1e-5, atol=1e-5 * np.abs(one[k]).max())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_attention_maps_equal_transformers_eager_attentions(case, tokens, tmp_path):
+    """The maps the degeneration analysis and the similarity search read (q/k norms, per-layer RoPE
+    bases, sliding windows, query_pre_attn_scalar included) are transformers' own attentions."""
+    from jaxshare.eval.attention_maps import attention_maps
+
+    ref = gemma(**CASES[case])
+    ref.config._attn_implementation = "eager"  # sdpa returns no attentions
+    cfg, params = _load(ref, tmp_path)
+    with torch.no_grad():
+        want = np.stack([a.numpy() for a in ref(torch.as_tensor(tokens), output_attentions=True).attentions])
+    got = np.asarray(attention_maps(params, cfg, jnp.asarray(tokens)))  # [L, B, H, T, T]
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= 1e-5
