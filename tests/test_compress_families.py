@@ -70,7 +70,8 @@ def tiny(request, tmp_path_factory):
     from tiny_model import save_tiny_model
 
     d = tmp_path_factory.mktemp(request.param)
-    return request.param, save_tiny_model(d / "src", model=_model(request.param), byte_level=True), _text(d / "text.txt")
+    src = save_tiny_model(d / "src", model=_model(request.param), byte_level=True)
+    return request.param, src, _text(d / "text.txt")
 
 
 @pytest.fixture
