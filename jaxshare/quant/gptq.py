@@ -204,23 +204,26 @@ def _setup_many(w_NIO, gram_NII, *, bits, group, sym, damp, act_order):
     every weight type with the same input width (the grams decide the cost)."""
     def one(w, gram):
         w, u, perm = _prepare(w, gram, damp, act_order)
-        return (w, u, perm) + _static_params(w, bits, group, sym, perm)
+        if act_order:
+            return (w, u, perm) + _static_params(w, bits, group, sym, perm)
+        g = w.shape[0] if group is None else group  # natural order: no permutation gathers
+        return (w, u, perm) + params_of(groups_view(w, group), bits, sym) + (perm // g,)
 
     return jax.vmap(one)(w_NIO, gram_NII)
 
 
-@partial(jax.jit, static_argnames=("bits", "group", "sym", "lazy"))
-def _loop_many(w, u, perm, scale, zero, gid, *, bits, group, sym, lazy):
+@partial(jax.jit, static_argnames=("bits", "group", "sym", "act_order", "lazy"))
+def _loop_many(w, u, perm, scale, zero, gid, *, bits, group, sym, act_order, lazy):
     def one(w, u, perm, scale, zero, gid):
         q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy)
-        return q[jnp.argsort(perm)], scale, zero  # codes back in the natural row order
+        return (q[jnp.argsort(perm)] if act_order else q), scale, zero  # codes in the natural row order
 
     return jax.vmap(one)(w, u, perm, scale, zero, gid)
 
 
 def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
     ready = _setup_many(w, g, bits=bits, group=group, sym=sym, damp=damp, act_order=act_order)
-    return _loop_many(*ready, bits=bits, group=group, sym=sym, lazy=lazy)
+    return _loop_many(*ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
 
 
 def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
