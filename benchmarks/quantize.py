@@ -3,6 +3,7 @@ layers) vs the same algorithm as a straightforward numpy loop, on SmolLM2-135M's
 the same calibration grams in the same run; and prefill throughput of int8/int4 models vs fp32.
 
     python -m benchmarks.quantize [--json] [--layers 30] [--bits 4 --group 64] [--batch 2 --seq-len 512]
+                                  [--skip-prefill]  (keeps the prefill section of the last result)
 
 Both paths include their float32 setup (H, its inverse's Cholesky factor) and return codes; the
 jit time is reported with compilation (one per matrix shape) and warm (the same work again). Prefill: the median of 3 warm forward passes.
@@ -10,10 +11,11 @@ jit time is reported with compilation (one per matrix shape) and warm (the same 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
-from benchmarks.common import timeit, write_result
+from benchmarks.common import RESULTS, timeit, write_result
 
 
 def main(argv=None) -> int:
@@ -72,7 +74,12 @@ def main(argv=None) -> int:
     print(f"GPTQ int{args.bits} g{args.group}, {matrices} matrices ({n} layers): jit {jit_s:.1f} s (with compile), "
           f"warm {warm_s:.1f} s, numpy {np_s:.1f} s, speedup {np_s / jit_s:.1f}x ({np_s / warm_s:.1f}x warm); codes equal {np.mean(agree):.4%}", file=sys.stderr)
 
-    if not args.skip_prefill:
+    if args.skip_prefill:  # keep the last run's prefill section rather than dropping it
+        last = RESULTS / "quantize.json"
+        prev = json.loads(last.read_text()).get("prefill") if last.exists() else None
+        if prev:
+            res["prefill"] = {**prev, "from_an_earlier_run": True}
+    else:
         from jaxshare.core.model import forward
 
         toks = jnp.asarray(np.random.default_rng(0).integers(0, m.cfg.vocab_size, (args.batch, args.seq_len)),

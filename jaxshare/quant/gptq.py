@@ -3,8 +3,9 @@
 W [d_in, d_out] with y = x @ W. H = 2 X^T X + lambda I (lambda = `damp` times the mean diagonal).
 Input rows are quantized one at a time, in order or by decreasing diag(H) (act-order); each row's
 rounding error is spread over the rows not yet quantized through U, the upper Cholesky factor of
-H^-1 (H^-1 = U^T U). Rows are processed in blocks: inside a block the update is a rank-1 step per
-row on the block alone, and the block's accumulated error reaches the later rows in one matmul.
+H^-1 (H^-1 = U^T U). Rows are processed in blocks of sub-blocks: a row's rank-1 update touches only
+its sub-block (16 rows), a sub-block's error reaches the rest of its block in one matmul, and a
+block's error reaches the later rows in one matmul.
 
 Group scales: without act-order, a group's scale and zero are computed from its rows as they stand
 when the group starts (after the earlier rows' error has landed); with act-order the rows of a
@@ -12,11 +13,14 @@ group are not visited together, so every group's scale comes from the original w
 reference code's `static_groups`). Per-channel int8 (one group) always uses the original weights.
 With H = I nothing is spread and GPTQ returns exactly round-to-nearest's codes.
 
-`gptq` runs the row loop jit-compiled (`lax.fori_loop` over blocks and over the rows of a block);
-`gptq_numpy` is the same algorithm as a plain numpy loop (the benchmark's baseline).
+`gptq` runs jit-compiled, vmapped over same-shaped weights: the setup (U from a blocked Cholesky in
+plain XLA) and the row loop (`lax.fori_loop` over blocks, sub-blocks and rows) are two compiles, the
+first shared by every weight with the same input width. `gptq_numpy` is the same algorithm as a
+plain numpy loop, one rank-1 update of all remaining rows per row (the benchmark's baseline).
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -25,17 +29,9 @@ import numpy as np
 
 from jaxshare.quant.pack import QuantError, codes_of, groups_view, params_of, qmax
 
-BLOCK = 128
+BLOCK = 128  # rows per block of the row loop, and per block of the Cholesky setup
+SUB = 16  # rows per sub-block: the rank-1 updates stay on these (a few KiB per matrix)
 CHUNK_ELEMS = 1 << 25  # d_in^2 elements per chunk of the vmapped setup (128 MiB per float32 array)
-
-
-def block_size(d_in: int, group: int | None) -> int:
-    """The largest block <= 128 rows that divides d_in and holds whole groups."""
-    g = 1 if group is None else group
-    for b in range(min(BLOCK, d_in), 0, -1):
-        if d_in % b == 0 and b % g == 0:
-            return b
-    return d_in  # group > 128: one group is one block
 
 
 def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order: bool = False):
@@ -55,8 +51,49 @@ def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order
     return w, u, perm
 
 
+def _chol_inv_small(a):
+    """(L, L^-1) of a small SPD block in one loop of plain XLA: at step j, column j of L is
+    (a_j - L L_j^T) / sqrt(its diagonal) (L's columns from j on are still zero), and then row j of
+    L^-1 is (e_j - L_j X) / L_jj (X's rows from j on are still zero)."""
+    idx = jnp.arange(a.shape[0])
+    eye = jnp.eye(a.shape[0], dtype=a.dtype)
+
+    def step(j, c):
+        low, x = c
+        v = a[:, j] - low @ low[j]
+        low = low.at[:, j].set(jnp.where(idx >= j, v, 0.0) / jnp.sqrt(v[j]))
+        return low, x.at[j].set((eye[j] - low[j] @ x) / low[j, j])
+
+    return jax.lax.fori_loop(0, a.shape[0], step, (jnp.zeros_like(a), jnp.zeros_like(a)))
+
+
+def _chol_inv(a):
+    """L^-1 for the lower Cholesky factor L of a, blocked by BLOCK rows (blocks unrolled, static
+    shapes): the work is XLA matmuls plus small plain loops on the diagonal blocks. Not
+    jnp.linalg.cholesky / triangular_solve: they call LAPACK, whose threads on a busy machine wait
+    on each other at every panel (one 576x576 factor: 0.6 s on 2 loaded cores, 3 ms on one thread)."""
+    n = a.shape[0]
+    cuts = list(zip(range(0, n, BLOCK), list(range(BLOCK, n, BLOCK)) + [n]))
+    low, inv_diag = jnp.zeros_like(a), []
+    for k0, k1 in cuts:  # left-looking: block column k from the columns before it
+        lk = low[k0:k1, :k0]
+        ikk = _chol_inv_small(a[k0:k1, k0:k1] - lk @ lk.T)[1]
+        inv_diag.append(ikk)
+        if k1 < n:
+            low = low.at[k1:, k0:k1].set((a[k1:, k0:k1] - low[k1:, :k0] @ lk.T) @ ikk.T)
+    x = jnp.zeros_like(a)  # L^-1 by block rows: X_kk = L_kk^-1, X_k,<k = -X_kk L_k,<k X_<k,<k
+    for (k0, k1), ikk in zip(cuts, inv_diag):
+        if k0:
+            x = x.at[k0:k1, :k0].set(-ikk @ (low[k0:k1, :k0] @ x[:k0, :k0]))
+        x = x.at[k0:k1, k0:k1].set(ikk)
+    return x
+
+
 def _prepare(w_IO, gram_II, damp: float, act_order: bool):
-    """`prepare` in jax (float32, as the reference implementation computes it)."""
+    """`prepare` in jax (float32, as the reference implementation computes it), with U from one
+    Cholesky factorization: reversing the row order, flip(H) = L L^T gives H = V V^T with V = flip(L)
+    upper, so H^-1 = U^T U with U = V^-1 = flip(L^-1) (the same factor, by uniqueness, without
+    inverting H and factoring it again)."""
     d_in = w_IO.shape[0]
     h = 2.0 * gram_II.astype(jnp.float32)
     diag = jnp.diag(h)
@@ -65,11 +102,12 @@ def _prepare(w_IO, gram_II, damp: float, act_order: bool):
     w = jnp.where(dead[:, None], 0.0, w_IO.astype(jnp.float32))
     diag = jnp.diag(h)
     perm = jnp.argsort(-diag, stable=True) if act_order else jnp.arange(d_in)
-    w, h = w[perm], h[perm][:, perm]
+    if act_order:
+        w, h = w[perm], h[perm][:, perm]
     h = h + damp * jnp.mean(diag) * jnp.eye(d_in, dtype=jnp.float32)
-    low = jnp.linalg.cholesky(h)
-    hinv = jax.scipy.linalg.cho_solve((low, True), jnp.eye(d_in, dtype=jnp.float32))
-    return w, jnp.linalg.cholesky(hinv).T, perm.astype(jnp.int32)
+    rev = jnp.arange(d_in - 1, -1, -1)  # a gather: XLA's simplifier aborts on some reverses of this
+    x = _chol_inv(h[rev][:, rev])
+    return w, x[rev][:, rev], perm.astype(jnp.int32)
 
 
 def _static_params(w0_IO, bits, group, sym, perm):
@@ -81,58 +119,111 @@ def _static_params(w0_IO, bits, group, sym, perm):
     return scale, zero, perm // g
 
 
-def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy, blk):
-    d_in, d_out = w_IO.shape
-    g = d_in if group is None else group
-    rows_b = jnp.arange(blk)
+def _block(w_b, u_b, scale, zero, gid_b, b0, *, bits, group, sym, lazy, sub):
+    """Quantize one block's rows (already holding the earlier blocks' error): (codes, error rows
+    scaled by 1/U_ii, scale, zero). A fori_loop over sub-blocks of `sub` rows, and inside one a
+    fori_loop over its rows whose rank-1 updates touch only the sub-block; a sub-block's error
+    reaches the rest of the block in one matmul. A lazy group starts on a sub-block boundary, so its
+    parameters are computed once per sub-block (not per row)."""
+    bl, d_out = w_b.shape
+    g = group if lazy else None
 
-    def block(b, carry):
-        w, q_all, scale, zero = carry
-        b0 = b * blk
-        w_b = jax.lax.dynamic_slice_in_dim(w, b0, blk, 0)
-        u_b = jax.lax.dynamic_slice(u_II, (b0, b0), (blk, blk))
+    def step(k, c):
+        w_b, q_b, e_b, scale, zero = c
+        j0 = k * sub
+        if lazy:  # a group's parameters from its rows as they stand when it starts (b0 % g == 0)
+            gi = (b0 + j0) // g
 
-        def row(j, c):
-            w_b, err_b, q_b, scale, zero = c
-            i = b0 + j
-            if lazy:  # a group's parameters from its rows as they stand now
-                def fresh(sz):
-                    rows = jax.lax.dynamic_slice_in_dim(w_b, j, g, 0)
-                    s, z = params_of(rows[None], bits, sym)
-                    return (jax.lax.dynamic_update_slice_in_dim(sz[0], s, i // g, 0),
-                            jax.lax.dynamic_update_slice_in_dim(sz[1], z, i // g, 0))
-                scale, zero = jax.lax.cond(i % g == 0, fresh, lambda sz: sz, (scale, zero))
-                s, z = scale[i // g], zero[i // g]
-            else:
-                s, z = scale[gid_I[i]], zero[gid_I[i]]
-            wr = w_b[j]
+            def fresh(sz):
+                s, z = params_of(jax.lax.dynamic_slice_in_dim(w_b, j0, g, 0)[None], bits, sym)
+                return (jax.lax.dynamic_update_slice_in_dim(sz[0], s, gi, 0),
+                        jax.lax.dynamic_update_slice_in_dim(sz[1], z, gi, 0))
+
+            scale, zero = jax.lax.cond(j0 % g == 0, fresh, lambda sz: sz, (scale, zero))
+            s_r = jnp.broadcast_to(jax.lax.dynamic_index_in_dim(scale, gi, 0), (sub, d_out))
+            z_r = jnp.broadcast_to(jax.lax.dynamic_index_in_dim(zero, gi, 0), (sub, d_out))
+        else:
+            ids = jax.lax.dynamic_slice_in_dim(gid_b, j0, sub)
+            s_r, z_r = scale[ids], zero[ids]
+        us = jax.lax.dynamic_slice(u_b, (j0, j0), (sub, sub))
+
+        def row(r, c):
+            ws, q_s, e_s = c
+            wr, s, z = ws[r], s_r[r], z_r[r]
             q = codes_of(wr, s, z, bits)
-            err = (wr - s * (q - z)) / u_b[j, j]
-            later = jnp.where(rows_b > j, u_b[j], 0.0)
-            w_b = w_b - later[:, None] * err[None, :]
-            return w_b, err_b.at[j].set(err), q_b.at[j].set(q), scale, zero
+            e = (wr - s * (q - z)) / us[r, r]
+            # U is upper triangular: rows before r get a zero update (row r itself is done)
+            ws = ws - us[r][:, None] * e[None, :]
+            return ws, q_s.at[r].set(q), e_s.at[r].set(e)
 
-        init = (w_b, jnp.zeros_like(w_b), jnp.zeros_like(w_b), scale, zero)
-        _, err_b, q_b, scale, zero = jax.lax.fori_loop(0, blk, row, init)
-        u_rows = jax.lax.dynamic_slice_in_dim(u_II, b0, blk, 0)  # [blk, d_in]
+        ws = jax.lax.dynamic_slice_in_dim(w_b, j0, sub, 0)
+        _, q_s, e_s = jax.lax.fori_loop(0, sub, row, (ws, jnp.zeros_like(ws), jnp.zeros_like(ws)))
+        strip = jax.lax.dynamic_slice_in_dim(u_b, j0, sub, 0)  # [sub, bl]: onto the rows after the sub-block
+        strip = jnp.where(jnp.arange(bl)[None, :] >= j0 + sub, strip, 0.0)
+        w_b = w_b - strip.T @ e_s
+        return (w_b, jax.lax.dynamic_update_slice_in_dim(q_b, q_s, j0, 0),
+                jax.lax.dynamic_update_slice_in_dim(e_b, e_s, j0, 0), scale, zero)
+
+    init = (w_b, jnp.zeros_like(w_b), jnp.zeros_like(w_b), scale, zero)
+    _, q_b, e_b, scale, zero = jax.lax.fori_loop(0, bl // sub, step, init)
+    return q_b, e_b, scale, zero
+
+
+def block_size(d_in: int, group: int | None) -> int:
+    """The largest block <= 128 rows that divides d_in and holds whole groups."""
+    g = 1 if group is None else group
+    return next((b for b in range(min(BLOCK, d_in), 0, -1) if d_in % b == 0 and b % g == 0), d_in)
+
+
+def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy):
+    """A fori_loop over blocks; a block's error reaches the rows after it in one matmul. The matmul
+    spans all d_in rows (the rows already done masked out of U): twice the flops of the triangle,
+    but one loop body to compile instead of one per block (compiling is most of this path's time)."""
+    d_in = w_IO.shape[0]
+    blk = block_size(d_in, group)
+    sub = math.gcd(blk, group if lazy else blk, SUB)  # a lazy group starts on a sub-block boundary
+
+    def body(b, c):
+        w, q, scale, zero = c
+        b0 = b * blk
+        q_b, e_b, scale, zero = _block(jax.lax.dynamic_slice_in_dim(w, b0, blk, 0),
+                                       jax.lax.dynamic_slice(u_II, (b0, b0), (blk, blk)), scale, zero,
+                                       jax.lax.dynamic_slice_in_dim(gid_I, b0, blk), b0,
+                                       bits=bits, group=group, sym=sym, lazy=lazy, sub=sub)
+        u_rows = jax.lax.dynamic_slice_in_dim(u_II, b0, blk, 0)
         u_rows = jnp.where(jnp.arange(d_in)[None, :] >= b0 + blk, u_rows, 0.0)
-        w = w - u_rows.T @ err_b
-        return w, jax.lax.dynamic_update_slice_in_dim(q_all, q_b, b0, 0), scale, zero
+        return w - u_rows.T @ e_b, jax.lax.dynamic_update_slice_in_dim(q, q_b, b0, 0), scale, zero
 
-    q0 = jnp.zeros((d_in, d_out), jnp.float32)
-    _, q, scale, zero = jax.lax.fori_loop(0, d_in // blk, block, (w_IO, q0, scale, zero))
+    _, q, scale, zero = jax.lax.fori_loop(0, d_in // blk, body, (w_IO, jnp.zeros_like(w_IO), scale, zero))
     return q, scale, zero
 
 
-@partial(jax.jit, static_argnames=("bits", "group", "sym", "damp", "act_order", "lazy", "blk"))
-def _run_many(w_NIO, gram_NII, *, bits, group, sym, damp, act_order, lazy, blk):
+@partial(jax.jit, static_argnames=("bits", "group", "sym", "damp", "act_order"))
+def _setup_many(w_NIO, gram_NII, *, bits, group, sym, damp, act_order):
+    """(W in processing order, U, perm, static scale, zero, group ids), vmapped; one compile serves
+    every weight type with the same input width (the grams decide the cost)."""
     def one(w, gram):
         w, u, perm = _prepare(w, gram, damp, act_order)
-        scale, zero, gid = _static_params(w, bits, group, sym, perm)
-        q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy, blk=blk)
-        return q[jnp.argsort(perm)], scale, zero  # codes back in the natural row order
+        if act_order:
+            return (w, u, perm) + _static_params(w, bits, group, sym, perm)
+        g = w.shape[0] if group is None else group  # natural order: no permutation gathers
+        return (w, u, perm) + params_of(groups_view(w, group), bits, sym) + (perm // g,)
 
     return jax.vmap(one)(w_NIO, gram_NII)
+
+
+@partial(jax.jit, static_argnames=("bits", "group", "sym", "act_order", "lazy"))
+def _loop_many(w, u, perm, scale, zero, gid, *, bits, group, sym, act_order, lazy):
+    def one(w, u, perm, scale, zero, gid):
+        q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy)
+        return (q[jnp.argsort(perm)] if act_order else q), scale, zero  # codes in the natural row order
+
+    return jax.vmap(one)(w, u, perm, scale, zero, gid)
+
+
+def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
+    ready = _setup_many(w, g, bits=bits, group=group, sym=sym, damp=damp, act_order=act_order)
+    return _loop_many(*ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
 
 
 def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
@@ -154,7 +245,7 @@ def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True,
         w = jnp.asarray(np.stack([np.asarray(ws_NIO[i], np.float32) for i in idx]))
         g = jnp.asarray(np.stack([np.asarray(grams_NII[i], np.float32) for i in idx]))
         outs.append(_run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
-                              lazy=lazy, blk=block_size(d_in, group)))
+                              lazy=lazy))
     q, scale, zero = (jnp.concatenate([o[i] for o in outs])[:n] for i in range(3))
     return q.astype(jnp.int32), scale, zero
 
