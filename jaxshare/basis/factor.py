@@ -256,7 +256,11 @@ def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str =
         coefs = [inv[:, None] * (u_k.T @ sw(np.asarray(w, np.float64))) for w in ws]
     b = u_k * sig_k
     if s is not None:
-        b = np.linalg.solve(s, b)  # S^-1 U_k Sig_k (S is triangular and well conditioned after the fallback)
+        from scipy.linalg import solve_triangular
+
+        # S^-1 U_k Sig_k; S is upper triangular: a triangular solve (n^2 k) instead of an LU
+        # (2/3 n^3: 0.5 TFLOP at a 1.5B model's MLP width 8960, per group)
+        b = solve_triangular(s, b, lower=False)
     return b, coefs
 
 
