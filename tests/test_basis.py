@@ -46,6 +46,12 @@ def test_whitening_factor_and_singular_fallback():
     shift = np.diag(s2.T @ s2 - xs.T @ xs)
     assert np.all(shift > 0) and np.allclose(s2.T @ s2 - xs.T @ xs, np.diag(shift), atol=1e-8)
     assert shift.max() < 1e-4 * np.abs(np.diag(xs.T @ xs)).mean()
+    # indefinite (an eigenvalue of -1, far beyond eps): the shift covers it
+    q = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    bad = q @ np.diag(np.r_[-1.0, np.linspace(1, 5, 11)]) @ q.T
+    s3, fell3 = whitening(bad)
+    shift3 = np.diag(s3.T @ s3 - bad)
+    assert fell3 and np.allclose(s3.T @ s3 - bad, np.diag(shift3), atol=1e-8) and 1.0 < shift3.min() < 1.01
 
 
 def test_whitened_truncation_beats_plain_svd_on_calibration_data():

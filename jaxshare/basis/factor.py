@@ -206,25 +206,34 @@ def validate(cfg: ModelConfig, ratio: float, group_size: int, method: str,
 
 def whitening(sxx: np.ndarray) -> tuple[np.ndarray, bool]:
     """(S, fell_back): S = cholesky(Sxx)^T (upper), so S^T S = Sxx and ||X D||_F = ||S D||_F.
-    A non-PD Sxx gets (-lambda_min + eps) I added, eps = 1e-6 of the mean diagonal."""
+    A non-PD Sxx gets (max(-lambda_min, 0) + eps) I added, eps = 1e-6 of the mean diagonal."""
     sxx = np.asarray(sxx, np.float64)
-    try:
-        low = np.linalg.cholesky(sxx)
-        if np.all(np.isfinite(low)):
-            return low.T, False
-    except np.linalg.LinAlgError:
-        pass
+    low = _cholesky(sxx)
+    if low is not None:
+        return low.T, False
     eps = 1e-6 * max(float(np.mean(np.abs(np.diag(sxx)))), 1e-30)
+    # A gram of fewer tokens than its width (a 1.5B model's 8960-wide MLP input from 2k
+    # calibration tokens) is PSD but singular: eps alone makes it PD, one Cholesky (6 s at
+    # 8960) instead of an eigvalsh (40 s) per layer. Only a gram with a truly negative
+    # eigenvalue pays for the eigvalsh.
+    low = _cholesky(sxx + eps * np.eye(len(sxx)))
+    if low is not None:
+        return low.T, True
     shift = -float(np.linalg.eigvalsh(sxx)[0]) + eps
     for _ in range(20):  # rounding can leave it just short of PD; grow the shift until it holds
-        try:
-            low = np.linalg.cholesky(sxx + shift * np.eye(len(sxx)))
-            if np.all(np.isfinite(low)):
-                return low.T, True
-        except np.linalg.LinAlgError:
-            pass
+        low = _cholesky(sxx + shift * np.eye(len(sxx)))
+        if low is not None:
+            return low.T, True
         shift = 2 * shift + eps
     raise BasisError("could not whiten: Sxx stays non-positive-definite after shifting")
+
+
+def _cholesky(a: np.ndarray) -> np.ndarray | None:
+    try:
+        low = np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return None
+    return low if np.all(np.isfinite(low)) else None
 
 
 def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str = "auto"):
