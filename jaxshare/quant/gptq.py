@@ -13,9 +13,9 @@ group are not visited together, so every group's scale comes from the original w
 reference code's `static_groups`). Per-channel int8 (one group) always uses the original weights.
 With H = I nothing is spread and GPTQ returns exactly round-to-nearest's codes.
 
-`gptq` runs jit-compiled, vmapped over same-shaped weights: the setup (U from a blocked Cholesky in
-plain XLA) and the row loop (`lax.fori_loop` over blocks, sub-blocks and rows) are two compiles, the
-first shared by every weight with the same input width. `gptq_numpy` is the same algorithm as a
+`gptq` runs jit-compiled, vmapped over same-shaped weights: the setup (U from LAPACK's Cholesky and
+a triangular solve, on one BLAS thread; it reads only the grams) and the row loop (`lax.fori_loop` over blocks, sub-blocks and
+rows) are two compiles, the first shared by every weight with the same input width. `gptq_numpy` is the same algorithm as a
 plain numpy loop, one rank-1 update of all remaining rows per row (the benchmark's baseline).
 """
 from __future__ import annotations
@@ -26,17 +26,18 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from jaxshare.quant.pack import QuantError, codes_of, groups_view, params_of, qmax
 
-BLOCK = 128  # rows per block of the row loop, and per block of the Cholesky setup
+BLOCK = 128  # rows per block of the row loop
 SUB = 16  # rows per sub-block: the rank-1 updates stay on these (a few KiB per matrix)
 CHUNK_ELEMS = 1 << 25  # d_in^2 elements per chunk of the vmapped setup (128 MiB per float32 array)
 
 
 def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order: bool = False):
     """(W in processing order [d_in, O], U [d_in, d_in], perm [d_in]) in float32 numpy (gptq_numpy's
-    setup; `_prepare` is the same in jax). Inputs that never fire (zero diagonal) get weight 0, as in GPTQ."""
+    setup; `_factor` and `_loop_many` do the same in jax). Inputs that never fire (zero diagonal) get weight 0, as in GPTQ."""
     w = np.asarray(w_IO, np.float32).copy()
     h = 2.0 * np.asarray(gram_II, np.float32)
     dead = np.diag(h) == 0
@@ -51,63 +52,25 @@ def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order
     return w, u, perm
 
 
-def _chol_inv_small(a):
-    """(L, L^-1) of a small SPD block in one loop of plain XLA: at step j, column j of L is
-    (a_j - L L_j^T) / sqrt(its diagonal) (L's columns from j on are still zero), and then row j of
-    L^-1 is (e_j - L_j X) / L_jj (X's rows from j on are still zero)."""
-    idx = jnp.arange(a.shape[0])
-    eye = jnp.eye(a.shape[0], dtype=a.dtype)
-
-    def step(j, c):
-        low, x = c
-        v = a[:, j] - low @ low[j]
-        low = low.at[:, j].set(jnp.where(idx >= j, v, 0.0) / jnp.sqrt(v[j]))
-        return low, x.at[j].set((eye[j] - low[j] @ x) / low[j, j])
-
-    return jax.lax.fori_loop(0, a.shape[0], step, (jnp.zeros_like(a), jnp.zeros_like(a)))
-
-
-def _chol_inv(a):
-    """L^-1 for the lower Cholesky factor L of a, blocked by BLOCK rows (blocks unrolled, static
-    shapes): the work is XLA matmuls plus small plain loops on the diagonal blocks. Not
-    jnp.linalg.cholesky / triangular_solve: they call LAPACK, whose threads on a busy machine wait
-    on each other at every panel (one 576x576 factor: 0.6 s on 2 loaded cores, 3 ms on one thread)."""
-    n = a.shape[0]
-    cuts = list(zip(range(0, n, BLOCK), list(range(BLOCK, n, BLOCK)) + [n]))
-    low, inv_diag = jnp.zeros_like(a), []
-    for k0, k1 in cuts:  # left-looking: block column k from the columns before it
-        lk = low[k0:k1, :k0]
-        ikk = _chol_inv_small(a[k0:k1, k0:k1] - lk @ lk.T)[1]
-        inv_diag.append(ikk)
-        if k1 < n:
-            low = low.at[k1:, k0:k1].set((a[k1:, k0:k1] - low[k1:, :k0] @ lk.T) @ ikk.T)
-    x = jnp.zeros_like(a)  # L^-1 by block rows: X_kk = L_kk^-1, X_k,<k = -X_kk L_k,<k X_<k,<k
-    for (k0, k1), ikk in zip(cuts, inv_diag):
-        if k0:
-            x = x.at[k0:k1, :k0].set(-ikk @ (low[k0:k1, :k0] @ x[:k0, :k0]))
-        x = x.at[k0:k1, k0:k1].set(ikk)
-    return x
-
-
-def _prepare(w_IO, gram_II, damp: float, act_order: bool):
-    """`prepare` in jax (float32, as the reference implementation computes it), with U from one
-    Cholesky factorization: reversing the row order, flip(H) = L L^T gives H = V V^T with V = flip(L)
-    upper, so H^-1 = U^T U with U = V^-1 = flip(L^-1) (the same factor, by uniqueness, without
-    inverting H and factoring it again)."""
-    d_in = w_IO.shape[0]
+def _factor(gram_II, damp: float, act_order: bool):
+    """(U, perm, dead) of `prepare` in jax (float32, as the reference implementation computes it); it
+    reads only the gram, so one compile (and one factorization) serves every weight reading the same
+    input. U comes from one Cholesky factorization: reversing the row order, flip(H) = L L^T gives
+    H = V V^T with V = flip(L) upper, so H^-1 = U^T U with U = V^-1 = flip(L^-1) (the same factor,
+    by uniqueness, without inverting H and factoring it again)."""
+    d_in = gram_II.shape[0]
     h = 2.0 * gram_II.astype(jnp.float32)
-    diag = jnp.diag(h)
-    dead = diag == 0
+    dead = jnp.diag(h) == 0
     h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
-    w = jnp.where(dead[:, None], 0.0, w_IO.astype(jnp.float32))
     diag = jnp.diag(h)
     perm = jnp.argsort(-diag, stable=True) if act_order else jnp.arange(d_in)
     if act_order:
-        w, h = w[perm], h[perm][:, perm]
+        h = h[perm][:, perm]
     h = h + damp * jnp.mean(diag) * jnp.eye(d_in, dtype=jnp.float32)
     rev = jnp.arange(d_in - 1, -1, -1)  # a gather: XLA's simplifier aborts on some reverses of this
-    x = _chol_inv(h[rev][:, rev])
-    return w, x[rev][:, rev], perm.astype(jnp.int32)
+    low = jnp.linalg.cholesky(h[rev][:, rev])
+    x = jax.scipy.linalg.solve_triangular(low, jnp.eye(d_in, dtype=jnp.float32), lower=True)
+    return x[rev][:, rev], perm.astype(jnp.int32), dead
 
 
 def _static_params(w0_IO, bits, group, sym, perm):
@@ -198,32 +161,36 @@ def _gptq_loop(w_IO, u_II, scale, zero, gid_I, *, bits, group, sym, lazy):
     return q, scale, zero
 
 
-@partial(jax.jit, static_argnames=("bits", "group", "sym", "damp", "act_order"))
-def _setup_many(w_NIO, gram_NII, *, bits, group, sym, damp, act_order):
-    """(W in processing order, U, perm, static scale, zero, group ids), vmapped; one compile serves
-    every weight type with the same input width (the grams decide the cost)."""
-    def one(w, gram):
-        w, u, perm = _prepare(w, gram, damp, act_order)
-        if act_order:
-            return (w, u, perm) + _static_params(w, bits, group, sym, perm)
-        g = w.shape[0] if group is None else group  # natural order: no permutation gathers
-        return (w, u, perm) + params_of(groups_view(w, group), bits, sym) + (perm // g,)
-
-    return jax.vmap(one)(w_NIO, gram_NII)
+@partial(jax.jit, static_argnames=("damp", "act_order"))
+def _setup_many(gram_NII, *, damp, act_order):
+    """(U, perm, dead), vmapped: keyed by the grams' shape only, so every weight type with the same
+    input width shares one compile."""
+    return jax.vmap(lambda g: _factor(g, damp, act_order))(gram_NII)
 
 
 @partial(jax.jit, static_argnames=("bits", "group", "sym", "act_order", "lazy"))
-def _loop_many(w, u, perm, scale, zero, gid, *, bits, group, sym, act_order, lazy):
-    def one(w, u, perm, scale, zero, gid):
+def _loop_many(w, u, perm, dead, *, bits, group, sym, act_order, lazy):
+    def one(w, u, perm, dead):
+        w = jnp.where(dead[:, None], 0.0, w.astype(jnp.float32))  # inputs that never fire: weight 0
+        if act_order:
+            w = w[perm]
+            scale, zero, gid = _static_params(w, bits, group, sym, perm)
+        else:  # natural order: no permutation gathers
+            g = w.shape[0] if group is None else group
+            scale, zero = params_of(groups_view(w, group), bits, sym)
+            gid = perm // g
         q, scale, zero = _gptq_loop(w, u, scale, zero, gid, bits=bits, group=group, sym=sym, lazy=lazy)
         return (q[jnp.argsort(perm)] if act_order else q), scale, zero  # codes in the natural row order
 
-    return jax.vmap(one)(w, u, perm, scale, zero, gid)
+    return jax.vmap(one)(w, u, perm, dead)
 
 
 def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
-    ready = _setup_many(w, g, bits=bits, group=group, sym=sym, damp=damp, act_order=act_order)
-    return _loop_many(*ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
+    # The setup's LAPACK calls factor one small matrix at a time: BLAS threads there only wait on
+    # each other (one 576x576 factor took 0.6 s on 2 busy cores, 3 ms on one thread).
+    with threadpool_limits(1, user_api="blas"):
+        ready = jax.block_until_ready(_setup_many(g, damp=damp, act_order=act_order))
+    return _loop_many(w, *ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
 
 
 def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
