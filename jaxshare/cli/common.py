@@ -104,6 +104,15 @@ def memory_size(text: str) -> int:
 
 memory_size.__name__ = "size"
 PARAM_DTYPE_HELP = "dtype the weights are loaded and held in (bf16 halves the memory of the model)"
+STORAGE_DTYPE_HELP = "dtype the weights are held and stored in (fp32 or bf16)"
+
+
+def storage_dtype_arg(p) -> None:
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=STORAGE_DTYPE_HELP)
+
+
+def param_dtype_arg(p) -> None:
+    p.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help=PARAM_DTYPE_HELP)
 
 
 class DeprecatedAlias(argparse.Action):

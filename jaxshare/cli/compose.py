@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from jaxshare.cli.common import COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty,
+                                 storage_dtype_arg)
 
 
 def _target(text: str) -> float:
@@ -66,7 +67,7 @@ def cmd_compress(args) -> None:
     if args.plan_out:
         _check_file_out(args.plan_out)
     resolve(args.model)
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.dtype)  # held and stored in --dtype
     calib = _calibration(args, plan.calibration if plan else None)
     if plan is not None:
         check_against(plan, m.cfg)
@@ -178,6 +179,7 @@ def register(sub, add, group) -> None:
                                       "or a plan chosen to meet a parameter target")
     c.add_argument("model", help=MODEL_HELP)
     c.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory (holds plan.yaml too)")
+    storage_dtype_arg(c)
     how = c.add_mutually_exclusive_group(required=True)
     how.add_argument("--plan", type=nonempty, help="a plan YAML: ordered steps (default: none)")
     how.add_argument("--target-params", type=_target,

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, DeprecatedAlias, check_out_dir, emit, float_in,
-                                 int_at_least, nonempty)
+                                 int_at_least, nonempty, param_dtype_arg, storage_dtype_arg)
 
 TAU = float_in(0.0, 1.0, low_open=True)
 SHARE = float_in(0.0, 1.0)
@@ -40,7 +40,7 @@ def cmd_degeneration(args) -> None:
     from jaxshare.io.load import load_model, resolve
 
     resolve(args.model)
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.param_dtype)
     res = run_analysis(m, args)
     out = {"model": args.model, "data": args.data, "batch": res["batch"], "seq_len": res["seq_len"], **to_json(res)}
     text = _summary_text(res)
@@ -64,7 +64,7 @@ def cmd_inherit(args) -> None:
 
     check_out_dir(args.out, args.overwrite)
     resolve(args.model)
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.dtype)  # held and stored in --dtype
     rep = {"model": args.model, "out": str(args.out), "from_layers": m.cfg.n_layers}
     if args.auto:
         from jaxshare.inheritune.degeneration import auto_k
@@ -102,6 +102,7 @@ def register(sub, add, group) -> None:
                                               "per layer and head on real text (Inheritune)")
     d.add_argument("model", help=MODEL_HELP)
     _analysis_flags(d)
+    param_dtype_arg(d)
     d.add_argument("--plot", metavar="DIR", type=nonempty,
                    help="write degeneration.json and PNG heatmaps, curves and example maps to DIR (default: none)")
 
@@ -114,4 +115,5 @@ def register(sub, add, group) -> None:
                                         "(default: none)")
     g.add_argument("--auto", action="store_true", help="pick k from the degeneration analysis and say why")
     _analysis_flags(i)
+    storage_dtype_arg(i)
     i.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier jaxshare output")

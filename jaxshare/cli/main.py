@@ -7,14 +7,13 @@ import json
 import sys
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
-                                 PARAM_DTYPE_HELP, HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
+                                 PARAM_DTYPE_HELP, STORAGE_DTYPE_HELP, HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
                                  memory_size, nonempty)
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
                               "jaxshare.cli.inheritune", "jaxshare.cli.compose", "jaxshare.cli.quantize"]
 
-STORAGE_DTYPE_HELP = "dtype the weights are stored in (fp32 or bf16)"
 
 
 def cmd_fetch(args) -> None:

@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from jaxshare.cli.common import COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, float_in, nonempty
+from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, float_in, nonempty,
+                                 storage_dtype_arg)
 
 # The same CPU-sized calibration as `jaxshare basis` (the grams are cached and shared with it).
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512
@@ -36,7 +37,7 @@ def cmd_quantize(args) -> None:
     spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order)
     spec.check()
     check_out_dir(args.out, args.overwrite)
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.dtype)  # the leaves left unquantized are held and stored in --dtype
     check_model(m.params, m.cfg, spec)  # an already quantized model, a group that does not divide a row
     grams = info = None
     if args.method == "gptq":
@@ -112,6 +113,7 @@ def register(sub, add, group) -> None:
     q.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
     q.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
+    storage_dtype_arg(q)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from jaxshare.cli.basis import CALIB_SEQ_LEN, CALIB_WINDOWS
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARE_RATIO, DeprecatedAlias,
-                                 check_out_dir, emit, nonempty)
+                                 check_out_dir, emit, nonempty, param_dtype_arg)
 from jaxshare.headshare.similarity import MATCHES
 
 
@@ -16,7 +16,7 @@ def cmd_similarity(args) -> None:
     from jaxshare.io.load import load_model
     from jaxshare.headshare.similarity import best_partners, similarity_matrix
 
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.param_dtype)  # the Grams accumulate in fp32 either way
     K = m.cfg.n_kv_heads
     found = best_partners(m.params, args.match)
     out = {"model": args.model, "match": args.match, "units": m.cfg.n_layers * K, "functions": {}}
@@ -54,7 +54,7 @@ def cmd_attention_similarity(args) -> None:
     from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.io.load import load_model
 
-    m = load_model(args.model, "fp32")
+    m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
     tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus(args.data)), args.seq_len, args.batch_size)
     sim = map_similarity(m.params, m.cfg, tokens)
@@ -131,6 +131,7 @@ def register(sub, add, group) -> None:
     s = add("similarity", cmd_similarity, "best-partner search over attention units (jit, vmapped Gram)")
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
+    param_dtype_arg(s)
     s.add_argument("--plot", metavar="DIR", type=nonempty,
                    help="write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
 
@@ -138,6 +139,7 @@ def register(sub, add, group) -> None:
             "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
     a.add_argument("model", help=MODEL_HELP)
     a.add_argument("--data", default="wiki", help=DATA_HELP)
+    param_dtype_arg(a)
     a.add_argument("--seq-len", type=SEQ_LEN, default=256, help="tokens per window")
     a.add_argument("--batch-size", type=COUNT, default=4, help="windows averaged over")
     a.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
