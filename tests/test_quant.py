@@ -246,18 +246,25 @@ def test_quantized_data_aware_model_round_trips(tokens, tiny, tmp_path):
 
 @pytest.mark.parametrize("d_in,act_order", [(300, False), (320, True)])
 def test_gptq_setup_matches_numpy_across_cholesky_blocks(d_in, act_order):
-    """The blocked plain-XLA Cholesky setup (blocks of 128 and a ragged last one) gives numpy's U,
+    """Both setups (jax's Cholesky and triangular solve; LAPACK's potrf and trtri) give numpy's U,
     and codes over several row blocks agree with the numpy loop."""
-    from jaxshare.quant.gptq import _factor, prepare
+    from jaxshare.quant.gptq import _factor, _factor_host, prepare
 
     w, x = _layer(2, d_in, 40)
     gram = (x.T @ x).astype(np.float32)
     gram[5] = gram[:, 5] = 0.0  # a dead input
     nw, nu, nperm = prepare(w, gram, act_order=act_order)
-    ju, jperm, dead = _factor(jnp.asarray(gram), 0.01, act_order)
-    np.testing.assert_array_equal(np.asarray(jperm), nperm)
-    np.testing.assert_array_equal(np.flatnonzero(np.asarray(dead)), [5])
-    np.testing.assert_allclose(np.asarray(ju), nu, rtol=0, atol=2e-4 * np.abs(nu).max())
+    for ju, jperm, dead in [_factor(jnp.asarray(gram), 0.01, act_order),  # jax (non-CPU backends)
+                            [a[0] for a in _factor_host(gram[None], 0.01, act_order)]]:  # LAPACK (CPU)
+        np.testing.assert_array_equal(np.asarray(jperm), nperm)
+        np.testing.assert_array_equal(np.flatnonzero(np.asarray(dead)), [5])
+        np.testing.assert_allclose(np.asarray(ju), nu, rtol=0, atol=2e-4 * np.abs(nu).max())
     if d_in % 64 == 0:
         gq = gptq(w, gram, 4, 64, act_order=act_order)[0]
         assert np.mean(np.asarray(gq) == gptq_numpy(w, gram, 4, 64, act_order=act_order)[0]) > 0.999
+
+
+def test_gptq_refuses_a_gram_that_is_not_positive_definite():
+    w = np.ones((64, 8), np.float32)
+    with pytest.raises(P.QuantError, match="not positive definite"):
+        gptq(w, -np.eye(64, dtype=np.float32), 4, 64)

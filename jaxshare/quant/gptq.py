@@ -13,9 +13,9 @@ group are not visited together, so every group's scale comes from the original w
 reference code's `static_groups`). Per-channel int8 (one group) always uses the original weights.
 With H = I nothing is spread and GPTQ returns exactly round-to-nearest's codes.
 
-`gptq` runs jit-compiled, vmapped over same-shaped weights: the setup (U from LAPACK's Cholesky and
-a triangular solve, on one BLAS thread; it reads only the grams) and the row loop (`lax.fori_loop` over blocks, sub-blocks and
-rows) are two compiles, the first shared by every weight with the same input width. `gptq_numpy` is the same algorithm as a
+`gptq` runs the row loop (`lax.fori_loop` over blocks, sub-blocks and rows) jit-compiled, vmapped
+over same-shaped weights. The setup (U) reads only the grams: on CPU it is LAPACK's potrf and trtri
+called directly, elsewhere a jit of jax's Cholesky and triangular solve. `gptq_numpy` is the same algorithm as a
 plain numpy loop, one rank-1 update of all remaining rows per row (the benchmark's baseline).
 """
 from __future__ import annotations
@@ -185,11 +185,38 @@ def _loop_many(w, u, perm, dead, *, bits, group, sym, act_order, lazy):
     return jax.vmap(one)(w, u, perm, dead)
 
 
-def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
-    # The setup's LAPACK calls factor one small matrix at a time: BLAS threads there only wait on
-    # each other (one 576x576 factor took 0.6 s on 2 busy cores, 3 ms on one thread).
+def _factor_host(gram_NII: np.ndarray, damp: float, act_order: bool):
+    """`_factor` with LAPACK called directly (CPU backends): potrf, then trtri inverts the triangle
+    in n^3/3 flops where a triangular solve against I (all jax offers) takes n^3; at d_in 1536 that
+    was most of GPTQ's time. One BLAS thread: the factors are small, more threads only wait."""
+    from scipy.linalg import lapack
+
+    n, d, _ = gram_NII.shape
+    u, perm, dead = np.empty((n, d, d), np.float32), np.empty((n, d), np.int32), np.empty((n, d), bool)
     with threadpool_limits(1, user_api="blas"):
-        ready = jax.block_until_ready(_setup_many(g, damp=damp, act_order=act_order))
+        for i in range(n):
+            h = 2.0 * np.asarray(gram_NII[i], np.float32)
+            dead[i] = np.diag(h) == 0
+            h[dead[i], dead[i]] = 1.0
+            diag = np.diag(h).copy()
+            perm[i] = np.argsort(-diag, kind="stable") if act_order else np.arange(d)
+            if act_order:
+                h = h[perm[i]][:, perm[i]]
+            h[np.diag_indices(d)] += np.float32(damp) * np.mean(diag, dtype=np.float32)
+            low, info = lapack.spotrf(np.ascontiguousarray(h[::-1, ::-1]), lower=1, clean=1)
+            if info == 0:
+                x, info = lapack.strtri(low, lower=1)
+            if info != 0:
+                raise QuantError(f"GPTQ: the damped gram of matrix {i} is not positive definite (raise --damp)")
+            u[i] = x[::-1, ::-1]
+    return u, perm, dead
+
+
+def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
+    if jax.default_backend() == "cpu":
+        ready = _factor_host(np.asarray(g), damp, act_order)
+    else:
+        ready = _setup_many(jnp.asarray(g), damp=damp, act_order=act_order)
     return _loop_many(w, *ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
 
 
@@ -210,7 +237,7 @@ def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True,
     for c in range(chunks):
         idx = [min(i, n - 1) for i in range(c * size, (c + 1) * size)]
         w = jnp.asarray(np.stack([np.asarray(ws_NIO[i], np.float32) for i in idx]))
-        g = jnp.asarray(np.stack([np.asarray(grams_NII[i], np.float32) for i in idx]))
+        g = np.stack([np.asarray(grams_NII[i], np.float32) for i in idx])
         outs.append(_run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
                               lazy=lazy))
     q, scale, zero = (jnp.concatenate([o[i] for o in outs])[:n] for i in range(3))
