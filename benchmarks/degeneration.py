@@ -6,7 +6,7 @@ Each side runs in a fresh subprocess so peak RSS is its own (ru_maxrss); both lo
 first, so the model's bytes are in both peaks and also reported separately (RSS after loading).
 Times exclude model loading; "first" includes compilation, "warm" is a second call.
 
-  python -m benchmarks.degeneration [--json] [--batch 4] [--seq-len 512]
+  python -m benchmarks.degeneration [--json] [--batch 8] [--seq-len 512]   (the CLI defaults)
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def worker(side: str, model: str, batch: int, seq_len: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", choices=("naive", "jit"), help=argparse.SUPPRESS)
