@@ -5,6 +5,7 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   basis        Basis Sharing, n=2 layers per basis, ratio scaled to the budget
   svd-llm      SVD-LLM (whitened SVD per layer), ratio scaled to the budget
   magnitude    plain magnitude pruning of the q/k/v weights, the same number of weights zeroed
+  magnitude-linear  the same over every linear matrix (those Basis Sharing and SVD-LLM factorize)
 Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows windows of
 --seq-len tokens), acc / acc_norm on the local BIG-bench tasks (lm-eval's scoring, jaxshare's
 backend, the first --limit items of each). Rows go to a JSONL as they finish, so a run resumes.
@@ -25,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ("dense", "directshare", "basis", "svd-llm", "magnitude")
+ARMS = ("dense", "directshare", "basis", "svd-llm", "magnitude", "magnitude-linear")
 CORPORA = ("wiki:test", "canterbury")
 
 
@@ -75,7 +76,35 @@ def magnitude_at(m, budget: float):
     from experiments.directshare_sweep import magnitude_prune
 
     n = int(round(budget * n_params(m.params)))
+    attn = m.params.layers.attn
+    have = sum(int(np.size(getattr(attn, w))) for w in ("wq", "wk", "wv"))
+    if n > have:
+        raise ValueError(f"magnitude pruning of q/k/v cannot remove {n:,} weights: they hold {have:,}")
     return magnitude_prune(m.params, n), {"zeroed": n, "matrices": "q,k,v"}
+
+
+LINEAR = {"attn": ("wq", "wk", "wv", "wo"), "mlp": ("w_gate", "w_up", "w_down")}
+
+
+def magnitude_linear_at(m, budget: float):
+    """Zero the smallest-magnitude weights globally over every linear matrix of the layers (the
+    matrices Basis Sharing and SVD-LLM factorize), as many as the budget removes."""
+    import jax.numpy as jnp
+
+    n = int(round(budget * n_params(m.params)))
+    lay = m.params.layers
+    leaves = {(g, w): getattr(getattr(lay, g), w) for g, ws in LINEAR.items() for w in ws
+              if getattr(getattr(lay, g), w, None) is not None}
+    mags = np.concatenate([np.abs(np.asarray(x)).ravel() for x in leaves.values()])
+    if n > mags.size:
+        raise ValueError(f"the linear matrices hold {mags.size:,} weights, fewer than the {n:,} to remove")
+    thresh = np.partition(mags, n - 1)[n - 1] if n else -1.0
+    del mags
+    new = {g: dataclasses.replace(getattr(lay, g), **{w: jnp.where(jnp.abs(x) <= thresh, 0.0, x)
+                                                     for (gg, w), x in leaves.items() if gg == g})
+           for g in LINEAR}
+    params = dataclasses.replace(m.params, layers=dataclasses.replace(lay, **new))
+    return params, {"zeroed": n, "matrices": ",".join(w for _, w in leaves)}
 
 
 def evaluate_arm(m, params, args) -> dict:
@@ -119,9 +148,13 @@ def run(args) -> None:
                 params, how = basis_at(m, budget, arm, grams)
                 how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
             else:
-                params, how = magnitude_at(m, budget)
+                try:
+                    params, how = (magnitude_at if arm == "magnitude" else magnitude_linear_at)(m, budget)
+                except ValueError as e:  # a budget this arm cannot reach: say so, go on
+                    print(f"{arm} {budget:.0%}: skipped: {e}", file=sys.stderr)
+                    continue
             row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit,
-                   "params": n_params(params) if arm != "magnitude" else dense_params - how["zeroed"],
+                   "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else n_params(params),
                    "dense_params": dense_params, "windows": args.windows, "seq_len": args.seq_len,
                    **evaluate_arm(m, params, args)}
             row["removed"] = 1 - row["params"] / dense_params
