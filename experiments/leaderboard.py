@@ -6,6 +6,13 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   svd-llm      SVD-LLM (whitened SVD per layer), ratio scaled to the budget
   magnitude    plain magnitude pruning of the q/k/v weights, the same number of weights zeroed
   magnitude-linear  the same over every linear matrix (those Basis Sharing and SVD-LLM factorize)
+  directshare+postshare  DirectShare as above, then the shared model post-trained (trainer mode
+               direct+post: the bank rows train, the index stays) on --train-tokens of wiki:train
+  inherit      Inheritune's cut: the first k layers, k the depth whose removal is nearest the budget
+  inheritune   the same k layers trained with the plain LM loss on --train-tokens of wiki:train
+The trained arms see --train-tokens more text than the others; their runs are kept under
+runs/leaderboard/ and reused. --checkpoints ARM=DIR adds a row for a native checkpoint trained
+elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget it removes.
 Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows windows of
 --seq-len tokens), acc / acc_norm on the local BIG-bench tasks (lm-eval's scoring, jaxshare's
 backend, the first --limit items of each). Rows go to a JSONL as they finish, so a run resumes.
@@ -26,7 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ("dense", "directshare", "basis", "svd-llm", "magnitude", "magnitude-linear")
+ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "magnitude", "magnitude-linear",
+        "inherit", "inheritune")
+TRAINED = {"directshare+postshare": 1e-3, "inheritune": 3e-4}  # lr of each method's own experiment
 CORPORA = ("wiki:test", "canterbury")
 
 
@@ -53,8 +62,9 @@ def directshare_at(m, budget: float):
         if best is None or abs(got - budget) < abs(best[2] - budget):
             best = (shared, mid, got)
         lo, hi = (mid, hi) if got < budget else (lo, mid)
-    if best is None:
-        raise ValueError(f"DirectShare cannot reach a {budget:.0%} budget")
+    if best is None or abs(best[2] - budget) > 0.1 * budget:
+        most = f" (the nearest it gets is {best[2]:.1%})" if best else ""
+        raise ValueError(f"DirectShare cannot reach a {budget:.0%} budget{most}")
     return best[0], {"ratio": best[1], "match": "qk", "keep": "mean"}
 
 
@@ -107,14 +117,67 @@ def magnitude_linear_at(m, budget: float):
     return params, {"zeroed": n, "matrices": ",".join(w for _, w in leaves)}
 
 
-def evaluate_arm(m, params, args) -> dict:
+def inherit_depth(m, budget: float) -> int:
+    """Layers kept: the first k, k chosen so the removed layers' share of the model is nearest the budget."""
+    L = m.cfg.n_layers
+    per_layer = n_params(m.params.layers) / L
+    drop = int(round(budget * n_params(m.params) / per_layer))
+    if not 1 <= drop < L:
+        raise ValueError(f"removing {budget:.0%} means dropping {drop} of {L} layers")
+    return L - drop
+
+
+def inherit_at(m, budget: float):
+    from jaxshare.inheritune.inherit import inherit
+
+    k = inherit_depth(m, budget)
+    params, cfg, extra = inherit(m.params, m.cfg, k, dict(m.meta.get("extra", {})))
+    return params, cfg, extra, {"layers": k}
+
+
+def trained(m, arm: str, budget: float, args):
+    """(params, cfg, how) of a trained arm, its run reused when it finished before."""
+    from experiments.inheritune import train_arm
+    from jaxshare.io.native import is_native, load_native, save_native
+    from jaxshare.training.config import build_config
+    from jaxshare.training.trainer import Trainer
+
+    run_dir = ROOT / "runs" / "leaderboard" / f"{arm.replace('+', '_')}_{budget:g}_{args.train_tokens}"
+    lr = TRAINED[arm]
+    setup = dict(tokens=args.train_tokens, seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup=2, dtype="fp32",
+                 windows=2)
+    if arm == "inheritune":
+        params, cfg, extra, how = inherit_at(m, budget)
+        if not is_native(run_dir / "init"):
+            save_native(run_dir / "init", cfg, params, m.tokenizer, extra=extra, overwrite=True)
+        del params
+        train_arm(run_dir / "init", run_dir / "run", argparse.Namespace(**setup))
+        final = run_dir / "run" / "final"
+    else:
+        _, how = directshare_at(m, budget)
+        final = run_dir / "final"
+        if not (run_dir / "result.json").is_file():
+            tc = build_config(dict(mode="direct+post", model=args.model, run_dir=str(run_dir), ratio=how["ratio"],
+                                   match="qk", keep="mean", tokens=args.train_tokens, steps=0,
+                                   seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup_steps=2, dtype="fp32",
+                                   data="wiki:train", eval_data="wiki:validation", eval_windows=2, eval_every=0,
+                                   checkpoint_every=0, export_hf=False, progress=False, mesh="data=1,fsdp=1"))
+            Trainer(tc).run()
+    cfg, params, _ = load_native(final)
+    how.update(trained_tokens=args.train_tokens, train_data="wiki:train", lr=lr,
+               batch=f"4 x {args.train_seq_len}")
+    return params, cfg, how
+
+
+def evaluate_arm(m, params, args, cfg=None) -> dict:
     from jaxshare.data.corpora import load_corpus
     from jaxshare.eval.harness import JaxshareLM
     from jaxshare.eval.mc import evaluate
     from jaxshare.eval.perplexity import perplexity
 
-    ppl = {c: perplexity(params, m.cfg, m.tokenizer, load_corpus(c), args.seq_len, args.windows)["ppl"] for c in CORPORA}
-    lm = JaxshareLM.from_loaded(dataclasses.replace(m, params=params), batch_size=args.batch_size)
+    cfg = cfg or m.cfg
+    ppl = {c: perplexity(params, cfg, m.tokenizer, load_corpus(c), args.seq_len, args.windows)["ppl"] for c in CORPORA}
+    lm = JaxshareLM.from_loaded(dataclasses.replace(m, params=params, cfg=cfg), batch_size=args.batch_size)
     mc = evaluate(lm, args.tasks, args.limit)["tasks"]
     return {"ppl": ppl, "mc": mc}
 
@@ -124,19 +187,31 @@ def run(args) -> None:
     from jaxshare.io.load import load_model
 
     args.tasks = parse_tasks(args.tasks)
-    out = RESULTS / "leaderboard.jsonl"
+    out = Path(args.out)
     done = set()
     if out.exists():
         done = {(r["arm"], r["budget"]) for r in map(json.loads, out.read_text().splitlines()) if r.get("limit") == args.limit}
     m = load_model(args.model, "fp32")
     dense_params = n_params(m.params)
     grams = None
-    for arm in args.arms:
-        for budget in ([0.0] if arm == "dense" else args.budgets):
-            if (arm, budget) in done:
-                continue
-            t0 = time.time()
-            if arm == "dense":
+    jobs = [(arm, b) for arm in args.arms for b in ([0.0] if arm == "dense" else args.budgets)]
+    for arm, budget in jobs + [(arm, None) for arm in args.checkpoints]:
+        t0, cfg = time.time(), None
+        if budget is None:  # a checkpoint trained elsewhere: its budget is what it removes
+            from jaxshare.io.native import load_native
+
+            cfg, params, _ = load_native(args.checkpoints[arm])
+            budget = round(1 - n_params(params) / dense_params, 2)
+            how = {"checkpoint": args.checkpoints[arm], "layers": cfg.n_layers}
+            result = Path(args.checkpoints[arm]).parent / "result.json"
+            if result.is_file():
+                how["trained_tokens"] = json.loads(result.read_text()).get("tokens")
+        if (arm, budget) in done:
+            continue
+        try:  # a budget an arm cannot reach: say so, go on
+            if cfg is not None:  # the checkpoint loaded above
+                pass
+            elif arm == "dense":
                 params, how = m.params, {}
             elif arm == "directshare":
                 params, how = directshare_at(m, budget)
@@ -147,23 +222,64 @@ def run(args) -> None:
                     grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.seq_len)
                 params, how = basis_at(m, budget, arm, grams)
                 how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
+            elif arm in TRAINED:
+                params, cfg, how = trained(m, arm, budget, args)
+            elif arm == "inherit":
+                params, cfg, _, how = inherit_at(m, budget)
             else:
-                try:
-                    params, how = (magnitude_at if arm == "magnitude" else magnitude_linear_at)(m, budget)
-                except ValueError as e:  # a budget this arm cannot reach: say so, go on
-                    print(f"{arm} {budget:.0%}: skipped: {e}", file=sys.stderr)
-                    continue
-            row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit,
-                   "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else n_params(params),
-                   "dense_params": dense_params, "windows": args.windows, "seq_len": args.seq_len,
-                   **evaluate_arm(m, params, args)}
-            row["removed"] = 1 - row["params"] / dense_params
-            row["seconds"] = time.time() - t0
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{arm} {budget:.0%}: removed {row['removed']:.2%}, ppl {row['ppl']}, "
-                  f"acc {np.mean([v['acc'] for v in row['mc'].values()]):.3f} ({row['seconds']:.0f} s)", file=sys.stderr)
+                params, how = (magnitude_at if arm == "magnitude" else magnitude_linear_at)(m, budget)
+        except ValueError as e:
+            print(f"{arm} {budget:.0%}: skipped: {e}", file=sys.stderr)
+            continue
+        row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit,
+               "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else n_params(params),
+               "dense_params": dense_params, "windows": args.windows, "seq_len": args.seq_len,
+               **evaluate_arm(m, params, args, cfg)}
+        row["removed"] = 1 - row["params"] / dense_params
+        row["seconds"] = time.time() - t0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{arm} {budget:.0%}: removed {row['removed']:.2%}, ppl {row['ppl']}, "
+              f"acc {np.mean([v['acc'] for v in row['mc'].values()]):.3f} ({row['seconds']:.0f} s)", file=sys.stderr)
+
+
+def mean_acc(r: dict, key: str = "acc") -> tuple[float, float]:
+    """Mean over the tasks and its standard error (the tasks' stderrs, independent items)."""
+    v = list(r["mc"].values())
+    return float(np.mean([t[key] for t in v])), float(np.sqrt(sum(t[f"{key}_stderr"] ** 2 for t in v)) / len(v))
+
+
+def chance_acc(task: str, limit: int) -> float:
+    """What guessing scores on the first `limit` items: the mean of 1 / (number of choices)."""
+    from jaxshare.eval.tasks import load_rows
+
+    return float(np.mean([1 / len(r["choices"]) for r in load_rows(task)[:limit]]))
+
+
+def fmt_ppl(x: float) -> str:
+    return f"{x:.2f}" if x < 1000 else f"{x:,.0f}"
+
+
+def table(rows: list) -> list[str]:
+    tasks = list(rows[0]["mc"])
+    head = ("| arm | budget | removed | params | trained on | wiki PPL | canterbury PPL | " + " | ".join(tasks)
+            + " | mean acc | mean acc_norm |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        (acc, se), (norm, se_n) = mean_acc(r), mean_acc(r, "acc_norm")
+        tok = r["how"].get("trained_tokens")
+        lines.append(f"| {r['arm']} | {r['budget']:.0%} | {r['removed']:.2%} | {r['params'] / 1e6:.1f}M | "
+                     f"{f'{tok:,} tokens' if tok else '-'} | {fmt_ppl(r['ppl']['wiki:test'])} | {fmt_ppl(r['ppl']['canterbury'])} | "
+                     + " | ".join(f"{r['mc'][t]['acc']:.3f}/{r['mc'][t]['acc_norm']:.3f}" for t in tasks)
+                     + f" | {acc:.3f} ± {se:.3f} | {norm:.3f} ± {se_n:.3f} |")
+    r0 = rows[0]
+    chance = [chance_acc(t, r0["limit"]) for t in tasks]
+    lines.append(f"| chance (1 / choices) | | | | | | | " + " | ".join(f"{c:.3f}" for c in chance)
+                 + f" | {np.mean(chance):.3f} | {np.mean(chance):.3f} |")
+    lines.append(f"\nacc/acc_norm per task, first {r0['limit']} items of each (mean ± its standard error); PPL on "
+                 f"the first {r0['windows']} windows of {r0['seq_len']} tokens.\n")
+    return lines
 
 
 def report() -> None:
@@ -173,30 +289,41 @@ def report() -> None:
 
     rows = [json.loads(x) for x in (RESULTS / "leaderboard.jsonl").read_text().splitlines() if x.strip()]
     rows.sort(key=lambda r: (r["arm"] != "dense", r["budget"], ARMS.index(r["arm"])))
-    tasks = list(rows[0]["mc"])
-    head = ("| arm | budget | removed | params | wiki PPL | canterbury PPL | " + " | ".join(tasks)
-            + " | mean acc | mean acc_norm |")
-    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    by_limit = {}
     for r in rows:
-        accs = [r["mc"][t]["acc"] for t in tasks]
-        norms = [r["mc"][t]["acc_norm"] for t in tasks]
-        lines.append(f"| {r['arm']} | {r['budget']:.0%} | {r['removed']:.2%} | {r['params'] / 1e6:.1f}M | "
-                     f"{r['ppl']['wiki:test']:.2f} | {r['ppl']['canterbury']:.2f} | "
-                     + " | ".join(f"{a:.3f}/{n:.3f}" for a, n in zip(accs, norms))
-                     + f" | {np.mean(accs):.3f} | {np.mean(norms):.3f} |")
-    r0 = rows[0]
-    lines.append(f"\nacc/acc_norm per task, first {r0['limit']} items of each; PPL on the first {r0['windows']} "
-                 f"windows of {r0['seq_len']} tokens.")
-    (RESULTS / "leaderboard.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
-        pts = [(r["params"] / 1e6, np.mean([r["mc"][t]["acc"] for t in tasks])) for r in rows if r["arm"] == arm]
-        if pts:
-            ax.plot(*zip(*sorted(pts)), "o-" if len(pts) > 1 else "o", label=arm)
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel(f"mean acc over {len(tasks)} tasks")
-    ax.set_title(f"{r0['model']}: score vs parameters (limit {r0['limit']})")
-    ax.legend()
+        by_limit.setdefault(r["limit"], []).append(r)
+    lines = []
+    for limit in sorted(by_limit):
+        lines += [f"### --limit {limit}", ""] + table(by_limit[limit])
+    (RESULTS / "leaderboard.md").write_text("\n".join(lines))
+    main_rows = max(by_limit.values(), key=len)  # the limit every arm ran at
+    big = by_limit[max(by_limit)]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.4))
+
+    def series(rs):  # one line per arm and training budget; a row trained elsewhere is its own point
+        out = {}
+        for r in rs:
+            tok = r["how"].get("trained_tokens")
+            out.setdefault(f"{r['arm']}{f' ({tok:,} tok)' if tok else ''}", []).append(r)
+        return sorted(out.items(), key=lambda kv: ARMS.index(kv[1][0]["arm"]))
+
+    for i, (label, rs) in enumerate(series(main_rows)):
+        pts = sorted((r["params"] / 1e6, r["ppl"]["wiki:test"]) for r in rs)
+        ax0.plot(*zip(*pts), "o-" if len(pts) > 1 else "o", label=label)
+    for i, (label, rs) in enumerate(series(big)):
+        x, y, e = zip(*sorted((r["params"] / 1e6 + 0.35 * i, *mean_acc(r)) for r in rs))  # offset: no overlap
+        ax1.errorbar(x, y, yerr=e, fmt="o", capsize=3, label=label)
+    tasks = list(big[0]["mc"])
+    ax1.axhline(np.mean([chance_acc(t, max(by_limit)) for t in tasks]), color="gray", ls="--", lw=1, label="chance")
+    ax0.set_yscale("log")
+    ax0.set_xlabel("parameters (M)")
+    ax0.set_ylabel("wiki test PPL (log)")
+    ax0.set_title(f"{main_rows[0]['model']}: perplexity vs parameters")
+    ax0.legend(fontsize=7)
+    ax1.set_xlabel("parameters (M)")
+    ax1.set_ylabel(f"mean acc over {len(big[0]['mc'])} tasks (± stderr)")
+    ax1.set_title(f"accuracy vs parameters (first {max(by_limit)} items per task)")
+    ax1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "leaderboard.png", dpi=120)
     print("\n".join(lines))
@@ -213,12 +340,17 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--train-tokens", type=int, default=10240, help="wiki:train tokens of each trained arm")
+    ap.add_argument("--train-seq-len", type=int, default=128)
+    ap.add_argument("--checkpoints", default={}, type=lambda s: dict(kv.split("=", 1) for kv in s.split(",") if kv),
+                    help="ARM=DIR,...: rows for native checkpoints trained elsewhere")
+    ap.add_argument("--out", default=str(RESULTS / "leaderboard.jsonl"))
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
         report()
         return
-    unknown = set(args.arms) - set(ARMS)
+    unknown = (set(args.arms) | set(args.checkpoints)) - set(ARMS)
     if unknown:
         sys.exit(f"leaderboard: unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
     run(args)
