@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import replace_leaves
@@ -24,7 +25,7 @@ from jaxshare.core.params import replace_leaves
 Array = jax.Array
 
 
-class BasisError(ValueError):
+class BasisError(JaxshareError, ValueError):
     """Bad Basis Sharing input (ratio, type names, group size)."""
 
 

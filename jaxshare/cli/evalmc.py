@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import sys
 
+from jaxshare.errors import JaxshareError
 from jaxshare.cli.common import COUNT, MODEL_HELP, compute_dtype_arg
 
 
-class EvalSetupError(ValueError):
+class EvalSetupError(JaxshareError, ValueError):
     """The optional lm-eval extra is missing."""
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from jaxshare.errors import JaxshareError
 from jaxshare.basis.factor import TYPES
 
 METHODS = ("share", "basis", "inherit")
@@ -28,7 +29,7 @@ CORRECTS = ("none", "qk", "qkv")
 CALIB_DEFAULTS = {"data": "wiki:train", "windows": 16, "seq_len": 512, "seed": 0}
 
 
-class PlanError(ValueError):
+class PlanError(JaxshareError, ValueError):
     """A plan that cannot be carried out as written (one line, names the step and the field)."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import fields
 
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import map_shapes, param_shapes
@@ -86,7 +87,7 @@ FACTORED_IO = {"q": ("embed", "kv_heads"), "k": ("embed", "kv_heads"), "v": ("em
                "down": ("mlp", "embed")}
 
 
-class AxesError(ValueError):
+class AxesError(JaxshareError, ValueError):
     """A params leaf or a rules table that the logical-axis scheme cannot place."""
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from jaxshare.errors import JaxshareError
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gemma3_text")
 CHOICES = {"norm": ("rms", "layer"), "act": ("silu", "gelu_tanh", "gelu"), "positions": ("rope", "learned")}
 
 
-class ConfigError(ValueError):
+class ConfigError(JaxshareError, ValueError):
     """A model configuration that jaxshare cannot represent faithfully."""
 
 

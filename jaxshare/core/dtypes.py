@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jaxshare.errors import JaxshareError
 
 NAMES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}
 
 
-class DTypeError(ValueError):
+class DTypeError(JaxshareError, ValueError):
     """A dtype name jaxshare does not compute in."""
 
 

@@ -33,13 +33,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from jaxshare.errors import JaxshareError
 from jaxshare.io.fetch import cache_dir, registry_file
 
 SPLITS = ("train", "validation", "test")
 _FORMAT = 1  # bump to invalidate cached corpus files
 
 
-class CorpusError(ValueError):
+class CorpusError(JaxshareError, ValueError):
     """A corpus could not be loaded: unknown name, missing or malformed file, bad split, empty."""
 
 

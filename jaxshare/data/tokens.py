@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from jaxshare.errors import JaxshareError
 
 
-class DataError(ValueError):
+class DataError(JaxshareError, ValueError):
     """Token data that cannot feed the requested windows."""
 
 

@@ -9,13 +9,14 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.errors import JaxshareError
 from jaxshare.data.tokens import token_windows, tokenize_corpus
 from jaxshare.eval.perplexity import PROTOCOL, check_seq_len
 from jaxshare.io.load import LoadedModel
 from jaxshare.core.model import forward
 
 
-class ReferenceMissing(ImportError):
+class ReferenceMissing(JaxshareError, ImportError):
     """The transformers reference needs torch (and accelerate for GGUF files); both are optional."""
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import decoder_layer, hidden_states, norm
 from jaxshare.data.tokens import token_windows, tokenize_corpus
@@ -20,7 +21,7 @@ PROTOCOL = ("documents joined with '\\n\\n', tokenized once without special toke
             "ppl = exp(mean token NLL)")
 
 
-class EvalError(ValueError):
+class EvalError(JaxshareError, ValueError):
     """Evaluation input that cannot give a meaningful number."""
 
 

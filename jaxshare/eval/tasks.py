@@ -20,6 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from jaxshare.errors import JaxshareError
 from jaxshare.io.fetch import cache_dir, registry_file
 
 # our name -> member of the bigbench sdist (goal_inference is a subtask of goal_step_wikihow)
@@ -37,7 +38,7 @@ GROUP_TAG = "bb_mc"
 _FORMAT = 1  # bump when the JSONL or YAML layout changes: the cache is rebuilt
 
 
-class TaskError(ValueError):
+class TaskError(JaxshareError, ValueError):
     """An unknown task name, or a task file that does not have the expected shape."""
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank, compact, is_bank
 from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
@@ -28,7 +29,7 @@ KEEP = ("root", "mean")
 MANIFEST_VERSION = 1
 
 
-class SharingError(ValueError):
+class SharingError(JaxshareError, ValueError):
     """A sharing request that cannot be carried out as asked."""
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import materialize
 from jaxshare.core.params import Params
 
@@ -25,7 +26,7 @@ MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
 COEF = {"qk": (1, 1, 0), "q": (1, 0, 0), "k": (0, 1, 0), "v": (0, 0, 1), "qkv": (1, 1, 1)}
 
 
-class MatchError(ValueError):
+class MatchError(JaxshareError, ValueError):
     pass
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import attention_probs, attention_scale, decoder_layer, hidden_states, norm, qk_rope
 
@@ -29,7 +30,7 @@ from jaxshare.core.model import attention_probs, attention_scale, decoder_layer,
 ENERGY_TOL = 1e-6
 
 
-class AnalysisError(ValueError):
+class AnalysisError(JaxshareError, ValueError):
     """Analysis settings that cannot give a meaningful number."""
 
 

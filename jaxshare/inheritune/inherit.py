@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank, compact, is_bank
 from jaxshare.core.config import ModelConfig
 
 
-class InheritError(ValueError):
+class InheritError(JaxshareError, ValueError):
     """A layer selection that does not describe a smaller model of the same family."""
 
 

@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from jaxshare.errors import JaxshareError
 
 # Written into every Hugging Face export, so that --overwrite can tell our export from any
 # other directory holding a config.json (a downloaded model, say).
@@ -32,7 +33,7 @@ STALE_AFTER_S = 24 * 3600  # a sibling older than this is stale even if its pid 
 _TAGS = ("partial", "old", "trash")
 
 
-class OutputError(Exception):
+class OutputError(JaxshareError):
     """An output that cannot be written where asked; the message names the path and the cause."""
 
 

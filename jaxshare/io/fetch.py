@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Iterator
 
 from tqdm.auto import tqdm
+from jaxshare.errors import JaxshareError
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 
 
-class FetchError(RuntimeError):
+class FetchError(JaxshareError, RuntimeError):
     """A registry file could not be had."""
 
 

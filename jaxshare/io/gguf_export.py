@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
 from jaxshare.io.atomic import OutputError, describe
 
@@ -30,7 +31,7 @@ ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # our family -> GGUF archi
 MARKER = "jaxshare.export_version"
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(JaxshareError, ValueError):
     """A model or request that cannot be written as GGUF."""
 
 

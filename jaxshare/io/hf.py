@@ -18,11 +18,8 @@ from jaxshare.io import families
 from jaxshare.io.atomic import EXPORT_MARKER, atomic_output
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
+from jaxshare.errors import CheckpointError  # noqa: F401 (re-exported: older imports name it here)
 from jaxshare.core.params import Params, get_leaf, map_shapes, param_shapes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read as the model it claims to be."""
 
 
 def _names(keys, limit=8) -> str:

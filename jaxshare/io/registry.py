@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from jaxshare.errors import JaxshareError
 from jaxshare.io import fetch
 
 
@@ -59,7 +60,7 @@ REGISTERED: dict[str, RegisteredModel] = {
 }
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(JaxshareError, KeyError):
     """A model name that is not registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -14,12 +14,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxshare.errors import JaxshareError
 
 BITS = (4, 8)
 GROUPS = (32, 64, 128)
 
 
-class QuantError(ValueError):
+class QuantError(JaxshareError, ValueError):
     """A quantization request that cannot be carried out (bits, group, shape)."""
 
 

@@ -10,13 +10,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from jaxshare.errors import JaxshareError
 
 MODES = ("postshare", "direct+post", "plain", "inheritune")
 # Exactly one training length is in force; setting one with --set clears the others.
 LENGTH_KEYS = ("steps", "tokens", "epochs")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(JaxshareError, ValueError):
     """A training configuration that cannot run as written."""
 
 

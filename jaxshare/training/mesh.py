@@ -13,11 +13,12 @@ slices and the ICI axes stay inside one (`mesh_utils.create_hybrid_device_mesh`)
 from __future__ import annotations
 
 import numpy as np
+from jaxshare.errors import JaxshareError
 
 AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(JaxshareError, ValueError):
     """A mesh that cannot be built on these devices."""
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import combine
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import next_token_nll
@@ -46,7 +47,7 @@ from jaxshare.training.step import (abstract_state, ce_loss, compile_step, init_
                                     make_step, place_state)
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(JaxshareError, ValueError):
     """The loss became NaN/inf; the run stopped without saving the bad state."""
 
 
