@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.errors import UsageError
 from jaxshare.core.bank import Bank
 from jaxshare.basis.factor import (TYPES, Factored, to_2d, dims, get_type, group_factor, groups_of, set_types,
                             type_rank, validate, whitened_loss, whitening)
@@ -33,7 +34,7 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
     dense_counts = {"params_before": count_params(params), "bytes_before": param_bytes(params)}
     shared, private = validate(cfg, ratio, group_size, method, shared, private)
     if method != "svd" and grams is None:
-        raise ValueError(f"method {method!r} needs calibration grams")
+        raise UsageError(f"method {method!r} needs calibration grams")
     L = cfg.n_layers
     new, types, fallbacks = {}, {}, 0
     todo = [t for t in TYPES if t in shared or t in private]

@@ -194,28 +194,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_errors():
-    from jaxshare.core.config import ConfigError
-    from jaxshare.eval.parity import ReferenceMissing
-    from jaxshare.io.atomic import OutputError
-    from jaxshare.io.fetch import FetchError
-    from jaxshare.io.hf import CheckpointError
+def _is_user_error(e: BaseException) -> bool:
+    """An error the user can fix: ours (JaxshareError), or an OS / library I/O error (a file that
+    cannot be read or written: permission, no space, not a directory). Anything else is a bug in
+    jaxshare and keeps its traceback."""
+    from jaxshare.errors import JaxshareError
+    from jaxshare.io.atomic import is_io_error
 
-    # OSError: a file that cannot be read or written (permission, no space, not a directory) is the
-    # user's to fix, never a bug to show a traceback for.
-    errors = [ConfigError, CheckpointError, FetchError, OutputError, OSError, ReferenceMissing, ValueError, KeyError]
-    return tuple(errors)
+    return isinstance(e, JaxshareError) or is_io_error(e)
+
+
+def _message(e: BaseException) -> str:
+    from jaxshare.errors import JaxshareError
+    from jaxshare.io.atomic import describe
+
+    if isinstance(e, JaxshareError):
+        return str(e)
+    return describe(e)  # "No space left on device (path)": the cause first, one line
 
 
 def main(argv=None) -> int:
+    """Exit codes (README, Safety): 0 done; 2 an error the user can fix, one line on stderr;
+    3 a training run preempted after saving a checkpoint; 130 interrupted (Ctrl-C)."""
+    from jaxshare.errors import EXIT_INTERRUPTED, EXIT_USER
+
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
-    except _user_errors() as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"jaxshare {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    return 0
+        rc = args.fn(args)
+    except KeyboardInterrupt:
+        print(f"jaxshare {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 (filtered just below: bugs are re-raised)
+        if not _is_user_error(e):
+            raise
+        print(f"jaxshare {args.command}: error: {_message(e)}", file=sys.stderr)
+        return EXIT_USER
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.errors import UsageError
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import KVCache, forward_cached
 
@@ -31,11 +32,11 @@ def sample_token(logits_BV, key, temperature: float = 0.0, top_p: float = 1.0):
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
     """Refuse settings that would run but print nonsense or nothing (negative temperature, top_p 0)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+        raise UsageError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if not (0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
@@ -45,9 +46,9 @@ def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: in
     prompt = jnp.asarray(prompt_BT, jnp.int32)
     B, T = prompt.shape
     if T == 0:
-        raise ValueError("the prompt is empty (0 tokens); give at least one token to continue")
+        raise UsageError("the prompt is empty (0 tokens); give at least one token to continue")
     if T + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+        raise UsageError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{cfg.max_seq_len} positions")
     cache = KVCache.empty(cfg, B, T + max_new_tokens, dtype)
     logits, cache = forward_cached(params, cfg, prompt, cache, dtype)
@@ -80,13 +81,13 @@ def eos_ids(cfg: ModelConfig, tokenizer=None) -> tuple[int, ...]:
 def generate_text(loaded, prompt: str, max_new_tokens: int = 64, *, chat: bool = False, **kw) -> str:
     tok = loaded.tokenizer
     if tok is None:
-        raise ValueError(f"{loaded.source} has no tokenizer; cannot generate from text")
+        raise UsageError(f"{loaded.source} has no tokenizer; cannot generate from text")
     if chat and getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       tokenize=True, return_dict=False)
     else:
         ids = tok(prompt)["input_ids"]
     if len(ids) == 0:
-        raise ValueError(f"the prompt {prompt!r} gives no tokens; give some text to continue")
+        raise UsageError(f"the prompt {prompt!r} gives no tokens; give some text to continue")
     new = generate(loaded.params, loaded.cfg, np.asarray([ids]), max_new_tokens, eos_ids=eos_ids(loaded.cfg, tok), **kw)
     return tok.decode(new[0], skip_special_tokens=True)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.errors import InputError
 from jaxshare.core.model import KVCache, forward_cached, hidden_states, unembed
 
 MIN_BUCKET = 8
@@ -51,7 +52,7 @@ def score_continuations(params, cfg, pairs, *, batch_size: int, max_length: int,
     items = []
     for i, (ctx, cont) in enumerate(pairs):
         if len(ctx) == 0 or len(cont) == 0:
-            raise ValueError("an empty context or continuation cannot be scored")
+            raise InputError("an empty context or continuation cannot be scored")
         whole = (list(ctx) + list(cont))[-(max_length + 1):]
         items.append((i, whole[:-1], whole[-len(cont):]))  # the input, the scored targets
     # longest first: a batch pads to its first row, and time estimates err on the long side
@@ -100,7 +101,7 @@ def greedy_until(params, cfg, ids: list[int], decode, until: list[str], max_new_
     """Greedy text after prompt `ids`, cut before the first of the `until` strings; stops as soon
     as one appears, at a stop id (EOS), or after max_new_tokens. decode: token ids -> text."""
     if not ids:
-        raise ValueError("generation needs at least one prompt token")
+        raise InputError("generation needs at least one prompt token")
     cache = KVCache.empty(cfg, 1, bucket(len(ids) + max_new_tokens), dtype)
     last, cache = _prefill(params, cfg, list(ids), cache, dtype)
     new: list[int] = []

@@ -16,6 +16,7 @@ import os
 import sys
 
 import numpy as np
+from jaxshare.errors import UsageError
 
 # Model shapes by name (no weights are needed to compile).
 SHAPES = {
@@ -30,7 +31,7 @@ def shape_config(name: str):
     from jaxshare.core.config import ModelConfig, RopeScaling
 
     if name not in SHAPES:
-        raise ValueError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})")
+        raise UsageError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})")
     kw = dict(SHAPES[name])
     if kw.get("rope_scaling"):
         kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])

@@ -16,6 +16,7 @@ import secrets
 
 import jax
 import numpy as np
+from jaxshare.errors import UsageError
 
 
 def is_primary() -> bool:
@@ -64,7 +65,7 @@ def local_rows(sharding, global_shape: tuple[int, ...], axis: int) -> tuple[int,
     pos = lo
     for a, b in covered:
         if a > pos:
-            raise ValueError(f"process {jax.process_index()} holds rows {covered} of the batch, not one block; "
+            raise UsageError(f"process {jax.process_index()} holds rows {covered} of the batch, not one block; "
                              "order the mesh's batch axes process-major")
         pos = max(pos, b)
     return lo, hi
