@@ -217,13 +217,15 @@ def read_plan(path) -> Plan:
 
     import yaml
 
+    from jaxshare.yamlio import safe_load
+
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
         raise PlanError(f"cannot read plan {path}: {e.strerror or e}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text, path)
     except yaml.YAMLError as e:
         raise PlanError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     try:

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.errors import UsageError
 from jaxshare.eval.scoring import greedy_until, score_continuations
 
 try:
@@ -43,16 +44,16 @@ class JaxshareLM(TemplateLM):
                  max_gen_toks: int = 256, loaded=None, **_ignored):
         super().__init__()
         if str(dtype) not in ("fp32", "bf16"):
-            raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+            raise UsageError(f"dtype must be fp32 or bf16, got {dtype!r}")
         if loaded is None:
             from jaxshare.io.load import load_model
 
             spec = model or pretrained
             if not spec:
-                raise ValueError("--model_args needs model=<registered name, HF directory, .gguf or checkpoint>")
+                raise UsageError("--model_args needs model=<registered name, HF directory, .gguf or checkpoint>")
             loaded = load_model(str(spec), "fp32")
         if loaded.tokenizer is None:
-            raise ValueError(f"{loaded.source} has no tokenizer; lm-eval needs one")
+            raise UsageError(f"{loaded.source} has no tokenizer; lm-eval needs one")
         from jaxshare.core.dtypes import as_dtype
 
         self.loaded, self.params, self.cfg, self.tokenizer = loaded, loaded.params, loaded.cfg, loaded.tokenizer
@@ -60,7 +61,7 @@ class JaxshareLM(TemplateLM):
         bs = str(batch_size).split(":")[0]
         self._batch_size = 16 if bs.startswith("auto") else int(bs)
         if self._batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self._max_length = int(max_length) if max_length else int(self.cfg.max_seq_len)
         self.add_bos_token = None if add_bos_token is None else str(add_bos_token).lower() in ("1", "true", "yes")
         self._max_gen_toks = int(max_gen_toks)
@@ -131,9 +132,16 @@ class JaxshareLM(TemplateLM):
             if requests[i][0] is not None:
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
 
-        return score_continuations(self.params, self.cfg, [(r[1], r[2]) for r in requests],
-                                   batch_size=self.batch_size, max_length=self.max_length, dtype=self.dtype,
-                                   disable_tqdm=disable_tqdm, on_result=cache)
+        out = score_continuations(self.params, self.cfg, [(r[1], r[2]) for r in requests],
+                                  batch_size=self.batch_size, max_length=self.max_length, dtype=self.dtype,
+                                  disable_tqdm=disable_tqdm, on_result=cache)
+        # a NaN log-likelihood still picks some answer: an accuracy from it would look like a result
+        if not all(np.isfinite(ll) for ll, _ in out):
+            from jaxshare.eval.perplexity import EvalError
+
+            raise EvalError(f"{self.loaded.source}: the model gives NaN or infinite log-likelihoods; check the "
+                            "model file (a corrupt download?), and with --compute-dtype bf16 try fp32")
+        return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval import utils
@@ -164,11 +172,11 @@ class JaxshareLM(TemplateLM):
             context, gen_kwargs = req.args
             kw = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
             if kw.get("do_sample") and float(kw.get("temperature") or 0.0) > 0.0:
-                raise ValueError("the jaxshare backend generates greedily; do_sample with temperature > 0 is not supported")
+                raise UsageError("the jaxshare backend generates greedily; do_sample with temperature > 0 is not supported")
             until = handle_stop_sequences(kw.pop("until", None), eos=eos)
             max_gen = int(kw.pop("max_gen_toks"))
             if max_gen >= self.max_length:
-                raise ValueError(f"max_gen_toks {max_gen} leaves no room for a context in {self.max_length} positions")
+                raise UsageError(f"max_gen_toks {max_gen} leaves no room for a context in {self.max_length} positions")
             ids = self.tok_encode(context, left_truncate_len=self.max_length - max_gen) or [self.prefix_token_id]
             text = greedy_until(self.params, self.cfg, ids, self.tok_decode, until, max_gen,
                                 stop_ids=(self.eot_token_id,), dtype=self.dtype)

@@ -105,7 +105,12 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
         nll_ref += _nll_sum(want[:-1], w[1:])
         del want
     tokens = len(windows) * (seq_len - 1)
-    ppl_jax, ppl_ref = math.exp(nll_jax / tokens), math.exp(nll_ref / tokens)
+    from jaxshare.eval.perplexity import check_finite_ppl
+
+    ppl_jax, ppl_ref = (math.exp(x / tokens) if x / tokens < 709 else math.inf if x == x else math.nan
+                        for x in (nll_jax, nll_ref))
+    check_finite_ppl(ppl_jax, nll_jax / tokens, "jaxshare perplexity")
+    check_finite_ppl(ppl_ref, nll_ref / tokens, "reference (transformers) perplexity")
     return {"max_abs_logit_diff": max_diff, "ppl_jax": ppl_jax, "ppl_reference": ppl_ref,
             "ppl_rel_diff": abs(ppl_jax - ppl_ref) / ppl_ref, "tokens": tokens, "windows": len(windows),
             "seq_len": seq_len, "reference": f"transformers {__import__('transformers').__version__} torch fp32",

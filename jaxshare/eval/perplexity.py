@@ -122,7 +122,8 @@ def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_s
     per_window = np.concatenate(sums)[:n].astype(np.float64)
     tokens = n * (T - 1)
     nll = float(per_window.sum() / tokens)
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": tokens, "windows": n, "seq_len": T, "batch_size": batch_size,
+    # a callback comparing candidates (budget sensitivity) may see inf/NaN; perplexity() refuses it
+    return {"ppl": math.exp(nll) if nll < 709 else math.inf if nll == nll else math.nan, "nll": nll, "tokens": tokens, "windows": n, "seq_len": T, "batch_size": batch_size,
             "protocol": PROTOCOL}
 
 
@@ -130,5 +131,15 @@ def perplexity(params, cfg: ModelConfig, tokenizer, docs: list[str], seq_len: in
                batch_size: int = 8, dtype=jnp.float32, layer_fn=None, max_memory: int | None = None) -> dict:
     """PPL of docs (a list of documents) under the protocol; dtype: anything `as_dtype` takes."""
     check_seq_len(cfg, seq_len)
-    return perplexity_of_windows(params, cfg, token_windows(tokenize_corpus(tokenizer, docs), seq_len, max_windows),
-                                 batch_size, dtype, layer_fn=layer_fn, max_memory=max_memory)
+    res = perplexity_of_windows(params, cfg, token_windows(tokenize_corpus(tokenizer, docs), seq_len, max_windows),
+                                batch_size, dtype, layer_fn=layer_fn, max_memory=max_memory)
+    check_finite_ppl(res["ppl"], res["nll"])
+    return res
+
+
+def check_finite_ppl(ppl: float, nll: float, what: str = "perplexity") -> None:
+    """A NaN/inf perplexity is no measurement: printing it with exit 0 would let a corrupt model
+    or an overflowing dtype pass as a (very bad) result."""
+    if not math.isfinite(ppl):
+        raise EvalError(f"the {what} is not finite (mean NLL {nll}): the model's outputs overflow or are NaN; "
+                        "check the model file (a corrupt download?), and with --compute-dtype bf16 try fp32")

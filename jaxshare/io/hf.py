@@ -31,7 +31,10 @@ def _names(keys, limit=8) -> str:
 def fill_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], put, source: str = "checkpoint",
                       total: int | None = None) -> None:
     """Route (hf_key, array) pairs into param leaves: put(leaf path, layer index or None, array in the
-    leaf's layout) once per part. Raises on missing/unexpected/duplicate keys and wrong shapes."""
+    leaf's layout) once per part. Raises on missing/unexpected/duplicate keys, wrong shapes and
+    NaN/inf values."""
+    from jaxshare.io.tensorfile import check_finite
+
     table = {s.hf_key: s for s in families.slots(cfg)}
     seen, unexpected, duplicate = set(), [], []
     for key, arr in tqdm(tensors, total=total, desc=f"loading {Path(source).name}", unit="tensor", leave=False):
@@ -47,6 +50,7 @@ def fill_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]
         seen.add(key)
         if tuple(arr.shape) != slot.hf_shape:
             raise CheckpointError(f"{source}: tensor {key} has shape {tuple(arr.shape)}, expected {slot.hf_shape}")
+        check_finite(arr, source, key)
         for (leaf, layer), part in zip(slot.parts, slot.split(np.asarray(arr))):
             put(leaf, layer, part)
         del arr

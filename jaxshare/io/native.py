@@ -112,7 +112,7 @@ def read_leaves(path, abstract, dtype=None):
     leaves are cast to dtype on the way in (a piece at a time)."""
     import jax.numpy as jnp
 
-    from jaxshare.io.tensorfile import TensorReader
+    from jaxshare.io.tensorfile import TensorReader, check_finite
 
     items = leaf_items(abstract)
     _, treedef = jax.tree_util.tree_flatten(abstract)
@@ -126,8 +126,10 @@ def read_leaves(path, abstract, dtype=None):
             want = spec.dtype
             if dtype is not None and jnp.issubdtype(want, jnp.floating):
                 want = as_dtype(dtype)
+            arr = f.read(name, want)
+            check_finite(arr, path, name)
             # may_alias: on CPU the jax array adopts the buffer, so the model is held once
-            leaves.append(jax.device_put(f.read(name, want), may_alias=True))
+            leaves.append(jax.device_put(arr, may_alias=True))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

@@ -36,6 +36,28 @@ def _error(path, why: str) -> Exception:
     return CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {why}")
 
 
+def all_finite(arr) -> bool:
+    """Whether a floating array holds no NaN/inf (integer arrays always do), tested a block of rows
+    at a time: the boolean mask of a whole embedding would be a transient copy of it."""
+    arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == ml_dtypes.bfloat16):
+        return True
+    if arr.ndim == 0:
+        return bool(np.isfinite(arr))
+    step = max(1, (CHUNK_BYTES // 8) // max(1, arr.size // max(1, arr.shape[0]) * arr.dtype.itemsize))
+    return all(bool(np.isfinite(arr[i:i + step]).all()) for i in range(0, arr.shape[0], step))
+
+
+def check_finite(arr, source, name: str) -> None:
+    """Refuse a tensor holding NaN/inf as it is read: a corrupt file (chunks joined out of order,
+    a bad download) would otherwise load and only show up as a NaN perplexity much later."""
+    if not all_finite(arr):
+        from jaxshare.errors import CheckpointError
+
+        raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values (the file is corrupt?); "
+                              "download or export it again")
+
+
 def _readinto(f, buf: np.ndarray, offset: int, path) -> None:
     view = memoryview(buf.reshape(-1).view(np.uint8))
     f.seek(offset)

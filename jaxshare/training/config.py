@@ -21,6 +21,33 @@ class TrainConfigError(JaxshareError, ValueError):
     """A training configuration that cannot run as written."""
 
 
+# What `train resume --set` may change: the run's length and where its lr schedule ends, how often
+# it evaluates, checkpoints and logs, its writers, devices and speed settings. Everything else is
+# fixed by the checkpoint, the plan or the batches already drawn (model, data, shapes, sharing,
+# the optimizer's hyperparameters, the seed) and is refused by name.
+RESUMABLE = LENGTH_KEYS + ("lr", "end_lr_ratio", "eval_every", "eval_batch_size", "checkpoint_every",
+                           "keep_checkpoints", "keep_final_checkpoint", "async_checkpoints", "log_every",
+                           "progress", "tensorboard", "wandb", "peak_flops", "export_hf", "remat", "attention",
+                           "mesh", "dcn_mesh", "multihost", "coordinator", "num_processes", "process_id")
+
+
+def check_resume_sets(sets, run_dir) -> None:
+    """Refuse (by name, in one line) any `--set` a resumed run could not honour."""
+    bad = []
+    for item in sets or []:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item:
+            raise TrainConfigError(f"--set expects key=value, got {item!r}")
+        if key not in TrainConfig.keys():
+            raise TrainConfigError(f"unknown config key {key!r}; known keys: {', '.join(TrainConfig.keys())}")
+        if key not in RESUMABLE and key not in bad:
+            bad.append(key)
+    if bad:
+        raise TrainConfigError(f"train resume {run_dir}: --set {', '.join(bad)} cannot change in a run under way "
+                               f"(resume may change {', '.join(RESUMABLE)}); start a new run to change "
+                               f"{'it' if len(bad) == 1 else 'them'}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     mode: str = "postshare"
@@ -187,8 +214,10 @@ def _coerce(key: str, raw, typ: type):
     if isinstance(raw, str) and typ is not str:
         import yaml
 
+        from jaxshare.yamlio import safe_load
+
         try:
-            raw = yaml.safe_load(raw)
+            raw = safe_load(raw, f"--set {key}")
         except yaml.YAMLError:
             raise TrainConfigError(f"{key}: cannot parse {raw!r}") from None
     if key == "remat" and isinstance(raw, bool):  # the boolean form of earlier configs
@@ -243,7 +272,12 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
             for other in LENGTH_KEYS:
                 values[other] = types[other](0)
         values[key] = _coerce(key, raw, types[key])
-    if mode is not None:  # the subcommand names the mode; it overrides the file's
+    if mode is not None:  # the subcommand names the mode; a config file or --set naming another is refused
+        named = values.get("mode", mode)
+        if named != mode:
+            where = "--set mode" if any(s.split("=", 1)[0].strip() == "mode" for s in sets or []) else "the config file"
+            raise TrainConfigError(f"{where} says mode {named!r} but the subcommand is `train {mode}`; "
+                                   f"run `jaxshare train {named}` or drop the mode key")
         values["mode"] = mode
     if values.get("mode") == "inheritune":  # no head sharing unless a ratio was asked for
         values.setdefault("ratio", 0.0)
@@ -276,11 +310,13 @@ def config_path(name) -> Path:
 def load_config(path=None, sets: list[str] | None = None, mode: str | None = None) -> TrainConfig:
     import yaml
 
+    from jaxshare.yamlio import safe_load
+
     base = {}
     if path is not None:
         p = config_path(path)
         try:
-            base = yaml.safe_load(p.read_text()) or {}
+            base = safe_load(p.read_text(), p) or {}
         except yaml.YAMLError as e:
             raise TrainConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(base, dict):

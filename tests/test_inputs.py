@@ -1,0 +1,115 @@
+"""Input that was accepted and then ignored or recorded wrongly (issue 22, items 6, 13-16, 18):
+each is refused with one line naming the file, flag, key or tensor, exit 2, nothing written."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jaxshare.cli.main import main
+from tiny_model import save_text, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return save_tiny_model(root / "m"), save_text(root / "t.txt")
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, *argv, match: str):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert match in last, last
+    return last
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --- item 16: duplicate YAML keys (the last one used to win silently)
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    from jaxshare.compose.plan import read_plan
+    from jaxshare.training.config import load_config
+    from jaxshare.yamlio import DuplicateKeyError, safe_load
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 5\nlr: 1.0e-3\nsteps: 7\n")
+    with pytest.raises(DuplicateKeyError, match=r"c.yaml: key 'steps' appears twice \(lines 1 and 3\)"):
+        load_config(cfg)
+    plan = tmp_path / "p.yaml"
+    plan.write_text("steps:\n  - share: {ratio: 0.1, ratio: 0.2}\n")
+    with pytest.raises(DuplicateKeyError, match="p.yaml: key 'ratio' appears twice"):
+        read_plan(plan)
+    # merge keys override by design: not a duplicate
+    assert safe_load("a: &a {x: 1}\nb:\n  <<: *a\n  x: 2\n") == {"a": {"x": 1}, "b": {"x": 2}}
+
+
+def test_duplicate_plan_key_on_the_cli(tiny, tmp_path, capsys):
+    model, _ = tiny
+    plan = tmp_path / "p.yaml"
+    plan.write_text("steps:\n  - inherit: {layers: 1}\nsteps:\n  - inherit: {layers: 2}\n")
+    refused(capsys, "compress", model, tmp_path / "out", "--plan", plan, match="key 'steps' appears twice")
+    assert not (tmp_path / "out").exists()
+
+
+# --- item 18: NaN/inf in a model file is refused as it is read, with the tensor's name
+
+def test_nan_in_safetensors_is_refused_by_convert_and_eval(tiny, tmp_path, capsys):
+    model = _copy_model(tiny[0], tmp_path / "m")
+    st = load_file(model / "model.safetensors")
+    st["model.layers.1.mlp.up_proj.weight"][3, 4] = np.nan
+    save_file(st, model / "model.safetensors", metadata={"format": "pt"})
+    for argv in (("convert", model, tmp_path / "out"), ("eval", "ppl", model, "--data", tiny[1], "--seq-len", 16)):
+        refused(capsys, *argv, match="tensor model.layers.1.mlp.up_proj.weight holds NaN or infinite values")
+    assert not (tmp_path / "out").exists()
+
+
+def test_inf_in_native_checkpoint_is_refused(tiny, tmp_path, capsys):
+    out = tmp_path / "native"
+    assert run(capsys, "convert", tiny[0], out)[0] == 0
+    st = load_file(out / "params.safetensors")
+    name = sorted(st)[0]
+    st[name].reshape(-1)[0] = np.inf
+    save_file(st, out / "params.safetensors", metadata={"format": "jaxshare"})
+    refused(capsys, "eval", "ppl", out, "--data", tiny[1], "--seq-len", 16, match=f"tensor {name} holds NaN")
+
+
+def test_nan_in_gguf_is_refused(tmp_path, capsys):
+    import torch
+
+    from conftest import random_hf_model
+    from test_gguf import write_gguf
+
+    model = random_hf_model("llama", num_hidden_layers=2)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.v_proj.weight[0, 0] = float("nan")
+    vocab = (("add_tokenizer_model", "gpt2"), ("add_token_list", [f"t{i}" for i in range(256)]),
+             ("add_token_merges", []), ("add_token_scores", [0.0] * 256), ("add_token_types", [1] * 256))
+    path = write_gguf(tmp_path / "m.gguf", model, extra=vocab)
+    refused(capsys, "convert", path, tmp_path / "out", match="model.layers.0.self_attn.v_proj.weight holds NaN")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_perplexity_exits_non_zero(tiny, tmp_path, capsys):
+    # finite but huge weights (what a corrupt file can hold): the norms overflow and the PPL is NaN
+    model = _copy_model(tiny[0], tmp_path / "m")
+    st = load_file(model / "model.safetensors")
+    st["model.layers.0.mlp.down_proj.weight"][:] = 3e38
+    save_file(st, model / "model.safetensors", metadata={"format": "pt"})
+    code, out, err = run(capsys, "eval", "ppl", model, "--data", tiny[1], "--seq-len", 16)
+    assert code == 2 and "perplexity is not finite" in err and "ppl" not in out, (out, err)
