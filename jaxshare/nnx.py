@@ -16,6 +16,7 @@ Importing this module imports flax; `import jaxshare` does not.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import fields
 
 import jax
@@ -23,14 +24,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxshare.core.axes import DEFAULT_RULES, leaf_rules, tree_axes
-from jaxshare.core.bank import Bank
+from jaxshare.core.bank import trainable_mask
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward, token_nll
 from jaxshare.core.params import Params
 
 
 class BankIndex(nnx.Variable):
-    """The int32 index of a weight bank: model state that is never trained."""
+    """A field a compressed kind declares frozen (`Compressed.frozen`): a bank's int32 index,
+    quantization codes. Model state that is never trained."""
 
 
 def _variable(value, axes, is_index: bool, rules, mesh):
@@ -46,18 +48,18 @@ class ParamsNode(nnx.Module):
     its array fields become variables, its dataclass fields child ParamsNodes, its static fields stay
     static. `rebuild()` gives the dataclass back with the variables' current values."""
 
-    def __init__(self, node, axes, rules=DEFAULT_RULES, mesh=None):
+    def __init__(self, node, axes, rules=DEFAULT_RULES, mesh=None, frozen=None):
         self._kind = type(node)
         self._static = tuple((f.name, getattr(node, f.name)) for f in fields(node) if f.metadata.get("static"))
         self._fields = tuple(f.name for f in fields(node) if not f.metadata.get("static"))
         for name in self._fields:
-            value, ax = getattr(node, name), getattr(axes, name)
+            value, ax, fz = getattr(node, name), getattr(axes, name), getattr(frozen, name, False)
             if value is None:
                 child = None
             elif dataclasses.is_dataclass(value):
-                child = ParamsNode(value, ax, rules, mesh)
+                child = ParamsNode(value, ax, rules, mesh, fz)
             else:
-                child = _variable(value, ax, isinstance(node, Bank) and name.endswith("index"), rules, mesh)
+                child = _variable(value, ax, fz is True, rules, mesh)
             setattr(self, name, child)
 
     def rebuild(self):
@@ -82,7 +84,8 @@ class Decoder(ParamsNode):
             # an out_sharding on every gather (jax.make_mesh makes Explicit axes by default)
             raise ValueError("Decoder needs a mesh with Auto axes: jax.make_mesh(shape, names, "
                              "axis_types=(jax.sharding.AxisType.Auto,) * len(names))")
-        super().__init__(params, tree_axes(params), rules, mesh)
+        frozen = jax.tree_util.tree_map(operator.not_, trainable_mask(params))
+        super().__init__(params, tree_axes(params), rules, mesh, frozen)
         self.cfg = cfg
         self.dtype = dtype
 

@@ -9,6 +9,7 @@ y = x @ W, so the calibration loss ||X W - X B C||_F is what the whitening minim
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.errors import JaxshareError
+from jaxshare.core.axes import layout_axes
 from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import axes_of, frozen_of
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import replace_leaves
 
@@ -113,6 +116,16 @@ class Factored:
         from jaxshare.basis.io import restore_from_hf
 
         return restore_from_hf(cfg, params, manifest, source)
+
+    def logical_axes(self, dense_axes: tuple) -> "Factored":
+        """basis (units or layers, d_in, rank), coef (layers, rank, d_out); d_in / d_out named by
+        the type's layout (core.axes.FACTORED_IO)."""
+        d_in, d_out = layout_axes(self.layout, dense_axes)
+        return dataclasses.replace(self, basis=axes_of(self.basis, ("layers", d_in, "rank")),
+                                   coef=axes_of(self.coef, ("layers", "rank", d_out)))
+
+    def frozen(self) -> "Factored":
+        return dataclasses.replace(self, basis=frozen_of(self.basis), coef=frozen_of(self.coef))
 
     def dense(self) -> Array:
         b = self.basis.dense() if isinstance(self.basis, Bank) else _plain(self.basis)

@@ -24,7 +24,7 @@ from dataclasses import fields
 import numpy as np
 
 from jaxshare.errors import JaxshareError
-from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import is_compressed, rank_of
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import map_shapes, param_shapes
 
@@ -109,47 +109,40 @@ def param_axes(cfg: ModelConfig):
     return map_shapes(axes, param_shapes(cfg))
 
 
-def _rank(x) -> int:
-    return len(x.shape)  # arrays and ShapeDtypeStructs alike
-
-
-def _bank_axes(bank: Bank, dense: tuple, path: str) -> Bank:
-    n = _rank(bank.index)
-    if _rank(bank.rows) != 1 + len(dense) - n:
-        raise AxesError(f"{path}: bank rows of rank {_rank(bank.rows)} do not stand for a leaf with axes {dense}")
-    out = {"rows": ("units",) + tuple(dense[n:]), "index": (None,) * n}
-    # a bank with more leaves (per-unit corrections, core.corrected) keeps them whole
-    extra = {f.name: (None,) * _rank(getattr(bank, f.name)) for f in fields(bank) if f.name not in out}
-    return dataclasses.replace(bank, **out, **extra)
-
-
-def _factored_axes(w, path: str):
-    if w.layout not in FACTORED_IO:
-        raise AxesError(f"{path}: unknown factored layout {w.layout!r}")
-    d_in, d_out = FACTORED_IO[w.layout]
-    return dataclasses.replace(w, basis=_bank_axes(w.basis, ("layers", d_in, "rank"), path),
-                               coef=("layers", "rank", d_out))
+def layout_axes(layout: str, dense_axes: tuple) -> tuple:
+    """(d_in, d_out) logical names of a weight's 2-D view [d_in, d_out] (y = x @ W) for a
+    Basis Sharing type (FACTORED_IO), a head-sharing unit (q_unit [G, D, d] -> [D, G*d], o_unit
+    [G, d, D] -> [G*d, D]) or an already 2-D leaf ("2d": its own last two axes)."""
+    if layout in FACTORED_IO:
+        return FACTORED_IO[layout]
+    if layout == "q_unit":
+        return ("embed", "heads")
+    if layout == "o_unit":
+        return ("heads", "embed")
+    if layout == "2d":
+        return tuple(dense_axes[-2:])
+    raise AxesError(f"unknown weight layout {layout!r}")
 
 
 def tree_axes(params):
-    """Logical axes for any params tree (dense, banked, factored, concrete or abstract): the same
-    structure with a tuple of names (or None for a never-sharded axis) in place of each array."""
-    from jaxshare.basis.factor import Factored  # basis imports core; keep core importable alone
-
+    """Logical axes for any params tree (dense or holding compressed kinds, concrete or abstract,
+    whole or one side of `bank.partition`): the same structure with a tuple of names (or None
+    for a never-sharded axis) in place of each array. A compressed leaf answers for itself."""
     def walk(node, path):
         if node is None:
             return None
-        if isinstance(node, Bank):
-            return _bank_axes(node, leaf_axes(path), path)
-        if isinstance(node, Factored):
-            return _factored_axes(node, path)
+        if is_compressed(node):
+            try:
+                return node.logical_axes(leaf_axes(path))
+            except AxesError as e:
+                raise AxesError(f"{path}: {e}") from None
         if dataclasses.is_dataclass(node):
             out = {f.name: walk(getattr(node, f.name), f"{path}.{f.name}" if path else f.name)
                    for f in fields(node) if not f.metadata.get("static")}
             return dataclasses.replace(node, **out)
         axes = leaf_axes(path)
-        if len(axes) != _rank(node):
-            raise AxesError(f"{path}: {len(axes)} logical axes for a rank-{_rank(node)} leaf")
+        if len(axes) != rank_of(node):
+            raise AxesError(f"{path}: {len(axes)} logical axes for a rank-{rank_of(node)} leaf")
         return axes
 
     return walk(params, "")

@@ -13,6 +13,7 @@ The index is a leaf (so it checkpoints and shards like any array) but is never t
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.compressed import is_compressed, materialize  # noqa: F401  (materialize: banks are where most callers meet it)
+from jaxshare.core.compressed import axes_of, frozen_of, is_compressed, materialize, rank_of  # noqa: F401  (materialize: banks are where most callers meet it)
 
 Array = jax.Array
 
@@ -44,6 +45,25 @@ class Bank:
     def apply(self, x: Array, dense_fn) -> Array:
         # Inside the layer scan banks arrive gathered; this is the product outside of it.
         return dense_fn(x, self.dense().astype(x.dtype))
+
+    def logical_axes(self, dense_axes: tuple) -> "Bank":
+        """rows: (units, <the dense axes the index does not cover>); every other field (the int32
+        index, a corrected bank's corrections) is never sharded: the scan reads it whole."""
+        from jaxshare.core.axes import AxesError
+
+        # how many leading dense axes the index covers, from whichever of rows/index is present
+        n = rank_of(self.index) if self.index is not None else len(dense_axes) + 1 - rank_of(self.rows)
+        if self.rows is not None and rank_of(self.rows) != 1 + len(dense_axes) - n:
+            raise AxesError(f"bank rows of rank {rank_of(self.rows)} do not stand for a leaf with axes {dense_axes}")
+        out = {f.name: None if getattr(self, f.name) is None else (None,) * rank_of(getattr(self, f.name))
+               for f in dataclasses.fields(self)}
+        out["rows"] = axes_of(self.rows, ("units",) + tuple(dense_axes[n:]))
+        return dataclasses.replace(self, **out)
+
+    def frozen(self) -> "Bank":
+        """Every *index field (a corrected bank's corr_index too) is frozen; rows and corrections train."""
+        return dataclasses.replace(self, **{f.name: frozen_of(getattr(self, f.name), f.name.endswith("index"))
+                                            for f in dataclasses.fields(self)})
 
     # The layer scan (split_banks): what is closed over, what is scanned, and one layer's weight.
     # A bank with more leaves (core.corrected.CorrectedBank) overrides these three.
@@ -121,13 +141,14 @@ def compact(bank: Bank) -> Bank:
 
 
 def trainable_mask(tree):
-    """True for leaves that gradients and optax may touch: everything but bank indices."""
+    """True for leaves that gradients and optax may touch: what no compressed kind declares
+    frozen (bank indices, quantization codes; `Compressed.frozen`)."""
     def mark(x):
-        if is_bank(x):  # every *index leaf is frozen (a corrected bank's corr_index too)
-            return dataclasses.replace(x, **{f.name: not f.name.endswith("index") for f in dataclasses.fields(x)})
+        if is_compressed(x):
+            return jax.tree_util.tree_map(operator.not_, x.frozen())
         return True
 
-    return jax.tree_util.tree_map(mark, tree, is_leaf=is_bank)
+    return jax.tree_util.tree_map(mark, tree, is_leaf=is_compressed)
 
 
 def partition(tree):

@@ -42,6 +42,17 @@ class Compressed(SelfApplying, Protocol):
         """The dense per-layer leaf [L, ...] this weight stands for."""
         ...
 
+    def logical_axes(self, dense_axes: tuple):
+        """The same structure with a tuple of logical axis names (core.axes) in place of each
+        array, given the axes of the dense leaf it stands for; None stays None (a field left out
+        by `bank.partition`). Sharding, the NNX view and the decay mask all read this."""
+        ...
+
+    def frozen(self):
+        """The same structure with True on the fields training must never update (integer
+        indices and codes) and False elsewhere: `bank.trainable_mask` reads this."""
+        ...
+
     @classmethod
     def manifest(cls, params, cfg) -> dict:
         """JSON-able structure of this kind's leaves in `params` (enough for `abstract`)."""
@@ -78,6 +89,24 @@ def kinds() -> tuple[type, ...]:
 
 def is_compressed(x) -> bool:
     return isinstance(x, Compressed)
+
+
+def axes_of(x, dense_axes: tuple):
+    """Logical axes of a field that may itself be compressed (a bank's quantized rows)."""
+    if x is None:
+        return None
+    return x.logical_axes(dense_axes) if is_compressed(x) else tuple(dense_axes)
+
+
+def frozen_of(x, frozen: bool = False):
+    """Frozen flags of a field that may itself be compressed; `frozen` for a plain array."""
+    if x is None:
+        return None
+    return x.frozen() if is_compressed(x) else frozen
+
+
+def rank_of(x) -> int:
+    return len(x.shape)  # arrays, ShapeDtypeStructs and compressed leaves (their dense shape)
 
 
 def compressed_leaves(tree) -> list:

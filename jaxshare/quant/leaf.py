@@ -103,6 +103,23 @@ class Quantized:
         # dequantize then the dense product: on CPU XLA fuses the unpacking into the weight's load
         return dense_fn(x, self.dense().astype(x.dtype))
 
+    def logical_axes(self, dense_axes: tuple) -> "Quantized":
+        """codes, scales and zero points all [*lead, d_in (rows or groups), d_out]: the groups
+        axis follows the rows it scales, so a shard of the codes finds its scales beside it."""
+        from jaxshare.core.axes import layout_axes
+
+        lead = tuple(dense_axes[:len(dense_axes) - len(self.leaf_shape)])
+        view = lead + layout_axes(self.layout, dense_axes)
+        return Quantized(*(None if a is None else view for a in (self.packed, self.scale, self.zero)),
+                         self.bits, self.group, self.layout, self.leaf_shape, self.d_in)
+
+    def frozen(self) -> "Quantized":
+        """The integer codes and zero points are fixed; the scales may train (a scale's update
+        is a per-group rescaling of the dequantized weight, QLoRA-style adapters aside)."""
+        return Quantized(*(None if a is None else f for a, f in ((self.packed, True), (self.scale, False),
+                                                                  (self.zero, True))),
+                         self.bits, self.group, self.layout, self.leaf_shape, self.d_in)
+
     def nbytes(self) -> int:
         return int(sum(a.size * a.dtype.itemsize for a in (self.packed, self.scale, self.zero) if a is not None))
 

@@ -24,14 +24,20 @@ def ce_loss(params, cfg, tokens_BT, dtype=jnp.float32, remat="none"):
     return jnp.mean(next_token_nll(params, cfg, tokens_BT, dtype, layer_fn=layer_fn))
 
 
-def _decay_mask(params):
-    """Weight decay on matrices only: norms and biases are exempt (the usual AdamW practice)."""
-    def decays(path, _x):
-        names = [k.name for k in path if hasattr(k, "name")]
-        leaf = names[-2] if names and names[-1] == "rows" else (names[-1] if names else "")
-        return not (leaf == "scale" or leaf.startswith("b"))
+# Axes that make a leaf a weight matrix (a bank's unit axis stands for the one its index covers).
+MATRIX_AXES = frozenset({"vocab", "embed", "positions", "kv_heads", "mlp", "rank", "units"})
 
-    return jax.tree_util.tree_map_with_path(decays, params)
+
+def decays(axes, dtype) -> bool:
+    """Weight decay on matrices only (two matrix axes), never on norms, biases or integer leaves:
+    the usual AdamW practice, read from the logical axes so every compressed kind is covered."""
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and sum(a in MATRIX_AXES for a in axes) >= 2
+
+
+def _decay_mask(params):
+    from jaxshare.core.axes import tree_axes
+
+    return jax.tree_util.tree_map(lambda x, a: decays(a, x.dtype), params, tree_axes(params))
 
 
 def make_optimizer(tc, total_steps: int):
