@@ -113,3 +113,32 @@ def test_non_finite_perplexity_exits_non_zero(tiny, tmp_path, capsys):
     save_file(st, model / "model.safetensors", metadata={"format": "pt"})
     code, out, err = run(capsys, "eval", "ppl", model, "--data", tiny[1], "--seq-len", 16)
     assert code == 2 and "perplexity is not finite" in err and "ppl" not in out, (out, err)
+
+
+# --- item 6: an HF folder without tokenizer files (eval ppl was a TypeError; convert was silent)
+
+def test_missing_tokenizer_is_refused_by_commands_that_need_one(tiny, tmp_path, capsys):
+    model = _copy_model(tiny[0], tmp_path / "m")
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer_config.json").unlink()
+    for argv, purpose in ((("eval", "ppl", model, "--data", tiny[1], "--seq-len", 16), "eval ppl"),
+                          (("generate", model, "--prompt", "w1 w2"), "generate"),
+                          (("quantize", model, tmp_path / "q", "--method", "gptq", "--group", 32, "--calib", tiny[1],
+                            "--calib-windows", 2, "--calib-seq-len", 16), "calibration")):
+        last = refused(capsys, *argv, match=f"{model}: neither tokenizer.json nor tokenizer_config.json")
+        assert f"{purpose} needs a tokenizer" in last and "copy tokenizer.json" in last, last
+    assert not (tmp_path / "q").exists()
+    # convert warns on stderr and records the missing tokenizer; its output is then refused the same way
+    code, out, err = run(capsys, "convert", model, tmp_path / "native")
+    assert code == 0 and "warning:" in err and "gets no tokenizer" in err, err
+    meta = json.loads((tmp_path / "native" / "jaxshare.json").read_text())
+    assert "converted without a tokenizer" in meta["extra"]["no_tokenizer"]
+    refused(capsys, "eval", "ppl", tmp_path / "native", "--data", tiny[1], "--seq-len", 16,
+            match="converted without a tokenizer")
+
+
+def test_tokenizer_config_without_tokenizer_json_gives_the_right_advice(tiny, tmp_path, capsys):
+    model = _copy_model(tiny[0], tmp_path / "m")
+    (model / "tokenizer.json").unlink()
+    last = refused(capsys, "eval", "ppl", model, "--data", tiny[1], "--seq-len", 16, match="no tokenizer.json")
+    assert "sentencepiece" not in last and "copy tokenizer.json" in last, last

@@ -229,7 +229,7 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
     L = loaded.cfg.n_layers
     if use_cache and path.is_dir():
         return GramStore(path, L), {**info, "cached": True}
-    windows = calibration_windows(loaded.tokenizer, load_corpus(data), n_windows, seq_len, seed)
+    windows = calibration_windows(loaded.need_tokenizer("calibration"), load_corpus(data), n_windows, seq_len, seed)
     parent = path.parent if use_cache else Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".partial-calib-"))

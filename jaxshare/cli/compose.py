@@ -75,8 +75,7 @@ def cmd_compress(args) -> None:
         if calib["seq_len"] > m.cfg.max_seq_len:
             raise PlanError(f"calibration seq_len {calib['seq_len']} is above the model's maximum of "
                             f"{m.cfg.max_seq_len} positions (--calib-seq-len)")
-        if m.tokenizer is None:
-            raise PlanError(f"{args.model} has no tokenizer, which calibration needs")
+        m.need_tokenizer("calibration")
     out = {"model": args.model, "out": str(args.out)}
     grams = calib_info = None
     if plan is None:

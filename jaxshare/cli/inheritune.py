@@ -19,7 +19,7 @@ def run_analysis(m, args) -> dict:
     from jaxshare.inheritune.degeneration import analyze
 
     check_seq_len(m.cfg, args.seq_len)
-    tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus(args.data)), args.seq_len, args.batch_size)
+    tokens = token_windows(tokenize_corpus(m.need_tokenizer("degeneration"), load_corpus(args.data)), args.seq_len, args.batch_size)
     res = analyze(m.params, m.cfg, tokens, args.tau, args.rank_max, args.mass_min, args.head_frac, args.chunk)
     res["batch"], res["seq_len"] = int(tokens.shape[0]), args.seq_len
     return res

@@ -66,6 +66,7 @@ def cmd_eval_ppl(args) -> None:
 
     m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
+    m.need_tokenizer("eval ppl")
     # the batch shrinks to fit --max-memory beside the loaded params (logits are made in vocabulary chunks)
     res = perplexity(m.params, m.cfg, m.tokenizer, _docs(args.data), args.seq_len, args.max_windows,
                      args.batch_size, args.compute_dtype, max_memory=args.max_memory)

@@ -56,7 +56,7 @@ def cmd_attention_similarity(args) -> None:
 
     m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
-    tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus(args.data)), args.seq_len, args.batch_size)
+    tokens = token_windows(tokenize_corpus(m.need_tokenizer("attention similarity"), load_corpus(args.data)), args.seq_len, args.batch_size)
     sim = map_similarity(m.params, m.cfg, tokens)
     L = m.cfg.n_layers
     off = ~np.eye(L, dtype=bool)

@@ -79,9 +79,7 @@ def eos_ids(cfg: ModelConfig, tokenizer=None) -> tuple[int, ...]:
 
 
 def generate_text(loaded, prompt: str, max_new_tokens: int = 64, *, chat: bool = False, **kw) -> str:
-    tok = loaded.tokenizer
-    if tok is None:
-        raise UsageError(f"{loaded.source} has no tokenizer; cannot generate from text")
+    tok = loaded.need_tokenizer("generate")
     if chat and getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       tokenize=True, return_dict=False)

@@ -22,6 +22,9 @@ class DataError(JaxshareError, ValueError):
 
 def tokenize_corpus(tokenizer, text) -> np.ndarray:
     """int32 ids of a text, or of a list of documents joined under the protocol; no special tokens."""
+    if tokenizer is None:  # callers holding a LoadedModel say more through its need_tokenizer()
+        raise DataError("the model has no tokenizer (no tokenizer.json or tokenizer_config.json), so text "
+                        "cannot be tokenized; copy those files into the model's directory")
     if not isinstance(text, str):
         from jaxshare.data.corpora import join_documents
 

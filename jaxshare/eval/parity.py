@@ -77,7 +77,7 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
     import torch
 
     check_seq_len(loaded.cfg, seq_len)
-    windows = token_windows(tokenize_corpus(loaded.tokenizer, docs), seq_len, max_windows)
+    windows = token_windows(tokenize_corpus(loaded.need_tokenizer("parity"), docs), seq_len, max_windows)
     ours = []
     with jax.default_matmul_precision("highest"):
         for w in tqdm(windows, desc="parity (jaxshare)", unit="window", leave=False):

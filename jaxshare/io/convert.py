@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,17 @@ def convert_hf_to_native(model_dir, out, dtype="fp32", extra: dict | None = None
 def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = False):
     """(out, cfg, source path) for `jaxshare convert`: streamed from HF/GGUF; a native checkpoint
     (or registered name) is loaded leaf by leaf and written the same way."""
-    from jaxshare.io.load import load_model, resolve
+    from jaxshare.io.load import load_model, missing_tokenizer, resolve
     from jaxshare.io.native import save_native
 
     kind, path = resolve(src)
     extra = {"converted_from": str(path)}
+    if kind in ("hf", "native") and missing_tokenizer(path):
+        # a usable model without a tokenizer is legal, but eval, generate and train will refuse it:
+        # say so now and record it, rather than let the checkpoint look complete
+        extra["no_tokenizer"] = f"converted without a tokenizer ({path} has no tokenizer.json or tokenizer_config.json)"
+        print(f"warning: {path} has neither tokenizer.json nor tokenizer_config.json; {out} gets no tokenizer, "
+              "so eval, generate and train will refuse it until you copy those files into it", file=sys.stderr)
     if kind == "gguf":
         return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
     if kind == "hf":
@@ -105,5 +112,5 @@ def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = F
         if not any((Path(path) / f"{k.key}.json").is_file() for k in kinds()):
             return (*convert_hf_to_native(path, out, dtype, extra, overwrite, allow_bin), path)
     m = load_model(src, dtype, allow_bin=allow_bin)
-    extra = {"converted_from": str(m.source)}
+    extra["converted_from"] = str(m.source)
     return save_native(out, m.cfg, m.params, m.tokenizer, extra=extra, overwrite=overwrite), m.cfg, m.source

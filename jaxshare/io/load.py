@@ -20,14 +20,44 @@ class LoadedModel:
     kind: str  # registered | native | hf | gguf
     source: Path  # the file or directory the weights came from
     meta: dict
+    no_tokenizer: str | None = None  # why `tokenizer` is None, for the error of a command that needs one
+
+    def need_tokenizer(self, purpose: str):
+        """The tokenizer, or one line naming the model, what is missing and what to do."""
+        if self.tokenizer is None:
+            why = self.no_tokenizer or "no tokenizer files"
+            raise CheckpointError(f"{self.source}: {why}, and {purpose} needs a tokenizer; copy tokenizer.json and "
+                                  f"tokenizer_config.json from the model's original repository into {self.source}")
+        return self.tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def missing_tokenizer(path: Path) -> str | None:
+    """Why the directory gives no tokenizer (None when it holds tokenizer files)."""
+    if any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+        return None
+    return "neither tokenizer.json nor tokenizer_config.json (nor tokenizer.model) is there"
 
 
 def _tokenizer_from_dir(path: Path):
+    """The directory's tokenizer, or None when it has no tokenizer files at all (see missing_tokenizer)."""
     from transformers import AutoTokenizer
 
-    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+    path = Path(path)
+    if missing_tokenizer(path):
         return None
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (ValueError, OSError, ImportError, KeyError, TypeError) as e:
+        present = ", ".join(f for f in TOKENIZER_FILES if (path / f).exists())
+        # transformers then says "install sentencepiece or tiktoken": it fell back to converting a
+        # slow tokenizer, but what is missing is the fast tokenizer's own file
+        why = ("no tokenizer.json" if not (path / "tokenizer.json").exists()
+               else f"its tokenizer does not load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+        raise CheckpointError(f"{path}: {why} (found {present}); copy tokenizer.json and tokenizer_config.json "
+                              f"from the model's original repository into {path}") from None
 
 
 def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
@@ -64,6 +94,16 @@ def resolve(spec: str) -> tuple[str, Path]:
     from jaxshare.io import registry
     from jaxshare.io.native import is_native
 
+    spec = os.fspath(spec)
+    if "://" in spec:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
+        from jaxshare.training.paths import localize
+
+        spec = localize(spec, "model")
+    try:
+        spec.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"model path {os.fsencode(spec)!r} is not UTF-8 encodable (its name holds bytes that "
+                              "are not UTF-8 text): rename it") from None
     path = Path(os.path.expanduser(spec))
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
@@ -87,15 +127,17 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
     from jaxshare.io.native import load_native
 
     spec, dtype = str(spec), as_dtype(dtype)
-    kind, path = resolve(spec)
+    kind, path = resolve(spec)  # a URL comes back as its cached local copy
     if kind == "registered":
         path = registered_native(spec)
     if kind in ("registered", "native"):
         cfg, params, meta = load_native(path, dtype=dtype)
-        return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta)
+        why = (meta.get("extra") or {}).get("no_tokenizer") or missing_tokenizer(path)
+        return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta, why)
     if kind == "gguf":
         cfg, params, tok = convert_gguf(path, dtype)
         return LoadedModel(cfg, params, tok, kind, path, {})
     cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
     params, extra = restore_hf(cfg, params, path)
-    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {"extra": extra} if extra else {})
+    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {"extra": extra} if extra else {},
+                       missing_tokenizer(path))

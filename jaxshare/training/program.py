@@ -62,6 +62,8 @@ def prepare(tc: TrainConfig) -> Prepared:
         raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
     if tc.mode != "plain" or tc.ratio > 0:
         n_units(tc.ratio, m.cfg)
+    if not all(str(d).endswith(".npy") for d in (tc.data, tc.eval_data)):
+        m.need_tokenizer("training on text (rather than .npy token ids)")
     train = token_windows(token_ids(paths.localize(tc.data, "training data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                           what=f"training data {tc.data}")
     ev = token_windows(token_ids(paths.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
