@@ -142,3 +142,36 @@ def test_tokenizer_config_without_tokenizer_json_gives_the_right_advice(tiny, tm
     (model / "tokenizer.json").unlink()
     last = refused(capsys, "eval", "ppl", model, "--data", tiny[1], "--seq-len", 16, match="no tokenizer.json")
     assert "sentencepiece" not in last and "copy tokenizer.json" in last, last
+
+
+# --- item 13: int64 token ids >= 2**31 were cast to int32 before the vocabulary check (2**32 + 5 trained as 5)
+
+def test_wide_token_ids_are_checked_before_the_cast(tiny, tmp_path, capsys):
+    from jaxshare.data.tokens import DataError, token_ids
+
+    data = tmp_path / "ids.npy"
+    ids = np.arange(4000, dtype=np.int64) % 200
+    ids[7] = 2**32 + 5
+    np.save(data, ids)
+    with pytest.raises(DataError, match="token id 4294967301"):
+        token_ids(str(data), None)
+    with pytest.raises(DataError, match="token id 4294967301, outside the model's vocabulary of 256"):
+        token_ids(str(data), None, vocab_size=256)
+    run_dir = tmp_path / "run"
+    last = refused(capsys, "train", "plain", "--set", f"model={tiny[0]}", "--set", f"data={data}",
+                   "--set", f"eval_data={data}", "--set", f"run_dir={run_dir}", "--set", "seq_len=16",
+                   "--set", "batch_size=2", "--set", "steps=1", "--set", "mesh=data=1,fsdp=1",
+                   match="token id 4294967301")
+    assert str(data) in last and not run_dir.exists()
+
+
+def test_perplexity_of_windows_refuses_ids_outside_the_vocabulary(tiny):
+    from jaxshare.data.tokens import DataError
+    from jaxshare.eval.perplexity import perplexity_of_windows
+    from jaxshare.io.load import load_model
+
+    m = load_model(str(tiny[0]))
+    windows = np.full((1, 8), 3, np.int64)
+    windows[0, 2] = 2**32 + 5  # jnp.asarray would make it 5
+    with pytest.raises(DataError, match="token id 4294967301"):
+        perplexity_of_windows(m.params, m.cfg, windows)

@@ -223,6 +223,7 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
     from pathlib import Path
 
     from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import check_token_range
 
     info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
     path = cache_path(loaded, data, n_windows, seq_len, seed)
@@ -230,6 +231,7 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
     if use_cache and path.is_dir():
         return GramStore(path, L), {**info, "cached": True}
     windows = calibration_windows(loaded.need_tokenizer("calibration"), load_corpus(data), n_windows, seq_len, seed)
+    check_token_range(windows, loaded.cfg.vocab_size, f"calibration data {data}")  # a tokenizer with added tokens
     parent = path.parent if use_cache else Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".partial-calib-"))

@@ -129,7 +129,7 @@ def _budgeted(m, args, calib):
     from jaxshare.data.tokens import token_ids, token_windows
 
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
-                         what=args.heldout)  # a bad held-out corpus fails before the long work
+                         vocab_size=m.cfg.vocab_size, what=args.heldout)  # a bad held-out corpus fails before the long work
     grams, info = _grams(m, calib, args.batch_size) if "basis" in args.methods else (None, None)
     n_sens = min(args.sens_windows, calib["windows"])
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],

@@ -33,6 +33,27 @@ def tokenize_corpus(tokenizer, text) -> np.ndarray:
     return np.asarray(ids, dtype=np.int32)
 
 
+INT32_IDS = 2**31  # ids are int32 on the device; a larger one cannot be any model's token
+
+
+def check_token_range(ids: np.ndarray, vocab_size: int | None, what: str) -> None:
+    """Refuse ids outside [0, vocab_size) (outside int32 without a vocab_size), on the array as given:
+    a cast to int32 first would wrap 2**32 + 5 to 5, and a gather on the device clamps an id >= vocab."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    limit = INT32_IDS if vocab_size is None else vocab_size
+    if lo >= 0 and hi < limit:
+        return
+    bad = lo if lo < 0 else hi
+    if vocab_size is None:
+        raise DataError(f"{what} has token id {bad}, which is no token of any model (ids are 0 <= id < 2**31); "
+                        "tokenize it with the model's tokenizer")
+    raise DataError(f"{what} has token id {bad}, outside the model's vocabulary of {vocab_size} "
+                    f"(0 <= id < {vocab_size}); tokenize it with the model's own tokenizer")
+
+
 def token_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None, vocab_size: int | None = None,
             what: str = "the corpus") -> np.ndarray:
     """[N, seq_len] non-overlapping windows (ragged tail dropped), the first max_windows of them.
@@ -42,8 +63,8 @@ def token_windows(ids: np.ndarray, seq_len: int, max_windows: int | None = None,
     n = len(ids) // seq_len
     if n == 0:
         raise DataError(f"{what} has {len(ids)} tokens, fewer than one window of seq_len={seq_len}")
-    if vocab_size is not None and len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise DataError(f"{what} has token ids outside the model's vocabulary of {vocab_size}")
+    if vocab_size is not None:
+        check_token_range(ids, vocab_size, what)
     if max_windows is not None:
         n = min(n, max_windows)
     return ids[: n * seq_len].reshape(n, seq_len)
@@ -68,9 +89,9 @@ def _corpus_key(source: str) -> str:
     return source
 
 
-def token_ids(source: str, tokenizer) -> np.ndarray:
-    """int32 token ids of a corpus: a .npy of ids (used as is), or a corpus that `load_corpus`
-    reads, tokenized once under the protocol and cached by tokenizer + corpus."""
+def token_ids(source: str, tokenizer, vocab_size: int | None = None) -> np.ndarray:
+    """int32 token ids of a corpus: a .npy of ids (used as is, refused outside [0, vocab_size)),
+    or a corpus that `load_corpus` reads, tokenized once under the protocol and cached by tokenizer + corpus."""
     from jaxshare.io.fetch import cache_dir
 
     path = Path(source).expanduser()
@@ -80,6 +101,7 @@ def token_ids(source: str, tokenizer) -> np.ndarray:
         ids = np.load(path)
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
             raise DataError(f"{source}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+        check_token_range(ids, vocab_size, source)  # before the cast, which would wrap ids >= 2**31
         return ids.astype(np.int32)
     if tokenizer is None:
         raise DataError(f"{source}: the model has no tokenizer; pass token ids as a .npy file")

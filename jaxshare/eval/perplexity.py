@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import decoder_layer, hidden_states, norm
-from jaxshare.data.tokens import token_windows, tokenize_corpus
+from jaxshare.data.tokens import check_token_range, token_windows, tokenize_corpus
 
 PROTOCOL = ("documents joined with '\\n\\n', tokenized once without special tokens, non-overlapping "
             "windows of seq_len tokens (ragged tail dropped), T-1 scored predictions per window, "
@@ -111,6 +111,7 @@ def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_s
     if batch_size < 1:
         raise EvalError(f"batch_size must be at least 1, got {batch_size}")
     n, T = windows.shape
+    check_token_range(windows, cfg.vocab_size, "the windows")  # before jnp.asarray casts them to int32
     if max_memory is not None:
         batch_size = min(batch_size, fit_batch(cfg, T, max_memory, dtype))
     batch_size = max(1, min(batch_size, n))  # a batch larger than the windows would only score padding

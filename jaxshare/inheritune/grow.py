@@ -122,7 +122,8 @@ def _plan(tc, model) -> dict:
             raise InheritError(f"the last stage has {stages[-1]} layers; the reference has {ref.cfg.n_layers}")
     ref_loss = None
     if ref is not None:
-        windows = token_windows(token_ids(tc.eval_data, ref.tokenizer), tc.seq_len, tc.eval_windows)
+        windows = token_windows(token_ids(tc.eval_data, ref.tokenizer), tc.seq_len, tc.eval_windows,
+                                vocab_size=ref.cfg.vocab_size, what=f"eval data {tc.eval_data}")
         ref_loss = _held_out_loss(ref.params, ref.cfg, windows, tc.eval_batch_size)
     return {"stages": stages, "grow": tc.grow, "reference": ref_spec or None, "reference_loss": ref_loss,
             "done": []}, ref
