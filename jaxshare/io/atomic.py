@@ -7,8 +7,11 @@ renamed onto the destination. With `overwrite` the previous output is first rena
 put back). A killed process therefore leaves the destination either as it was or complete, plus at
 most a hidden sibling that the next write to the same destination sweeps (`sweep_stale`).
 
-`--overwrite` only ever replaces something recognisably ours (`is_our_output`) or an empty
-directory, and never the working directory, one of its ancestors, the home directory or `/`.
+`--overwrite` only ever replaces an empty directory or something recognisably ours that holds
+nothing else (`io.outputs`: every directory committed here carries a marker listing its files),
+never the working directory, one of its ancestors, the home directory or `/`, and never a path that
+contains a command's input or lies inside it. Single files (a .gguf) go the same way through
+`atomic_file`: a hidden sibling, renamed into place, swept when its writer died.
 
 Every I/O failure while writing (OSError, safetensors' SafetensorError, orbax/tensorstore
 errors) becomes one `OutputError` naming the destination and the cause; the temporary is removed.
@@ -23,12 +26,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-from jaxshare.errors import JaxshareError
+from typing import Callable, Iterator
 
-# Written into every Hugging Face export, so that --overwrite can tell our export from any
-# other directory holding a config.json (a downloaded model, say).
-EXPORT_MARKER = "jaxshare_export.json"
+from jaxshare.errors import JaxshareError
+from jaxshare.io.outputs import EXPORT_MARKER, OUTPUT_MARKER, foreign_entries, is_our_output, kind_of, marker
+
+__all__ = ["EXPORT_MARKER", "OUTPUT_MARKER", "OutputError", "OutputExistsError", "atomic_file", "atomic_output",
+           "check_destination", "check_file_destination", "check_plot_dir", "is_our_output", "sweep_stale"]
 STALE_AFTER_S = 24 * 3600  # a sibling older than this is stale even if its pid is alive (pid reuse)
 _TAGS = ("partial", "old", "trash")
 
@@ -41,17 +45,23 @@ class OutputExistsError(OutputError, FileExistsError):
     """The destination holds something and --overwrite was not given."""
 
 
-def is_our_output(path: Path) -> str | None:
-    """What kind of jaxshare output the directory is (native, hf-export, run, basis-pairs), or None."""
-    if (path / "jaxshare.json").is_file():
-        return "native checkpoint"
-    if (path / EXPORT_MARKER).is_file():
-        return "Hugging Face export"
-    if (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()):
-        return "training run"
-    if (path / "basis_pairs.json").is_file():
-        return "basis-pairs output"
-    return None
+def shown_path(path) -> str:
+    """A path as text that can always be printed (a name that is not UTF-8 shows its bytes)."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))
+    return text
+
+
+def check_utf8(path, what: str = "path") -> None:
+    """Refuse a path that is not UTF-8 text: safetensors, orbax and JSON manifests all need it."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(f"{what} {shown_path(path)} is not UTF-8 encodable (its name holds bytes that are not "
+                          "UTF-8 text): rename it or choose another path") from None
 
 
 def _protected(real: Path) -> str | None:
@@ -71,16 +81,51 @@ def _protected(real: Path) -> str | None:
     return None
 
 
-def check_destination(path, overwrite: bool) -> Path:
-    """Refuse a destination we must not write (cheap: call it before loading anything).
-
-    Returns the resolved destination (symlinks followed). Raises OutputError (OutputExistsError for a
-    non-empty destination without --overwrite)."""
-    shown = str(path)
-    real = Path(os.path.expanduser(str(path))).resolve()
+def _resolve(path, sources) -> tuple[str, Path]:
+    """(shown, resolved destination) after the checks common to folders and files."""
+    if "://" in os.fspath(path):
+        raise OutputError(f"{shown_path(path)}: outputs are written to local paths only; write locally, then copy "
+                          "it up (e.g. gsutil cp -r / aws s3 cp --recursive)")
+    check_utf8(path, "output path")
+    shown = os.fspath(path)
+    real = Path(os.path.expanduser(shown)).resolve()
     why = _protected(real)
     if why:
         raise OutputError(f"refusing to write to {shown}: {why}")
+    for src in sources:
+        if src is None or "://" in os.fspath(src):
+            continue
+        s = Path(os.path.expanduser(os.fspath(src)))
+        if not os.path.lexists(s):
+            continue  # a registered name or a corpus, not a path
+        s = s.resolve()
+        rel = ("is" if s == real else "contains" if s.is_relative_to(real) else
+               "is inside" if real.is_relative_to(s) else None)
+        if rel:
+            raise OutputError(f"refusing to write to {shown}: it {rel} the input {src}, which writing it would "
+                              "replace or change; choose an output outside the input")
+    return shown, real
+
+
+def _restored(real: Path) -> str:
+    """Sweep dead writers' siblings of `real`; a note when that put an interrupted output back."""
+    if not real.parent.is_dir():
+        return ""
+    swept = sweep_stale(real)
+    if any(".old-" in p.name for p in swept) and os.path.lexists(real):
+        return (" (it was put back from an earlier write that was interrupted while replacing it: "
+                f"{swept[0].name} was its copy)")
+    return ""
+
+
+def check_destination(path, overwrite: bool, sources=()) -> Path:
+    """Refuse a destination we must not write (cheap: call it before loading anything). `sources`:
+    the command's input paths; a destination that contains one or lies inside one is refused.
+
+    Returns the resolved destination (symlinks followed). Raises OutputError (OutputExistsError for a
+    non-empty destination without --overwrite)."""
+    shown, real = _resolve(path, sources)
+    again = _restored(real)
     if real.exists():
         if not real.is_dir():
             raise OutputError(f"{shown} exists and is not a directory")
@@ -90,11 +135,23 @@ def check_destination(path, overwrite: bool) -> Path:
             raise OutputError(f"cannot read {shown}: {e.strerror or e}") from None
         if not empty:
             if not overwrite:
-                raise OutputExistsError(f"{shown} exists and is not empty (pass --overwrite to replace it)")
-            if is_our_output(real) is None:
-                raise OutputError(f"{shown} is not a jaxshare output (no jaxshare.json, {EXPORT_MARKER}, run "
-                                  "config.yaml or basis_pairs.json); --overwrite only replaces jaxshare outputs: "
+                raise OutputExistsError(f"{shown} exists and is not empty{again} (pass --overwrite to replace it)")
+            kind = is_our_output(real)
+            if kind is None:
+                raise OutputError(f"{shown} is not a jaxshare output (it has no {OUTPUT_MARKER}, jaxshare.json, "
+                                  f"{EXPORT_MARKER} or jaxshare_run.json); --overwrite only replaces jaxshare outputs: "
                                   "move or delete it yourself")
+            foreign = foreign_entries(real)
+            if foreign:
+                more = f" and {len(foreign) - 8} more" if len(foreign) > 8 else ""
+                raise OutputError(f"{shown} is a jaxshare {kind} but also holds {', '.join(map(shown_path, foreign[:8]))}"
+                                  f"{more}, which jaxshare did not write there; --overwrite would delete them: "
+                                  "move them out first")
+    _check_parent(shown, real)
+    return real
+
+
+def _check_parent(shown: str, real: Path) -> None:
     parent = real.parent
     while not parent.exists():  # the first existing ancestor must be a writable directory
         parent = parent.parent
@@ -102,6 +159,39 @@ def check_destination(path, overwrite: bool) -> Path:
         raise OutputError(f"cannot write {shown}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {shown}: {parent} is not writable")
+
+
+def check_file_destination(path, overwrite: bool, ours: Callable[[Path], bool], what: str, sources=()) -> Path:
+    """check_destination for a single-file output: absent, or (with overwrite) a file `ours` accepts;
+    `what` names such a file in the message ("a GGUF file written by jaxshare")."""
+    shown, real = _resolve(path, sources)
+    again = _restored(real)
+    if os.path.lexists(real):
+        if not real.is_file():
+            raise OutputError(f"{shown} exists and is not a file")
+        if not overwrite:
+            raise OutputExistsError(f"{shown} exists{again} (pass --overwrite to replace it)")
+        if not ours(real):
+            raise OutputError(f"{shown} is not {what}; --overwrite only replaces those: move or delete it yourself")
+    _check_parent(shown, real)
+    return real
+
+
+def check_plot_dir(path) -> Path:
+    """Refuse a directory for plots that cannot be one (a file, under a file, not writable, not
+    UTF-8), before any model is loaded. An existing directory is fine: plots replace their own names."""
+    check_utf8(path, "plot directory")
+    shown = os.fspath(path)
+    real = Path(os.path.expanduser(shown)).resolve()
+    if real.exists() and not real.is_dir():
+        raise OutputError(f"plot directory {shown} exists and is not a directory: choose a directory")
+    parent = real
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write plots to {shown}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write plots to {shown}: {parent} is not writable")
     return real
 
 
@@ -121,8 +211,8 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_stale(dest: Path, now: float | None = None) -> list[Path]:
-    """Remove the `.partial-*`/`.old-*` siblings of `dest` left by dead writers (pid gone, or older
-    than a day); an `.old-*` whose destination is missing (killed mid-swap) is put back instead.
+    """Remove the `.partial-*`/`.old-*` siblings (folders or files) of `dest` left by dead writers (pid
+    gone, or older than a day); an `.old-*` whose destination is missing (killed mid-swap) is put back.
     Nothing but those exact sibling names is touched. Returns what was removed or restored."""
     now = time.time() if now is None else now
     pattern, done = _sibling_re(dest.name), []
@@ -132,7 +222,7 @@ def sweep_stale(dest: Path, now: float | None = None) -> list[Path]:
         return done
     for p in sorted(entries):
         m = pattern.fullmatch(p.name)
-        if not m or p.is_symlink() or not p.is_dir():
+        if not m or p.is_symlink() or not (p.is_dir() or p.is_file()):
             continue
         tag, pid = m.group(1), m.group(2)
         try:
@@ -144,8 +234,10 @@ def sweep_stale(dest: Path, now: float | None = None) -> list[Path]:
         try:
             if tag == "old" and not os.path.lexists(dest):
                 os.rename(p, dest)  # the writer died between moving the old output aside and swapping in
-            else:
+            elif p.is_dir():
                 shutil.rmtree(p)
+            else:  # a single-file output's temporary (a .gguf)
+                p.unlink()
         except OSError:
             continue  # not ours to fight over; a later write tries again
         done.append(p)
@@ -241,15 +333,17 @@ def _swap(tmp: Path, dest: Path) -> None:
 
 @contextmanager
 def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
-    """Context: yields an empty temporary directory; on success it becomes `path` (see module doc)."""
-    shown, tmp = str(path), None
+    """Context: yields an empty temporary directory; on success it becomes `path` (see module doc),
+    with OUTPUT_MARKER listing what the block wrote. On any exit but success, KeyboardInterrupt
+    included, the temporary is removed."""
+    shown, tmp = shown_path(path), None
     try:
-        real = check_destination(path, overwrite)
-        if real.parent.is_dir() and sweep_stale(real):
-            check_destination(path, overwrite)  # a put-back `.old-*` is an existing output again
+        real = check_destination(path, overwrite)  # sweeps dead writers' siblings first
         real.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.partial-{os.getpid()}-"))
         yield tmp
+        names = os.listdir(tmp)
+        (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
         apply_umask(tmp)
         check_destination(path, overwrite)  # again: the destination may have changed meanwhile
         _swap(tmp, real)
@@ -262,3 +356,28 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path, overwrite: bool, ours: Callable[[Path], bool], what: str) -> Iterator[Path]:
+    """Context for a single-file output: yields the path of a hidden sibling to write; on success it
+    is renamed onto `path`. On any other exit (KeyboardInterrupt included) it is removed; a kill
+    leaves it for `sweep_stale`, which the next write to `path` runs."""
+    shown, tmp = shown_path(path), None
+    try:
+        real = check_file_destination(path, overwrite, ours, what)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _aside(real, "partial")
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        check_file_destination(path, overwrite, ours, what)  # the destination may have changed meanwhile
+        os.replace(tmp, real)
+    except OutputError:
+        raise
+    except Exception as e:
+        if is_io_error(e):
+            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
+        raise
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)

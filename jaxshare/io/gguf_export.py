@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
-from jaxshare.io.atomic import OutputError, describe
+from jaxshare.io.atomic import OutputError, atomic_file, check_file_destination, shown_path
 
 TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32")
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # our family -> GGUF architecture
@@ -68,25 +67,15 @@ def check_model(cfg: ModelConfig) -> str:
     return ARCHITECTURES[cfg.family]
 
 
-def check_destination(path, overwrite: bool) -> Path:
-    """A .gguf destination: absent, or (with overwrite) a GGUF file this exporter wrote."""
-    real = Path(os.path.expanduser(str(path))).resolve()
-    if real.suffix != ".gguf":
-        raise OutputError(f"{path}: a GGUF output must end in .gguf")
-    if real.exists() or real.is_symlink():
-        if not real.is_file():
-            raise OutputError(f"{path} exists and is not a file")
-        if not overwrite:
-            raise OutputError(f"{path} exists (pass --overwrite to replace it)")
-        if not _ours(real):
-            raise OutputError(f"{path} is not a GGUF file written by jaxshare; --overwrite only replaces those: "
-                              "move or delete it yourself")
-    parent = real.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: {parent} is not a writable directory")
-    return real
+OURS = "a GGUF file written by jaxshare"
+
+
+def check_destination(path, overwrite: bool, sources=()) -> Path:
+    """A .gguf destination: absent, or (with overwrite) a GGUF file this exporter wrote; never one of
+    `sources` or inside one. Sweeps the temporaries of killed exports to the same path."""
+    if not os.fspath(path).endswith(".gguf"):
+        raise OutputError(f"{shown_path(path)}: a GGUF output must end in .gguf")
+    return check_file_destination(path, overwrite, _ours, OURS, sources)
 
 
 def _ours(path: Path) -> bool:
@@ -258,14 +247,12 @@ def export_gguf(params, cfg: ModelConfig, out, tokenizer=None, gguf_type: str = 
     """Write `out` (.gguf) atomically: a hidden sibling, renamed into place when complete."""
     import gguf
 
-    from jaxshare.core.compressed import kinds_in
+    from jaxshare.io.kinds import codecs_in
 
     check_type(gguf_type)
     arch = check_model(cfg)
-    real = check_destination(out, overwrite)
-    real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = real.parent / f".{real.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
+    check_destination(out, overwrite)
+    with atomic_file(out, overwrite, _ours, OURS) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(name)
         w.add_file_type(_file_type(gguf_type))
@@ -284,7 +271,7 @@ def export_gguf(params, cfg: ModelConfig, out, tokenizer=None, gguf_type: str = 
             if cfg.head_dim != cfg.d_model // cfg.n_heads:
                 w.add_key_length(cfg.head_dim)
                 w.add_value_length(cfg.head_dim)
-        kinds = [k.key for k in kinds_in(params)]
+        kinds = [c.key for c in codecs_in(params)]
         w.add_uint32(MARKER, 1)
         if kinds:
             w.add_string("jaxshare.compression", ",".join(kinds))
@@ -297,15 +284,19 @@ def export_gguf(params, cfg: ModelConfig, out, tokenizer=None, gguf_type: str = 
         elif tokenizer is not None:
             _tokenizer_from_hf(w, tokenizer, cfg.vocab_size)
         for tname, arr, raw in tensors(params, cfg, gguf_type):
-            w.add_tensor(tname, arr, raw_dtype=raw)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, real)
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {describe(e)}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return real
+            w.add_tensor(tname, arr.view(_FileWrite), raw_dtype=raw)
+        try:
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()  # also on failure: the temporary can only be removed once closed
+    return Path(os.path.expanduser(os.fspath(out))).resolve()
+
+
+class _FileWrite(np.ndarray):
+    """An array that GGUFWriter writes through the file object: numpy's own tofile loses errno on
+    a short write ("940032 requested and 514272 written"), the file object raises ENOSPC."""
+
+    def tofile(self, fid, *args, **kw):
+        fid.write(np.ascontiguousarray(self).view(np.ndarray).data)

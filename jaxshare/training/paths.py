@@ -22,6 +22,8 @@ from etils.epath import backend as _backend
 from etils.epath import gpath as _gpath
 from etils.epath import register as _register
 
+from jaxshare.errors import InputError, MissingDependency
+
 COMMIT_MARKER = ".jaxshare_complete"
 _EPATH_SCHEMES = ("gs", "s3", "az", "hf")
 _ORBAX_SCHEMES = ("gs",)
@@ -62,17 +64,41 @@ def scheme(path) -> str | None:
     return s.split("://", 1)[0] if "://" in s else None
 
 
+# The package each URL scheme needs (fsspec finds the filesystem class in it); all come with the
+# `remote` extra (gcsfs and s3fs bring aiohttp, which http(s):// needs).
+PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs",
+            "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp", "hf": "huggingface_hub"}
+_READY: set[str] = set()
+
+
+def _need_filesystem(path: str, s: str) -> None:
+    """Refuse a URL whose filesystem package is missing, naming the package and the extra (epath
+    and fsspec would fail at the first read with an ImportError traceback)."""
+    if s in _READY:
+        return
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(s)
+    except ImportError:
+        pkg = PACKAGES.get(s, "fsspec")
+        raise MissingDependency(f"{path}: {s}:// paths need the {pkg} package: pip install 'jaxshare[remote]' "
+                                f"(or pip install {pkg})") from None
+    except ValueError:
+        raise InputError(f"{path}: no filesystem is known for {s}:// (use a local path, or gs://, s3://, az://, "
+                         "https://, memory:// or another fsspec protocol)") from None
+    _READY.add(s)
+
+
 def as_path(path) -> epath.Path:
     """An epath for a local path or any URL an fsspec filesystem serves."""
     if isinstance(path, str) and "://" in path:
         s = scheme(path)
         if s == "file":
             return epath.Path(path.split("://", 1)[1])
+        _need_filesystem(path, s)
         if s not in _EPATH_SCHEMES:
-            try:
-                _register_scheme(s)
-            except (ValueError, ImportError) as e:
-                raise ValueError(f"{path}: no filesystem for {s}:// ({e})") from None
+            _register_scheme(s)
     return epath.Path(path)
 
 
@@ -180,6 +206,25 @@ def _listing(p) -> list:
     return out
 
 
+def _exists(src, spec: str, what: str) -> bool:
+    """Whether a remote path exists; a filesystem that cannot be reached is said so, not "missing"."""
+    try:
+        found = src.exists()
+    except OSError as e:
+        raise InputError(f"{what} {spec}: cannot be reached ({e.strerror or e}); check the network and the "
+                         "credentials, or copy it to a local path") from None
+    if not found and scheme(spec) in ("http", "https"):
+        # fsspec's HTTP exists() answers False for an unreachable host as for a missing page
+        try:
+            src.stat()
+        except FileNotFoundError:
+            return False
+        except Exception as e:  # aiohttp's connection errors are no OSError subclass
+            raise InputError(f"{what} {spec}: cannot be reached ({type(e).__name__}: {str(e)[:200]}); no network? "
+                             "Download it and pass the local path") from None
+    return found
+
+
 def localize(spec: str, what: str = "model") -> str:
     """A local path for a model or data argument. Local paths, registered names and corpus names
     come back unchanged; a URL (gs://, s3://, any fsspec filesystem) is copied into jaxshare's cache
@@ -195,8 +240,8 @@ def localize(spec: str, what: str = "model") -> str:
     from jaxshare.io.fetch import cache_dir, cache_lock
 
     src = as_path(spec)
-    if not src.exists():
-        raise FileNotFoundError(f"{what} {spec}: no such file or directory")
+    if not _exists(src, spec, what):
+        raise InputError(f"{what} {spec}: no such file or directory")
     listing = _listing(src)
     key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
     root = cache_dir() / "remote"
