@@ -1,7 +1,7 @@
 """The budgeted plan against each method alone at equal whole-model parameters (issue 13, part 3).
 
 SmolLM2-135M at -10% and -20% of the whole model's parameters:
-  plan        `jaxshare compress --target-params` (methods share,basis): per-type sensitivity on
+  plan        `jaxshare compress --ratio` (methods share,basis): per-type sensitivity on
               calibration windows, greedy allocation, held-out check on wiki:validation
   share       DirectShare alone (qk, keep=mean), the unit count that meets the target; head sharing
               only reaches q/k/v (about 12% of the model), so at -20% it reports what it reaches

@@ -113,7 +113,8 @@ def test_basis_help_shows_calibration_defaults_and_how_to_scale_up(capsys):
     text = " ".join(capsys.readouterr().out.split()).replace("seq- len", "seq-len")  # undo the line wrap
     assert "--calib-windows 256 --calib-seq-len 2048" in text
     sp = dict(leaves(build_parser()))[("basis",)]
-    shown = {a.dest: sp._get_formatter()._expand_help(a) for a in sp._actions if a.help}
+    shown = {a.dest: sp._get_formatter()._expand_help(a) for a in sp._actions
+             if a.help and a.help != argparse.SUPPRESS}  # not the hidden --batch alias
     for dest, default in (("calib_windows", 32), ("calib_seq_len", 512), ("batch_size", 4)):
         assert shown[dest].endswith(f"(default: {default})") and len(shown[dest]) > 30, dest
 
@@ -177,9 +178,9 @@ def test_ratio_has_a_shown_default_in_both_compressing_commands():
 
 def test_batch_size_is_the_one_spelling_and_batch_is_a_hidden_alias(capsys):
     p = build_parser()
-    assert p.parse_args(["attention-similarity", "m", "--batch-size", "3"]).batch_size == 3
-    assert p.parse_args(["attention-similarity", "m"]).batch_size == 4
-    assert p.parse_args(["attention-similarity", "m", "--batch", "5"]).batch_size == 5
+    assert p.parse_args(["eval", "ppl", "m", "--data", "x", "--batch-size", "3"]).batch_size == 3
+    assert p.parse_args(["eval", "ppl", "m", "--data", "x"]).batch_size == 8
+    assert p.parse_args(["eval", "ppl", "m", "--data", "x", "--batch", "5"]).batch_size == 5
     assert "--batch is deprecated, use --batch-size" in capsys.readouterr().err
     for words, sp in leaves(p):
         flags = {s for a in sp._actions for s in a.option_strings if a.help != argparse.SUPPRESS}
@@ -190,7 +191,9 @@ def test_dtype_means_storage_and_compute_dtype_has_its_own_name(capsys):
     p = build_parser()
     for cmd in (["eval", "ppl", "m", "--data", "x"], ["generate", "m", "--prompt", "hi"]):
         assert p.parse_args([*cmd, "--compute-dtype", "bf16"]).compute_dtype == "bf16"
-        assert p.parse_args([*cmd, "--dtype", "bf16"]).compute_dtype == "bf16"  # README commands keep working
+        with pytest.raises(SystemExit):  # one meaning per name: refused here, naming the flag to use
+            p.parse_args([*cmd, "--dtype", "bf16"])
+        assert "use --compute-dtype for the forward pass" in capsys.readouterr().err
         assert p.parse_args(cmd).compute_dtype == "fp32"
     for cmd in (["convert", "m", "o"], ["export", "m", "o"]):
         assert p.parse_args([*cmd, "--dtype", "bf16"]).dtype == "bf16"
@@ -271,7 +274,7 @@ def test_every_numeric_flag_is_validated_while_parsing():
 
 
 @pytest.mark.parametrize("argv", [["share", "m", ""], ["basis", "m", ""], ["basis-pairs", "m", ""], ["convert", "m", ""],
-                                  ["export", "m", ""], ["share", "m", "o", "--plot", ""], ["plot-run", ""]])
+                                  ["export", "m", ""], ["share", "m", "o", "--plot-dir", ""], ["plot-run", ""]])
 def test_an_empty_output_path_is_refused_while_parsing(argv, capsys, monkeypatch):
     # "" is the working directory to pathlib: the fuzz test found `share m ""` writing there
     monkeypatch.setattr("jaxshare.io.load.load_model", _must_not_load)
@@ -284,6 +287,6 @@ def test_share_writes_its_plots_only_after_the_checkpoint(tiny, tmp_path, capsys
         raise FileExistsError("the write failed")  # any failure of the checkpoint write
 
     monkeypatch.setattr("jaxshare.io.native.save_native", full_disk)
-    code, _, err = run(capsys, "share", tiny[0], tmp_path / "out", "--plot", tmp_path / "plots")
+    code, _, err = run(capsys, "share", tiny[0], tmp_path / "out", "--plot-dir", tmp_path / "plots")
     assert code == 2 and "the write failed" in err
     assert not (tmp_path / "plots").exists() and not (tmp_path / "out").exists()

@@ -206,13 +206,13 @@ def test_light_commands_never_traceback_or_leave_partial_output(world, data):
         command(["eval", "ppl"], [model(w), st.just("--data"), corpus(w)],
                 {"--seq-len": values(INTS, ["16"]), "--max-windows": values(INTS, ["2"]),
                  "--batch-size": values(INTS, ["2"]), "--compute-dtype": one(["fp32", "bf16", "fp16"]),
-                 "--dtype": one(["fp32", "x"]), "--json": None}),
+                 "--param-dtype": one(["fp32", "bf16", "x"]), "--json": None}),
         command(["generate"], [model(w)],
                 {"--prompt": one(TEXTS), "--max-new-tokens": values(INTS, ["3"]),
                  "--temperature": values(FLOATS, ["0"]), "--top-p": values(FLOATS, ["1"]), "--seed": values(INTS, ["0"]), "--chat": None, "--json": None}),
         command(["share"], [model(w), out],
                 {"--ratio": values(FLOATS, ["0", "0.2"]), "--match": one(["qk", "q", "separate", "qkvo", ""]),
-                 "--keep": one(["root", "mean", "x"]), "--share-o": None, "--plot": plot, "--json": None}),
+                 "--keep": one(["root", "mean", "x"]), "--share-o": None, "--plot-dir": plot, "--json": None}),
         command(["basis"], [model(w), out],
                 {"--ratio": values(FLOATS, ["0.5"]), "--group-size": values(INTS, ["1", "2"]),
                  "--method": one(["svd", "basis", "x"]), "--shared": one(["q", "q,up", "", "qq", "q,,k"]),
@@ -223,12 +223,12 @@ def test_light_commands_never_traceback_or_leave_partial_output(world, data):
                                                "--json": None}),
         command(["export"], [model(w), out], {"--dtype": one(["fp32", "bf16"]),
                                               "--max-shard-mb": values(FLOATS, ["0.01", "2048"]), "--json": None}),
-        command(["similarity"], [model(w)], {"--match": one(["qk", "v", "x"]), "--plot": plot, "--json": None}),
+        command(["similarity"], [model(w)], {"--match": one(["qk", "v", "x"]), "--plot-dir": plot, "--json": None}),
         command(["attention-similarity"], [model(w)],
-                {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]), "--plot": plot,
-                 "--batch-size": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
+                {"--data": corpus(w), "--seq-len": values(["1", "-2", "9999"], ["16"]), "--plot-dir": plot,
+                 "--max-windows": values(INTS, ["2"]), "--batch": values(INTS, ["2"]), "--json": None}),
         command(["fetch"], [one(["model", "data", "x", ""]), one(["", "nope", "-", "wiki:nope"])], {}),
-        command(["plot-run"], [one([str(w["run"]), "", "WORK/nope"])], {"--out": plot, "--json": None}),
+        command(["plot-run"], [one([str(w["run"]), "", "WORK/nope"])], {"--plot-dir": plot, "--json": None}),
     ]
     check(w, data.draw(st.one_of(cmds)))
 
@@ -256,13 +256,13 @@ def test_long_commands_validate_everything_before_their_work(world, data):
 @pytest.mark.parametrize("argv", [
     ["eval", "ppl", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--max-windows", "2", "--batch-size", "2"],
     ["generate", "NATIVE", "--prompt", "w1 w2", "--max-new-tokens", "3"],
-    ["share", "NATIVE", "WORK/out", "--ratio", "0.5", "--plot", "WORK/plots"],
+    ["share", "NATIVE", "WORK/out", "--ratio", "0.5", "--plot-dir", "WORK/plots"],
     ["basis", "HF", "WORK/out", "--calib", "TEXT", "--calib-windows", "2", "--calib-seq-len", "16", "--ratio", "0.5"],
     ["convert", "HF", "WORK/out", "--dtype", "bf16"],
     ["export", "NATIVE", "WORK/out", "--max-shard-mb", "0.01"],
-    ["similarity", "NATIVE", "--plot", "WORK/plots"],
-    ["attention-similarity", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--batch", "2"],
-    ["plot-run", "RUN", "--out", "WORK/plots"],
+    ["similarity", "NATIVE", "--plot-dir", "WORK/plots"],
+    ["attention-similarity", "NATIVE", "--data", "TEXT", "--seq-len", "16", "--max-windows", "2"],
+    ["plot-run", "RUN", "--plot-dir", "WORK/plots"],
 ], ids=lambda a: a[0])
 def test_valid_runs_exit_0_with_complete_outputs(world, argv):
     """The property's other half, for certain: a valid command succeeds and what it wrote is whole."""

@@ -63,7 +63,7 @@ def test_basis_before_share_keeps_the_factors(tiny, tokens):
 
 
 def test_data_aware_share_step_with_corrections_composes(tiny, tokens):
-    from jaxshare.core.corrected import CorrectedBank
+    from jaxshare.headshare.corrected import CorrectedBank
 
     _, cfg, params, grams = tiny
     plan = parse_plan({"steps": [{"inherit": {"layers": 3}}, {"share": {"ratio": 0.34, "keep": "data", "correct": "qkv"}},
@@ -217,16 +217,17 @@ def test_a_bad_plan_is_one_line_exit_2_and_nothing_written(case, cli, tmp_path, 
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--target-params", "1"], "argument --target-params: must be a fraction"),
-    (["--target-params", "0"], "argument --target-params: must be a fraction"),
-    (["--target-params", "1.5"], "argument --target-params: must be a fraction"),
-    (["--target-params", "-0.2"], "argument --target-params: must be a fraction"),
-    (["--target-params", "nan"], "argument --target-params: must be a fraction"),
-    (["--target-params", "0.8", "--methods", "share,prune"], "unknown method 'prune'"),
-    (["--target-params", "0.5", "--methods", "share"], "cannot remove that many parameters"),
+    (["--ratio", "1"], "argument --ratio: must be the fraction of the model's parameters to remove"),
+    (["--ratio", "0"], "argument --ratio: must be the fraction"),
+    (["--ratio", "1.5"], "argument --ratio: must be the fraction"),
+    (["--ratio", "-0.2"], "argument --ratio: must be the fraction"),
+    (["--ratio", "nan"], "argument --ratio: must be the fraction"),
+    (["--target-params", "1"], "argument --target-params: must be a fraction"),  # the old spelling, still checked
+    (["--ratio", "0.2", "--methods", "share,prune"], "unknown method 'prune'"),
+    (["--ratio", "0.5", "--methods", "share"], "cannot remove that many parameters"),
     (["--plan", "WORK/missing.yaml"], "cannot read plan"),
-    (["--target-params", "0.9", "--heldout", "WORK/missing.txt"], "missing.txt"),
-    ([], "one of the arguments --plan --target-params is required"),
+    (["--ratio", "0.1", "--heldout", "WORK/missing.txt"], "missing.txt"),
+    ([], "one of the arguments --plan --ratio is required"),
 ])
 def test_a_bad_target_is_one_line_exit_2_and_nothing_written(argv, msg, cli, tmp_path, capsys):
     out = tmp_path / "out"
@@ -246,7 +247,7 @@ def test_cli_target_then_reuse_the_written_plan(cli, tmp_path, capsys, tokens):
 
     src, text = cli
     common = ["--calib", text, "--calib-windows", "4", "--calib-seq-len", "32"]
-    code, out, err = _run(capsys, "compress", src, tmp_path / "a", "--target-params", "0.95", "--methods",
+    code, out, err = _run(capsys, "compress", src, tmp_path / "a", "--ratio", "0.05", "--methods",
                           "share", *common, "--heldout", text, "--heldout-windows", "2", "--sens-windows", "2",
                           "--plan-out", tmp_path / "plan.yaml", "--json")
     assert code == 0, err

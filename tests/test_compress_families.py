@@ -1,7 +1,7 @@
 """Issue 13's commands on a tiny random model of every supported family, through the command line.
 
 For each family: `share --keep data --correct qkv`, `compress --plan` (share, basis, inherit),
-`compress --target-params 0.9 --methods share,basis`; each result is exported to HF, re-imported
+`compress --ratio 0.1 --methods share,basis`; each result is exported to HF, re-imported
 by jaxshare with the compressed model's logits (<= 1e-5) and read by transformers as a dense model
 with the same logits (<= 1e-4). The configs are chosen to stress what differs between families:
 GQA and MQA unit formation, q/k/v and MLP biases, GPT-2's fused biased attention and LayerNorm
@@ -118,7 +118,7 @@ def _export_and_check(capsys, native, tmp_path):
 
 
 def test_share_data_qkv(model, tmp_path, capsys):
-    from jaxshare.core.corrected import CorrectedBank
+    from jaxshare.headshare.corrected import CorrectedBank
 
     _, src, text = model
     rep = json.loads(_run(capsys, "share", src, tmp_path / "out", "--ratio", "0.3", "--keep", "data",
@@ -148,7 +148,7 @@ def test_compress_plan_share_basis_inherit(model, tmp_path, capsys):
                                   for f in sorted(FAMILIES)], indirect=True)
 def test_compress_target_share_basis(model, tmp_path, capsys):
     _, src, text = model
-    rep = json.loads(_run(capsys, "compress", src, tmp_path / "out", "--target-params", "0.9", "--methods",
+    rep = json.loads(_run(capsys, "compress", src, tmp_path / "out", "--ratio", "0.1", "--methods",
                           "share,basis", "--calib", text, *CALIB, "--heldout", text, "--heldout-windows", "1",
                           "--sens-windows", "1", "--json"))
     b = rep["budget"]

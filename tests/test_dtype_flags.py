@@ -60,7 +60,7 @@ def test_analyses_of_bf16_weights_agree_with_fp32(tiny, capsys):
     for dt in ("fp32", "bf16"):
         assert main(["similarity", tiny[0], "--match", "qk", "--param-dtype", dt, "--json"]) == 0
         sim = json.loads(capsys.readouterr().out)["functions"]["qk"]
-        assert main(["degeneration", tiny[0], "--data", tiny[1], "--batch-size", "2", "--seq-len", "32",
+        assert main(["degeneration", tiny[0], "--data", tiny[1], "--max-windows", "2", "--seq-len", "32",
                      "--param-dtype", dt, "--json"]) == 0
         res[dt] = sim, json.loads(capsys.readouterr().out)
     (s32, d32), (s16, d16) = res["fp32"], res["bf16"]

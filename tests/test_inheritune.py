@@ -263,8 +263,8 @@ def test_shipped_inheritune_config_validates():
     (["inherit", "{model}", "{out}", "--layers", "0"], "argument --layers: must be an integer at least 1, got 0"),
     (["inherit", "{model}", "{out}", "--layers", "5"], "--layers must be an integer in 1..4"),
     (["inherit", "{model}", "{out}", "--auto", "--tau", "0"], "argument --tau: must be in (0, 1], got 0"),
-    (["degeneration", "{model}", "--tau", "1.5", "--plot", "{out}"], "argument --tau: must be in (0, 1], got 1.5"),
-    (["degeneration", "{model}", "--tau", "nan", "--plot", "{out}"], "argument --tau: expected a finite number"),
+    (["degeneration", "{model}", "--tau", "1.5", "--plot-dir", "{out}"], "argument --tau: must be in (0, 1], got 1.5"),
+    (["degeneration", "{model}", "--tau", "nan", "--plot-dir", "{out}"], "argument --tau: expected a finite number"),
     (["train", "inheritune", "--set", "model={model}", "--set", "stages=3,2", "--set", "run_dir={out}"],
      "stages must grow"),
     (["train", "inheritune", "--set", "model={model}", "--set", "stages=2,x", "--set", "run_dir={out}"],
@@ -301,8 +301,8 @@ def test_inherit_cli_writes_a_model_that_loads(files, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_degeneration_and_inherit_on_smollm2(tmp_path, capsys):
-    assert cli_main(["degeneration", "smollm2-135m", "--data", "wiki:validation", "--batch-size", "2", "--seq-len", "128",
-                     "--plot", str(tmp_path / "plots"), "--json"]) == 0
+    assert cli_main(["degeneration", "smollm2-135m", "--data", "wiki:validation", "--max-windows", "2", "--seq-len", "128",
+                     "--plot-dir", str(tmp_path / "plots"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert np.asarray(res["rank"]).shape == (30, 9) and len(res["plots"]) == 5
     assert json.loads((tmp_path / "plots" / "degeneration.json").read_text())["rank"] == res["rank"]

@@ -179,7 +179,7 @@ def test_errors_name_the_subcommand(tmp_path, capsys):
 def test_any_oserror_is_one_line(models, tmp_path, capsys):
     _, native = models
     (tmp_path / "file").write_text("mine")  # plots go under a file: NotADirectoryError from mkdir
-    code, _, err = run(capsys, "similarity", native, "--plot", tmp_path / "file" / "plots")
+    code, _, err = run(capsys, "similarity", native, "--plot-dir", tmp_path / "file" / "plots")
     assert code == 2 and err.startswith("jaxshare similarity: error: ") and "Not a directory" in err
     assert len(err.strip().splitlines()) == 1
 

@@ -253,7 +253,7 @@ def test_share_unknown_match_function_is_refused(tmp_path, capsys):
 
 def test_similarity_cli_writes_json_and_plots(tmp_path, capsys):
     random_hf_model("llama", num_hidden_layers=4).save_pretrained(tmp_path / "m")
-    assert cli_main(["similarity", str(tmp_path / "m"), "--match", "separate", "--plot", str(tmp_path / "p"),
+    assert cli_main(["similarity", str(tmp_path / "m"), "--match", "separate", "--plot-dir", str(tmp_path / "p"),
                      "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["functions"]) == {"q", "k", "v"}

@@ -56,8 +56,8 @@ def test_eval_generate_and_export_of_shared_model(shared_dir, tmp_path, capsys):
 
 
 def test_attention_similarity_on_real_text(tmp_path, capsys):
-    assert cli_main(["attention-similarity", "smollm2-135m", "--data", "canterbury", "--seq-len", "128", "--batch-size", "2",
-                     "--plot", str(tmp_path), "--json"]) == 0
+    assert cli_main(["attention-similarity", "smollm2-135m", "--data", "canterbury", "--seq-len", "128", "--max-windows", "2",
+                     "--plot-dir", str(tmp_path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     sim = np.asarray(res["layer_similarity"])
     assert sim.shape == (30, 30) and np.allclose(np.diag(sim), 1.0, atol=1e-5)

@@ -6,8 +6,8 @@ import json
 import sys
 
 from jaxshare.basis.factor import METHODS, TYPES, BasisError
-from jaxshare.cli.common import (BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, memory_size,
-                                 nonempty)
+from jaxshare.cli.common import (BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir,
+                                 memory_size, nonempty, refuse_dtype_arg)
 
 # Sized for a CPU: 16k tokens, 430 s and 2.0 GiB for SmolLM2-135M on 2 busy cores (256 x 2048 ran about
 # an hour and 4.4 GB there); the paper's 256 x 2048 is for accelerators.
@@ -85,10 +85,16 @@ def cmd_basis(args) -> None:
     from jaxshare.io.load import load_model
 
     # Everything checkable is checked before loading or computing anything (numbers: while parsing).
+    if args.method == "svd":
+        from jaxshare.cli.common import refuse_given
+
+        refuse_given(args, ("calib", "calib_windows", "calib_seq_len", "batch_size", "seed", "max_memory"),
+                     "is unused: --method svd calibrates nothing, so it would be ignored: drop it, or use "
+                     "--method basis or svd-llm")
     shared, private = args.shared, args.private
     if shared and private and set(shared) & set(private):
         raise BasisError(f"types both shared and private: {', '.join(sorted(set(shared) & set(private)))}")
-    check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")
     validate(m.cfg, args.ratio, args.group_size, args.method, shared, private)
     grams, info = None, None
@@ -123,7 +129,7 @@ def cmd_basis_pairs(args) -> None:
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.io.load import load_model
 
-    check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")
     announce(m, args)
     grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
@@ -143,7 +149,7 @@ def _calib_args(p) -> None:
                    help="calibration windows (sequences) drawn from the corpus; the default suits a CPU, "
                         + SCALE_UP)
     p.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
-    p.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
+    batch_size_arg(p, 4, "calibration windows per forward pass (speed and memory only)")
     p.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
 
 
@@ -152,7 +158,8 @@ def register(sub, add, group) -> None:
     b.add_argument("model", help=MODEL_HELP)
     b.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     b.add_argument("--ratio", type=BASIS_RATIO, default=0.2,
-                   help="compression ratio of the linear weights, in (0, 1); 0.2 is the paper's headline setting")
+                   help="fraction of the linear weights' parameters removed, in (0, 1); 0.2 is the paper's "
+                        "headline setting")
     b.add_argument("--group-size", type=COUNT, default=2, help="layers per shared basis (n)")
     b.add_argument("--method", choices=METHODS, default="basis",
                    help="basis: Basis Sharing; svd-llm: whitened SVD per layer (n = 1); svd: plain truncated SVD")
@@ -173,9 +180,11 @@ def register(sub, add, group) -> None:
     bp = add("basis-pairs", cmd_basis_pairs, "Frobenius loss of sharing a basis between any two layers (heatmap + JSON)")
     bp.add_argument("model", help=MODEL_HELP)
     bp.add_argument("out", type=nonempty, help="output directory for basis_pairs.json and basis_pairs.png")
-    bp.add_argument("--ratio", type=BASIS_RATIO, default=0.2, help="compression ratio that sets the rank, in (0, 1)")
+    bp.add_argument("--ratio", type=BASIS_RATIO, default=0.2,
+                    help="fraction of each linear weight's parameters removed, which sets the rank, in (0, 1)")
     bp.add_argument("--types", type=type_list, default=None, help="comma list of types (default: all)")
     _calib_args(bp)
+    refuse_dtype_arg(bp)
     bp.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
 
 

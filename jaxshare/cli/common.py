@@ -116,21 +116,105 @@ def param_dtype_arg(p) -> None:
 
 
 class DeprecatedAlias(argparse.Action):
-    """A hidden old spelling of an option: stores into the new option's dest and says so on stderr."""
+    """A hidden old spelling of an option: stores into the new option's dest and says so on stderr
+    (every time it is used: a script that still says it should hear about it)."""
 
-    def __init__(self, option_strings, dest, new: str = "", **kw):
+    def __init__(self, option_strings, dest, new: str = "", why: str = "", **kw):
         kw.setdefault("default", argparse.SUPPRESS)
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
-        self.new = new
+        self.new, self.why = new, why
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        why = f" ({self.why})" if self.why else ""
+        print(f"{parser.prog}: note: {option_string} is deprecated{why}, use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
+
+
+class RefusedDtype(argparse.Action):
+    """`--dtype` on a command that writes no model: refused with the flag to use instead. It used
+    to be the compute dtype on some of these and the storage dtype elsewhere; a silent alias would
+    keep two meanings under one name."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        have = [f"{flag} for {what}" for flag, what in (("--compute-dtype", "the forward pass"),
+                                                         ("--param-dtype", "the dtype the weights are held in"))
+                if flag in parser._option_string_actions]
+        instead = f"use {' or '.join(have)}" if have else "leave it out: this command runs in fp32"
+        parser.error(f"argument --dtype: is the storage dtype of commands that write a model; "
+                     f"this one writes none, {instead}")
+
+
+def refuse_dtype_arg(p) -> None:
+    p.add_argument("--dtype", action=RefusedDtype)
+
+
+BATCH_SIZE_HELP = "windows per forward pass (speed and memory only; results do not depend on it)"
+
+
+def batch_size_arg(p, default: int, help: str = BATCH_SIZE_HELP) -> None:
+    """--batch-size, a speed setting on every command that has it; --batch is its old spelling."""
+    p.add_argument("--batch-size", type=COUNT, default=default, help=help)
+    p.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
+
+
+def sample_windows_arg(p, default: int, help: str) -> None:
+    """--max-windows on an analysis: how many windows of --data it reads, which changes its result.
+    --batch-size / --batch were its spelling here, and mean a speed setting everywhere else."""
+    p.add_argument("--max-windows", type=COUNT, default=default, help=help)
+    for old in ("--batch-size", "--batch"):
+        p.add_argument(old, action=DeprecatedAlias, dest="max_windows", new="--max-windows", type=COUNT,
+                       why="here it was the number of windows analysed")
+
+
+def plot_dir(text: str) -> str:
+    """A directory for plots: refused while parsing, before any model loads, when it is a file, lies
+    under a file or cannot be written (an existing directory is fine: plots replace their own names)."""
+    from jaxshare.io.atomic import OutputError, check_plot_dir
+
+    nonempty(text)
+    try:
+        check_plot_dir(text)
+    except OutputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def plot_dir_arg(p, help: str, old: tuple[str, ...] = ("--plot",), **kw) -> None:
+    """--plot-dir DIR, the one spelling of "where PNGs go"; old spellings stay as noted aliases."""
+    p.add_argument("--plot-dir", metavar="DIR", type=plot_dir, help=help, **kw)
+    for o in old:
+        p.add_argument(o, action=DeprecatedAlias, dest="plot_dir", new="--plot-dir", type=plot_dir, metavar="DIR")
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose "unrecognized arguments" error names the subcommand that was parsed
-    (argparse itself reports them from the top-level parser: "jaxshare: error: ...")."""
+    (argparse itself reports them from the top-level parser: "jaxshare: error: ..."), and that takes
+    no abbreviations: with them `--ov` meant `--overwrite` and `--batch` slipped past its deprecation
+    note as a prefix of `--batch-size`. Subparsers are made with this class, so they inherit it
+    (argparse does not pass allow_abbrev from a parser to its subparsers)."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        # {dest: option string} of the options on the command line, as opposed to defaulted: a command
+        # refuses by name a flag its chosen method would ignore (`refuse_given`). Subparsers run first
+        # and their namespace is copied into ours, so merge rather than replace.
+        given = dict(getattr(ns, "_given", None) or {})
+        for s in sys.argv[1:] if args is None else args:
+            if s == "--":
+                break
+            action = self._option_string_actions.get(s.split("=", 1)[0]) if s.startswith("-") else None
+            if action is not None and action.dest not in (argparse.SUPPRESS, "help"):
+                given.setdefault(action.dest, s.split("=", 1)[0])
+        ns._given = given
+        return ns, extras
 
     def parse_args(self, args=None, namespace=None):
         ns, extras = self.parse_known_args(args, namespace)
@@ -142,24 +226,34 @@ class Parser(argparse.ArgumentParser):
         return ns
 
 
+def refuse_given(args, dests, why: str) -> None:
+    """Refuse, in one line naming the flag, any of `dests` given on the command line: accepted and
+    then ignored, it would also be recorded as if it had been used."""
+    from jaxshare.errors import UsageError
+
+    given = getattr(args, "_given", None) or {}
+    for dest in dests:
+        if dest in given:
+            raise UsageError(f"{given[dest]} {why}")
+
+
 def emit(args, obj: dict, text: str) -> None:
     """One JSON object on stdout with --json, else the human line(s)."""
     print(json.dumps(obj) if getattr(args, "json", False) else text)
 
 
-def check_out_dir(out, overwrite: bool) -> Path:
+def check_out_dir(out, overwrite: bool, sources=()) -> Path:
     """Refuse an output destination before any model is loaded or computed (the write itself is
-    atomic and checks again). The one place that decides; subcommands call only this."""
+    atomic and checks again). The one place that decides; subcommands call only this. `sources`:
+    the command's inputs (MODEL), which the output may neither contain nor lie inside."""
     from jaxshare.io.atomic import check_destination
 
-    return check_destination(out, overwrite)
+    return check_destination(out, overwrite, sources)
 
 
 COMPUTE_DTYPE_HELP = ("dtype of the forward pass; where a --param-dtype flag exists it sets the dtype the "
-                      "weights are held in, else they are fp32 (--dtype is accepted as an older spelling)")
+                      "weights are held in, else they are fp32")
 
 
 def compute_dtype_arg(p) -> None:
     p.add_argument("--compute-dtype", choices=["fp32", "bf16"], default="fp32", help=COMPUTE_DTYPE_HELP)
-    p.add_argument("--dtype", action=DeprecatedAlias, dest="compute_dtype", new="--compute-dtype",
-                   choices=["fp32", "bf16"])

@@ -5,8 +5,10 @@ import argparse
 import json
 import sys
 
-from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, nonempty,
-                                 storage_dtype_arg)
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, DeprecatedAlias, batch_size_arg,
+                                 check_out_dir, float_in, nonempty, storage_dtype_arg)
+
+_FRACTION = float_in(0.0, 1.0, low_open=True, high_open=True)
 
 
 def _target(text: str) -> float:
@@ -21,6 +23,36 @@ def _target(text: str) -> float:
         return check_target(value)
     except PlanError:
         raise argparse.ArgumentTypeError(f"must be a fraction of the model's parameters in (0, 1), got {text}") from None
+
+
+def _removed(text: str) -> float:
+    try:
+        return _FRACTION(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be the fraction of the model's parameters to remove, in (0, 1), "
+                                         f"got {text}") from None
+
+
+class _Ratio(argparse.Action):
+    """--ratio R (removed, like every other ratio flag) also sets target_params = 1 - R, the
+    fraction kept, which is what the planner in compose/budget.py counts in."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.ratio, namespace.target_params = values, 1.0 - values
+
+
+class _TargetParams(DeprecatedAlias):
+    """--target-params F, the fraction kept: the one ratio flag that counted the other way."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: --target-params is deprecated (it is the fraction kept; every ratio flag is "
+              f"now the fraction removed), use --ratio {1.0 - values:g}", file=sys.stderr)
+        namespace.ratio, namespace.target_params = 1.0 - values, values
+
+
+# what only the plan chooser (--ratio) reads, and what only calibration reads
+TARGET_ONLY = ("methods", "group_size", "match", "keep", "sens_windows", "heldout", "heldout_windows")
+CALIB_FLAGS = ("calib", "calib_windows", "calib_seq_len", "seed", "batch_size")
 
 
 def _methods(text: str) -> list[str]:
@@ -57,13 +89,20 @@ def _grams(m, calib: dict, batch_size: int):
 
 
 def cmd_compress(args) -> None:
+    from jaxshare.cli.common import refuse_given
     from jaxshare.compose.apply import apply_plan
     from jaxshare.compose.plan import PlanError, check_against, read_plan
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
 
     plan = read_plan(args.plan) if args.plan else None  # a bad plan costs nothing
-    check_out_dir(args.out, args.overwrite)
+    if plan is not None:  # flags this plan would ignore, refused before anything loads
+        refuse_given(args, TARGET_ONLY, "applies only when compress chooses the plan (--ratio); with --plan the "
+                                        "plan's steps decide: drop it")
+        if not plan.needs_grams():
+            refuse_given(args, CALIB_FLAGS, f"is unused: no step of the plan {args.plan} calibrates, so it would be "
+                                            "ignored: drop it")
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     if args.plan_out:
         _check_file_out(args.plan_out)
     resolve(args.model)
@@ -71,7 +110,8 @@ def cmd_compress(args) -> None:
     calib = _calibration(args, plan.calibration if plan else None)
     if plan is not None:
         check_against(plan, m.cfg)
-    if plan is None or plan.needs_grams():
+    calib_used = plan is None or plan.needs_grams()
+    if calib_used:
         if calib["seq_len"] > m.cfg.max_seq_len:
             raise PlanError(f"calibration seq_len {calib['seq_len']} is above the model's maximum of "
                             f"{m.cfg.max_seq_len} positions (--calib-seq-len)")
@@ -84,14 +124,14 @@ def cmd_compress(args) -> None:
         grams, calib_info = _grams(m, calib, args.batch_size)
     params, cfg, report, extra = apply_plan(m.params, m.cfg, plan, grams, m.meta.get("extra"))
     extra["derived_from"] = str(m.source)
-    extra["plan"]["calibration"] = calib
+    extra["plan"]["calibration"] = calib if calib_used else None  # nothing recorded that was not used
     if "budget" in out:
         from jaxshare.compose.budget import verify
 
         held = out["budget"].pop("_heldout_windows")
         out["budget"]["heldout"] = {"data": args.heldout, **verify(m.params, m.cfg, params, cfg, held)}
         extra["budget"] = {k: v for k, v in out["budget"].items() if k != "sensitivity"}
-    plan.calibration = calib
+    plan.calibration = calib if calib_used else None
     text = plan.to_yaml()
     save_native(args.out, cfg, params, m.tokenizer, extra=extra, overwrite=args.overwrite,
                 files={"plan.yaml": text.encode()})
@@ -123,7 +163,7 @@ def _budgeted(m, args, calib):
     from jaxshare.data.corpora import load_corpus
 
     if compressed_leaves(m.params):
-        raise PlanError("--target-params starts from an uncompressed model; this one is already compressed "
+        raise PlanError("--ratio starts from an uncompressed model; this one is already compressed "
                         "(use --plan to add steps)")
     check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
     from jaxshare.data.tokens import token_ids, token_windows
@@ -181,24 +221,28 @@ def register(sub, add, group) -> None:
     storage_dtype_arg(c)
     how = c.add_mutually_exclusive_group(required=True)
     how.add_argument("--plan", type=nonempty, help="a plan YAML: ordered steps (default: none)")
-    how.add_argument("--target-params", type=_target,
-                     help="fraction of the model's parameters to keep, in (0, 1), e.g. 0.85 (default: none)")
+    how.add_argument("--ratio", type=_removed, action=_Ratio,
+                     help="fraction of the model's parameters removed (all of them, embeddings included), in "
+                          "(0, 1), e.g. 0.15: instead of --plan, choose a plan that meets it (default: none)")
+    how.add_argument("--target-params", type=_target, action=_TargetParams, dest="target_params",
+                     new="--ratio (1 - F)")
+    c.set_defaults(ratio=None, target_params=None)
     c.add_argument("--methods", type=_methods, default="share,basis",
-                   help="with --target-params: methods the plan may use, a comma list of share, basis, inherit")
-    c.add_argument("--group-size", type=COUNT, default=2, help="with --target-params: layers per shared basis")
+                   help="with --ratio: methods the plan may use, a comma list of share, basis, inherit")
+    c.add_argument("--group-size", type=COUNT, default=2, help="with --ratio: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
-                   help="with --target-params: head-sharing match function")
+                   help="with --ratio: head-sharing match function")
     c.add_argument("--keep", default="mean", choices=("root", "mean", "data"),
-                   help="with --target-params: what a tied group of units keeps")
+                   help="with --ratio: what a tied group of units keeps")
     c.add_argument("--sens-windows", type=COUNT, default=4,
-                   help="with --target-params: calibration windows each sensitivity loss is measured on")
-    c.add_argument("--heldout", default="wiki:validation", help="with --target-params: held-out data; " + DATA_HELP)
-    c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --target-params: held-out windows")
+                   help="with --ratio: how many of the calibration windows each sensitivity loss is measured on")
+    c.add_argument("--heldout", default="wiki:validation", help="with --ratio: held-out data; " + DATA_HELP)
+    c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --ratio: windows of --heldout checked")
     c.add_argument("--plan-out", type=nonempty, help="also write the plan YAML here (default: only OUT/plan.yaml)")
     c.add_argument("--calib", default=None, help="calibration corpus (default: the plan's, else wiki:train)")
     c.add_argument("--calib-windows", type=COUNT, default=None, help="calibration windows (default: the plan's, else 16)")
     c.add_argument("--calib-seq-len", type=SEQ_LEN, default=None,
                    help="tokens per calibration window (default: the plan's, else 512)")
     c.add_argument("--seed", type=SEED, default=None, help="which calibration windows are drawn (default: the plan's, else 0)")
-    c.add_argument("--batch-size", type=COUNT, default=4, help="windows per forward pass")
+    batch_size_arg(c, 4, "windows per forward pass (speed and memory only)")
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

@@ -5,7 +5,7 @@ import json
 import sys
 
 from jaxshare.errors import JaxshareError
-from jaxshare.cli.common import COUNT, MODEL_HELP, compute_dtype_arg
+from jaxshare.cli.common import COUNT, MODEL_HELP, batch_size_arg, compute_dtype_arg, refuse_dtype_arg
 
 
 class EvalSetupError(JaxshareError, ValueError):
@@ -43,5 +43,6 @@ def register(ev_sub, add) -> None:
     mc.add_argument("model", help=MODEL_HELP)
     mc.add_argument("--tasks", default="social_iqa", help=f"comma-separated, or all: {', '.join(TASKS)}")
     mc.add_argument("--limit", type=COUNT, default=None, help="the first N items of each task (default: all)")
-    mc.add_argument("--batch-size", type=COUNT, default=16, help="requests scored per jit call")
+    batch_size_arg(mc, 16, "requests scored per jit call (speed and memory only)")
     compute_dtype_arg(mc)
+    refuse_dtype_arg(mc)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, DeprecatedAlias, check_out_dir, emit, float_in,
-                                 int_at_least, nonempty, param_dtype_arg, storage_dtype_arg)
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, check_out_dir, emit, float_in, int_at_least,
+                                 nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg, sample_windows_arg,
+                                 storage_dtype_arg)
 
 TAU = float_in(0.0, 1.0, low_open=True)
 SHARE = float_in(0.0, 1.0)
@@ -19,7 +20,8 @@ def run_analysis(m, args) -> dict:
     from jaxshare.inheritune.degeneration import analyze
 
     check_seq_len(m.cfg, args.seq_len)
-    tokens = token_windows(tokenize_corpus(m.need_tokenizer("degeneration"), load_corpus(args.data)), args.seq_len, args.batch_size)
+    tokens = token_windows(tokenize_corpus(m.need_tokenizer("degeneration"), load_corpus(args.data)), args.seq_len,
+                           args.max_windows)
     res = analyze(m.params, m.cfg, tokens, args.tau, args.rank_max, args.mass_min, args.head_frac, args.chunk)
     res["batch"], res["seq_len"] = int(tokens.shape[0]), args.seq_len
     return res
@@ -44,8 +46,8 @@ def cmd_degeneration(args) -> None:
     res = run_analysis(m, args)
     out = {"model": args.model, "data": args.data, "batch": res["batch"], "seq_len": res["seq_len"], **to_json(res)}
     text = _summary_text(res)
-    if args.plot:
-        d = Path(args.plot)
+    if args.plot_dir:
+        d = Path(args.plot_dir)
         files = write_plots(res, d, Path(str(args.model)).name)
         out["plots"] = [str(f) for f in files]
         tmp = d / ".degeneration.json.partial"
@@ -62,7 +64,12 @@ def cmd_inherit(args) -> None:
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
 
-    check_out_dir(args.out, args.overwrite)
+    if not args.auto:  # the analysis flags choose k; --layers gives it
+        from jaxshare.cli.common import refuse_given
+
+        refuse_given(args, ("data", "max_windows", "seq_len", "tau", "rank_max", "mass_min", "head_frac", "chunk"),
+                     "is unused: it tunes --auto's analysis, and --layers gives k: drop it, or use --auto")
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     resolve(args.model)
     m = load_model(args.model, args.dtype)  # held and stored in --dtype
     rep = {"model": args.model, "out": str(args.out), "from_layers": m.cfg.n_layers}
@@ -84,10 +91,9 @@ def cmd_inherit(args) -> None:
           f"{rep['params_after'] / 1e6:.1f}M params); wrote {args.out}")
 
 
-def _analysis_flags(p, batch: int = 8) -> None:
+def _analysis_flags(p, windows: int = 8) -> None:
     p.add_argument("--data", default="wiki:validation", help=DATA_HELP)
-    p.add_argument("--batch-size", type=COUNT, default=batch, help="windows averaged over")
-    p.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
+    sample_windows_arg(p, windows, "windows of --data analysed (the first K; the result depends on it)")
     p.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
     p.add_argument("--tau", type=TAU, default=0.9, help="energy share the rank must reach, in (0, 1]")
     p.add_argument("--rank-max", type=int_at_least(0), default=1, help="a head is degenerate with rank <= this ...")
@@ -103,8 +109,8 @@ def register(sub, add, group) -> None:
     d.add_argument("model", help=MODEL_HELP)
     _analysis_flags(d)
     param_dtype_arg(d)
-    d.add_argument("--plot", metavar="DIR", type=nonempty,
-                   help="write degeneration.json and PNG heatmaps, curves and example maps to DIR (default: none)")
+    refuse_dtype_arg(d)
+    plot_dir_arg(d, "write degeneration.json and PNG heatmaps, curves and example maps to DIR (default: none)")
 
     i = add("inherit", cmd_inherit, "Inheritune: a smaller model of the first k layers (+ embeddings, final norm, "
                                     "LM head)")

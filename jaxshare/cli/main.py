@@ -7,8 +7,8 @@ import json
 import sys
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
-                                 PARAM_DTYPE_HELP, STORAGE_DTYPE_HELP, HelpFormatter, Parser, check_out_dir, compute_dtype_arg, emit,
-                                 memory_size, nonempty)
+                                 PARAM_DTYPE_HELP, STORAGE_DTYPE_HELP, HelpFormatter, Parser, batch_size_arg, check_out_dir,
+                                 compute_dtype_arg, emit, memory_size, nonempty, plot_dir, refuse_dtype_arg)
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
@@ -31,7 +31,7 @@ def cmd_fetch(args) -> None:
 def cmd_convert(args) -> None:
     from jaxshare.io.convert import convert
 
-    check_out_dir(args.out, args.overwrite)  # before the model is loaded: a taken OUT costs nothing
+    check_out_dir(args.out, args.overwrite, sources=(args.src,))  # before the model is loaded: a taken OUT costs nothing
     # streamed: one tensor in memory at a time (HF and GGUF sources)
     out, cfg, _ = convert(args.src, args.out, args.dtype, allow_bin=args.allow_bin, overwrite=args.overwrite)
     emit(args, {"out": str(out), "family": cfg.family}, f"wrote jaxshare checkpoint {out}")
@@ -45,7 +45,7 @@ def cmd_export(args) -> None:
         from jaxshare.cli.quantize import export_gguf_cmd
 
         return export_gguf_cmd(args)
-    check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
     # export_hf writes the manifests (sharing.json, basis.json + basis.safetensors) by itself
     out = export_hf(m.params, m.cfg, args.out, m.tokenizer, dtype=args.dtype,
@@ -61,12 +61,13 @@ def _docs(data: str):
 
 
 def cmd_eval_ppl(args) -> None:
-    from jaxshare.eval.perplexity import check_seq_len, perplexity
+    from jaxshare.eval.perplexity import check_max_memory, check_seq_len, perplexity
     from jaxshare.io.load import load_model
 
     m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
     m.need_tokenizer("eval ppl")
+    check_max_memory(m.cfg, args.seq_len, args.max_memory, args.compute_dtype)
     # the batch shrinks to fit --max-memory beside the loaded params (logits are made in vocabulary chunks)
     res = perplexity(m.params, m.cfg, m.tokenizer, _docs(args.data), args.seq_len, args.max_windows,
                      args.batch_size, args.compute_dtype, max_memory=args.max_memory)
@@ -154,12 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
     pp.add_argument("--max-windows", type=COUNT, default=None,
                     help="evaluate only the first K windows (default: every window of the corpus)")
-    pp.add_argument("--batch-size", type=COUNT, default=8, help="windows per forward pass (at most)")
+    batch_size_arg(pp, 8, "windows per forward pass (at most; speed and memory only)")
     pp.add_argument("--max-memory", type=memory_size, default=None,
                     help="peak memory to stay under (e.g. 12G): the batch shrinks to fit beside the model "
                          "(default: no limit beyond --batch-size)")
     pp.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help=PARAM_DTYPE_HELP)
     compute_dtype_arg(pp)
+    refuse_dtype_arg(pp)
 
     from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
     register_mc(ev_sub, add)
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--data", default="canterbury", help=DATA_HELP)
     pa.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
     pa.add_argument("--max-windows", type=COUNT, default=2, help="windows compared")
+    refuse_dtype_arg(pa)
 
     g = add("generate", cmd_generate, "generate text with a KV cache")
     g.add_argument("model", help=MODEL_HELP)
@@ -181,12 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     g.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help=PARAM_DTYPE_HELP)
     compute_dtype_arg(g)
+    refuse_dtype_arg(g)
 
     d = add("demo", cmd_demo, "the main workflow on the embedded SmolLM2-135M (or --model gemma3-270m), end to end")
     d.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
     d.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per evaluation window")
     d.add_argument("--max-windows", type=COUNT, default=16, help="evaluation windows per perplexity")
-    d.add_argument("--plot-dir", type=nonempty, default="jaxshare_demo", help="where the demo writes its PNG plots")
+    d.add_argument("--plot-dir", metavar="DIR", type=plot_dir, default="jaxshare_demo",
+                   help="where the demo writes its PNG plots")
+    refuse_dtype_arg(d)
 
     import importlib
 

@@ -5,11 +5,12 @@ import argparse
 import json
 import sys
 
-from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, check_out_dir, float_in, nonempty,
+from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir, float_in, nonempty,
                                  storage_dtype_arg)
 
 # The same CPU-sized calibration as `jaxshare basis` (the grams are cached and shared with it).
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512
+GPTQ_ONLY = ("damp", "act_order", "calib", "calib_windows", "calib_seq_len", "batch_size", "seed")
 
 
 def bits_arg(text: str) -> int:
@@ -31,12 +32,16 @@ def cmd_quantize(args) -> None:
     from jaxshare.cli.basis import _calib_name, announce
     from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native
+    from jaxshare.cli.common import refuse_given
     from jaxshare.quant.model import QuantSpec, check_model, quantize_params
 
+    if args.method == "rtn":
+        refuse_given(args, GPTQ_ONLY, "is a GPTQ option, and --method rtn (no calibration) would ignore it: "
+                                      "drop it, or use --method gptq")
     group = {None: 64 if args.bits == 4 else None, "channel": None}.get(args.group, args.group)
     spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order)
     spec.check()
-    check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, args.dtype)  # the leaves left unquantized are held and stored in --dtype
     check_model(m.params, m.cfg, spec)  # an already quantized model, a group that does not divide a row
     grams = info = None
@@ -46,8 +51,9 @@ def cmd_quantize(args) -> None:
                                 args.batch_size)
     params, rep = quantize_params(m.params, m.cfg, spec, grams)
     extra = dict(m.meta.get("extra") or {})  # the source's sharing/basis details ride along
-    extra["quant"] = {"method": args.method, "bits": args.bits, "group": group, "sym": not args.asym,
-                      "damp": args.damp, "act_order": args.act_order, "calibration": info}
+    extra["quant"] = {"method": args.method, "bits": args.bits, "group": group, "sym": not args.asym}
+    if args.method == "gptq":  # what RTN does not use is not recorded as if it had been
+        extra["quant"].update(damp=args.damp, act_order=args.act_order, calibration=info)
     extra["quantized_from"] = str(m.source)
     save_native(args.out, m.cfg, params, m.tokenizer, extra=extra, overwrite=args.overwrite)
     rep.update(out=str(args.out), model=args.model, calibration=info)
@@ -84,7 +90,7 @@ def export_gguf_cmd(args) -> None:
     from jaxshare.io.gguf_export import check_destination, export_gguf
     from jaxshare.io.load import load_model
 
-    check_destination(args.out, args.overwrite)  # before loading: a taken OUT costs nothing
+    check_destination(args.out, args.overwrite, sources=(args.model,))  # before loading: a taken OUT costs nothing
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
     source = m.source if m.kind == "gguf" else registry.registered_gguf(args.model) if m.kind == "registered" else None
     out = export_gguf(m.params, m.cfg, args.out, m.tokenizer, args.gguf_type, args.overwrite, source_gguf=source,
@@ -110,7 +116,7 @@ def register(sub, add, group) -> None:
     q.add_argument("--calib", default="wiki:train", help="GPTQ calibration corpus or file (bare 'wiki' = wiki:train)")
     q.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
     q.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
-    q.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
+    batch_size_arg(q, 4, "calibration windows per forward pass (speed and memory only)")
     q.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
     storage_dtype_arg(q)

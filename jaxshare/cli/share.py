@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxshare.cli.basis import CALIB_SEQ_LEN, CALIB_WINDOWS
-from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARE_RATIO, DeprecatedAlias,
-                                 check_out_dir, emit, nonempty, param_dtype_arg)
+from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARE_RATIO, batch_size_arg,
+                                 check_out_dir, emit, nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg,
+                                 sample_windows_arg)
 from jaxshare.headshare.similarity import MATCHES
 
 
@@ -32,8 +33,8 @@ def cmd_similarity(args) -> None:
             "partner": r["partner"].tolist(), "score": np.where(ok, r["score"], np.nan).tolist()}
         lines.append(f"{f}: best-partner cosine mean {scores.mean():.3f} (max {scores.max():.3f}); "
                      f"mean layer distance {dist.mean():.2f}")
-        if args.plot:
-            d = Path(args.plot)
+        if args.plot_dir:
+            d = Path(args.plot_dir)
             S = np.asarray(similarity_matrix(m.params, f))
             files = [plots.heatmap(S, d / f"similarity_{f}.png", f"unit x unit cosine ({f})", tick_every=K),
                      plots.histogram(dist, d / f"partner_distance_{f}.png", f"layer distance to best partner ({f})",
@@ -56,7 +57,8 @@ def cmd_attention_similarity(args) -> None:
 
     m = load_model(args.model, args.param_dtype)
     check_seq_len(m.cfg, args.seq_len)
-    tokens = token_windows(tokenize_corpus(m.need_tokenizer("attention similarity"), load_corpus(args.data)), args.seq_len, args.batch_size)
+    tokens = token_windows(tokenize_corpus(m.need_tokenizer("attention similarity"), load_corpus(args.data)),
+                           args.seq_len, args.max_windows)
     sim = map_similarity(m.params, m.cfg, tokens)
     L = m.cfg.n_layers
     off = ~np.eye(L, dtype=bool)
@@ -66,8 +68,8 @@ def cmd_attention_similarity(args) -> None:
            "layer_offdiag_mean": float(sim["layer"][off].mean())}
     text = (f"attention-map cosine over {tokens.shape[0]} x {args.seq_len} tokens: adjacent layers {adjacent:.3f}, "
             f"all layer pairs {out['layer_offdiag_mean']:.3f}")
-    if args.plot:
-        d = Path(args.plot)
+    if args.plot_dir:
+        d = Path(args.plot_dir)
         files = [plots.heatmap(sim["layer"], d / "attention_layer_similarity.png", "attention-map cosine, layer x layer",
                                tick_every=1),
                  plots.heatmap(sim["head"], d / "attention_head_similarity.png", "attention-map cosine, head x head",
@@ -89,11 +91,17 @@ def cmd_share(args) -> None:
     if ratio is not None and not (0 <= ratio < 1):
         raise SharingError(f"--ratio must be in [0, 1), got {ratio}")
     needs_calib = args.keep == "data" or args.correct != "none"
+    if not needs_calib:
+        from jaxshare.cli.common import refuse_given
+
+        refuse_given(args, ("calib", "calib_windows", "calib_seq_len", "batch_size", "seed"),
+                     f"is unused: --keep {args.keep} --correct {args.correct} fits on no calibration data, so it "
+                     "would be ignored: drop it, or use --keep data or --correct qk/qkv")
     if needs_calib and args.calib is None:
         raise SharingError(f"--keep {args.keep} --correct {args.correct} fits on calibration data: give --calib "
                            "(e.g. --calib wiki:train)")
     check_options(args.keep, args.correct, True, args.share_o)
-    check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, args.overwrite, sources=(args.model,))
     resolve(args.model)
     m = load_model(args.model, args.dtype)  # held (and stored) in --dtype
     n_units(ratio if ratio is not None else args.net_ratio, m.cfg)  # more units than have partners fails here
@@ -113,8 +121,8 @@ def cmd_share(args) -> None:
     extra = {"sharing": man, "corrections": {"calibration": calib, "correct": args.correct},
              "derived_from": str(m.source)}
     save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
-    if args.plot:  # after the checkpoint: a failed write leaves no plots behind either
-        d = Path(args.plot)
+    if args.plot_dir:  # after the checkpoint: a failed write leaves no plots behind either
+        d = Path(args.plot_dir)
         rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
                                             f"DirectShare {rep['ratio']:.0%} ({args.match}, {mm}): source layer"))
                         for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
@@ -132,26 +140,26 @@ def register(sub, add, group) -> None:
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
     param_dtype_arg(s)
-    s.add_argument("--plot", metavar="DIR", type=nonempty,
-                   help="write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
+    refuse_dtype_arg(s)
+    plot_dir_arg(s, "write PNG heatmap, partner-distance and score histograms to DIR (default: no plots)")
 
     a = add("attention-similarity", cmd_attention_similarity,
             "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
     a.add_argument("model", help=MODEL_HELP)
     a.add_argument("--data", default="wiki", help=DATA_HELP)
     param_dtype_arg(a)
+    refuse_dtype_arg(a)
     a.add_argument("--seq-len", type=SEQ_LEN, default=256, help="tokens per window")
-    a.add_argument("--batch-size", type=COUNT, default=4, help="windows averaged over")
-    a.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
-    a.add_argument("--plot", metavar="DIR", type=nonempty,
-                   help="write PNG heatmaps (layer x layer, head x head) to DIR (default: no plots)")
+    sample_windows_arg(a, 4, "windows of --data averaged over (the first K; the result depends on it)")
+    plot_dir_arg(a, "write PNG heatmaps (layer x layer, head x head) to DIR (default: no plots)")
 
     sh = add("share", cmd_share, "DirectShare: tie attention units to their most similar earlier units")
     sh.add_argument("model", help=MODEL_HELP)
     sh.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     how_many = sh.add_mutually_exclusive_group()
     how_many.add_argument("--ratio", type=SHARE_RATIO, default=0.3,
-                          help="fraction of the L*K attention units to tie, in [0, 1); 0.3 is the paper's setting")
+                          help="fraction of the L*K attention units removed (each tied to an earlier unit), in [0, 1); "
+                               "0.3 is the paper's setting")
     how_many.add_argument("--net-ratio", type=SHARE_RATIO, default=None,
                           help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
                                "parameters keep=mean frees at this ratio (equal net parameters) (default: none, --ratio decides)")
@@ -167,11 +175,10 @@ def register(sub, add, group) -> None:
                          "cached, shared with `jaxshare basis` (default: none)")
     sh.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
     sh.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
-    sh.add_argument("--batch-size", type=COUNT, default=4, help="calibration windows per forward pass")
+    batch_size_arg(sh, 4, "calibration windows per forward pass (speed and memory only)")
     sh.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
     sh.add_argument("--share-o", action="store_true", help="also tie the units' W_o slices (reference code)")
-    sh.add_argument("--plot", metavar="DIR", type=nonempty,
-                    help="write a per-layer PNG map of tied units to DIR (default: no plot)")
+    plot_dir_arg(sh, "write a per-layer PNG map of tied units to DIR (default: no plot)")
     sh.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="dtype the weights are loaded, matched and stored in (bf16 halves the memory)")
     sh.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")

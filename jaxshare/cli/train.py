@@ -5,10 +5,36 @@ import json
 import sys
 from pathlib import Path
 
-from jaxshare.cli.common import emit, nonempty
+from jaxshare.errors import UsageError
+from jaxshare.cli.common import emit, nonempty, plot_dir_arg
 from jaxshare.training.config import MODES
 
 SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=data=2,fsdp=4"
+
+
+def _refuse_in_memory(run_dir) -> None:
+    """An in-memory filesystem ends with the command: a run there would print paths to nothing."""
+    from jaxshare.training.config import TrainConfigError
+    from jaxshare.training.paths import scheme
+
+    if scheme(str(run_dir)) == "memory":
+        raise TrainConfigError(f"run_dir {run_dir}: memory:// keeps nothing after the command exits; "
+                               "choose a local directory or a gs:// / s3:// URL")
+
+
+def _exit_code(res: dict) -> int:
+    from jaxshare.errors import EXIT_OK, EXIT_PREEMPTED
+
+    return EXIT_PREEMPTED if res.get("status") == "preempted" else EXIT_OK
+
+
+def _interrupted(args, run_dir) -> int:
+    """The second Ctrl-C (or one before the step loop): one line, the checkpoints as they were."""
+    from jaxshare.errors import EXIT_INTERRUPTED
+
+    print(f"jaxshare {args.command}: interrupted; {run_dir} keeps its last complete checkpoint, if any "
+          f"(continue with: jaxshare train resume {run_dir})", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _report(args, res: dict) -> None:
@@ -31,37 +57,52 @@ def _report(args, res: dict) -> None:
                     f"wrote {res['final']}" + (f" and {res['hf']}" if "hf" in res else ""))
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
+    """Exit code: 0 completed, EXIT_PREEMPTED after a SIGTERM / first Ctrl-C saved a checkpoint,
+    EXIT_INTERRUPTED after a second Ctrl-C."""
     from jaxshare.training.config import load_config
     from jaxshare.training.trainer import Trainer
 
     from jaxshare.training.program import initialize_distributed
 
     tc = load_config(args.config, args.set, mode=args.mode)
+    _refuse_in_memory(tc.run_dir)
     initialize_distributed(tc)  # the program's job, never the library's
-    if tc.mode == "inheritune":  # one trainer run per growth stage
-        from jaxshare.inheritune.grow import run_inheritune
+    try:
+        if tc.mode == "inheritune":  # one trainer run per growth stage
+            from jaxshare.inheritune.grow import run_inheritune
 
-        _report(args, run_inheritune(tc))
-        return
-    _report(args, Trainer(tc).run())
+            res = run_inheritune(tc, overwrite=args.overwrite)
+        else:
+            res = Trainer(tc, overwrite=args.overwrite).run()
+    except KeyboardInterrupt:
+        return _interrupted(args, tc.run_dir)
+    _report(args, res)
+    return _exit_code(res)
 
 
-def cmd_resume(args) -> None:
+def cmd_resume(args) -> int:
     from jaxshare.inheritune.grow import STATE, run_inheritune
-    from jaxshare.training.config import load_config
+    from jaxshare.training.config import check_resume_sets, load_config
     from jaxshare.training.paths import as_path
     from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
 
+    check_resume_sets(args.set, args.run_dir)  # refused by name before the run dir is read or written
+    _refuse_in_memory(args.run_dir)
     path = as_path(args.run_dir) / "config.yaml"
     if path.exists():
         initialize_distributed(load_config(str(path), list(args.set) + [f"run_dir={args.run_dir}"]))
-    if (Path(args.run_dir) / STATE).is_file():  # an inheritune run: resume its stages
-        tc = load_config(Path(args.run_dir) / "config.yaml", list(args.set) + [f"run_dir={args.run_dir}"])
-        _report(args, run_inheritune(tc, resuming=True))
-        return
-    _report(args, Trainer.resume(args.run_dir, args.set).run())
+    try:
+        if (Path(args.run_dir) / STATE).is_file():  # an inheritune run: resume its stages
+            tc = load_config(Path(args.run_dir) / "config.yaml", list(args.set) + [f"run_dir={args.run_dir}"])
+            res = run_inheritune(tc, resuming=True, sets=args.set)
+        else:
+            res = Trainer.resume(args.run_dir, args.set).run()
+    except KeyboardInterrupt:
+        return _interrupted(args, args.run_dir)
+    _report(args, res)
+    return _exit_code(res)
 
 
 def plot_run(run_dir, out=None) -> list[Path]:
@@ -88,12 +129,12 @@ def plot_run(run_dir, out=None) -> list[Path]:
         files.append(plots.lines([r["step"] for r in evals], {"eval PPL": [r["eval_ppl"] for r in evals]},
                                  out / "eval_ppl.png", f"held-out PPL ({run_dir.name})", "step", "PPL"))
     if not files:
-        raise ValueError(f"{path} has no metrics rows to plot")
+        raise UsageError(f"{path} has no metrics rows to plot")
     return files
 
 
 def cmd_plot_run(args) -> None:
-    files = plot_run(args.run_dir, args.out)
+    files = plot_run(args.run_dir, args.plot_dir)
     emit(args, {"plots": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
@@ -105,15 +146,19 @@ def register(sub, add, group) -> None:
                                          "(smollm2_postshare, smollm2_direct_post, smollm2_plain, smollm2_inheritune; "
                                          "see train/configs/) (default: none, the built-in defaults)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + " (default: none)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier jaxshare run in run_dir (one marked by jaxshare_run.json and "
+                            "holding nothing jaxshare did not write); without it run_dir must be absent or empty")
     r = add("resume", cmd_resume, "continue a run from its latest checkpoint", parent=t_sub)
     r.add_argument("run_dir", type=nonempty, help="the run directory (run_dir of the config) to continue")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key on resume (mesh, eval_every, checkpoint_every, progress are safe) "
-                        "(default: none)")
+                   help="override a key on resume: the length (steps, tokens, epochs), lr, end_lr_ratio, "
+                        "the eval / checkpoint / log cadence, writers, mesh and speed settings; any other key "
+                        "is refused (default: none)")
     r.set_defaults(mode=None)
     pr = add("plot-run", cmd_plot_run, "draw a run's loss / penalty / held-out PPL curves to PNG")
     pr.add_argument("run_dir", type=nonempty, help="a run directory holding metrics.jsonl")
-    pr.add_argument("--out", type=nonempty, help="directory for the PNGs (default: the run dir)")
+    plot_dir_arg(pr, "directory for the PNGs (default: the run dir)", old=("--out",))
 
 
 def main(argv=None) -> int:

@@ -45,7 +45,8 @@ def parse_methods(text: str) -> list[str]:
 def check_target(target) -> float:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) \
             or not 0 < target < 1:
-        raise PlanError(f"--target-params must be a fraction of the model's parameters in (0, 1), got {target}")
+        raise PlanError(f"target must be the fraction of the model's parameters kept, in (0, 1) (the CLI's "
+                        f"--ratio is 1 - target), got {target}")
     return float(target)
 
 
