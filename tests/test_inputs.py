@@ -175,3 +175,60 @@ def test_perplexity_of_windows_refuses_ids_outside_the_vocabulary(tiny):
     windows[0, 2] = 2**32 + 5  # jnp.asarray would make it 5
     with pytest.raises(DataError, match="token id 4294967301"):
         perplexity_of_windows(m.params, m.cfg, windows)
+
+
+# --- item 15 (and its kin): a flag the chosen method ignores is refused by name, before anything loads
+
+@pytest.mark.parametrize("argv,flag", [
+    (["quantize", "M", "OUT", "--method", "rtn", "--act-order"], "--act-order"),
+    (["quantize", "M", "OUT", "--method", "rtn", "--damp", "0.1"], "--damp"),
+    (["quantize", "M", "OUT", "--method", "rtn", "--calib-windows", "8"], "--calib-windows"),
+    (["basis", "M", "OUT", "--method", "svd", "--calib", "wiki"], "--calib"),
+    (["basis", "M", "OUT", "--method", "svd", "--max-memory", "8G"], "--max-memory"),
+    (["share", "M", "OUT", "--calib", "wiki:train"], "--calib"),
+    (["share", "M", "OUT", "--keep", "mean", "--seed", "3"], "--seed"),
+    (["inherit", "M", "OUT", "--layers", "1", "--tau", "0.5"], "--tau"),
+])
+def test_flags_the_method_ignores_are_refused(argv, flag, tmp_path, capsys, monkeypatch):
+    def must_not_load(*a, **k):
+        raise AssertionError("loaded a model before refusing the flag")
+
+    monkeypatch.setattr("jaxshare.io.load.load_model", must_not_load)
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    last = refused(capsys, *argv, match=f"error: {flag} ")
+    assert "drop it" in last, last
+    assert not (tmp_path / "out").exists()
+
+
+def test_rtn_records_no_gptq_settings(tiny, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert run(capsys, "quantize", tiny[0], out, "--method", "rtn", "--bits", "8")[0] == 0
+    quant = json.loads((out / "jaxshare.json").read_text())["extra"]["quant"]
+    assert quant["method"] == "rtn" and not {"act_order", "damp", "calibration"} & set(quant), quant
+
+
+# --- item 14: compress --plan with a plan that calibrates nothing took --calib /missing.txt and recorded it
+
+def test_compress_refuses_calibration_flags_a_plan_does_not_use(tiny, tmp_path, capsys):
+    plan = tmp_path / "p.yaml"
+    plan.write_text("steps:\n  - inherit: {layers: 1}\n")
+    out = tmp_path / "out"
+    refused(capsys, "compress", tiny[0], out, "--plan", plan, "--calib", "/missing.txt",
+            match="--calib is unused: no step of the plan")
+    refused(capsys, "compress", tiny[0], out, "--plan", plan, "--group-size", "3",
+            match="--group-size applies only when compress chooses the plan")
+    assert not out.exists()
+    # without them it runs, and records no calibration it did not use
+    assert run(capsys, "compress", tiny[0], out, "--plan", plan)[0] == 0
+    assert "calibration" not in (out / "plan.yaml").read_text()
+    assert json.loads((out / "jaxshare.json").read_text())["extra"]["plan"]["calibration"] is None
+
+
+# --- item 16 (part): eval ppl --max-memory 1K ran a batch of 1 without a word
+
+def test_max_memory_below_the_model_is_refused(tiny, capsys):
+    last = refused(capsys, "eval", "ppl", tiny[0], "--data", tiny[1], "--seq-len", 16, "--max-memory", "1K",
+                   match="--max-memory 0.0 MiB is below what the loaded model and one window of 16 tokens need")
+    assert "give at least --max-memory" in last
+    code, out, _ = run(capsys, "eval", "ppl", tiny[0], "--data", tiny[1], "--seq-len", 16, "--max-memory", "64G")
+    assert code == 0 and out.startswith("ppl ")

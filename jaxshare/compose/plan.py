@@ -53,10 +53,13 @@ class Step:
 @dataclass
 class Plan:
     steps: list[Step]
-    calibration: dict = field(default_factory=lambda: dict(CALIB_DEFAULTS))
+    calibration: dict | None = field(default_factory=lambda: dict(CALIB_DEFAULTS))
 
     def to_dict(self) -> dict:
-        return {"steps": [s.to_dict() for s in self.steps], "calibration": dict(self.calibration)}
+        out = {"steps": [s.to_dict() for s in self.steps]}
+        if self.calibration is not None:  # None: no step calibrates, and nothing is recorded
+            out["calibration"] = dict(self.calibration)
+        return out
 
     def to_yaml(self) -> str:
         import yaml

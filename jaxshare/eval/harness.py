@@ -52,8 +52,7 @@ class JaxshareLM(TemplateLM):
             if not spec:
                 raise UsageError("--model_args needs model=<registered name, HF directory, .gguf or checkpoint>")
             loaded = load_model(str(spec), "fp32")
-        if loaded.tokenizer is None:
-            raise UsageError(f"{loaded.source} has no tokenizer; lm-eval needs one")
+        loaded.need_tokenizer("lm-eval")
         from jaxshare.core.dtypes import as_dtype
 
         self.loaded, self.params, self.cfg, self.tokenizer = loaded, loaded.params, loaded.cfg, loaded.tokenizer

@@ -105,6 +105,21 @@ def fit_batch(cfg: ModelConfig, seq_len: int, max_memory: int, dtype=jnp.float32
     return max(1, int((max_memory - held) // max(1, window_bytes(cfg, seq_len, dtype))))
 
 
+def check_max_memory(cfg: ModelConfig, seq_len: int, max_memory: int | None, dtype=jnp.float32,
+                     held: int | None = None) -> None:
+    """Refuse a --max-memory below what the loaded model (the process's RSS now) and one window need:
+    fit_batch would quietly run a batch of 1 anyway, over the limit the user set."""
+    if max_memory is None:
+        return
+    held = rss_bytes() if held is None else held
+    need = held + window_bytes(cfg, seq_len, dtype)
+    if max_memory < need:
+        mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
+        raise EvalError(f"--max-memory {mib(max_memory)} is below what the loaded model and one window of "
+                        f"{seq_len} tokens need ({mib(need)}); give at least --max-memory {-(-need // 2**20)}M, "
+                        "or leave it out")
+
+
 def perplexity_of_windows(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 8,
                           dtype=jnp.float32, desc: str = "ppl", layer_fn=None, max_memory: int | None = None) -> dict:
     """max_memory: bytes the process may reach; the batch shrinks below batch_size to fit it."""
