@@ -1,6 +1,6 @@
 """Compression plans: an ordered list of steps (inherit, share, basis) checked before any compute.
 
-A plan is what `jaxshare compress --plan plan.yaml` reads and what `--target-params` writes:
+A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` writes:
 
     steps:
       - inherit: {layers: 28}                       # keep the first k layers (Inheritune)
