@@ -308,6 +308,10 @@ def load_corpus(source: str, split: str | None = None) -> list[str]:
                               "(or a path to a .txt or .jsonl file)")
         if split is not None:
             raise CorpusError(f"{source}: local files take no split (got {split!r})")
+        if "://" in source:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
+            from jaxshare.training.paths import localize
+
+            path = Path(localize(source, "data"))
         if not path.is_file():
             raise CorpusError(f"{source}: no such file")
         docs = _load_txt(path) if path.suffix == ".txt" else _load_jsonl(path)
