@@ -12,7 +12,7 @@ from jaxshare.cli.main import main as cli_main
 from jaxshare.core import bank
 from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.corrected import CorrectedBank
+from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.model import forward, next_token_nll
 from jaxshare.core.params import count_params, init_params
 from jaxshare.headshare import datashare

@@ -113,7 +113,7 @@ def test_quantized_forward_equals_materialized(base, method, tokens, tiny):
     if base == "shared":
         assert isinstance(wq, Bank) and isinstance(wq.rows, Quantized)
     elif base == "corrected":  # data-aware sharing: the rows are quantized, the corrections kept
-        from jaxshare.core.corrected import CorrectedBank
+        from jaxshare.headshare.corrected import CorrectedBank
 
         assert isinstance(wq, CorrectedBank) and isinstance(wq.rows, Quantized)
         assert np.array_equal(np.asarray(wq.corr), np.asarray(p.layers.attn.wq.corr))
@@ -226,7 +226,7 @@ def test_cli_quantizes_and_requantizing_is_refused(tiny_dir, tmp_path, capsys, t
 
 def test_quantized_data_aware_model_round_trips(tokens, tiny, tmp_path):
     """Quantized rows under a CorrectedBank: the codes and the corrections both survive save and export."""
-    from jaxshare.core.corrected import CorrectedBank
+    from jaxshare.headshare.corrected import CorrectedBank
     from jaxshare.io.hf import export_hf
     from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native

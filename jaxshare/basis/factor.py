@@ -12,7 +12,6 @@ import math
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from jaxshare.core.axes import layout_axes
 from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import axes_of, frozen_of
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, set_types, to_2d  # noqa: F401 (re-exported)
 from jaxshare.core.params import replace_leaves
 
 Array = jax.Array
@@ -32,12 +32,6 @@ class BasisError(JaxshareError, ValueError):
     """Bad Basis Sharing input (ratio, type names, group size)."""
 
 
-# type -> (params path under layers, calibration input it reads)
-TYPES = {
-    "q": ("attn.wq", "attn_in"), "k": ("attn.wk", "attn_in"), "v": ("attn.wv", "attn_in"),
-    "o": ("attn.wo", "o_in"),
-    "up": ("mlp.w_up", "mlp_in"), "gate": ("mlp.w_gate", "mlp_in"), "down": ("mlp.w_down", "down_in"),
-}
 METHODS = ("basis", "svd-llm", "svd")
 
 
@@ -56,31 +50,6 @@ def default_types(cfg: ModelConfig) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- representation
 
-def to_2d(layout: str, w: Array) -> Array:
-    """A dense leaf [..., leaf_shape] -> [..., d_in, d_out] (y = x @ W, output heads flattened)."""
-    if layout == "q":  # [.., K, G, D, d] -> [.., D, K*G*d]
-        w = jnp.moveaxis(w, -2, -4)
-        return w.reshape(w.shape[:-3] + (-1,))
-    if layout in ("k", "v"):  # [.., K, D, d] -> [.., D, K*d]
-        w = jnp.moveaxis(w, -2, -3)
-        return w.reshape(w.shape[:-2] + (-1,))
-    if layout == "o":  # [.., K, G, d, D] -> [.., K*G*d, D]
-        return w.reshape(w.shape[:-4] + (-1, w.shape[-1]))
-    return w
-
-
-def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
-    """Inverse of to_2d for a leaf whose per-layer shape is leaf_shape."""
-    lead = w.shape[:-2]
-    if layout == "q":
-        K, G, D, d = leaf_shape
-        return jnp.moveaxis(w.reshape(lead + (D, K, G, d)), -4, -2)
-    if layout in ("k", "v"):
-        K, D, d = leaf_shape
-        return jnp.moveaxis(w.reshape(lead + (D, K, d)), -3, -2)
-    return w.reshape(lead + tuple(leaf_shape))
-
-
 @jax.tree_util.register_dataclass
 @dataclass
 class Factored:
@@ -91,31 +60,6 @@ class Factored:
     coef: Array
     layout: str = field(metadata=dict(static=True))  # the type name: how heads fold into d_in/d_out
     leaf_shape: tuple = field(metadata=dict(static=True))  # the dense per-layer leaf shape
-    key: ClassVar[str] = "basis"
-
-    @classmethod
-    def manifest(cls, params, cfg) -> dict:
-        from jaxshare.basis.io import structure
-
-        return structure(params)
-
-    @classmethod
-    def abstract(cls, cfg, manifest: dict, base):
-        from jaxshare.basis.io import abstract_structure
-
-        return abstract_structure(cfg, manifest, base)
-
-    @classmethod
-    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
-        from jaxshare.basis.io import export_files
-
-        return export_files(params, manifest)
-
-    @classmethod
-    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
-        from jaxshare.basis.io import restore_from_hf
-
-        return restore_from_hf(cfg, params, manifest, source)
 
     def logical_axes(self, dense_axes: tuple) -> "Factored":
         """basis (units or layers, d_in, rank), coef (layers, rank, d_out); d_in / d_out named by
@@ -148,23 +92,6 @@ def _plain(w):
     from jaxshare.core.compressed import is_compressed
 
     return w.dense() if is_compressed(w) else w
-
-
-def get_type(layers, t: str):
-    mod, name = TYPES[t][0].split(".")
-    return getattr(getattr(layers, mod), name)
-
-
-def set_types(params, new: dict):
-    """params with layers.<type> leaves replaced by new[type]."""
-    return replace_leaves(params, {f"layers.{TYPES[t][0]}": v for t, v in new.items()})
-
-
-def dims(cfg: ModelConfig, t: str) -> tuple[int, int]:
-    """(d_in, d_out) of a type."""
-    D, F, hd = cfg.d_model, cfg.d_ff, cfg.head_dim
-    return {"q": (D, cfg.n_heads * hd), "k": (D, cfg.n_kv_heads * hd), "v": (D, cfg.n_kv_heads * hd),
-            "o": (cfg.n_heads * hd, D), "up": (D, F), "gate": (D, F), "down": (F, D)}[t]
 
 
 # ---------------------------------------------------------------- rank and groups

@@ -14,6 +14,7 @@ the factors back and checks that B @ C reproduces the dense weights before using
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import is_compressed
 from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.config import ModelConfig
-from jaxshare.io.hf import CheckpointError
+from jaxshare.errors import CheckpointError
 
 FACTORS = "basis.safetensors"
 
@@ -103,3 +104,21 @@ def restore_from_hf(cfg: ModelConfig, params, manifest: dict, source: Path | Non
         new[t] = Factored(Bank(jnp.asarray(rows, dt), jnp.asarray(index, jnp.int32)), jnp.asarray(coef, dt),
                           t, tuple(dense.shape[1:]))
     return set_types(params, new)
+
+
+class BasisCodec:
+    """The codec of `Factored` (jaxshare.io.kinds): manifest `basis`, side file basis.safetensors."""
+    key: ClassVar[str] = "basis"
+    kind: ClassVar[type] = Factored
+
+    def manifest(self, params, cfg) -> dict:
+        return structure(params)
+
+    def abstract(self, cfg, manifest: dict, base):
+        return abstract_structure(cfg, manifest, base)
+
+    def export_files(self, params, manifest: dict) -> dict[str, bytes]:
+        return export_files(params, manifest)
+
+    def restore_hf(self, cfg, params, manifest: dict, source: Path):
+        return restore_from_hf(cfg, params, manifest, source)

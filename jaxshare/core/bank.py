@@ -16,7 +16,6 @@ import dataclasses
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +34,6 @@ class Bank:
 
     rows: Array  # [U, ...]: the unique weights
     index: Array  # int32 [L] or [L, K]: the row each layer (unit) reads
-    key: ClassVar[str] = "sharing"
 
     def dense(self) -> Array:
         """The per-layer leaf this bank stands for: [L, (K,) ...]."""
@@ -66,7 +64,7 @@ class Bank:
                                             for f in dataclasses.fields(self)})
 
     # The layer scan (split_banks): what is closed over, what is scanned, and one layer's weight.
-    # A bank with more leaves (core.corrected.CorrectedBank) overrides these three.
+    # A bank with more leaves (headshare.corrected.CorrectedBank) overrides these three.
     def scan_closed(self):
         return self.rows
 
@@ -76,28 +74,6 @@ class Bank:
     @staticmethod
     def scan_gather(closed, xs_l):
         return closed[xs_l]
-
-    @classmethod
-    def manifest(cls, params, cfg) -> dict:
-        from jaxshare.headshare.sharing import manifest
-
-        return manifest(params, cfg)
-
-    @classmethod
-    def abstract(cls, cfg, manifest: dict, base):
-        from jaxshare.headshare.sharing import abstract_shared
-
-        return abstract_shared(cfg, manifest, base)
-
-    @classmethod
-    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
-        return {}  # sharing.json alone restores the banks from the (tied, equal) dense weights
-
-    @classmethod
-    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
-        from jaxshare.headshare.sharing import from_dense
-
-        return from_dense(cfg, params, manifest)
 
 
 def is_bank(x) -> bool:

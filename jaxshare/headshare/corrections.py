@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.compressed import is_compressed
-from jaxshare.core.corrected import CorrectedBank
+from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import replace_leaves
 
@@ -92,7 +92,7 @@ def restore_hf(cfg: ModelConfig, params, man: dict, source: Path):
     dense weights (a directory edited after export is refused)."""
     from safetensors.numpy import load_file
 
-    from jaxshare.io.hf import CheckpointError
+    from jaxshare.errors import CheckpointError
 
     path = Path(source) / SIDE_FILE
     if not path.is_file():

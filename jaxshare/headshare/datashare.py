@@ -25,7 +25,7 @@ import numpy as np
 from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.corrected import CorrectedBank
+from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.params import Params, replace_leaves
 from jaxshare.headshare.directshare import accounting, n_units, plan
 from jaxshare.headshare.sharing import FIELDS, MATRICES, SharingError, compact_params, share

@@ -102,14 +102,14 @@ def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = F
         # say so now and record it, rather than let the checkpoint look complete
         extra["no_tokenizer"] = f"converted without a tokenizer ({path} has no tokenizer.json or tokenizer_config.json)"
         print(f"warning: {path} has neither tokenizer.json nor tokenizer_config.json; {out} gets no tokenizer, "
-              "so eval, generate and train will refuse it until you copy those files into it", file=sys.stderr)
+              "so eval, generate, calibration and training on text will refuse it until you copy those files into it", file=sys.stderr)
     if kind == "gguf":
         return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
     if kind == "hf":
-        from jaxshare.core.compressed import kinds
+        from jaxshare.io.kinds import keys
 
         # an HF export of a compressed model carries manifests (sharing.json, ...): load it whole
-        if not any((Path(path) / f"{k.key}.json").is_file() for k in kinds()):
+        if not any((Path(path) / f"{k}.json").is_file() for k in keys()):
             return (*convert_hf_to_native(path, out, dtype, extra, overwrite, allow_bin), path)
     m = load_model(src, dtype, allow_bin=allow_bin)
     extra["converted_from"] = str(m.source)

@@ -21,6 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
+from jaxshare.errors import CheckpointError
+from jaxshare.io.gguf_file import VOCAB_ARRAYS as _VOCAB_ARRAYS, GGUFFile  # noqa: F401 (older name)
+
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}  # general.architecture -> HF model_type
 PERMUTED_QK = {"llama"}  # architectures whose q/k rows llama.cpp permutes for its RoPE layout
 HEAD_DIM_TYPES = {"llama", "gemma3_text"}  # model types whose HF config takes head_dim != hidden // heads
@@ -39,8 +42,6 @@ _ARCH_KEYS = {
 # {arch}.<suffix> read separately (head size, RoPE), checked for consistency below.
 _ARCH_CHECKED = {"rope.freq_base", "rope.dimension_count", "attention.key_length", "attention.value_length",
                  "rope.scaling.type"}
-_VOCAB_ARRAYS = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores",
-                 "tokenizer.ggml.token_type"}  # large; only the tokenizer needs them
 _TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "padding_token_id": "pad_token_id"}
 
 _GLOBAL_NAMES = {
@@ -79,7 +80,6 @@ def _hook(arch: str | None, name: str, default=None):
 def _reader(path, vocab: bool = False):
     """The file's metadata and tensor table (jaxshare.io.gguf_file): no tensor data, no vocabulary
     objects unless asked; a truncated or garbled file raises CheckpointError naming the cause."""
-    from jaxshare.io.gguf_file import GGUFFile
 
     return GGUFFile(path, vocab)
 
@@ -92,18 +92,18 @@ def _fields(reader) -> dict:
 def _architecture(fields: dict) -> tuple[str, str]:
     arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unsupported GGUF architecture: {arch} (supported: {', '.join(sorted(ARCHITECTURES))})")
+        raise CheckpointError(f"unsupported GGUF architecture: {arch} (supported: {', '.join(sorted(ARCHITECTURES))})")
     return arch, ARCHITECTURES[arch]
 
 
 def _scalar(fields: dict, key: str, required: bool = True):
     if key not in fields:
         if required:
-            raise ValueError(f"GGUF metadata lacks {key}")
+            raise CheckpointError(f"GGUF metadata lacks {key}")
         return None
     value = fields[key]
     if isinstance(value, list):
-        raise ValueError(f"GGUF metadata {key} is per-layer ({value!r}); only uniform layers are supported")
+        raise CheckpointError(f"GGUF metadata {key} is per-layer ({value!r}); only uniform layers are supported")
     return value
 
 
@@ -144,7 +144,7 @@ def _config(reader, path) -> tuple[dict, str]:
             if value not in (0, False, None, [], ""):  # e.g. expert_count, attention.sliding_window
                 problems.append(f"{key}={value!r}")
     if problems:
-        raise ValueError(f"{path}: unsupported GGUF {arch} metadata: {', '.join(problems)}")
+        raise CheckpointError(f"{path}: unsupported GGUF {arch} metadata: {', '.join(problems)}")
 
     cfg: dict = {"model_type": model_type, "hidden_act": "silu"}
     for suffix, hf_key in _ARCH_KEYS.items():
@@ -153,7 +153,7 @@ def _config(reader, path) -> tuple[dict, str]:
             cfg[hf_key] = float(value) if hf_key == "rms_norm_eps" else int(value)
     if "vocab_size" not in cfg:  # older files: the vocabulary size is the token list's length
         if "tokenizer.ggml.tokens" not in reader.array_lengths:
-            raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+            raise CheckpointError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
         cfg["vocab_size"] = int(reader.array_lengths["tokenizer.ggml.tokens"])
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
@@ -164,14 +164,14 @@ def _config(reader, path) -> tuple[dict, str]:
     value_len = _scalar(fields, f"{arch}.attention.value_length", required=False)
     head_dim = int(key_len or rope_dim or cfg["hidden_size"] // heads)
     if value_len is not None and int(value_len) != head_dim:
-        raise ValueError(f"{path}: attention value_length {value_len} != key_length {head_dim} is not supported")
+        raise CheckpointError(f"{path}: attention value_length {value_len} != key_length {head_dim} is not supported")
     if rope_dim is not None and int(rope_dim) != head_dim:
-        raise ValueError(f"{path}: partial rotary embedding (rope.dimension_count {rope_dim} of head size "
+        raise CheckpointError(f"{path}: partial rotary embedding (rope.dimension_count {rope_dim} of head size "
                          f"{head_dim}) is not supported")
     if model_type in HEAD_DIM_TYPES:
         cfg["head_dim"] = head_dim
     elif head_dim != cfg["hidden_size"] // heads:
-        raise ValueError(f"{path}: {model_type} head size {head_dim} != hidden_size // num_attention_heads")
+        raise CheckpointError(f"{path}: {model_type} head size {head_dim} != hidden_size // num_attention_heads")
 
     theta = _scalar(fields, f"{arch}.rope.freq_base", required=False)
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": float(theta if theta is not None else 10000.0)}
@@ -210,7 +210,7 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """
     rows = w.shape[0]
     if rows % (2 * n_heads):
-        raise ValueError(f"cannot un-permute {rows} rows into {n_heads} heads of even size")
+        raise CheckpointError(f"cannot un-permute {rows} rows into {n_heads} heads of even size")
     half = rows // n_heads // 2
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -227,7 +227,7 @@ def iter_gguf_tensors(path) -> Iterator[tuple[str, np.ndarray]]:
         unknown = sorted(n for n, hf in names.items() if hf is None)
         if unknown:
             more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
-            raise ValueError(f"{path}: unknown GGUF tensor name(s): {', '.join(unknown[:8])}{more}")
+            raise CheckpointError(f"{path}: unknown GGUF tensor name(s): {', '.join(unknown[:8])}{more}")
         permuted = arch in PERMUTED_QK
         fix = _hook(arch, "gguf_tensor", lambda key, a: a)
         for tensor in reader.tensors:
@@ -269,7 +269,7 @@ def gguf_tokenizer(path):
               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
     vocab, config = groups["tokenizer"], groups["tokenizer_config"]
     if "tokens" not in vocab:
-        raise ValueError(f"{path}: GGUF metadata has no tokenizer.ggml.tokens (no vocabulary to build a tokenizer)")
+        raise CheckpointError(f"{path}: GGUF metadata has no tokenizer.ggml.tokens (no vocabulary to build a tokenizer)")
     if vocab.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary by default
         config.setdefault("add_bos_token", True)
     for name, key in _SPECIAL_TOKENS.items():

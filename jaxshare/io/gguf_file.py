@@ -17,6 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxshare.errors import CheckpointError
+
+VOCAB_ARRAYS = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores",
+                "tokenizer.ggml.token_type"}  # large; only the tokenizer needs them
+
 # GGUF metadata value types
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
@@ -49,7 +54,7 @@ class _Cursor:
         if self.pos + n <= self.base + len(self.buf):
             return
         if self.pos + n > self.size:
-            raise ValueError(f"header runs past the end of the file ({self.size} bytes)")
+            raise CheckpointError(f"header runs past the end of the file ({self.size} bytes)")
         self.f.seek(self.pos)
         self.buf, self.base = self.f.read(max(n, 1 << 20)), self.pos
 
@@ -72,7 +77,7 @@ class _Cursor:
         self._need(0)
         self.pos += n
         if self.pos > self.size:
-            raise ValueError(f"header runs past the end of the file ({self.size} bytes)")
+            raise CheckpointError(f"header runs past the end of the file ({self.size} bytes)")
 
     def value(self, vtype: int, keep: bool = True):
         if vtype in _SCALARS:
@@ -88,10 +93,10 @@ class _Cursor:
                     for _ in range(count):
                         self.value(etype, keep=False)
                 if self.pos > self.size:
-                    raise ValueError(f"header runs past the end of the file ({self.size} bytes)")
+                    raise CheckpointError(f"header runs past the end of the file ({self.size} bytes)")
                 return count
             return [self.value(etype) for _ in range(count)]
-        raise ValueError(f"unknown metadata value type {vtype}")
+        raise CheckpointError(f"unknown metadata value type {vtype}")
 
 
 class GGUFFile:
@@ -102,8 +107,7 @@ class GGUFFile:
         """vocab: keep the vocabulary arrays in fields too (only a tokenizer build needs them)."""
         import gguf
 
-        from jaxshare.io.gguf import _VOCAB_ARRAYS
-        from jaxshare.io.hf import CheckpointError
+        from jaxshare.errors import CheckpointError
 
         self.path = Path(path)
         self._f = open(self.path, "rb", buffering=0)
@@ -112,19 +116,19 @@ class GGUFFile:
             cur = _Cursor(self._f, size)
             magic = cur.take("<I")
             if magic != 0x46554747:  # b"GGUF" little-endian
-                raise ValueError("no GGUF magic")
+                raise CheckpointError("no GGUF magic")
             version = cur.take("<I")
             if version not in (2, 3):
-                raise ValueError(f"GGUF version {version} is not supported")
+                raise CheckpointError(f"GGUF version {version} is not supported")
             n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
             self.fields, self.array_lengths = {}, {}
             for _ in range(n_kv):
                 key, vtype = cur.string(), cur.take("<I")
-                if key in _VOCAB_ARRAYS and not vocab:  # large; only the tokenizer needs them
+                if key in VOCAB_ARRAYS and not vocab:  # large; only the tokenizer needs them
                     self.array_lengths[key] = cur.value(vtype, keep=False)
                 else:
                     self.fields[key] = cur.value(vtype)
-                    if key in _VOCAB_ARRAYS:
+                    if key in VOCAB_ARRAYS:
                         self.array_lengths[key] = len(self.fields[key])
             infos = []
             for _ in range(n_tensors):
@@ -167,7 +171,7 @@ class GGUFFile:
             raw = np.empty((b - a) * row_bytes, np.uint8)
             self._f.seek(t.data_offset + a * row_bytes)
             if self._f.readinto(memoryview(raw)) != raw.size:
-                from jaxshare.io.hf import CheckpointError
+                from jaxshare.errors import CheckpointError
 
                 raise CheckpointError(f"{self.path}: short read in tensor {t.name}")
             if typed is not None:
@@ -177,7 +181,7 @@ class GGUFFile:
             try:
                 flat[a:b] = dequantize(data, t.tensor_type).reshape(b - a, shape[-1])
             except NotImplementedError as e:
-                raise ValueError(f"GGUF tensor {t.name}: quantization type {t.tensor_type.name} "
+                raise CheckpointError(f"GGUF tensor {t.name}: quantization type {t.tensor_type.name} "
                                  f"cannot be dequantized by the gguf package ({e})") from None
         return out
 

@@ -185,7 +185,8 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
 
     from jaxshare.io.tensorfile import TensorWriter
 
-    from jaxshare.core.compressed import export_files, manifests, materialize
+    from jaxshare.core.compressed import materialize
+    from jaxshare.io.kinds import export_files, manifests
 
     side_files = export_files(params, manifests(params, cfg, info))
     params = materialize(params)  # compressed leaves leave as plain dense tensors

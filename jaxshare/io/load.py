@@ -123,7 +123,7 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
     """Load any supported MODEL argument (a registered name, an HF directory, a .gguf file, a native
     checkpoint) into (config, params, tokenizer). dtype: anything `as_dtype` takes. An HF export of
     a compressed model comes back compressed (its manifests, e.g. sharing.json, are applied)."""
-    from jaxshare.core.compressed import restore_hf
+    from jaxshare.io.kinds import restore_hf
     from jaxshare.io.native import load_native
 
     spec, dtype = str(spec), as_dtype(dtype)

@@ -20,12 +20,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxshare.core.compressed import abstract_tree, kinds, manifests
+from jaxshare.io.kinds import abstract_tree, keys, manifests
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params, cast_params
 from jaxshare.io.atomic import atomic_output
-from jaxshare.io.hf import CheckpointError
+from jaxshare.errors import CheckpointError
 
 META = "jaxshare.json"
 FORMAT_VERSION = 2
@@ -65,7 +65,7 @@ def native_meta(cfg: ModelConfig, params: Params, extra: dict | None = None, ver
     trainer whose processes each save their own shards under params/) pass version=1, the orbax layout."""
     dtype = str(jax.tree_util.tree_leaves(params)[0].dtype)
     given = extra or {}
-    extra = {k: v for k, v in given.items() if k not in {kind.key for kind in kinds()}}
+    extra = {k: v for k, v in given.items() if k not in keys()}
     extra.update(manifests(params, cfg, given))  # a kind key in `given` but not in params is dropped
     return {"format": "jaxshare", "version": version, "config": dataclasses.asdict(cfg),
             "dtype": dtype, "extra": extra}

@@ -31,7 +31,7 @@ def dtype_name(dtype) -> str:
 
 
 def _error(path, why: str) -> Exception:
-    from jaxshare.io.hf import CheckpointError
+    from jaxshare.errors import CheckpointError
 
     return CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {why}")
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.core import matrices
 from jaxshare.quant import pack as P
 
 Array = jax.Array
@@ -33,9 +33,7 @@ LAYOUTS = DENSE_LAYOUTS + ("q_unit", "o_unit", "2d")
 def to_2d(layout: str, w):
     """[..., *leaf_shape] -> [..., d_in, d_out]."""
     if layout in DENSE_LAYOUTS:
-        from jaxshare.basis.factor import to_2d as dense_to_2d
-
-        return dense_to_2d(layout, w)
+        return matrices.to_2d(layout, w)
     if layout == "q_unit":  # [.., G, D, d] -> [.., D, G*d]
         w = jnp.moveaxis(w, -2, -3)
         return w.reshape(w.shape[:-2] + (-1,))
@@ -46,9 +44,7 @@ def to_2d(layout: str, w):
 
 def from_2d(layout: str, w, leaf_shape: tuple):
     if layout in DENSE_LAYOUTS:
-        from jaxshare.basis.factor import from_2d as dense_from_2d
-
-        return dense_from_2d(layout, w, leaf_shape)
+        return matrices.from_2d(layout, w, leaf_shape)
     lead = w.shape[:-2]
     if layout == "q_unit":
         G, D, d = leaf_shape
@@ -68,7 +64,6 @@ class Quantized:
     layout: str = field(metadata=dict(static=True))
     leaf_shape: tuple = field(metadata=dict(static=True))  # one item's dense shape
     d_in: int = field(metadata=dict(static=True))  # real input rows (rows beyond are padding)
-    key: ClassVar[str] = "quant"
 
     @property
     def shape(self) -> tuple:
@@ -122,30 +117,6 @@ class Quantized:
 
     def nbytes(self) -> int:
         return int(sum(a.size * a.dtype.itemsize for a in (self.packed, self.scale, self.zero) if a is not None))
-
-    @classmethod
-    def manifest(cls, params, cfg) -> dict:
-        from jaxshare.quant.tree import structure
-
-        return structure(params)
-
-    @classmethod
-    def abstract(cls, cfg, manifest: dict, base):
-        from jaxshare.quant.tree import abstract_structure
-
-        return abstract_structure(manifest, base)
-
-    @classmethod
-    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
-        from jaxshare.quant.tree import export_files
-
-        return export_files(params, manifest)
-
-    @classmethod
-    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
-        from jaxshare.quant.tree import restore_from_hf
-
-        return restore_from_hf(params, manifest, source)
 
 
 def make(codes, scale, zero, bits: int, group: int | None, layout: str, leaf_shape: tuple, d_in: int,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def structure(params) -> dict:
 
 
 def _check(manifest: dict) -> dict:
-    from jaxshare.io.hf import CheckpointError
+    from jaxshare.errors import CheckpointError
 
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(manifest.get("leaves"), dict):
         raise CheckpointError(f"not a jaxshare quantization manifest v{MANIFEST_VERSION}")
@@ -100,7 +101,7 @@ def restore_from_hf(params, manifest: dict, source: Path):
     the dense (dequantized) weights the directory holds."""
     from safetensors.numpy import load_file
 
-    from jaxshare.io.hf import CheckpointError
+    from jaxshare.errors import CheckpointError
 
     leaves = _check(manifest)
     path = Path(source) / CODES
@@ -133,3 +134,21 @@ def restore_from_hf(params, manifest: dict, source: Path):
                                   f"> {tol:.3g}); the directory was edited after export")
         params = set_path(params, name, q)
     return params
+
+
+class QuantCodec:
+    """The codec of `Quantized` (jaxshare.io.kinds): manifest `quant`, side file of the codes."""
+    key: ClassVar[str] = "quant"
+    kind: ClassVar[type] = Quantized
+
+    def manifest(self, params, cfg) -> dict:
+        return structure(params)
+
+    def abstract(self, cfg, manifest: dict, base):
+        return abstract_structure(manifest, base)
+
+    def export_files(self, params, manifest: dict) -> dict[str, bytes]:
+        return export_files(params, manifest)
+
+    def restore_hf(self, cfg, params, manifest: dict, source: Path):
+        return restore_from_hf(params, manifest, source)

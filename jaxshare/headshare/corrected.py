@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +59,6 @@ class CorrectedBank(Bank):
 
     corr: Array  # [T, *head, d, d]: one correction per corrected unit (head = (G,) for q, () for k)
     corr_index: Array  # int32 [L, K]: the correction each unit applies, -1 for none
-    key: ClassVar[str] = "corrections"
 
     def matrices(self) -> Array:
         return correction_matrices(self.corr, self.corr_index)
@@ -80,27 +78,3 @@ class CorrectedBank(Bank):
     def scan_gather(closed, xs_l):
         (rows, corr), (index, corr_index) = closed, xs_l
         return Corrected(rows[index], correction_matrices(corr, corr_index))
-
-    @classmethod
-    def manifest(cls, params, cfg) -> dict:
-        from jaxshare.headshare.corrections import manifest
-
-        return manifest(params, cfg)
-
-    @classmethod
-    def abstract(cls, cfg, manifest: dict, base):
-        from jaxshare.headshare.corrections import abstract_corrected
-
-        return abstract_corrected(cfg, manifest, base)
-
-    @classmethod
-    def export_files(cls, params, manifest: dict) -> dict[str, bytes]:
-        from jaxshare.headshare.corrections import export_files
-
-        return export_files(params, manifest)
-
-    @classmethod
-    def restore_hf(cls, cfg, params, manifest: dict, source: Path):
-        from jaxshare.headshare.corrections import restore_hf
-
-        return restore_hf(cfg, params, manifest, source)
