@@ -102,7 +102,8 @@ def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = F
         # say so now and record it, rather than let the checkpoint look complete
         extra["no_tokenizer"] = f"converted without a tokenizer ({path} has no tokenizer.json or tokenizer_config.json)"
         print(f"warning: {path} has neither tokenizer.json nor tokenizer_config.json; {out} gets no tokenizer, "
-              "so eval, generate, calibration and training on text will refuse it until you copy those files into it", file=sys.stderr)
+              "so eval, generate, calibration and training on text will refuse it until you copy those files "
+              "into it", file=sys.stderr)
     if kind == "gguf":
         return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
     if kind == "hf":
