@@ -275,7 +275,12 @@ def gguf_tokenizer(path):
     for name, key in _SPECIAL_TOKENS.items():
         token_id = meta.get(f"tokenizer.ggml.{key}")
         config[name] = vocab["tokens"][token_id] if token_id is not None else None
-    backend, more = convert_gguf_tokenizer(arch, vocab)
+    try:
+        backend, more = convert_gguf_tokenizer(arch, vocab)
+    except KeyError as e:  # transformers' converters index the vocabulary fields they expect
+        raise CheckpointError(f"{path}: its {vocab.get('tokenizer_type', 'unknown')}-type vocabulary lacks "
+                              f"tokenizer.ggml.{e.args[0]}, which transformers needs to build the tokenizer; "
+                              "re-export the GGUF with its full vocabulary") from None
     del meta, vocab, groups  # the Python vocabulary (tens of MB for 150k tokens): the backend holds its own
     cls = getattr(transformers, TOKENIZER_CLASSES.get(model_type, "TokenizersBackend"))
     return cls(tokenizer_object=backend, name_or_path=str(Path(path).parent), **config, **more)
