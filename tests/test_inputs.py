@@ -232,3 +232,16 @@ def test_max_memory_below_the_model_is_refused(tiny, capsys):
     assert "give at least --max-memory" in last
     code, out, _ = run(capsys, "eval", "ppl", tiny[0], "--data", tiny[1], "--seq-len", 16, "--max-memory", "64G")
     assert code == 0 and out.startswith("ppl ")
+
+
+def test_gguf_vocabulary_missing_a_field_is_one_line(tmp_path, capsys):
+    """transformers' gpt2 converter indexes tokenizer.ggml.scores; without it: one line, not a KeyError."""
+    from conftest import random_hf_model
+    from test_gguf import write_gguf
+
+    model = random_hf_model("llama", num_hidden_layers=2)
+    vocab = (("add_tokenizer_model", "gpt2"), ("add_token_list", [f"t{i}" for i in range(256)]),
+             ("add_token_merges", []), ("add_token_types", [1] * 256))
+    path = write_gguf(tmp_path / "m.gguf", model, extra=vocab)
+    refused(capsys, "convert", path, tmp_path / "out", match="lacks tokenizer.ggml.scores")
+    assert not (tmp_path / "out").exists()
