@@ -430,3 +430,29 @@ def test_sigint_at_a_random_moment_of_export(models, tmp_path):
             assert json.loads((out / OUTPUT_MARKER).read_text())["files"] == sorted(
                 n for n in os.listdir(out) if n != OUTPUT_MARKER)
     assert 130 in codes, codes  # at least one Ctrl-C landed inside the export
+
+
+def test_unreachable_https_data_is_not_called_missing(models, capsys, monkeypatch):
+    """fsspec's HTTP filesystem answers exists() False when the host cannot be reached; the message
+    must say "cannot be reached", not "no such file" (a stand-in filesystem: no network, no aiohttp)."""
+    import importlib
+
+    from fsspec.spec import AbstractFileSystem
+
+    from jaxshare.training import paths
+
+    class Offline(AbstractFileSystem):
+        protocol = ("https",)
+
+        def exists(self, path, **kw):
+            return False
+
+        def info(self, path, **kw):
+            raise ConnectionError(f"Cannot connect to host {path.split('/')[2]}:443 [Temporary failure in name resolution]")
+
+    registry = importlib.import_module("fsspec.registry")._registry
+    monkeypatch.setitem(registry, "https", Offline)
+    monkeypatch.setattr(paths, "_READY", set())
+    line = one_error(*run(capsys, "eval", "ppl", models["native"], "--data", "https://example.org/t.txt",
+                          "--seq-len", "16")[::2], "eval ppl")
+    assert "https://example.org/t.txt: cannot be reached" in line and "no network" in line
