@@ -22,7 +22,7 @@ from etils.epath import backend as _backend
 from etils.epath import gpath as _gpath
 from etils.epath import register as _register
 
-from jaxshare.errors import InputError, MissingDependency
+from jaxshare.errors import InputError, JaxshareError, MissingDependency
 
 COMMIT_MARKER = ".jaxshare_complete"
 _EPATH_SCHEMES = ("gs", "s3", "az", "hf")
@@ -69,6 +69,10 @@ def scheme(path) -> str | None:
 PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs",
             "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp", "hf": "huggingface_hub"}
 _READY: set[str] = set()
+
+
+class MissingInput(JaxshareError, FileNotFoundError):
+    """A model or data URL with nothing there."""
 
 
 def _need_filesystem(path: str, s: str) -> None:
@@ -241,7 +245,7 @@ def localize(spec: str, what: str = "model") -> str:
 
     src = as_path(spec)
     if not _exists(src, spec, what):
-        raise InputError(f"{what} {spec}: no such file or directory")
+        raise MissingInput(f"{what} {spec}: no such file or directory")
     listing = _listing(src)
     key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
     root = cache_dir() / "remote"
