@@ -8,6 +8,8 @@ replaced by a stub that stops there, so everything that parses and validates is 
 import contextlib
 import io
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -271,3 +273,88 @@ def test_valid_runs_exit_0_with_complete_outputs(world, argv):
     code, err, made = check(world, argv)
     assert code == 0, err[-2000:]
     assert bool(made) == any(a.startswith("WORK/") for a in argv), made  # wrote exactly when asked to
+
+
+# -- paths (issue 22): non-UTF-8 names, URLs, files where folders go and folders where files go -----------
+
+NOT_UTF8 = os.fsdecode(b"x\xfdy")  # a name whose bytes are not UTF-8 (as a shell passes it)
+
+
+@pytest.fixture(scope="module")
+def path_world(world):
+    """Inputs under odd names: the native model and the text under a non-UTF-8 name and in fsspec's
+    memory:// filesystem, a file named like a .gguf and a folder named like one (outputs taken by the
+    wrong kind)."""
+    import fsspec
+
+    root = world["root"]
+    odd = Path(os.fsdecode(os.fsencode(str(root)) + b"/odd\xfd"))
+    odd.mkdir()
+    shutil.copytree(world["native"], odd / "native")
+    shutil.copy(world["text"], odd / "text.txt")
+    fs = fsspec.filesystem("memory")
+    fs.put(str(world["native"]), "/fuzz22/native", recursive=True)
+    fs.put(str(world["text"]), "/fuzz22/text.txt")
+    (root / "taken.gguf").write_bytes(b"GGUF not ours")
+    (root / "folder.gguf").mkdir()
+    yield {**world, "odd": odd}
+    fs.rm("/fuzz22", recursive=True)
+
+
+URLS = ["gs://b/x", "s3://b/x", "az://c/x", "https://example.invalid/x", "memory://fuzz22/missing", "nope://x"]
+
+
+def paths_check(world, argv) -> int:
+    """One command with odd paths: exit 0 or 2, no traceback, one error line, only whole outputs."""
+    with pytest.MonkeyPatch.context() as mp:  # whatever is installed here: no network, no cloud
+        import importlib
+
+        from jaxshare.training import paths
+
+        for mod in ("gcsfs", "s3fs", "adlfs", "aiohttp"):
+            mp.setitem(sys.modules, mod, None)
+        registry = importlib.import_module("fsspec.registry")._registry
+        for s in ("gs", "gcs", "s3", "az", "abfs", "http", "https"):
+            mp.delitem(registry, s, raising=False)
+        mp.setattr(paths, "_READY", set(), raising=False)  # schemes already checked
+        code, out, err, work = run_cli(world, argv)
+    assert code in (0, 2), (argv, code, err[-2000:])
+    assert "Traceback" not in err and "Traceback" not in out, (argv, err[-3000:])
+    lines = [ln for ln in err.replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln and not ln.startswith(("usage:", " ", "warning:", "Adding merges"))]
+    if code == 2:
+        assert len(lines) == 1 and "error:" in lines[0], (argv, err[-2000:])
+        assert sorted(snapshot(work)) == [], argv
+    for top in {m.split(os.sep)[0] for m in snapshot(work)}:
+        assert not top.startswith("."), (argv, top)  # a temporary sibling was left behind
+        p = work / top
+        assert (p.is_file() and p.suffix == ".gguf") or complete(p), (argv, top)
+    return code
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(data=st.data())
+def test_odd_paths_are_one_line_or_success(path_world, data):
+    w = path_world
+    model = st.sampled_from([str(w["native"]), str(w["odd"] / "native"), "memory://fuzz22/native", *URLS])
+    text = st.sampled_from([str(w["text"]), str(w["odd"] / "text.txt"), "memory://fuzz22/text.txt",
+                            *[u + ".txt" for u in URLS]])
+    out = st.sampled_from(["WORK/out", f"WORK/{NOT_UTF8}", "WORK/out.gguf", str(w["root"] / "taken.gguf"),
+                           str(w["root"] / "folder.gguf"), str(w["text"]), *URLS])
+    plot = st.sampled_from(["WORK/plots", f"WORK/{NOT_UTF8}", str(w["text"]), str(w["text"]) + "/sub"])
+    cmds = [
+        st.tuples(st.just(["export"]), model, out).map(lambda t: [*t[0], t[1], t[2]]),
+        st.tuples(st.just(["convert"]), model, out).map(lambda t: [*t[0], t[1], t[2]]),
+        st.tuples(st.just(["share"]), model, out).map(lambda t: [*t[0], t[1], t[2], "--ratio", "0.25"]),
+        st.tuples(st.just(["eval", "ppl"]), model, text).map(
+            lambda t: [*t[0], t[1], "--data", t[2], "--seq-len", "16", "--max-windows", "2"]),
+        st.tuples(st.just(["similarity"]), model, plot).map(lambda t: [*t[0], t[1], "--plot-dir", t[2]]),
+        st.tuples(model, text).map(lambda t: ["train", "plain", "--set", f"model={t[0]}", "--set", f"data={t[1]}",
+                                              "--set", "run_dir=WORK/run", "--set", "batch_size=8",
+                                              "--set", "seq_len=16"]),
+        st.sampled_from(URLS).map(lambda u: ["train", "resume", u]),
+    ]
+    argv = data.draw(st.one_of(cmds))
+    code = paths_check(w, argv)
+    if currently_in_test_context():
+        event(f"{argv[0]}: exit {code}")
