@@ -295,8 +295,9 @@ def test_full_disk_is_one_line_exit_2_no_leftovers(models, small_fs):
     assert res.stdout.split() == ["2", "2"], res.stderr
     errs = res.stderr.split("--\n")
     for command, err in zip(("convert", "export"), errs):
-        assert err.splitlines() == [f"jaxshare {command}: error: cannot write {small_fs / command}: "
-                                    "No space left on device"], res.stderr
+        lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]  # convert's no-tokenizer note
+        assert lines == [f"jaxshare {command}: error: cannot write {small_fs / command}: "
+                         "No space left on device"], res.stderr
     assert errs[2] == "", res.stderr  # nothing late either (orbax's threads report after the failure)
     assert os.listdir(small_fs) == []
 
