@@ -424,7 +424,9 @@ def test_sigint_at_a_random_moment_of_export(models, tmp_path):
         assert child.returncode in (0, 130), (child.returncode, err[-2000:])
         codes.append(child.returncode)
         if child.returncode == 130:
-            assert messages(err) == ["jaxshare export: interrupted; nothing half-written was kept"], err
+            # while the arguments are still being parsed nothing has started: a shorter line
+            assert messages(err) in (["jaxshare export: interrupted; nothing half-written was kept"],
+                                     ["jaxshare: interrupted"]), err
         assert siblings(tmp_path, "exp") == []
         if out.exists():
             assert json.loads((out / OUTPUT_MARKER).read_text())["files"] == sorted(

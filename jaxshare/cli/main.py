@@ -225,7 +225,13 @@ def main(argv=None) -> int:
     3 a training run preempted after saving a checkpoint; 130 interrupted (Ctrl-C)."""
     from jaxshare.errors import EXIT_INTERRUPTED, EXIT_USER
 
-    args = build_parser().parse_args(argv)
+    try:  # parsing imports modules (and may take a moment): a Ctrl-C there is no traceback either
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("jaxshare: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _interrupt_hook(previous_hook)
     try:
         rc = args.fn(args)
     except KeyboardInterrupt:
@@ -236,7 +242,23 @@ def main(argv=None) -> int:
             raise
         print(f"jaxshare {args.command}: error: {_message(e)}", file=sys.stderr)
         return EXIT_USER
+    finally:
+        sys.unraisablehook = previous_hook
     return rc if isinstance(rc, int) else 0
+
+
+def _interrupt_hook(previous):
+    """A Ctrl-C that lands in a callback Python cannot raise from (jax's GC callback) would be
+    printed as "Exception ignored" and the command would go on: raise it again in the main thread."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            import _thread
+
+            _thread.interrupt_main()
+            return
+        previous(unraisable)
+
+    return hook
 
 
 if __name__ == "__main__":
