@@ -13,7 +13,13 @@ the same way everywhere: "fp32", "bf16", "float32", "bfloat16" or a jnp dtype (`
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
+
+try:  # the installed distribution's (wheel or editable); a bare source tree on sys.path has none
+    __version__ = _metadata.version("jaxshare")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
 
 # module -> the public names it provides (grouped by what they do); _RENAMED: public -> module name
 _EXPORTS = {

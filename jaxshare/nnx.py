@@ -11,23 +11,31 @@ Every variable carries its logical axes (`jaxshare.core.axes`) as `out_sharding`
 that resolve them as `sharding_rules`, so `nnx.get_partition_spec(nnx.state(model))` gives mesh
 PartitionSpecs; with `mesh=` the weights are placed on the mesh as they are wrapped.
 
-Importing this module imports flax; `import jaxshare` does not.
+Importing this module imports flax (the `nnx` extra); `import jaxshare` does not.
 """
 from __future__ import annotations
 
 import dataclasses
 import operator
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from jaxshare.core.axes import DEFAULT_RULES, leaf_rules, tree_axes
 from jaxshare.core.bank import trainable_mask
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward, token_nll
 from jaxshare.core.params import Params
+from jaxshare.optional import require
+
+# flax is optional (the `nnx` extra): imported here, where the view is defined, so that a missing
+# flax is one line naming the extra; nothing on the way to `import jaxshare` imports this module
+if TYPE_CHECKING:
+    from flax import nnx
+else:
+    nnx = require("flax.nnx", "nnx", "the Flax NNX view (jaxshare.nnx)", package="flax")
 
 
 class BankIndex(nnx.Variable):

@@ -7,8 +7,10 @@ import numpy as np
 
 
 def _plt():
-    import matplotlib
+    # deferred on purpose: matplotlib is optional ([plots]) and slow to import
+    from jaxshare.optional import require
 
+    matplotlib = require("matplotlib", "plots", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -267,11 +267,10 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
     assert np.isfinite(ppl) and ppl < 1000
     assert main(["generate", str(out), "--prompt", "The capital of France is", "--max-new-tokens", "4"]) == 0
 
-    from rich.console import Console
-
     from jaxshare.basis.compress import demo_step
+    from jaxshare.cli.demo import Console
 
-    res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 256, 2, Console(stderr=True),
+    res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 256, 2, Console(),
                     calib_windows=4, calib_seq_len=256)  # the CLI run above cached these statistics
     assert res["calibration"]["cached"] and np.isfinite(res["ppl"]) and res["params_after"] < res["params_before"]
 

@@ -343,13 +343,12 @@ def test_inheritune_notebook_runs():
 
 @pytest.mark.slow
 def test_demo_inheritune_step(tmp_path):
-    from rich.console import Console
-
+    from jaxshare.cli.demo import Console
     from jaxshare.data.corpora import load_corpus
     from jaxshare.inheritune.demo import demo_step
     from jaxshare.io.load import load_model
 
-    res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 128, 1, tmp_path, Console(stderr=True),
+    res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 128, 1, tmp_path, Console(),
                     batch=2, analysis_seq_len=128)
     assert 1 <= res["k"] < 30 and res["params_after"] < res["params_before"] and np.isfinite(res["ppl_untrained"])
     assert res["k"] in res["degenerate_layers"] or res["k"] == 15  # the deep run's first layer, or half depth

@@ -172,13 +172,17 @@ def sample_windows_arg(p, default: int, help: str) -> None:
 
 def plot_dir(text: str) -> str:
     """A directory for plots: refused while parsing, before any model loads, when it is a file, lies
-    under a file or cannot be written (an existing directory is fine: plots replace their own names)."""
+    under a file or cannot be written (an existing directory is fine: plots replace their own names),
+    or when matplotlib (the `plots` extra) is not installed."""
+    from jaxshare.errors import MissingDependency
     from jaxshare.io.atomic import OutputError, check_plot_dir
+    from jaxshare.optional import check
 
     nonempty(text)
     try:
+        check("matplotlib", "plots", "plotting")
         check_plot_dir(text)
-    except OutputError as e:
+    except (OutputError, MissingDependency) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
 

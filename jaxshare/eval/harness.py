@@ -26,13 +26,12 @@ from tqdm.auto import tqdm
 
 from jaxshare.errors import UsageError
 from jaxshare.eval.scoring import greedy_until, score_continuations
+from jaxshare.optional import require
 
-try:
-    from lm_eval.api.model import TemplateLM
-    from lm_eval.api.registry import register_model
-except ImportError as e:  # the optional extra
-    raise ImportError("lm-eval is not installed: pip install 'jaxshare[eval]' "
-                      "(or pip install 'lm-eval>=0.4,<0.5')") from e
+# lm-eval is optional (the `eval` extra); this module is its adapter, so importing it needs it
+# (a MissingDependency naming the extra, which `jaxshare eval mc` prints as one line)
+TemplateLM = require("lm_eval.api.model", "eval", "the lm-eval backend", package="lm-eval").TemplateLM
+register_model = require("lm_eval.api.registry", "eval", "the lm-eval backend", package="lm-eval").register_model
 
 class JaxshareLM(TemplateLM):
     """model_args: model (any jaxshare MODEL argument; `pretrained` is accepted too), dtype

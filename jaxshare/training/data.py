@@ -18,16 +18,23 @@ import numpy as np
 _ENDLESS = 1 << 62
 
 
+def _grain():
+    # deferred on purpose: grain is optional (the `train` extra), and only a training run reads batches
+    from jaxshare.optional import require
+
+    return require("grain", "train", "training (its data iterator)")
+
+
 def window_stream(windows: np.ndarray, seed: int):
     """grain MapDataset: the run's endless stream of windows, reshuffled every epoch."""
-    import grain
+    grain = _grain()
 
     return grain.MapDataset.source(windows).shuffle(seed=seed).repeat()
 
 
 def batch_dataset(stream, micro: int, batch: int, rows: tuple[int, int]):
     """grain MapDataset whose item s is this process's [A, hi-lo, T] slice of step s's batch."""
-    import grain
+    grain = _grain()
 
     lo, hi = rows
     A, B = micro, batch
@@ -42,7 +49,7 @@ def batch_dataset(stream, micro: int, batch: int, rows: tuple[int, int]):
 def batch_iterator(windows: np.ndarray, seed: int, micro: int, batch: int, rows: tuple[int, int] | None = None):
     """A checkpointable grain iterator of process-local batches [A, rows, T] (all rows by default).
     Threads off: items are cheap slices and the order must not depend on scheduling."""
-    import grain
+    grain = _grain()
 
     rows = rows or (0, batch)
     ds = batch_dataset(window_stream(windows, seed), micro, batch, rows)
