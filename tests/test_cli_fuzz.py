@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
@@ -273,6 +273,113 @@ def test_valid_runs_exit_0_with_complete_outputs(world, argv):
     code, err, made = check(world, argv)
     assert code == 0, err[-2000:]
     assert bool(made) == any(a.startswith("WORK/") for a in argv), made  # wrote exactly when asked to
+
+
+# -- training run dirs (issue 22): resume with random overrides; run dirs of random prior content ------
+
+from jaxshare.training.trainer import Trainer as RealTrainer  # noqa: E402 (before `world` stubs it)
+
+FIXED = ["model", "data", "eval_data", "seq_len", "batch_size", "ratio", "match", "mode", "seed", "gamma",
+         "warmup_steps", "run_dir", "stages"]
+RESUMABLE_SAMPLE = ["steps", "tokens", "lr", "eval_every", "checkpoint_every", "progress", "mesh", "log_every",
+                    "keep_checkpoints", "export_hf"]
+
+
+def _train_sets(world, run_dir) -> list[str]:
+    kv = dict(model=world["native"], data=world["text"], eval_data=world["text"], run_dir=run_dir, seq_len=16,
+              batch_size=2, steps=2, eval_windows=2, mesh="data=1,fsdp=1", progress="false", export_hf="false")
+    return [x for k, v in kv.items() for x in ("--set", f"{k}={v}")]
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(data=st.data())
+def test_resume_with_random_overrides_refuses_fixed_keys_and_keeps_config(world, data):
+    """Allowed keys reach the trainer (the stub) or give one line; any other key is refused by name,
+    before config.yaml or anything else in the run dir is touched."""
+    from jaxshare.training.config import build_config, dump_config
+
+    run = world["root"] / "resumable"
+    if not run.exists():
+        dump_config(build_config({}, _train_sets(world, run)[1::2]), run / "config.yaml")
+        (run / "checkpoints" / "2").mkdir(parents=True)
+    before = (run / "config.yaml").read_bytes()
+    kvs = data.draw(st.lists(st.tuples(st.sampled_from(FIXED + RESUMABLE_SAMPLE + ["nonsense"]),
+                                       values(INTS + FLOATS + ["data=1,fsdp=1", "true"], ["4", "0.001"])), max_size=4))
+    argv = ["train", "resume", str(run), *[x for k, v in kvs for x in ("--set", f"{k}={v}")]]
+    code, err, _ = check(world, argv)
+    fixed = [k for k, _ in kvs if k in FIXED]
+    if "nonsense" in [k for k, _ in kvs]:
+        assert code == 2 and "unknown config key 'nonsense'" in err, err
+    elif fixed:
+        assert code == 2 and f"--set {fixed[0]}" in err and "cannot change in a run under way" in err, err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
+    assert (run / "config.yaml").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def _ours(run: Path) -> None:
+    from jaxshare.training.rundir import write_marker
+
+    write_marker(run)
+
+
+PRIOR = {  # name -> how to make it; ours (what jaxshare writes) or foreign (anything else)
+    "marker": (True, _ours),
+    "config.yaml": (True, lambda r: (r / "config.yaml").write_text("mode: plain\n")),
+    "metrics.jsonl": (True, lambda r: (r / "metrics.jsonl").write_text('{"step": 1}\n')),
+    "checkpoints/3": (True, lambda r: (r / "checkpoints" / "3").mkdir(parents=True)),
+    "final": (True, lambda r: ((r / "final").mkdir(), (r / "final" / "jaxshare.json").write_text("{}"))),
+    "tensorboard": (True, lambda r: ((r / "tensorboard").mkdir(), (r / "tensorboard" / "events.out.tfevents.1").write_text(""))),
+    "NOTES.md": (False, lambda r: (r / "NOTES.md").write_text("mine")),
+    "checkpoints/notes.txt": (False, lambda r: ((r / "checkpoints").mkdir(exist_ok=True),
+                                                (r / "checkpoints" / "notes.txt").write_text("mine"))),
+    "hf (no export marker)": (False, lambda r: ((r / "hf").mkdir(), (r / "hf" / "config.json").write_text("{}"))),
+    "data/": (False, lambda r: ((r / "data").mkdir(), (r / "data" / "x.txt").write_text("mine"))),
+    "result.json link": (False, lambda r: (r / "result.json").symlink_to(r.parent / "elsewhere.json")),
+}
+
+
+@settings(max_examples=12, **SETTINGS)
+@example(prior=["marker", "config.yaml", "checkpoints/3", "final", "tensorboard", "metrics.jsonl"], overwrite=True)
+@example(prior=["marker", "config.yaml", "NOTES.md"], overwrite=True)
+@example(prior=["config.yaml", "metrics.jsonl", "checkpoints/3"], overwrite=True)
+@given(prior=st.lists(st.sampled_from(sorted(PRIOR)), unique=True, max_size=5), overwrite=st.booleans())
+def test_train_into_a_run_dir_of_random_prior_content_deletes_only_what_it_wrote(world, prior, overwrite):
+    """The real trainer up to its first compute (the step loop's setup raises there): a refused
+    start changes nothing; an accepted one had only our entries to clear, and clears only those."""
+    world["n"][0] += 1
+    run = world["root"] / f"rd{world['n'][0]}" / "run"
+    run.mkdir(parents=True)
+    (run.parent / "elsewhere.json").write_text("mine")
+    for name in prior:
+        PRIOR[name][1](run)
+    before = {str(p.relative_to(run)): p.read_bytes() if p.is_file() and not p.is_symlink() else None
+              for p in run.rglob("*")}
+    foreign = [n for n in prior if not PRIOR[n][0]]
+
+    def stop(*a, **kw):
+        raise Reached
+
+    with pytest.MonkeyPatch.context() as mp:
+        import jaxshare.training.trainer as trainer_module
+
+        mp.setattr(trainer_module, "Trainer", RealTrainer)
+        mp.setattr(RealTrainer, "_plan_and_params", stop)
+        argv = ["train", "postshare", *_train_sets(world, run), *(["--overwrite"] if overwrite else [])]
+        code, out, err, _ = run_cli(world, argv)
+    assert code in (0, 2) and "Traceback" not in err, err[-3000:]
+    if currently_in_test_context():
+        event(f"exit {code}")
+    after = {str(p.relative_to(run)): p.read_bytes() if p.is_file() and not p.is_symlink() else None
+             for p in run.rglob("*")}
+    assert (run.parent / "elsewhere.json").read_text() == "mine"
+    if code == 2:
+        assert after == before and len(err.strip().splitlines()) == 1, err
+        assert prior == [] or not overwrite or foreign or "marker" not in prior  # refused for a reason
+        return
+    assert not foreign and (prior == [] or (overwrite and "marker" in prior)), (prior, overwrite)
+    assert sorted(after) == ["config.yaml", "jaxshare_run.json"]  # the earlier run's entries went; nothing else
 
 
 # -- paths (issue 22): non-UTF-8 names, URLs, files where folders go and folders where files go -----------

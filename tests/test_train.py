@@ -338,7 +338,7 @@ def test_kill9_after_checkpoint_then_resume_is_bit_identical(files, tmp_path):
 
 
 def test_sigterm_saves_and_resume_completes(files, tmp_path):
-    cmd, env = _cli(["jaxshare", "train", "plain"], tmp_path / "pre", files, ["--set", "steps=400",
+    cmd, env = _cli(["jaxshare", "train", "postshare"], tmp_path / "pre", files, ["--set", "steps=400",
                                                                               "--set", "checkpoint_every=0"])
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     log = tmp_path / "pre" / "metrics.jsonl"
@@ -347,7 +347,7 @@ def test_sigterm_saves_and_resume_completes(files, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "preempted at step" in out
+    assert proc.returncode == 3 and "preempted at step" in out  # EXIT_PREEMPTED: a scheduler must not read success
     step = max(int(p.name) for p in (tmp_path / "pre" / "checkpoints").iterdir() if p.name.isdigit())
     assert 3 <= step < 400 and max(r["step"] for r in metrics(tmp_path / "pre")) == step
 

@@ -153,21 +153,23 @@ def _stage_init(tc, i: int, n: int, state: dict, model, ref, run_dir: Path) -> P
     return init
 
 
-def run_inheritune(tc, resuming: bool = False, until_stage: int | None = None) -> dict:
+def run_inheritune(tc, resuming: bool = False, until_stage: int | None = None, overwrite: bool = False,
+                   sets: list[str] | None = None) -> dict:
     """Train every stage of an `inheritune` config (resuming finished and interrupted stages).
-    `until_stage`: stop after that many stages (what a kill at a stage boundary leaves)."""
+    `until_stage`: stop after that many stages (what a kill at a stage boundary leaves).
+    `overwrite`: a new run may replace an earlier jaxshare run in run_dir (training/rundir.py);
+    `sets`: the resume overrides, also applied to the interrupted stage."""
     import dataclasses as dc
 
     from jaxshare.core.params import count_params
     from jaxshare.io.load import load_model, resolve
+    from jaxshare.training import rundir
     from jaxshare.training.config import dump_config
     from jaxshare.training.trainer import Trainer
 
     run_dir = Path(tc.run_dir)
     state_path = run_dir / STATE
-    if not resuming and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} is not empty; continue it with `jaxshare train resume {run_dir}` "
-                              f"or choose another run_dir")
+    clear = False if resuming else rundir.check_new_run_dir(run_dir, overwrite)
     resolve(tc.model)
     model = load_model(tc.model, "fp32")
     if resuming and state_path.is_file():
@@ -177,7 +179,10 @@ def run_inheritune(tc, resuming: bool = False, until_stage: int | None = None) -
             ref = model if state["reference"] == tc.model else load_model(state["reference"], "fp32")
     else:
         state, ref = _plan(tc, model)
+        if clear:  # only now, with the plan checked: an earlier run goes, our marker comes first
+            rundir.clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_marker(run_dir)
         dump_config(tc, run_dir / "config.yaml")
         _write_json(state_path, state)
     ref_loss = state["reference_loss"]
@@ -193,12 +198,12 @@ def run_inheritune(tc, resuming: bool = False, until_stage: int | None = None) -
         sdir = _stage_dir(run_dir, i, n)
         init = _stage_init(tc, i, n, state, model, ref, run_dir)
         ckpts = sdir / "checkpoints"
-        if ckpts.is_dir() and any(ckpts.iterdir()):
-            trainer = Trainer.resume(sdir)
+        if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):  # a partial save is no checkpoint
+            trainer = Trainer.resume(sdir, sets)
         else:
             # Each stage draws its batches with its own seed, so stages do not replay one order.
             stage_tc = dc.replace(tc, model=str(init), run_dir=str(sdir), stages="", reference="", seed=tc.seed + i)
-            trainer = Trainer(stage_tc)
+            trainer = Trainer(stage_tc, inside_run=True)
         res = trainer.run()
         if res["status"] == "preempted":
             return {**res, "run_dir": str(run_dir)}

@@ -72,12 +72,15 @@ class Trainer:
     """One run. `Trainer(tc, ...).run()` starts it; `Trainer.resume(run_dir).run()` continues it."""
 
     def __init__(self, tc: TrainConfig, model=None, data=None, eval_windows=None, total_steps: int | None = None,
-                 writer=None, mesh=None, resuming: bool = False):
+                 writer=None, mesh=None, resuming: bool = False, overwrite: bool = False, inside_run: bool = False):
+        """overwrite: a new run may replace an earlier jaxshare run in run_dir (rundir.py says
+        what is removed); inside_run: run_dir is a stage of a run its caller has checked (inheritune)."""
+        from jaxshare.training.rundir import check_new_run_dir
+
         self.tc = tc
         self.run_dir = paths.as_path(tc.run_dir)
-        if not resuming and Checkpoints.held(self.run_dir):
-            raise FileExistsError(f"{tc.run_dir} already holds checkpoints; continue it with "
-                                  f"`jaxshare train resume {tc.run_dir}` or choose another run_dir")
+        # Refused before the model loads; an earlier run is cleared only once run() starts writing.
+        self._clear = False if resuming or inside_run else check_new_run_dir(tc.run_dir, overwrite)
         self.mesh = mesh if mesh is not None else meshlib.make_mesh(tc.mesh, dcn=tc.dcn_mesh)
         meshlib.check_batch(self.mesh, tc.batch_size)
         if model is None:
@@ -96,6 +99,9 @@ class Trainer:
     def resume(cls, run_dir, sets: list[str] | None = None, **parts) -> "Trainer":
         from jaxshare.training.config import load_config
 
+        from jaxshare.training.config import check_resume_sets
+
+        check_resume_sets(sets, run_dir)  # before anything is read or written
         path = paths.as_path(str(run_dir)) / "config.yaml"
         if not path.exists():
             raise FileNotFoundError(f"{run_dir}: no config.yaml, not a jaxshare training run")
@@ -179,22 +185,95 @@ class Trainer:
         nll = float(np.concatenate(sums)[:n].astype(np.float64).sum() / (n * (T - 1)))
         return {"ppl": math.exp(nll), "nll": nll}
 
+    def _unsound(self, state) -> str | None:
+        """Why `state` must not become a checkpoint, or None. A blown-up update can leave finite but
+        huge weights (lr 1e9: ~1e9) whose loss is still finite while their gradient overflows, so
+        the next update from them is NaN whatever the lr: the state, and the loss and gradient norm
+        of its weights on one held-out micro-batch (in the training dtype), must all be finite."""
+        from jaxshare.training import step as step_module
+
+        tc, cfg = self.tc, self.model.cfg
+        if getattr(self, "_sound_fn", None) is None:
+            dtype = as_dtype(tc.dtype)
+
+            def sound(s, tokens):
+                leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(s)
+                          if jnp.issubdtype(x.dtype, jnp.inexact)]
+                loss, g = jax.value_and_grad(lambda p: step_module.ce_loss(combine(p, s["frozen"]), cfg, tokens, dtype,
+                                                                           tc.remat))(s["params"])
+                sq = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(g))
+                return jnp.all(jnp.stack(leaves)), loss.astype(jnp.float32), jnp.sqrt(sq)
+
+            self._sound_fn = jax.jit(sound, out_shardings=meshlib.replicated(self.mesh))
+        rows = max(1, min(tc.batch_size, len(self.eval_windows)))
+        tokens = mh.put_global(np.asarray(self.eval_windows[:rows], np.int32), meshlib.replicated(self.mesh))
+        finite, loss, gnorm = (np.asarray(x) for x in self._sound_fn(
+            {k: v for k, v in state.items() if k != "step"}, tokens))
+        if not finite:
+            return "the weights or optimizer state hold non-finite values"
+        if not (math.isfinite(float(loss)) and math.isfinite(float(gnorm))):
+            return f"the updated weights give a held-out loss of {float(loss):.4g} and gradient norm {float(gnorm):.4g}"
+        return None
+
+    def _diverged(self, what: str, step: int, ckpt, detail: str = "") -> TrainingDiverged:
+        ckpt.wait()  # the last good checkpoint completes; the bad state is never saved
+        good = ckpt.latest_step()
+        run = self.tc.run_dir
+        todo = (f"Last good checkpoint: step {good} in {ckpt.remote}; continue from it with a lower lr "
+                f"(jaxshare train resume {run} --set lr=...)" if good is not None else
+                f"No good checkpoint was saved; start again with a lower lr or more warmup_steps "
+                f"(jaxshare train ... --overwrite)")
+        return TrainingDiverged(f"{what} at step {step}{detail}; stopped without saving it. {todo}")
+
+    def _on_sigint(self, *_):
+        import sys
+
+        if self._preempted:  # the second Ctrl-C: stop now; the last complete checkpoint stays
+            raise KeyboardInterrupt
+        self._preempted = True
+        print("jaxshare train: Ctrl-C: saving a checkpoint after this step, then stopping "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def _prepare_run_dir(self) -> None:
+        """Process 0, before anything else is written: a new run clears the earlier run it may
+        replace, then writes the marker first (rundir.py) and its config."""
+        from jaxshare.training import rundir
+        from jaxshare.training.checkpoints import sweep_tmp
+
+        if self._clear:
+            rundir.clear_run_dir(self.run_dir)
+            self._clear = False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_marker(self.run_dir)
+        dump_config(self.tc, self.run_dir / "config.yaml")
+        if (self.run_dir / "metrics.jsonl").exists():  # a restarted inheritune stage's own rows
+            (self.run_dir / "metrics.jsonl").unlink()
+        sweep_tmp(self.run_dir / "checkpoints")
+
     def _on_sigterm(self, *_):
         self._preempted = True
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
+        """Train; the writers this trainer opened are closed (and their temporaries removed) on
+        every way out."""
+        owned = self.writer is None
+        try:
+            return self._run()
+        finally:
+            if owned and self.writer is not None:
+                self.writer.close()
+
+    def _run(self) -> dict:
         from tqdm.auto import tqdm
 
         from jaxshare.training.data import batch_iterator
         from jaxshare.training.writers import peak_flops, train_flops_per_token
 
         tc, mcfg, primary = self.tc, self.model.cfg, mh.is_primary()
-        if primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(tc, self.run_dir / "config.yaml")  # on resume: the overrides stick for the next resume
-            if not self.resuming and (self.run_dir / "metrics.jsonl").exists():
-                (self.run_dir / "metrics.jsonl").unlink()
+        if primary and not self.resuming:
+            self._prepare_run_dir()
+        mh.barrier("jaxshare_run_dir_ready")
         params0, decision = self._plan_and_params()
         # The final accounting needs only the starting model's shapes: its buffers go to the state.
         self.dense_shapes = jax.eval_shape(lambda p: p, self.model.params)
@@ -209,30 +288,46 @@ class Trainer:
         rows = mh.local_rows(batch_sh, (A, B, T), axis=1)
         it = self.data(rows) if callable(self.data) else batch_iterator(self.data, tc.seed, A, B, rows)
         ckpt = Checkpoints(self.run_dir, tc.keep_checkpoints, tc.async_checkpoints, self.resuming)
-        if self.resuming:
-            last = ckpt.latest_step()
-            if last is None:
-                done = " (the run completed; keep_final_checkpoint: true keeps its last one)"
-                raise FileNotFoundError(f"{tc.run_dir}: no checkpoint to resume from"
-                                        f"{done if (self.run_dir / 'result.json').exists() else ''}")
-            # Restore straight into this run's shardings (the mesh may differ from the saving run's).
-            abstract, sh = abstract_state(params0, tx, tc.seed, self.mesh)
-            del params0
-            state = ckpt.restore(last, abstract, it)
-            self._truncate_metrics(int(state["step"]))
-        else:
-            state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True)
-            del params0
-        step_fn = make_step(mcfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
-                            remat=tc.remat)
-        train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention)
+        try:  # a failed restore or compile closes orbax (its threads otherwise print at exit)
+            if self.resuming:
+                last = ckpt.latest_step()
+                if last is None:
+                    done = " (the run completed; keep_final_checkpoint: true keeps its last one)"
+                    raise FileNotFoundError(f"{tc.run_dir}: no checkpoint to resume from"
+                                            f"{done if (self.run_dir / 'result.json').exists() else ''}")
+                # Restore straight into this run's shardings (the mesh may differ from the saving run's).
+                abstract, sh = abstract_state(params0, tx, tc.seed, self.mesh)
+                del params0
+                state = ckpt.restore(last, abstract, it)
+                if primary:  # only now: a refused or failed resume leaves the run's config as it was
+                    dump_config(tc, self.run_dir / "config.yaml")
+                self._truncate_metrics(int(state["step"]))
+            else:
+                state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True)
+                del params0
+            step_fn = make_step(mcfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
+                                remat=tc.remat)
+            train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention)
+        except BaseException:
+            ckpt.close()
+            raise
         step = int(state["step"])
         tokens_per_step = A * B * T
         flops_tok = train_flops_per_token(mcfg, T)
         peak = tc.peak_flops or peak_flops(jax.devices()[0].device_kind)
         writer = self._open_writer()
 
+        def save(step):
+            why = self._unsound(state)
+            if why is not None:
+                raise self._diverged(why, step, ckpt)
+            release_free_memory()  # the steps' freed temporaries, before orbax's host copy
+            ckpt.save(step, state, it)
+            release_free_memory()
+
+        # SIGTERM (a scheduler) and a first Ctrl-C: checkpoint at the step boundary, then stop.
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        old_int = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(total=total, initial=step, desc=f"{tc.mode}", unit="step", disable=not (tc.progress and primary),
                    dynamic_ncols=True)
         status = "completed"
@@ -245,11 +340,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 step += 1
                 if not math.isfinite(metrics["loss"]):
-                    ckpt.wait()  # the last good checkpoint completes; the bad state is never saved
-                    good = ckpt.latest_step()
-                    raise TrainingDiverged(f"loss is {metrics['loss']} at step {step} (ce {metrics['ce']}, "
-                                           f"L_w {metrics['lw']}); stopped without saving. Last good checkpoint: "
-                                           f"{'step ' + str(good) if good is not None else 'none'} in {ckpt.remote}")
+                    raise self._diverged(f"loss is {metrics['loss']}", step, ckpt,
+                                         f" (ce {metrics['ce']}, L_w {metrics['lw']})")
                 row = {**metrics, "lr": float(schedule(step - 1)), "tokens": step * tokens_per_step,
                        "tok_per_s": tokens_per_step / dt, "step_s": dt}
                 if peak:
@@ -264,18 +356,17 @@ class Trainer:
                     if writer is not None:
                         writer.write(step, {"eval_ppl": ev["ppl"], "eval_nll": ev["nll"]})
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == total:
-                    release_free_memory()  # the steps' freed temporaries, before orbax's host copy
-                    ckpt.save(step, state, it)
-                    release_free_memory()
+                    save(step)
                 if self._preempted or ckpt.reached_preemption(step):
                     if ckpt.latest_step() != step:
-                        ckpt.save(step, state, it)
+                        save(step)
                     status = "preempted"
                     break
             ckpt.wait()
         finally:
             bar.close()
             signal.signal(signal.SIGTERM, old_handler)
+            signal.signal(signal.SIGINT, old_int)
             ckpt.close()
             if writer is not None and writer is not self.writer:
                 writer.close()

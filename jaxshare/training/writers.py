@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 # Dense bf16 peak FLOP/s per device, by the start of `device.device_kind` (lower case).
@@ -75,12 +76,19 @@ class TensorBoardWriter:
                 self.sw.add_scalar(k, v, step)
 
     def close(self) -> None:
+        if self.sw is None:  # closed already (the trainer closes on every exit path)
+            return
         self.sw.close()
-        if not self.local:
+        self.sw = None
+        if self.local:
+            return
+        try:
             self.dest.mkdir(parents=True, exist_ok=True)
             for name in os.listdir(self.dir):
                 with open(os.path.join(self.dir, name), "rb") as f:
                     (self.dest / name).write_bytes(f.read())
+        finally:  # the local staging folder is ours alone: never left in the temp directory
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class WandbWriter:
@@ -94,7 +102,9 @@ class WandbWriter:
         self.run.log(dict(scalars), step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 class MultiWriter:
@@ -106,8 +116,14 @@ class MultiWriter:
             w.write(step, scalars)
 
     def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        errors = []
+        for w in self.writers:  # each one closes (and cleans up) even when another fails
+            try:
+                w.close()
+            except Exception as e:  # noqa: BLE001 (re-raised below)
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 def open_writers(run_dir, tensorboard: bool = True, wandb_project: str = "", config: dict | None = None):
