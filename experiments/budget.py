@@ -54,7 +54,7 @@ def share_alone(m, target: int):
 def basis_alone(m, target: int, grams, group_size: int = 2):
     """Basis Sharing of every default type at the smallest uniform ratio that meets the target."""
     from jaxshare.basis.compress import compress
-    from jaxshare.compose.apply import basis_ranks
+    from jaxshare.methods.basis import basis_ranks
     from jaxshare.compose.budget import Budget
 
     b = Budget.of(m.params, m.cfg, group_size)

@@ -16,6 +16,7 @@ writes experiments/results/quantize.json and prints the table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -120,7 +121,7 @@ def run(args) -> None:
     }
     if all(a.startswith("bs20") for a in args.arms if a not in done):
         bs20()
-        m.params = None  # only the basis model is needed from here on: free the dense one
+        m = dataclasses.replace(m, params=None)  # only the basis model is needed from here on: free the dense one
     for arm in args.arms:
         if arm in done:
             continue

@@ -30,6 +30,10 @@ class CheckpointError(JaxshareError, ValueError):
     """A checkpoint or model directory that cannot be read or does not match what is asked."""
 
 
+class MethodError(JaxshareError, ValueError):
+    """A compression method's options that cannot be honoured (jaxshare.methods; plans prefix the step)."""
+
+
 class MissingDependency(JaxshareError, ImportError):
     """An optional package a path needs is not installed; the message names the package and extra."""
 

@@ -79,6 +79,7 @@ def cast_consuming(params, dtype):
 
 def cmd_basis(args) -> None:
     from jaxshare.basis.factor import validate
+    from jaxshare.methods.basis import BasisOptions
     from jaxshare.basis.compress import compress
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.io.native import save_native
@@ -94,6 +95,9 @@ def cmd_basis(args) -> None:
     shared, private = args.shared, args.private
     if shared and private and set(shared) & set(private):
         raise BasisError(f"types both shared and private: {', '.join(sorted(set(shared) & set(private)))}")
+    # the options a plan's basis step takes, checked the same way
+    BasisOptions(ratio=args.ratio, group_size=args.group_size, method=args.method,
+                 types=tuple((shared or []) + (private or [])) or None, shared=tuple(shared) if shared else None)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")
     validate(m.cfg, args.ratio, args.group_size, args.method, shared, private)
@@ -128,7 +132,9 @@ def cmd_basis_pairs(args) -> None:
     from jaxshare.basis.pairs import pair_losses, write_pairs
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.io.load import load_model
+    from jaxshare.optional import check
 
+    check("matplotlib", "plots", "basis-pairs' heatmap")  # before the calibration it would be drawn from
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")
     announce(m, args)

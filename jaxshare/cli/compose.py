@@ -90,7 +90,7 @@ def _grams(m, calib: dict, batch_size: int):
 
 def cmd_compress(args) -> None:
     from jaxshare.cli.common import refuse_given
-    from jaxshare.compose.apply import apply_plan
+    from jaxshare.compose.apply import run_plan
     from jaxshare.compose.plan import PlanError, check_against, read_plan
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
@@ -122,7 +122,8 @@ def cmd_compress(args) -> None:
         plan, grams, calib_info, out["budget"] = _budgeted(m, args, calib)
     elif plan.needs_grams():
         grams, calib_info = _grams(m, calib, args.batch_size)
-    params, cfg, report, extra = apply_plan(m.params, m.cfg, plan, grams, m.meta.get("extra"))
+    done, report = run_plan(m, plan, grams)
+    params, cfg, extra = done.params, done.cfg, done.extra
     extra["derived_from"] = str(m.source)
     extra["plan"]["calibration"] = calib if calib_used else None  # nothing recorded that was not used
     if "budget" in out:
@@ -214,7 +215,8 @@ def _write_text(path, text: str) -> None:
 
 
 def register(sub, add, group) -> None:
-    c = add("compress", cmd_compress, "compose methods in one model: a plan of steps (share, basis, inherit), "
+    c = add("compress", cmd_compress, "compose methods in one model: a plan of steps (inherit, share, basis, "
+                                      "quantize), "
                                       "or a plan chosen to meet a parameter target")
     c.add_argument("model", help=MODEL_HELP)
     c.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory (holds plan.yaml too)")

@@ -82,7 +82,8 @@ def cmd_attention_similarity(args) -> None:
 def cmd_share(args) -> None:
     from jaxshare import plots
     from jaxshare.io.native import save_native
-    from jaxshare.headshare.datashare import check_options, data_share
+    from jaxshare.headshare.datashare import data_share
+    from jaxshare.methods.share import ShareOptions
     from jaxshare.headshare.directshare import n_units
     from jaxshare.io.load import load_model, resolve
     from jaxshare.headshare.sharing import SharingError, manifest
@@ -100,7 +101,8 @@ def cmd_share(args) -> None:
     if needs_calib and args.calib is None:
         raise SharingError(f"--keep {args.keep} --correct {args.correct} fits on calibration data: give --calib "
                            "(e.g. --calib wiki:train)")
-    check_options(args.keep, args.correct, True, args.share_o)
+    # the options a plan's share step takes, checked the same way (net_ratio stands in for the ratio)
+    ShareOptions(ratio if ratio is not None else args.net_ratio, args.match, args.keep, args.correct, args.share_o)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     resolve(args.model)
     m = load_model(args.model, args.dtype)  # held (and stored) in --dtype

@@ -1,4 +1,4 @@
-"""Compression plans: an ordered list of steps (inherit, share, basis) checked before any compute.
+"""Compression plans: an ordered list of steps (inherit, share, basis, quantize) checked before any compute.
 
 A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` writes:
 
@@ -6,26 +6,28 @@ A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` wri
       - inherit: {layers: 28}                       # keep the first k layers (Inheritune)
       - share: {ratio: 0.2, match: qk, keep: mean}  # head sharing of the q/k/v units (DirectShare)
       - basis: {group_size: 2, ratios: {up: 0.3, down: 0.1}}   # Basis Sharing, per-type ratios
+      - quantize: {bits: 8, method: gptq}           # weight-only int8/int4 of every linear weight
     calibration: {data: wiki:train, windows: 16, seq_len: 512, seed: 0}
 
 A basis step names its types through exactly one of `ratio` + `types` (one ratio for the listed
 types, default: every type not compressed by an earlier step), `ratios` ({type: ratio}) or
 `ranks` ({type: rank}, exact; what the budgeted plan writes). A ratio of 0 leaves that type dense.
 No weight matrix may be compressed by two steps (share claims q, k, v and with share_o o; basis
-claims its types); inherit may appear once and must keep at least one layer.
+claims its types); inherit may appear once and must keep at least one layer. Quantization claims
+no type: it packs every linear weight in whatever form the earlier steps left it (dense, bank rows,
+a basis and its coefficients), so it must be the last step; a step after it is refused by name.
+Each step's options are its method's Options (jaxshare.methods), which check them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from jaxshare.core.matrices import TYPES
 from jaxshare.errors import JaxshareError
-from jaxshare.basis.factor import TYPES
+from jaxshare.methods import METHODS as REGISTRY
+from jaxshare.methods.base import Method
 
-METHODS = ("share", "basis", "inherit")
-MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
-KEEPS = ("root", "mean", "data")
-CORRECTS = ("none", "qk", "qkv")
+METHODS = tuple(REGISTRY)
 CALIB_DEFAULTS = {"data": "wiki:train", "windows": 16, "seq_len": 512, "seed": 0}
 
 
@@ -40,11 +42,24 @@ class Step:
     types: list = field(default_factory=list)  # basis: the types it compresses (ratio > 0)
     types_defaulted: bool = False  # basis `ratio` without `types`: absent types of a family are skipped
 
+    @property
+    def impl(self) -> Method:
+        return REGISTRY[self.method]
+
+    @property
+    def opts(self):
+        """The step's options as its method's validated Options."""
+        return self.impl.from_dict(self.options)
+
     def claims(self) -> list[str]:
         """The weight types this step compresses."""
-        if self.method == "share":
-            return ["q", "k", "v"] + (["o"] if self.options.get("share_o") else [])
-        return list(self.types)
+        if self.types_defaulted:  # decided by the plan: every type no earlier step claimed
+            return list(self.types)
+        return [t for t in TYPES if t in self.impl.claims(self.opts)]
+
+    def needs_grams(self) -> bool:
+        # a step whose types were left to the plan and came out empty compresses, and reads, nothing
+        return self.impl.needs_grams(self.opts) and not (self.types_defaulted and not self.types)
 
     def to_dict(self) -> dict:
         return {self.method: dict(self.options)}
@@ -67,104 +82,26 @@ class Plan:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def needs_grams(self) -> bool:
-        return any(s.method == "basis" and s.options["method"] != "svd" and s.types
-                   or s.method == "share" and (s.options["keep"] == "data" or s.options["correct"] != "none")
-                   for s in self.steps)
+        return any(s.needs_grams() for s in self.steps)
 
 
-def _num(where: str, key: str, v, lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise PlanError(f"{where}: {key} must be a number, got {v!r}")
-    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        span = ("(" if lo_open else "[") + f"{lo:g}, {hi:g}" + (")" if hi_open else "]")
-        raise PlanError(f"{where}: {key} must be in {span}, got {v}")
-    return float(v)
-
-
-def _int(where: str, key: str, v, lo: int) -> int:
+def _calib_int(key: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise PlanError(f"{where}: {key} must be an integer at least {lo}, got {v!r}")
+        raise PlanError(f"calibration: {key} must be an integer at least {lo}, got {v!r}")
     return v
 
 
-def _unknown(where: str, opts: dict, known: tuple) -> None:
-    extra = sorted(set(opts) - set(known))
-    if extra:
-        raise PlanError(f"{where}: unknown option {extra[0]!r}; known: {', '.join(known)}")
-
-
-def _choice(where: str, key: str, v, choices: tuple) -> str:
-    if v not in choices:
-        raise PlanError(f"{where}: {key} must be one of {', '.join(choices)}, got {v!r}")
-    return v
-
-
-def _type_name(where: str, t) -> str:
-    if t not in TYPES:
-        raise PlanError(f"{where}: unknown matrix type {t!r}; known: {', '.join(TYPES)}")
-    return t
-
-
-def _share(where: str, o: dict) -> dict:
-    _unknown(where, o, ("ratio", "match", "keep", "correct", "share_o"))
-    if "ratio" not in o:
-        raise PlanError(f"{where}: ratio is required")
-    share_o = o.get("share_o", False)
-    if not isinstance(share_o, bool):
-        raise PlanError(f"{where}: share_o must be true or false, got {share_o!r}")
-    return {"ratio": _num(where, "ratio", o["ratio"], 0.0, 1.0),
-            "match": _choice(where, "match", o.get("match", "qk"), MATCHES),
-            "keep": _choice(where, "keep", o.get("keep", "mean"), KEEPS),
-            "correct": _choice(where, "correct", o.get("correct", "none"), CORRECTS),
-            "share_o": share_o}
-
-
-def _basis(where: str, o: dict, claimed: set) -> Step:
-    from jaxshare.basis.factor import METHODS as BASIS_METHODS
-
-    _unknown(where, o, ("ratio", "types", "ratios", "ranks", "group_size", "method", "shared"))
-    given = [k for k in ("ratio", "ratios", "ranks") if k in o]
-    if len(given) != 1:
-        raise PlanError(f"{where}: give exactly one of ratio, ratios or ranks (got {', '.join(given) or 'none'})")
-    out = {"group_size": _int(where, "group_size", o.get("group_size", 2), 1),
-           "method": _choice(where, "method", o.get("method", "basis"), BASIS_METHODS)}
-    if "types" in o and "ratio" not in o:
-        raise PlanError(f"{where}: types goes with ratio, not with ratios or ranks")
-    defaulted = False
-    if "ratio" in o:
-        out["ratio"] = r = _num(where, "ratio", o["ratio"], 0.0, 1.0)
-        types = o.get("types")
-        if types is None:  # every type not claimed earlier (a family's absent types are skipped later)
-            types, defaulted = [t for t in TYPES if t not in claimed], True
-        elif not isinstance(types, list) or not types:
-            raise PlanError(f"{where}: types must be a non-empty list of matrix types")
-        else:
-            out["types"] = [_type_name(where, t) for t in types]
-        chosen = list(types) if r > 0 else []
-    elif "ratios" in o:
-        if not isinstance(o["ratios"], dict) or not o["ratios"]:
-            raise PlanError(f"{where}: ratios must be a non-empty mapping type -> ratio")
-        out["ratios"] = {_type_name(where, t): _num(where, f"ratios.{t}", r, 0.0, 1.0) for t, r in o["ratios"].items()}
-        chosen = [t for t, r in out["ratios"].items() if r > 0]
-    else:
-        if not isinstance(o["ranks"], dict) or not o["ranks"]:
-            raise PlanError(f"{where}: ranks must be a non-empty mapping type -> rank")
-        out["ranks"] = {_type_name(where, t): _int(where, f"ranks.{t}", k, 1) for t, k in o["ranks"].items()}
-        chosen = list(out["ranks"])
-    shared = o.get("shared")
-    if shared is not None:
-        if not isinstance(shared, list):
-            raise PlanError(f"{where}: shared must be a list of matrix types")
-        out["shared"] = [_type_name(where, t) for t in shared]
-    return Step("basis", out, chosen, defaulted)
-
-
-def _inherit(where: str, o: dict) -> dict:
-    _unknown(where, o, ("layers",))
-    if "layers" not in o:
-        raise PlanError(f"{where}: layers is required")
-    return {"layers": _int(where, "layers", o["layers"], 1)}
+def _step(i: int, method: str, opts: dict, taken: set) -> Step:
+    """One checked step; `taken`: the types earlier steps compress."""
+    where = f"step {i} ({method})"
+    impl = REGISTRY[method]
+    try:
+        o = impl.from_dict(opts)
+    except JaxshareError as e:  # the method's own one line, prefixed with the step
+        raise PlanError(f"{where}: {e}") from None
+    named = getattr(o, "named_types", lambda: ())()
+    claims = impl.claims(o, None, frozenset(taken))
+    return Step(method, impl.to_dict(o), [t for t in TYPES if t in claims], named is None)
 
 
 def parse_plan(raw) -> Plan:
@@ -187,14 +124,14 @@ def parse_plan(raw) -> Plan:
         opts = {} if opts is None else opts
         if not isinstance(opts, dict):
             raise PlanError(f"{where}: options must be a mapping")
-        if method == "share":
-            step = Step(method, _share(where, opts))
-        elif method == "basis":
-            step = _basis(where, opts, set(owner))
-        else:
-            if any(x.method == "inherit" for x in steps):
-                raise PlanError(f"{where}: a plan may inherit layers only once")
-            step = Step(method, _inherit(where, opts))
+        if method == "inherit" and any(x.method == "inherit" for x in steps):
+            raise PlanError(f"{where}: a plan may inherit layers only once")
+        for j, x in enumerate(steps, 1):
+            if x.impl.last:
+                raise PlanError(f"{where}: comes after step {j} ({x.method}), which must be the last step (it "
+                                f"packs the weights as they are when it runs, and nothing may rewrite them "
+                                f"afterwards): move {x.method} to the end")
+        step = _step(i, method, opts, set(owner))
         for t in step.claims():
             if t in owner:
                 raise PlanError(f"{where}: compresses {t} again (already compressed by step {owner[t]}); "
@@ -204,11 +141,13 @@ def parse_plan(raw) -> Plan:
     calib = raw.get("calibration") or {}
     if not isinstance(calib, dict):
         raise PlanError("calibration must be a mapping (data, windows, seq_len, seed)")
-    _unknown("calibration", calib, tuple(CALIB_DEFAULTS))
+    unknown = sorted(set(calib) - set(CALIB_DEFAULTS))
+    if unknown:
+        raise PlanError(f"calibration: unknown option {unknown[0]!r}; known: {', '.join(CALIB_DEFAULTS)}")
     calib = {**CALIB_DEFAULTS, **calib}
-    calib["windows"] = _int("calibration", "windows", calib["windows"], 1)
-    calib["seq_len"] = _int("calibration", "seq_len", calib["seq_len"], 2)
-    calib["seed"] = _int("calibration", "seed", calib["seed"], 0)
+    calib["windows"] = _calib_int("windows", calib["windows"], 1)
+    calib["seq_len"] = _calib_int("seq_len", calib["seq_len"], 2)
+    calib["seed"] = _calib_int("seed", calib["seed"], 0)
     if not isinstance(calib["data"], str) or not calib["data"]:
         raise PlanError("calibration: data must be a corpus name or file")
     return Plan(steps, calib)
@@ -238,27 +177,15 @@ def read_plan(path) -> Plan:
 
 
 def check_against(plan: Plan, cfg) -> None:
-    """What needs the model: types the family has, inherit within its layers, share's unit count."""
-    from jaxshare.basis.factor import default_types
+    """What needs the model, step by step on the model each step receives: types the family has,
+    inherit within its layers, share's unit count, quantization groups that divide the rows."""
+    from jaxshare.methods.basis import present_types
 
-    shared, private = default_types(cfg)
-    present = set(shared) | set(private)
-    L = cfg.n_layers
     for i, s in enumerate(plan.steps, 1):
-        where = f"step {i} ({s.method})"
-        if s.method == "inherit":
-            if s.options["layers"] > L:
-                raise PlanError(f"{where}: layers {s.options['layers']} is more than the model's {L}")
-            L = s.options["layers"]
-        elif s.method == "basis":
-            if s.types_defaulted:
-                s.types = [t for t in s.types if t in present]
-            for t in s.types:
-                if t not in present:
-                    raise PlanError(f"{where}: {cfg.family} has no {t} weights; known: "
-                                    f"{', '.join(t for t in TYPES if t in present)}")
-        elif s.method == "share":
-            n = int(round(s.options["ratio"] * L * cfg.n_kv_heads))
-            if n > (L - 1) * cfg.n_kv_heads:
-                raise PlanError(f"{where}: ratio {s.options['ratio']} asks for {n} of {L * cfg.n_kv_heads} units, "
-                                f"but only {(L - 1) * cfg.n_kv_heads} have an earlier partner")
+        if s.types_defaulted:
+            present = present_types(cfg)
+            s.types = [t for t in s.types if t in present]
+        try:
+            cfg = s.impl.check(s.opts, cfg)
+        except JaxshareError as e:
+            raise PlanError(f"step {i} ({s.method}): {e}") from None

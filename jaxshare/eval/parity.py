@@ -1,6 +1,7 @@
 """Parity against transformers (torch, fp32) on the same source and the same tokens."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -91,7 +92,7 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
         if free_params:
             for leaf in jax.tree_util.tree_leaves(loaded.params):
                 leaf.delete()
-            loaded.params = None
+            loaded = dataclasses.replace(loaded, params=None)
             from jaxshare.io.convert import release_memory
 
             release_memory()

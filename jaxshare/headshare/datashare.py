@@ -22,13 +22,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.bank import Bank
-from jaxshare.core.compressed import materialize
+from jaxshare.core.bank import Bank, is_bank
+from jaxshare.core.compressed import is_compressed
 from jaxshare.core.config import ModelConfig
 from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.params import Params, replace_leaves
 from jaxshare.headshare.directshare import accounting, n_units, plan
-from jaxshare.headshare.sharing import FIELDS, MATRICES, SharingError, compact_params, share
+from jaxshare.headshare.sharing import FIELDS, MATRICES, SharingError, compact_params, dense_fields, fields_of, share
 from jaxshare.headshare.similarity import best_partners, check_match
 
 KEEP = ("root", "mean", "data")
@@ -148,7 +148,12 @@ def apply_share(params: Params, cfg: ModelConfig, roots: dict[str, np.ndarray], 
     """Tie units as `roots` says (per q/k/v, flat dense unit ids) with data-aware rows and
     corrections. Returns (compact shared params, {matrix: calibration error of the tied units})."""
     check_options(keep, correct, grams, share_o)
-    params = materialize(params)  # a shared input is tied again from its dense weights
+    wo = params.layers.attn.wo
+    if correct == "qkv" and is_compressed(wo) and not is_bank(wo):  # a bank is re-tied from its dense form
+        raise SharingError("correct=qkv folds each unit's values into its own W_o, which an earlier step compressed "
+                           f"({type(wo).__name__}); use correct=qk, or compress o after sharing")
+    # a shared input is tied again from its dense weights; other compressed leaves stay as they are
+    params = dense_fields(params, fields_of(MATRICES + (("o",) if share_o or correct == "qkv" else ())))
     base = compact_params(share(params, cfg, roots, keep="mean" if keep == "data" else keep, share_o=share_o))
     if keep != "data" and correct == "none":
         return base, {}

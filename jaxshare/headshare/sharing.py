@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank, compact, is_bank
-from jaxshare.core.compressed import materialize
+from jaxshare.core.compressed import is_compressed
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import Params, replace_leaves
 
@@ -45,6 +45,18 @@ def _with_attn(params: Params, new: dict) -> Params:
     return replace_leaves(params, {f"layers.attn.{name}": v for name, v in new.items()})
 
 
+def dense_fields(params: Params, names) -> Params:
+    """params with the attention fields `names` dense. Only the leaves a tie rewrites are
+    materialized: every other compressed leaf (a basis, quantized codes) is left as it is."""
+    attn = params.layers.attn
+    new = {n: getattr(attn, n).dense() for n in names if is_compressed(getattr(attn, n))}
+    return _with_attn(params, new) if new else params
+
+
+def fields_of(matrices) -> list[str]:
+    return [name for m in matrices for name in FIELDS[m]]
+
+
 def _bank_of(w_LK_: jax.Array, roots_LK: np.ndarray, keep: str) -> Bank:
     """A compact bank over a dense leaf [L, K, ...] for one roots map."""
     L, K = roots_LK.shape
@@ -64,7 +76,7 @@ def share(params: Params, cfg: ModelConfig, roots: dict[str, np.ndarray], keep: 
           share_o: bool = False) -> Params:
     """Tie units: `roots[m]` [L, K] gives, per matrix type m in q/k/v, the dense unit each unit
     reads. Returns params whose q/k/v (and o) leaves are compact banks. Input may be dense or
-    already shared (it is materialized first)."""
+    already shared (the leaves it ties are materialized first; every other leaf is kept)."""
     if keep not in KEEP:
         raise SharingError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     shape = (cfg.n_layers, cfg.n_kv_heads)
@@ -74,11 +86,11 @@ def share(params: Params, cfg: ModelConfig, roots: dict[str, np.ndarray], keep: 
             raise SharingError(f"roots[{m!r}] has shape {r.shape}, expected {shape}")
         if r.min() < 0 or r.max() >= r.size:
             raise SharingError(f"roots[{m!r}] points outside the {r.size} units")
-    params = materialize(params)
-    attn = params.layers.attn
     roots = dict(roots)
     if share_o:
         roots["o"] = roots["v"]  # W_o consumes the attention output, which carries the unit's values
+    params = dense_fields(params, fields_of(roots))
+    attn = params.layers.attn
     new = {}
     for m, r in roots.items():
         for name in FIELDS[m]:

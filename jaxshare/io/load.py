@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,16 @@ from jaxshare.core.params import Params
 from jaxshare.io.hf import CheckpointError, load_hf_dir
 
 
-@dataclass
-class LoadedModel:
+@dataclass(frozen=True)
+class Model:
+    """A model as the library passes it around: frozen, so a method returns a new Model rather than
+    editing the one it was given (`dataclasses.replace(m, params=...)`)."""
     cfg: ModelConfig
     params: Params
-    tokenizer: Any  # a transformers tokenizer, or None when the source has none
-    kind: str  # registered | native | hf | gguf
-    source: Path  # the file or directory the weights came from
-    meta: dict
+    tokenizer: Any = None  # a transformers tokenizer, or None when the source has none
+    meta: dict = field(default_factory=dict)  # a native checkpoint's jaxshare.json (its "extra": method manifests)
+    source: Path | None = None  # the file or directory the weights came from (None: built in memory)
+    kind: str = "memory"  # registered | native | hf | gguf | memory
     no_tokenizer: str | None = None  # why `tokenizer` is None, for the error of a command that needs one
 
     def need_tokenizer(self, purpose: str):
@@ -29,6 +31,14 @@ class LoadedModel:
             raise CheckpointError(f"{self.source}: {why}, and {purpose} needs a tokenizer; copy tokenizer.json and "
                                   f"tokenizer_config.json from the model's original repository into {self.source}")
         return self.tokenizer
+
+    @property
+    def extra(self) -> dict:
+        """The checkpoint metadata's extra (method manifests and provenance); {} when none."""
+        return dict(self.meta.get("extra") or {})
+
+
+LoadedModel = Model  # the name before Model was frozen; kept for one release
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -119,7 +129,7 @@ def resolve(spec: str) -> tuple[str, Path]:
                           f"(registered: {', '.join(sorted(registry.REGISTERED))})")
 
 
-def load_model(spec, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
+def load_model(spec, dtype="fp32", allow_bin: bool = False) -> Model:
     """Load any supported MODEL argument (a registered name, an HF directory, a .gguf file, a native
     checkpoint) into (config, params, tokenizer). dtype: anything `as_dtype` takes. An HF export of
     a compressed model comes back compressed (its manifests, e.g. sharing.json, are applied)."""
@@ -133,11 +143,11 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> LoadedModel:
     if kind in ("registered", "native"):
         cfg, params, meta = load_native(path, dtype=dtype)
         why = (meta.get("extra") or {}).get("no_tokenizer") or missing_tokenizer(path)
-        return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, meta, why)
+        return Model(cfg, params, _tokenizer_from_dir(path), meta, path, kind, why)
     if kind == "gguf":
         cfg, params, tok = convert_gguf(path, dtype)
-        return LoadedModel(cfg, params, tok, kind, path, {})
+        return Model(cfg, params, tok, {}, path, kind)
     cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
     params, extra = restore_hf(cfg, params, path)
-    return LoadedModel(cfg, params, _tokenizer_from_dir(path), kind, path, {"extra": extra} if extra else {},
-                       missing_tokenizer(path))
+    return Model(cfg, params, _tokenizer_from_dir(path), {"extra": extra} if extra else {}, path, kind,
+                 missing_tokenizer(path))

@@ -40,6 +40,9 @@ class QuantSpec:
     damp: float = 0.01
     act_order: bool = False
 
+    def __post_init__(self):
+        self.check()  # a spec that exists is a valid one (plans, the CLI and js build it the same way)
+
     def check(self) -> None:
         P.check_spec(self.bits, self.group)
         if self.method not in METHODS:

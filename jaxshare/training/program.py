@@ -5,6 +5,7 @@ its own pieces and passes them to `Trainer`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,7 @@ def prepare(tc: TrainConfig) -> Prepared:
     resolve(model)
     m = load_model(model, "fp32")
     if model != tc.model:
-        m.source = tc.model  # provenance names the URL, not the cache copy
+        m = dataclasses.replace(m, source=tc.model)  # provenance names the URL, not the cache copy
     if tc.seq_len > m.cfg.max_seq_len:
         raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
     if tc.mode != "plain" or tc.ratio > 0:
