@@ -302,3 +302,28 @@ def test_the_wheel_holds_jaxshare_its_configs_its_marker_and_two_entry_points(tm
     core = {canonicalize_name(r.name) for r in requires if r.marker is None}
     assert core and not core & OPTIONAL, core & OPTIONAL
     assert EXTRAS <= {ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("Provides-Extra:")}
+
+
+def test_training_names_each_missing_package_and_its_extra(tmp_path, monkeypatch):
+    from jaxshare.cli.train import _check_packages
+    from jaxshare.errors import MissingDependency
+    from jaxshare.training.config import load_config
+    from jaxshare.training.writers import TensorBoardWriter, WandbWriter
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+
+    def config(*sets):
+        return load_config("smollm2_plain", [f"run_dir={tmp_path}/run", *sets], mode="plain")
+
+    with pytest.raises(MissingDependency, match=r"needs the tensorboardX package: pip install 'jaxshare\[train\]'"):
+        _check_packages(config())
+    _check_packages(config("tensorboard=false"))  # a run without event files needs no tensorboardX
+    with pytest.raises(MissingDependency, match=r"needs the wandb package: pip install 'jaxshare\[wandb\]'"):
+        _check_packages(config("tensorboard=false", "wandb=proj"))
+    # the library's writers say the same when a caller builds them directly
+    with pytest.raises(MissingDependency, match=r"jaxshare\[train\]"):
+        TensorBoardWriter(tmp_path / "tb")
+    with pytest.raises(MissingDependency, match=r"jaxshare\[wandb\]"):
+        WandbWriter("proj", tmp_path, {})
+    assert not (tmp_path / "run").exists()

@@ -158,7 +158,7 @@ class Checkpoints:
         self._check_space(step, state)
         items = {"state": ocp.args.StandardSave(state)}
         if hasattr(data_iter, "get_state"):
-            import grain
+            import grain  # deferred on purpose: optional ([train]); a checkpointable iterator is grain's
 
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         try:
@@ -189,7 +189,7 @@ class Checkpoints:
 
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if hasattr(data_iter, "set_state"):
-            import grain
+            import grain  # deferred on purpose: optional ([train]); a checkpointable iterator is grain's
 
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:

@@ -61,9 +61,11 @@ class TensorBoardWriter:
     when the run dir is not on a local disk)."""
 
     def __init__(self, logdir):
-        from tensorboardX import SummaryWriter
-
+        from jaxshare.optional import require
         from jaxshare.training import paths
+
+        # deferred on purpose: tensorboardX is optional (the `train` extra; `tensorboard: false` runs without it)
+        SummaryWriter = require("tensorboardX", "train", "TensorBoard logging (tensorboard: true)").SummaryWriter
 
         self.dest = paths.as_path(logdir)
         self.local = paths.is_local(self.dest)
@@ -93,8 +95,9 @@ class TensorBoardWriter:
 
 class WandbWriter:
     def __init__(self, project: str, run_dir, config: dict):
-        import wandb
+        from jaxshare.optional import require
 
+        wandb = require("wandb", "wandb", "W&B logging (wandb: PROJECT)")  # deferred on purpose: optional, heavy
         self.run = wandb.init(project=project, dir=os.fspath(run_dir) if "://" not in str(run_dir) else None,
                               config=config, resume="allow")
 
@@ -127,7 +130,8 @@ class MultiWriter:
 
 
 def open_writers(run_dir, tensorboard: bool = True, wandb_project: str = "", config: dict | None = None):
-    """JSONL + TensorBoard (+ W&B with a project name; a missing wandb package is an error)."""
+    """JSONL + TensorBoard (+ W&B with a project name). A missing tensorboardX or wandb package is
+    a MissingDependency naming its extra."""
     from etils import epath
 
     run_dir = epath.Path(run_dir)
