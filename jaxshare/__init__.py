@@ -3,12 +3,13 @@
     import jaxshare as js
 
     m = js.load("smollm2-135m")                      # registered name, HF dir, .gguf, or native dir
-    logits = js.forward(m.params, m.cfg, tokens)     # [B, T, V] float32; dtype="bf16" computes in bf16
-    shared, info = js.direct_share(m.params, m.cfg, 0.3)
-    js.export_hf(shared, m.cfg, "out/hf", m.tokenizer)   # writes sharing.json itself; js.load restores it
+    logits = js.nn.forward(m.params, m.cfg, tokens)  # [B, T, V] float32; dtype="bf16" computes in bf16
+    shared, report = js.direct_share(m, 0.3)         # every method verb: a Model in, (Model, report) out
+    js.export_hf(shared, "out/hf")                   # every writer: (model, path); js.load restores the sharing
 
-Every name below is imported on first use, so `import jaxshare` stays cheap. Dtypes are taken
-the same way everywhere: "fp32", "bf16", "float32", "bfloat16" or a jnp dtype (`as_dtype`).
+Every name below is imported on first use, so `import jaxshare` stays cheap; `js.nn` (the functional
+layer) and `js.nnx` (the Flax NNX view, needs flax) are namespaces imported on first use too. Dtypes
+are taken the same way everywhere: "fp32", "bf16", "float32", "bfloat16" or a jnp dtype (`as_dtype`).
 """
 from __future__ import annotations
 
@@ -24,16 +25,22 @@ except _metadata.PackageNotFoundError:
 # module -> the public names it provides (grouped by what they do); _RENAMED: public -> module name
 _EXPORTS = {
     # models, their weights, checkpoints and exports
-    "jaxshare.io.load": ("load", "LoadedModel"),
+    "jaxshare.io.load": ("load", "Model", "LoadedModel"),
     "jaxshare.core.config": ("ModelConfig",),
     "jaxshare.core.params": ("Params", "init_params", "count_params", "param_bytes", "cast_params"),
     "jaxshare.core.dtypes": ("as_dtype",),
-    "jaxshare.io.native": ("save",),
-    "jaxshare.io.hf": ("export_hf",),
+    "jaxshare.api": ("save", "export_hf", "export_gguf",
+                     # the method verbs: (Model, report); compress is the deprecated name of basis_share
+                     "direct_share", "basis_share", "quantize", "inherit", "apply_plan", "compress"),
+    "jaxshare.compose.plan": ("Plan", "load_plan", "parse_plan"),
+    "jaxshare.quant.model": ("QuantSpec",),
+    "jaxshare.training.config": ("TrainConfig",),
+    "jaxshare.training.trainer": ("Trainer",),
     # compressed weights: one protocol for every kind
     "jaxshare.core.compressed": ("Compressed", "materialize"),
     "jaxshare.core.bank": ("Bank",),
     "jaxshare.basis.factor": ("Factored",),
+    "jaxshare.quant.leaf": ("Quantized",),
     # the decoder and its building blocks (for layer_fn analyses), generation
     "jaxshare.core.model": ("forward", "hidden_states", "unembed", "decoder_layer", "norm", "qk_rope", "qkv_rope",
                             "attention_probs", "next_token_nll", "KVCache"),
@@ -46,19 +53,22 @@ _EXPORTS = {
     "jaxshare.eval.attention_maps": ("attention_maps", "map_similarity"),
     "jaxshare.headshare.similarity": ("similarity_matrix", "best_partners", "head_features", "head_similarity",
                                       "cosine"),
-    # head sharing (METHODS.md §1) and Basis Sharing (§2)
-    "jaxshare.headshare.directshare": ("direct_share",),
+    # head sharing's tie of given units (METHODS.md §1) and calibration for Basis Sharing (§2) and GPTQ
     "jaxshare.headshare.sharing": ("share",),
     "jaxshare.basis.calibrate": ("calibrate", "collect_grams"),
-    "jaxshare.basis.compress": ("compress",),
 }
-_RENAMED = {"load": "load_model", "save": "save_native"}
+_RENAMED = {"load": "load_model", "load_plan": "read_plan"}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_NAMESPACES = {"nn": "jaxshare.nn", "nnx": "jaxshare.nnx"}  # submodules reached as attributes
 
-__all__ = sorted(_WHERE)
+__all__ = sorted(set(_WHERE) | set(_NAMESPACES))
 
 
 def __getattr__(name: str):
+    if name in _NAMESPACES:
+        value = importlib.import_module(_NAMESPACES[name])
+        globals()[name] = value
+        return value
     if name not in _WHERE:
         raise AttributeError(f"module 'jaxshare' has no attribute {name!r}")
     value = getattr(importlib.import_module(_WHERE[name]), _RENAMED.get(name, name))
@@ -71,8 +81,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static tools see the real objects
+    from jaxshare import nn, nnx
+    from jaxshare.api import (apply_plan, basis_share, compress, direct_share, export_gguf, export_hf, inherit,
+                              quantize, save)
+    from jaxshare.compose.plan import Plan, parse_plan
+    from jaxshare.compose.plan import read_plan as load_plan
+    from jaxshare.quant.leaf import Quantized
+    from jaxshare.quant.model import QuantSpec
+    from jaxshare.training.config import TrainConfig
+    from jaxshare.training.trainer import Trainer
     from jaxshare.basis.calibrate import calibrate, collect_grams
-    from jaxshare.basis.compress import compress
     from jaxshare.basis.factor import Factored
     from jaxshare.core.bank import Bank
     from jaxshare.core.compressed import Compressed, materialize
@@ -86,9 +104,6 @@ if TYPE_CHECKING:  # static tools see the real objects
     from jaxshare.data.tokens import token_ids, token_windows, tokenize_corpus
     from jaxshare.eval.attention_maps import attention_maps, map_similarity
     from jaxshare.eval.perplexity import perplexity, perplexity_of_windows
-    from jaxshare.headshare.directshare import direct_share
     from jaxshare.headshare.sharing import share
     from jaxshare.headshare.similarity import best_partners, cosine, head_features, head_similarity, similarity_matrix
-    from jaxshare.io.hf import export_hf
-    from jaxshare.io.load import LoadedModel, load_model as load
-    from jaxshare.io.native import save_native as save
+    from jaxshare.io.load import LoadedModel, Model, load_model as load

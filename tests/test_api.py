@@ -1,6 +1,7 @@
 """The public API: `import jaxshare as js` is enough for a jit analysis script, and Python callers
 get the same compressed round trips as the CLI."""
 import ast
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,7 +110,7 @@ def test_analysis_script_on_a_tiny_random_model(tmp_path):
     cfg = js.ModelConfig(family="llama", vocab_size=128, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
                          d_ff=64, max_seq_len=64, norm_eps=1e-5)
     params = js.init_params(cfg, jax.random.key(0))
-    js.save(tmp_path / "tiny", cfg, params)
+    js.save(js.Model(cfg, params), tmp_path / "tiny")
     res = _run_script(str(tmp_path / "tiny"), tmp_path)
     _check_against_library(res, params, cfg)
 
@@ -141,22 +142,28 @@ def _same_tree(a, b) -> None:
 
 
 def test_export_hf_from_python_keeps_directshare_and_basis(tmp_path):
+    """The first release's call forms (params, cfg first; js.compress for Basis Sharing) still work
+    for one release, each with a DeprecationWarning."""
     random_hf_model("llama").save_pretrained(tmp_path / "m")
     m = js.load(tmp_path / "m")
     toks = np.random.default_rng(1).integers(0, m.cfg.vocab_size, (2, 48)).astype(np.int32)
-    shared, _ = js.direct_share(m.params, m.cfg, 0.3)
+    with pytest.deprecated_call(match=r"js.direct_share\(model, ratio\)"):
+        shared, _ = js.direct_share(m.params, m.cfg, 0.3)
     calib = np.random.default_rng(5).integers(0, m.cfg.vocab_size, (4, 64)).astype(np.int32)
-    basis, _, _ = js.compress(m.params, m.cfg, js.collect_grams(m.params, m.cfg, calib, batch_size=2), 0.3, 2,
-                              progress=False)
+    with pytest.deprecated_call(match="js.basis_share"):
+        basis, _, _ = js.compress(m.params, m.cfg, js.collect_grams(m.params, m.cfg, calib, batch_size=2), 0.3, 2,
+                                  progress=False)
     assert isinstance(shared.layers.attn.wq, js.Bank) and isinstance(basis.layers.mlp.w_up, js.Factored)
     for name, params, manifest in (("ds", shared, "sharing.json"), ("basis", basis, "basis.json")):
         ours = np.asarray(js.forward(params, m.cfg, toks))
-        out = js.export_hf(params, m.cfg, tmp_path / name)  # no manifest passed: it writes its own
+        with pytest.deprecated_call(match=r"js.export_hf\(model, path\)"):
+            out = js.export_hf(params, m.cfg, tmp_path / name)  # no manifest passed: it writes its own
         assert (out / manifest).is_file()
         back = js.load(out)
         _same_tree(back.params, params)  # the compressed structure itself, not just equal products
         np.testing.assert_allclose(np.asarray(js.forward(back.params, m.cfg, toks)), ours, atol=1e-5, rtol=0)
-        js.save(tmp_path / f"{name}_native", m.cfg, params)  # the native checkpoint likewise
+        with pytest.deprecated_call(match=r"js.save\(model, path\)"):
+            js.save(tmp_path / f"{name}_native", m.cfg, params)  # the native checkpoint likewise
         _same_tree(js.load(tmp_path / f"{name}_native").params, params)
     assert (tmp_path / "basis" / "basis.safetensors").is_file()
 
@@ -172,3 +179,135 @@ def test_benchmarks_and_experiments_run_as_modules_without_path_edits():
         proc = subprocess.run([sys.executable, "-m", f"{p.parent.name}.{p.stem}", "--help"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "usage" in proc.stdout, (p.name, proc.stderr[-2000:])
+
+
+# Issue 23's "done when": a user script with only `js` names loads a model, runs a plan of head sharing,
+# Basis Sharing and int8 quantization, evaluates it, saves it natively, exports it to HF and GGUF, and
+# reloads the same structure. The same script is the example in jaxshare/api.py's docstring.
+DONE_SCRIPT = '''
+import json
+import sys
+
+import numpy as np
+
+import jaxshare as js
+
+src, work = sys.argv[1], sys.argv[2]
+m = js.load(src)
+calib = np.random.default_rng(5).integers(0, m.cfg.vocab_size, (4, 64)).astype(np.int32)  # or a corpus name
+plan = {"steps": [{"share": {"ratio": 0.25, "keep": "mean"}},
+                  {"basis": {"ratios": {"up": 0.3, "down": 0.3}, "group_size": 2}},
+                  {"quantize": {"bits": 8, "method": "gptq"}}]}
+small, report = js.apply_plan(m, plan, grams=calib)
+docs = ["the quick brown fox jumps over the lazy dog. " * 40, "a tiny model reads a tiny text. " * 40]
+before = js.perplexity(m.params, m.cfg, m.tokenizer, docs, seq_len=64, max_windows=3)
+after = js.perplexity(small.params, small.cfg, small.tokenizer, docs, seq_len=64, max_windows=3)
+js.save(small, work + "/native")
+js.export_hf(small, work + "/hf")
+js.export_gguf(small, work + "/small.gguf", gguf_type="q8_0")
+tokens = np.random.default_rng(1).integers(0, m.cfg.vocab_size, (2, 32)).astype(np.int32)
+out = {"steps": [s["method"] for s in report["steps"]], "ppl": [before["ppl"], after["ppl"]],
+       "windows": after["windows"], "logits": np.asarray(js.nn.forward(small.params, small.cfg, tokens)).tolist(),
+       "tokens": tokens.tolist()}
+for name in ("native", "hf", "small.gguf"):
+    back = js.load(work + "/" + name)
+    out[name] = np.asarray(js.nn.forward(back.params, back.cfg, tokens)).tolist()
+with open(work + "/done.json", "w") as f:
+    json.dump(out, f)
+'''
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    """A tiny llama with a trained byte-level BPE tokenizer: what a GGUF file carries and reads back."""
+    from test_gguf_export import save_bpe_model
+
+    return save_bpe_model(tmp_path_factory.mktemp("api") / "m", "llama", num_key_value_heads=2,
+                          tie_word_embeddings=False, num_hidden_layers=4)
+
+
+def test_done_when_script_plan_eval_save_export_reload(bpe_dir, tmp_path):
+    _uses_only_top_level_names(DONE_SCRIPT)
+    (tmp_path / "done.py").write_text(DONE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(tmp_path / "done.py"), str(bpe_dir), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeprecationWarning" not in proc.stderr  # the script uses the current forms only
+    res = json.loads((tmp_path / "done.json").read_text())
+    assert res["steps"] == ["share", "basis", "quantize"] and res["windows"] == 3
+    assert all(np.isfinite(p) and p > 1 for p in res["ppl"])
+    logits = np.asarray(res["logits"])
+    np.testing.assert_array_equal(np.asarray(res["native"]), logits)
+    np.testing.assert_array_equal(np.asarray(res["hf"]), logits)
+    # GGUF cannot gather a bank or a basis: the file holds the dense materialized weights, re-coded in q8_0
+    np.testing.assert_allclose(np.asarray(res["small.gguf"]), logits, atol=0.05 * np.abs(logits).max())
+    small = js.load(tmp_path / "native")
+    attn, mlp = small.params.layers.attn, small.params.layers.mlp
+    assert isinstance(attn.wq, js.Bank) and isinstance(attn.wq.rows, js.Quantized)
+    assert isinstance(mlp.w_up, js.Factored) and isinstance(mlp.w_up.coef, js.Quantized)
+    assert isinstance(attn.wo, js.Quantized) and isinstance(mlp.w_gate, js.Quantized)
+    _same_tree(js.load(tmp_path / "hf").params, small.params)
+    gg = js.load(tmp_path / "small.gguf")
+    assert gg.cfg.norm_eps == pytest.approx(small.cfg.norm_eps)  # GGUF stores it as a float32
+    assert dataclasses.replace(gg.cfg, norm_eps=small.cfg.norm_eps) == small.cfg
+    # and the GGUF model comes back as plain dense leaves
+    assert not [x for x in jax.tree_util.tree_leaves(gg.params, is_leaf=lambda x: isinstance(x, js.Compressed))
+                if isinstance(x, js.Compressed)]
+
+
+def test_every_verb_takes_a_model_and_returns_a_model_and_a_report(bpe_dir, tmp_path):
+    m = js.load(bpe_dir)
+    calib = np.random.default_rng(5).integers(0, m.cfg.vocab_size, (4, 64)).astype(np.int32)
+    toks = np.random.default_rng(1).integers(0, m.cfg.vocab_size, (2, 32)).astype(np.int32)
+    grams = js.collect_grams(m.params, m.cfg, calib, batch_size=2)
+    runs = {"direct_share": lambda: js.direct_share(m, 0.25, keep="mean"),
+            "data_share": lambda: js.direct_share(m, 0.25, keep="data", grams=grams),
+            "basis_share": lambda: js.basis_share(m, 0.3, grams=calib),  # token windows: grams collected
+            "quantize": lambda: js.quantize(m, js.QuantSpec(bits=8, group=None, method="gptq"), grams=grams),
+            "quantize_kwargs": lambda: js.quantize(m, bits=4, group=32, method="rtn"),
+            "inherit": lambda: js.inherit(m, 2)}
+    for name, run in runs.items():
+        out, rep = run()
+        assert isinstance(out, js.Model) and isinstance(rep, dict) and out.tokenizer is m.tokenizer, name
+        assert np.isfinite(np.asarray(js.nn.forward(out.params, out.cfg, toks))).all(), name
+        with pytest.raises(AttributeError):  # a Model is frozen: methods return new ones
+            out.params = m.params
+    out, _ = js.inherit(m, 2)
+    assert out.cfg.n_layers == 2 and m.cfg.n_layers == 4 and out.extra["inherited"]["layers"] == [0, 1]
+    with pytest.raises(ValueError, match="GPTQ needs calibration grams"):
+        js.quantize(m, bits=8, group=None)
+    with pytest.raises(ValueError, match="ratio must be in"):
+        js.direct_share(m, 1.5)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("steps:\n  - inherit: {layers: 3}\n  - quantize: {bits: 8, method: rtn}\n")
+    out, rep = js.apply_plan(m, plan)  # a YAML file; nothing to calibrate
+    assert out.cfg.n_layers == 3 and [s["method"] for s in rep["steps"]] == ["inherit", "quantize"]
+    assert js.load_plan(plan).to_dict() == out.extra["plan"]
+    assert isinstance(out.params.layers.mlp.w_down, js.Quantized)
+
+
+def test_namespaces_and_names_of_the_api():
+    assert js.nn.forward is js.forward and js.nn.KVCache is js.KVCache and callable(js.nn.init_params)
+    assert js.Model is js.LoadedModel and js.nnx.Decoder is not None
+    assert js.TrainConfig.__name__ == "TrainConfig" and js.Trainer.__name__ == "Trainer"
+    assert callable(js.export_gguf) and js.load_plan.__name__ == "read_plan"
+    code = "import sys, jaxshare as js; js.nn; print('flax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert out == ["False"]  # the functional layer does not pull in the NNX view
+
+
+def test_save_to_a_memory_url(bpe_dir):
+    """Skipped while the writers take local paths only (jaxshare.io.atomic refuses URLs); it runs by
+    itself once the one storage layer of issue 23 writes memory:// too."""
+    from jaxshare.io.atomic import OutputError
+
+    m = js.load(bpe_dir)
+    try:
+        js.save(m, "memory://jaxshare-api-test/native")
+    except OutputError as e:
+        assert "local paths only" in str(e)
+        pytest.skip("the writers take local paths only until the storage layer writes URLs: " + str(e))
+    back = js.load("memory://jaxshare-api-test/native")
+    _same_tree(back.params, m.params)
