@@ -98,8 +98,9 @@ def export_gguf(model, path, *, gguf_type: str = "q8_0", overwrite: bool = False
     from jaxshare.io.gguf_export import export_gguf as write
 
     m = _model(model)
-    source = (m.source if m.kind == "gguf" else registry.registered_gguf(str(m.source)) if m.kind == "registered"
-              else None)
+    # the tokenizer is copied from the GGUF the model came from (a registered model's cached source too)
+    name = m.extra.get("registered") if m.kind == "registered" else None
+    source = m.source if m.kind == "gguf" else registry.registered_gguf(name) if name else None
     return write(m.params, m.cfg, path, m.tokenizer, gguf_type, overwrite, source_gguf=source,
                  name=f"{m.cfg.family} via jaxshare")
 

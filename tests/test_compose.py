@@ -201,6 +201,10 @@ BAD_PLANS = {
     "unknown type": ({"steps": [{"basis": {"ratio": 0.2, "types": ["ffn"]}}]}, "unknown matrix type 'ffn'"),
     "too many layers": ({"steps": [{"inherit": {"layers": 9}}]}, "more than the model's 4"),
     "no steps": ({"steps": []}, "non-empty list"),
+    "after quantize": ({"steps": [{"quantize": {"bits": 8, "method": "rtn"}}, {"share": {"ratio": 0.2}}]},
+                       "step 2 (share): comes after step 1 (quantize), which must be the last step"),
+    "bad quantize": ({"steps": [{"quantize": {"bits": 8, "group": 64, "method": "rtn"}}]},
+                     "step 1 (quantize): group 64 does not divide the 96 input rows of down"),
 }
 
 

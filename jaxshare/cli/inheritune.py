@@ -59,10 +59,13 @@ def cmd_degeneration(args) -> None:
 
 
 def cmd_inherit(args) -> None:
+    import dataclasses
+
     from jaxshare.core.params import count_params
-    from jaxshare.inheritune.inherit import check_layers, inherit
+    from jaxshare.inheritune.inherit import check_layers
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
+    from jaxshare.methods import METHODS, InheritOptions
 
     if not args.auto:  # the analysis flags choose k; --layers gives it
         from jaxshare.cli.common import refuse_given
@@ -81,10 +84,10 @@ def cmd_inherit(args) -> None:
         rep.update(auto=True, reason=why, degenerate_layers=[int(i) for i in res["degenerate"].nonzero()[0]])
     else:
         k, why = check_layers(args.layers, m.cfg.n_layers), None
-    extra = dict(m.meta.get("extra", {}))
-    extra["derived_from"] = str(m.source)
-    params, cfg, new_extra = inherit(m.params, m.cfg, k, extra)
-    save_native(args.out, cfg, params, m.tokenizer, extra=new_extra, overwrite=args.overwrite)
+    m = dataclasses.replace(m, meta={**m.meta, "extra": {**m.extra, "derived_from": str(m.source)}})
+    out, _ = METHODS["inherit"].apply(m, InheritOptions(k))  # the plan's inherit step, the same object
+    params, cfg = out.params, out.cfg
+    save_native(args.out, cfg, params, m.tokenizer, extra=out.extra, overwrite=args.overwrite)
     rep.update(layers=k, params_before=count_params(m.params), params_after=count_params(params))
     emit(args, rep, (f"--auto: {why}\n" if why else "") +
           f"inherited the first {k} of {m.cfg.n_layers} layers ({rep['params_before'] / 1e6:.1f}M -> "
