@@ -29,7 +29,8 @@ from jaxshare.io.load import Model
 
 
 def type_accounting(params, cfg) -> dict:
-    """{type: {form, params}} for every linear weight type: dense, shared (bank) or factored."""
+    """{type: {form, params}} for every linear weight type: dense, shared (bank), factored, or another
+    kind by its class name (quantized)."""
     out = {}
     for t in TYPES:
         leaf = get_type(params.layers, t)
