@@ -100,13 +100,18 @@ def test_run_dir_carries_the_marker_and_only_run_entries(done):
 
 @pytest.mark.parametrize("prior, flags, message", [
     ("finished", [], "is not empty; continue its run with `jaxshare train resume"),
+    ("no-checkpoints", [], "is not empty"),  # a completed run (checkpoints dropped): once replaced silently
     ("notes", ["--overwrite"], "holds files jaxshare did not write (NOTES.md)"),
     ("ckpt-notes", ["--overwrite"], "checkpoints/notes.txt"),
     ("older", ["--overwrite"], "a run of an older jaxshare, without jaxshare_run.json"),
     ("foreign", ["--overwrite"], "is not a jaxshare run dir"),
 ])
 def test_new_run_into_a_taken_dir_is_refused_and_nothing_changes(files, run, capfd, prior, flags, message):
-    if prior == "notes":
+    if prior == "no-checkpoints":
+        import shutil
+
+        shutil.rmtree(run / "checkpoints")
+    elif prior == "notes":
         (run / "NOTES.md").write_text("mine")
     elif prior == "ckpt-notes":
         (run / "checkpoints" / "notes.txt").write_text("mine")
@@ -122,6 +127,20 @@ def test_new_run_into_a_taken_dir_is_refused_and_nothing_changes(files, run, cap
     assert cli_main(["train", "plain", *sets(files, run), *flags]) == 2
     one_line_error(capfd, message)
     assert tree(run) == before
+
+
+def test_inheritune_into_a_taken_dir_is_refused_before_the_model_loads(files, run, capfd):
+    (run / "NOTES.md").write_text("mine")
+    before = tree(run)
+    capfd.readouterr()
+    argv = ["train", "inheritune", *sets(files, run, ratio=0, stages="2,3"), "--overwrite"]
+    assert cli_main(argv) == 2
+    one_line_error(capfd, "holds files jaxshare did not write (NOTES.md)")
+    (run / "NOTES.md").unlink()
+    (run / rundir.MARKER).unlink()
+    assert cli_main(argv) == 2
+    one_line_error(capfd, "a run of an older jaxshare")
+    assert tree(run) == {k: v for k, v in before.items() if k not in ("NOTES.md", rundir.MARKER)}
 
 
 def test_overwrite_replaces_our_earlier_run_whole(files, run, capfd):
