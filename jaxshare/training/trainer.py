@@ -205,8 +205,11 @@ class Trainer:
                 return jnp.all(jnp.stack(leaves)), loss.astype(jnp.float32), jnp.sqrt(sq)
 
             self._sound_fn = jax.jit(sound, out_shardings=meshlib.replicated(self.mesh))
-        rows = max(1, min(tc.batch_size, len(self.eval_windows)))
-        tokens = mh.put_global(np.asarray(self.eval_windows[:rows], np.int32), meshlib.replicated(self.mesh))
+        # One training micro-batch of held-out windows, split like a training batch: the probe costs
+        # what a step costs per device (a replicated batch would hold all its activations on each).
+        w = self.eval_windows
+        tokens = np.asarray(w[np.arange(tc.batch_size) % len(w)], np.int32)
+        tokens = mh.put_global(tokens, meshlib.batch_sharding(self.mesh, 2))
         finite, loss, gnorm = (np.asarray(x) for x in self._sound_fn(
             {k: v for k, v in state.items() if k != "step"}, tokens))
         if not finite:
