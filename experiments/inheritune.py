@@ -63,7 +63,7 @@ def train_arm(init_dir: Path, run_dir: Path, args) -> dict:
                            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, ratio=0.0,
                            dtype=args.dtype, eval_every=0, eval_windows=args.windows, checkpoint_every=4,
                            keep_checkpoints=1, progress=False, export_hf=False, mesh="data=1,fsdp=1"))
-    return Trainer(tc).run()
+    return Trainer(tc, overwrite=True).run()  # an attempt killed before its first checkpoint
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def trained(m, arm: str, budget: float, args):
                                    seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup_steps=2, dtype="fp32",
                                    data="wiki:train", eval_data="wiki:validation", eval_windows=2, eval_every=0,
                                    checkpoint_every=0, export_hf=False, progress=False, mesh="data=1,fsdp=1"))
-            Trainer(tc).run()
+            Trainer(tc, overwrite=True).run()  # an attempt killed before it finished
     cfg, params, _ = load_native(final)
     how.update(trained_tokens=args.train_tokens, train_data="wiki:train", lr=lr,
                batch=f"4 x {args.train_seq_len}")

@@ -98,7 +98,7 @@ def main() -> None:
 
             shutil.rmtree(run_dir)  # an unfinished earlier attempt: start the run over
         t0 = time.perf_counter()
-        tr = Trainer(tc)
+        tr = Trainer(tc, overwrite=True)  # a rerun replaces this script's earlier run of the mode
         result = tr.run()
         result["wall_s"] = time.perf_counter() - t0
         rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
