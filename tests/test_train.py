@@ -187,14 +187,14 @@ def test_grain_batches_are_deterministic_sharded_and_resumable():
 
 
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
-    from jaxshare.io.load import _tokenizer_from_dir
+    from jaxshare.io.tokenizers import tokenizer_from_dir
     from jaxshare.io.fetch import cache_dir
     from jaxshare.data.tokens import token_ids
 
     native = cache_dir() / "models" / "smollm2-135m" / "native"
     if not native.is_dir():
         pytest.skip("SmolLM2 tokenizer not cached")
-    tok = _tokenizer_from_dir(native)
+    tok = tokenizer_from_dir(native)
     monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
     txt = tmp_path / "c.txt"
     txt.write_text("The quick brown fox jumps over the lazy dog. " * 20)

@@ -29,7 +29,7 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from jaxshare.io.convert import convert
+    from jaxshare.io.load import convert
 
     check_out_dir(args.out, args.overwrite, sources=(args.src,))  # before the model is loaded: a taken OUT costs nothing
     # streamed: one tensor in memory at a time (HF and GGUF sources)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import abstract_params, map_shapes, param_shapes
+from jaxshare.io.tokenizers import tokenizer_from_dir
 
 
 def release_memory() -> None:
@@ -71,7 +71,6 @@ def convert_hf_to_native(model_dir, out, dtype="fp32", extra: dict | None = None
     """(out, cfg): an HF directory as a native checkpoint; config.json is checked first."""
     from jaxshare.io.hf import (CheckpointError, _safetensor_files, count_safetensors, iter_safetensors,
                                 iter_torch_bin, read_hf_config)
-    from jaxshare.io.load import _tokenizer_from_dir
 
     model_dir = Path(model_dir)
     cfg = read_hf_config(model_dir)
@@ -85,33 +84,5 @@ def convert_hf_to_native(model_dir, out, dtype="fp32", extra: dict | None = None
         tensors, total = iter_torch_bin(model_dir), None
     else:
         raise CheckpointError(f"{model_dir}: no model.safetensors, sharded index, or pytorch_model.bin")
-    tokenizer = _tokenizer_from_dir(model_dir)
+    tokenizer = tokenizer_from_dir(model_dir)
     return stream_to_native(out, cfg, tensors, tokenizer, dtype, extra, overwrite, str(model_dir), total), cfg
-
-
-def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = False):
-    """(out, cfg, source path) for `jaxshare convert`: streamed from HF/GGUF; a native checkpoint
-    (or registered name) is loaded leaf by leaf and written the same way."""
-    from jaxshare.io.load import load_model, missing_tokenizer, resolve
-    from jaxshare.io.native import save_native
-
-    kind, path = resolve(src)
-    extra = {"converted_from": str(path)}
-    if kind in ("hf", "native") and missing_tokenizer(path):
-        # a usable model without a tokenizer is legal, but eval, generate and train will refuse it:
-        # say so now and record it, rather than let the checkpoint look complete
-        extra["no_tokenizer"] = f"converted without a tokenizer ({path} has no tokenizer.json or tokenizer_config.json)"
-        print(f"warning: {path} has neither tokenizer.json nor tokenizer_config.json; {out} gets no tokenizer, "
-              "so eval, generate, calibration and training on text will refuse it until you copy those files "
-              "into it", file=sys.stderr)
-    if kind == "gguf":
-        return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
-    if kind == "hf":
-        from jaxshare.io.kinds import keys
-
-        # an HF export of a compressed model carries manifests (sharing.json, ...): load it whole
-        if not any((Path(path) / f"{k}.json").is_file() for k in keys()):
-            return (*convert_hf_to_native(path, out, dtype, extra, overwrite, allow_bin), path)
-    m = load_model(src, dtype, allow_bin=allow_bin)
-    extra["converted_from"] = str(m.source)
-    return save_native(out, m.cfg, m.params, m.tokenizer, extra=extra, overwrite=overwrite), m.cfg, m.source

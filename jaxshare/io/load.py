@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params
+from jaxshare.io.convert import convert_gguf_to_native, convert_hf_to_native, release_memory
 from jaxshare.io.hf import CheckpointError, load_hf_dir
+from jaxshare.io.tokenizers import TOKENIZER_FILES, missing_tokenizer, tokenizer_from_dir
 
 
 @dataclass(frozen=True)
@@ -41,41 +44,11 @@ class Model:
 LoadedModel = Model  # the name before Model was frozen; kept for one release
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-def missing_tokenizer(path: Path) -> str | None:
-    """Why the directory gives no tokenizer (None when it holds tokenizer files)."""
-    if any((Path(path) / f).exists() for f in TOKENIZER_FILES):
-        return None
-    return "neither tokenizer.json nor tokenizer_config.json (nor tokenizer.model) is there"
-
-
-def _tokenizer_from_dir(path: Path):
-    """The directory's tokenizer, or None when it has no tokenizer files at all (see missing_tokenizer)."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    if missing_tokenizer(path):
-        return None
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (ValueError, OSError, ImportError, KeyError, TypeError) as e:
-        present = ", ".join(f for f in TOKENIZER_FILES if (path / f).exists())
-        # transformers then says "install sentencepiece or tiktoken": it fell back to converting a
-        # slow tokenizer, but what is missing is the fast tokenizer's own file
-        why = ("no tokenizer.json" if not (path / "tokenizer.json").exists()
-               else f"its tokenizer does not load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
-        raise CheckpointError(f"{path}: {why} (found {present}); copy tokenizer.json and tokenizer_config.json "
-                              f"from the model's original repository into {path}") from None
-
-
 def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
     from jaxshare.io import families
     from jaxshare.io import gguf as gguf_io
     from jaxshare.io.hf import params_from_tensors
 
-    from jaxshare.io.convert import release_memory
 
     cfg = families.config_from_gguf_dict(gguf_io.gguf_hf_config(path))  # the header only: refuses early
     tokenizer = gguf_io.gguf_tokenizer(path)  # before the params: its transient peak does not stack on them
@@ -87,7 +60,6 @@ def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
 def registered_native(name: str) -> Path:
     """The cached native checkpoint of a registered model, converting its GGUF once."""
     from jaxshare.io import registry
-    from jaxshare.io.convert import convert_gguf_to_native
     from jaxshare.io.fetch import cache_dir
     from jaxshare.io.native import is_native
 
@@ -143,11 +115,38 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> Model:
     if kind in ("registered", "native"):
         cfg, params, meta = load_native(path, dtype=dtype)
         why = (meta.get("extra") or {}).get("no_tokenizer") or missing_tokenizer(path)
-        return Model(cfg, params, _tokenizer_from_dir(path), meta, path, kind, why)
+        return Model(cfg, params, tokenizer_from_dir(path), meta, path, kind, why)
     if kind == "gguf":
         cfg, params, tok = convert_gguf(path, dtype)
         return Model(cfg, params, tok, {}, path, kind)
     cfg, params = load_hf_dir(path, dtype, allow_bin=allow_bin)
     params, extra = restore_hf(cfg, params, path)
-    return Model(cfg, params, _tokenizer_from_dir(path), {"extra": extra} if extra else {}, path, kind,
+    return Model(cfg, params, tokenizer_from_dir(path), {"extra": extra} if extra else {}, path, kind,
                  missing_tokenizer(path))
+
+
+def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = False):
+    """(out, cfg, source path) for `jaxshare convert`: streamed from HF/GGUF; a native checkpoint
+    (or registered name) is loaded leaf by leaf and written the same way."""
+    from jaxshare.io.native import save_native
+
+    kind, path = resolve(src)
+    extra = {"converted_from": str(path)}
+    if kind in ("hf", "native") and missing_tokenizer(path):
+        # a usable model without a tokenizer is legal, but eval, generate and train will refuse it:
+        # say so now and record it, rather than let the checkpoint look complete
+        extra["no_tokenizer"] = f"converted without a tokenizer ({path} has no tokenizer.json or tokenizer_config.json)"
+        print(f"warning: {path} has neither tokenizer.json nor tokenizer_config.json; {out} gets no tokenizer, "
+              "so eval, generate, calibration and training on text will refuse it until you copy those files "
+              "into it", file=sys.stderr)
+    if kind == "gguf":
+        return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
+    if kind == "hf":
+        from jaxshare.io.kinds import keys
+
+        # an HF export of a compressed model carries manifests (sharing.json, ...): load it whole
+        if not any((Path(path) / f"{k}.json").is_file() for k in keys()):
+            return (*convert_hf_to_native(path, out, dtype, extra, overwrite, allow_bin), path)
+    m = load_model(src, dtype, allow_bin=allow_bin)
+    extra["converted_from"] = str(m.source)
+    return save_native(out, m.cfg, m.params, m.tokenizer, extra=extra, overwrite=overwrite), m.cfg, m.source
