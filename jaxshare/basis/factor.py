@@ -20,7 +20,7 @@ import numpy as np
 from jaxshare.errors import JaxshareError
 from jaxshare.core.axes import layout_axes
 from jaxshare.core.bank import Bank
-from jaxshare.core.compressed import axes_of, frozen_of
+from jaxshare.core.compressed import axes_of, dense_of, frozen_of
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, set_types, to_2d  # noqa: F401 (re-exported)
 from jaxshare.core.params import replace_leaves
@@ -72,26 +72,18 @@ class Factored:
         return dataclasses.replace(self, basis=frozen_of(self.basis), coef=frozen_of(self.coef))
 
     def dense(self) -> Array:
-        b = self.basis.dense() if isinstance(self.basis, Bank) else _plain(self.basis)
-        return from_2d(self.layout, b @ _plain(self.coef), self.leaf_shape)
+        return from_2d(self.layout, dense_of(self.basis) @ dense_of(self.coef), self.leaf_shape)
 
     def apply(self, x, dense_fn=None) -> Array:
         """y = (x @ B) @ C for one layer; x's head axes (o) are flattened, q/k/v's output unflattened."""
         lead = x.shape[:2]
         x2 = x.reshape(lead + (-1,))
-        y = (x2 @ _plain(self.basis).astype(x.dtype)) @ _plain(self.coef).astype(x.dtype)
+        y = (x2 @ dense_of(self.basis).astype(x.dtype)) @ dense_of(self.coef).astype(x.dtype)
         if self.layout == "q":
             return y.reshape(lead + tuple(self.leaf_shape[:2]) + (self.leaf_shape[3],))
         if self.layout in ("k", "v"):
             return y.reshape(lead + (self.leaf_shape[0], self.leaf_shape[2]))
         return y
-
-
-def _plain(w):
-    """A factor as an array (a quantized factor dequantizes)."""
-    from jaxshare.core.compressed import is_compressed
-
-    return w.dense() if is_compressed(w) else w
 
 
 # ---------------------------------------------------------------- rank and groups

@@ -14,14 +14,12 @@ the factors back and checks that B @ C reproduces the dense weights before using
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.bank import Bank
-from jaxshare.core.compressed import is_compressed
+from jaxshare.core.compressed import FunctionCodec, check_reproduces, dense_of
 from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.config import ModelConfig
 from jaxshare.errors import CheckpointError
@@ -65,8 +63,7 @@ def export_files(params, manifest: dict) -> dict[str, bytes]:
         f = get_type(params.layers, t)
         if not isinstance(f, Factored):
             raise CheckpointError(f"manifest lists {t} as factorized but the params hold a dense {t}")
-        rows = f.basis.rows.dense() if is_compressed(f.basis.rows) else f.basis.rows  # quantized: dequantized
-        coef = f.coef.dense() if is_compressed(f.coef) else f.coef
+        rows, coef = dense_of(f.basis.rows), dense_of(f.coef)  # quantized: dequantized
         tensors[f"{t}.basis"] = np.ascontiguousarray(np.asarray(rows, np.float32))
         tensors[f"{t}.index"] = np.asarray(f.basis.index, np.int32)
         tensors[f"{t}.coef"] = np.ascontiguousarray(np.asarray(coef, np.float32))
@@ -93,32 +90,13 @@ def restore_from_hf(cfg: ModelConfig, params, manifest: dict, source: Path | Non
         if rows.shape != (len(r["groups"]), r["d_in"], r["rank"]) or coef.shape != (L, r["rank"], r["d_out"]):
             raise CheckpointError(f"{path}: {t} factors have shapes {rows.shape}, {coef.shape}, not what basis.json says")
         got = np.einsum("lik,lko->lio", rows[index].astype(np.float64), coef.astype(np.float64))
-        want = np.asarray(to_2d(t, dense.astype(jnp.float32)), np.float64)
-        scale = float(np.max(np.abs(want))) or 1.0
-        tol = (1e-2 if dense.dtype == jnp.bfloat16 else 1e-4) * scale  # the dense file may be bf16-rounded
-        err = float(np.max(np.abs(got - want)))
-        if err > tol:
-            raise CheckpointError(f"{path}: factors of {t} do not reproduce the dense weights "
-                                  f"(max |B C - W| = {err:.3g} > {tol:.3g}); the directory was edited after export")
+        check_reproduces(got, to_2d(t, dense), f"factors of {t}", path)  # to_2d only reshapes: dtype kept
         dt = dense.dtype
         new[t] = Factored(Bank(jnp.asarray(rows, dt), jnp.asarray(index, jnp.int32)), jnp.asarray(coef, dt),
                           t, tuple(dense.shape[1:]))
     return set_types(params, new)
 
 
-class BasisCodec:
-    """The codec of `Factored` (jaxshare.io.kinds): manifest `basis`, side file basis.safetensors."""
-    key: ClassVar[str] = "basis"
-    kind: ClassVar[type] = Factored
-
-    def manifest(self, params, cfg) -> dict:
-        return structure(params)
-
-    def abstract(self, cfg, manifest: dict, base):
-        return abstract_structure(cfg, manifest, base)
-
-    def export_files(self, params, manifest: dict) -> dict[str, bytes]:
-        return export_files(params, manifest)
-
-    def restore_hf(self, cfg, params, manifest: dict, source: Path):
-        return restore_from_hf(cfg, params, manifest, source)
+# The codec of `Factored` (jaxshare.io.kinds): manifest `basis`, side file basis.safetensors.
+CODEC = FunctionCodec("basis", Factored, lambda params, cfg: structure(params), abstract_structure, export_files,
+                      restore_from_hf)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.compressed import axes_of, frozen_of, is_compressed, materialize, rank_of  # noqa: F401  (materialize: banks are where most callers meet it)
+from jaxshare.core.compressed import axes_of, dense_of, frozen_of, is_compressed, materialize, rank_of  # noqa: F401  (materialize: banks are where most callers meet it)
 
 Array = jax.Array
 
@@ -37,8 +37,7 @@ class Bank:
 
     def dense(self) -> Array:
         """The per-layer leaf this bank stands for: [L, (K,) ...]."""
-        rows = self.rows.dense() if is_compressed(self.rows) else self.rows  # quantized rows
-        return rows[self.index]
+        return dense_of(self.rows)[self.index]  # rows may be quantized
 
     def apply(self, x: Array, dense_fn) -> Array:
         # Inside the layer scan banks arrive gathered; this is the product outside of it.

@@ -10,10 +10,15 @@ of its fields never train (`frozen`). How a kind is described, restored and expo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshare.errors import CheckpointError
 
 Array = jax.Array
 DenseFn = Callable[[Array, Array], Array]
@@ -70,8 +75,44 @@ class Codec(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FunctionCodec:
+    """A `Codec` whose members are a kind module's functions. The kinds differ in what their
+    manifests, side files and restores do, not in how a codec hands those calls on, so that
+    hand-off is written once here and each kind names its functions (basis.io, quant.tree, ...)."""
+    key: str
+    kind: type
+    manifest: Callable      # (params, cfg) -> dict
+    abstract: Callable      # (cfg, manifest, base) -> abstract params
+    export_files: Callable  # (params, manifest) -> {file name: bytes}
+    restore_hf: Callable    # (cfg, params, manifest, source) -> params
+
+
 def is_compressed(x) -> bool:
     return isinstance(x, Compressed)
+
+
+def dense_of(x):
+    """The dense array a field stands for, whether it is compressed (a quantized bank's rows) or not."""
+    return x.dense() if is_compressed(x) else x
+
+
+def check_reproduces(got, dense, what: str, where) -> None:
+    """Refuse side files (factors, codes, rows) whose product `got` does not reproduce the dense
+    weights `dense` of the same export: the directory was edited after it was written.
+
+    The rule, for every kind: max|got - dense| <= (1e-2 if dense is bf16 else 1e-5) * max|dense|,
+    computed in float64. bf16 because the dense file is then rounded to 8 bits of mantissa; 1e-5
+    is the strictest of the three checks this replaced (basis allowed 1e-4) and float32 round-trips
+    of every kind pass it."""
+    want = np.asarray(jnp.asarray(dense).astype(jnp.float32), np.float64)
+    if want.size == 0:
+        return
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - want)))
+    tol = (1e-2 if jnp.asarray(dense).dtype == jnp.bfloat16 else 1e-5) * (float(np.max(np.abs(want))) or 1.0)
+    if err > tol:
+        raise CheckpointError(f"{where}: {what} do not reproduce the dense weights (max |got - dense| = {err:.3g} "
+                              f"> {tol:.3g}); the directory was edited after export")
 
 
 def axes_of(x, dense_axes: tuple):
@@ -99,4 +140,4 @@ def compressed_leaves(tree) -> list:
 
 def materialize(tree):
     """The same tree with every compressed leaf replaced by its dense per-layer leaf."""
-    return jax.tree_util.tree_map(lambda x: x.dense() if is_compressed(x) else x, tree, is_leaf=is_compressed)
+    return jax.tree_util.tree_map(dense_of, tree, is_leaf=is_compressed)

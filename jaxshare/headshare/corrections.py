@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.core.compressed import is_compressed
+from jaxshare.core.compressed import check_reproduces, dense_of
 from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import replace_leaves
@@ -81,7 +81,7 @@ def export_files(params, man: dict) -> dict[str, bytes]:
 
     tensors = {}
     for m, cb in corrected_leaves(params).items():
-        rows = cb.rows.dense() if is_compressed(cb.rows) else cb.rows  # quantized rows: quant.safetensors has the codes
+        rows = dense_of(cb.rows)  # quantized rows: quant.safetensors has the codes
         tensors[f"{m}.rows"] = np.ascontiguousarray(np.asarray(rows, np.float32))
         tensors[f"{m}.corr"] = np.ascontiguousarray(np.asarray(cb.corr, np.float32))
     return {SIDE_FILE: save(tensors, metadata={"format": "jaxshare-corrections"})}
@@ -112,14 +112,7 @@ def restore_hf(cfg: ModelConfig, params, man: dict, source: Path):
         if rows is None or corr is None or rows.shape != want_rows or corr.shape != want_corr:
             raise CheckpointError(f"{path}: {m} rows/corrections missing or not of shapes {want_rows}, {want_corr}")
         cb = CorrectedBank(jnp.asarray(rows), jnp.asarray(bi), jnp.asarray(corr), jnp.asarray(ci))
-        got = np.asarray(cb.dense(), np.float64)
-        want = np.asarray(dense.astype(jnp.float32), np.float64)
-        scale = float(np.max(np.abs(want))) or 1.0
-        tol = (1e-2 if dense.dtype == jnp.bfloat16 else 1e-5) * scale  # the dense file may be bf16-rounded
-        err = float(np.max(np.abs(got - want)))
-        if err > tol:
-            raise CheckpointError(f"{path}: {m} rows and corrections do not reproduce the dense weights "
-                                  f"(max error {err:.3g} > {tol:.3g}); the directory was edited after export")
+        check_reproduces(cb.dense(), dense, f"{m} rows and corrections", path)
         dt = dense.dtype
         new[f"layers.attn.{name}"] = CorrectedBank(cb.rows.astype(dt), cb.index, cb.corr.astype(dt), cb.corr_index)
     return replace_leaves(params, new)

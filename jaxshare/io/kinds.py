@@ -19,16 +19,16 @@ from pathlib import Path
 
 import jax
 
-from jaxshare.basis.io import BasisCodec
+from jaxshare.basis import io as basis_io
 from jaxshare.core.compressed import Codec, compressed_leaves, is_compressed
 from jaxshare.errors import CheckpointError
-from jaxshare.headshare.codec import CorrectionsCodec, SharingCodec
-from jaxshare.quant.tree import QuantCodec
+from jaxshare.headshare.codec import CORRECTIONS, SHARING
+from jaxshare.quant import tree as quant_tree
 
 ENTRY_POINT_GROUP = "jaxshare.codecs"
 # Restore order: whole corrected banks first (the sharing codec then leaves them alone), quantized
 # codes last (they may sit inside the others).
-BUILTIN: tuple[Codec, ...] = (CorrectionsCodec(), SharingCodec(), BasisCodec(), QuantCodec())
+BUILTIN: tuple[Codec, ...] = (CORRECTIONS, SHARING, basis_io.CODEC, quant_tree.CODEC)
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.core.compressed import FunctionCodec, check_reproduces
 from jaxshare.quant.leaf import Quantized
 
 MANIFEST_VERSION = 1
@@ -125,30 +125,12 @@ def restore_from_hf(params, manifest: dict, source: Path):
         q = Quantized(jnp.asarray(got["packed"]), jnp.asarray(got["scale"], dense.dtype),
                       None if r["sym"] else jnp.asarray(got["zero"]), r["bits"], r["group"], r["layout"],
                       tuple(r["leaf_shape"]), r["d_in"])
-        ref = np.asarray(dense, np.float32)
-        err = float(np.max(np.abs(np.asarray(q.dense(), np.float32) - ref))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) or 1.0
-        tol = (1e-2 if dense.dtype == jnp.bfloat16 else 1e-5) * scale  # the dense file may be bf16-rounded
-        if err > tol:
-            raise CheckpointError(f"{path}: codes of {name} do not reproduce the dense weights (max diff {err:.3g} "
-                                  f"> {tol:.3g}); the directory was edited after export")
+        check_reproduces(np.asarray(q.dense(), np.float32), dense, f"codes of {name}", path)
         params = set_path(params, name, q)
     return params
 
 
-class QuantCodec:
-    """The codec of `Quantized` (jaxshare.io.kinds): manifest `quant`, side file of the codes."""
-    key: ClassVar[str] = "quant"
-    kind: ClassVar[type] = Quantized
-
-    def manifest(self, params, cfg) -> dict:
-        return structure(params)
-
-    def abstract(self, cfg, manifest: dict, base):
-        return abstract_structure(manifest, base)
-
-    def export_files(self, params, manifest: dict) -> dict[str, bytes]:
-        return export_files(params, manifest)
-
-    def restore_hf(self, cfg, params, manifest: dict, source: Path):
-        return restore_from_hf(params, manifest, source)
+# The codec of `Quantized` (jaxshare.io.kinds): manifest `quant`, side file of the codes.
+CODEC = FunctionCodec("quant", Quantized, lambda params, cfg: structure(params),
+                      lambda cfg, manifest, base: abstract_structure(manifest, base), export_files,
+                      lambda cfg, params, manifest, source: restore_from_hf(params, manifest, source))
