@@ -18,7 +18,8 @@ from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import init_params
 from jaxshare.inheritune.degeneration import analyze, head_metrics, write_plots
-from jaxshare.inheritune.grow import grow_params, run_inheritune
+from jaxshare.inheritune.grow import grow_params
+from jaxshare.training.stages import run_inheritune
 from jaxshare.inheritune.inherit import InheritError, inherit, select_layers
 from jaxshare.io.hf import export_hf, load_hf_dir
 from jaxshare.io.native import load_native, save_native

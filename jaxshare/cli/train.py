@@ -51,7 +51,7 @@ def _interrupted(args, run_dir) -> int:
 
 def _report(args, res: dict) -> None:
     if res.get("mode") == "inheritune" and res["status"] == "completed":
-        from jaxshare.inheritune.grow import stage_table
+        from jaxshare.training.stages import stage_table
 
         ref = res["reference_loss"]
         verdict = "no reference" if ref is None else (f"reached the reference's loss {ref:.4f}" if res["reached_reference"]
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
     initialize_distributed(tc)  # the program's job, never the library's
     try:
         if tc.mode == "inheritune":  # one trainer run per growth stage
-            from jaxshare.inheritune.grow import run_inheritune
+            from jaxshare.training.stages import run_inheritune
 
             res = run_inheritune(tc, overwrite=args.overwrite)
         else:
@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from jaxshare.inheritune.grow import STATE, run_inheritune
+    from jaxshare.training.stages import STATE, run_inheritune
     from jaxshare.training.config import check_resume_sets, load_config
     from jaxshare.training.paths import as_path
     from jaxshare.training.program import initialize_distributed
