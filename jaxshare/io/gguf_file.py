@@ -13,11 +13,11 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from jaxshare.errors import CheckpointError
+from jaxshare.io.tensorfile import BinaryFile
 
 VOCAB_ARRAYS = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores",
                 "tokenizer.ggml.token_type"}  # large; only the tokenizer needs them
@@ -99,18 +99,19 @@ class _Cursor:
         raise CheckpointError(f"unknown metadata value type {vtype}")
 
 
-class GGUFFile:
+class GGUFFile(BinaryFile):
     """fields: metadata key -> value (vocabulary arrays left out; their lengths in array_lengths);
     tensors: the tensor table in file order. Use as a context manager; `read` needs the file open."""
 
     def __init__(self, path, vocab: bool = False):
         """vocab: keep the vocabulary arrays in fields too (only a tokenizer build needs them)."""
+        self._vocab = vocab
+        super().__init__(path)
+
+    def _parse(self) -> None:
         import gguf
 
-        from jaxshare.errors import CheckpointError
-
-        self.path = Path(path)
-        self._f = open(self.path, "rb", buffering=0)
+        path, vocab = self.path, self._vocab
         size = os.fstat(self._f.fileno()).st_size
         try:
             cur = _Cursor(self._f, size)
@@ -138,7 +139,6 @@ class GGUFFile:
             align = int(self.fields.get("general.alignment", 32))
             start = cur.pos + (-cur.pos % align)
         except (ValueError, struct.error, OverflowError, UnicodeDecodeError) as e:
-            self._f.close()
             raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
         self.tensors, seen = [], set()
         for name, dims, qtype, offset in infos:
@@ -146,11 +146,9 @@ class GGUFFile:
             begin = start + offset
             end = begin + math.prod(dims) * type_size // block
             if name in seen:
-                self._f.close()
                 raise CheckpointError(f"{path}: duplicate tensor {name}")
             seen.add(name)
             if end > size:
-                self._f.close()
                 raise CheckpointError(f"{path} is truncated: tensor {name} needs bytes {begin}..{end}, "
                                       f"the file has {size}")
             self.tensors.append(GGUFTensor(name, dims, qtype, begin, end - begin))
@@ -171,8 +169,6 @@ class GGUFFile:
             raw = np.empty((b - a) * row_bytes, np.uint8)
             self._f.seek(t.data_offset + a * row_bytes)
             if self._f.readinto(memoryview(raw)) != raw.size:
-                from jaxshare.errors import CheckpointError
-
                 raise CheckpointError(f"{self.path}: short read in tensor {t.name}")
             if typed is not None:
                 data = raw.view(typed).reshape(b - a, shape[-1])
@@ -184,12 +180,3 @@ class GGUFFile:
                 raise CheckpointError(f"GGUF tensor {t.name}: quantization type {t.tensor_type.name} "
                                  f"cannot be dequantized by the gguf package ({e})") from None
         return out
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

