@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.compressed import FunctionCodec, check_reproduces
+from jaxshare.core.params import get_leaf, replace_leaves
 from jaxshare.quant.leaf import Quantized
 
 MANIFEST_VERSION = 1
@@ -35,19 +36,6 @@ def quantized_paths(tree, prefix: str = "") -> dict[str, Quantized]:
                 continue
             out.update(quantized_paths(getattr(tree, f.name), f"{prefix}.{f.name}" if prefix else f.name))
     return out
-
-
-def get_path(tree, path: str):
-    for part in path.split("."):
-        tree = getattr(tree, part)
-    return tree
-
-
-def set_path(tree, path: str, value):
-    head, _, rest = path.partition(".")
-    if not rest:
-        return dataclasses.replace(tree, **{head: value})
-    return dataclasses.replace(tree, **{head: set_path(getattr(tree, head), rest, value)})
 
 
 def structure(params) -> dict:
@@ -79,9 +67,8 @@ def abstract_leaf(r: dict, dtype) -> Quantized:
 
 def abstract_structure(manifest: dict, base):
     """`base` with the Quantized leaves the manifest names (orbax restore target)."""
-    for path, r in _check(manifest).items():
-        base = set_path(base, path, abstract_leaf(r, get_path(base, path).dtype))
-    return base
+    return replace_leaves(base, {path: abstract_leaf(r, get_leaf(base, path).dtype)
+                                 for path, r in _check(manifest).items()})
 
 
 def export_files(params, manifest: dict) -> dict[str, bytes]:
@@ -108,10 +95,10 @@ def restore_from_hf(params, manifest: dict, source: Path):
     if not path.is_file():
         raise CheckpointError(f"{source}: quant.json without {CODES}; the codes cannot be restored from the "
                               "dense weights alone (remove quant.json to load the dense weights)")
-    tensors = load_file(str(path))
+    tensors, new = load_file(str(path)), {}
     for name, r in leaves.items():
         try:
-            dense = get_path(params, name)
+            dense = get_leaf(params, name)
         except AttributeError:
             raise CheckpointError(f"{path}: quant.json names {name}, which this model does not have") from None
         want = abstract_leaf(r, jnp.float32)
@@ -126,8 +113,8 @@ def restore_from_hf(params, manifest: dict, source: Path):
                       None if r["sym"] else jnp.asarray(got["zero"]), r["bits"], r["group"], r["layout"],
                       tuple(r["leaf_shape"]), r["d_in"])
         check_reproduces(np.asarray(q.dense(), np.float32), dense, f"codes of {name}", path)
-        params = set_path(params, name, q)
-    return params
+        new[name] = q
+    return replace_leaves(params, new)
 
 
 # The codec of `Quantized` (jaxshare.io.kinds): manifest `quant`, side file of the codes.
