@@ -24,7 +24,7 @@ from benchmarks.common import write_result
 
 def hf_export(model: str) -> Path:
     """Our HF export of `model` in the cache (written once)."""
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
     from jaxshare.io.hf import export_hf
     from jaxshare.io.load import load_model
 

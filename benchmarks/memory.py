@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, machine
 from benchmarks.train_memory import child_env, run_measured
-from jaxshare.io.fetch import cache_dir as _cache_dir
+from jaxshare.storage.fetch import cache_dir as _cache_dir
 
 BENCH = _cache_dir() / "bench"
 LOCK = str(_cache_dir() / ".locks" / "heavy.lock")
@@ -62,7 +62,7 @@ def param_count(native: Path) -> int:
 
 
 def new_calib_dirs(before: set) -> list[Path]:
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
 
     d = cache_dir() / "calib"
     return [p for p in d.iterdir() if p.name not in before] if d.is_dir() else []
@@ -100,7 +100,7 @@ def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked:
     work.mkdir(parents=True, exist_ok=True)
     env = child_env()
     res = out["models"].setdefault(model, {"source": str(src), "cases": {}})
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
 
     for name, argv, cleanup in cases(model, src, work, seq_len, windows, calib):
         if only and name not in only and not name.startswith("baseline"):

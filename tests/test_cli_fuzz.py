@@ -54,7 +54,7 @@ def world(tmp_path_factory):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "ce": 2.0, "lw": 0.0}\n'
                                        '{"step": 1, "eval_ppl": 7.0}\n')
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
 
     real = cache_dir()
     (root / "cache").mkdir()
@@ -416,7 +416,7 @@ def paths_check(world, argv) -> int:
     with pytest.MonkeyPatch.context() as mp:  # whatever is installed here: no network, no cloud
         import importlib
 
-        from jaxshare.training import paths
+        from jaxshare.storage import paths
 
         for mod in ("gcsfs", "s3fs", "adlfs", "aiohttp"):
             mp.setitem(sys.modules, mod, None)

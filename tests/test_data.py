@@ -193,7 +193,7 @@ def test_concurrent_fetches_download_once_and_sweep_killed_temporaries(tmp_path,
     import threading
     import time
 
-    from jaxshare.io import fetch
+    from jaxshare.storage import fetch
 
     monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path))
     calls = []

@@ -17,7 +17,8 @@ import transformers
 from conftest import random_hf_model, torch_logits
 from jaxshare.core.config import ConfigError
 from jaxshare.core.model import KVCache, forward, forward_cached
-from jaxshare.io import fetch, registry
+from jaxshare.io import registry
+from jaxshare.storage import fetch
 from jaxshare.io import gguf as gguf_io
 from jaxshare.io.hf import export_hf, load_hf_dir
 

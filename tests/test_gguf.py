@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from conftest import random_hf_model
-from jaxshare.io import fetch
+from jaxshare.storage import fetch
 from jaxshare.io import gguf as gguf_io
 from jaxshare.io import registry
 

@@ -100,7 +100,7 @@ def test_greedy_until_stops_at_the_stop_string(tiny):
 def test_task_conversion_keeps_every_item_and_gold():
     from jaxshare.data.corpora import _read_members
     from jaxshare.eval.tasks import TASKS, load_rows, task_dir
-    from jaxshare.io.fetch import registry_file
+    from jaxshare.storage.fetch import registry_file
 
     root = task_dir()
     raw = _read_members(registry_file("bigbench", "1.0.0", sdist=True), TASKS, "bigbench")

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import random_hf_model
 from jaxshare.cli.main import main
-from jaxshare.io import atomic
-from jaxshare.io.atomic import EXPORT_MARKER, OutputError, atomic_output, check_destination, sweep_stale
+from jaxshare.storage import atomic
+from jaxshare.storage.atomic import EXPORT_MARKER, OutputError, atomic_output, check_destination, sweep_stale
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jaxshare.cli.main import main
-from jaxshare.io.outputs import OUTPUT_MARKER
+from jaxshare.storage.markers import OUTPUT_MARKER
 from tiny_model import save_text, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +213,7 @@ def no_gcsfs(monkeypatch):
     """gcsfs and s3fs absent, whatever is installed here."""
     import importlib
 
-    from jaxshare.training import paths
+    from jaxshare.storage import paths
 
     registry = importlib.import_module("fsspec.registry")._registry  # `fsspec.registry` is a mapping
     for mod in ("gcsfs", "s3fs"):
@@ -264,9 +264,16 @@ def test_eval_reads_remote_model_and_data_like_train(models, tmp_path, capsys):
         fs.rm("/m22", recursive=True)
 
 
-def test_output_to_a_url_is_refused(models, tmp_path, capsys):
-    line = one_error(*run(capsys, "export", models["native"], "memory://m22/out")[::2], "export")
-    assert "local paths only" in line
+def test_output_to_a_url_is_uploaded_and_marked_and_an_unknown_scheme_is_refused(models, tmp_path, capsys):
+    from jaxshare.storage.markers import COMMIT_MARKER
+    from jaxshare.storage.paths import as_path
+
+    out = f"memory://m22-{os.getpid()}/out"
+    assert run(capsys, "export", models["native"], out)[0] == 0
+    assert (as_path(out) / COMMIT_MARKER).exists() and (as_path(out) / "config.json").exists()
+    as_path(out).rmtree()
+    line = one_error(*run(capsys, "export", models["native"], "nosuchscheme://m22/out")[::2], "export")
+    assert "no filesystem is known for nosuchscheme://" in line
 
 
 # -- 17. non-UTF-8 paths, plot directories -----------------------------------------------------------------
@@ -441,7 +448,7 @@ def test_unreachable_https_data_is_not_called_missing(models, capsys, monkeypatc
 
     from fsspec.spec import AbstractFileSystem
 
-    from jaxshare.training import paths
+    from jaxshare.storage import paths
 
     class Offline(AbstractFileSystem):
         protocol = ("https",)

@@ -188,7 +188,7 @@ def test_grain_batches_are_deterministic_sharded_and_resumable():
 
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
     from jaxshare.io.tokenizers import tokenizer_from_dir
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
     from jaxshare.data.tokens import token_ids
 
     native = cache_dir() / "models" / "smollm2-135m" / "native"

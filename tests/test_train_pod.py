@@ -13,7 +13,8 @@ import pytest
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import init_params
 from jaxshare.io.native import load_native, save_native
-from jaxshare.training import paths, trainer
+from jaxshare.storage import fetch, paths
+from jaxshare.training import trainer
 from jaxshare.training.config import build_config, load_config
 
 CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
@@ -157,14 +158,14 @@ def test_model_and_data_from_a_url_are_cached_locally(files, tmp_path, monkeypat
     np.testing.assert_array_equal(got.eval_windows, want.eval_windows)
     for a, b in zip(jax.tree_util.tree_leaves(got.model.params), jax.tree_util.tree_leaves(want.model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    copy = paths.localize(tc.model)
+    copy = fetch.localize(tc.model)
     assert copy.startswith(str(tmp_path / "cache")) and paths.COMMIT_MARKER not in os.listdir(copy)
     stamp = os.stat(os.path.join(copy, "jaxshare.json")).st_mtime_ns
-    assert paths.localize(tc.model) == copy and os.stat(os.path.join(copy, "jaxshare.json")).st_mtime_ns == stamp
+    assert fetch.localize(tc.model) == copy and os.stat(os.path.join(copy, "jaxshare.json")).st_mtime_ns == stamp
     (remote / "tiny" / "extra.txt").write_text("changed")  # the remote changed: a fresh copy
-    assert os.path.exists(os.path.join(paths.localize(tc.model), "extra.txt"))
+    assert os.path.exists(os.path.join(fetch.localize(tc.model), "extra.txt"))
     with pytest.raises(FileNotFoundError, match="no such file"):
-        paths.localize("memory://jaxshare-test/models/absent")
+        fetch.localize("memory://jaxshare-test/models/absent")
     assert not [p for p in os.listdir(tmp_path / "cache" / "remote") if ".partial" in p]
 
 

@@ -207,7 +207,7 @@ def model_identity(loaded) -> str:
 
 def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
     """Where calibrate() keeps (or finds) these statistics: a directory, complete when it exists."""
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
 
     return cache_dir() / "calib" / cache_key(model_identity(loaded), data, n_windows, seq_len, seed)
 

@@ -59,7 +59,7 @@ def write_pairs(out_dir, res: dict, info: dict, overwrite: bool = False) -> dict
     """basis_pairs.json + basis_pairs.png, written atomically into out_dir."""
     import json
 
-    from jaxshare.io.atomic import atomic_output
+    from jaxshare.storage.atomic import atomic_output
 
     obj = {**info, "summary": summarize(res), "types": res}
     with atomic_output(out_dir, overwrite) as tmp:

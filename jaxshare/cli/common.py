@@ -175,7 +175,7 @@ def plot_dir(text: str) -> str:
     under a file or cannot be written (an existing directory is fine: plots replace their own names),
     or when matplotlib (the `plots` extra) is not installed."""
     from jaxshare.errors import MissingDependency
-    from jaxshare.io.atomic import OutputError, check_plot_dir
+    from jaxshare.storage.atomic import OutputError, check_plot_dir
     from jaxshare.optional import check
 
     nonempty(text)
@@ -250,7 +250,7 @@ def check_out_dir(out, overwrite: bool, sources=()) -> Path:
     """Refuse an output destination before any model is loaded or computed (the write itself is
     atomic and checks again). The one place that decides; subcommands call only this. `sources`:
     the command's inputs (MODEL), which the output may neither contain nor lie inside."""
-    from jaxshare.io.atomic import check_destination
+    from jaxshare.storage.atomic import check_destination
 
     return check_destination(out, overwrite, sources)
 

@@ -189,7 +189,7 @@ def _check_file_out(path) -> None:
     import os
     from pathlib import Path
 
-    from jaxshare.io.atomic import OutputError
+    from jaxshare.storage.atomic import OutputError
 
     p = Path(path)
     if p.is_dir():
@@ -202,7 +202,7 @@ def _write_text(path, text: str) -> None:
     import os
     from pathlib import Path
 
-    from jaxshare.io.atomic import OutputError
+    from jaxshare.storage.atomic import OutputError
 
     p = Path(path)
     tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")

@@ -206,14 +206,14 @@ def _is_user_error(e: BaseException) -> bool:
     cannot be read or written: permission, no space, not a directory). Anything else is a bug in
     jaxshare and keeps its traceback."""
     from jaxshare.errors import JaxshareError
-    from jaxshare.io.atomic import is_io_error
+    from jaxshare.storage.atomic import is_io_error
 
     return isinstance(e, JaxshareError) or is_io_error(e)
 
 
 def _message(e: BaseException) -> str:
     from jaxshare.errors import JaxshareError
-    from jaxshare.io.atomic import describe
+    from jaxshare.storage.atomic import describe
 
     if isinstance(e, JaxshareError):
         return str(e)

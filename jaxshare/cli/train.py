@@ -15,7 +15,7 @@ SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=
 def _refuse_in_memory(run_dir) -> None:
     """An in-memory filesystem ends with the command: a run there would print paths to nothing."""
     from jaxshare.training.config import TrainConfigError
-    from jaxshare.training.paths import scheme
+    from jaxshare.storage.paths import scheme
 
     if scheme(str(run_dir)) == "memory":
         raise TrainConfigError(f"run_dir {run_dir}: memory:// keeps nothing after the command exits; "
@@ -97,7 +97,7 @@ def cmd_train(args) -> int:
 def cmd_resume(args) -> int:
     from jaxshare.training.stages import STATE, run_inheritune
     from jaxshare.training.config import check_resume_sets, load_config
-    from jaxshare.training.paths import as_path
+    from jaxshare.storage.paths import as_path
     from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
 

@@ -1,6 +1,6 @@
 """Evaluation corpora: named corpora read from package-registry archives, or local files.
 
-Named corpora come from sdists fetched with :func:`jaxshare.io.fetch.registry_file` and are read
+Named corpora come from sdists fetched with :func:`jaxshare.storage.fetch.registry_file` and are read
 in place (tarfile), never installed. Each is extracted once and cached as JSON under
 ``cache_dir()/"corpora"/<name>.json``; later loads read only that file.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
-from jaxshare.io.fetch import cache_dir, registry_file
+from jaxshare.storage.fetch import cache_dir, registry_file
 
 SPLITS = ("train", "validation", "test")
 _FORMAT = 1  # bump to invalidate cached corpus files
@@ -309,7 +309,7 @@ def load_corpus(source: str, split: str | None = None) -> list[str]:
         if split is not None:
             raise CorpusError(f"{source}: local files take no split (got {split!r})")
         if "://" in source:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
-            from jaxshare.training.paths import localize
+            from jaxshare.storage.fetch import localize
 
             path = Path(localize(source, "data"))
         if not path.is_file():

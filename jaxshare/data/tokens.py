@@ -92,7 +92,7 @@ def _corpus_key(source: str) -> str:
 def token_ids(source: str, tokenizer, vocab_size: int | None = None) -> np.ndarray:
     """int32 token ids of a corpus: a .npy of ids (used as is, refused outside [0, vocab_size)),
     or a corpus that `load_corpus` reads, tokenized once under the protocol and cached by tokenizer + corpus."""
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
 
     path = Path(source).expanduser()
     if path.suffix == ".npy":

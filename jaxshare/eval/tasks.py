@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from jaxshare.errors import JaxshareError
-from jaxshare.io.fetch import cache_dir, registry_file
+from jaxshare.storage.fetch import cache_dir, registry_file
 
 # our name -> member of the bigbench sdist (goal_inference is a subtask of goal_step_wikihow)
 _ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"

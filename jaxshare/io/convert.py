@@ -34,7 +34,7 @@ def release_memory() -> None:
 def stream_to_native(out, cfg: ModelConfig, tensors, tokenizer, dtype="fp32", extra: dict | None = None,
                      overwrite: bool = False, source: str = "checkpoint", total: int | None = None) -> Path:
     """Write (hf_key, array) pairs as a native checkpoint, one tensor at a time (atomically)."""
-    from jaxshare.io.atomic import atomic_output
+    from jaxshare.storage.atomic import atomic_output, output_path
     from jaxshare.io.hf import fill_from_tensors
     from jaxshare.io.native import PARAMS_FILE, write_meta
     from jaxshare.io.tensorfile import TensorWriter
@@ -49,7 +49,7 @@ def stream_to_native(out, cfg: ModelConfig, tensors, tokenizer, dtype="fp32", ex
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_meta(tmp, cfg, str(dt), abstract_params(cfg, dt), extra)
-    return Path(out)
+    return output_path(out)
 
 
 def convert_gguf_to_native(path, out, dtype="fp32", extra: dict | None = None, overwrite: bool = False):

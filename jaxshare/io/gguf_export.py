@@ -23,7 +23,8 @@ import numpy as np
 
 from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
-from jaxshare.io.atomic import OutputError, atomic_file, check_file_destination, shown_path
+from jaxshare.storage import paths
+from jaxshare.storage.atomic import OutputError, atomic_file, check_file_destination, is_remote, output_path, shown_path
 
 TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32")
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # our family -> GGUF architecture
@@ -78,7 +79,11 @@ def check_destination(path, overwrite: bool, sources=()) -> Path:
     return check_file_destination(path, overwrite, _ours, OURS, sources)
 
 
-def _ours(path: Path) -> bool:
+def _ours(path) -> bool:
+    if is_remote(str(path)):  # GGUFReader maps a local file: read a copy (only when replacing one)
+        with tempfile.TemporaryDirectory() as t:
+            paths.copy_file(path, os.path.join(t, "probe.gguf"))
+            return _ours(os.path.join(t, "probe.gguf"))
     try:
         import gguf
 
@@ -291,7 +296,7 @@ def export_gguf(params, cfg: ModelConfig, out, tokenizer=None, gguf_type: str = 
             w.write_tensors_to_file()
         finally:
             w.close()  # also on failure: the temporary can only be removed once closed
-    return Path(os.path.expanduser(os.fspath(out))).resolve()
+    return output_path(out)
 
 
 class _FileWrite(np.ndarray):

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.io import families
-from jaxshare.io.atomic import EXPORT_MARKER, atomic_output
+from jaxshare.storage.atomic import EXPORT_MARKER, atomic_output, output_path
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.errors import CheckpointError  # noqa: F401 (re-exported: older imports name it here)
@@ -215,4 +215,4 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
         for name, blob in side_files.items():
             (tmp / name).write_bytes(blob)
         (tmp / EXPORT_MARKER).write_text(json.dumps({"format": "jaxshare-hf-export", "version": 1}) + "\n")
-    return Path(out_dir)
+    return output_path(out_dir)

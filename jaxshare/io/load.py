@@ -12,7 +12,7 @@ from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params
 from jaxshare.io.convert import convert_gguf_to_native, convert_hf_to_native, release_memory
 from jaxshare.io.hf import CheckpointError, load_hf_dir
-from jaxshare.io.tokenizers import TOKENIZER_FILES, missing_tokenizer, tokenizer_from_dir
+from jaxshare.io.tokenizers import missing_tokenizer, tokenizer_from_dir
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
 def registered_native(name: str) -> Path:
     """The cached native checkpoint of a registered model, converting its GGUF once."""
     from jaxshare.io import registry
-    from jaxshare.io.fetch import cache_dir
+    from jaxshare.storage.fetch import cache_dir
     from jaxshare.io.native import is_native
 
     out = cache_dir() / "models" / name / "native"
@@ -78,7 +78,7 @@ def resolve(spec: str) -> tuple[str, Path]:
 
     spec = os.fspath(spec)
     if "://" in spec:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
-        from jaxshare.training.paths import localize
+        from jaxshare.storage.fetch import localize
 
         spec = localize(spec, "model")
     try:

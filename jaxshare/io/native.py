@@ -24,7 +24,7 @@ from jaxshare.io.kinds import abstract_tree, keys, manifests
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params, cast_params
-from jaxshare.io.atomic import atomic_output
+from jaxshare.storage.atomic import atomic_output, output_path
 from jaxshare.errors import CheckpointError
 
 META = "jaxshare.json"
@@ -86,7 +86,7 @@ def save_native(out_dir, cfg: ModelConfig, params: Params, tokenizer=None, extra
         for name, blob in (files or {}).items():
             (tmp / name).write_bytes(blob)
         write_meta(tmp, cfg, dtype, params, extra)
-    return Path(out_dir)
+    return output_path(out_dir)
 
 
 def write_meta(directory, cfg: ModelConfig, dtype: str, params, extra: dict | None) -> None:

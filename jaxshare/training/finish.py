@@ -20,12 +20,12 @@ from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
-from jaxshare.training import paths
+from jaxshare.storage import paths
 
 
 def commit(dest, write) -> None:
     """write(local_dir) creates a complete output directory; it becomes `dest` (rename on a local
-    disk: the writers use io.atomic; elsewhere a copy, then the completion marker)."""
+    disk: the writers use storage.atomic; elsewhere a copy, then the completion marker)."""
     if paths.is_local(dest):
         write(Path(os.fspath(dest)))
         return
@@ -64,9 +64,9 @@ def _save_final_multiprocess(tr, shared, extra) -> None:
                     paths.write_bytes(tmp / name, Path(t, name).read_bytes())
         paths.write_text(tmp / META, json.dumps(native_meta(tr.model.cfg, shared, extra, version=1), indent=2))
         if local:
-            from jaxshare.io.atomic import _swap
+            from jaxshare.storage.atomic import swap
 
-            _swap(Path(os.fspath(tmp)), Path(os.fspath(dest)))
+            swap(Path(os.fspath(tmp)), Path(os.fspath(dest)))
         else:
             (dest / paths.COMMIT_MARKER).write_text("")
     mh.barrier("jaxshare_final_done")

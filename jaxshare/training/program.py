@@ -45,7 +45,7 @@ def prepare(tc: TrainConfig) -> Prepared:
     from jaxshare.data.tokens import token_ids, token_windows
     from jaxshare.headshare.directshare import n_units
     from jaxshare.io.load import load_model, resolve
-    from jaxshare.training import paths
+    from jaxshare.storage import fetch
     from jaxshare.training.data import steps_for
 
     if tc.attention == "cudnn":
@@ -54,7 +54,7 @@ def prepare(tc: TrainConfig) -> Prepared:
         if jax.default_backend() != "gpu":
             raise TrainConfigError(f"attention cudnn needs a GPU (the backend is {jax.default_backend()}); "
                                    "use xla or auto")
-    model = paths.localize(tc.model, "model")  # gs://, s3://, any fsspec URL: a cached local copy
+    model = fetch.localize(tc.model, "model")  # gs://, s3://, any fsspec URL: a cached local copy
     resolve(model)
     m = load_model(model, "fp32")
     if model != tc.model:
@@ -65,8 +65,8 @@ def prepare(tc: TrainConfig) -> Prepared:
         n_units(tc.ratio, m.cfg)
     if not all(str(d).endswith(".npy") for d in (tc.data, tc.eval_data)):
         m.need_tokenizer("training on text (rather than .npy token ids)")
-    train = token_windows(token_ids(paths.localize(tc.data, "training data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+    train = token_windows(token_ids(fetch.localize(tc.data, "training data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                           what=f"training data {tc.data}")
-    ev = token_windows(token_ids(paths.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
+    ev = token_windows(token_ids(fetch.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                        what=f"eval data {tc.eval_data}")
     return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)))

@@ -8,28 +8,29 @@ the directories whose contents we know), and it removes exactly those entries. A
 anything else, or a run of an older jaxshare (config.yaml without the marker), is left for the user
 to move or delete.
 
-Imports nothing heavy: `jaxshare.io.atomic` reads `RUN_ENTRIES` from here.
+The table of what a run dir holds (RUN_ENTRIES) is data at the storage floor (`storage.markers`),
+where `--overwrite` of any output reads it too.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
+import os
+from pathlib import Path
 
 from jaxshare.errors import JaxshareError
+from jaxshare.storage import paths
+from jaxshare.storage.atomic import protected
+from jaxshare.storage.markers import (  # noqa: F401 (RUN_ENTRIES: for callers)
+    RUN_ENTRIES,
+    RUN_FORMAT,
+    RUN_MARKER,
+    RUN_VERSION,
+    foreign_run_entries,
+    is_run_entry,
+)
 
-MARKER = "jaxshare_run.json"
-MARKER_FORMAT = {"format": "jaxshare-run", "version": 1}
-
-# Plain names the trainer (and inheritune, plot-run, the W&B writer) create at the top of a run dir.
-_NAMES = (MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "tensorboard", "checkpoints", "final", "hf",
-          "result.json", "inheritune.json", "wandb",
-          "init")  # an inheritune stage's starting model (stage dirs are run dirs too)
-# Each plain name's temporaries: `.config.yaml.XXXX` (paths.write_text), `.final.partial-PID-XXXX`,
-# `.final.old-...`, `.final.trash-...` (io.atomic), `.inheritune.json.partial` (inheritune).
-RUN_ENTRIES = _NAMES + ("stage_*", "*.png") + tuple(f".{n}.*" for n in _NAMES)
-
-_FILES = {MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "result.json", "inheritune.json"}
-_MODEL_MANIFEST = {"final": "jaxshare.json", "init": "jaxshare.json", "hf": "jaxshare_export.json"}
+MARKER = RUN_MARKER
+MARKER_FORMAT = {"format": RUN_FORMAT, "version": RUN_VERSION}
 
 
 class RunDirError(JaxshareError, ValueError):
@@ -37,20 +38,7 @@ class RunDirError(JaxshareError, ValueError):
 
 
 def _path(run_dir):
-    from jaxshare.training import paths
-
     return paths.as_path(str(run_dir))
-
-
-def _is_link(p) -> bool:
-    try:
-        return p.is_symlink()
-    except (AttributeError, NotImplementedError, OSError):  # object stores have no links
-        return False
-
-
-def is_run_entry(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pat) for pat in RUN_ENTRIES)
 
 
 def is_marked(run_dir) -> bool:
@@ -63,41 +51,12 @@ def is_marked(run_dir) -> bool:
 
 
 def write_marker(run_dir) -> None:
-    from jaxshare.training import paths
-
     paths.write_text(_path(run_dir) / MARKER, json.dumps(MARKER_FORMAT) + "\n")
-
-
-def _foreign_in(d, rel: str) -> list[str]:
-    out = []
-    for child in sorted(d.iterdir(), key=lambda c: c.name):
-        name, shown = child.name, f"{rel}{child.name}"
-        if _is_link(child) or not is_run_entry(name):
-            out.append(shown)
-        elif name.startswith("."):
-            continue  # our temporaries, files or directories
-        elif name in _FILES or name.endswith(".png"):
-            if child.is_dir():
-                out.append(shown)
-        elif not child.is_dir():
-            out.append(shown)
-        elif name == "checkpoints":  # orbax: step directories and their temporaries only
-            out += [f"{shown}/{c.name}" for c in child.iterdir()
-                    if _is_link(c) or not (c.name.isdigit() or ".orbax-checkpoint-tmp" in c.name)]
-        elif name == "tensorboard":
-            out += [f"{shown}/{c.name}" for c in child.iterdir()
-                    if _is_link(c) or not c.name.startswith("events.out.tfevents.")]
-        elif name in _MODEL_MANIFEST:
-            if not (child / _MODEL_MANIFEST[name]).is_file():
-                out.append(shown)
-        elif name.startswith("stage_"):
-            out += _foreign_in(child, f"{shown}/")
-    return out
 
 
 def foreign_entries(run_dir) -> list[str]:
     """Paths (relative to the run dir) of what jaxshare did not write there; [] when all is ours."""
-    return _foreign_in(_path(run_dir), "")
+    return foreign_run_entries(_path(run_dir))
 
 
 def check_new_run_dir(run_dir, overwrite: bool) -> bool:
@@ -117,15 +76,8 @@ def check_new_run_dir(run_dir, overwrite: bool) -> bool:
     if not overwrite:
         raise RunDirError(f"run_dir {run_dir} is not empty; continue its run with `jaxshare train resume {run_dir}`, "
                           "pass --overwrite to replace a jaxshare run, or choose another run_dir")
-    from jaxshare.training import paths
-
     if paths.is_local(p):
-        import os
-        from pathlib import Path
-
-        from jaxshare.io.atomic import _protected
-
-        why = _protected(Path(os.path.expanduser(str(p))).resolve())
+        why = protected(Path(os.path.expanduser(str(p))).resolve())
         if why:
             raise RunDirError(f"refusing to replace run_dir {run_dir}: {why}")
     if not is_marked(p):

@@ -38,7 +38,7 @@ from jaxshare.headshare.penalty import pairs_from_plan
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
-from jaxshare.training import paths
+from jaxshare.storage import paths
 from jaxshare.training.checkpoints import Checkpoints
 from jaxshare.training.config import TrainConfig, dump_config
 from jaxshare.training.memory import release_free_memory

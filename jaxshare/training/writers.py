@@ -38,7 +38,7 @@ class JsonlWriter:
     """metrics.jsonl: one JSON object per write (any epath; appended)."""
 
     def __init__(self, path):
-        from jaxshare.training import paths
+        from jaxshare.storage import paths
 
         self.path = paths.as_path(path)
         self.local = paths.is_local(self.path)
@@ -62,7 +62,7 @@ class TensorBoardWriter:
 
     def __init__(self, logdir):
         from jaxshare.optional import require
-        from jaxshare.training import paths
+        from jaxshare.storage import paths
 
         # deferred on purpose: tensorboardX is optional (the `train` extra; `tensorboard: false` runs without it)
         SummaryWriter = require("tensorboardX", "train", "TensorBoard logging (tensorboard: true)").SummaryWriter

@@ -2,22 +2,26 @@
 writes, and holding nothing we did not write.
 
 Generic names (config.yaml, checkpoints/, config.json) prove nothing: a user's project folder has
-them too. So every output directory committed by `io.atomic` carries `OUTPUT_MARKER`, a JSON file
+them too. So every output directory committed by `storage.atomic` carries `OUTPUT_MARKER`, a JSON file
 {"format": "jaxshare-output", "version": 1, "kind": ..., "files": [top-level names at commit]}, and a
 training run dir carries `jaxshare_run.json` {"format": "jaxshare-run", "version": 1} (what it may
-hold is `training.rundir`'s to say: RUN_ENTRIES, checked into its subdirectories). Outputs of older jaxshare (no marker) are
+hold is RUN_ENTRIES below, checked into its subdirectories; `training.rundir` decides when a run may start). Outputs of older jaxshare (no marker) are
 recognised by their own manifest, checked by content (`jaxshare.json` format "jaxshare",
 `jaxshare_export.json` format "jaxshare-hf-export", `basis_pairs.json` with its summary), and may
 hold only the names those versions wrote.
 
 `foreign_entries` lists what a recognised directory holds beyond that: --overwrite refuses such a
 directory by name rather than delete a file the user put there.
+
+A directory on an object store (no rename) is complete only once it holds `COMMIT_MARKER`, written
+last; while `UPLOAD_MARKER` is there without it, the directory is an upload in progress (or killed)
+that readers refuse. A directory copied up by other tools (gsutil cp -r) has neither and is read. Functions here take a `pathlib.Path` or an `etils.epath.Path` and
+import nothing from jaxshare.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from pathlib import Path
 
 OUTPUT_MARKER = ".jaxshare-output.json"
@@ -25,6 +29,18 @@ OUTPUT_FORMAT, OUTPUT_VERSION = "jaxshare-output", 1
 EXPORT_MARKER = "jaxshare_export.json"
 RUN_MARKER = "jaxshare_run.json"
 RUN_FORMAT, RUN_VERSION = "jaxshare-run", 1
+COMMIT_MARKER = ".jaxshare_complete"
+UPLOAD_MARKER = ".jaxshare_uploading"  # an upload in progress (or killed): readers refuse the directory
+
+# Plain names the trainer (and inheritune, plot-run, the W&B writer) create at the top of a run dir.
+_RUN_NAMES = (RUN_MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "tensorboard", "checkpoints", "final", "hf",
+              "result.json", "inheritune.json", "wandb",
+              "init")  # an inheritune stage's starting model (stage dirs are run dirs too)
+# Each plain name's temporaries: `.config.yaml.XXXX` (paths.write_text), `.final.partial-PID-XXXX`,
+# `.final.old-...`, `.final.trash-...` (storage.atomic), `.inheritune.json.partial` (inheritune).
+RUN_ENTRIES = _RUN_NAMES + ("stage_*", "*.png") + tuple(f".{n}.*" for n in _RUN_NAMES)
+_RUN_FILES = {RUN_MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "result.json", "inheritune.json"}
+_MODEL_MANIFEST = {"final": "jaxshare.json", "init": "jaxshare.json", "hf": "jaxshare_export.json"}
 
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "chat_template.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json")
@@ -67,11 +83,11 @@ def kind_of(names) -> str:
     return "jaxshare output"
 
 
-def _recognise(path: Path) -> tuple[str, tuple[str, ...] | None] | None:
+def _recognise(path) -> tuple[str, tuple[str, ...] | None] | None:
     """(kind, allowed top-level patterns; None = as the marker lists them) or None."""
     m = _json(path / OUTPUT_MARKER)
     if _is(m, OUTPUT_FORMAT, (OUTPUT_VERSION,)) and isinstance(m.get("files"), list):
-        return str(m.get("kind") or "jaxshare output"), tuple(map(str, m["files"])) + (OUTPUT_MARKER,)
+        return str(m.get("kind") or "jaxshare output"), tuple(map(str, m["files"])) + (OUTPUT_MARKER, COMMIT_MARKER, UPLOAD_MARKER)
     if _is(_json(path / RUN_MARKER), RUN_FORMAT, (RUN_VERSION,)):
         return "training run", ()  # training.rundir knows what a run holds, subdirectories included
     meta = _json(path / "jaxshare.json")
@@ -87,21 +103,66 @@ def _recognise(path: Path) -> tuple[str, tuple[str, ...] | None] | None:
 
 def is_our_output(path) -> str | None:
     """What kind of jaxshare output the directory is, or None."""
-    found = _recognise(Path(path))
+    found = _recognise(_as_path(path))
     return found[0] if found else None
 
 
 def foreign_entries(path) -> list[str]:
     """Top-level names in a recognised output that jaxshare did not write there (all of them when
     the directory is not recognised)."""
-    path = Path(path)
-    names = sorted(os.listdir(path))
+    path = _as_path(path)
+    names = sorted(c.name for c in path.iterdir())
     found = _recognise(path)
     if found is None:
         return names
     if found[0] == "training run":
-        from jaxshare.training import rundir
-
-        return rundir.foreign_entries(path)
+        return foreign_run_entries(path)
     allowed = found[1]
     return [n for n in names if not any(n == p or fnmatch.fnmatchcase(n, p) for p in allowed)]
+
+
+def _as_path(path):
+    return path if hasattr(path, "iterdir") else Path(path)
+
+
+def _is_link(p) -> bool:
+    try:
+        return p.is_symlink()
+    except (AttributeError, NotImplementedError, OSError):  # object stores have no links
+        return False
+
+
+def is_run_entry(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in RUN_ENTRIES)
+
+
+def _foreign_in(d, rel: str) -> list[str]:
+    out = []
+    for child in sorted(d.iterdir(), key=lambda c: c.name):
+        name, shown = child.name, f"{rel}{child.name}"
+        if _is_link(child) or not is_run_entry(name):
+            out.append(shown)
+        elif name.startswith("."):
+            continue  # our temporaries, files or directories
+        elif name in _RUN_FILES or name.endswith(".png"):
+            if child.is_dir():
+                out.append(shown)
+        elif not child.is_dir():
+            out.append(shown)
+        elif name == "checkpoints":  # orbax: step directories and their temporaries only
+            out += [f"{shown}/{c.name}" for c in child.iterdir()
+                    if _is_link(c) or not (c.name.isdigit() or ".orbax-checkpoint-tmp" in c.name)]
+        elif name == "tensorboard":
+            out += [f"{shown}/{c.name}" for c in child.iterdir()
+                    if _is_link(c) or not c.name.startswith("events.out.tfevents.")]
+        elif name in _MODEL_MANIFEST:
+            if not (child / _MODEL_MANIFEST[name]).is_file():
+                out.append(shown)
+        elif name.startswith("stage_"):
+            out += _foreign_in(child, f"{shown}/")
+    return out
+
+
+def foreign_run_entries(run_dir) -> list[str]:
+    """Paths (relative to a training run dir) of what jaxshare did not write there; [] when all is ours."""
+    return _foreign_in(_as_path(run_dir), "")

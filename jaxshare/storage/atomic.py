@@ -8,10 +8,17 @@ put back). A killed process therefore leaves the destination either as it was or
 most a hidden sibling that the next write to the same destination sweeps (`sweep_stale`).
 
 `--overwrite` only ever replaces an empty directory or something recognisably ours that holds
-nothing else (`io.outputs`: every directory committed here carries a marker listing its files),
+nothing else (`storage.markers`: every directory committed here carries a marker listing its files),
 never the working directory, one of its ancestors, the home directory or `/`, and never a path that
 contains a command's input or lies inside it. Single files (a .gguf) go the same way through
 `atomic_file`: a hidden sibling, renamed into place, swept when its writer died.
+
+A URL destination (gs://, s3://, memory://, any fsspec filesystem; `storage.paths`) cannot be
+renamed into place: the output is built in a local temporary directory, uploaded (the output
+marker first), and `COMMIT_MARKER` is written last. Readers trust only a directory holding it; an
+upload that was killed leaves an unmarked directory of ours, which the next write replaces
+(--overwrite or not, as a local write sweeps a dead writer's temporary). Replacing a complete
+remote output with --overwrite removes it before the upload: an object store has no rename.
 
 Every I/O failure while writing (OSError, safetensors' SafetensorError, orbax/tensorstore
 errors) becomes one `OutputError` naming the destination and the cause; the temporary is removed.
@@ -24,47 +31,43 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
-from jaxshare.errors import JaxshareError
-from jaxshare.io.outputs import EXPORT_MARKER, OUTPUT_MARKER, foreign_entries, is_our_output, kind_of, marker
+from jaxshare.storage import paths
+from jaxshare.storage.failures import (  # noqa: F401
+    OutputError,
+    OutputExistsError,
+    check_utf8,
+    describe,
+    is_io_error,
+    shown_path,
+)
+from jaxshare.storage.markers import (
+    EXPORT_MARKER,
+    OUTPUT_MARKER,
+    foreign_entries,
+    is_our_output,
+    kind_of,
+    marker,
+)
+from jaxshare.storage.remote import (  # noqa: F401
+    check_remote,
+    check_remote_file,
+    is_remote,
+    output_path,
+    remote_file,
+    remote_output,
+)
 
 __all__ = ["EXPORT_MARKER", "OUTPUT_MARKER", "OutputError", "OutputExistsError", "atomic_file", "atomic_output",
-           "check_destination", "check_file_destination", "check_plot_dir", "is_our_output", "sweep_stale"]
+           "check_destination", "check_file_destination", "check_plot_dir", "is_our_output", "is_remote", "sweep_stale"]
 STALE_AFTER_S = 24 * 3600  # a sibling older than this is stale even if its pid is alive (pid reuse)
 _TAGS = ("partial", "old", "trash")
 
 
-class OutputError(JaxshareError):
-    """An output that cannot be written where asked; the message names the path and the cause."""
-
-
-class OutputExistsError(OutputError, FileExistsError):
-    """The destination holds something and --overwrite was not given."""
-
-
-def shown_path(path) -> str:
-    """A path as text that can always be printed (a name that is not UTF-8 shows its bytes)."""
-    text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return repr(os.fsencode(text))
-    return text
-
-
-def check_utf8(path, what: str = "path") -> None:
-    """Refuse a path that is not UTF-8 text: safetensors, orbax and JSON manifests all need it."""
-    try:
-        os.fspath(path).encode("utf-8")
-    except UnicodeEncodeError:
-        raise OutputError(f"{what} {shown_path(path)} is not UTF-8 encodable (its name holds bytes that are not "
-                          "UTF-8 text): rename it or choose another path") from None
-
-
-def _protected(real: Path) -> str | None:
+def protected(real: Path) -> str | None:
     """Why `real` (a resolved path) may never be an output destination, or None."""
     if real == Path(real.anchor):
         return "it is the root directory"
@@ -83,13 +86,10 @@ def _protected(real: Path) -> str | None:
 
 def _resolve(path, sources) -> tuple[str, Path]:
     """(shown, resolved destination) after the checks common to folders and files."""
-    if "://" in os.fspath(path):
-        raise OutputError(f"{shown_path(path)}: outputs are written to local paths only; write locally, then copy "
-                          "it up (e.g. gsutil cp -r / aws s3 cp --recursive)")
     check_utf8(path, "output path")
     shown = os.fspath(path)
     real = Path(os.path.expanduser(shown)).resolve()
-    why = _protected(real)
+    why = protected(real)
     if why:
         raise OutputError(f"refusing to write to {shown}: {why}")
     for src in sources:
@@ -122,8 +122,10 @@ def check_destination(path, overwrite: bool, sources=()) -> Path:
     """Refuse a destination we must not write (cheap: call it before loading anything). `sources`:
     the command's input paths; a destination that contains one or lies inside one is refused.
 
-    Returns the resolved destination (symlinks followed). Raises OutputError (OutputExistsError for a
-    non-empty destination without --overwrite)."""
+    Returns the resolved destination (symlinks followed; an epath for a URL). Raises OutputError
+    (OutputExistsError for a non-empty destination without --overwrite)."""
+    if is_remote(path):
+        return check_remote(path, overwrite, sources)
     shown, real = _resolve(path, sources)
     again = _restored(real)
     if real.exists():
@@ -164,6 +166,8 @@ def _check_parent(shown: str, real: Path) -> None:
 def check_file_destination(path, overwrite: bool, ours: Callable[[Path], bool], what: str, sources=()) -> Path:
     """check_destination for a single-file output: absent, or (with overwrite) a file `ours` accepts;
     `what` names such a file in the message ("a GGUF file written by jaxshare")."""
+    if is_remote(path):
+        return check_remote_file(path, overwrite, ours, what, sources)
     shown, real = _resolve(path, sources)
     again = _restored(real)
     if os.path.lexists(real):
@@ -244,21 +248,9 @@ def sweep_stale(dest: Path, now: float | None = None) -> list[Path]:
     return done
 
 
-def _umask() -> int:
-    try:  # reading it without setting it: os.umask would race with other threads
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def apply_umask(root: Path) -> None:
     """Directories 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700, libraries vary)."""
-    mask = _umask()
+    mask = paths.umask()
     dmode, fmode = 0o777 & ~mask, 0o666 & ~mask
     os.chmod(root, dmode)
     for top, dirs, files in os.walk(root):
@@ -268,37 +260,6 @@ def apply_umask(root: Path) -> None:
         for f in files:
             if not os.path.islink(os.path.join(top, f)):
                 os.chmod(os.path.join(top, f), fmode)
-
-
-_IO_TEXT = re.compile(r"os_error_code='?(\d+)|os error (\d+)|\[Errno (\d+)\]")
-_STATUS = re.compile(r"^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DATA_LOSS|NOT_FOUND|ALREADY_EXISTS"
-                     r"|FAILED_PRECONDITION|INTERNAL|UNKNOWN): ")
-
-
-def is_io_error(e: BaseException) -> bool:
-    """An OSError, or a library's wrapping of one (safetensors, orbax/tensorstore)."""
-    if isinstance(e, OSError):
-        return True
-    if type(e).__name__ == "SafetensorError":
-        return True
-    if isinstance(e, (ValueError, RuntimeError)):
-        text = str(e)
-        return bool(_IO_TEXT.search(text) or _STATUS.match(text))
-    return False
-
-
-def describe(e: BaseException, hide: Path | None = None) -> str:
-    """The cause of an I/O error in a few words (`No space left on device`), plus the failing path
-    when it is not inside the temporary directory `hide`."""
-    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
-    if code is None:
-        m = _IO_TEXT.search(str(e))
-        code = next((int(g) for g in m.groups() if g), None) if m else None
-    cause = os.strerror(code) if code else str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-    where = getattr(e, "filename", None) if isinstance(e, OSError) else None
-    if where and not (hide is not None and str(where).startswith(str(hide))):
-        cause += f" ({where})"
-    return cause
 
 
 def _aside(dest: Path, tag: str) -> Path:
@@ -316,7 +277,8 @@ def _remove(old: Path, dest: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)  # what remains is swept by the next write
 
 
-def _swap(tmp: Path, dest: Path) -> None:
+def swap(tmp: Path, dest: Path) -> None:
+    """Rename `tmp` onto `dest`; a previous `dest` is moved aside first and removed once `tmp` is in."""
     old = None
     if os.path.lexists(dest):
         old = _aside(dest, "old")
@@ -336,6 +298,10 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
     """Context: yields an empty temporary directory; on success it becomes `path` (see module doc),
     with OUTPUT_MARKER listing what the block wrote. On any exit but success, KeyboardInterrupt
     included, the temporary is removed."""
+    if is_remote(path):
+        with remote_output(path, overwrite) as tmp:
+            yield tmp
+        return
     shown, tmp = shown_path(path), None
     try:
         real = check_destination(path, overwrite)  # sweeps dead writers' siblings first
@@ -346,7 +312,7 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
         (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
         apply_umask(tmp)
         check_destination(path, overwrite)  # again: the destination may have changed meanwhile
-        _swap(tmp, real)
+        swap(tmp, real)
     except OutputError:
         raise
     except Exception as e:
@@ -362,14 +328,20 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
 def atomic_file(path, overwrite: bool, ours: Callable[[Path], bool], what: str) -> Iterator[Path]:
     """Context for a single-file output: yields the path of a hidden sibling to write; on success it
     is renamed onto `path`. On any other exit (KeyboardInterrupt included) it is removed; a kill
-    leaves it for `sweep_stale`, which the next write to `path` runs."""
+    leaves it for `sweep_stale`, which the next write to `path` runs. A URL: the file is built in a
+    local temporary and copied up when complete (an object store shows an object only once it is
+    closed, so a kill midway leaves the destination as it was)."""
+    if is_remote(path):
+        with remote_file(path, overwrite, ours, what) as tmp:
+            yield tmp
+        return
     shown, tmp = shown_path(path), None
     try:
         real = check_file_destination(path, overwrite, ours, what)
         real.parent.mkdir(parents=True, exist_ok=True)
         tmp = _aside(real, "partial")
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~paths.umask())
         check_file_destination(path, overwrite, ours, what)  # the destination may have changed meanwhile
         os.replace(tmp, real)
     except OutputError:

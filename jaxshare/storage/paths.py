@@ -1,8 +1,8 @@
 """Run paths through etils.epath: local directories, gs:// / s3:// (epath's own schemes) and any
 other fsspec filesystem (`memory://`, ...; registered with epath on first use).
 
-Committing our own outputs safely on every filesystem:
-- local: the output is built in a temporary sibling and renamed into place (jaxshare.io.atomic);
+Committing our own outputs safely on every filesystem (storage.atomic):
+- local: the output is built in a temporary sibling and renamed into place;
 - elsewhere: built in a local temporary directory, copied to the destination, then a completion
   marker `COMMIT_MARKER` is written last. Readers (`is_complete`) trust only a marked directory, so
   a writer killed mid-copy leaves an unmarked directory that is ignored and replaced next time.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from pathlib import Path
 
 from etils import epath
 from etils.epath import backend as _backend
@@ -23,14 +23,14 @@ from etils.epath import gpath as _gpath
 from etils.epath import register as _register
 
 from jaxshare.errors import InputError, JaxshareError, MissingDependency
+from jaxshare.storage.markers import COMMIT_MARKER, OUTPUT_MARKER, UPLOAD_MARKER
 
-COMMIT_MARKER = ".jaxshare_complete"
 _EPATH_SCHEMES = ("gs", "s3", "az", "hf")
 _ORBAX_SCHEMES = ("gs",)
 _COPY_BYTES = 64 << 20
 
 
-class _AnyFsspecBackend(_backend._FileSystemSpecBackend):  # noqa: SLF001 (epath has no public hook)
+class _AnyFsspecBackend(_backend._FileSystemSpecBackend):
     """epath's fsspec backend, for any protocol fsspec knows (not only gs/s3/az/hf)."""
 
     def fs(self, path):
@@ -47,16 +47,16 @@ _ANY = _AnyFsspecBackend()
 def _register_scheme(scheme: str) -> None:
     """Teach epath a URL scheme served by fsspec (idempotent)."""
     prefix = f"{scheme}://"
-    if prefix in _register._URI_PREFIXES_TO_CLS:  # noqa: SLF001
+    if prefix in _register._URI_PREFIXES_TO_CLS:
         return
     import fsspec
 
     fsspec.get_filesystem_class(scheme)  # unknown protocol: ValueError, before epath is touched
-    _gpath._URI_PREFIXES = _gpath._URI_PREFIXES + (prefix,)  # noqa: SLF001
-    _gpath._URI_SCHEMES = _gpath._URI_SCHEMES | {scheme}  # noqa: SLF001
-    _gpath._URI_MAP_ROOT[prefix] = f"/{scheme}/"  # noqa: SLF001
-    _gpath._PREFIX_TO_BACKEND[scheme] = _ANY  # noqa: SLF001
-    _register._URI_PREFIXES_TO_CLS[prefix] = _gpath.PosixGPath  # noqa: SLF001
+    _gpath._URI_PREFIXES = _gpath._URI_PREFIXES + (prefix,)
+    _gpath._URI_SCHEMES = _gpath._URI_SCHEMES | {scheme}
+    _gpath._URI_MAP_ROOT[prefix] = f"/{scheme}/"
+    _gpath._PREFIX_TO_BACKEND[scheme] = _ANY
+    _register._URI_PREFIXES_TO_CLS[prefix] = _gpath.PosixGPath
 
 
 def scheme(path) -> str | None:
@@ -120,15 +120,26 @@ def local_str(path) -> str:
     return os.path.abspath(os.fspath(as_path(path)))
 
 
-def _replace_local(p, blob: bytes) -> None:
-    from jaxshare.io.atomic import _umask
+def umask() -> int:
+    """The process umask, read without setting it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
+
+def _replace_local(p, blob: bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.fspath(p.parent), prefix=f".{p.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain write would follow the umask
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a plain write would follow the umask
         os.replace(tmp, os.fspath(p))
     except BaseException:
         if os.path.exists(tmp):
@@ -163,25 +174,46 @@ def is_complete(path) -> bool:
     return (p / COMMIT_MARKER).exists()
 
 
-def upload_tree(local_dir, dest) -> None:
-    """Copy a local directory to `dest` (any epath), then mark it complete. An earlier
-    incomplete or complete copy at dest is replaced; its marker goes first."""
+def clear_remote(dest) -> None:
+    """Remove a directory on an object store, its completion marker first (so that a kill midway
+    leaves an unmarked directory, which readers ignore)."""
     dest = as_path(dest)
     if (dest / COMMIT_MARKER).exists():
         (dest / COMMIT_MARKER).unlink()
     if dest.exists():
         dest.rmtree()
+
+
+def upload_file(src, target) -> None:
+    """One local file to any epath, in pieces."""
+    # bytes through epath: its cross-backend copy assumes one filesystem
+    with open(src, "rb") as r, target.open("wb") as w:
+        shutil.copyfileobj(r, w, _COPY_BYTES)
+
+
+def upload_tree(local_dir, dest) -> None:
+    """Copy a local directory to `dest` (any epath), then mark it complete. An earlier
+    incomplete or complete copy at dest is replaced; its marker goes first. UPLOAD_MARKER and the
+    output marker (when there is one) go up first, so that a kill midway leaves a directory that
+    readers refuse and the next write recognises as ours and replaces."""
+    dest = as_path(dest)
+    clear_remote(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / UPLOAD_MARKER).write_text("")
+    if os.path.isfile(os.path.join(local_dir, OUTPUT_MARKER)):
+        upload_file(os.path.join(local_dir, OUTPUT_MARKER), dest / OUTPUT_MARKER)
     for top, _dirs, files in os.walk(local_dir):
         rel = os.path.relpath(top, local_dir)
         target = dest if rel == "." else dest / rel
         target.mkdir(parents=True, exist_ok=True)
-        for name in files:  # bytes through epath: its cross-backend copy assumes one filesystem
-            with open(os.path.join(top, name), "rb") as r, (target / name).open("wb") as w:
-                shutil.copyfileobj(r, w, _COPY_BYTES)
+        for name in files:
+            if not (rel == "." and name == OUTPUT_MARKER):
+                upload_file(os.path.join(top, name), target / name)
     (dest / COMMIT_MARKER).write_text("")
+    (dest / UPLOAD_MARKER).unlink()  # a kill just before this leaves both: the completion marker rules
 
 
-def _copy_file(src, dest: str) -> None:
+def copy_file(src, dest: str) -> None:
     """One file from any epath to a local path, in pieces (a model shard is GBs: never whole in memory)."""
     with as_path(src).open("rb") as r, open(dest, "wb") as w:
         shutil.copyfileobj(r, w, _COPY_BYTES)
@@ -194,23 +226,23 @@ def download_tree(src, local_dir) -> None:
         target = os.path.join(local_dir, child.name)
         if child.is_dir():
             download_tree(child, target)
-        elif child.name != COMMIT_MARKER:
-            _copy_file(child, target)
+        elif child.name not in (COMMIT_MARKER, UPLOAD_MARKER):
+            copy_file(child, target)
 
 
-def _listing(p) -> list:
+def listing(p) -> list:
     """(relative name, size) of every file under p (or of p itself): what a cached copy must match."""
     if not p.is_dir():
         return [[p.name, p.stat().length]]
     out = []
     for child in sorted(p.iterdir(), key=lambda c: c.name):
-        if child.name == COMMIT_MARKER:
+        if child.name in (COMMIT_MARKER, UPLOAD_MARKER):
             continue
-        out += [[f"{child.name}/{n}", sz] for n, sz in _listing(child)] if child.is_dir() else _listing(child)
+        out += [[f"{child.name}/{n}", sz] for n, sz in listing(child)] if child.is_dir() else listing(child)
     return out
 
 
-def _exists(src, spec: str, what: str) -> bool:
+def exists(src, spec: str, what: str) -> bool:
     """Whether a remote path exists; a filesystem that cannot be reached is said so, not "missing"."""
     try:
         found = src.exists()
@@ -227,71 +259,3 @@ def _exists(src, spec: str, what: str) -> bool:
             raise InputError(f"{what} {spec}: cannot be reached ({type(e).__name__}: {str(e)[:200]}); no network? "
                              "Download it and pass the local path") from None
     return found
-
-
-def localize(spec: str, what: str = "model") -> str:
-    """A local path for a model or data argument. Local paths, registered names and corpus names
-    come back unchanged; a URL (gs://, s3://, any fsspec filesystem) is copied into jaxshare's cache
-    once and reused while the remote names and sizes are unchanged.
-
-    The copy is built aside and renamed into place under the cache lock, so a killed download
-    never passes for a complete one."""
-    if "://" not in str(spec) or is_local(spec):
-        return os.fspath(as_path(spec)) if "://" in str(spec) else str(spec)
-    import hashlib
-    import json
-
-    from jaxshare.io.fetch import cache_dir, cache_lock
-
-    src = as_path(spec)
-    if not _exists(src, spec, what):
-        raise MissingInput(f"{what} {spec}: no such file or directory")
-    listing = _listing(src)
-    key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
-    root = cache_dir() / "remote"
-    root.mkdir(exist_ok=True)
-    dest, stamp = root / f"{key}-{src.name}", root / f"{key}.listing.json"
-    with cache_lock(f"remote-{key}"):
-        if dest.exists() and stamp.is_file() and json.loads(stamp.read_text()) == listing:
-            return str(dest)
-        tmp = root / f".{key}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            if src.is_dir():
-                download_tree(src, tmp)
-            else:
-                _copy_file(src, str(tmp))
-            stamp.unlink(missing_ok=True)  # the old copy is no longer vouched for
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            elif dest.exists():
-                dest.unlink()
-            os.replace(tmp, dest)
-            stamp.write_text(json.dumps(listing))
-        finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif os.path.exists(tmp):
-                os.unlink(tmp)
-    return str(dest)
-
-
-@contextmanager
-def output_dir(dest, overwrite: bool = True):
-    """Yields a local directory to fill; on success it becomes `dest` (rename locally, copy +
-    completion marker elsewhere)."""
-    from pathlib import Path
-
-    from jaxshare.io.atomic import atomic_output
-
-    dest = as_path(dest)
-    if is_local(dest):
-        with atomic_output(Path(os.fspath(dest)), overwrite) as tmp:
-            yield tmp
-        return
-    tmp = tempfile.mkdtemp(prefix="jaxshare-out-")
-    try:
-        yield Path(tmp)
-        upload_tree(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
