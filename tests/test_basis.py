@@ -267,8 +267,8 @@ def test_smollm2_basis_sharing_small_calibration(tmp_path, capsys):
     assert np.isfinite(ppl) and ppl < 1000
     assert main(["generate", str(out), "--prompt", "The capital of France is", "--max-new-tokens", "4"]) == 0
 
-    from jaxshare.basis.compress import demo_step
     from jaxshare.cli.demo import Console
+    from jaxshare.cli.demo import basis_step as demo_step
 
     res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 256, 2, Console(),
                     calib_windows=4, calib_seq_len=256)  # the CLI run above cached these statistics

@@ -346,7 +346,7 @@ def test_inheritune_notebook_runs():
 def test_demo_inheritune_step(tmp_path):
     from jaxshare.cli.demo import Console
     from jaxshare.data.corpora import load_corpus
-    from jaxshare.inheritune.demo import demo_step
+    from jaxshare.cli.demo import inheritune_step as demo_step
     from jaxshare.io.load import load_model
 
     res = demo_step(load_model("smollm2-135m"), load_corpus("canterbury"), 128, 1, tmp_path, Console(),

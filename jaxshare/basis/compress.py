@@ -95,21 +95,3 @@ def accounting(dense, compressed, types: dict, dense_counts: dict | None = None)
             "achieved_ratio": 1 - ca / cb if cb else 0.0,
             "model_ratio": 1 - count_params(compressed) / counts["params_before"],
             "per_type": {t: {k: v for k, v in r.items() if k != "groups"} for t, r in types.items()}}
-
-
-def demo_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 0.2,
-              calib_windows: int = 16, calib_seq_len: int = 512, ppl_batch: int = 8) -> dict:
-    """The demo's Basis Sharing step: calibrate small, compress at `ratio`, perplexity on docs."""
-    from jaxshare.basis.calibrate import calibrate
-    from jaxshare.eval.perplexity import perplexity
-
-    grams, info = calibrate(m, "wiki:train", calib_windows, calib_seq_len)
-    params, _, rep = compress(m.params, m.cfg, grams, ratio, progress=False)
-    ppl = perplexity(params, m.cfg, m.tokenizer, docs, seq_len, max_windows, ppl_batch)
-    res = {"ratio": ratio, "achieved_ratio": rep["achieved_ratio"], "params_after": rep["params_after"],
-           "params_before": rep["params_before"], "ppl": ppl["ppl"], "calibration": info,
-           "seconds": rep["seconds"]}
-    console.print(f"   ratio {ratio:.0%} of the linear weights ({rep['params_before'] / 1e6:.1f}M -> "
-                  f"{rep['params_after'] / 1e6:.1f}M params), calibrated on {calib_windows} x {calib_seq_len} "
-                  f"wiki:train tokens: ppl {ppl['ppl']:.3f}")
-    return res

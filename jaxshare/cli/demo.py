@@ -9,7 +9,7 @@ from pathlib import Path
 
 class Console:
     """The demo's progress lines: plain text, one `print` per line, to stderr by default (the
-    steps' `demo_step` functions take any object with `print`)."""
+    steps take any object with `print`)."""
 
     def __init__(self, file=None):
         self.file = file
@@ -105,12 +105,8 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     ds = directshare_step(m, docs, seq_len, max_windows, Path(plot_dir), con, batch=batch)
     summary["directshare"] = ds
 
-    from jaxshare.basis.compress import demo_step
-
     con.print("6. Basis Sharing at 20% (calibrate 16 x 512 wiki:train, group SVD, n = 2)")
-    summary["basis"] = demo_step(m, docs, seq_len, max_windows, con, ppl_batch=batch)
-
-    from jaxshare.inheritune.demo import demo_step as inheritune_step
+    summary["basis"] = basis_step(m, docs, seq_len, max_windows, con, ppl_batch=batch)
 
     con.print("7. Inheritune (attention degeneration on 4 x 256 wiki:validation, inherit the layers before "
               "the degenerate ones; no training)")
@@ -135,3 +131,50 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
     rows.append(("wall time", f"{summary['seconds']:.0f} s"))
     Console(table_to or sys.stdout).print(table("jaxshare demo summary", rows))
     return summary
+
+
+def basis_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 0.2,
+              calib_windows: int = 16, calib_seq_len: int = 512, ppl_batch: int = 8) -> dict:
+    """The demo's Basis Sharing step: calibrate small, compress at `ratio`, perplexity on docs."""
+    from jaxshare.basis.calibrate import calibrate
+    from jaxshare.basis.compress import compress
+    from jaxshare.eval.perplexity import perplexity
+
+    grams, info = calibrate(m, "wiki:train", calib_windows, calib_seq_len)
+    params, _, rep = compress(m.params, m.cfg, grams, ratio, progress=False)
+    ppl = perplexity(params, m.cfg, m.tokenizer, docs, seq_len, max_windows, ppl_batch)
+    res = {"ratio": ratio, "achieved_ratio": rep["achieved_ratio"], "params_after": rep["params_after"],
+           "params_before": rep["params_before"], "ppl": ppl["ppl"], "calibration": info,
+           "seconds": rep["seconds"]}
+    console.print(f"   ratio {ratio:.0%} of the linear weights ({rep['params_before'] / 1e6:.1f}M -> "
+                  f"{rep['params_after'] / 1e6:.1f}M params), calibrated on {calib_windows} x {calib_seq_len} "
+                  f"wiki:train tokens: ppl {ppl['ppl']:.3f}")
+    return res
+
+
+def inheritune_step(m, docs, seq_len: int, max_windows: int, plot_dir, console, batch: int = 4,
+              analysis_seq_len: int = 256, ppl_batch: int = 8) -> dict:
+    """The demo's Inheritune step: degeneration analysis with plots, then inherit (no training)."""
+    from jaxshare.core.params import count_params
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import token_windows, tokenize_corpus
+    from jaxshare.eval.perplexity import perplexity
+    from jaxshare.inheritune.degeneration import analyze, auto_k, write_plots
+    from jaxshare.inheritune.inherit import inherit
+
+    tokens = token_windows(tokenize_corpus(m.tokenizer, load_corpus("wiki:validation")),
+                          analysis_seq_len, batch)
+    res = analyze(m.params, m.cfg, tokens)
+    files = write_plots(res, Path(plot_dir), m.cfg.family)
+    k, why = auto_k(res)
+    params, cfg, _ = inherit(m.params, m.cfg, k)
+    ppl = perplexity(params, cfg, m.tokenizer, docs, seq_len, max_windows, ppl_batch)["ppl"]
+    out = {"degenerate_layers": [int(i) for i in res["degenerate"].nonzero()[0]], "k": k, "reason": why,
+           "layer_rank_mean": res["layer_rank_mean"].tolist(), "layer_mass_mean": res["layer_mass_mean"].tolist(),
+           "params_before": count_params(m.params), "params_after": count_params(params),
+           "ppl_untrained": ppl, "plots": [str(f) for f in files]}
+    console.print(f"   degenerate layers {out['degenerate_layers']}; --auto k = {k}: {why}")
+    console.print(f"   inherited {k} of {m.cfg.n_layers} layers: {out['params_before'] / 1e6:.1f}M -> "
+                  f"{out['params_after'] / 1e6:.1f}M params, ppl before any training {ppl:.1f} "
+                  f"(Inheritune trains it next: `jaxshare train inheritune`); plots in {plot_dir}/")
+    return out
