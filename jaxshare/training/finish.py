@@ -24,14 +24,9 @@ from jaxshare.storage import paths
 
 
 def commit(dest, write) -> None:
-    """write(local_dir) creates a complete output directory; it becomes `dest` (rename on a local
-    disk: the writers use storage.atomic; elsewhere a copy, then the completion marker)."""
-    if paths.is_local(dest):
-        write(Path(os.fspath(dest)))
-        return
-    with tempfile.TemporaryDirectory(prefix="jaxshare-out-") as t:
-        write(Path(t) / "out")
-        paths.upload_tree(Path(t) / "out", dest)
+    """write(path) writes a complete output directory at `path` through the storage layer (a rename
+    on a local disk; elsewhere an upload, its completion marker last)."""
+    write(Path(os.fspath(dest)) if paths.is_local(dest) else os.fspath(dest))
 
 
 def _save_final_multiprocess(tr, shared, extra) -> None:
