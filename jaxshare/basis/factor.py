@@ -63,7 +63,7 @@ class Factored:
 
     def logical_axes(self, dense_axes: tuple) -> "Factored":
         """basis (units or layers, d_in, rank), coef (layers, rank, d_out); d_in / d_out named by
-        the type's layout (core.axes.FACTORED_IO)."""
+        the type's layout (core.matrices.TYPES)."""
         d_in, d_out = layout_axes(self.layout, dense_axes)
         return dataclasses.replace(self, basis=axes_of(self.basis, ("layers", d_in, "rank")),
                                    coef=axes_of(self.coef, ("layers", "rank", d_out)))

@@ -24,12 +24,12 @@ from jaxshare.basis.factor import TYPES, Factored, default_types, dims, get_type
 from jaxshare.compose.plan import Plan, PlanError, Step
 from jaxshare.core.bank import Bank
 from jaxshare.core.params import count_params
+from jaxshare.headshare.sharing import FIELDS, MATRICES  # the matrices head sharing ties, and their biases
 
 BUDGET_METHODS = ("share", "basis", "inherit")
 SHARE_RATIOS = (0.1, 0.2, 0.35)
 BASIS_RATIOS = (0.1, 0.25, 0.45)
 DROP_LAYERS = (1, 2, 4)
-QKV = ("q", "k", "v")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -67,12 +67,13 @@ class Budget:
     def of(cls, params, cfg, group_size: int = 2) -> "Budget":
         L, K = cfg.n_layers, cfg.n_kv_heads
         attn = params.layers.attn
-        bias = {t: 0 if getattr(attn, "b" + t) is None else int(getattr(attn, "b" + t).size) // L for t in QKV}
+        bias = {t: 0 if getattr(attn, FIELDS[t][1]) is None else int(getattr(attn, FIELDS[t][1]).size) // L
+                for t in MATRICES}
         types = [t for t in TYPES if get_type(params.layers, t) is not None]
         weights = sum(L * dims(cfg, t)[0] * dims(cfg, t)[1] for t in types)
         total_layers = count_params(params.layers)
         rest = (total_layers - weights - L * sum(bias.values())) // L
-        unit = {t: (dims(cfg, t)[0] * dims(cfg, t)[1] + bias[t]) // K for t in QKV}
+        unit = {t: (dims(cfg, t)[0] * dims(cfg, t)[1] + bias[t]) // K for t in MATRICES}
         shared, _ = default_types(cfg)
         return cls(cfg, group_size, count_params(params) - total_layers, rest, unit, bias, tuple(shared))
 
@@ -87,7 +88,7 @@ class Budget:
         d_in, d_out = dims(self.cfg, t)
         if rank is not None:
             return self.n_groups(t, k) * d_in * rank + k * rank * d_out + k * self.bias.get(t, 0)
-        if t in QKV:
+        if t in MATRICES:
             return (k * self.cfg.n_kv_heads - n) * self.unit[t]
         return k * d_in * d_out
 
@@ -290,7 +291,7 @@ def check_reachable(params, cfg, target: float, methods, group_size: int = 2) ->
     if "inherit" in methods and "share" not in methods:
         k = 1
     n = (k - 1) * cfg.n_kv_heads if "share" in methods else 0
-    types = [t for t in b.types() if "basis" in methods and not (n and t in QKV)]
+    types = [t for t in b.types() if "basis" in methods and not (n and t in MATRICES)]
     best = b.params(k, n, {t: 1 for t in types})
     if "share" in methods and "basis" in methods:  # basis everywhere instead of sharing q/k/v
         best = min(best, b.params(k, 0, {t: 1 for t in b.types()}))
@@ -309,7 +310,7 @@ def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, 
     variants = []
     types = budget.types() if "basis" in methods else []
     if "share" in methods:
-        variants.append(("share + basis elsewhere" if types else "share", True, [t for t in types if t not in QKV]))
+        variants.append(("share + basis elsewhere" if types else "share", True, [t for t in types if t not in MATRICES]))
     if types:
         variants.append(("basis everywhere", False, types))
     tried, errors = [], []

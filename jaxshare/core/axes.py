@@ -26,6 +26,7 @@ import numpy as np
 from jaxshare.errors import JaxshareError
 from jaxshare.core.compressed import is_compressed, rank_of
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.matrices import TYPES
 from jaxshare.core.params import map_shapes, param_shapes
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -81,10 +82,6 @@ LEAF_AXES = {
     **{f"layers.attn.{k}": v for k, v in _ATTN.items()},
     **{f"layers.mlp.{k}": v for k, v in _MLP.items()},
 }
-# Factored layouts (basis.factor.TYPES): the logical names of d_in and d_out.
-FACTORED_IO = {"q": ("embed", "kv_heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"),
-               "o": ("kv_heads", "embed"), "up": ("embed", "mlp"), "gate": ("embed", "mlp"),
-               "down": ("mlp", "embed")}
 
 
 class AxesError(JaxshareError, ValueError):
@@ -111,10 +108,10 @@ def param_axes(cfg: ModelConfig):
 
 def layout_axes(layout: str, dense_axes: tuple) -> tuple:
     """(d_in, d_out) logical names of a weight's 2-D view [d_in, d_out] (y = x @ W) for a
-    Basis Sharing type (FACTORED_IO), a head-sharing unit (q_unit [G, D, d] -> [D, G*d], o_unit
+    weight type (core.matrices.TYPES), a head-sharing unit (q_unit [G, D, d] -> [D, G*d], o_unit
     [G, d, D] -> [G*d, D]) or an already 2-D leaf ("2d": its own last two axes)."""
-    if layout in FACTORED_IO:
-        return FACTORED_IO[layout]
+    if layout in TYPES:
+        return TYPES[layout][2]
     if layout == "q_unit":
         return ("embed", "heads")
     if layout == "o_unit":

@@ -1,5 +1,6 @@
 """The linear weights of a decoder layer, in one table: for each type its params path, the
-calibration input it reads, its 2-D view W [d_in, d_out] (y = x @ W) and that view's sizes.
+calibration input it reads, its 2-D view W [d_in, d_out] (y = x @ W), that view's sizes and the
+logical axes (core.axes) that name them.
 
 Basis Sharing factors these views, quantization packs them, head sharing's units are slices of
 them; every method that treats a layer's weights as matrices reads this module, so a new family
@@ -15,11 +16,14 @@ from jaxshare.core.params import replace_leaves
 
 Array = jax.Array
 
-# type -> (params path under layers, calibration input it reads)
+# type -> (params path under layers, calibration input it reads, logical axes of (d_in, d_out)).
+# A flattened head axis of the 2-D view is named by its outermost head axis, kv_heads, so that
+# the view shards as the dense leaf does.
 TYPES = {
-    "q": ("attn.wq", "attn_in"), "k": ("attn.wk", "attn_in"), "v": ("attn.wv", "attn_in"),
-    "o": ("attn.wo", "o_in"),
-    "up": ("mlp.w_up", "mlp_in"), "gate": ("mlp.w_gate", "mlp_in"), "down": ("mlp.w_down", "down_in"),
+    "q": ("attn.wq", "attn_in", ("embed", "kv_heads")), "k": ("attn.wk", "attn_in", ("embed", "kv_heads")),
+    "v": ("attn.wv", "attn_in", ("embed", "kv_heads")), "o": ("attn.wo", "o_in", ("kv_heads", "embed")),
+    "up": ("mlp.w_up", "mlp_in", ("embed", "mlp")), "gate": ("mlp.w_gate", "mlp_in", ("embed", "mlp")),
+    "down": ("mlp.w_down", "down_in", ("mlp", "embed")),
 }
 
 def to_2d(layout: str, w: Array) -> Array:
@@ -47,9 +51,13 @@ def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
     return w.reshape(lead + tuple(leaf_shape))
 
 
+def field_name(t: str) -> str:
+    """A type's field in its module of the layer ('wq' for q, 'w_up' for up)."""
+    return TYPES[t][0].split(".")[1]
+
+
 def get_type(layers, t: str):
-    mod, name = TYPES[t][0].split(".")
-    return getattr(getattr(layers, mod), name)
+    return getattr(getattr(layers, TYPES[t][0].split(".")[0]), field_name(t))
 
 
 def set_types(params, new: dict):

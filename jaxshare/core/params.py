@@ -193,8 +193,10 @@ def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)))
 
 
-def param_bytes(params) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params)))
+def param_bytes(tree) -> int:
+    """Bytes of every array leaf of any pytree: a model's params, one compressed leaf (a quantized
+    weight's codes, scales and zeros), a training state. The one byte counter of jaxshare."""
+    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
 
 
 def cast_params(params, dtype):

@@ -19,11 +19,12 @@ import numpy as np
 from jaxshare.core.compressed import check_reproduces, dense_of
 from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.matrices import field_name
 from jaxshare.core.params import replace_leaves
 
 MANIFEST_VERSION = 1
 SIDE_FILE = "corrections.safetensors"
-CORRECTED = {"q": "wq", "k": "wk"}  # matrices a correction can act on (before RoPE, so exactly)
+CORRECTED = {m: field_name(m) for m in ("q", "k")}  # matrices a correction can act on (before RoPE, so exactly)
 
 
 def corrected_leaves(params) -> dict[str, CorrectedBank]:

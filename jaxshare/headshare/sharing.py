@@ -20,11 +20,13 @@ from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import Bank, compact, is_bank
 from jaxshare.core.compressed import is_compressed
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.matrices import field_name
 from jaxshare.core.params import Params, replace_leaves
 
 MATRICES = ("q", "k", "v")
-# Attention fields of each matrix type; biases share their weight's index.
-FIELDS = {"q": ("wq", "bq"), "k": ("wk", "bk"), "v": ("wv", "bv"), "o": ("wo",)}
+# Attention fields of each matrix type (its weight's field from core.matrices, then its bias);
+# biases share their weight's index.
+FIELDS = {m: (field_name(m), *bias) for m, bias in (("q", ("bq",)), ("k", ("bk",)), ("v", ("bv",)), ("o", ()))}
 KEEP = ("root", "mean")
 MANIFEST_VERSION = 1
 

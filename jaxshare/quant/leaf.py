@@ -26,7 +26,7 @@ from jaxshare.core import matrices
 from jaxshare.quant import pack as P
 
 Array = jax.Array
-DENSE_LAYOUTS = ("q", "k", "v", "o", "up", "gate", "down")
+DENSE_LAYOUTS = tuple(matrices.TYPES)  # a dense weight type's own layout: its 2-D view is core.matrices'
 LAYOUTS = DENSE_LAYOUTS + ("q_unit", "o_unit", "2d")
 
 
@@ -114,9 +114,6 @@ class Quantized:
         return Quantized(*(None if a is None else f for a, f in ((self.packed, True), (self.scale, False),
                                                                   (self.zero, True))),
                          self.bits, self.group, self.layout, self.leaf_shape, self.d_in)
-
-    def nbytes(self) -> int:
-        return int(sum(a.size * a.dtype.itemsize for a in (self.packed, self.scale, self.zero) if a is not None))
 
 
 def make(codes, scale, zero, bits: int, group: int | None, layout: str, leaf_shape: tuple, d_in: int,

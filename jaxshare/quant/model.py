@@ -98,7 +98,7 @@ class _Acc:
         self.parts = {}
 
     def add(self, name, before, after: Quantized, err2, ref2):
-        self.parts[name] = {"bytes_before": int(before.size * before.dtype.itemsize), "bytes_after": after.nbytes(),
+        self.parts[name] = {"bytes_before": param_bytes(before), "bytes_after": param_bytes(after),
                             "rel_error": float(np.sqrt(err2 / ref2)) if ref2 > 0 else None}
 
 

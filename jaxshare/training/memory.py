@@ -70,10 +70,6 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def tree_bytes(tree) -> int:
-    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
-
-
 def drop_checkpoints(ckpt_dir) -> None:
     """Remove the orbax step directories (digit names) of a completed run, then checkpoints/
     itself if that left it empty; anything else there is not ours and stays (any epath)."""
