@@ -20,7 +20,7 @@ import time
 import jax
 
 from jaxshare.errors import CheckpointError, JaxshareError
-from jaxshare.training import paths
+from jaxshare.storage import paths
 from jaxshare.training.config import TrainConfigError
 from jaxshare.core.params import param_bytes
 from jaxshare.training.memory import drop_checkpoints
@@ -136,7 +136,7 @@ class Checkpoints:
                               f" ({need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
 
     def _error(self, step: int, e: BaseException, detail: str = "") -> CheckpointWriteError:
-        from jaxshare.io.atomic import describe
+        from jaxshare.storage.atomic import describe
 
         return CheckpointWriteError(f"cannot write checkpoint step {step} in {self.remote}: {describe(e)}{detail}; "
                                     f"free space there (or move the run dir), then `jaxshare train resume "
@@ -154,7 +154,7 @@ class Checkpoints:
     def save(self, step: int, state, data_iter=None) -> None:
         import orbax.checkpoint as ocp
 
-        from jaxshare.io.atomic import is_io_error
+        from jaxshare.storage.atomic import is_io_error
 
         self._check_space(step, state)
         items = {"state": ocp.args.StandardSave(state)}
@@ -197,7 +197,7 @@ class Checkpoints:
             with _library_stderr_held():
                 return self.mngr.restore(step, args=ocp.args.Composite(**items))["state"]
         except (ValueError, KeyError, TypeError) as e:  # shapes or tree of another model or config
-            from jaxshare.io.atomic import describe, is_io_error
+            from jaxshare.storage.atomic import describe, is_io_error
 
             if is_io_error(e):
                 raise CheckpointError(f"cannot read checkpoint step {step} in {self.remote}: {describe(e)}") from None
