@@ -231,7 +231,9 @@ def test_require_names_package_and_extra(monkeypatch):
     from jaxshare.errors import JaxshareError, MissingDependency
     from jaxshare.optional import available, check, require
 
+    # both names: another test in this worker may have imported pyplot already
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(MissingDependency, match=r"^plotting needs the matplotlib package: "
                                                  r"pip install 'jaxshare\[plots\]'") as e:
         require("matplotlib.pyplot", "plots", "plotting")

@@ -85,7 +85,8 @@ def test_two_processes_train_like_one_process_with_eight_devices(files, tmp_path
 
     # One metrics file, one checkpoint (the kept final one, with both processes' data state), one export.
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoints", "config.yaml", "final", "hf", "metrics.jsonl", "plan.npz", "result.json"]
+    assert names == ["checkpoints", "config.yaml", "final", "hf", "jaxshare_run.json", "metrics.jsonl", "plan.npz",
+                     "result.json"]
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert steps == ["4"]
     data_state = sorted(p.name for p in (run / "checkpoints" / "4" / "data").iterdir() if p.name.startswith("process"))

@@ -253,8 +253,11 @@ def _interrupt_hook(previous):
     def hook(unraisable):
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             import _thread
+            import threading
 
-            _thread.interrupt_main()
+            # from another thread, a moment later: raised here, inside the hook, it would be
+            # "ignored" once more
+            threading.Timer(0.01, _thread.interrupt_main).start()
             return
         previous(unraisable)
 
