@@ -58,18 +58,6 @@ def select_layers(params, cfg: ModelConfig, layer_ids) -> tuple[object, ModelCon
     return dataclasses.replace(params, layers=layers), dataclasses.replace(cfg, n_layers=int(ids.size), windows=windows)
 
 
-def _basis_manifest(params, man: dict, n_layers: int) -> dict:
-    """The basis manifest of the sliced model: groups re-read from each type's compacted index."""
-    from jaxshare.basis.factor import get_type
-
-    types = {}
-    for t, r in man["types"].items():
-        index = np.asarray(get_type(params.layers, t).basis.index)
-        groups = [np.flatnonzero(index == g).tolist() for g in range(int(index.max()) + 1)]
-        types[t] = {**r, "groups": groups}
-    return {**man, "types": types}
-
-
 def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_ids=None):
     """(params, cfg, extra): the first k layers (or `layer_ids`), with the checkpoint metadata's
     method manifests (sharing, basis) rewritten for the smaller model."""
@@ -84,8 +72,11 @@ def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_i
         info = {k_: v for k_, v in extra["sharing"].items()
                 if k_ not in ("version", "unit", "layers", "units_per_layer", "index", "rows")}
         out["sharing"] = manifest(new, new_cfg, **info)
-    if "basis" in extra:
-        out["basis"] = _basis_manifest(new, extra["basis"], new_cfg.n_layers)
+    if "basis" in extra:  # the structure (groups re-read from each compacted index) comes from the params;
+        # the method details ride along, whichever form a writer gave them (a manifest or a plan's steps)
+        from jaxshare.basis.io import structure
+
+        out["basis"] = {**{k_: v for k_, v in extra["basis"].items() if k_ != "types"}, **structure(new)}
     out["inherited"] = {"layers": [int(i) for i in ids], "from_layers": cfg.n_layers,
                         "source": extra.get("derived_from") or extra.get("registered") or extra.get("converted_from")}
     return new, new_cfg, out
