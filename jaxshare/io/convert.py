@@ -17,7 +17,21 @@ import numpy as np
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import abstract_params, map_shapes, param_shapes
+from jaxshare.io import families
+from jaxshare.io import gguf as gguf_io
+from jaxshare.io.hf import (
+    CheckpointError,
+    _safetensor_files,
+    count_safetensors,
+    fill_from_tensors,
+    iter_safetensors,
+    iter_torch_bin,
+    read_hf_config,
+)
+from jaxshare.io.native import PARAMS_FILE, write_meta
+from jaxshare.io.tensorfile import TensorWriter
 from jaxshare.io.tokenizers import tokenizer_from_dir
+from jaxshare.storage.atomic import atomic_output, output_path
 
 
 def release_memory() -> None:
@@ -34,11 +48,6 @@ def release_memory() -> None:
 def stream_to_native(out, cfg: ModelConfig, tensors, tokenizer, dtype="fp32", extra: dict | None = None,
                      overwrite: bool = False, source: str = "checkpoint", total: int | None = None) -> Path:
     """Write (hf_key, array) pairs as a native checkpoint, one tensor at a time (atomically)."""
-    from jaxshare.storage.atomic import atomic_output, output_path
-    from jaxshare.io.hf import fill_from_tensors
-    from jaxshare.io.native import PARAMS_FILE, write_meta
-    from jaxshare.io.tensorfile import TensorWriter
-
     dt = np.dtype(as_dtype(dtype))
     specs: list = []
     map_shapes(lambda path, shape: specs.append((path, shape, dt)), param_shapes(cfg))
@@ -54,9 +63,6 @@ def stream_to_native(out, cfg: ModelConfig, tensors, tokenizer, dtype="fp32", ex
 
 def convert_gguf_to_native(path, out, dtype="fp32", extra: dict | None = None, overwrite: bool = False):
     """(out, cfg): a GGUF file as a native checkpoint; the header is checked before anything heavy."""
-    from jaxshare.io import families
-    from jaxshare.io import gguf as gguf_io
-
     path = Path(path)
     cfg = families.config_from_gguf_dict(gguf_io.gguf_hf_config(path))  # refuses in milliseconds
     tokenizer = gguf_io.gguf_tokenizer(path)  # first: its vocabulary objects are gone before the tensors
@@ -69,9 +75,6 @@ def convert_gguf_to_native(path, out, dtype="fp32", extra: dict | None = None, o
 def convert_hf_to_native(model_dir, out, dtype="fp32", extra: dict | None = None, overwrite: bool = False,
                          allow_bin: bool = False):
     """(out, cfg): an HF directory as a native checkpoint; config.json is checked first."""
-    from jaxshare.io.hf import (CheckpointError, _safetensor_files, count_safetensors, iter_safetensors,
-                                iter_torch_bin, read_hf_config)
-
     model_dir = Path(model_dir)
     cfg = read_hf_config(model_dir)
     files = _safetensor_files(model_dir)

@@ -10,9 +10,18 @@ from typing import Any
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params
-from jaxshare.io.convert import convert_gguf_to_native, convert_hf_to_native, release_memory
-from jaxshare.io.hf import CheckpointError, load_hf_dir
+from jaxshare.io import families, registry
+from jaxshare.io import gguf as gguf_io
+from jaxshare.io.convert import (
+    convert_gguf_to_native,
+    convert_hf_to_native,
+    release_memory,
+)
+from jaxshare.io.hf import CheckpointError, load_hf_dir, params_from_tensors
+from jaxshare.io.kinds import keys, restore_hf
+from jaxshare.io.native import is_native, load_native, save_native
 from jaxshare.io.tokenizers import missing_tokenizer, tokenizer_from_dir
+from jaxshare.storage.fetch import cache_dir, localize
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,6 @@ LoadedModel = Model  # the name before Model was frozen; kept for one release
 
 
 def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
-    from jaxshare.io import families
-    from jaxshare.io import gguf as gguf_io
-    from jaxshare.io.hf import params_from_tensors
-
-
     cfg = families.config_from_gguf_dict(gguf_io.gguf_hf_config(path))  # the header only: refuses early
     tokenizer = gguf_io.gguf_tokenizer(path)  # before the params: its transient peak does not stack on them
     release_memory()
@@ -59,10 +63,6 @@ def convert_gguf(path: Path, dtype="fp32") -> tuple[ModelConfig, Params, Any]:
 
 def registered_native(name: str) -> Path:
     """The cached native checkpoint of a registered model, converting its GGUF once."""
-    from jaxshare.io import registry
-    from jaxshare.storage.fetch import cache_dir
-    from jaxshare.io.native import is_native
-
     out = cache_dir() / "models" / name / "native"
     if not is_native(out):
         gguf = registry.registered_gguf(name)
@@ -73,13 +73,8 @@ def registered_native(name: str) -> Path:
 
 def resolve(spec: str) -> tuple[str, Path]:
     """(kind, path) for a MODEL argument, without loading weights."""
-    from jaxshare.io import registry
-    from jaxshare.io.native import is_native
-
     spec = os.fspath(spec)
     if "://" in spec:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
-        from jaxshare.storage.fetch import localize
-
         spec = localize(spec, "model")
     try:
         spec.encode("utf-8")
@@ -105,9 +100,6 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> Model:
     """Load any supported MODEL argument (a registered name, an HF directory, a .gguf file, a native
     checkpoint) into (config, params, tokenizer). dtype: anything `as_dtype` takes. An HF export of
     a compressed model comes back compressed (its manifests, e.g. sharing.json, are applied)."""
-    from jaxshare.io.kinds import restore_hf
-    from jaxshare.io.native import load_native
-
     spec, dtype = str(spec), as_dtype(dtype)
     kind, path = resolve(spec)  # a URL comes back as its cached local copy
     if kind == "registered":
@@ -128,8 +120,6 @@ def load_model(spec, dtype="fp32", allow_bin: bool = False) -> Model:
 def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = False):
     """(out, cfg, source path) for `jaxshare convert`: streamed from HF/GGUF; a native checkpoint
     (or registered name) is loaded leaf by leaf and written the same way."""
-    from jaxshare.io.native import save_native
-
     kind, path = resolve(src)
     extra = {"converted_from": str(path)}
     if kind in ("hf", "native") and missing_tokenizer(path):
@@ -142,8 +132,6 @@ def convert(src, out, dtype="fp32", allow_bin: bool = False, overwrite: bool = F
     if kind == "gguf":
         return (*convert_gguf_to_native(path, out, dtype, extra, overwrite), path)
     if kind == "hf":
-        from jaxshare.io.kinds import keys
-
         # an HF export of a compressed model carries manifests (sharing.json, ...): load it whole
         if not any((Path(path) / f"{k}.json").is_file() for k in keys()):
             return (*convert_hf_to_native(path, out, dtype, extra, overwrite, allow_bin), path)

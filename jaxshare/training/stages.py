@@ -9,12 +9,18 @@ an interrupted stage resumes from its checkpoint, a stage that had not started s
 """
 from __future__ import annotations
 
+import dataclasses as dc
 import json
 import math
 from pathlib import Path
 
+from jaxshare.core.params import count_params
+from jaxshare.data.tokens import token_ids, token_windows
+from jaxshare.eval.perplexity import perplexity_of_windows
 from jaxshare.inheritune.grow import check_stages, grow_params
-from jaxshare.inheritune.inherit import InheritError
+from jaxshare.inheritune.inherit import InheritError, inherit
+from jaxshare.io.load import load_model, resolve
+from jaxshare.io.native import is_native, load_native, save_native
 from jaxshare.training import rundir
 from jaxshare.training.config import dump_config
 from jaxshare.training.trainer import Trainer
@@ -33,16 +39,11 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _held_out_loss(params, cfg, windows, batch_size: int) -> float:
-    from jaxshare.eval.perplexity import perplexity_of_windows
-
     return perplexity_of_windows(params, cfg, windows, batch_size, desc="reference")["nll"]
 
 
 def _plan(tc, model) -> dict:
     """Stages, the reference (a spec or None) and its held-out loss; checked before any training."""
-    from jaxshare.io.load import load_model, resolve
-    from jaxshare.data.tokens import token_ids, token_windows
-
     L = model.cfg.n_layers
     stages = check_stages(tc.stages, tc.grow) or [L]
     if stages[0] > L:
@@ -69,9 +70,6 @@ def _plan(tc, model) -> dict:
 def _stage_init(tc, i: int, n: int, state: dict, model, ref, run_dir: Path) -> Path:
     """The starting checkpoint of stage i: the model (inherited to n layers) or the previous stage's
     trained model grown to n layers."""
-    from jaxshare.inheritune.inherit import inherit
-    from jaxshare.io.native import is_native, load_native, save_native
-
     init = _stage_dir(run_dir, i, n) / "init"
     if is_native(init):
         return init
@@ -96,11 +94,6 @@ def run_inheritune(tc, resuming: bool = False, until_stage: int | None = None, o
     `until_stage`: stop after that many stages (what a kill at a stage boundary leaves).
     `overwrite`: a new run may replace an earlier jaxshare run in run_dir (training/rundir.py);
     `sets`: the resume overrides, also applied to the interrupted stage."""
-    import dataclasses as dc
-
-    from jaxshare.core.params import count_params
-    from jaxshare.io.load import load_model, resolve
-
     run_dir = Path(tc.run_dir)
     state_path = run_dir / STATE
     clear = False if resuming else rundir.check_new_run_dir(run_dir, overwrite)
