@@ -171,21 +171,28 @@ def replace_leaves(params, new: dict[str, object]):
     return out
 
 
-def leaf_paths(params) -> list[str]:
-    """Dotted paths of the array leaves present in a params tree."""
-    out = []
+def nodes_by_path(tree, stop=lambda node: False) -> dict[str, object]:
+    """{dotted path: node} through a tree of dataclasses (params, compressed kinds within them),
+    in field order: the non-dataclass nodes, and the dataclass nodes `stop` accepts (a kind's
+    leaf taken whole). None fields are absent. The one walker of dotted params paths."""
+    out = {}
 
     def walk(node, prefix):
         if node is None:
             return
-        if not dataclasses.is_dataclass(node):
-            out.append(prefix)
+        if stop(node) or not dataclasses.is_dataclass(node):
+            out[prefix] = node
             return
         for f in fields(node):
             walk(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
 
-    walk(params, "")
+    walk(tree, "")
     return out
+
+
+def leaf_paths(params) -> list[str]:
+    """Dotted paths of the array leaves present in a params tree."""
+    return list(nodes_by_path(params))
 
 
 def count_params(tree) -> int:

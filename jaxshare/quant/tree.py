@@ -10,7 +10,6 @@ weights it holds fix the dequantized values, not the codes. Restoring runs after
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -18,24 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core.compressed import FunctionCodec, check_reproduces
-from jaxshare.core.params import get_leaf, replace_leaves
+from jaxshare.core.params import get_leaf, nodes_by_path, replace_leaves
 from jaxshare.quant.leaf import Quantized
 
 MANIFEST_VERSION = 1
 CODES = "quant.safetensors"
 
 
-def quantized_paths(tree, prefix: str = "") -> dict[str, Quantized]:
+def quantized_paths(tree) -> dict[str, Quantized]:
     """{dotted path: Quantized} anywhere in a tree of dataclasses."""
-    out = {}
-    if isinstance(tree, Quantized):
-        return {prefix: tree}
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        for f in dataclasses.fields(tree):
-            if f.metadata.get("static"):
-                continue
-            out.update(quantized_paths(getattr(tree, f.name), f"{prefix}.{f.name}" if prefix else f.name))
-    return out
+    found = nodes_by_path(tree, lambda x: isinstance(x, Quantized)).items()
+    return {p: x for p, x in found if isinstance(x, Quantized)}
 
 
 def structure(params) -> dict:
