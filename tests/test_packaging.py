@@ -296,7 +296,7 @@ def test_the_wheel_holds_jaxshare_its_configs_its_marker_and_two_entry_points(tm
     assert "jaxshare/py.typed" in names
     scripts = dict(ln.replace(" ", "").split("=") for ln in entry_points.split("[console_scripts]")[1].splitlines()
                    if "=" in ln)
-    assert scripts == {"jaxshare": "jaxshare.cli.main:main", "jaxshare-lm-eval": "jaxshare.eval.harness:cli"}
+    assert scripts == {"jaxshare": "jaxshare.cli.main:run", "jaxshare-lm-eval": "jaxshare.eval.harness:cli"}
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 

@@ -400,6 +400,7 @@ build_parser()  # its imports done: the moments drawn fall in the command's own 
 print("ready", file=sys.stderr, flush=True)
 t = time.perf_counter()
 code = main(sys.argv[1:])
+import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the console entry (cli.main.run) does
 print("took", time.perf_counter() - t, file=sys.stderr, flush=True)
 sys.exit(code)
 """

@@ -264,5 +264,15 @@ def _interrupt_hook(previous):
     return hook
 
 
+def run() -> None:
+    """The console entry: once the command has returned, a late Ctrl-C must not turn its exit
+    code into a KeyboardInterrupt traceback while Python shuts down."""
+    import signal
+
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
