@@ -43,6 +43,7 @@ from jaxshare.storage.failures import (  # noqa: F401
     describe,
     is_io_error,
     shown_path,
+    write_failures,
 )
 from jaxshare.storage.markers import (
     EXPORT_MARKER,
@@ -303,25 +304,20 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
             yield tmp
         return
     shown, tmp = shown_path(path), None
-    try:
-        real = check_destination(path, overwrite)  # sweeps dead writers' siblings first
-        real.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.partial-{os.getpid()}-"))
-        yield tmp
-        names = os.listdir(tmp)
-        (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
-        apply_umask(tmp)
-        check_destination(path, overwrite)  # again: the destination may have changed meanwhile
-        swap(tmp, real)
-    except OutputError:
-        raise
-    except Exception as e:
-        if is_io_error(e):
-            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
-        raise
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with write_failures(shown, lambda: tmp):
+        try:
+            real = check_destination(path, overwrite)  # sweeps dead writers' siblings first
+            real.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.partial-{os.getpid()}-"))
+            yield tmp
+            names = os.listdir(tmp)
+            (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
+            apply_umask(tmp)
+            check_destination(path, overwrite)  # again: the destination may have changed meanwhile
+            swap(tmp, real)
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -336,20 +332,15 @@ def atomic_file(path, overwrite: bool, ours: Callable[[Path], bool], what: str) 
             yield tmp
         return
     shown, tmp = shown_path(path), None
-    try:
-        real = check_file_destination(path, overwrite, ours, what)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _aside(real, "partial")
-        yield tmp
-        os.chmod(tmp, 0o666 & ~paths.umask())
-        check_file_destination(path, overwrite, ours, what)  # the destination may have changed meanwhile
-        os.replace(tmp, real)
-    except OutputError:
-        raise
-    except Exception as e:
-        if is_io_error(e):
-            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
-        raise
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
+    with write_failures(shown, lambda: tmp):
+        try:
+            real = check_file_destination(path, overwrite, ours, what)
+            real.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _aside(real, "partial")
+            yield tmp
+            os.chmod(tmp, 0o666 & ~paths.umask())
+            check_file_destination(path, overwrite, ours, what)  # the destination may have changed meanwhile
+            os.replace(tmp, real)
+        finally:
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from jaxshare.errors import JaxshareError
 
@@ -65,3 +67,18 @@ def describe(e: BaseException, hide: Path | None = None) -> str:
     if where and not (hide is not None and str(where).startswith(str(hide))):
         cause += f" ({where})"
     return cause
+
+
+@contextmanager
+def write_failures(shown: str, temporary: Callable[[], Path | None] = lambda: None) -> Iterator[None]:
+    """Inside, any I/O failure (OSError, safetensors', orbax's) becomes one OutputError naming the
+    destination and the cause; `temporary()` is the writer's scratch path, left out of the cause.
+    Every writer of an output wraps its work in this, so none words a failure differently."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as e:
+        if is_io_error(e):
+            raise OutputError(f"cannot write {shown}: {describe(e, temporary())}") from None
+        raise

@@ -15,8 +15,7 @@ from jaxshare.storage import paths
 from jaxshare.storage.failures import (
     OutputError,
     OutputExistsError,
-    describe,
-    is_io_error,
+    write_failures,
 )
 from jaxshare.storage.markers import (
     COMMIT_MARKER,
@@ -102,42 +101,32 @@ def check_remote_file(path, overwrite: bool, ours: Callable, what: str, sources=
 @contextmanager
 def remote_output(path, overwrite: bool) -> Iterator[Path]:
     shown, tmp = os.fspath(path), None
-    try:
-        check_remote(path, overwrite)
-        tmp = Path(tempfile.mkdtemp(prefix="jaxshare-out-"))
-        yield tmp
-        names = os.listdir(tmp)
-        (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
-        dest = check_remote(path, overwrite)  # again: the destination may have changed meanwhile
-        paths.upload_tree(tmp, dest)
-    except OutputError:
-        raise
-    except Exception as e:
-        if is_io_error(e):
-            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
-        raise
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with write_failures(shown, lambda: tmp):
+        try:
+            check_remote(path, overwrite)
+            tmp = Path(tempfile.mkdtemp(prefix="jaxshare-out-"))
+            yield tmp
+            names = os.listdir(tmp)
+            (tmp / OUTPUT_MARKER).write_text(marker(kind_of(names), names))
+            dest = check_remote(path, overwrite)  # again: the destination may have changed meanwhile
+            paths.upload_tree(tmp, dest)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def remote_file(path, overwrite: bool, ours: Callable, what: str) -> Iterator[Path]:
     shown, tmp = os.fspath(path), None
-    try:
-        check_remote_file(path, overwrite, ours, what)
-        fd, name = tempfile.mkstemp(prefix="jaxshare-out-")
-        os.close(fd)
-        tmp = Path(name)
-        yield tmp
-        dest = check_remote_file(path, overwrite, ours, what)
-        paths.upload_file(tmp, dest)
-    except OutputError:
-        raise
-    except Exception as e:
-        if is_io_error(e):
-            raise OutputError(f"cannot write {shown}: {describe(e, tmp)}") from None
-        raise
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
+    with write_failures(shown, lambda: tmp):
+        try:
+            check_remote_file(path, overwrite, ours, what)
+            fd, name = tempfile.mkstemp(prefix="jaxshare-out-")
+            os.close(fd)
+            tmp = Path(name)
+            yield tmp
+            dest = check_remote_file(path, overwrite, ours, what)
+            paths.upload_file(tmp, dest)
+        finally:
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
