@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxshare.cli.main import build_parser, main
+from jaxshare.cli.main import build_parser
 from tiny_model import save_text, save_tiny_model
+from cli_helpers import leaves, run
 
 
 @pytest.fixture(scope="module")
@@ -17,32 +18,12 @@ def tiny(tmp_path_factory):
     return save_tiny_model(root / "m"), save_text(root / "t.txt")
 
 
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of the CLI in-process; argparse's SystemExit counts as its code."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def usage_error(capsys, prog, flag, *argv):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == "" and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"jaxshare {prog}: error: argument {flag}"), last
     return last
-
-
-def leaves(parser, prefix=()):
-    """(command words, parser) of every runnable subcommand."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sp in action.choices.items():
-                if sp.get_default("fn") is not None:
-                    yield (*prefix, name), sp
-                yield from leaves(sp, (*prefix, name))
 
 
 # --- finding 5: --max-windows 0 / -1 gave "need at least one array to concatenate" / a reshape error

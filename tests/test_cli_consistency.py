@@ -7,8 +7,9 @@ import json
 import pytest
 
 from jaxshare.cli.common import DeprecatedAlias, RefusedDtype
-from jaxshare.cli.main import build_parser, main
+from jaxshare.cli.main import build_parser
 from tiny_model import save_text, save_tiny_model
+from cli_helpers import leaves, run
 
 # Commands that write a model: the only ones where --dtype exists (the storage dtype).
 WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",)}
@@ -28,15 +29,6 @@ BASE = {("fetch",): ["fetch", "model", "x"], ("convert",): ["convert", "m", "o"]
         ("compress",): ["compress", "m", "o", "--plan", "p"], ("quantize",): ["quantize", "m", "o"]}
 
 
-def leaves(parser, prefix=()):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sp in action.choices.items():
-                if sp.get_default("fn") is not None:
-                    yield (*prefix, name), sp
-                yield from leaves(sp, (*prefix, name))
-
-
 def parsers(parser):
     """Every parser: the top level, the groups (eval, train) and the leaves."""
     yield parser
@@ -49,15 +41,6 @@ def parsers(parser):
 def visible(sp):
     return [a for a in sp._actions if a.option_strings and a.help != argparse.SUPPRESS
             and not isinstance(a, argparse._HelpAction)]
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _must_not_load(*a, **kw):

@@ -6,23 +6,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxshare.cli.main import main
 from tiny_model import save_text, save_tiny_model
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     return save_tiny_model(root / "m"), save_text(root / "t.txt")
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(capsys, *argv, match: str):
