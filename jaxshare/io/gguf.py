@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from jaxshare.errors import CheckpointError
+from jaxshare.io import families
 from jaxshare.io.gguf_file import VOCAB_ARRAYS as _VOCAB_ARRAYS, GGUFFile  # noqa: F401 (older name)
 
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}  # general.architecture -> HF model_type
@@ -68,8 +69,6 @@ def _family(arch: str | None):
     """The family adapter of a GGUF architecture; its optional GGUF hooks: GGUF_KEYS (more
     {arch}.<key> metadata it reads), GGUF_BLOCK_NAMES (block tensor names that differ from
     Llama's), gguf_config(cfg, fields, arch) and gguf_tensor(hf_key, array)."""
-    from jaxshare.io import families
-
     return families.ADAPTERS.get(ARCHITECTURES.get(arch))
 
 
@@ -259,6 +258,7 @@ def gguf_tokenizer(path):
     """The transformers tokenizer of the GGUF's vocabulary, the one AutoTokenizer.from_pretrained(dir,
     gguf_file=name) gives, built from the same pieces (transformers.integrations.gguf) without its file
     reader and config classes: both import torch, ~240 MB of RSS that a conversion otherwise never needs."""
+    # deferred: transformers costs ~0.4 s to import; only a tokenizer build needs it
     import transformers
     from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 

@@ -19,10 +19,18 @@ import os
 import tempfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 
-from jaxshare.errors import JaxshareError
+from jaxshare.basis.factor import get_type
+from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
+from jaxshare.errors import JaxshareError
+from jaxshare.io import gguf as gguf_in
+from jaxshare.io.hf import hf_state_dict
+from jaxshare.io.kinds import codecs_in
+from jaxshare.quant.leaf import Quantized
+from jaxshare.quant.pack import unpack
 from jaxshare.storage import paths
 from jaxshare.storage.atomic import OutputError, atomic_file, check_file_destination, is_remote, output_path, shown_path
 
@@ -42,14 +50,10 @@ def check_type(name: str) -> str:
 
 
 def _qtype(name: str):
-    import gguf
-
     return gguf.GGMLQuantizationType[name.upper()]
 
 
 def _file_type(name: str):
-    import gguf
-
     f = gguf.LlamaFileType
     return {"f32": f.ALL_F32, "f16": f.MOSTLY_F16, "bf16": f.MOSTLY_BF16, "q8_0": f.MOSTLY_Q8_0,
             "q4_0": f.MOSTLY_Q4_0, "q4_1": f.MOSTLY_Q4_1, "q5_0": f.MOSTLY_Q5_0, "q5_1": f.MOSTLY_Q5_1}[name]
@@ -85,8 +89,6 @@ def _ours(path) -> bool:
             paths.copy_file(path, os.path.join(t, "probe.gguf"))
             return _ours(os.path.join(t, "probe.gguf"))
     try:
-        import gguf
-
         return MARKER in gguf.GGUFReader(str(path)).fields
     except Exception:  # not a GGUF at all
         return False
@@ -95,8 +97,6 @@ def _ours(path) -> bool:
 # ------------------------------------------------------------------ names and tensors
 
 def _gguf_names() -> tuple[dict, dict]:
-    from jaxshare.io import gguf as gguf_in
-
     return ({v: k for k, v in gguf_in._BLOCK_NAMES.items()}, {v: k for k, v in gguf_in._GLOBAL_NAMES.items()})
 
 
@@ -126,7 +126,6 @@ def _native_blocks(q, layer: int, gtype: str) -> np.ndarray | None:
     bits, sym = _NATIVE.get(gtype, (None, None))
     if bits != q.bits or sym != q.sym or q.group != 32 or q.layout not in ("q", "k", "v", "o", "up", "gate", "down"):
         return None
-    from jaxshare.quant.pack import unpack
 
     codes = np.asarray(unpack(q.packed[layer], q.bits)).T  # [out, in]
     scale = np.asarray(q.scale[layer], np.float32).T  # [out, blocks]
@@ -147,8 +146,6 @@ def _native_blocks(q, layer: int, gtype: str) -> np.ndarray | None:
 
 def _hf_to_2d_slot(hf_key: str) -> tuple[str, int] | None:
     """(type, layer) of a per-layer linear weight's HF key."""
-    from jaxshare.io import gguf as gguf_in
-
     m = gguf_in._BLOCK_RE.fullmatch(gguf_name(hf_key))
     if not m or m.group(3) != "weight":
         return None
@@ -159,13 +156,6 @@ def _hf_to_2d_slot(hf_key: str) -> tuple[str, int] | None:
 
 def tensors(params, cfg: ModelConfig, gguf_type: str):
     """(gguf name, array, raw dtype or None) per tensor, llama.cpp layout and types."""
-    import gguf
-
-    from jaxshare.basis.factor import get_type
-    from jaxshare.core.compressed import materialize
-    from jaxshare.io.hf import hf_state_dict
-    from jaxshare.quant.leaf import Quantized
-
     arch = check_model(cfg)
     dense = materialize(params)
     for hf_key, arr in hf_state_dict(dense, cfg, "fp32"):
@@ -197,8 +187,6 @@ def tensors(params, cfg: ModelConfig, gguf_type: str):
 
 def _copy_tokenizer(writer, source: Path) -> None:
     """Every tokenizer.* field of the source GGUF, as it is."""
-    import gguf
-
     reader = gguf.GGUFReader(str(source))
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer."):
@@ -213,8 +201,6 @@ def _copy_tokenizer(writer, source: Path) -> None:
 
 def _tokenizer_from_hf(writer, tokenizer, vocab_size: int) -> None:
     """Byte-level BPE vocabulary, merges, special ids and chat template from an HF tokenizer."""
-    import gguf
-
     with tempfile.TemporaryDirectory() as d:
         tokenizer.save_pretrained(d)
         tj = json.loads((Path(d) / "tokenizer.json").read_text()) if (Path(d) / "tokenizer.json").is_file() else {}
@@ -250,10 +236,6 @@ def _tokenizer_from_hf(writer, tokenizer, vocab_size: int) -> None:
 def export_gguf(params, cfg: ModelConfig, out, tokenizer=None, gguf_type: str = "q8_0", overwrite: bool = False,
                 source_gguf: Path | None = None, name: str = "jaxshare export") -> Path:
     """Write `out` (.gguf) atomically: a hidden sibling, renamed into place when complete."""
-    import gguf
-
-    from jaxshare.io.kinds import codecs_in
-
     check_type(gguf_type)
     arch = check_model(cfg)
     check_destination(out, overwrite)

@@ -14,7 +14,9 @@ import os
 import struct
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
+from gguf.quants import dequantize, quant_shape_to_byte_shape
 
 from jaxshare.errors import CheckpointError
 from jaxshare.io.tensorfile import BinaryFile
@@ -109,8 +111,6 @@ class GGUFFile(BinaryFile):
         super().__init__(path)
 
     def _parse(self) -> None:
-        import gguf
-
         path, vocab = self.path, self._vocab
         size = os.fstat(self._f.fileno()).st_size
         try:
@@ -155,8 +155,6 @@ class GGUFFile(BinaryFile):
 
     def read(self, t: GGUFTensor) -> np.ndarray:
         """The tensor dequantized to float32 [rows..., cols], a block of rows at a time."""
-        from gguf.quants import dequantize, quant_shape_to_byte_shape
-
         shape = t.rows_shape
         out = np.empty(shape, np.float32)
         rows = math.prod(shape[:-1]) if len(shape) > 1 else 1

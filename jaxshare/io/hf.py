@@ -12,14 +12,18 @@ from typing import Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
-from jaxshare.io import families
-from jaxshare.storage.atomic import EXPORT_MARKER, atomic_output, output_path
+from jaxshare.core.compressed import materialize
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
-from jaxshare.errors import CheckpointError  # noqa: F401 (re-exported: older imports name it here)
 from jaxshare.core.params import Params, get_leaf, map_shapes, param_shapes
+from jaxshare.errors import CheckpointError  # noqa: F401 (re-exported: older imports name it here)
+from jaxshare.io import families
+from jaxshare.io.kinds import export_files, manifests
+from jaxshare.io.tensorfile import TensorReader, TensorWriter, check_finite
+from jaxshare.storage.atomic import EXPORT_MARKER, atomic_output, output_path
 
 
 def _names(keys, limit=8) -> str:
@@ -33,8 +37,6 @@ def fill_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]
     """Route (hf_key, array) pairs into param leaves: put(leaf path, layer index or None, array in the
     leaf's layout) once per part. Raises on missing/unexpected/duplicate keys, wrong shapes and
     NaN/inf values."""
-    from jaxshare.io.tensorfile import check_finite
-
     table = {s.hf_key: s for s in families.slots(cfg)}
     seen, unexpected, duplicate = set(), [], []
     for key, arr in tqdm(tensors, total=total, desc=f"loading {Path(source).name}", unit="tensor", leave=False):
@@ -105,8 +107,6 @@ def _safetensor_files(model_dir: Path) -> list[Path]:
 
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
     """(key, array) of every tensor, each file opened once and read with pread (no memory map)."""
-    from jaxshare.io.tensorfile import TensorReader
-
     for path in files:
         with TensorReader(path) as f:
             for key in f.keys():
@@ -114,8 +114,6 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def count_safetensors(files: list[Path]) -> int:
-    from jaxshare.io.tensorfile import TensorReader
-
     total = 0
     for path in files:
         with TensorReader(path) as f:
@@ -124,7 +122,7 @@ def count_safetensors(files: list[Path]) -> int:
 
 
 def iter_torch_bin(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
-    import torch  # only on this opt-in path
+    import torch  # deferred: optional extra [reference]; only this opt-in .bin path needs it
 
     files = sorted(model_dir.glob("pytorch_model*.bin"))
     for path in files:
@@ -181,13 +179,6 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir, tokenizer=None, dtype="
     every compressed kind in `params` its manifest (sharing.json, basis.json) and side files
     (basis.safetensors), so `load_model` restores the compression. info: {kind key: details}
     (e.g. a native checkpoint's meta["extra"]) merged into those manifests."""
-    from huggingface_hub import split_state_dict_into_shards_factory
-
-    from jaxshare.io.tensorfile import TensorWriter
-
-    from jaxshare.core.compressed import materialize
-    from jaxshare.io.kinds import export_files, manifests
-
     side_files = export_files(params, manifests(params, cfg, info))
     params = materialize(params)  # compressed leaves leave as plain dense tensors
     dt = as_dtype(dtype)

@@ -18,14 +18,16 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.io.kinds import abstract_tree, keys, manifests
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.params import Params, cast_params
-from jaxshare.storage.atomic import atomic_output, output_path
 from jaxshare.errors import CheckpointError
+from jaxshare.io.kinds import abstract_tree, keys, manifests
+from jaxshare.io.tensorfile import CHUNK_BYTES, TensorReader, TensorWriter, check_finite
+from jaxshare.storage.atomic import atomic_output, output_path
 
 META = "jaxshare.json"
 FORMAT_VERSION = 2
@@ -47,8 +49,6 @@ def leaf_items(tree) -> list[tuple[str, object]]:
 def write_leaves(path, items: list[tuple[str, object]]) -> None:
     """params.safetensors from (name, array) leaves, one layer (leading row) at a time so that
     neither a jax array nor its numpy copy is ever duplicated whole."""
-    from jaxshare.io.tensorfile import CHUNK_BYTES, TensorWriter
-
     with TensorWriter(path, [(n, tuple(x.shape), x.dtype) for n, x in items], metadata={"format": "jaxshare"}) as w:
         for name, x in items:
             if x.ndim == 0:
@@ -110,10 +110,6 @@ def read_meta(path) -> dict:
 def read_leaves(path, abstract, dtype=None):
     """The pytree `abstract` (ShapeDtypeStruct leaves) filled from params.safetensors; floating
     leaves are cast to dtype on the way in (a piece at a time)."""
-    import jax.numpy as jnp
-
-    from jaxshare.io.tensorfile import TensorReader, check_finite
-
     items = leaf_items(abstract)
     _, treedef = jax.tree_util.tree_flatten(abstract)
     leaves = []
@@ -142,7 +138,9 @@ def load_native(path, dtype=None, target=None) -> tuple[ModelConfig, Params, dic
     abstract = target if target is not None else abstract_tree(cfg, meta.get("extra", {}), stored)
     if meta["version"] >= 2:
         return cfg, read_leaves(Path(path) / PARAMS_FILE, abstract, dtype), meta
-    import orbax.checkpoint as ocp  # version 1 (and a multi-host trainer's final/, whose processes save shards)
+    # deferred: orbax costs ~0.2 s to import; only version 1 (and a multi-host trainer's final/, whose
+    # processes save shards) needs it
+    import orbax.checkpoint as ocp
 
     # Without a sharding orbax would place arrays on the saving run's devices (a multi-host
     # trainer's mesh, say), which this process may not have: restore onto our first local device.

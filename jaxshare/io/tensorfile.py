@@ -17,6 +17,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxshare.errors import CheckpointError
+
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
@@ -31,8 +33,6 @@ def dtype_name(dtype) -> str:
 
 
 def _error(path, why: str) -> Exception:
-    from jaxshare.errors import CheckpointError
-
     return CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {why}")
 
 
@@ -52,8 +52,6 @@ def check_finite(arr, source, name: str) -> None:
     """Refuse a tensor holding NaN/inf as it is read: a corrupt file (chunks joined out of order,
     a bad download) would otherwise load and only show up as a NaN perplexity much later."""
     if not all_finite(arr):
-        from jaxshare.errors import CheckpointError
-
         raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values (the file is corrupt?); "
                               "download or export it again")
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxshare.core.config import ConfigError
+from jaxshare.core.config import ConfigError, RopeScaling
 
 # Keys of an HF config that never change the forward pass.
 HARMLESS = {
@@ -60,8 +60,6 @@ def check_unsupported(hf_dict: dict, default_dict: dict, handled: set[str], fami
 
 def rope_from_hf(params: dict | None, family: str):
     """(theta, RopeScaling | None) from transformers v5 `rope_parameters`."""
-    from jaxshare.core.config import RopeScaling
-
     params = dict(params or {})
     rope_type = params.pop("rope_type", params.pop("type", "default"))
     theta = float(params.pop("rope_theta", 10000.0))
