@@ -22,7 +22,7 @@ from jaxshare.core.axes import layout_axes
 from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import axes_of, dense_of, frozen_of
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, set_types, to_2d  # noqa: F401 (re-exported)
+from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, matmul_2d, set_types, to_2d  # noqa: F401 (re-exported)
 from jaxshare.core.params import replace_leaves
 
 Array = jax.Array
@@ -75,15 +75,9 @@ class Factored:
         return from_2d(self.layout, dense_of(self.basis) @ dense_of(self.coef), self.leaf_shape)
 
     def apply(self, x, dense_fn=None) -> Array:
-        """y = (x @ B) @ C for one layer; x's head axes (o) are flattened, q/k/v's output unflattened."""
-        lead = x.shape[:2]
-        x2 = x.reshape(lead + (-1,))
-        y = (x2 @ dense_of(self.basis).astype(x.dtype)) @ dense_of(self.coef).astype(x.dtype)
-        if self.layout == "q":
-            return y.reshape(lead + tuple(self.leaf_shape[:2]) + (self.leaf_shape[3],))
-        if self.layout in ("k", "v"):
-            return y.reshape(lead + (self.leaf_shape[0], self.leaf_shape[2]))
-        return y
+        """y = (x @ B) @ C for one layer, in the type's 2-D view (core.matrices.matmul_2d)."""
+        return matmul_2d(self.layout, x, lambda x2: (x2 @ dense_of(self.basis).astype(x.dtype))
+                         @ dense_of(self.coef).astype(x.dtype), self.leaf_shape)
 
 
 # ---------------------------------------------------------------- rank and groups

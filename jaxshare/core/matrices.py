@@ -51,6 +51,19 @@ def from_2d(layout: str, w: Array, leaf_shape: tuple) -> Array:
     return w.reshape(lead + tuple(leaf_shape))
 
 
+def matmul_2d(layout: str, x: Array, product, leaf_shape: tuple) -> Array:
+    """One layer's y = product(x2) through a weight's 2-D view: x's trailing axes after [B, T]
+    (o's heads) are flattened to d_in, and q/k/v's d_out is unflattened back into heads, so a
+    kind that computes in the 2-D view (a factorization, an adapter) meets the layer's shapes."""
+    lead = x.shape[:2]
+    y = product(x.reshape(lead + (-1,)))
+    if layout == "q":
+        return y.reshape(lead + tuple(leaf_shape[:2]) + (leaf_shape[3],))
+    if layout in ("k", "v"):
+        return y.reshape(lead + (leaf_shape[0], leaf_shape[2]))
+    return y
+
+
 def field_name(t: str) -> str:
     """A type's field in its module of the layer ('wq' for q, 'w_up' for up)."""
     return TYPES[t][0].split(".")[1]

@@ -1,0 +1,1 @@
+"""LoRA adapters over any weight kind (healing, QLoRA)."""

@@ -1,0 +1,79 @@
+"""LoRA adapters over every kind: outputs unchanged at attach, exact parameter count, the forward
+equals the dense-of forward, native and HF round trips, merge where the structure allows it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxshare.core.compressed import materialize
+from jaxshare.core.model import forward
+from jaxshare.core.params import count_params
+from jaxshare.lora.leaf import LoRA, adapter_params, attach, lora_paths, merge, strip
+from tests.core.test_kinds import _build, base  # noqa: F401  (module fixture)
+
+KINDS = ["dense", "shared", "corrected", "basis", "quant", "quant+basis"]
+
+
+@pytest.fixture(scope="module")
+def tokens(base):  # noqa: F811
+    cfg = base[0]
+    return jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 12)), jnp.int32)
+
+
+def _with_random_b(params):
+    """Non-zero adapters, so the tests see them act."""
+    new = {}
+    for i, (p, x) in enumerate(lora_paths(params).items()):
+        b = 0.05 * jax.random.normal(jax.random.key(i), x.b.shape, x.b.dtype)
+        new[p] = LoRA(x.base, x.a, b, x.layout, x.leaf_shape, x.scale)
+    from jaxshare.core.params import replace_leaves
+
+    return replace_leaves(params, new)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_counts_acts_and_round_trips(kind, base, tokens, tmp_path):  # noqa: F811
+    from jaxshare.io.hf import export_hf
+    from jaxshare.io.load import load_model
+    from jaxshare.io.native import load_native, save_native
+
+    cfg, params = _build(kind, base)
+    r = 4
+    lp = attach(params, cfg, r, alpha=8)
+    want = sum(cfg.n_layers * r * sum(_dims(cfg, t)) for t in ("q", "k", "v", "o", "up", "gate", "down"))
+    assert adapter_params(lp) == want == count_params(lp) - count_params(params)
+    np.testing.assert_allclose(forward(lp, cfg, tokens), forward(params, cfg, tokens), atol=1e-5)
+    lp = _with_random_b(lp)
+    got = forward(lp, cfg, tokens)
+    assert not np.allclose(got, forward(params, cfg, tokens), atol=1e-3)
+    np.testing.assert_allclose(got, forward(materialize(lp), cfg, tokens), atol=1e-4)
+    save_native(tmp_path / "n", cfg, lp)
+    cfg2, back = load_native(tmp_path / "n")[:2]
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(lp)
+    np.testing.assert_allclose(forward(back, cfg2, tokens), got, atol=1e-6)
+    export_hf(lp, cfg, tmp_path / "hf")
+    m = load_model(str(tmp_path / "hf"))
+    cfg3, hf = m.cfg, m.params
+    assert jax.tree_util.tree_structure(hf) == jax.tree_util.tree_structure(lp)
+    np.testing.assert_allclose(forward(hf, cfg3, tokens), got, atol=1e-4)
+    assert jax.tree_util.tree_structure(strip(lp)) == jax.tree_util.tree_structure(params)
+
+
+def _dims(cfg, t):
+    from jaxshare.core.matrices import dims
+
+    return dims(cfg, t)
+
+
+def test_merge_folds_dense_and_says_where_it_cannot(base, tokens):  # noqa: F811
+    cfg, dense = _build("dense", base)
+    lp = _with_random_b(attach(dense, cfg, 4))
+    merged, report = merge(lp)
+    assert not lora_paths(merged) and not report["kept"] and len(report["merged"]) == 7
+    np.testing.assert_allclose(forward(merged, cfg, tokens), forward(lp, cfg, tokens), atol=1e-5)
+    cfg, shared = _build("shared", base)
+    lp = _with_random_b(attach(shared, cfg, 4))
+    merged, report = merge(lp)
+    assert set(report["kept"]) >= {"layers.attn.wq", "layers.attn.wk"}
+    assert "bank" in " ".join(report["kept"].values()).lower() or "Bank" in " ".join(report["kept"].values())
+    np.testing.assert_allclose(forward(merged, cfg, tokens), forward(lp, cfg, tokens), atol=1e-5)
