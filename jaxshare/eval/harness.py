@@ -18,20 +18,26 @@ compiles a handful of shapes; only the continuation positions are unembedded.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.core.dtypes import as_dtype
 from jaxshare.errors import UsageError
+from jaxshare.eval.perplexity import EvalError
 from jaxshare.eval.scoring import greedy_until, score_continuations
+from jaxshare.eval.tasks import task_dir
+from jaxshare.io.load import load_model
 from jaxshare.optional import require
 
 # lm-eval is optional (the `eval` extra); this module is its adapter, so importing it needs it
 # (a MissingDependency naming the extra, which `jaxshare eval mc` prints as one line)
 TemplateLM = require("lm_eval.api.model", "eval", "the lm-eval backend", package="lm-eval").TemplateLM
 register_model = require("lm_eval.api.registry", "eval", "the lm-eval backend", package="lm-eval").register_model
+utils = require("lm_eval.utils", "eval", "the lm-eval backend", package="lm-eval")
 
 class JaxshareLM(TemplateLM):
     """model_args: model (any jaxshare MODEL argument; `pretrained` is accepted too), dtype
@@ -45,14 +51,11 @@ class JaxshareLM(TemplateLM):
         if str(dtype) not in ("fp32", "bf16"):
             raise UsageError(f"dtype must be fp32 or bf16, got {dtype!r}")
         if loaded is None:
-            from jaxshare.io.load import load_model
-
             spec = model or pretrained
             if not spec:
                 raise UsageError("--model_args needs model=<registered name, HF directory, .gguf or checkpoint>")
             loaded = load_model(str(spec), "fp32")
         loaded.need_tokenizer("lm-eval")
-        from jaxshare.core.dtypes import as_dtype
 
         self.loaded, self.params, self.cfg, self.tokenizer = loaded, loaded.params, loaded.cfg, loaded.tokenizer
         self.dtype_name, self.dtype = str(dtype), as_dtype(str(dtype))
@@ -76,8 +79,6 @@ class JaxshareLM(TemplateLM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string, additional_config=None):
-        from lm_eval import utils
-
         return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
     # ------------------------------------------------------------------ what lm-eval asks of a model
@@ -107,6 +108,7 @@ class JaxshareLM(TemplateLM):
         return str(getattr(self.tokenizer, "name_or_path", "")).replace("/", "__")
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None, **kw):
+        # deferred: lm_eval.models.utils imports torch and transformers (seconds); only tokenizing needs it
         from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
         # as lm-eval's hf backend does, so that both backends score the same tokens
@@ -135,15 +137,11 @@ class JaxshareLM(TemplateLM):
                                   disable_tqdm=disable_tqdm, on_result=cache)
         # a NaN log-likelihood still picks some answer: an accuracy from it would look like a result
         if not all(np.isfinite(ll) for ll, _ in out):
-            from jaxshare.eval.perplexity import EvalError
-
             raise EvalError(f"{self.loaded.source}: the model gives NaN or infinite log-likelihoods; check the "
                             "model file (a corrupt download?), and with --compute-dtype bf16 try fp32")
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        from lm_eval import utils
-
         windows, owner = [], []
         for r, (string,) in enumerate([req.args for req in requests]):
             for ctx, cont in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
@@ -162,6 +160,7 @@ class JaxshareLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy, one request at a time (cached decoding; generation is not this backend's hot path)."""
+        # deferred: lm_eval.models.utils imports torch and transformers (seconds)
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
@@ -192,15 +191,11 @@ if __name__ != "__main__":  # run as a script, the package module registers (see
 
 def cli(argv=None) -> int:
     """`python -m jaxshare.eval.harness ...`: lm-eval's own CLI with the jaxshare model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    import os
+    from lm_eval.__main__ import cli_evaluate  # deferred: lm-eval's whole CLI; only this entry point runs it
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # no dataset hub here; our tasks are local JSONL
     args = sys.argv[1:] if argv is None else list(argv)
     if "--include_path" not in args and any("bb_" in a for a in args):
-        from jaxshare.eval.tasks import task_dir
-
         args += ["--include_path", str(task_dir())]  # our local BIG-bench tasks, written on first use
     sys.argv = [sys.argv[0], *args]
     cli_evaluate()

@@ -33,7 +33,7 @@ def check_limit(limit: int | None) -> None:
 
 
 def task_manager():
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # deferred: optional extra [eval]
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # our tasks read local JSONL; never ask a hub
     # only our YAMLs: indexing lm-eval's hundreds of built-in tasks costs ~20 s and reaches nothing here
@@ -43,7 +43,7 @@ def task_manager():
 def evaluate(lm, tasks: list[str], limit: int | None = None, log_samples: bool = False) -> dict:
     """{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}}, "seconds", "requests"}
     (plus "samples" with log_samples: lm-eval's per-item records, for parity checks)."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # deferred: optional extra [eval]
 
     check_limit(limit)
     t0 = time.perf_counter()

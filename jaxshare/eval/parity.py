@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import tempfile
 from pathlib import Path
@@ -10,11 +11,14 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxshare.errors import JaxshareError
-from jaxshare.data.tokens import token_windows, tokenize_corpus
-from jaxshare.eval.perplexity import PROTOCOL, check_seq_len
-from jaxshare.io.load import LoadedModel
 from jaxshare.core.model import forward
+from jaxshare.data.tokens import token_windows, tokenize_corpus
+from jaxshare.errors import JaxshareError
+from jaxshare.eval.perplexity import PROTOCOL, check_finite_ppl, check_seq_len
+from jaxshare.io import registry
+from jaxshare.io.convert import release_memory
+from jaxshare.io.hf import export_hf
+from jaxshare.io.load import LoadedModel
 
 
 class ReferenceMissing(JaxshareError, ImportError):
@@ -23,8 +27,6 @@ class ReferenceMissing(JaxshareError, ImportError):
 
 def check_reference(loaded: LoadedModel) -> None:
     """Raise ReferenceMissing with the install line when the reference side cannot run here."""
-    import importlib.util
-
     need = ["torch"] + (["accelerate"] if loaded.kind in ("gguf", "registered") else [])
     missing = [n for n in need if importlib.util.find_spec(n) is None]
     if missing:
@@ -35,14 +37,13 @@ def check_reference(loaded: LoadedModel) -> None:
 def reference_model(loaded: LoadedModel, hf_dir=None):
     """The transformers model for the same weights: its GGUF loader for GGUFs, from_pretrained otherwise
     (hf_dir: an HF export of a native checkpoint made beforehand)."""
+    # deferred: torch is the optional extra [reference]; transformers' model classes cost seconds to import
     import torch
     from transformers import AutoModelForCausalLM
 
     if loaded.kind in ("gguf", "registered"):
         gguf = loaded.source
         if loaded.kind == "registered":
-            from jaxshare.io import registry
-
             gguf = registry.registered_gguf(loaded.meta["extra"]["registered"])
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     elif loaded.kind == "hf":
@@ -50,7 +51,6 @@ def reference_model(loaded: LoadedModel, hf_dir=None):
     elif hf_dir is not None:
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     else:  # native: the reference reads our HF export of it
-        from jaxshare.io.hf import export_hf
 
         with tempfile.TemporaryDirectory() as tmp:
             out = export_hf(loaded.params, loaded.cfg, Path(tmp) / "hf")
@@ -75,7 +75,7 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
     The two sides run in sequence: our logits first, then (with free_params, which deletes the
     loaded params' buffers) the reference alone, so the two models are never in memory together."""
     check_reference(loaded)
-    import torch
+    import torch  # deferred: optional extra [reference] (check_reference above names it when missing)
 
     check_seq_len(loaded.cfg, seq_len)
     windows = token_windows(tokenize_corpus(loaded.need_tokenizer("parity"), docs), seq_len, max_windows)
@@ -86,14 +86,12 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = None
         if loaded.kind == "native":  # the reference reads our HF export, written before the params go
-            from jaxshare.io.hf import export_hf
 
             hf_dir = export_hf(loaded.params, loaded.cfg, Path(tmp) / "hf")
         if free_params:
             for leaf in jax.tree_util.tree_leaves(loaded.params):
                 leaf.delete()
             loaded = dataclasses.replace(loaded, params=None)
-            from jaxshare.io.convert import release_memory
 
             release_memory()
         ref = reference_model(loaded, hf_dir)
@@ -106,7 +104,6 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
         nll_ref += _nll_sum(want[:-1], w[1:])
         del want
     tokens = len(windows) * (seq_len - 1)
-    from jaxshare.eval.perplexity import check_finite_ppl
 
     ppl_jax, ppl_ref = (math.exp(x / tokens) if x / tokens < 709 else math.inf if x == x else math.nan
                         for x in (nll_jax, nll_ref))

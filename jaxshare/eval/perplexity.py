@@ -4,6 +4,7 @@ of T tokens scores its T-1 next-token predictions, PPL = exp(mean NLL)."""
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 
 import jax
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import decoder_layer, hidden_states, norm
 from jaxshare.data.tokens import check_token_range, token_windows, tokenize_corpus
 
@@ -78,8 +80,6 @@ def window_nll(params, cfg: ModelConfig, tokens_BT, dtype=jnp.float32, layer_fn=
 def window_bytes(cfg: ModelConfig, seq_len: int, dtype=jnp.float32) -> int:
     """Rough peak activation bytes of one window in window_nll: the residual stream and one layer's
     q/k/v, MLP and attention scores (the scan keeps one layer's at a time), plus a logits chunk."""
-    from jaxshare.core.dtypes import as_dtype
-
     T, D, F = seq_len, cfg.d_model, cfg.d_ff
     item = np.dtype(as_dtype(dtype)).itemsize
     qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
@@ -89,8 +89,6 @@ def window_bytes(cfg: ModelConfig, seq_len: int, dtype=jnp.float32) -> int:
 
 def rss_bytes() -> int:
     """What this process holds now (Linux /proc), else 0."""
-    import os
-
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -20,6 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from jaxshare.data.corpora import _read_members
 from jaxshare.errors import JaxshareError
 from jaxshare.storage.fetch import cache_dir, registry_file
 
@@ -113,8 +114,6 @@ def _fresh(root: Path) -> bool:
 
 def task_dir() -> Path:
     """The directory of the task YAMLs (for lm-eval's --include_path), built once from the sdist."""
-    from jaxshare.data.corpora import _read_members
-
     root = cache_dir() / "lm_eval_tasks"
     if _fresh(root):
         return root
