@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxshare as js
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,7 @@ with open(work + "/done.json", "w") as f:
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory):
     """A tiny llama with a trained byte-level BPE tokenizer: what a GGUF file carries and reads back."""
-    from test_gguf_export import save_bpe_model
+    from tests.io.test_gguf_export import save_bpe_model
 
     return save_bpe_model(tmp_path_factory.mktemp("api") / "m", "llama", num_key_value_heads=2,
                           tie_word_embeddings=False, num_hidden_layers=4)

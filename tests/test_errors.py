@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.cli.main import main
 from jaxshare.core.config import ConfigError
 from jaxshare.io.families import config_from_hf_dict

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.core.model import hidden_states, token_nll, unembed
 from jaxshare.eval.perplexity import chunked_token_nll, fit_batch, perplexity_of_windows, window_nll
 from jaxshare.io.hf import load_hf_dir
@@ -188,7 +188,7 @@ def test_gguf_convert_does_not_import_torch(tmp_path):
 
     from jaxshare.io.gguf_export import export_gguf
     from jaxshare.io.load import load_model
-    from test_gguf_export import save_bpe_model
+    from tests.io.test_gguf_export import save_bpe_model
 
     m = load_model(save_bpe_model(tmp_path / "m", "qwen2", num_key_value_heads=2))
     path = export_gguf(m.params, m.cfg, tmp_path / "m.gguf", m.tokenizer, "q4_1")
@@ -204,7 +204,7 @@ def test_parity_cli_on_native_runs_the_sides_in_sequence(tmp_path, capsys):
     import json
 
     from jaxshare.cli.main import main
-    from tiny_model import save_text, save_tiny_model
+    from tests.tiny_model import save_text, save_tiny_model
 
     save_tiny_model(tmp_path / "hf")
     _convert(capsys, tmp_path / "hf", tmp_path / "nat")
@@ -219,7 +219,7 @@ def test_parity_cli_on_native_runs_the_sides_in_sequence(tmp_path, capsys):
 def test_share_and_basis_store_bf16(tmp_path, capsys):
     from jaxshare.cli.main import main
     from jaxshare.io.native import load_native
-    from tiny_model import save_text, save_tiny_model
+    from tests.tiny_model import save_text, save_tiny_model
 
     save_tiny_model(tmp_path / "hf")
     text = save_text(tmp_path / "t.txt")

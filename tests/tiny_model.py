@@ -2,7 +2,7 @@
 every CLI command (eval, generate, share, basis) to run end to end in about a second."""
 from pathlib import Path
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 
 
 def save_tiny_model(path: Path, layers: int = 2, model=None, byte_level: bool = False) -> Path:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.core.bank import materialize
 from jaxshare.basis.factor import (Factored, from_2d, to_2d, group_factor, groups_of, rank, type_rank, whitened_loss,
                             whitening)

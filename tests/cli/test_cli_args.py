@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxshare.cli.main import build_parser
-from tiny_model import save_text, save_tiny_model
-from cli_helpers import leaves, run
+from tests.tiny_model import save_text, save_tiny_model
+from tests.cli_helpers import leaves, run
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 
 from jaxshare.cli.common import DeprecatedAlias, RefusedDtype
 from jaxshare.cli.main import build_parser
-from tiny_model import save_text, save_tiny_model
-from cli_helpers import leaves, run
+from tests.tiny_model import save_text, save_tiny_model
+from tests.cli_helpers import leaves, run
 
 # Commands that write a model: the only ones where --dtype exists (the storage dtype).
 WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",)}

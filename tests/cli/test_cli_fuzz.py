@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from jaxshare.cli.main import main
-from tiny_model import save_text, save_tiny_model
+from tests.tiny_model import save_text, save_tiny_model
 
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 

@@ -12,7 +12,7 @@ from jaxshare.cli.main import main
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tiny_model import save_text, save_tiny_model
+    from tests.tiny_model import save_text, save_tiny_model
 
     d = tmp_path_factory.mktemp("dtype")
     return str(save_tiny_model(d / "m", layers=3)), str(save_text(d / "text.txt", 4000))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tiny_model import save_text, save_tiny_model
-from cli_helpers import run
+from tests.tiny_model import save_text, save_tiny_model
+from tests.cli_helpers import run
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_inf_in_native_checkpoint_is_refused(tiny, tmp_path, capsys):
 def test_nan_in_gguf_is_refused(tmp_path, capsys):
     import torch
 
-    from conftest import random_hf_model
-    from test_gguf import write_gguf
+    from tests.conftest import random_hf_model
+    from tests.io.test_gguf import write_gguf
 
     model = random_hf_model("llama", num_hidden_layers=2)
     with torch.no_grad():
@@ -227,8 +227,8 @@ def test_max_memory_below_the_model_is_refused(tiny, capsys):
 
 def test_gguf_vocabulary_missing_a_field_is_one_line(tmp_path, capsys):
     """transformers' gpt2 converter indexes tokenizer.ggml.scores; without it: one line, not a KeyError."""
-    from conftest import random_hf_model
-    from test_gguf import write_gguf
+    from tests.conftest import random_hf_model
+    from tests.io.test_gguf import write_gguf
 
     model = random_hf_model("llama", num_hidden_layers=2)
     vocab = (("add_tokenizer_model", "gpt2"), ("add_token_list", [f"t{i}" for i in range(256)]),

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.basis.calibrate import collect_grams
 from jaxshare.basis.factor import Factored
 from jaxshare.compose.apply import apply_plan
@@ -168,14 +168,14 @@ def test_budget_accounting_is_exact(tiny):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tiny_model import save_tiny_model
+    from tests.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("compose_cli") / "m", layers=4)
 
 
 @pytest.fixture
 def cli(tiny_dir, tmp_path, monkeypatch):
-    from tiny_model import save_text
+    from tests.tiny_model import save_text
 
     monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))  # calibration caches stay here
     return tiny_dir, save_text(tmp_path / "text.txt", 6000)

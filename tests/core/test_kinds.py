@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.basis.calibrate import collect_grams
 from jaxshare.basis.factor import Factored
 from jaxshare.core import axes

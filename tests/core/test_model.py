@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.io.native import load_native, save_native
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.generate import generate, sample_token

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.core.generate import generate
 from jaxshare.core.model import forward
 from jaxshare.eval.perplexity import perplexity_of_windows

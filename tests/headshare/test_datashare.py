@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.cli.main import main as cli_main
 from jaxshare.core import bank
 from jaxshare.core.compressed import materialize
@@ -208,7 +208,7 @@ def test_share_data_bad_input_clear_error_nothing_written(tmp_path, capsys, argv
 
 
 def test_share_cli_data_correct_end_to_end(tmp_path, capsys, monkeypatch):
-    from tiny_model import save_text, save_tiny_model
+    from tests.tiny_model import save_text, save_tiny_model
 
     monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
     src = save_tiny_model(tmp_path / "src", layers=4)

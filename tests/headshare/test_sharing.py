@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.core import bank
 from jaxshare.headshare import directshare
 from jaxshare.headshare import sharing

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.cli.main import main as cli_main
 from jaxshare.core.bank import materialize
 from jaxshare.core.config import ModelConfig
@@ -25,7 +25,7 @@ from jaxshare.io.hf import export_hf, load_hf_dir
 from jaxshare.io.native import load_native, save_native
 from jaxshare.training.config import build_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
                   d_ff=64, max_seq_len=128, norm_eps=1e-5)
 
@@ -325,7 +325,7 @@ def test_degeneration_and_inherit_on_smollm2(tmp_path, capsys):
     ids = m.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="np")["input_ids"]
     want = torch_logits(ref, ids)
     assert back.config.num_hidden_layers == 15 and np.max(np.abs(torch_logits(back, ids) - want)) <= 1e-5
-    # jaxshare vs transformers on the real model: the project's parity bound (tests/test_real_model.py)
+    # jaxshare vs transformers on the real model: the project's parity bound (tests/slow/test_real_model.py)
     assert np.max(np.abs(np.asarray(forward(m.params, m.cfg, ids.astype(np.int32))) - want)) <= 1e-3
     assert cli_main(["generate", str(tmp_path / "k15"), "--prompt", "Hello", "--max-new-tokens", "4"]) == 0
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.storage import fetch
 from jaxshare.io import gguf as gguf_io
 from jaxshare.io import registry

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.core.model import forward
 from jaxshare.io import gguf as gguf_in
 from jaxshare.io.gguf_export import export_gguf

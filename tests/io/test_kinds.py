@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 
 PLUGIN = textwrap.dedent('''
     """A toy kind: W_l = s_l * V_l for the MLP down projection (a per-layer scale)."""

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.basis.calibrate import collect_grams
 from jaxshare.basis.factor import Factored
 from jaxshare.compose.apply import apply_plan, run_plan
@@ -80,7 +80,7 @@ def test_share_basis_quantize_plan_in_the_library(tiny, tokens, tmp_path):
 
 
 def test_share_basis_quantize_plan_on_the_command_line(tmp_path, capsys, monkeypatch, tokens):
-    from tiny_model import save_text, save_tiny_model
+    from tests.tiny_model import save_text, save_tiny_model
 
     from jaxshare.cli.main import main
     from jaxshare.io.load import load_model

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.basis.calibrate import collect_grams
 from jaxshare.basis.factor import Factored
 from jaxshare.core.bank import Bank
@@ -137,7 +137,7 @@ def test_native_and_hf_round_trips_keep_the_codes(tokens, tiny, tmp_path):
     import torch
     import transformers
 
-    from conftest import torch_logits
+    from tests.conftest import torch_logits
     from jaxshare.io.hf import CheckpointError, export_hf
     from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native
@@ -184,7 +184,7 @@ def test_basis_with_quantized_factors_round_trips(tokens, tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tiny_model import save_tiny_model
+    from tests.tiny_model import save_tiny_model
 
     return str(save_tiny_model(tmp_path_factory.mktemp("quant_cli") / "m"))
 

@@ -63,7 +63,7 @@ def test_quickstart_notebook_runs():
     """Every code cell of notebooks/quickstart.ipynb, in order, in one namespace."""
     from pathlib import Path
 
-    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb").read_text())
+    nb = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb").read_text())
     namespace: dict = {}
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import torch_logits
+from tests.conftest import torch_logits
 from jaxshare.cli.main import main as cli_main
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.cli.main import main
 from jaxshare.storage import atomic
 from jaxshare.storage.atomic import EXPORT_MARKER, OutputError, atomic_output, check_destination, sweep_stale
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +364,7 @@ def test_truncated_gguf_names_the_tensor(tmp_path, capsys):
 
     from jaxshare.io.gguf import iter_gguf_tensors
     from jaxshare.io.hf import CheckpointError
-    from test_gguf import write_gguf
+    from tests.io.test_gguf import write_gguf
 
     path = write_gguf(tmp_path / "model.gguf", random_hf_model("llama", num_hidden_layers=2))
     tensors = gguf.GGUFReader(str(path)).tensors

@@ -17,9 +17,9 @@ import pytest
 
 from jaxshare.cli.main import main
 from jaxshare.storage.markers import OUTPUT_MARKER
-from tiny_model import save_text, save_tiny_model
+from tests.tiny_model import save_text, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ main(sys.argv[1:])
 
 
 def cli_env(tmp_path) -> dict:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "TQDM_DISABLE": "1",
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
             "JAX_PLATFORMS": "cpu", "JAXSHARE_CACHE": str(tmp_path / "cache")}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxshare as js
-from conftest import random_hf_model
+from tests.conftest import random_hf_model
 from jaxshare.cli.main import main
 from jaxshare.storage import atomic, paths
 from jaxshare.storage.fetch import MissingInput

@@ -17,7 +17,7 @@ from jaxshare.io.native import save_native
 from jaxshare.training import trainer
 from jaxshare.training.config import build_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
                   d_ff=64, max_seq_len=128, norm_eps=1e-5)
 RUN = dict(steps=4, seq_len=32, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1, ratio=0.3, eval_every=0,

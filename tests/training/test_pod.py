@@ -124,7 +124,7 @@ def test_pod_config_aot_compiles_with_abstract_params_on_64_devices():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tc = load_config("llama3_8b_v5e64_postshare")
     assert (tc.remat, tc.grad_accum, tc.seq_len, tc.dtype, tc.mesh) == ("full", 4, 2048, "bf16", "fsdp=64,tensor=1")
     out = subprocess.run([sys.executable, "-m", "jaxshare.training.aot", "--config", "llama3_8b_v5e64_postshare",

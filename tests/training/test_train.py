@@ -33,7 +33,7 @@ from jaxshare.training.config import TrainConfigError, build_config, load_config
 from jaxshare.data.tokens import token_windows
 from jaxshare.training.data import batch_iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
 CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
                   d_ff=64, max_seq_len=128, norm_eps=1e-5)

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.core.bank import is_bank
 from jaxshare.core.model import forward
 from jaxshare.core.params import count_params
@@ -67,7 +67,7 @@ def _text(path, chars: int = 4000):
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def tiny(request, tmp_path_factory):
-    from tiny_model import save_tiny_model
+    from tests.tiny_model import save_tiny_model
 
     d = tmp_path_factory.mktemp(request.param)
     src = save_tiny_model(d / "src", model=_model(request.param), byte_level=True)

@@ -1,6 +1,6 @@
 """Gemma3 text on tiny random models: parity with transformers (HF safetensors and a GGUF written
 with llama.cpp's conventions), export, KV cache, head sharing, Basis Sharing, refusals, and the
-multi-part registry entry. The real gemma3-270m runs in test_gemma3_real.py (slow)."""
+multi-part registry entry. The real gemma3-270m runs in tests/slow/test_gemma3_real.py (slow)."""
 import dataclasses
 import hashlib
 import json
@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.core.config import ConfigError
 from jaxshare.core.model import KVCache, forward, forward_cached
 from jaxshare.io import registry
@@ -234,7 +234,7 @@ def test_gguf_matches_transformers_gguf_loader(tmp_path, tokens):
                                ref.state_dict()["model.layers.0.self_attn.q_norm.weight"].numpy(), atol=1e-6)
     cfg = config_from_hf_dict(hf_cfg)
     assert cfg.windows == (40,) * 5 + (0, 40) and cfg.rope_local_theta == 10000.0
-    from test_gguf import check_gguf_config_path
+    from tests.io.test_gguf import check_gguf_config_path
 
     check_gguf_config_path(hf_cfg)  # the torch-free path convert takes
     params = params_from_tensors(cfg, gguf_io.iter_gguf_tensors(path))

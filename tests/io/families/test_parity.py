@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import random_hf_model, torch_logits
+from tests.conftest import random_hf_model, torch_logits
 from jaxshare.io.hf import export_hf, load_hf_dir
 from jaxshare.core.model import forward
 

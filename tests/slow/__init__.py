@@ -1,0 +1,1 @@
+"""Real-model tests (SmolLM2-135M, gemma3-270m), every one marked `slow`; CI runs them too."""
