@@ -18,18 +18,25 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxshare.core.bank import split_banks
 from jaxshare.core.compressed import SelfApplying
 from jaxshare.core.config import ModelConfig
-from jaxshare.core.bank import split_banks
 from jaxshare.core.model import _per_layer_rope, decoder_layer, embed, hidden_states, linear, rope_tables
+from jaxshare.data.corpora import join_documents, load_corpus
+from jaxshare.data.tokens import DataError, check_token_range, tokenize_corpus
+from jaxshare.storage.fetch import cache_dir
 
 INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
 _TAPPED = {"attn_in": ("attn", "wq"), "o_in": ("attn", "wo"), "mlp_in": ("mlp", "w_up"), "down_in": ("mlp", "w_down")}
@@ -68,9 +75,6 @@ def _accumulate(acc, params, cfg: ModelConfig, tokens_BT):
 def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """n_windows non-overlapping windows [N, T] drawn with a fixed seed from the joined corpus.
     Only as much text is tokenized as the windows need (a prefix, grown if short)."""
-    from jaxshare.data.corpora import join_documents
-    from jaxshare.data.tokens import DataError, tokenize_corpus
-
     text = join_documents(docs)
     chars = max(n_windows * seq_len * 8, 1 << 16)
     while True:
@@ -136,8 +140,6 @@ def collect_grams_to_disk(params, cfg: ModelConfig, windows: np.ndarray, out_dir
                           budget_bytes: int = 1 << 30) -> None:
     """Write <input>.<layer>.npy (float32 [d, d]) for every layer into out_dir, holding the grams of
     at most a chunk of layers (about budget_bytes, counted twice for the scan's output) at once."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     sizes, L, n = gram_sizes(cfg), cfg.n_layers, len(windows)
     per_chunk = max(1, min(L, budget_bytes // (2 * layer_gram_bytes(cfg))))
@@ -207,8 +209,6 @@ def model_identity(loaded) -> str:
 
 def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
     """Where calibrate() keeps (or finds) these statistics: a directory, complete when it exists."""
-    from jaxshare.storage.fetch import cache_dir
-
     return cache_dir() / "calib" / cache_key(model_identity(loaded), data, n_windows, seq_len, seed)
 
 
@@ -217,14 +217,6 @@ def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: i
     """Grams for a LoadedModel as a GramStore ({input: per-layer grams read from disk on demand}),
     cached under cache_dir()/calib/ by model and data identity. Without the cache they are written
     to a temporary directory that lives as long as the returned store."""
-    import shutil
-    import tempfile
-    import weakref
-    from pathlib import Path
-
-    from jaxshare.data.corpora import load_corpus
-    from jaxshare.data.tokens import check_token_range
-
     info = {"data": data, "windows": n_windows, "seq_len": seq_len, "seed": seed}
     path = cache_path(loaded, data, n_windows, seq_len, seed)
     L = loaded.cfg.n_layers
@@ -268,7 +260,7 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
+        import resource  # deferred: Unix-only (this fallback runs where /proc is missing)
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

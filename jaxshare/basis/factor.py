@@ -192,6 +192,7 @@ def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str =
         coefs = [inv[:, None] * (u_k.T @ sw(np.asarray(w, np.float64))) for w in ws]
     b = u_k * sig_k
     if s is not None:
+        # deferred: scipy.linalg costs ~0.2 s to import, and the CLI's parser imports this module
         from scipy.linalg import solve_triangular
 
         # S^-1 U_k Sig_k; S is upper triangular: a triangular solve (n^2 k) instead of an LU

@@ -14,13 +14,15 @@ the factors back and checks that B @ C reproduces the dense weights before using
 from __future__ import annotations
 
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save
 
+from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import FunctionCodec, check_reproduces, dense_of
-from jaxshare.basis.factor import TYPES, Factored, to_2d, get_type, set_types
 from jaxshare.core.config import ModelConfig
 from jaxshare.errors import CheckpointError
 
@@ -56,8 +58,6 @@ def abstract_structure(cfg: ModelConfig, manifest: dict, base):
 
 def export_files(params, manifest: dict) -> dict[str, bytes]:
     """{basis.safetensors: bytes} with every factorized type's basis rows, index and coefficients."""
-    from safetensors.numpy import save
-
     tensors = {}
     for t in manifest["types"]:
         f = get_type(params.layers, t)
@@ -73,8 +73,6 @@ def export_files(params, manifest: dict) -> dict[str, bytes]:
 def restore_from_hf(cfg: ModelConfig, params, manifest: dict, source: Path | None = None):
     """The factorized params of an exported directory: factors from basis.safetensors, checked
     against the dense weights (Factored.restore_hf)."""
-    from safetensors.numpy import load_file
-
     path = Path(source) / FACTORS if source is not None else None
     if path is None or not path.is_file():
         raise CheckpointError(f"{source}: basis.json without {FACTORS}; the shared factorization cannot be "

@@ -8,12 +8,15 @@ loss ||X (W - B C)||_F over the pair is sqrt(sum of the discarded eigenvalues) (
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxshare.basis.factor import TYPES, to_2d, dims, get_type, rank, whitening
+from jaxshare.plots import heatmap
+from jaxshare.storage.atomic import atomic_output
 
 
 def pair_losses(params, cfg, grams: dict, ratio: float = 0.2, types=None, progress: bool = True) -> dict:
@@ -57,15 +60,9 @@ def summarize(res: dict) -> dict:
 
 def write_pairs(out_dir, res: dict, info: dict, overwrite: bool = False) -> dict:
     """basis_pairs.json + basis_pairs.png, written atomically into out_dir."""
-    import json
-
-    from jaxshare.storage.atomic import atomic_output
-
     obj = {**info, "summary": summarize(res), "types": res}
     with atomic_output(out_dir, overwrite) as tmp:
         (tmp / "basis_pairs.json").write_text(json.dumps(obj))
-        from jaxshare.plots import heatmap
-
         heatmap({f"{t} (pair rank {r['rank_pair']})": r["rel_loss"] for t, r in res.items()}, tmp / "basis_pairs.png",
                 f"{info.get('model', '')}: relative whitened Frobenius loss of sharing one basis between two layers",
                 label="relative loss")

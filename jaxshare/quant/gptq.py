@@ -189,7 +189,7 @@ def _factor_host(gram_NII: np.ndarray, damp: float, act_order: bool):
     """`_factor` with LAPACK called directly (CPU backends): potrf, then trtri inverts the triangle
     in n^3/3 flops where a triangular solve against I (all jax offers) takes n^3; at d_in 1536 that
     was most of GPTQ's time. One BLAS thread: the factors are small, more threads only wait."""
-    from scipy.linalg import lapack
+    from scipy.linalg import lapack  # deferred: ~0.1 s to import; the method registry imports this module
 
     n, d, _ = gram_NII.shape
     u, perm, dead = np.empty((n, d, d), np.float32), np.empty((n, d), np.int32), np.empty((n, d), bool)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshare.core import matrices
+from jaxshare.core.axes import layout_axes
 from jaxshare.quant import pack as P
 
 Array = jax.Array
@@ -101,8 +102,6 @@ class Quantized:
     def logical_axes(self, dense_axes: tuple) -> "Quantized":
         """codes, scales and zero points all [*lead, d_in (rows or groups), d_out]: the groups
         axis follows the rows it scales, so a shard of the codes finds its scales beside it."""
-        from jaxshare.core.axes import layout_axes
-
         lead = tuple(dense_axes[:len(dense_axes) - len(self.leaf_shape)])
         view = lead + layout_axes(self.layout, dense_axes)
         return Quantized(*(None if a is None else view for a in (self.packed, self.scale, self.zero)),

@@ -15,9 +15,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save
 
 from jaxshare.core.compressed import FunctionCodec, check_reproduces
 from jaxshare.core.params import get_leaf, nodes_by_path, replace_leaves
+from jaxshare.errors import CheckpointError
 from jaxshare.quant.leaf import Quantized
 
 MANIFEST_VERSION = 1
@@ -41,8 +43,6 @@ def structure(params) -> dict:
 
 
 def _check(manifest: dict) -> dict:
-    from jaxshare.errors import CheckpointError
-
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(manifest.get("leaves"), dict):
         raise CheckpointError(f"not a jaxshare quantization manifest v{MANIFEST_VERSION}")
     return manifest["leaves"]
@@ -64,8 +64,6 @@ def abstract_structure(manifest: dict, base):
 
 
 def export_files(params, manifest: dict) -> dict[str, bytes]:
-    from safetensors.numpy import save
-
     tensors = {}
     for path, q in quantized_paths(params).items():
         tensors[f"{path}.packed"] = np.ascontiguousarray(np.asarray(q.packed))
@@ -78,10 +76,6 @@ def export_files(params, manifest: dict) -> dict[str, bytes]:
 def restore_from_hf(params, manifest: dict, source: Path):
     """The quantized params of an exported directory: codes from quant.safetensors, checked against
     the dense (dequantized) weights the directory holds."""
-    from safetensors.numpy import load_file
-
-    from jaxshare.errors import CheckpointError
-
     leaves = _check(manifest)
     path = Path(source) / CODES
     if not path.is_file():
