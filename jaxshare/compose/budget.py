@@ -20,11 +20,17 @@ import math
 import time
 
 
+from jaxshare.basis.compress import compress
 from jaxshare.basis.factor import TYPES, Factored, default_types, dims, get_type, groups_of, set_types, type_rank
-from jaxshare.compose.plan import Plan, PlanError, Step
+from jaxshare.compose.plan import CALIB_DEFAULTS, Plan, PlanError, Step
 from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import materialize
 from jaxshare.core.params import count_params
+from jaxshare.eval.perplexity import perplexity_of_windows
+from jaxshare.headshare.datashare import data_share
+from jaxshare.headshare.directshare import direct_share
 from jaxshare.headshare.sharing import FIELDS, MATRICES  # the matrices head sharing ties, and their biases
+from jaxshare.inheritune.inherit import select_layers
 
 BUDGET_METHODS = ("share", "basis", "inherit")
 SHARE_RATIOS = (0.1, 0.2, 0.35)
@@ -111,9 +117,6 @@ class Budget:
 def mean_nll(params, cfg, windows, batch_size: int = 4, dense: bool = True) -> float:
     """dense: score a candidate (one method's types compressed) on its dense weights, which have the
     model's shapes: the forward compiles once per layer count, not per rank (31 of 37 s on a tiny model)."""
-    from jaxshare.core.compressed import materialize
-    from jaxshare.eval.perplexity import perplexity_of_windows
-
     p = materialize(params) if dense else params
     return perplexity_of_windows(p, cfg, windows, batch_size, desc="sensitivity")["nll"]
 
@@ -127,19 +130,13 @@ def _tie(params, cfg, ratio: float, match: str, keep: str, grams):
     """Head sharing at `ratio` (keep=data merges on the calibration grams; no corrections, whose
     parameters the budget does not count)."""
     if keep == "data":
-        from jaxshare.headshare.datashare import data_share
-
         return data_share(params, cfg, ratio, "data", "none", grams, match)[0]
-    from jaxshare.headshare.directshare import direct_share
-
     return direct_share(params, cfg, ratio, match, keep)[0]
 
 
 def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match: str = "qk", keep: str = "mean",
                 share_ratios=SHARE_RATIOS, basis_ratios=BASIS_RATIOS, drop_layers=DROP_LAYERS, log=None) -> dict:
     """{"base": loss, "curves": {candidate: [(fraction removed, loss increase), ...]}}."""
-    from jaxshare.basis.compress import compress
-
     say = log or (lambda s: None)
     base = mean_nll(params, cfg, windows)
     curves, L, K = {}, cfg.n_layers, cfg.n_kv_heads
@@ -169,8 +166,6 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
                 say(f"sensitivity basis {t} {pts[-1][0]:.2f}: +{pts[-1][1]:.4f}")
             curves[t] = pts
     if "inherit" in methods:
-        from jaxshare.inheritune.inherit import select_layers
-
         pts = []
         for d in drop_layers:
             if d >= L:
@@ -278,7 +273,6 @@ def to_plan(alloc: dict, cfg, group_size: int, match: str, keep: str, calibratio
         steps.append(Step("basis", {"group_size": group_size, "method": "basis", "ranks": ranks}, list(ranks)))
     if not steps:
         raise PlanError("the target needs no compression")
-    from jaxshare.compose.plan import CALIB_DEFAULTS
 
     return Plan(steps, {**CALIB_DEFAULTS, **(calibration or {})})
 
@@ -333,9 +327,6 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
                keep: str = "mean", log=None) -> list[str]:
     """Measure each candidate the allocation takes beyond its last measured point, alone at the
     allocated setting, and add the point to its curve. Returns the candidates measured."""
-    from jaxshare.basis.compress import compress
-    from jaxshare.inheritune.inherit import select_layers
-
     say = log or (lambda s: None)
     L, K = cfg.n_layers, cfg.n_kv_heads
     budget = Budget.of(params, cfg, group_size)

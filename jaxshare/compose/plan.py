@@ -21,11 +21,16 @@ Each step's options are its method's Options (jaxshare.methods), which check the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from jaxshare.core.matrices import TYPES
 from jaxshare.errors import JaxshareError
 from jaxshare.methods import METHODS as REGISTRY
 from jaxshare.methods.base import Method
+from jaxshare.methods.basis import present_types
+from jaxshare.yamlio import safe_load
 
 METHODS = tuple(REGISTRY)
 CALIB_DEFAULTS = {"data": "wiki:train", "windows": 16, "seq_len": 512, "seed": 0}
@@ -77,8 +82,6 @@ class Plan:
         return out
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def needs_grams(self) -> bool:
@@ -155,12 +158,6 @@ def parse_plan(raw) -> Plan:
 
 def read_plan(path) -> Plan:
     """parse_plan of a YAML file; unreadable or malformed files are PlanErrors naming the file."""
-    from pathlib import Path
-
-    import yaml
-
-    from jaxshare.yamlio import safe_load
-
     p = Path(path)
     try:
         text = p.read_text()
@@ -179,8 +176,6 @@ def read_plan(path) -> Plan:
 def check_against(plan: Plan, cfg) -> None:
     """What needs the model, step by step on the model each step receives: types the family has,
     inherit within its layers, share's unit count, quantization groups that divide the rows."""
-    from jaxshare.methods.basis import present_types
-
     for i, s in enumerate(plan.steps, 1):
         if s.types_defaulted:
             present = present_types(cfg)

@@ -18,10 +18,14 @@ onto the mesh axes `data`, `fsdp`, `tensor`; `spec` resolves one leaf into a Par
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import fields
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxshare.errors import JaxshareError
 from jaxshare.core.compressed import is_compressed, rank_of
@@ -186,24 +190,17 @@ def leaf_rules(axes, rules=DEFAULT_RULES, shape=None, mesh=None) -> tuple:
 
 def spec(axes, rules=DEFAULT_RULES, shape=None, mesh=None):
     """PartitionSpec of one leaf with these logical axes (see leaf_rules for shape and mesh)."""
-    from jax.sharding import PartitionSpec
-
     resolved = dict(leaf_rules(axes, rules, shape, mesh))
     return PartitionSpec(*(None if name is None else resolved[name] for name in axes))
 
 
 def tree_specs(params, rules=DEFAULT_RULES, mesh=None):
     """PartitionSpec per array leaf of a params tree (same structure; None leaves stay None)."""
-    import jax
-
     return jax.tree_util.tree_map(lambda x, a: spec(a, rules, tuple(x.shape), mesh), params, tree_axes(params))
 
 
 def tree_shardings(params, mesh, rules=DEFAULT_RULES):
     """NamedSharding per array leaf, for device_put or jit out_shardings."""
-    import jax
-    from jax.sharding import NamedSharding
-
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), tree_specs(params, rules, mesh),
                                   is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
@@ -211,9 +208,6 @@ def tree_shardings(params, mesh, rules=DEFAULT_RULES):
 # -- activation sharding ---------------------------------------------------------------------------
 # The decoder calls `constrain(x, *names)` at a few points; it is the identity unless a trainer
 # traces it under `activation_sharding(mesh, rules)`, so inference code is unaffected.
-import contextlib  # noqa: E402
-import contextvars  # noqa: E402
-
 _ACTIVE = contextvars.ContextVar("jaxshare_activation_sharding", default=None)
 
 
@@ -232,8 +226,5 @@ def constrain(x, *names):
     active = _ACTIVE.get()
     if active is None:
         return x
-    import jax
-    from jax.sharding import NamedSharding
-
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(names, rules, tuple(x.shape), mesh)))

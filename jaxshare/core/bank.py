@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.core.axes import AxesError
 from jaxshare.core.compressed import axes_of, dense_of, frozen_of, is_compressed, materialize, rank_of  # noqa: F401  (materialize: banks are where most callers meet it)
 
 Array = jax.Array
@@ -46,8 +47,9 @@ class Bank:
     def logical_axes(self, dense_axes: tuple) -> "Bank":
         """rows: (units, <the dense axes the index does not cover>); every other field (the int32
         index, a corrected bank's corrections) is never sharded: the scan reads it whole."""
-        from jaxshare.core.axes import AxesError
-
+        if self.rows is None and self.index is None:  # a half of bank.partition holding neither
+            return dataclasses.replace(self, **{f.name: None if getattr(self, f.name) is None else
+                                                (None,) * rank_of(getattr(self, f.name)) for f in dataclasses.fields(self)})
         # how many leading dense axes the index covers, from whichever of rows/index is present
         n = rank_of(self.index) if self.index is not None else len(dense_axes) + 1 - rank_of(self.rows)
         if self.rows is not None and rank_of(self.rows) != 1 + len(dense_axes) - n:
@@ -126,10 +128,11 @@ def trainable_mask(tree):
     return jax.tree_util.tree_map(mark, tree, is_leaf=is_compressed)
 
 
-def partition(tree):
+def partition(tree, mask=None):
     """(trainable, frozen): two trees of the same structure, with None where the other one
-    holds the leaf. `combine` puts them back together."""
-    mask = trainable_mask(tree)
+    holds the leaf. `combine` puts them back together. mask: which leaves train (default
+    `trainable_mask`; a recipe that trains less passes its own, never more than that)."""
+    mask = trainable_mask(tree) if mask is None else mask
     train = jax.tree_util.tree_map(lambda m, x: x if m else None, mask, tree)
     frozen = jax.tree_util.tree_map(lambda m, x: None if m else x, mask, tree)
     return train, frozen

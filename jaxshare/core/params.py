@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxshare.core.config import ModelConfig
+from jaxshare.core.dtypes import as_dtype
 
 Array = jax.Array
 
@@ -208,7 +209,5 @@ def param_bytes(tree) -> int:
 
 def cast_params(params, dtype):
     """Floating leaves cast to dtype (any name `as_dtype` takes); integer leaves (bank indices) kept."""
-    from jaxshare.core.dtypes import as_dtype
-
     dt = as_dtype(dtype)
     return jax.tree_util.tree_map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
