@@ -12,7 +12,8 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
-                              "jaxshare.cli.inheritune", "jaxshare.cli.compose", "jaxshare.cli.quantize"]
+                              "jaxshare.cli.inheritune", "jaxshare.cli.compose", "jaxshare.cli.quantize",
+                              "jaxshare.cli.heal"]
 
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from jaxshare.errors import JaxshareError
 
-MODES = ("postshare", "direct+post", "plain", "inheritune")
+MODES = ("postshare", "direct+post", "plain", "inheritune", "heal")
 # Exactly one training length is in force; setting one with --set clears the others.
 LENGTH_KEYS = ("steps", "tokens", "epochs")
 
@@ -27,7 +27,7 @@ class TrainConfigError(JaxshareError, ValueError):
 # the optimizer's hyperparameters, the seed) and is refused by name.
 RESUMABLE = LENGTH_KEYS + ("lr", "end_lr_ratio", "eval_every", "eval_batch_size", "checkpoint_every",
                            "keep_checkpoints", "keep_final_checkpoint", "async_checkpoints", "log_every",
-                           "progress", "tensorboard", "wandb", "peak_flops", "export_hf", "remat", "attention",
+                           "progress", "tensorboard", "wandb", "peak_flops", "export_hf", "merge", "remat", "attention",
                            "mesh", "dcn_mesh", "multihost", "coordinator", "num_processes", "process_id")
 
 
@@ -80,6 +80,20 @@ class TrainConfig:
     grow: str = "copy"
     reference: str = ""  # empty: the model itself when it is deeper than the first stage
     stop_at_reference: bool = True
+    # Healing (mode heal, training/recipes.py): distill the model from `teacher`, the dense model it
+    # was compressed from, over the full vocabulary at temperature kd_temperature, mixed with the
+    # label cross-entropy (kd_alpha) and a hidden-state term on kd_layers (kd_beta).
+    teacher: str = ""
+    trains: str = "all"  # all (every leaf the kind allows) | compressed (compressed leaves + norms) | lora
+    kd_temperature: float = 1.0
+    kd_alpha: float = 0.0
+    kd_beta: float = 0.0
+    kd_layers: str = ""  # "3,7,11": student layers matched to the teacher's same-numbered layers
+    kd_chunk: int = 128  # sequence positions per logits chunk: neither model's logits exist whole
+    teacher_dtype: str = ""  # the teacher's compute dtype; empty: the training dtype
+    lora_rank: int = 8  # trains=lora: adapters of this rank on every linear weight
+    lora_alpha: float = 16.0  # adapter scale alpha / rank
+    merge: bool = False  # fold adapters into dense leaves at the end (shared, basis, quantized keep theirs)
     # Loss and optimizer.
     gamma: float = 0.5
     lr: float = 5e-5
@@ -182,6 +196,10 @@ class TrainConfig:
                 bad(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if not self.run_dir:
             bad("run_dir must be set")
+        if self.mode == "heal":
+            self._validate_heal(bad)
+        elif self.teacher:
+            bad(f"teacher is a healing setting (mode heal), got mode {self.mode}")
         if self.mode == "inheritune":
             from jaxshare.inheritune.grow import check_stages
 
@@ -204,6 +222,41 @@ class TrainConfig:
         parse_mesh(self.mesh)  # syntax only; device counts are checked when the mesh is built
         parse_mesh(self.dcn_mesh, "dcn_mesh")
         return self
+
+    def _validate_heal(self, bad) -> None:
+        from jaxshare.core.dtypes import NAMES
+        from jaxshare.training.recipes import TRAINS
+
+        if not self.teacher:
+            bad("mode heal needs a teacher (the dense model the student was compressed from): --teacher MODEL")
+        if self.ratio != 0:
+            bad(f"ratio is a head-sharing setting; heal trains the model as it is (set ratio=0), got {self.ratio}")
+        if self.trains not in TRAINS:
+            bad(f"trains must be one of {', '.join(TRAINS)}, got {self.trains!r}")
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
+            bad(f"kd_temperature must be a positive number, got {self.kd_temperature}")
+        if not (0 <= self.kd_alpha <= 1):
+            bad(f"kd_alpha (the weight of cross-entropy) must be in [0, 1], got {self.kd_alpha}")
+        if not (math.isfinite(self.kd_beta) and self.kd_beta >= 0):
+            bad(f"kd_beta must be a finite number >= 0, got {self.kd_beta}")
+        try:
+            layers = [int(x) for x in self.kd_layers.split(",") if x.strip()]
+        except ValueError:
+            bad(f"kd_layers must be comma-separated layer numbers, got {self.kd_layers!r}")
+        if any(i < 0 for i in layers):
+            bad(f"kd_layers must be >= 0, got {self.kd_layers!r}")
+        if self.kd_beta and not layers:
+            bad("kd_beta > 0 needs kd_layers (the layers whose hidden states are matched)")
+        if self.kd_chunk < 1:
+            bad(f"kd_chunk must be >= 1, got {self.kd_chunk}")
+        if self.teacher_dtype and self.teacher_dtype not in NAMES:
+            bad(f"teacher_dtype must be one of {', '.join(NAMES)} or empty, got {self.teacher_dtype!r}")
+        if self.lora_rank < 1:
+            bad(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            bad(f"lora_alpha must be a positive number, got {self.lora_alpha}")
+        if self.merge and self.trains != "lora":
+            bad("merge folds LoRA adapters: it needs trains=lora")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -279,8 +332,11 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
             raise TrainConfigError(f"{where} says mode {named!r} but the subcommand is `train {mode}`; "
                                    f"run `jaxshare train {named}` or drop the mode key")
         values["mode"] = mode
-    if values.get("mode") == "inheritune":  # no head sharing unless a ratio was asked for
+    if values.get("mode") in ("inheritune", "heal"):  # no head sharing unless a ratio was asked for
         values.setdefault("ratio", 0.0)
+    if values.get("mode") == "heal":  # held-out text the healing data never saw, and the run dir
+        values.setdefault("eval_data", "wiki:test")
+        values.setdefault("run_dir", "runs/heal")
     return TrainConfig(**values).validate()
 
 

@@ -16,10 +16,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jaxshare.core.params import count_params, param_bytes
 from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
+from jaxshare.lora.leaf import adapter_params, merge
 from jaxshare.headshare.sharing import MATRICES
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
+from jaxshare.training.recipes import describe
 from jaxshare.storage import paths
 
 
@@ -91,8 +94,16 @@ def finish(tr, trained, decision, step: int) -> dict:
         roots = {mm: decision["by_matrix"][mm]["roots"] for mm in MATRICES}
         shared = compact_params(share(trained, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
     shared = mh.to_host(shared)  # one host copy for saving and export
+    if tc.merge:
+        shared, result["merge"] = merge(shared)
     tr.trained, tr.shared = trained, shared  # for library callers (experiments); no extra copy
-    result["eval_ppl"] = tr._evaluate(shared)["ppl"]
+    ev = tr._evaluate(shared)
+    result["eval_ppl"] = ev["ppl"]
+    result.update(tr._gap(ev))
+    result.update(recipe=describe(tc), params=count_params(shared), bytes=param_bytes(shared),
+                  adapter_params=adapter_params(shared), trainable_params=getattr(tr, "trainable_params", None))
+    if getattr(tr, "baseline", None):
+        result["start_ppl"] = tr.baseline["start_ppl"]
     extra = {"derived_from": str(m.source), "train": tc.to_dict()}
     if decision is not None:
         extra["sharing"] = manifest(shared, m.cfg, ratio=tc.ratio, match=tc.match, keep=tc.keep, share_o=tc.share_o,

@@ -106,7 +106,7 @@ def param_shardings(mesh, params, rules=None):
     return axes.tree_shardings(params, mesh, rules or axes.DEFAULT_RULES)
 
 
-def state_shardings(mesh, state_shapes, params_shapes, rules=None):
+def state_shardings(mesh, state_shapes, params_shapes, rules=None, mask=None):
     """Shardings of the whole training state (init_state's tree): the trainable params and
     every optimizer-state subtree shaped like them follow the params' logical axes; frozen leaves
     (bank indices) follow theirs (replicated); counters, step and RNG are replicated."""
@@ -115,7 +115,7 @@ def state_shardings(mesh, state_shapes, params_shapes, rules=None):
     from jaxshare.core.bank import trainable_mask
 
     full = param_shardings(mesh, params_shapes, rules)
-    mask = trainable_mask(params_shapes)
+    mask = trainable_mask(params_shapes) if mask is None else mask  # a recipe's own: which leaves train
     pick = lambda keep: jax.tree_util.tree_map(lambda m, s: s if m == keep else None, mask, full)  # noqa: E731
     train_sh, frozen_sh = pick(True), pick(False)
     train_def = jax.tree_util.tree_structure(state_shapes["params"])

@@ -19,6 +19,7 @@ class Prepared:
     windows: np.ndarray  # [N, seq_len] training windows
     eval_windows: np.ndarray  # [n, seq_len] held-out windows
     total_steps: int
+    teacher: object = None  # heal: the dense model the student distills from
 
 
 def initialize_distributed(tc: TrainConfig) -> None:
@@ -69,4 +70,30 @@ def prepare(tc: TrainConfig) -> Prepared:
                           what=f"training data {tc.data}")
     ev = token_windows(token_ids(fetch.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                        what=f"eval data {tc.eval_data}")
-    return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)))
+    teacher = load_teacher(tc, m) if tc.mode == "heal" else None
+    return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)), teacher)
+
+
+def load_teacher(tc: TrainConfig, student):
+    """The teacher of a heal run (fp32, dense or not), refused unless it reads the student's tokens."""
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.storage import fetch
+
+    path = fetch.localize(tc.teacher, "teacher")
+    resolve(path)
+    t = load_model(path, "fp32")
+    check_same_tokens(student, t, tc.model, tc.teacher)
+    if tc.seq_len > t.cfg.max_seq_len:
+        raise TrainConfigError(f"seq_len {tc.seq_len} is above the teacher's maximum of {t.cfg.max_seq_len} positions")
+    return t
+
+
+def check_same_tokens(student, teacher, s_name, t_name) -> None:
+    """KD compares the two models' distributions token by token: same vocabulary, same ids."""
+    if student.cfg.vocab_size != teacher.cfg.vocab_size:
+        raise TrainConfigError(f"teacher {t_name} has a vocabulary of {teacher.cfg.vocab_size} tokens, the student "
+                               f"{s_name} {student.cfg.vocab_size}: distillation needs the same tokenizer")
+    st, tt = student.tokenizer, teacher.tokenizer
+    if st is not None and tt is not None and st.get_vocab() != tt.get_vocab():
+        raise TrainConfigError(f"teacher {t_name} and student {s_name} have different tokenizers (the same "
+                               "vocabulary size, different token ids): distillation needs the same tokenizer")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxshare.core import axes
 from jaxshare.core.bank import combine, partition
 from jaxshare.core.model import attention_implementation, decoder_layer, next_token_nll
 from jaxshare.headshare.penalty import weight_penalty
@@ -35,9 +36,7 @@ def decays(axes, dtype) -> bool:
 
 
 def _decay_mask(params):
-    from jaxshare.core.axes import tree_axes
-
-    return jax.tree_util.tree_map(lambda x, a: decays(a, x.dtype), params, tree_axes(params))
+    return jax.tree_util.tree_map(lambda x, a: decays(a, x.dtype), params, axes.tree_axes(params))
 
 
 def make_optimizer(tc, total_steps: int):
@@ -56,93 +55,114 @@ def global_norm_fp32(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
-def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, monitor: bool = True,
-              remat="dots"):
-    """step(state, batch [A, B, T]) -> (state, metrics). Gradients of the CE are averaged over
-    the A micro-batches by a scan (gradient accumulation without extra optimizer steps); the
-    penalty depends on the weights only, so it is added once per step, not per micro-batch."""
-    use_lw = pairs is not None and (penalize or monitor)
+def make_train_step(tx, micro_loss, weight_loss=None, gamma: float = 0.0, penalize: bool = False):
+    """step(state, batch [A, B, T], aux=None) -> (state, metrics), for any recipe.
 
-    def step(state, batch_ABT):
+    micro_loss(params, tokens [B, T], aux) -> (loss, metrics): the loss of one micro-batch with the
+    full params (trainable and frozen combined) and the step's auxiliary input (a teacher's params,
+    or None); its gradient and metrics are averaged over the A micro-batches by a scan (gradient
+    accumulation without extra optimizer steps). weight_loss(params) -> scalar: a term on the
+    weights only (PostShare's pairwise penalty), added once per step with weight gamma when
+    `penalize`, otherwise only logged as `lw`."""
+
+    def step(state, batch_ABT, aux=None):
         params, frozen = state["params"], state["frozen"]
 
-        def ce_of(p, toks):
-            return ce_loss(combine(p, frozen), cfg, toks, dtype, remat)
+        def loss_of(p, toks):
+            return micro_loss(combine(p, frozen), toks, aux)
 
-        def micro(acc, toks):
-            loss, g = jax.value_and_grad(ce_of)(params, toks)
-            return (acc[0] + loss, jax.tree_util.tree_map(jnp.add, acc[1], g)), None
-
+        grad_fn = jax.value_and_grad(loss_of, has_aux=True)
         A = batch_ABT.shape[0]
         if A == 1:  # no accumulator: a zeroed copy of the params would only be added to once
-            ce, grads = jax.value_and_grad(ce_of)(params, batch_ABT[0])
+            (loss, mets), grads = grad_fn(params, batch_ABT[0])
         else:
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            (ce_sum, g_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT)
-            ce = ce_sum / A
-            grads = jax.tree_util.tree_map(lambda g: g / A, g_sum)
+            def micro(acc, toks):
+                (loss, mets), g = grad_fn(params, toks)
+                return jax.tree_util.tree_map(jnp.add, acc, (loss, mets, g)), None
+
+            zero_m = jax.eval_shape(lambda t: loss_of(params, t)[1], batch_ABT[0])
+            zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), zero_m),
+                     jax.tree_util.tree_map(jnp.zeros_like, params))
+            (loss, mets, grads), _ = jax.lax.scan(micro, zeros, batch_ABT)
+            loss, mets, grads = jax.tree_util.tree_map(lambda x: x / A, (loss, mets, grads))
         lw = jnp.zeros((), jnp.float32)
-        if use_lw and penalize:
-            lw, g_pen = jax.value_and_grad(lambda p: weight_penalty(combine(p, frozen), pairs))(params)
+        if weight_loss is not None and penalize:
+            lw, g_pen = jax.value_and_grad(lambda p: weight_loss(combine(p, frozen)))(params)
             grads = jax.tree_util.tree_map(lambda a, b: a + gamma * b, grads, g_pen)
-        elif use_lw:  # the control run logs how far its pairs drift without being pulled together
-            lw = weight_penalty(combine(params, frozen), pairs)
-        loss = ce + (gamma * lw if penalize else 0.0)
+            loss = loss + gamma * lw
+        elif weight_loss is not None:  # the control run logs how far its pairs drift without being pulled
+            lw = weight_loss(combine(params, frozen))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state,
                    step=state["step"] + 1,
                    rng=jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])))
-        return new, {"loss": loss, "ce": ce, "lw": lw, "grad_norm": global_norm_fp32(grads)}
+        return new, {**mets, "loss": loss, "lw": lw, "grad_norm": global_norm_fp32(grads)}
 
     return step
 
 
-def init_state(params, tx, seed: int) -> dict:
-    """The training state: trainable params, frozen leaves (bank indices), optimizer state,
-    step and RNG (checkpointed together; the data iterator's state is saved beside it)."""
-    trainable, frozen = partition(params)
+def make_step(cfg, tx, gamma: float, dtype, pairs: dict | None, penalize: bool, monitor: bool = True,
+              remat="dots"):
+    """The cross-entropy step (plain, PostShare, DirectShare + post-training): make_train_step with
+    the next-token CE and, given pairs, the pairwise L2 penalty (applied when `penalize`, logged
+    when `monitor`)."""
+    def micro(p, toks, aux):
+        ce = ce_loss(p, cfg, toks, dtype, remat)
+        return ce, {"ce": ce}
+
+    use_lw = pairs is not None and (penalize or monitor)
+    weight = (lambda p: weight_penalty(p, pairs)) if use_lw else None
+    return make_train_step(tx, micro, weight, gamma, penalize)
+
+
+def init_state(params, tx, seed: int, mask=None) -> dict:
+    """The training state: trainable params, frozen leaves (bank indices; all but `mask`'s True
+    leaves when a recipe trains less), optimizer state, step and RNG (checkpointed together; the
+    data iterator's state is saved beside it)."""
+    trainable, frozen = partition(params, mask)
     return {"params": trainable, "frozen": frozen, "opt_state": tx.init(trainable),
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def abstract_state(params, tx, seed: int, mesh, rules=None):
+def abstract_state(params, tx, seed: int, mesh, rules=None, mask=None):
     """(ShapeDtypeStructs of init_state carrying their shardings, the shardings): what a restore
     or an AOT compile needs, without any array."""
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, mask), params)
     p_shapes = jax.eval_shape(lambda p: p, params)
-    sh = meshlib.state_shardings(mesh, shapes, p_shapes, rules)
+    sh = meshlib.state_shardings(mesh, shapes, p_shapes, rules, mask)
     abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
     return abstract, sh
 
 
-def place_state(params, tx, seed: int, mesh, donate: bool = False):
+def place_state(params, tx, seed: int, mesh, donate: bool = False, mask=None):
     """init_state laid out on the mesh: params put on their shardings, optimizer state created
     directly in its sharded layout (no replicated copy of m and v ever exists). donate: the
     state takes over the buffers of `params` (deleted then) instead of copying them. Every
     process passes the same host params; each keeps only its devices' shards."""
     from jaxshare.training.multihost import put_global
 
-    _, sh = abstract_state(params, tx, seed, mesh)
-    trainable, frozen = partition(params)
+    _, sh = abstract_state(params, tx, seed, mesh, mask=mask)
+    trainable, frozen = partition(params, mask)
     del params
     trainable = put_global(trainable, sh["params"])
     frozen = put_global(frozen, sh["frozen"])
-    init = jax.jit(lambda t, f: {**init_state(combine(t, f), tx, seed)}, out_shardings=sh,
+    init = jax.jit(lambda t, f: {**init_state(combine(t, f), tx, seed, mask)}, out_shardings=sh,
                    donate_argnums=(0, 1) if donate else ())
     return init(trainable, frozen), sh
 
 
-def compile_step(step, mesh, sh, rules=None, attention: str = "xla"):
+def compile_step(step, mesh, sh, rules=None, attention: str = "xla", aux_sh=None):
     """The jitted step: state sharded as `sh`, batch [A, B, T] split over data x fsdp along B,
-    activations pinned by the logical-axis rules while tracing, metrics replicated."""
-    from jaxshare.core import axes
-
+    activations pinned by the logical-axis rules while tracing, metrics replicated. aux_sh: the
+    shardings of the step's auxiliary input (a teacher's params), which it then takes as a third
+    argument."""
     batch_sh = meshlib.batch_sharding(mesh, 3, batch_axis=1)
     impl = {"auto": None}.get(attention, attention)
 
-    def traced(state, batch):
+    def traced(state, batch, aux=None):
         with axes.activation_sharding(mesh, rules or axes.DEFAULT_RULES), attention_implementation(impl):
-            return step(state, batch)
+            return step(state, batch, aux)
 
-    return jax.jit(traced, in_shardings=(sh, batch_sh), out_shardings=(sh, meshlib.replicated(mesh)),
+    shardings = (sh, batch_sh) if aux_sh is None else (sh, batch_sh, aux_sh)
+    return jax.jit(traced, in_shardings=shardings, out_shardings=(sh, meshlib.replicated(mesh)),
                    donate_argnums=0), batch_sh

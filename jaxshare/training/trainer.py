@@ -42,6 +42,7 @@ from jaxshare.storage import paths
 from jaxshare.training.checkpoints import Checkpoints
 from jaxshare.training.config import TrainConfig, dump_config
 from jaxshare.training.memory import release_free_memory
+from jaxshare.training.recipes import recipe_for, trainable_count
 # The pure pieces live in step.py; re-exported here, where tests and benchmarks have found them.
 from jaxshare.training.step import (abstract_state, ce_loss, compile_step, init_state, make_optimizer,  # noqa: F401
                                     make_step, place_state)
@@ -72,9 +73,11 @@ class Trainer:
     """One run. `Trainer(tc, ...).run()` starts it; `Trainer.resume(run_dir).run()` continues it."""
 
     def __init__(self, tc: TrainConfig, model=None, data=None, eval_windows=None, total_steps: int | None = None,
-                 writer=None, mesh=None, resuming: bool = False, overwrite: bool = False, inside_run: bool = False):
+                 writer=None, mesh=None, resuming: bool = False, overwrite: bool = False, inside_run: bool = False,
+                 teacher=None):
         """overwrite: a new run may replace an earlier jaxshare run in run_dir (rundir.py says
-        what is removed); inside_run: run_dir is a stage of a run its caller has checked (inheritune)."""
+        what is removed); inside_run: run_dir is a stage of a run its caller has checked (inheritune);
+        teacher: the dense model a `heal` run distills from (a Model), loaded from tc.teacher if None."""
         from jaxshare.training.rundir import check_new_run_dir
 
         self.tc = tc
@@ -88,9 +91,17 @@ class Trainer:
 
             prep = prepare(tc)
             model, data, eval_windows, total_steps = prep.model, prep.windows, prep.eval_windows, prep.total_steps
+            teacher = prep.teacher if teacher is None else teacher
         if data is None or eval_windows is None or total_steps is None:
             raise ValueError("Trainer: pass model, data, eval_windows and total_steps together (or none of them)")
         self.model, self.data, self.eval_windows, self.total_steps = model, data, np.asarray(eval_windows), total_steps
+        self.recipe = recipe_for(tc)
+        if self.recipe.teacher:
+            from jaxshare.training.program import load_teacher
+
+            self.teacher = teacher if teacher is not None else load_teacher(tc, model)
+        else:
+            self.teacher = None
         self.writer = writer
         self.resuming = resuming
         self._preempted = False
@@ -127,7 +138,7 @@ class Trainer:
                 if mh.is_primary():
                     _save_plan(path, decision)
         params = m.params
-        if tc.mode == "direct+post" and decision is not None:
+        if self.recipe.ties_first and decision is not None:
             roots = {mm: decision["by_matrix"][mm]["roots"] for mm in MATRICES}
             if tc.keep == "data" or tc.correct != "none":  # data-aware rows, corrections train with them
                 from jaxshare.headshare.datashare import apply_share
@@ -135,7 +146,7 @@ class Trainer:
                 params, _ = apply_share(params, m.cfg, roots, tc.keep, tc.correct, self._grams(), tc.share_o)
             else:
                 params = compact_params(share(params, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
-        return params, decision
+        return self.recipe.start(tc, params, m.cfg), decision
 
     def _grams(self) -> dict:
         """Attention-input grams of the calibration data (a corpus: cached, as `jaxshare basis`)."""
@@ -166,20 +177,21 @@ class Trainer:
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
         paths.write_text(path, "".join(ln + "\n" for ln in keep))
 
-    def _evaluate(self, params) -> dict:
+    def _evaluate(self, params, cfg=None) -> dict:
         """Held-out PPL (fp32, METHODS.md protocol) with the params where they are: sharded, on
-        every process, the windows replicated."""
-        cfg, mesh = self.model.cfg, self.mesh
+        every process, the windows replicated. cfg: another model's (the teacher's)."""
+        cfg, mesh = cfg or self.model.cfg, self.mesh
         windows = self.eval_windows
         n, T = windows.shape
         bs = max(1, min(self.tc.eval_batch_size, n))
         padded = np.concatenate([windows, np.zeros(((-n) % bs, T), np.int32)])
         if not all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(params)):  # host copy
             params = mh.put_global(params, meshlib.param_shardings(mesh, params))
-        if getattr(self, "_eval_fn", None) is None:
-            self._eval_fn = jax.jit(lambda p, w: jnp.sum(next_token_nll(p, cfg, w, jnp.float32), axis=-1),
-                                    out_shardings=meshlib.replicated(mesh))
-        fn = self._eval_fn
+        fns = self.__dict__.setdefault("_eval_fns", {})
+        if cfg not in fns:
+            fns[cfg] = jax.jit(lambda p, w: jnp.sum(next_token_nll(p, cfg, w, jnp.float32), axis=-1),
+                               out_shardings=meshlib.replicated(mesh))
+        fn = fns[cfg]
         rep = meshlib.replicated(mesh)
         sums = [np.asarray(fn(params, mh.put_global(padded[i:i + bs], rep))) for i in range(0, len(padded), bs)]
         nll = float(np.concatenate(sums)[:n].astype(np.float64).sum() / (n * (T - 1)))
@@ -256,6 +268,43 @@ class Trainer:
     def _on_sigterm(self, *_):
         self._preempted = True
 
+    def _teacher_on_mesh(self):
+        """(the teacher's params laid out on the mesh as its own params would be, their shardings),
+        or (None, None) for a recipe without a teacher. teacher_dtype bf16 halves its memory."""
+        if self.teacher is None:
+            return None, None
+        from jaxshare.core.params import cast_params
+
+        tp = self.teacher.params
+        if as_dtype(self.tc.teacher_dtype or "fp32") != jnp.float32:
+            tp = cast_params(tp, self.tc.teacher_dtype)
+        sh = meshlib.param_shardings(self.mesh, tp)
+        return mh.put_global(tp, sh), sh
+
+    def _heal_baseline(self, params0, teacher_params) -> None:
+        """Held-out PPL of the teacher and of the student before healing: every later evaluation
+        reports the fraction of the gap (in nats) it has recovered. Stored in the run dir, so a
+        resumed run reports against the same baseline."""
+        t = self._evaluate(teacher_params, self.teacher.cfg)
+        s = self._evaluate(params0)
+        self.baseline = {"teacher_ppl": t["ppl"], "teacher_nll": t["nll"], "start_ppl": s["ppl"], "start_nll": s["nll"]}
+        if mh.is_primary():
+            paths.write_text(self.run_dir / "heal_baseline.json", json.dumps(self.baseline, indent=2))
+            writer = self._open_writer()
+            if writer is not None:
+                writer.write(0, {"eval_ppl": s["ppl"], "eval_nll": s["nll"], **self._gap(s)})
+
+    def _gap(self, ev) -> dict:
+        """teacher_ppl and recovered = (ln PPL_start - ln PPL_now) / (ln PPL_start - ln PPL_teacher)."""
+        base = getattr(self, "baseline", None)
+        if base is None and self.teacher is not None and (self.run_dir / "heal_baseline.json").exists():
+            base = self.baseline = json.loads((self.run_dir / "heal_baseline.json").read_text())
+        if base is None:
+            return {}
+        gap = base["start_nll"] - base["teacher_nll"]
+        return {"teacher_ppl": base["teacher_ppl"],
+                "recovered": (base["start_nll"] - ev["nll"]) / gap if abs(gap) > 1e-9 else 0.0}
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
         """Train; the writers this trainer opened are closed (and their temporaries removed) on
@@ -282,8 +331,11 @@ class Trainer:
         self.dense_shapes = jax.eval_shape(lambda p: p, self.model.params)
         self.model = dataclasses.replace(self.model, params=None) if dataclasses.is_dataclass(self.model) else self.model
         pairs = None
-        if decision is not None and tc.mode != "direct+post":
+        if decision is not None and not self.recipe.ties_first:
             pairs = {k: jnp.asarray(v) for k, v in pairs_from_plan(decision).items()}
+        mask = self.recipe.mask(tc, params0)
+        self.trainable_params = trainable_count(mask, params0)
+        aux, aux_sh = self._teacher_on_mesh()
         total = self.total_steps
         tx, schedule = make_optimizer(tc, total)
         A, B, T = tc.grad_accum, tc.batch_size, tc.seq_len
@@ -299,18 +351,19 @@ class Trainer:
                     raise FileNotFoundError(f"{tc.run_dir}: no checkpoint to resume from"
                                             f"{done if (self.run_dir / 'result.json').exists() else ''}")
                 # Restore straight into this run's shardings (the mesh may differ from the saving run's).
-                abstract, sh = abstract_state(params0, tx, tc.seed, self.mesh)
+                abstract, sh = abstract_state(params0, tx, tc.seed, self.mesh, mask=mask)
                 del params0
                 state = ckpt.restore(last, abstract, it)
                 if primary:  # only now: a refused or failed resume leaves the run's config as it was
                     dump_config(tc, self.run_dir / "config.yaml")
                 self._truncate_metrics(int(state["step"]))
             else:
-                state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True)
+                if aux is not None:
+                    self._heal_baseline(params0, aux)
+                state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True, mask=mask)
                 del params0
-            step_fn = make_step(mcfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
-                                remat=tc.remat)
-            train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention)
+            step_fn = self.recipe.step(tc, mcfg, tx, pairs, None if self.teacher is None else self.teacher.cfg)
+            train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention, aux_sh=aux_sh)
         except BaseException:
             ckpt.close()
             raise
@@ -338,7 +391,7 @@ class Trainer:
             while step < total:
                 batch = mh.global_batch(np.asarray(next(it), np.int32), batch_sh, (A, B, T))
                 t0 = time.perf_counter()
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch) if aux is None else train_step(state, batch, aux)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 dt = time.perf_counter() - t0
                 step += 1
@@ -357,7 +410,7 @@ class Trainer:
                 if tc.eval_every and step % tc.eval_every == 0 and step < total:
                     ev = self._evaluate(combine(state["params"], state["frozen"]))
                     if writer is not None:
-                        writer.write(step, {"eval_ppl": ev["ppl"], "eval_nll": ev["nll"]})
+                        writer.write(step, {"eval_ppl": ev["ppl"], "eval_nll": ev["nll"], **self._gap(ev)})
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == total:
                     save(step)
                 if self._preempted or ckpt.reached_preemption(step):
@@ -378,7 +431,7 @@ class Trainer:
                 writer.close()
             return {"status": status, "step": step, "run_dir": str(tc.run_dir)}
         trained = combine(state["params"], state["frozen"])
-        del state  # AdamW's m and v (2x the params) are not needed to tie, evaluate and export
+        del state, aux  # AdamW's m and v (2x the params) and the teacher are not needed to tie, evaluate and export
         release_free_memory()
         from jaxshare.training.finish import finish
 
