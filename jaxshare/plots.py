@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxshare.optional import require
+
 
 def _plt():
     # deferred on purpose: matplotlib is optional ([plots]) and slow to import
-    from jaxshare.optional import require
-
     matplotlib = require("matplotlib", "plots", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
-from jaxshare.storage.fetch import cache_dir, registry_file
+from jaxshare.storage.fetch import cache_dir, localize, registry_file
 
 SPLITS = ("train", "validation", "test")
 _FORMAT = 1  # bump to invalidate cached corpus files
@@ -309,7 +309,6 @@ def load_corpus(source: str, split: str | None = None) -> list[str]:
         if split is not None:
             raise CorpusError(f"{source}: local files take no split (got {split!r})")
         if "://" in source:  # gs://, s3://, memory://, ...: a cached local copy, as training reads it
-            from jaxshare.storage.fetch import localize
 
             path = Path(localize(source, "data"))
         if not path.is_file():

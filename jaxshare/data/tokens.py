@@ -13,7 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from jaxshare.data.corpora import join_documents, load_corpus
 from jaxshare.errors import JaxshareError
+from jaxshare.storage.fetch import cache_dir
 
 
 class DataError(JaxshareError, ValueError):
@@ -26,8 +29,6 @@ def tokenize_corpus(tokenizer, text) -> np.ndarray:
         raise DataError("the model has no tokenizer (no tokenizer.json or tokenizer_config.json), so text "
                         "cannot be tokenized; copy those files into the model's directory")
     if not isinstance(text, str):
-        from jaxshare.data.corpora import join_documents
-
         text = join_documents(list(text))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return np.asarray(ids, dtype=np.int32)
@@ -92,8 +93,6 @@ def _corpus_key(source: str) -> str:
 def token_ids(source: str, tokenizer, vocab_size: int | None = None) -> np.ndarray:
     """int32 token ids of a corpus: a .npy of ids (used as is, refused outside [0, vocab_size)),
     or a corpus that `load_corpus` reads, tokenized once under the protocol and cached by tokenizer + corpus."""
-    from jaxshare.storage.fetch import cache_dir
-
     path = Path(source).expanduser()
     if path.suffix == ".npy":
         if not path.is_file():
@@ -109,7 +108,6 @@ def token_ids(source: str, tokenizer, vocab_size: int | None = None) -> np.ndarr
     cached = cache_dir() / "tokens" / f"{key}.npy"
     if cached.is_file():
         return np.load(cached)
-    from jaxshare.data.corpora import load_corpus
 
     ids = tokenize_corpus(tokenizer, load_corpus(source))
     cached.parent.mkdir(parents=True, exist_ok=True)

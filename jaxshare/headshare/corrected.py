@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxshare.core.bank import Bank
+from jaxshare.core.compressed import SelfApplying
 
 Array = jax.Array
 
@@ -45,8 +46,6 @@ class Corrected:
     m: Array
 
     def apply(self, x: Array, dense_fn) -> Array:
-        from jaxshare.core.compressed import SelfApplying
-
         # quantized rows (jaxshare quantize on a data-aware shared model) apply themselves
         y = self.w.apply(x, dense_fn) if isinstance(self.w, SelfApplying) else dense_fn(x, self.w.astype(x.dtype))
         return jnp.einsum("bt...d,...de->bt...e", y, self.m.astype(y.dtype))

@@ -15,12 +15,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save
 
 from jaxshare.core.compressed import check_reproduces, dense_of
-from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.matrices import field_name
 from jaxshare.core.params import replace_leaves
+from jaxshare.errors import CheckpointError
+from jaxshare.headshare.corrected import CorrectedBank
+from jaxshare.headshare.sharing import SharingError
 
 MANIFEST_VERSION = 1
 SIDE_FILE = "corrections.safetensors"
@@ -41,8 +44,6 @@ def manifest(params, cfg: ModelConfig) -> dict:
 
 
 def _checked(cfg: ModelConfig, man: dict) -> dict[str, tuple[np.ndarray, int, np.ndarray, int]]:
-    from jaxshare.headshare.sharing import SharingError
-
     if man.get("version") != MANIFEST_VERSION or not isinstance(man.get("matrices"), dict):
         raise SharingError(f"not a jaxshare corrections manifest v{MANIFEST_VERSION}")
     shape, out = (cfg.n_layers, cfg.n_kv_heads), {}
@@ -78,8 +79,6 @@ def abstract_corrected(cfg: ModelConfig, man: dict, base):
 
 
 def export_files(params, man: dict) -> dict[str, bytes]:
-    from safetensors.numpy import save
-
     tensors = {}
     for m, cb in corrected_leaves(params).items():
         rows = dense_of(cb.rows)  # quantized rows: quant.safetensors has the codes
@@ -91,10 +90,6 @@ def export_files(params, man: dict) -> dict[str, bytes]:
 def restore_hf(cfg: ModelConfig, params, man: dict, source: Path):
     """Dense params of an export -> params whose q/k are the corrected banks, checked against the
     dense weights (a directory edited after export is refused)."""
-    from safetensors.numpy import load_file
-
-    from jaxshare.errors import CheckpointError
-
     path = Path(source) / SIDE_FILE
     if not path.is_file():
         raise CheckpointError(f"{source}: corrections.json without {SIDE_FILE}; the shared rows and corrections "

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.errors import JaxshareError
+from jaxshare import plots
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import attention_probs, attention_scale, decoder_layer, hidden_states, norm, qk_rope
+from jaxshare.errors import JaxshareError
 
 # Cumulative energies are float32 sums; a map whose energy reaches tau exactly (the identity at
 # tau = 0.9 with T = 10) must not miss it by one rounding step.
@@ -129,10 +131,6 @@ def to_json(res: dict) -> dict:
 
 def write_plots(res: dict, out_dir, title: str) -> list:
     """Heatmaps (layer x head) of rank and mass, per-layer curves, example maps shallow vs deep."""
-    from pathlib import Path
-
-    from jaxshare import plots
-
     d = Path(out_dir)
     L = res["rank"].shape[0]
     files = [plots.grid(res["rank"], d / "degeneration_rank.png", f"rank at tau={res['thresholds']['tau']} ({title})",

@@ -13,9 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxshare.errors import JaxshareError
+from jaxshare.basis.factor import Factored
+from jaxshare.basis.io import structure
 from jaxshare.core.bank import Bank, compact, is_bank
 from jaxshare.core.config import ModelConfig
+from jaxshare.errors import JaxshareError
+from jaxshare.headshare.sharing import is_shared, manifest
 
 
 class InheritError(JaxshareError, ValueError):
@@ -29,8 +32,6 @@ def check_layers(k, n_layers: int) -> int:
 
 
 def _is_factored(x) -> bool:
-    from jaxshare.basis.factor import Factored
-
     return isinstance(x, Factored)
 
 
@@ -61,8 +62,6 @@ def select_layers(params, cfg: ModelConfig, layer_ids) -> tuple[object, ModelCon
 def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_ids=None):
     """(params, cfg, extra): the first k layers (or `layer_ids`), with the checkpoint metadata's
     method manifests (sharing, basis) rewritten for the smaller model."""
-    from jaxshare.headshare.sharing import is_shared, manifest
-
     ids = list(range(check_layers(k, cfg.n_layers))) if layer_ids is None else list(layer_ids)
     new, new_cfg = select_layers(params, cfg, ids)
     extra = dict(extra or {})
@@ -74,8 +73,6 @@ def inherit(params, cfg: ModelConfig, k: int, extra: dict | None = None, layer_i
         out["sharing"] = manifest(new, new_cfg, **info)
     if "basis" in extra:  # the structure (groups re-read from each compacted index) comes from the params;
         # the method details ride along, whichever form a writer gave them (a manifest or a plan's steps)
-        from jaxshare.basis.io import structure
-
         out["basis"] = {**{k_: v for k_, v in extra["basis"].items() if k_ != "types"}, **structure(new)}
     out["inherited"] = {"layers": [int(i) for i in ids], "from_layers": cfg.n_layers,
                         "source": extra.get("derived_from") or extra.get("registered") or extra.get("converted_from")}

@@ -49,7 +49,7 @@ def _register_scheme(scheme: str) -> None:
     prefix = f"{scheme}://"
     if prefix in _register._URI_PREFIXES_TO_CLS:
         return
-    import fsspec
+    import fsspec  # deferred: only URL paths need it, and the CLI's startup imports this module
 
     fsspec.get_filesystem_class(scheme)  # unknown protocol: ValueError, before epath is touched
     _gpath._URI_PREFIXES = _gpath._URI_PREFIXES + (prefix,)
@@ -81,7 +81,7 @@ def _need_filesystem(path: str, s: str) -> None:
     if s in _READY:
         return
     try:
-        import fsspec
+        import fsspec  # deferred, as in _register_scheme
 
         fsspec.get_filesystem_class(s)
     except ImportError:
