@@ -111,6 +111,25 @@ def lines(xs, series: dict[str, list], path, title: str, xlabel: str, ylabel: st
     return _save(fig, path)
 
 
+def curves(series: dict[str, tuple], path, title: str, xlabel: str, ylabel: str, logy: bool = True,
+           hline: tuple | None = None) -> Path:
+    """Curves with their own x values: series[name] = (xs, ys); hline = (y, label)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def bars(names: list[str], series: dict[str, list], path, title: str, ylabel: str, hline: float | None = None,
          hline_label: str = "reference") -> Path:
     """Grouped bars: one group per name, one bar per series."""

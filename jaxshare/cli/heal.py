@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jaxshare.cli.common import DATA_HELP, check_out_dir, emit, nonempty
 from jaxshare.cli.train import SET_HELP, _check_packages, _exit_code, _interrupted, _refuse_in_memory
-from jaxshare.training.recipes import TRAINS
+from jaxshare.training.config import TRAINS
 
 # flag -> config key (the flags are the common ones; every other key goes through --set).
 FLAGS = {"teacher": "teacher", "data": "data", "eval_data": "eval_data", "tokens": "tokens", "steps": "steps",

@@ -13,6 +13,9 @@ from pathlib import Path
 from jaxshare.errors import JaxshareError
 
 MODES = ("postshare", "direct+post", "plain", "inheritune", "heal")
+# What a heal run trains (training/recipes.py): every leaf its kind allows, only the compressed
+# leaves and norms, or LoRA adapters over frozen weights.
+TRAINS = ("all", "compressed", "lora")
 # Exactly one training length is in force; setting one with --set clears the others.
 LENGTH_KEYS = ("steps", "tokens", "epochs")
 
@@ -225,7 +228,6 @@ class TrainConfig:
 
     def _validate_heal(self, bad) -> None:
         from jaxshare.core.dtypes import NAMES
-        from jaxshare.training.recipes import TRAINS
 
         if not self.teacher:
             bad("mode heal needs a teacher (the dense model the student was compressed from): --teacher MODEL")

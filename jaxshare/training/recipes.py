@@ -26,10 +26,10 @@ from jaxshare.core.bank import trainable_mask
 from jaxshare.core.compressed import is_compressed
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.lora.leaf import attach, is_lora, lora_paths
+from jaxshare.training.config import TRAINS  # noqa: F401  (re-exported: the recipes' vocabulary)
 from jaxshare.training.distill import KDLoss, kd_terms
 from jaxshare.training.step import make_step, make_train_step
 
-TRAINS = ("all", "compressed", "lora")
 
 
 class Recipe:

@@ -1,0 +1,286 @@
+"""Healing compressed SmolLM2 at equal token budgets: cross-entropy vs KD vs KD + LoRA.
+
+Students (each at every --budgets fraction of the model's parameters removed, built once with the
+CLI a user runs and cached under runs/heal/students/):
+  basis      jaxshare basis --ratio R (n=2), R scaled to the budget
+  datashare  jaxshare compress --ratio B --methods share --keep data (data-aware head sharing)
+  inherit    jaxshare inherit --layers k: the first k layers, k nearest the budget
+  plan       jaxshare compress --ratio B --methods share,basis (the budgeted plan)
+Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
+  ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
+  kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
+  kd+lora    the heal recipe with only rank-16 LoRA adapters training (base weights frozen)
+All on wiki:train, the same windows in the same order, --tokens each, cosine lr with warm-up;
+lr fixed before any run (ce and kd: --lr; LoRA: --lora-lr), never tuned on the held-out text.
+Held-out: the first --windows windows of --seq-len tokens of wiki:test, evaluated every
+--eval-tokens during training (the curve) and at the end per window, with a bootstrap 95%
+interval of the PPL over windows. Recovered = (ln PPL_student - ln PPL_healed) /
+(ln PPL_student - ln PPL_dense), in nats. Each run is its own process: its peak RSS is its own.
+
+  python -m experiments.heal [--budgets 0.2,0.1] [--students basis,plan,inherit,datashare]
+                             [--heals ce,kd,kd+lora] [--tokens 50000]
+  python -m experiments.heal --report     # markdown table + PNG of held-out PPL against tokens
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+RUNS = ROOT / "runs" / "heal"
+ROWS = RESULTS / "heal.jsonl"
+TEACHER = "smollm2-135m"
+LINEAR_SHARE = 106168320 / 134515008  # SmolLM2-135M: the linear weights' share of all parameters
+LAYER_PARAMS = 3540096  # one SmolLM2-135M decoder layer
+
+
+def sh(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def student(name: str, budget: float) -> Path:
+    """The compressed student's native checkpoint, built once with the user's CLI."""
+    out = RUNS / "students" / f"{name}_{budget:g}"
+    if (out / "meta.json").is_file():
+        return out
+    js = [sys.executable, "-m", "jaxshare"]
+    if name == "basis":
+        sh(js + ["basis", TEACHER, str(out), "--ratio", f"{budget / LINEAR_SHARE:.4f}", "--calib", "wiki",
+                 "--overwrite"])
+    elif name == "datashare":
+        sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share", "--keep", "data",
+                 "--calib", "wiki", "--overwrite"])
+    elif name == "plan":
+        sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share,basis", "--calib", "wiki",
+                 "--overwrite"])
+    elif name == "inherit":
+        k = 30 - round(budget * 134515008 / LAYER_PARAMS)
+        sh(js + ["inherit", TEACHER, str(out), "--layers", str(k), "--overwrite"])
+    else:
+        raise SystemExit(f"unknown student {name}")
+    return out
+
+
+def held_out(tokenizer, seq_len: int, n: int) -> np.ndarray:
+    from jaxshare.data.corpora import load_corpus
+    from jaxshare.data.tokens import token_windows, tokenize_corpus
+
+    return token_windows(tokenize_corpus(tokenizer, load_corpus("wiki:test")), seq_len, n)
+
+
+def window_nlls(params, cfg, windows: np.ndarray) -> np.ndarray:
+    """Mean next-token NLL of each window (fp32, the METHODS.md protocol)."""
+    import jax.numpy as jnp
+
+    from jaxshare.eval.perplexity import window_nll
+
+    out = [np.asarray(window_nll(params, cfg, jnp.asarray(windows[i:i + 4]), jnp.float32, None))
+           for i in range(0, len(windows), 4)]
+    return np.concatenate(out).astype(np.float64) / (windows.shape[1] - 1)
+
+
+def bootstrap(nll: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of PPL = exp(mean window NLL) over windows resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    means = nll[rng.integers(0, len(nll), (reps, len(nll)))].mean(axis=1)
+    return float(math.exp(np.percentile(means, 2.5))), float(math.exp(np.percentile(means, 97.5)))
+
+
+def score(path, windows) -> dict:
+    from jaxshare.core.params import count_params, param_bytes
+    from jaxshare.io.load import load_model
+
+    m = load_model(str(path), "fp32")
+    nll = window_nlls(m.params, m.cfg, windows)
+    lo, hi = bootstrap(nll)
+    return {"ppl": math.exp(nll.mean()), "nll": float(nll.mean()), "ci95": [lo, hi], "params": count_params(m.params),
+            "bytes": param_bytes(m.params), "window_nll": nll.round(6).tolist()}
+
+
+def one(args) -> dict:
+    """Train one (student, heal) arm in this process and score it; print one JSON row."""
+    from jaxshare.training.config import build_config
+    from jaxshare.training.trainer import Trainer
+
+    run = RUNS / f"{args.student}_{args.budget:g}_{args.heal.replace('+', '_')}_{args.tokens}"
+    src = student(args.student, args.budget)
+    per_step = args.batch * args.seq_len
+    base = dict(model=str(src), data="wiki:train", eval_data="wiki:test", run_dir=str(run), tokens=args.tokens,
+                steps=0, seq_len=args.seq_len, batch_size=args.batch, warmup_steps=args.warmup, end_lr_ratio=0.1,
+                dtype="fp32", eval_windows=args.windows, eval_every=max(1, args.eval_tokens // per_step),
+                eval_batch_size=4, checkpoint_every=0, export_hf=False, progress=False, tensorboard=False,
+                mesh="data=1,fsdp=1", seed=0, ratio=0.0)
+    if args.heal == "ce":
+        tc = build_config({**base, "mode": "plain", "lr": args.lr})
+    else:
+        tc = build_config({**base, "mode": "heal", "teacher": TEACHER, "lr": args.lora_lr if "lora" in args.heal
+                           else args.lr, "trains": "lora" if "lora" in args.heal else "all",
+                           "lora_rank": args.rank, "lora_alpha": 2.0 * args.rank})
+    t0 = time.time()
+    res = Trainer(tc, overwrite=True).run()
+    wall = time.time() - t0
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rates = [r["tok_per_s"] for r in rows if "tok_per_s" in r][2:]  # the first steps compile
+    from jaxshare.io.load import load_model
+
+    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows)
+    return {"student": args.student, "budget": args.budget, "heal": args.heal, "tokens": res["tokens"],
+            "lr": tc.lr, "recipe": res.get("recipe"), "trainable_params": res.get("trainable_params"),
+            "adapter_params": res.get("adapter_params"), "final": score(run / "final", windows),
+            "curve": [{"tokens": r["step"] * per_step, "ppl": r["eval_ppl"]} for r in rows if "eval_ppl" in r],
+            "tok_per_s_median": float(np.median(rates)) if rates else None,
+            "tok_per_s_iqr": [float(np.percentile(rates, 25)), float(np.percentile(rates, 75))] if rates else None,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "wall_s": wall}
+
+
+def baseline(name: str, budget: float | None, args) -> dict:
+    from jaxshare.io.load import load_model
+
+    path = TEACHER if name == "dense" else student(name, budget)
+    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows)
+    return {"student": name, "budget": budget, "heal": "none", "tokens": 0, "final": score(path, windows)}
+
+
+def stamp() -> dict:
+    import jax
+
+    import jaxshare
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"commit": commit, "machine": f"{platform.machine()} {platform.processor() or ''} "
+                                         f"{__import__('os').cpu_count()} cpus".strip(),
+            "python": platform.python_version(), "jax": jax.__version__, "jaxshare": jaxshare.__version__,
+            "command": " ".join(["python", "-m", "experiments.heal", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def done() -> set:
+    if not ROWS.is_file():
+        return set()
+    return {(r["student"], r["budget"], r["heal"], r.get("tokens_asked", r["tokens"]))
+            for r in map(json.loads, ROWS.read_text().splitlines())}
+
+
+def child(kind: str, args, **kw) -> dict:
+    """Run one arm in a fresh process (its own peak RSS); its last stdout line is the row."""
+    cmd = [sys.executable, "-m", "experiments.heal", "--one", kind, "--tokens", str(args.tokens),
+           "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--windows", str(args.windows),
+           "--lr", str(args.lr), "--lora-lr", str(args.lora_lr), "--rank", str(args.rank),
+           "--eval-tokens", str(args.eval_tokens), "--warmup", str(args.warmup)]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    out = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(args) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    have = done()
+    todo = [("dense", None, "none", 0)]
+    for b in args.budgets:
+        for s in args.students:
+            todo.append((s, b, "none", 0))
+            todo += [(s, b, h, args.tokens) for h in args.heals]
+    for s, b, h, tokens in todo:
+        if (s, b, h, tokens) in have:
+            continue
+        print(f"== {s} {b} {h} {tokens}", file=sys.stderr, flush=True)
+        try:
+            row = child("base", args, student=s, budget=b) if h == "none" and s == "dense" else \
+                child("base", args, student=s, budget=b) if h == "none" else \
+                child("arm", args, student=s, budget=b, heal=h)
+        except subprocess.CalledProcessError as e:
+            row = {"student": s, "budget": b, "heal": h, "tokens": tokens, "error": f"exit {e.returncode}"}
+        row.update(tokens_asked=tokens, **stamp())
+        with ROWS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def report() -> None:
+    from jaxshare import plots
+
+    rows = [json.loads(ln) for ln in ROWS.read_text().splitlines() if ln.strip()]
+    dense = next(r for r in rows if r["student"] == "dense")
+    d_nll = dense["final"]["nll"]
+    base = {(r["student"], r["budget"]): r for r in rows if r["heal"] == "none" and r["student"] != "dense"}
+    lines = [f"SmolLM2-135M-Instruct healed at equal tokens of wiki:train; held-out: wiki:test, "
+             f"{len(dense['final']['window_nll'])} windows; dense PPL {dense['final']['ppl']:.2f} "
+             f"[{dense['final']['ci95'][0]:.2f}, {dense['final']['ci95'][1]:.2f}]", "",
+             "| student | removed | heal | tokens | params | PPL [95% CI] | recovered (nats) | tok/s (median) "
+             "| peak RSS GiB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["student"] == "dense" or "error" in r:
+            if "error" in r:
+                lines.append(f"| {r['student']} | {r['budget']:.0%} | {r['heal']} | {r['tokens']} | - | {r['error']} "
+                             "| - | - | - |")
+            continue
+        f, b = r["final"], base.get((r["student"], r["budget"]))
+        removed = 1 - f["params"] / dense["final"]["params"]
+        rec = "-"
+        if b is not None and r["heal"] != "none":
+            gap = b["final"]["nll"] - d_nll
+            rec = f"{(b['final']['nll'] - f['nll']) / gap:.1%}" if gap > 0 else "-"
+        rate = f"{r['tok_per_s_median']:.0f}" if r.get("tok_per_s_median") else "-"
+        rss = f"{r['peak_rss_gib']:.1f}" if r.get("peak_rss_gib") else "-"
+        lines.append(f"| {r['student']} | {removed:.1%} | {r['heal']} | {r['tokens']} | {f['params'] / 1e6:.1f}M | "
+                     f"{f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {rec} | {rate} | {rss} |")
+    s = rows[-1]
+    lines += ["", f"commit {s['commit'][:10]}, {s['machine']}, python {s['python']}, jax {s['jax']}; "
+                  f"command: `{s['command']}`"]
+    (RESULTS / "heal.md").write_text("\n".join(lines) + "\n")
+    series = {}
+    for r in rows:
+        if r.get("curve"):
+            series[f"{r['student']} -{r['budget']:.0%} {r['heal']}"] = ([c["tokens"] for c in r["curve"]],
+                                                                       [c["ppl"] for c in r["curve"]])
+    if series:
+        plots.curves(series, RESULTS / "heal.png", "held-out PPL (wiki:test) while healing", "training tokens",
+                     "PPL (log scale)", hline=(dense["final"]["ppl"], "dense"))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.2, 0.1])
+    ap.add_argument("--students", type=lambda s: s.split(","), default=["basis", "plan", "inherit", "datashare"])
+    ap.add_argument("--heals", type=lambda s: s.split(","), default=["ce", "kd", "kd+lora"])
+    ap.add_argument("--tokens", type=int, default=50000)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--eval-tokens", type=int, default=12288)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--one", choices=["arm", "base"], help=argparse.SUPPRESS)
+    ap.add_argument("--student", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--heal", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.report:
+        report()
+    elif args.one == "arm":
+        print(json.dumps(one(args)))
+    elif args.one == "base":
+        row = baseline(args.student, args.budget, args)
+        row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(row))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
