@@ -17,6 +17,8 @@ import importlib
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
+from jaxshare.errors import MissingAttribute as _MissingAttribute, MissingDependency as _MissingDependency
+
 try:  # the installed distribution's (wheel or editable); a bare source tree on sys.path has none
     __version__ = _metadata.version("jaxshare")
 except _metadata.PackageNotFoundError:
@@ -31,7 +33,9 @@ _EXPORTS = {
     "jaxshare.core.dtypes": ("as_dtype",),
     "jaxshare.api": ("save", "export_hf", "export_gguf",
                      # the method verbs: (Model, report); compress is the deprecated name of basis_share
-                     "direct_share", "basis_share", "quantize", "inherit", "apply_plan", "compress"),
+                     "direct_share", "basis_share", "quantize", "inherit", "apply_plan", "compress",
+                     # healing by distillation from the dense model
+                     "heal"),
     "jaxshare.compose.plan": ("Plan", "load_plan", "parse_plan"),
     "jaxshare.quant.model": ("QuantSpec",),
     "jaxshare.training.config": ("TrainConfig",),
@@ -41,6 +45,7 @@ _EXPORTS = {
     "jaxshare.core.bank": ("Bank",),
     "jaxshare.basis.factor": ("Factored",),
     "jaxshare.quant.leaf": ("Quantized",),
+    "jaxshare.lora.leaf": ("LoRA",),
     # the decoder and its building blocks (for layer_fn analyses), generation
     "jaxshare.core.model": ("forward", "hidden_states", "unembed", "decoder_layer", "norm", "qk_rope", "qkv_rope",
                             "attention_probs", "next_token_nll", "KVCache"),
@@ -66,7 +71,10 @@ __all__ = sorted(set(_WHERE) | set(_NAMESPACES))
 
 def __getattr__(name: str):
     if name in _NAMESPACES:
-        value = importlib.import_module(_NAMESPACES[name])
+        try:
+            value = importlib.import_module(_NAMESPACES[name])
+        except _MissingDependency as e:  # js.nnx without flax: hasattr() must answer, not raise
+            raise _MissingAttribute(str(e)) from None
         globals()[name] = value
         return value
     if name not in _WHERE:
@@ -82,8 +90,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see the real objects
     from jaxshare import nn, nnx
-    from jaxshare.api import (apply_plan, basis_share, compress, direct_share, export_gguf, export_hf, inherit,
+    from jaxshare.api import (apply_plan, basis_share, compress, direct_share, export_gguf, export_hf, heal, inherit,
                               quantize, save)
+    from jaxshare.lora.leaf import LoRA
     from jaxshare.compose.plan import Plan, parse_plan
     from jaxshare.compose.plan import read_plan as load_plan
     from jaxshare.quant.leaf import Quantized

@@ -35,7 +35,7 @@ import numpy as np
 from jaxshare.compose.apply import run_plan
 from jaxshare.compose.plan import Plan, parse_plan, read_plan
 from jaxshare.io.load import Model
-from jaxshare.methods import METHODS, BasisOptions, InheritOptions, ShareOptions
+from jaxshare.methods import METHODS, BasisOptions, HealOptions, InheritOptions, ShareOptions
 from jaxshare.quant.model import QuantSpec
 
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512  # the CLI's CPU-sized calibration (cli/basis.py)
@@ -150,6 +150,15 @@ def quantize(model, spec: QuantSpec | None = None, *, grams=None, **options):
 def inherit(model, k: int):
     """(Model, report): the first k layers (Inheritune), every compressed kind sliced with them."""
     return METHODS["inherit"].apply(_model(model), InheritOptions(k))
+
+
+def heal(student, teacher, **options):
+    """(Model, report): distill `student` (any kind) from `teacher`, the dense model it was compressed
+    from (KD over the full vocabulary; recipe `heal`). options: HealOptions' fields (tokens, data,
+    eval_data, trains "all"/"compressed"/"lora", lora_rank, lora_alpha, merge, temperature,
+    ce_weight, lr, seq_len, batch_size, eval_windows, run_dir). The report holds the held-out PPL
+    before and after, the teacher's, and the fraction of the gap recovered (in nats)."""
+    return METHODS["heal"].apply(_model(student), HealOptions(**options), teacher=_model(teacher))
 
 
 def apply_plan(model, plan, grams=None):

@@ -68,7 +68,10 @@ def run_plan(model: Model, plan: Plan, grams=None) -> tuple[Model, dict]:
         t0 = time.perf_counter()
         before = model
         try:
-            model, rep = s.impl.apply(model, s.opts, grams)
+            if getattr(s.impl, "needs_teacher", False):  # healing distills from the plan's starting model
+                model, rep = s.impl.apply(model, s.opts, grams, teacher=start)
+            else:
+                model, rep = s.impl.apply(model, s.opts, grams)
         except JaxshareError as e:  # what the method refused, named by its step
             raise PlanError(f"step {i} ({s.method}): {e}") from None
         if model.cfg.n_layers != before.cfg.n_layers:

@@ -7,6 +7,7 @@ A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` wri
       - share: {ratio: 0.2, match: qk, keep: mean}  # head sharing of the q/k/v units (DirectShare)
       - basis: {group_size: 2, ratios: {up: 0.3, down: 0.1}}   # Basis Sharing, per-type ratios
       - quantize: {bits: 8, method: gptq}           # weight-only int8/int4 of every linear weight
+      - heal: {tokens: 50000, trains: lora}         # distill from the starting model (optional, last)
     calibration: {data: wiki:train, windows: 16, seq_len: 512, seed: 0}
 
 A basis step names its types through exactly one of `ratio` + `types` (one ratio for the listed
@@ -15,7 +16,9 @@ types, default: every type not compressed by an earlier step), `ratios` ({type: 
 No weight matrix may be compressed by two steps (share claims q, k, v and with share_o o; basis
 claims its types); inherit may appear once and must keep at least one layer. Quantization claims
 no type: it packs every linear weight in whatever form the earlier steps left it (dense, bank rows,
-a basis and its coefficients), so it must be the last step; a step after it is refused by name.
+a basis and its coefficients), so it must be the last compressing step; a step after it is refused
+by name, except `heal`, which compresses nothing and trains what the plan built, with the plan's
+starting model as its teacher (it may appear once, at the very end).
 Each step's options are its method's Options (jaxshare.methods), which check them.
 """
 from __future__ import annotations
@@ -129,8 +132,10 @@ def parse_plan(raw) -> Plan:
             raise PlanError(f"{where}: options must be a mapping")
         if method == "inherit" and any(x.method == "inherit" for x in steps):
             raise PlanError(f"{where}: a plan may inherit layers only once")
+        if getattr(REGISTRY[method], "after_all", False) and any(x.method == method for x in steps):
+            raise PlanError(f"{where}: a plan may {method} only once")
         for j, x in enumerate(steps, 1):
-            if x.impl.last:
+            if x.impl.last and not (getattr(REGISTRY[method], "after_all", False) and not getattr(x.impl, "after_all", False)):
                 raise PlanError(f"{where}: comes after step {j} ({x.method}), which must be the last step (it "
                                 f"packs the weights as they are when it runs, and nothing may rewrite them "
                                 f"afterwards): move {x.method} to the end")

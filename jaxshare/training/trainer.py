@@ -74,10 +74,12 @@ class Trainer:
 
     def __init__(self, tc: TrainConfig, model=None, data=None, eval_windows=None, total_steps: int | None = None,
                  writer=None, mesh=None, resuming: bool = False, overwrite: bool = False, inside_run: bool = False,
-                 teacher=None):
+                 teacher=None, donate: bool = True):
         """overwrite: a new run may replace an earlier jaxshare run in run_dir (rundir.py says
         what is removed); inside_run: run_dir is a stage of a run its caller has checked (inheritune);
-        teacher: the dense model a `heal` run distills from (a Model), loaded from tc.teacher if None."""
+        teacher: the dense model a `heal` run distills from (a Model), loaded from tc.teacher if None;
+        donate: the training state takes over the model's buffers (deleted then; a library caller
+        that keeps using its Model, or whose teacher shares arrays with it, passes False)."""
         from jaxshare.training.rundir import check_new_run_dir
 
         self.tc = tc
@@ -104,6 +106,7 @@ class Trainer:
             self.teacher = None
         self.writer = writer
         self.resuming = resuming
+        self.donate = donate
         self._preempted = False
 
     @classmethod
@@ -360,7 +363,7 @@ class Trainer:
             else:
                 if aux is not None:
                     self._heal_baseline(params0, aux)
-                state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=True, mask=mask)
+                state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=self.donate, mask=mask)
                 del params0
             step_fn = self.recipe.step(tc, mcfg, tx, pairs, None if self.teacher is None else self.teacher.cfg)
             train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention, aux_sh=aux_sh)

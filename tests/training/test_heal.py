@@ -223,3 +223,26 @@ def test_every_recipe_says_what_trains_and_what_is_frozen():
     for name, r in RECIPES.items():
         d = r.describe(tc if name == "heal" else build_config(dict(mode=name)))
         assert {"recipe", "trains", "frozen", "loss"} <= set(d)
+
+
+def test_js_heal_and_a_plan_ending_with_heal(files):
+    import jaxshare as js
+    from jaxshare.compose.plan import PlanError, parse_plan
+
+    teacher = js.load(str(files / "teacher"))
+    opts = dict(tokens=256, data=str(files / "train.npy"), eval_data=str(files / "eval.npy"), seq_len=32,
+                eval_windows=4)
+    student, _ = js.direct_share(teacher, 0.5)
+    healed, rep = js.heal(student, teacher, trains="lora", lora_rank=2, **opts)
+    assert rep["eval_ppl"] < rep["start_ppl"] and rep["adapter_params"] > 0 and lora_paths(healed.params)
+    assert healed.extra["heal"]["trains"] == "lora"
+    np.testing.assert_allclose(forward(student.params, CFG, TOKENS), forward(student.params, CFG, TOKENS))  # intact
+    plan = {"steps": [{"share": {"ratio": 0.5}}, {"quantize": {"bits": 8, "method": "rtn"}}, {"heal": opts}]}
+    m, rep = js.apply_plan(teacher, plan)
+    assert rep["steps"][-1]["method"] == "heal" and 0 < rep["steps"][-1]["recovered"]
+    with pytest.raises(PlanError, match="must be the last step"):
+        parse_plan({"steps": [{"heal": {}}, {"share": {"ratio": 0.5}}]})
+    with pytest.raises(PlanError, match="only once"):
+        parse_plan({"steps": [{"heal": {}}, {"heal": {}}]})
+    with pytest.raises(PlanError, match="trains"):
+        parse_plan({"steps": [{"heal": {"trains": "everything"}}]})
