@@ -53,90 +53,82 @@ def check_resume_sets(sets, run_dir) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mode: str = "postshare"
-    model: str = "smollm2-135m"
-    data: str = "wiki:train"  # named corpus, .txt/.jsonl file, or a .npy of int token ids
-    eval_data: str = "wiki:validation"
-    run_dir: str = "runs/postshare"
-    # Length: exactly one of steps / tokens / epochs (fraction of an epoch, paper: 0.5).
-    steps: int = 100
-    tokens: int = 0
-    epochs: float = 0.0
-    seq_len: int = 256
+    """One training run (every recipe). Each field's comment is its reference entry (docs/config.md)."""
+    # run
+    mode: str = "postshare"  # the recipe: postshare, direct+post, plain, inheritune or heal (training/recipes.py)
+    model: str = "smollm2-135m"  # the starting model: a registered name, HF dir, .gguf, native checkpoint or URL
+    run_dir: str = "runs/postshare"  # config, metrics, checkpoints, final/ and hf/ (any local path or gs:// URL)
+    seed: int = 0  # data order and any random initialization (LoRA adapters)
+    # data and length
+    data: str = "wiki:train"  # training text: a named corpus, .txt/.jsonl file, or a .npy of int token ids
+    eval_data: str = "wiki:validation"  # held-out text, same forms (heal: wiki:test)
+    steps: int = 100  # run length in optimizer steps (exactly one of steps / tokens / epochs is > 0)
+    tokens: int = 0  # run length in training tokens (rounded up to whole steps)
+    epochs: float = 0.0  # run length in passes over the training windows (the PostShare paper: 0.5)
+    seq_len: int = 256  # tokens per window
     batch_size: int = 4  # windows per micro-batch (global, over all devices)
     grad_accum: int = 1  # micro-batches per optimizer step
-    # Sharing (DirectShare selection on the starting model decides the pairs).
-    ratio: float = 0.3
-    match: str = "qk"
-    keep: str = "root"  # root | mean | data (direct+post: the calibration least-squares merge)
-    share_o: bool = False
-    # Data-aware DirectShare (direct+post only): per-unit q/k corrections (qk), plus the value fold
-    # (qkv), fitted on the attention-input grams of `calib` (a corpus, cached, or a .npy of token ids).
-    correct: str = "none"
-    calib: str = "wiki:train"
-    calib_windows: int = 32
-    calib_seq_len: int = 512
-    # Inheritune (METHODS.md §3): growth stages as layer counts ("15,17,19"; empty = one stage at
-    # the model's depth), each trained for the length above; new layers copy the student's last
-    # layers or take the reference's next ones; stop once held-out loss reaches the reference's.
-    stages: str = ""
-    grow: str = "copy"
-    reference: str = ""  # empty: the model itself when it is deeper than the first stage
-    stop_at_reference: bool = True
-    # Healing (mode heal, training/recipes.py): distill the model from `teacher`, the dense model it
-    # was compressed from, over the full vocabulary at temperature kd_temperature, mixed with the
-    # label cross-entropy (kd_alpha) and a hidden-state term on kd_layers (kd_beta).
-    teacher: str = ""
-    trains: str = "all"  # all (every leaf the kind allows) | compressed (compressed leaves + norms) | lora
-    kd_temperature: float = 1.0
-    kd_alpha: float = 0.0
-    kd_beta: float = 0.0
+    # head sharing (DirectShare selection on the starting model decides the pairs)
+    ratio: float = 0.3  # fraction of attention units tied (0: no sharing; inheritune and heal need 0)
+    match: str = "qk"  # which weights the similarity search compares: q, k, v, qk, qkv or separate
+    keep: str = "root"  # what a tied group keeps: root, mean, or data (direct+post: calibration merge)
+    share_o: bool = False  # tie the output projection's rows with their units
+    correct: str = "none"  # direct+post, data-aware: per-unit q/k corrections (qk), plus the value fold (qkv)
+    calib: str = "wiki:train"  # calibration text for keep=data / correct (a corpus or a .npy of token ids)
+    calib_windows: int = 32  # calibration windows
+    calib_seq_len: int = 512  # calibration window length
+    gamma: float = 0.5  # weight of PostShare's pairwise L2 penalty
+    # Inheritune (METHODS.md §3)
+    stages: str = ""  # growth stages as layer counts ("15,17,19"); empty: one stage at the model's depth
+    grow: str = "copy"  # new layers copy the student's last layers (copy) or take the reference's next (reference)
+    reference: str = ""  # the deeper model to grow toward; empty: the model itself when it is deeper
+    stop_at_reference: bool = True  # stop once held-out loss reaches the reference's
+    # healing (mode heal, training/recipes.py)
+    teacher: str = ""  # the dense model the student was compressed from (same tokenizer)
+    trains: str = "all"  # all (every leaf the kind allows), compressed (compressed leaves + norms) or lora
+    kd_temperature: float = 1.0  # KD temperature tau (the loss is scaled by tau^2)
+    kd_alpha: float = 0.0  # weight of the label cross-entropy mixed into the KD loss
+    kd_beta: float = 0.0  # weight of the hidden-state term on kd_layers
     kd_layers: str = ""  # "3,7,11": student layers matched to the teacher's same-numbered layers
     kd_chunk: int = 128  # sequence positions per logits chunk: neither model's logits exist whole
-    teacher_dtype: str = ""  # the teacher's compute dtype; empty: the training dtype
+    teacher_dtype: str = ""  # the teacher's compute dtype (bf16 halves its memory); empty: the training dtype
     lora_rank: int = 8  # trains=lora: adapters of this rank on every linear weight
     lora_alpha: float = 16.0  # adapter scale alpha / rank
     merge: bool = False  # fold adapters into dense leaves at the end (shared, basis, quantized keep theirs)
-    # Loss and optimizer.
-    gamma: float = 0.5
-    lr: float = 5e-5
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    warmup_steps: int = 10
+    # optimizer (AdamW, the PostShare paper's settings)
+    lr: float = 5e-5  # peak learning rate
+    b1: float = 0.9  # AdamW beta1
+    b2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # on matrices only (two matrix axes), never norms, biases or integer leaves
+    warmup_steps: int = 10  # linear warm-up from 0
     end_lr_ratio: float = 0.0  # cosine decays to lr * end_lr_ratio
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # global gradient-norm clip (0: none)
+    # compute
     dtype: str = "bf16"  # compute dtype; master weights and optimizer state stay fp32
-    # jax.checkpoint policy on the scanned layer: dots (keep the weight matmuls, recompute casts,
-    # norms, attention: -0.8 GB on SmolLM2), full (keep only each layer's input), none. true = dots.
-    remat: str = "dots"
-    attention: str = "xla"  # xla | cudnn | auto (jax picks: cuDNN on a GPU where it supports the call)
-    # Observability, checkpoints, evaluation.
-    eval_every: int = 50  # 0 = never during training (the final evaluation always runs)
-    eval_windows: int = 8
-    eval_batch_size: int = 8
-    checkpoint_every: int = 50  # 0 = only the preemption and final saves
-    # A checkpoint is the whole training state: fp32 params + AdamW m and v, 3x the model.
-    keep_checkpoints: int = 1  # newest periodic/final checkpoints kept while the run goes on
-    keep_final_checkpoint: bool = False  # completed run: keep the last one (to resume/extend it)
-    async_checkpoints: bool = False  # overlap the write with training, at a host copy of the state
-    log_every: int = 1
-    progress: bool = True
+    remat: str = "dots"  # jax.checkpoint policy on the scanned layer: dots (keep weight matmuls), full, none
+    attention: str = "xla"  # xla, cudnn or auto (jax picks cuDNN on a GPU where it supports the call)
+    # observability, checkpoints, evaluation
+    eval_every: int = 50  # steps between held-out evaluations (0: only the final one)
+    eval_windows: int = 8  # held-out windows evaluated
+    eval_batch_size: int = 8  # windows per evaluation batch
+    checkpoint_every: int = 50  # steps between checkpoints (0: only the preemption and final saves)
+    keep_checkpoints: int = 1  # newest checkpoints kept while the run goes on (each is 3x the model: params, m, v)
+    keep_final_checkpoint: bool = False  # keep the last checkpoint of a completed run (to resume or extend it)
+    async_checkpoints: bool = False  # overlap checkpoint writes with training, at a host copy of the state
+    log_every: int = 1  # steps between metric rows
+    progress: bool = True  # a progress bar on stderr
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard
     wandb: str = ""  # a W&B project name: also log there (needs the wandb package)
-    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device kind (TPU/GPU table)
-    export_hf: bool = True
-    # Devices.
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0: from the device kind (TPU/GPU table)
+    export_hf: bool = True  # also write an HF export of the final model to RUN_DIR/hf
+    # devices
     mesh: str = ""  # "data=2,fsdp=4,tensor=1"; empty: every device on fsdp. With dcn_mesh: one slice's layout
     dcn_mesh: str = ""  # layout across slices (or processes), e.g. "data=2"; empty: one slice
-    # The program (`jaxshare train`, `python -m train`) calls jax.distributed.initialize() first;
-    # coordinator/num_processes/process_id are passed when set (auto-detected on TPU/SLURM otherwise).
-    multihost: bool = False
-    coordinator: str = ""
-    num_processes: int = 0
-    process_id: int = -1
-    seed: int = 0
+    multihost: bool = False  # call jax.distributed.initialize() first (the program does; auto-detected on TPU/SLURM)
+    coordinator: str = ""  # multihost: the coordinator's host:port
+    num_processes: int = 0  # multihost: number of processes (0: auto)
+    process_id: int = -1  # multihost: this process's id (-1: auto)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -303,6 +295,83 @@ def _coerce(key: str, raw, typ: type):
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
+# The config's sections. A YAML file may group keys under these names or list them flat (the two
+# forms mix); `--set` takes the flat key. Every key is in exactly one section; the reference of the
+# keys (`python -m jaxshare.training.config`, docs/config.md) is generated from this table and the
+# comments beside the fields of TrainConfig.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "run": ("mode", "model", "run_dir", "seed"),
+    "data": ("data", "eval_data", "steps", "tokens", "epochs", "seq_len", "batch_size", "grad_accum"),
+    "sharing": ("ratio", "match", "keep", "share_o", "correct", "calib", "calib_windows", "calib_seq_len", "gamma"),
+    "inheritune": ("stages", "grow", "reference", "stop_at_reference"),
+    "heal": ("teacher", "trains", "kd_temperature", "kd_alpha", "kd_beta", "kd_layers", "kd_chunk", "teacher_dtype",
+             "lora_rank", "lora_alpha", "merge"),
+    "optimizer": ("lr", "b1", "b2", "eps", "weight_decay", "warmup_steps", "end_lr_ratio", "clip_norm"),
+    "compute": ("dtype", "remat", "attention"),
+    "observe": ("eval_every", "eval_windows", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+                "keep_final_checkpoint", "async_checkpoints", "log_every", "progress", "tensorboard", "wandb",
+                "peak_flops", "export_hf"),
+    "devices": ("mesh", "dcn_mesh", "multihost", "coordinator", "num_processes", "process_id"),
+}
+SECTION_OF = {key: name for name, keys in SECTIONS.items() for key in keys}
+
+
+def flatten(raw: dict, where: str = "the config") -> dict:
+    """A config mapping with sections (`optimizer: {lr: 1e-4}`) as flat keys; a key outside its
+    section, or given twice, is refused by name."""
+    flat: dict = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            items = value.items()
+            for k, _ in items:
+                if k not in SECTIONS[key]:
+                    home = f" (it belongs to section {SECTION_OF[k]})" if k in SECTION_OF else ""
+                    raise TrainConfigError(f"{where}: section {key} has no key {k!r}{home}; its keys: "
+                                           f"{', '.join(SECTIONS[key])}")
+        elif key in SECTIONS and key not in SECTION_OF:  # `data: wiki:train` is the key, not the section
+            raise TrainConfigError(f"{where}: section {key} must be a mapping of its keys ({', '.join(SECTIONS[key])})")
+        else:
+            items = [(key, value)]
+        for k, v in items:
+            if k in flat:
+                raise TrainConfigError(f"{where}: key {k} is given twice")
+            flat[k] = v
+    return flat
+
+
+def reference() -> list[dict]:
+    """Every key: section, name, type, default and the comment beside (or above) its field."""
+    import inspect
+    import re
+
+    notes, above = {}, []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        m = re.match(r"(\w+): [\w\s|]+ = [^#]*?(?:#\s*(.*))?$", text)
+        if m and m.group(1) in SECTION_OF:
+            notes[m.group(1)] = " ".join(filter(None, [m.group(2), " ".join(above) if not m.group(2) else ""]))
+        above = [] if text and not text.startswith("#") else above
+    defaults = TrainConfig()
+    return [{"section": SECTION_OF[f.name], "key": f.name, "type": f.type if isinstance(f.type, str) else f.type.__name__,
+             "default": getattr(defaults, f.name), "doc": notes.get(f.name, "")} for f in fields(TrainConfig)]
+
+
+def reference_markdown() -> str:
+    rows = reference()
+    out = ["# Training config keys", "",
+           "Generated from `jaxshare.training.config.TrainConfig` (`python -m jaxshare.training.config`). A YAML "
+           "config lists keys flat or grouped by section (`optimizer: {lr: 1.0e-4}`); `--set key=value` takes the "
+           "flat key. `jaxshare train MODE` and `jaxshare heal` read the same keys.", ""]
+    for name in SECTIONS:
+        out += [f"## {name}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        out += [f"| `{r['key']}` | {r['type']} | `{r['default']!r}` | {r['doc'].replace('|', '/')} |"
+                for r in rows if r["section"] == name]
+        out.append("")
+    return "\n".join(out)
+
 
 def _field_types() -> dict[str, type]:
     return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(TrainConfig)}
@@ -312,10 +381,13 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
     """TrainConfig from a YAML mapping, `key=value` overrides (applied last) and a mode."""
     types = _field_types()
     values: dict = {}
-    for key, raw in (base or {}).items():
+    for key, raw in flatten(base or {}).items():
         if key not in types:
             raise TrainConfigError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
         values[key] = _coerce(key, raw, types[key])
+    if any(k in values for k in LENGTH_KEYS):  # a file naming one length means that one (steps' default is off)
+        for k in LENGTH_KEYS:
+            values.setdefault(k, types[k](0))
     for item in sets or []:
         if "=" not in item:
             raise TrainConfigError(f"--set expects key=value, got {item!r}")
@@ -382,9 +454,23 @@ def load_config(path=None, sets: list[str] | None = None, mode: str | None = Non
     return build_config(base, sets, mode)
 
 
+def _check_sections() -> None:
+    keys = [f.name for f in fields(TrainConfig)]
+    missing, extra = set(keys) - set(SECTION_OF), set(SECTION_OF) - set(keys)
+    if missing or extra or sum(map(len, SECTIONS.values())) != len(keys):
+        raise AssertionError(f"SECTIONS out of step with TrainConfig: missing {missing}, unknown {extra}")
+
+
+_check_sections()
+
+
 def dump_config(cfg: TrainConfig, path) -> None:
     import yaml
 
     from jaxshare.storage.paths import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -246,3 +246,23 @@ def test_js_heal_and_a_plan_ending_with_heal(files):
         parse_plan({"steps": [{"heal": {}}, {"heal": {}}]})
     with pytest.raises(PlanError, match="trains"):
         parse_plan({"steps": [{"heal": {"trains": "everything"}}]})
+
+
+def test_config_sections_nest_and_the_reference_is_generated(tmp_path):
+    from pathlib import Path
+
+    from jaxshare.training.config import SECTIONS, TrainConfig, load_config, reference, reference_markdown
+
+    nested = load_config("smollm2_heal")
+    assert nested.mode == "heal" and nested.trains == "all" and nested.lr == 2e-4 and nested.eval_windows == 32
+    flat = build_config({"mode": "heal", "teacher": "t", "optimizer": {"lr": 1e-3}, "seq_len": 64})
+    assert (flat.lr, flat.seq_len) == (1e-3, 64)
+    with pytest.raises(TrainConfigError, match="section optimizer has no key 'seq_len' .it belongs to section data"):
+        build_config({"optimizer": {"seq_len": 64}})
+    with pytest.raises(TrainConfigError, match="given twice"):
+        build_config({"lr": 1e-3, "optimizer": {"lr": 1e-4}})
+    assert sorted(k for keys in SECTIONS.values() for k in keys) == sorted(TrainConfig.keys())
+    assert all(r["doc"] for r in reference()), [r["key"] for r in reference() if not r["doc"]]
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert docs.read_text().strip() == reference_markdown().strip(), \
+        "docs/config.md is stale: python -m jaxshare.training.config > docs/config.md"
