@@ -42,6 +42,7 @@ def state_bytes(model: str) -> dict:
     import jax
 
     from jaxshare.core.bank import partition
+    from jaxshare.core.params import count_params, param_bytes
     from jaxshare.io.load import load_model
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import make_optimizer
@@ -50,10 +51,9 @@ def state_bytes(model: str) -> dict:
     tx, _ = make_optimizer(build_config({"model": model}), 8)
     trainable, _ = partition(m.params)
     opt = jax.eval_shape(tx.init, trainable)
-    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
-    p, o = nbytes(trainable), nbytes(opt)
+    p, o = param_bytes(trainable), param_bytes(opt)
     return {"params_bytes": int(p), "opt_state_bytes": int(o), "state_bytes": int(p + o),
-            "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(trainable)))}
+            "n_params": count_params(trainable)}
 
 
 def child_env() -> dict:

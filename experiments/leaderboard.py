@@ -39,13 +39,6 @@ TRAINED = {"directshare+postshare": 1e-3, "inheritune": 3e-4}  # lr of each meth
 CORPORA = ("wiki:test", "canterbury")
 
 
-def n_params(params) -> int:
-    import jax
-    import jax.numpy as jnp
-
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)))
-
-
 def directshare_at(m, budget: float):
     """DirectShare (qk, keep=mean) with the ratio whose whole-model reduction is nearest the budget."""
     from jaxshare.headshare.directshare import direct_share
@@ -71,12 +64,13 @@ def directshare_at(m, budget: float):
 def basis_at(m, budget: float, method: str, grams):
     """Basis Sharing (n=2) or SVD-LLM, its linear-weight ratio scaled so the model loses `budget`."""
     from jaxshare.basis.compress import compress
+    from jaxshare.core.params import count_params
 
-    before = n_params(m.params)
+    before = count_params(m.params)
     ratio, out = 0.2, None
     for _ in range(2):  # removal is ~linear in the ratio: one probe, one correction
         params, _, rep = compress(m.params, m.cfg, grams, ratio, 2 if method == "basis" else 1, method, None, None)
-        got = 1 - n_params(params) / before
+        got = 1 - count_params(params) / before
         out = (params, {"ratio": ratio, "group_size": 2 if method == "basis" else 1})
         ratio = min(0.95, ratio * budget / max(got, 1e-9))
     return out
@@ -84,8 +78,9 @@ def basis_at(m, budget: float, method: str, grams):
 
 def magnitude_at(m, budget: float):
     from experiments.directshare_sweep import magnitude_prune
+    from jaxshare.core.params import count_params
 
-    n = int(round(budget * n_params(m.params)))
+    n = int(round(budget * count_params(m.params)))
     attn = m.params.layers.attn
     have = sum(int(np.size(getattr(attn, w))) for w in ("wq", "wk", "wv"))
     if n > have:
@@ -101,7 +96,9 @@ def magnitude_linear_at(m, budget: float):
     matrices Basis Sharing and SVD-LLM factorize), as many as the budget removes."""
     import jax.numpy as jnp
 
-    n = int(round(budget * n_params(m.params)))
+    from jaxshare.core.params import count_params
+
+    n = int(round(budget * count_params(m.params)))
     lay = m.params.layers
     leaves = {(g, w): getattr(getattr(lay, g), w) for g, ws in LINEAR.items() for w in ws
               if getattr(getattr(lay, g), w, None) is not None}
@@ -119,9 +116,11 @@ def magnitude_linear_at(m, budget: float):
 
 def inherit_depth(m, budget: float) -> int:
     """Layers kept: the first k, k chosen so the removed layers' share of the model is nearest the budget."""
+    from jaxshare.core.params import count_params
+
     L = m.cfg.n_layers
-    per_layer = n_params(m.params.layers) / L
-    drop = int(round(budget * n_params(m.params) / per_layer))
+    per_layer = count_params(m.params.layers) / L
+    drop = int(round(budget * count_params(m.params) / per_layer))
     if not 1 <= drop < L:
         raise ValueError(f"removing {budget:.0%} means dropping {drop} of {L} layers")
     return L - drop
@@ -183,6 +182,7 @@ def evaluate_arm(m, params, args, cfg=None) -> dict:
 
 
 def run(args) -> None:
+    from jaxshare.core.params import count_params
     from jaxshare.eval.mc import parse_tasks
     from jaxshare.io.load import load_model
 
@@ -192,7 +192,7 @@ def run(args) -> None:
     if out.exists():
         done = {(r["arm"], r["budget"]) for r in map(json.loads, out.read_text().splitlines()) if r.get("limit") == args.limit}
     m = load_model(args.model, "fp32")
-    dense_params = n_params(m.params)
+    dense_params = count_params(m.params)
     grams = None
     jobs = [(arm, b) for arm in args.arms for b in ([0.0] if arm == "dense" else args.budgets)]
     for arm, budget in jobs + [(arm, None) for arm in args.checkpoints]:
@@ -201,7 +201,7 @@ def run(args) -> None:
             from jaxshare.io.native import load_native
 
             cfg, params, _ = load_native(args.checkpoints[arm])
-            budget = round(1 - n_params(params) / dense_params, 2)
+            budget = round(1 - count_params(params) / dense_params, 2)
             how = {"checkpoint": args.checkpoints[arm], "layers": cfg.n_layers}
             result = Path(args.checkpoints[arm]).parent / "result.json"
             if result.is_file():
@@ -232,7 +232,7 @@ def run(args) -> None:
             print(f"{arm} {budget:.0%}: skipped: {e}", file=sys.stderr)
             continue
         row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit,
-               "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else n_params(params),
+               "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else count_params(params),
                "dense_params": dense_params, "windows": args.windows, "seq_len": args.seq_len,
                **evaluate_arm(m, params, args, cfg)}
         row["removed"] = 1 - row["params"] / dense_params

@@ -32,16 +32,10 @@ ARMS = ("fp32", "int8-rtn", "int8-gptq", "int4-rtn-g64", "int4-gptq-g64", "int4-
 
 
 def linear_bytes(params) -> int:
-    import jax
-
     from jaxshare.basis.factor import TYPES, get_type
+    from jaxshare.core.params import param_bytes
 
-    total = 0
-    for t in TYPES:
-        leaf = get_type(params.layers, t)
-        if leaf is not None:
-            total += sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(leaf))
-    return int(total)
+    return sum(param_bytes(leaf) for t in TYPES if (leaf := get_type(params.layers, t)) is not None)
 
 
 def gguf_tensor_bytes(path) -> int:

@@ -38,6 +38,12 @@ class MissingDependency(JaxshareError, ImportError):
     """An optional package a path needs is not installed; the message names the package and extra."""
 
 
+class MissingAttribute(JaxshareError, AttributeError):
+    """`jaxshare.<namespace>` (js.nnx) whose optional package is not installed: MissingDependency's
+    one line, raised as an AttributeError so that `hasattr(js, "nnx")` answers False instead of
+    raising (ImportError and AttributeError cannot share one class: their layouts conflict)."""
+
+
 class Preempted(JaxshareError):
     """A run stopped by SIGTERM/SIGINT after saving a checkpoint; not an error in itself."""
 

@@ -298,6 +298,24 @@ def test_namespaces_and_names_of_the_api():
     assert out == ["False"]  # the functional layer does not pull in the NNX view
 
 
+def test_hasattr_nnx_answers_without_flax(monkeypatch):
+    """Without flax, `js.nnx` is an AttributeError (so hasattr answers False) whose one line still
+    names the extra; importing jaxshare.nnx itself stays a MissingDependency."""
+    from jaxshare.errors import MissingAttribute, MissingDependency
+
+    monkeypatch.setitem(sys.modules, "flax", None)  # import of flax halted: as if not installed
+    monkeypatch.setitem(sys.modules, "flax.nnx", None)
+    monkeypatch.delitem(sys.modules, "jaxshare.nnx", raising=False)
+    monkeypatch.delitem(vars(js), "nnx", raising=False)  # an earlier js.nnx cached the namespace
+    assert hasattr(js, "nnx") is False
+    with pytest.raises(MissingAttribute, match=r"pip install 'jaxshare\[nnx\]'") as e:
+        js.nnx
+    assert isinstance(e.value, AttributeError) and "flax" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(MissingDependency, match="flax"):
+        import jaxshare.nnx  # noqa: F401
+    assert hasattr(js, "nn") is True
+
+
 def test_save_and_export_to_a_memory_url(bpe_dir):
     """The writers take URLs through the storage floor: a marked upload that js.load reads back with
     the same logits (memory:// is an fsspec filesystem living in this process)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import _per_layer_rope, decoder_layer, embed, hidden_states, linear, rope_tables
 from jaxshare.data.corpora import join_documents, load_corpus
 from jaxshare.data.tokens import DataError, check_token_range, tokenize_corpus
+from jaxshare.eval.perplexity import rss_bytes
 from jaxshare.storage.fetch import cache_dir
 
 INPUTS = ("attn_in", "o_in", "mlp_in", "down_in")
@@ -254,17 +254,6 @@ def _matmul_rate() -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / max(float(np.median(times)), 1e-9)
 
 
-def _rss_bytes() -> int:
-    """What this process holds now (Linux), else its peak so far."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource  # deferred: Unix-only (this fallback runs where /proc is missing)
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 # Measured on SmolLM2-135M, 2 CPU cores shared with other jobs (load ~13): 16, 32 and 64 x 512 ran at
 # 0.46x, 1.07x and 0.98x the probe's rate taken just before (158 s, 430 s, 741 s). 0.7 errs long; expect
 # up to ~2x either way on a busy machine. Peak RSS was 2.0 GiB for all three (estimate: 2.3 GiB).
@@ -289,4 +278,4 @@ def estimate(cfg: ModelConfig, n_windows: int, seq_len: int, batch_size: int = 4
     act_bytes = 4 * b * seq_len * (8 * d + 3 * f + 2 * cfg.n_heads * seq_len)
     return {"tokens": tokens, "flops": flops, "backend": jax.default_backend(),
             "seconds": COMPILE_S + flops / (EFFICIENCY * _matmul_rate()),
-            "peak_bytes": _rss_bytes() + gram_bytes + act_bytes}
+            "peak_bytes": rss_bytes() + gram_bytes + act_bytes}

@@ -88,12 +88,19 @@ def window_bytes(cfg: ModelConfig, seq_len: int, dtype=jnp.float32) -> int:
 
 
 def rss_bytes() -> int:
-    """What this process holds now (Linux /proc), else 0."""
+    """What this process holds now (Linux /proc), else its peak so far (Unix: an upper bound of
+    now), else 0. The one RSS reading of the library (the batch fit here, calibration's estimate,
+    `jaxshare basis`'s gram budget)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource  # deferred: Unix-only (this fallback runs where /proc is missing)
+    except ImportError:
         return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def fit_batch(cfg: ModelConfig, seq_len: int, max_memory: int, dtype=jnp.float32, held: int | None = None) -> int:
