@@ -7,7 +7,8 @@ import sys
 
 from jaxshare.basis.factor import METHODS, TYPES, BasisError
 from jaxshare.cli.common import (BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir,
-                                 memory_size, nonempty, refuse_dtype_arg)
+                                 memory_size, nonempty, refuse_dtype_arg, refuse_given)
+from jaxshare.optional import check
 
 # Sized for a CPU: 16k tokens, 430 s and 2.0 GiB for SmolLM2-135M on 2 busy cores (256 x 2048 ran about
 # an hour and 4.4 GB there); the paper's 256 x 2048 is for accelerators.
@@ -33,6 +34,7 @@ def _calib_name(s: str) -> str:
 
 def announce(m, args) -> None:
     """The calibration's size and a rough cost on stderr, before the long work starts."""
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.calibrate import cache_path, estimate
 
     size = f"{args.calib_windows} x {args.calib_seq_len} = {args.calib_windows * args.calib_seq_len:,} tokens"
@@ -51,6 +53,7 @@ def announce(m, args) -> None:
 def gram_budget(args) -> int:
     """Bytes of calibration grams held at once: a third of what --max-memory leaves beside the
     loaded model, else 1 GiB (the rest stays on disk, one .npy per layer and input)."""
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.eval.perplexity import rss_bytes
 
     if getattr(args, "max_memory", None) is None:
@@ -60,6 +63,7 @@ def gram_budget(args) -> int:
 
 def cast_consuming(params, dtype):
     """params with floating leaves cast to dtype, each source buffer deleted once cast."""
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     import jax
     import jax.numpy as jnp
 
@@ -78,6 +82,7 @@ def cast_consuming(params, dtype):
 
 
 def cmd_basis(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.factor import validate
     from jaxshare.methods.basis import BasisOptions
     from jaxshare.basis.compress import compress
@@ -87,8 +92,6 @@ def cmd_basis(args) -> None:
 
     # Everything checkable is checked before loading or computing anything (numbers: while parsing).
     if args.method == "svd":
-        from jaxshare.cli.common import refuse_given
-
         refuse_given(args, ("calib", "calib_windows", "calib_seq_len", "batch_size", "seed", "max_memory"),
                      "is unused: --method svd calibrates nothing, so it would be ignored: drop it, or use "
                      "--method basis or svd-llm")
@@ -129,10 +132,10 @@ def cmd_basis(args) -> None:
 
 
 def cmd_basis_pairs(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.pairs import pair_losses, write_pairs
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.io.load import load_model
-    from jaxshare.optional import check
 
     check("matplotlib", "plots", "basis-pairs' heatmap")  # before the calibration it would be drawn from
     check_out_dir(args.out, args.overwrite, sources=(args.model,))

@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
+
+from jaxshare.errors import MissingDependency, UsageError
+from jaxshare.optional import check
+from jaxshare.storage.atomic import OutputError, check_destination, check_plot_dir
 
 MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, or a jaxshare checkpoint"
 DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or a .txt/.jsonl file"
@@ -91,8 +96,6 @@ SHARD_MB = float_in(0.0, float(2**30), low_open=True)  # up to a pebibyte: int(m
 
 def memory_size(text: str) -> int:
     """A byte count: 12G, 12GB, 12GiB, 800M, 3.5G or plain bytes (K/M/G/T are powers of 1024)."""
-    import re
-
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"expected a size such as 12G, 800M or a byte count, got {text!r}")
@@ -174,10 +177,6 @@ def plot_dir(text: str) -> str:
     """A directory for plots: refused while parsing, before any model loads, when it is a file, lies
     under a file or cannot be written (an existing directory is fine: plots replace their own names),
     or when matplotlib (the `plots` extra) is not installed."""
-    from jaxshare.errors import MissingDependency
-    from jaxshare.storage.atomic import OutputError, check_plot_dir
-    from jaxshare.optional import check
-
     nonempty(text)
     try:
         check("matplotlib", "plots", "plotting")
@@ -233,8 +232,6 @@ class Parser(argparse.ArgumentParser):
 def refuse_given(args, dests, why: str) -> None:
     """Refuse, in one line naming the flag, any of `dests` given on the command line: accepted and
     then ignored, it would also be recorded as if it had been used."""
-    from jaxshare.errors import UsageError
-
     given = getattr(args, "_given", None) or {}
     for dest in dests:
         if dest in given:
@@ -250,8 +247,6 @@ def check_out_dir(out, overwrite: bool, sources=()) -> Path:
     """Refuse an output destination before any model is loaded or computed (the write itself is
     atomic and checks again). The one place that decides; subcommands call only this. `sources`:
     the command's inputs (MODEL), which the output may neither contain nor lie inside."""
-    from jaxshare.storage.atomic import check_destination
-
     return check_destination(out, overwrite, sources)
 
 

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, DeprecatedAlias, batch_size_arg,
-                                 check_out_dir, float_in, nonempty, storage_dtype_arg)
+                                 check_out_dir, float_in, nonempty, refuse_given, storage_dtype_arg)
+from jaxshare.data.corpora import load_corpus
+from jaxshare.storage.atomic import OutputError
 
 _FRACTION = float_in(0.0, 1.0, low_open=True, high_open=True)
 
 
 def _target(text: str) -> float:
+    # deferred: jax-heavy (jaxshare.compose pulls jax), and the parser (`jaxshare --help`) imports this
+    # module; this type runs only when --target-params is given
     from jaxshare.compose.budget import check_target
     from jaxshare.compose.plan import PlanError
 
@@ -56,6 +62,7 @@ CALIB_FLAGS = ("calib", "calib_windows", "calib_seq_len", "seed", "batch_size")
 
 
 def _methods(text: str) -> list[str]:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.compose.budget import parse_methods
     from jaxshare.compose.plan import PlanError
 
@@ -70,6 +77,7 @@ def _say(msg: str) -> None:
 
 
 def _calibration(args, plan_calib: dict | None) -> dict:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.compose.plan import CALIB_DEFAULTS
 
     calib = dict(plan_calib or CALIB_DEFAULTS)
@@ -82,6 +90,7 @@ def _calibration(args, plan_calib: dict | None) -> dict:
 
 
 def _grams(m, calib: dict, batch_size: int):
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.calibrate import calibrate
 
     _say(f"calibration: {calib['windows']} x {calib['seq_len']} tokens of {calib['data']} (cached after the first run)")
@@ -89,7 +98,7 @@ def _grams(m, calib: dict, batch_size: int):
 
 
 def cmd_compress(args) -> None:
-    from jaxshare.cli.common import refuse_given
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.compose.apply import run_plan
     from jaxshare.compose.plan import PlanError, check_against, read_plan
     from jaxshare.io.load import load_model, resolve
@@ -157,11 +166,11 @@ def cmd_compress(args) -> None:
 
 
 def _budgeted(m, args, calib):
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.calibrate import calibration_windows
     from jaxshare.compose.budget import check_reachable, format_table, refined_plan, sensitivity
     from jaxshare.compose.plan import PlanError
     from jaxshare.core.compressed import compressed_leaves
-    from jaxshare.data.corpora import load_corpus
 
     if compressed_leaves(m.params):
         raise PlanError("--ratio starts from an uncompressed model; this one is already compressed "
@@ -186,11 +195,6 @@ def _budgeted(m, args, calib):
 
 
 def _check_file_out(path) -> None:
-    import os
-    from pathlib import Path
-
-    from jaxshare.storage.atomic import OutputError
-
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"--plan-out {path} is a directory")
@@ -199,11 +203,6 @@ def _check_file_out(path) -> None:
 
 
 def _write_text(path, text: str) -> None:
-    import os
-    from pathlib import Path
-
-    from jaxshare.storage.atomic import OutputError
-
     p = Path(path)
     tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
     try:

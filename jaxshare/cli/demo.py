@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from jaxshare.data.corpora import load_corpus
+
 
 class Console:
     """The demo's progress lines: plain text, one `print` per line, to stderr by default (the
@@ -37,6 +39,7 @@ def eval_batch(cfg, seq_len: int, budget_bytes: int = 1 << 30, most: int = 8) ->
 def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, con, ratios=(0.1, 0.3),
                      batch: int = 8) -> dict:
     """DirectShare at each ratio: accounting, PPL, and a per-layer map of tied units."""
+    # deferred: jax and numpy; `jaxshare demo`'s parser imports this module (jaxshare.cli.main)
     from jaxshare import plots
     from jaxshare.headshare.directshare import direct_share
     from jaxshare.eval.perplexity import perplexity
@@ -57,7 +60,7 @@ def directshare_step(m, docs, seq_len: int, max_windows: int, plot_dir: Path, co
 
 def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int = 16, table_to=None,
              plot_dir="jaxshare_demo") -> dict:
-    from jaxshare.data.corpora import load_corpus
+    # deferred: jax-heavy; the parser (`jaxshare --help`, jaxshare.cli.main) imports this module
     from jaxshare.eval.perplexity import perplexity
     from jaxshare.core.generate import generate_text
     from jaxshare.io.load import load_model, resolve
@@ -136,6 +139,7 @@ def run_demo(model: str = "smollm2-135m", seq_len: int = 512, max_windows: int =
 def basis_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 0.2,
               calib_windows: int = 16, calib_seq_len: int = 512, ppl_batch: int = 8) -> dict:
     """The demo's Basis Sharing step: calibrate small, compress at `ratio`, perplexity on docs."""
+    # deferred: jax-heavy; the parser (`jaxshare --help`, jaxshare.cli.main) imports this module
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.basis.compress import compress
     from jaxshare.eval.perplexity import perplexity
@@ -155,8 +159,8 @@ def basis_step(m, docs, seq_len: int, max_windows: int, console, ratio: float = 
 def inheritune_step(m, docs, seq_len: int, max_windows: int, plot_dir, console, batch: int = 4,
               analysis_seq_len: int = 256, ppl_batch: int = 8) -> dict:
     """The demo's Inheritune step: degeneration analysis with plots, then inherit (no training)."""
+    # deferred: jax-heavy; the parser (`jaxshare --help`, jaxshare.cli.main) imports this module
     from jaxshare.core.params import count_params
-    from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_windows, tokenize_corpus
     from jaxshare.eval.perplexity import perplexity
     from jaxshare.inheritune.degeneration import analyze, auto_k, write_plots

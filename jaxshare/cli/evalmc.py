@@ -6,6 +6,8 @@ import sys
 
 from jaxshare.errors import JaxshareError
 from jaxshare.cli.common import COUNT, MODEL_HELP, batch_size_arg, compute_dtype_arg, refuse_dtype_arg
+from jaxshare.eval.mc import check_limit, evaluate, parse_tasks, table
+from jaxshare.eval.tasks import TASKS
 
 
 class EvalSetupError(JaxshareError, ValueError):
@@ -13,16 +15,13 @@ class EvalSetupError(JaxshareError, ValueError):
 
 
 def cmd_eval_mc(args) -> None:
-    from jaxshare.eval.mc import check_limit, parse_tasks
-
     tasks = parse_tasks(args.tasks)  # bad input is refused before the (slow) model load
     check_limit(args.limit)
-    try:
+    try:  # deferred: lm-eval (the [eval] extra) and jax; a missing extra is one line
         from jaxshare.eval.harness import JaxshareLM
     except ImportError as e:
         raise EvalSetupError(str(e)) from None
-    from jaxshare.eval.mc import evaluate, table
-    from jaxshare.io.load import load_model
+    from jaxshare.io.load import load_model  # deferred: jax-heavy; the parser imports this module
 
     m = load_model(args.model, "fp32")
     lm = JaxshareLM.from_loaded(m, dtype=args.compute_dtype, batch_size=args.batch_size)
@@ -36,8 +35,6 @@ def cmd_eval_mc(args) -> None:
 
 
 def register(ev_sub, add) -> None:
-    from jaxshare.eval.tasks import TASKS
-
     mc = add("mc", cmd_eval_mc, "zero-shot multiple-choice accuracy (acc, acc_norm) on local BIG-bench "
              "tasks, scored by lm-evaluation-harness (needs the [eval] extra)", parent=ev_sub)
     mc.add_argument("model", help=MODEL_HELP)

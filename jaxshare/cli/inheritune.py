@@ -1,12 +1,14 @@
 """Subcommands of Inheritune: `degeneration` (attention-degeneration analysis) and `inherit`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEQ_LEN, check_out_dir, emit, float_in, int_at_least,
-                                 nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg, sample_windows_arg,
-                                 storage_dtype_arg)
+                                 nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg, refuse_given,
+                                 sample_windows_arg, storage_dtype_arg)
+from jaxshare.data.corpora import load_corpus
 
 TAU = float_in(0.0, 1.0, low_open=True)
 SHARE = float_in(0.0, 1.0)
@@ -14,7 +16,7 @@ HEAD_FRAC = float_in(0.0, 1.0, high_open=True)
 
 
 def run_analysis(m, args) -> dict:
-    from jaxshare.data.corpora import load_corpus
+    # deferred: numpy and jax, and the parser (`jaxshare --help`) imports this module
     from jaxshare.data.tokens import token_windows, tokenize_corpus
     from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.inheritune.degeneration import analyze
@@ -28,7 +30,7 @@ def run_analysis(m, args) -> dict:
 
 
 def _summary_text(res: dict) -> str:
-    import numpy as np
+    import numpy as np  # deferred: keeps numpy off the parser's (`jaxshare --help`) import path
 
     deg = np.flatnonzero(res["degenerate"]).tolist()
     r, m = res["layer_rank_mean"], res["layer_mass_mean"]
@@ -38,6 +40,7 @@ def _summary_text(res: dict) -> str:
 
 
 def cmd_degeneration(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.inheritune.degeneration import to_json, write_plots
     from jaxshare.io.load import load_model, resolve
 
@@ -59,8 +62,7 @@ def cmd_degeneration(args) -> None:
 
 
 def cmd_inherit(args) -> None:
-    import dataclasses
-
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.core.params import count_params
     from jaxshare.inheritune.inherit import check_layers
     from jaxshare.io.load import load_model, resolve
@@ -68,8 +70,6 @@ def cmd_inherit(args) -> None:
     from jaxshare.methods import METHODS, InheritOptions
 
     if not args.auto:  # the analysis flags choose k; --layers gives it
-        from jaxshare.cli.common import refuse_given
-
         refuse_given(args, ("data", "max_windows", "seq_len", "tau", "rank_max", "mass_min", "head_frac", "chunk"),
                      "is unused: it tunes --auto's analysis, and --layers gives k: drop it, or use --auto")
     check_out_dir(args.out, args.overwrite, sources=(args.model,))

@@ -2,13 +2,23 @@
 stdout (one JSON object with --json), progress and messages to stderr."""
 from __future__ import annotations
 
+import _thread
 import argparse
+import importlib
 import json
+import signal
 import sys
+import threading
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
                                  PARAM_DTYPE_HELP, STORAGE_DTYPE_HELP, HelpFormatter, Parser, batch_size_arg, check_out_dir,
                                  compute_dtype_arg, emit, memory_size, nonempty, plot_dir, refuse_dtype_arg)
+from jaxshare.cli.demo import run_demo
+from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
+from jaxshare.cli.quantize import export_gguf_cmd, gguf_export_args  # --format, --gguf-type (GGUF output)
+from jaxshare.data.corpora import corpus_path, load_corpus
+from jaxshare.errors import EXIT_INTERRUPTED, EXIT_USER, JaxshareError
+from jaxshare.storage.atomic import describe, is_io_error
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
@@ -19,17 +29,17 @@ COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxsh
 
 def cmd_fetch(args) -> None:
     if args.what == "model":
+        # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
         from jaxshare.io.load import registered_native
 
         path = registered_native(args.name)
     else:
-        from jaxshare.data.corpora import corpus_path
-
         path = corpus_path(args.name)
     emit(args, {"path": str(path)}, str(path))
 
 
 def cmd_convert(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.io.load import convert
 
     check_out_dir(args.out, args.overwrite, sources=(args.src,))  # before the model is loaded: a taken OUT costs nothing
@@ -39,12 +49,11 @@ def cmd_convert(args) -> None:
 
 
 def cmd_export(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.io.hf import export_hf
     from jaxshare.io.load import load_model
 
     if args.format == "gguf" or (args.format is None and str(args.out).endswith(".gguf")):
-        from jaxshare.cli.quantize import export_gguf_cmd
-
         return export_gguf_cmd(args)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32", allow_bin=args.allow_bin)
@@ -56,12 +65,11 @@ def cmd_export(args) -> None:
 
 
 def _docs(data: str):
-    from jaxshare.data.corpora import load_corpus
-
     return load_corpus(data)
 
 
 def cmd_eval_ppl(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.eval.perplexity import check_max_memory, check_seq_len, perplexity
     from jaxshare.io.load import load_model
 
@@ -80,6 +88,7 @@ def cmd_eval_ppl(args) -> None:
 
 
 def cmd_parity(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.io.load import load_model
     from jaxshare.eval.parity import run_parity
@@ -92,6 +101,7 @@ def cmd_parity(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.core.generate import generate_text
     from jaxshare.io.load import load_model
 
@@ -102,8 +112,6 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from jaxshare.cli.demo import run_demo
-
     res = run_demo(args.model, seq_len=args.seq_len, max_windows=args.max_windows,
                    table_to=sys.stderr if args.json else sys.stdout, plot_dir=args.plot_dir)
     if args.json:
@@ -146,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-shard-mb", type=SHARD_MB, default=2048, help="shard size above which to split (MiB)")
     e.add_argument("--allow-bin", action="store_true", help="read PyTorch .bin (pickle, weights_only=True)")
     e.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
-    from jaxshare.cli.quantize import gguf_export_args  # --format, --gguf-type (GGUF output)
     gguf_export_args(e)
 
     ev_sub = group("eval", "metric", "evaluate a model")
@@ -164,7 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     compute_dtype_arg(pp)
     refuse_dtype_arg(pp)
 
-    from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
     register_mc(ev_sub, add)
 
     pa = add("parity", cmd_parity, "compare logits and PPL with transformers (torch fp32) on the same tokens")
@@ -195,8 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the demo writes its PNG plots")
     refuse_dtype_arg(d)
 
-    import importlib
-
     for module in COMMAND_MODULES:  # each method's subcommands live beside its code
         importlib.import_module(module).register(sub, add, group)
     return p
@@ -206,16 +210,10 @@ def _is_user_error(e: BaseException) -> bool:
     """An error the user can fix: ours (JaxshareError), or an OS / library I/O error (a file that
     cannot be read or written: permission, no space, not a directory). Anything else is a bug in
     jaxshare and keeps its traceback."""
-    from jaxshare.errors import JaxshareError
-    from jaxshare.storage.atomic import is_io_error
-
     return isinstance(e, JaxshareError) or is_io_error(e)
 
 
 def _message(e: BaseException) -> str:
-    from jaxshare.errors import JaxshareError
-    from jaxshare.storage.atomic import describe
-
     if isinstance(e, JaxshareError):
         return str(e)
     return describe(e)  # "No space left on device (path)": the cause first, one line
@@ -224,8 +222,6 @@ def _message(e: BaseException) -> str:
 def main(argv=None) -> int:
     """Exit codes (README, Safety): 0 done; 2 an error the user can fix, one line on stderr;
     3 a training run preempted after saving a checkpoint; 130 interrupted (Ctrl-C)."""
-    from jaxshare.errors import EXIT_INTERRUPTED, EXIT_USER
-
     try:  # parsing imports modules (and may take a moment): a Ctrl-C there is no traceback either
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
@@ -253,9 +249,6 @@ def _interrupt_hook(previous):
     printed as "Exception ignored" and the command would go on: raise it again in the main thread."""
     def hook(unraisable):
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            import _thread
-            import threading
-
             # from another thread, a moment later: raised here, inside the hook, it would be
             # "ignored" once more
             threading.Timer(0.01, _thread.interrupt_main).start()
@@ -268,8 +261,6 @@ def _interrupt_hook(previous):
 def run() -> None:
     """The console entry: once the command has returned, a late Ctrl-C must not turn its exit
     code into a KeyboardInterrupt traceback while Python shuts down."""
-    import signal
-
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)

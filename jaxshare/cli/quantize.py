@@ -6,7 +6,7 @@ import json
 import sys
 
 from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir, float_in, nonempty,
-                                 storage_dtype_arg)
+                                 refuse_given, storage_dtype_arg)
 
 # The same CPU-sized calibration as `jaxshare basis` (the grams are cached and shared with it).
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512
@@ -28,11 +28,12 @@ def group_arg(text: str):
 
 
 def cmd_quantize(args) -> None:
+    # deferred: jax-heavy (jaxshare.cli.basis too, through jaxshare.basis.factor), and the parser
+    # (`jaxshare --help`) imports this module
     from jaxshare.basis.calibrate import calibrate
     from jaxshare.cli.basis import _calib_name, announce
     from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native
-    from jaxshare.cli.common import refuse_given
     from jaxshare.quant.model import QuantSpec, check_model, quantize_params
 
     if args.method == "rtn":
@@ -69,6 +70,7 @@ def cmd_quantize(args) -> None:
 
 
 def gguf_type_arg(text: str) -> str:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.io.gguf_export import TYPES
 
     if text not in TYPES:
@@ -86,6 +88,7 @@ def gguf_export_args(e) -> None:
 
 def export_gguf_cmd(args) -> None:
     """`jaxshare export MODEL OUT.gguf`: llama.cpp names, metadata, tokenizer and chat template."""
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.io import registry
     from jaxshare.io.gguf_export import check_destination, export_gguf
     from jaxshare.io.load import load_model

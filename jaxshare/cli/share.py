@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxshare.cli.basis import CALIB_SEQ_LEN, CALIB_WINDOWS
+from jaxshare.cli.basis import CALIB_SEQ_LEN, CALIB_WINDOWS, _calib_name, announce
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARE_RATIO, batch_size_arg,
                                  check_out_dir, emit, nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg,
-                                 sample_windows_arg)
+                                 refuse_given, sample_windows_arg)
+from jaxshare.data.corpora import load_corpus
 from jaxshare.headshare.similarity import MATCHES
 
 
 def cmd_similarity(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     import numpy as np
 
     from jaxshare import plots
@@ -46,11 +48,11 @@ def cmd_similarity(args) -> None:
 
 
 def cmd_attention_similarity(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     import numpy as np
 
     from jaxshare import plots
     from jaxshare.eval.attention_maps import map_similarity
-    from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_windows, tokenize_corpus
     from jaxshare.eval.perplexity import check_seq_len
     from jaxshare.io.load import load_model
@@ -80,6 +82,7 @@ def cmd_attention_similarity(args) -> None:
 
 
 def cmd_share(args) -> None:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare import plots
     from jaxshare.io.native import save_native
     from jaxshare.headshare.datashare import data_share
@@ -93,8 +96,6 @@ def cmd_share(args) -> None:
         raise SharingError(f"--ratio must be in [0, 1), got {ratio}")
     needs_calib = args.keep == "data" or args.correct != "none"
     if not needs_calib:
-        from jaxshare.cli.common import refuse_given
-
         refuse_given(args, ("calib", "calib_windows", "calib_seq_len", "batch_size", "seed"),
                      f"is unused: --keep {args.keep} --correct {args.correct} fits on no calibration data, so it "
                      "would be ignored: drop it, or use --keep data or --correct qk/qkv")
@@ -110,7 +111,6 @@ def cmd_share(args) -> None:
     grams, calib = None, None
     if needs_calib:
         from jaxshare.basis.calibrate import calibrate
-        from jaxshare.cli.basis import _calib_name, announce
 
         announce(m, args)
         grams, calib = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,

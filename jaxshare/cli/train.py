@@ -5,18 +5,18 @@ import json
 import sys
 from pathlib import Path
 
-from jaxshare.errors import UsageError
+from jaxshare.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, UsageError
 from jaxshare.cli.common import emit, nonempty, plot_dir_arg
-from jaxshare.training.config import MODES
+from jaxshare.cli.main import main as cli_main
+from jaxshare.optional import check
+from jaxshare.storage.paths import as_path, scheme
+from jaxshare.training.config import MODES, TrainConfigError, check_resume_sets, load_config
 
 SET_HELP = "override a config key (repeatable), e.g. --set steps=200 --set mesh=data=2,fsdp=4"
 
 
 def _refuse_in_memory(run_dir) -> None:
     """An in-memory filesystem ends with the command: a run there would print paths to nothing."""
-    from jaxshare.training.config import TrainConfigError
-    from jaxshare.storage.paths import scheme
-
     if scheme(str(run_dir)) == "memory":
         raise TrainConfigError(f"run_dir {run_dir}: memory:// keeps nothing after the command exits; "
                                "choose a local directory or a gs:// / s3:// URL")
@@ -25,8 +25,6 @@ def _refuse_in_memory(run_dir) -> None:
 def _check_packages(tc) -> None:
     """The optional packages this run will need, refused by name before the model loads (the
     trainer would meet them only after loading it and preparing the run dir)."""
-    from jaxshare.optional import check
-
     check("grain", "train", "training (its data iterator)")
     if tc.tensorboard:
         check("tensorboardX", "train", "TensorBoard logging (tensorboard: true)")
@@ -35,15 +33,11 @@ def _check_packages(tc) -> None:
 
 
 def _exit_code(res: dict) -> int:
-    from jaxshare.errors import EXIT_OK, EXIT_PREEMPTED
-
     return EXIT_PREEMPTED if res.get("status") == "preempted" else EXIT_OK
 
 
 def _interrupted(args, run_dir) -> int:
     """The second Ctrl-C (or one before the step loop): one line, the checkpoints as they were."""
-    from jaxshare.errors import EXIT_INTERRUPTED
-
     print(f"jaxshare {args.command}: interrupted; {run_dir} keeps its last complete checkpoint, if any "
           f"(continue with: jaxshare train resume {run_dir})", file=sys.stderr)
     return EXIT_INTERRUPTED
@@ -51,6 +45,7 @@ def _interrupted(args, run_dir) -> int:
 
 def _report(args, res: dict) -> None:
     if res.get("mode") == "inheritune" and res["status"] == "completed":
+        # deferred: jax, optax, and the parser (`jaxshare --help`) imports this module
         from jaxshare.training.stages import stage_table
 
         ref = res["reference_loss"]
@@ -72,9 +67,9 @@ def _report(args, res: dict) -> None:
 def cmd_train(args) -> int:
     """Exit code: 0 completed, EXIT_PREEMPTED after a SIGTERM / first Ctrl-C saved a checkpoint,
     EXIT_INTERRUPTED after a second Ctrl-C."""
-    from jaxshare.training.config import load_config
+    # deferred: jax, optax (training.program: numpy), and the parser (`jaxshare --help`)
+    # imports this module
     from jaxshare.training.trainer import Trainer
-
     from jaxshare.training.program import initialize_distributed
 
     tc = load_config(args.config, args.set, mode=args.mode)
@@ -95,9 +90,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    # deferred: jax, optax (training.program: numpy), and the parser (`jaxshare --help`)
+    # imports this module
     from jaxshare.training.stages import STATE, run_inheritune
-    from jaxshare.training.config import check_resume_sets, load_config
-    from jaxshare.storage.paths import as_path
     from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
 
@@ -122,7 +117,7 @@ def cmd_resume(args) -> int:
 
 def plot_run(run_dir, out=None) -> list[Path]:
     """loss / CE / L_w against step, and held-out PPL against step, as PNGs in the run dir."""
-    from jaxshare import plots
+    from jaxshare import plots  # deferred: numpy (matplotlib inside); the parser imports this module
 
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
@@ -178,6 +173,4 @@ def register(sub, add, group) -> None:
 
 def main(argv=None) -> int:
     """`python -m train ...` = `jaxshare train ...`."""
-    from jaxshare.cli.main import main as cli_main
-
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
