@@ -34,9 +34,7 @@ def default_run_dir(out: str) -> str:
 
 
 def cmd_heal(args) -> int:
-    from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native
-    from jaxshare.storage import fetch
     from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
     from jaxshare.training import multihost as mh
@@ -47,20 +45,21 @@ def cmd_heal(args) -> int:
     _check_packages(tc)
     initialize_distributed(tc)
     try:
-        res = Trainer(tc, overwrite=args.overwrite).run()
+        tr = Trainer(tc, overwrite=args.overwrite)
+        res = tr.run()
     except KeyboardInterrupt:
         return _interrupted(args, tc.run_dir)
     if res["status"] != "completed":
         emit(args, res, f"preempted at step {res['step']}; checkpoint saved. Continue with: "
                         f"jaxshare train resume {res['run_dir']} (then copy {res['run_dir']}/final to {args.out})")
         return _exit_code(res)
-    if mh.is_primary():
-        m = load_model(fetch.localize(res["final"], "healed model"), "fp32")
-        extra = dict(m.meta.get("extra") or {})
+    if mh.is_primary():  # the healed params are on every host already (finish gathered them)
+        m = tr.model
+        extra = {**dict((m.meta or {}).get("extra") or {}), "derived_from": str(m.source)}
         extra["heal"] = {k: res.get(k) for k in ("recipe", "tokens", "steps", "eval_ppl", "teacher_ppl", "start_ppl",
                                                  "recovered", "eval_data", "merge") if res.get(k) is not None}
         extra["heal"]["teacher"] = tc.teacher
-        save_native(args.out, m.cfg, m.params, m.tokenizer, extra=extra, overwrite=args.overwrite)
+        save_native(args.out, m.cfg, tr.shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
     mh.barrier("jaxshare_heal_out")
     res["out"] = str(args.out)
     gap = (f", teacher {res['teacher_ppl']:.4f}; recovered {100 * res['recovered']:.1f}% of the gap in nats"

@@ -100,3 +100,55 @@ def test_two_processes_train_like_one_process_with_eight_devices(files, tmp_path
         got, want = load_model(str(run / sub)), load_model(str(ref_run / sub))
         np.testing.assert_allclose(np.asarray(forward(got.params, CFG, toks)),
                                    np.asarray(forward(want.params, CFG, toks)), atol=1e-4)
+
+
+def test_two_processes_heal_like_one_process(files, tmp_path):
+    """`jaxshare heal` on two processes: the teacher is laid out beside the student on the same mesh,
+    one writer, the same KD losses as one process with the same layout, one healed output."""
+    import jax.numpy as jnp
+
+    student = tmp_path / "student"
+    save_native(student, CFG, jax.tree_util.tree_map(lambda x: x * jnp.float32(1.2), init_params(CFG, jax.random.key(0))),
+                None)
+    heal = dict(steps=3, seq_len=32, batch_size=8, lr=1e-3, warmup_steps=1, eval_every=0, eval_windows=4,
+                checkpoint_every=0, progress=False, tensorboard=False, trains="lora", lora_rank=2, export_hf=False)
+    argv0 = ["heal", str(student), None, "--teacher", str(files / "model"), "--data", str(files / "train.npy"),
+             "--eval-data", str(files / "eval.npy"), "--json"]
+    ref_out, ref_run = tmp_path / "one_out", tmp_path / "one"
+    ref = trainer.Trainer(build_config(dict(mode="heal", model=str(student), teacher=str(files / "model"),
+                                            data=str(files / "train.npy"), eval_data=str(files / "eval.npy"),
+                                            run_dir=str(ref_run), mesh="data=2,fsdp=4", **heal))).run()
+    port = _free_port()
+    sets = {**heal, "mesh": "fsdp=4", "dcn_mesh": "data=2", "multihost": True, "coordinator": f"localhost:{port}",
+            "num_processes": 2}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    procs = []
+    for pid in range(2):
+        argv = [sys.executable, "-m", "jaxshare"] + [a if a is not None else str(tmp_path / "two_out") for a in argv0]
+        argv += ["--run-dir", str(tmp_path / "two")]
+        for k, v in {**sets, "process_id": pid}.items():
+            argv += ["--set", f"{k}={v}"]
+        procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+    a, b = [r for r in _rows(ref_run) if "loss" in r], [r for r in _rows(tmp_path / "two") if "loss" in r]
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for k in ("loss", "kd", "grad_norm"):
+            assert y[k] == pytest.approx(x[k], rel=2e-6, abs=1e-6), (x["step"], k)
+    from jaxshare.core.model import forward
+    from jaxshare.io.load import load_model
+
+    toks = np.load(files / "eval.npy")[:64].reshape(2, 32)
+    got, want = load_model(str(tmp_path / "two_out")), load_model(ref["final"])
+    np.testing.assert_allclose(np.asarray(forward(got.params, CFG, toks)), np.asarray(forward(want.params, CFG, toks)),
+                               atol=1e-4)
+    del ref_out
