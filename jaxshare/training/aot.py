@@ -14,9 +14,13 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
+
+from jaxshare.core.config import ModelConfig, RopeScaling
 from jaxshare.errors import UsageError
+from jaxshare.training.config import load_config
 
 # Model shapes by name (no weights are needed to compile).
 SHAPES = {
@@ -28,8 +32,6 @@ SHAPES = {
 
 
 def shape_config(name: str):
-    from jaxshare.core.config import ModelConfig, RopeScaling
-
     if name not in SHAPES:
         raise UsageError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})")
     kw = dict(SHAPES[name])
@@ -41,6 +43,8 @@ def shape_config(name: str):
 def compile_step(tc, cfg, mesh=None) -> dict:
     """Lower and compile the train step of `tc` for model `cfg` on `mesh` (default: the config's)
     from eval_shape'd params; returns XLA's per-device memory figures in bytes."""
+    # deferred: jax (and these modules, which import it) must load after main() sets XLA_FLAGS and
+    # JAX_PLATFORMS; jax reads JAX_PLATFORMS when it is imported
     import jax
     import jax.numpy as jnp
 
@@ -85,10 +89,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import time
-
-    from jaxshare.training.config import load_config
-
     tc = load_config(args.config, args.set)
     t0 = time.perf_counter()
     res = compile_step(tc, shape_config(args.shape))

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -21,6 +22,7 @@ import jax
 
 from jaxshare.errors import CheckpointError, JaxshareError
 from jaxshare.storage import paths
+from jaxshare.storage.atomic import describe, is_io_error
 from jaxshare.training.config import TrainConfigError
 from jaxshare.core.params import param_bytes
 from jaxshare.training.memory import drop_checkpoints
@@ -51,8 +53,6 @@ def _library_stderr_held():
     """Hold what tensorstore/orbax print straight to fd 2 while a synchronous save runs: a failed
     write makes its worker threads print a traceback each ("Event loop is closed") after we have
     the cause. Kept output is passed on; after a failure it is dropped for our one line."""
-    import sys
-
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -91,6 +91,7 @@ def _steps(d) -> list[int]:
 
 class Checkpoints:
     def __init__(self, run_dir, keep: int, async_save: bool, resuming: bool):
+        # deferred on purpose: orbax.checkpoint is slow to import (tensorstore); only a checkpointing run loads it
         import orbax.checkpoint as ocp
 
         self.run_dir = run_dir
@@ -136,8 +137,6 @@ class Checkpoints:
                               f" ({need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
 
     def _error(self, step: int, e: BaseException, detail: str = "") -> CheckpointWriteError:
-        from jaxshare.storage.atomic import describe
-
         return CheckpointWriteError(f"cannot write checkpoint step {step} in {self.remote}: {describe(e)}{detail}; "
                                     f"free space there (or move the run dir), then `jaxshare train resume "
                                     f"{self.run_dir}` continues from the last complete checkpoint")
@@ -152,9 +151,8 @@ class Checkpoints:
                 pass
 
     def save(self, step: int, state, data_iter=None) -> None:
+        # deferred on purpose: orbax.checkpoint is slow to import (tensorstore); only a checkpointing run loads it
         import orbax.checkpoint as ocp
-
-        from jaxshare.storage.atomic import is_io_error
 
         self._check_space(step, state)
         items = {"state": ocp.args.StandardSave(state)}
@@ -186,6 +184,7 @@ class Checkpoints:
     def restore(self, step: int, abstract_state, data_iter=None):
         """The state restored straight into the shardings `abstract_state` carries; the data
         iterator (when checkpointable) is set to where it stood."""
+        # deferred on purpose: orbax.checkpoint is slow to import (tensorstore); only a checkpointing run loads it
         import orbax.checkpoint as ocp
 
         items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -197,8 +196,6 @@ class Checkpoints:
             with _library_stderr_held():
                 return self.mngr.restore(step, args=ocp.args.Composite(**items))["state"]
         except (ValueError, KeyError, TypeError) as e:  # shapes or tree of another model or config
-            from jaxshare.storage.atomic import describe, is_io_error
-
             if is_io_error(e):
                 raise CheckpointError(f"cannot read checkpoint step {step} in {self.remote}: {describe(e)}") from None
             first = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else type(e).__name__

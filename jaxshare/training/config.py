@@ -7,10 +7,17 @@ Defaults are the paper's: gamma 0.5, AdamW lr 5e-5, betas (0.9, 0.95), eps 1e-8,
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import yaml
+
 from jaxshare.errors import JaxshareError
+from jaxshare.storage.paths import as_path, write_text
+from jaxshare.yamlio import safe_load
 
 MODES = ("postshare", "direct+post", "plain", "inheritune", "heal")
 # What a heal run trains (training/recipes.py): every leaf its kind allows, only the compressed
@@ -141,10 +148,12 @@ class TrainConfig:
 
         if self.mode not in MODES:
             bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        # deferred: keeps jax out of the CLI parser
         from jaxshare.core.dtypes import NAMES
 
         if self.dtype not in NAMES:  # the names every entry point takes (core.dtypes.as_dtype)
             bad(f"dtype must be one of {', '.join(NAMES)}, got {self.dtype!r}")
+        # deferred: keeps jax out of the CLI parser
         from jaxshare.headshare.datashare import CORRECT, KEEP
         from jaxshare.headshare.similarity import MATCHES
 
@@ -196,6 +205,7 @@ class TrainConfig:
         elif self.teacher:
             bad(f"teacher is a healing setting (mode heal), got mode {self.mode}")
         if self.mode == "inheritune":
+            # deferred: keeps jax out of the CLI parser
             from jaxshare.inheritune.grow import check_stages
 
             if self.ratio != 0:
@@ -204,6 +214,7 @@ class TrainConfig:
                 check_stages(self.stages, self.grow)
             except ValueError as e:
                 bad(str(e))
+        # deferred: keeps jax out of the CLI parser
         from jaxshare.training.memory import REMAT
         from jaxshare.training.mesh import parse_mesh
         from jaxshare.training.step import ATTENTION
@@ -219,6 +230,7 @@ class TrainConfig:
         return self
 
     def _validate_heal(self, bad) -> None:
+        # deferred: keeps jax out of the CLI parser
         from jaxshare.core.dtypes import NAMES
 
         if not self.teacher:
@@ -259,10 +271,6 @@ class TrainConfig:
 def _coerce(key: str, raw, typ: type):
     """A YAML value or --set string as the field's type (bool/int/float/str)."""
     if isinstance(raw, str) and typ is not str:
-        import yaml
-
-        from jaxshare.yamlio import safe_load
-
         try:
             raw = safe_load(raw, f"--set {key}")
         except yaml.YAMLError:
@@ -341,9 +349,6 @@ def flatten(raw: dict, where: str = "the config") -> dict:
 
 def reference() -> list[dict]:
     """Every key: section, name, type, default and the comment beside (or above) its field."""
-    import inspect
-    import re
-
     notes, above = {}, []
     for line in inspect.getsource(TrainConfig).splitlines():
         text = line.strip()
@@ -421,8 +426,6 @@ def config_path(name) -> Path:
     """A YAML path, or the bare name of a shipped config (`smollm2_postshare`), so that a wheel
     install finds the configs without a checkout. A URL (gs://, memory://, ...) is read through epath."""
     if "://" in str(name):
-        from jaxshare.storage.paths import as_path
-
         remote = as_path(str(name))
         if remote.exists():
             return remote
@@ -438,10 +441,6 @@ def config_path(name) -> Path:
 
 
 def load_config(path=None, sets: list[str] | None = None, mode: str | None = None) -> TrainConfig:
-    import yaml
-
-    from jaxshare.yamlio import safe_load
-
     base = {}
     if path is not None:
         p = config_path(path)
@@ -465,10 +464,6 @@ _check_sections()
 
 
 def dump_config(cfg: TrainConfig, path) -> None:
-    import yaml
-
-    from jaxshare.storage.paths import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

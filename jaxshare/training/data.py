@@ -14,14 +14,14 @@ import math
 
 import numpy as np
 
+from jaxshare.optional import require
+
 # grain's MapDataset.range needs an end; a run never reaches it.
 _ENDLESS = 1 << 62
 
 
 def _grain():
     # deferred on purpose: grain is optional (the `train` extra), and only a training run reads batches
-    from jaxshare.optional import require
-
     return require("grain", "train", "training (its data iterator)")
 
 

@@ -17,13 +17,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxshare.core.params import count_params, param_bytes
+from jaxshare.headshare.directshare import accounting
 from jaxshare.headshare.penalty import pairs_from_plan, weight_penalty
+from jaxshare.io.hf import export_hf
+from jaxshare.io.native import META, native_meta, save_native
 from jaxshare.lora.leaf import adapter_params, merge
-from jaxshare.headshare.sharing import MATRICES
+from jaxshare.headshare.sharing import MATRICES, compact_params, is_shared, manifest, share
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
 from jaxshare.training.recipes import describe
 from jaxshare.storage import paths
+from jaxshare.storage.atomic import swap
 
 
 def commit(dest, write) -> None:
@@ -33,9 +37,8 @@ def commit(dest, write) -> None:
 
 
 def _save_final_multiprocess(tr, shared, extra) -> None:
+    # deferred on purpose: orbax.checkpoint is slow to import (tensorstore); only a multi-process run's final/ uses it
     import orbax.checkpoint as ocp
-
-    from jaxshare.io.native import META, native_meta
 
     dest = tr.run_dir / "final"
     local = paths.is_local(dest)
@@ -62,8 +65,6 @@ def _save_final_multiprocess(tr, shared, extra) -> None:
                     paths.write_bytes(tmp / name, Path(t, name).read_bytes())
         paths.write_text(tmp / META, json.dumps(native_meta(tr.model.cfg, shared, extra, version=1), indent=2))
         if local:
-            from jaxshare.storage.atomic import swap
-
             swap(Path(os.fspath(tmp)), Path(os.fspath(dest)))
         else:
             (dest / paths.COMMIT_MARKER).write_text("")
@@ -71,11 +72,6 @@ def _save_final_multiprocess(tr, shared, extra) -> None:
 
 
 def finish(tr, trained, decision, step: int) -> dict:
-    from jaxshare.headshare.directshare import accounting
-    from jaxshare.headshare.sharing import compact_params, is_shared, manifest, share
-    from jaxshare.io.hf import export_hf
-    from jaxshare.io.native import save_native
-
     tc, m = tr.tc, tr.model
     multi = jax.process_count() > 1
     result = {"status": "completed", "mode": tc.mode, "steps": step, "tokens": step * tc.batch_size *

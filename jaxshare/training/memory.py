@@ -25,6 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
@@ -73,8 +74,6 @@ def release_free_memory() -> None:
 def drop_checkpoints(ckpt_dir) -> None:
     """Remove the orbax step directories (digit names) of a completed run, then checkpoints/
     itself if that left it empty; anything else there is not ours and stays (any epath)."""
-    from etils import epath
-
     ckpt_dir = epath.Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return

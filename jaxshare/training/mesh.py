@@ -12,7 +12,13 @@ slices and the ICI axes stay inside one (`mesh_utils.create_hybrid_device_mesh`)
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxshare.core import axes
+from jaxshare.core.bank import trainable_mask
 from jaxshare.errors import JaxshareError
 
 AXES = ("data", "fsdp", "tensor")
@@ -65,10 +71,6 @@ def make_mesh(spec: str = "", devices=None, dcn: str = ""):
     mesh giving both data and fsdp with fewer devices uses the first ones (a 1-device reference run). With `dcn`, `spec`
     is the per-slice (ICI) layout and `dcn` the layout across slices; a device's slice is its
     `slice_index` (TPU) or else its process."""
-    import jax
-    from jax.experimental import mesh_utils
-    from jax.sharding import AxisType, Mesh
-
     devices = list(jax.devices() if devices is None else devices)
     sizes, dcn_sizes = parse_mesh(spec), parse_mesh(dcn, "dcn_mesh")
     auto = (AxisType.Auto,) * len(AXES)
@@ -101,8 +103,6 @@ def make_mesh(spec: str = "", devices=None, dcn: str = ""):
 def param_shardings(mesh, params, rules=None):
     """NamedSharding per leaf of a params tree (dense, banked or factored; arrays or
     ShapeDtypeStructs) from its logical axes."""
-    from jaxshare.core import axes
-
     return axes.tree_shardings(params, mesh, rules or axes.DEFAULT_RULES)
 
 
@@ -110,10 +110,6 @@ def state_shardings(mesh, state_shapes, params_shapes, rules=None, mask=None):
     """Shardings of the whole training state (init_state's tree): the trainable params and
     every optimizer-state subtree shaped like them follow the params' logical axes; frozen leaves
     (bank indices) follow theirs (replicated); counters, step and RNG are replicated."""
-    import jax
-
-    from jaxshare.core.bank import trainable_mask
-
     full = param_shardings(mesh, params_shapes, rules)
     mask = trainable_mask(params_shapes) if mask is None else mask  # a recipe's own: which leaves train
     pick = lambda keep: jax.tree_util.tree_map(lambda m, s: s if m == keep else None, mask, full)  # noqa: E731
@@ -135,16 +131,12 @@ def state_shardings(mesh, state_shapes, params_shapes, rules=None, mask=None):
 
 def batch_sharding(mesh, ndim: int, batch_axis: int = 0):
     """Windows split over data x fsdp along `batch_axis` (micro-batch axis of [A, B, T])."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     spec = [None] * ndim
     spec[batch_axis] = ("data", "fsdp")
     return NamedSharding(mesh, P(*spec))
 
 
 def replicated(mesh):
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     return NamedSharding(mesh, P())
 
 

@@ -16,6 +16,8 @@ import secrets
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
 from jaxshare.errors import UsageError
 
 
@@ -42,8 +44,6 @@ def to_host(tree):
     one `process_allgather` of the whole tree (a collective: every process calls this at the same
     point; a barrier first, so that a process still finishing process-0-only work is not timed
     out by the collective's own shorter deadline)."""
-    from jax.experimental import multihost_utils
-
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
     out = [None if i in spread else np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)]
@@ -80,8 +80,6 @@ def global_batch(local_ABT: np.ndarray, sharding, global_shape: tuple[int, ...])
 
 def barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -89,7 +87,5 @@ def shared_token() -> str:
     """A random token that every process agrees on (process 0's), e.g. for a temporary name."""
     token = secrets.randbits(31)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         token = int(multihost_utils.broadcast_one_to_all(np.asarray(token, np.int32)))
     return f"{token:08x}"

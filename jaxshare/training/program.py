@@ -8,9 +8,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
+from jaxshare.data.tokens import token_ids, token_windows
+from jaxshare.headshare.directshare import n_units
+from jaxshare.io.load import load_model, resolve
+from jaxshare.storage import fetch
 from jaxshare.training.config import TrainConfig, TrainConfigError
+from jaxshare.training.data import steps_for
 
 
 @dataclass
@@ -27,8 +33,6 @@ def initialize_distributed(tc: TrainConfig) -> None:
     processes exchange collectives through gloo."""
     if not tc.multihost:
         return
-    import jax
-
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kw = {}
     if tc.coordinator:
@@ -43,15 +47,7 @@ def initialize_distributed(tc: TrainConfig) -> None:
 def prepare(tc: TrainConfig) -> Prepared:
     """Everything that can be wrong with a run, checked before any training compute: the
     model, seq_len against its positions, the ratio against its units, both corpora."""
-    from jaxshare.data.tokens import token_ids, token_windows
-    from jaxshare.headshare.directshare import n_units
-    from jaxshare.io.load import load_model, resolve
-    from jaxshare.storage import fetch
-    from jaxshare.training.data import steps_for
-
     if tc.attention == "cudnn":
-        import jax
-
         if jax.default_backend() != "gpu":
             raise TrainConfigError(f"attention cudnn needs a GPU (the backend is {jax.default_backend()}); "
                                    "use xla or auto")
@@ -76,9 +72,6 @@ def prepare(tc: TrainConfig) -> Prepared:
 
 def load_teacher(tc: TrainConfig, student):
     """The teacher of a heal run (fp32, dense or not), refused unless it reads the student's tokens."""
-    from jaxshare.io.load import load_model, resolve
-    from jaxshare.storage import fetch
-
     path = fetch.localize(tc.teacher, "teacher")
     resolve(path)
     t = load_model(path, "fp32")

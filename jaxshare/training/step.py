@@ -13,6 +13,7 @@ from jaxshare.core.model import attention_implementation, decoder_layer, next_to
 from jaxshare.headshare.penalty import weight_penalty
 from jaxshare.training import mesh as meshlib
 from jaxshare.training.memory import clip_by_global_norm, remat_layer
+from jaxshare.training.multihost import put_global
 
 ATTENTION = ("xla", "cudnn", "auto")
 
@@ -139,8 +140,6 @@ def place_state(params, tx, seed: int, mesh, donate: bool = False, mask=None):
     directly in its sharded layout (no replicated copy of m and v ever exists). donate: the
     state takes over the buffers of `params` (deleted then) instead of copying them. Every
     process passes the same host params; each keeps only its devices' shards."""
-    from jaxshare.training.multihost import put_global
-
     _, sh = abstract_state(params, tx, seed, mesh, mask=mask)
     trainable, frozen = partition(params, mask)
     del params

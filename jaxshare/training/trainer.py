@@ -24,25 +24,39 @@ import io
 import json
 import math
 import signal
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
+from jaxshare.basis.calibrate import calibrate, collect_grams
 from jaxshare.core.bank import combine
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import next_token_nll
+from jaxshare.core.params import cast_params
+from jaxshare.data.tokens import token_ids, token_windows
+from jaxshare.headshare.datashare import apply_share
+from jaxshare.headshare.directshare import plan
 from jaxshare.headshare.penalty import pairs_from_plan
-from jaxshare.headshare.sharing import MATRICES
+from jaxshare.headshare.sharing import MATRICES, compact_params, share
 from jaxshare.training import mesh as meshlib
 from jaxshare.training import multihost as mh
+from jaxshare.training import rundir
+from jaxshare.training import step as step_module
 from jaxshare.storage import paths
-from jaxshare.training.checkpoints import Checkpoints
-from jaxshare.training.config import TrainConfig, dump_config
+from jaxshare.training.checkpoints import Checkpoints, sweep_tmp
+from jaxshare.training.config import TrainConfig, check_resume_sets, dump_config, load_config
+from jaxshare.training.data import batch_iterator
+from jaxshare.training.finish import finish
 from jaxshare.training.memory import release_free_memory
+from jaxshare.training.program import load_teacher, prepare
 from jaxshare.training.recipes import recipe_for, trainable_count
+from jaxshare.training.rundir import check_new_run_dir
+from jaxshare.training.writers import open_writers, peak_flops, train_flops_per_token
 # The pure pieces live in step.py; re-exported here, where tests and benchmarks have found them.
 from jaxshare.training.step import (abstract_state, ce_loss, compile_step, init_state, make_optimizer,  # noqa: F401
                                     make_step, place_state)
@@ -80,8 +94,6 @@ class Trainer:
         teacher: the dense model a `heal` run distills from (a Model), loaded from tc.teacher if None;
         donate: the training state takes over the model's buffers (deleted then; a library caller
         that keeps using its Model, or whose teacher shares arrays with it, passes False)."""
-        from jaxshare.training.rundir import check_new_run_dir
-
         self.tc = tc
         self.run_dir = paths.as_path(tc.run_dir)
         # Refused before the model loads; an earlier run is cleared only once run() starts writing.
@@ -89,8 +101,6 @@ class Trainer:
         self.mesh = mesh if mesh is not None else meshlib.make_mesh(tc.mesh, dcn=tc.dcn_mesh)
         meshlib.check_batch(self.mesh, tc.batch_size)
         if model is None:
-            from jaxshare.training.program import prepare
-
             prep = prepare(tc)
             model, data, eval_windows, total_steps = prep.model, prep.windows, prep.eval_windows, prep.total_steps
             teacher = prep.teacher if teacher is None else teacher
@@ -99,8 +109,6 @@ class Trainer:
         self.model, self.data, self.eval_windows, self.total_steps = model, data, np.asarray(eval_windows), total_steps
         self.recipe = recipe_for(tc)
         if self.recipe.teacher:
-            from jaxshare.training.program import load_teacher
-
             self.teacher = teacher if teacher is not None else load_teacher(tc, model)
         else:
             self.teacher = None
@@ -111,10 +119,6 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir, sets: list[str] | None = None, **parts) -> "Trainer":
-        from jaxshare.training.config import load_config
-
-        from jaxshare.training.config import check_resume_sets
-
         check_resume_sets(sets, run_dir)  # before anything is read or written
         path = paths.as_path(str(run_dir)) / "config.yaml"
         if not path.exists():
@@ -127,9 +131,6 @@ class Trainer:
         """(starting params, plan decision or None). The plan is decided once, on the starting
         model (every process computes the same one), and stored in the run dir by process 0 so
         that a resume uses the same pairs."""
-        from jaxshare.headshare.directshare import plan
-        from jaxshare.headshare.sharing import compact_params, share
-
         tc, m = self.tc, self.model
         path = self.run_dir / "plan.npz"
         decision = None
@@ -144,8 +145,6 @@ class Trainer:
         if self.recipe.ties_first and decision is not None:
             roots = {mm: decision["by_matrix"][mm]["roots"] for mm in MATRICES}
             if tc.keep == "data" or tc.correct != "none":  # data-aware rows, corrections train with them
-                from jaxshare.headshare.datashare import apply_share
-
                 params, _ = apply_share(params, m.cfg, roots, tc.keep, tc.correct, self._grams(), tc.share_o)
             else:
                 params = compact_params(share(params, m.cfg, roots, keep=tc.keep, share_o=tc.share_o))
@@ -153,12 +152,8 @@ class Trainer:
 
     def _grams(self) -> dict:
         """Attention-input grams of the calibration data (a corpus: cached, as `jaxshare basis`)."""
-        from jaxshare.basis.calibrate import calibrate, collect_grams
-
         tc, m = self.tc, self.model
         if tc.calib.endswith(".npy"):
-            from jaxshare.data.tokens import token_ids, token_windows
-
             w = token_windows(token_ids(tc.calib, m.tokenizer), tc.calib_seq_len, tc.calib_windows,
                               vocab_size=m.cfg.vocab_size, what=f"calibration data {tc.calib}")
             return collect_grams(m.params, m.cfg, w)
@@ -166,8 +161,6 @@ class Trainer:
 
     def _open_writer(self):
         if self.writer is None and mh.is_primary():
-            from jaxshare.training.writers import open_writers
-
             self.writer = open_writers(self.run_dir, self.tc.tensorboard, self.tc.wandb, self.tc.to_dict())
         return self.writer
 
@@ -205,8 +198,6 @@ class Trainer:
         huge weights (lr 1e9: ~1e9) whose loss is still finite while their gradient overflows, so
         the next update from them is NaN whatever the lr: the state, and the loss and gradient norm
         of its weights on one held-out micro-batch (in the training dtype), must all be finite."""
-        from jaxshare.training import step as step_module
-
         tc, cfg = self.tc, self.model.cfg
         if getattr(self, "_sound_fn", None) is None:
             dtype = as_dtype(tc.dtype)
@@ -244,8 +235,6 @@ class Trainer:
         return TrainingDiverged(f"{what} at step {step}{detail}; stopped without saving it. {todo}")
 
     def _on_sigint(self, *_):
-        import sys
-
         if self._preempted:  # the second Ctrl-C: stop now; the last complete checkpoint stays
             raise KeyboardInterrupt
         self._preempted = True
@@ -255,9 +244,6 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         """Process 0, before anything else is written: a new run clears the earlier run it may
         replace, then writes the marker first (rundir.py) and its config."""
-        from jaxshare.training import rundir
-        from jaxshare.training.checkpoints import sweep_tmp
-
         if self._clear:
             rundir.clear_run_dir(self.run_dir)
             self._clear = False
@@ -276,8 +262,6 @@ class Trainer:
         or (None, None) for a recipe without a teacher. teacher_dtype bf16 halves its memory."""
         if self.teacher is None:
             return None, None
-        from jaxshare.core.params import cast_params
-
         tp = self.teacher.params
         if as_dtype(self.tc.teacher_dtype or "fp32") != jnp.float32:
             tp = cast_params(tp, self.tc.teacher_dtype)
@@ -320,11 +304,6 @@ class Trainer:
                 self.writer.close()
 
     def _run(self) -> dict:
-        from tqdm.auto import tqdm
-
-        from jaxshare.training.data import batch_iterator
-        from jaxshare.training.writers import peak_flops, train_flops_per_token
-
         tc, mcfg, primary = self.tc, self.model.cfg, mh.is_primary()
         if primary and not self.resuming:
             self._prepare_run_dir()
@@ -436,8 +415,6 @@ class Trainer:
         trained = combine(state["params"], state["frozen"])
         del state, aux  # AdamW's m and v (2x the params) and the teacher are not needed to tie, evaluate and export
         release_free_memory()
-        from jaxshare.training.finish import finish
-
         result = finish(self, trained, decision, step)
         if writer is not None:
             writer.write(step, {"final_eval_ppl": result["eval_ppl"]})

@@ -11,6 +11,11 @@ import os
 import shutil
 import tempfile
 
+from etils import epath
+
+from jaxshare.optional import require
+from jaxshare.storage import paths
+
 # Dense bf16 peak FLOP/s per device, by the start of `device.device_kind` (lower case).
 PEAK_FLOPS = (
     ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5p", 459e12), ("tpu v5", 459e12),
@@ -38,8 +43,6 @@ class JsonlWriter:
     """metrics.jsonl: one JSON object per write (any epath; appended)."""
 
     def __init__(self, path):
-        from jaxshare.storage import paths
-
         self.path = paths.as_path(path)
         self.local = paths.is_local(self.path)
 
@@ -61,9 +64,6 @@ class TensorBoardWriter:
     when the run dir is not on a local disk)."""
 
     def __init__(self, logdir):
-        from jaxshare.optional import require
-        from jaxshare.storage import paths
-
         # deferred on purpose: tensorboardX is optional (the `train` extra; `tensorboard: false` runs without it)
         SummaryWriter = require("tensorboardX", "train", "TensorBoard logging (tensorboard: true)").SummaryWriter
 
@@ -95,8 +95,6 @@ class TensorBoardWriter:
 
 class WandbWriter:
     def __init__(self, project: str, run_dir, config: dict):
-        from jaxshare.optional import require
-
         wandb = require("wandb", "wandb", "W&B logging (wandb: PROJECT)")  # deferred on purpose: optional, heavy
         self.run = wandb.init(project=project, dir=os.fspath(run_dir) if "://" not in str(run_dir) else None,
                               config=config, resume="allow")
@@ -132,8 +130,6 @@ class MultiWriter:
 def open_writers(run_dir, tensorboard: bool = True, wandb_project: str = "", config: dict | None = None):
     """JSONL + TensorBoard (+ W&B with a project name). A missing tensorboardX or wandb package is
     a MissingDependency naming its extra."""
-    from etils import epath
-
     run_dir = epath.Path(run_dir)
     out = [JsonlWriter(run_dir / "metrics.jsonl")]
     if tensorboard:
