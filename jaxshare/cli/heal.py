@@ -7,15 +7,15 @@ resume RUN_DIR`. OUT is written atomically once the run has completed.
 """
 from __future__ import annotations
 
-from jaxshare.cli.common import DATA_HELP, check_out_dir, emit, nonempty
+from jaxshare.cli.common import (COUNT, DATA_HELP, SEQ_LEN, check_out_dir, emit, float_in, nonempty,
+                                 storage_dtype_arg)
 from jaxshare.cli.train import SET_HELP, _check_packages, _exit_code, _interrupted, _refuse_in_memory
 from jaxshare.training.config import TRAINS
 
 # flag -> config key (the flags are the common ones; every other key goes through --set).
 FLAGS = {"teacher": "teacher", "data": "data", "eval_data": "eval_data", "tokens": "tokens", "steps": "steps",
          "trains": "trains", "rank": "lora_rank", "lora_alpha": "lora_alpha", "temperature": "kd_temperature",
-         "ce_weight": "kd_alpha", "seq_len": "seq_len", "batch_size": "batch_size", "lr": "lr",
-         "teacher_dtype": "teacher_dtype"}
+         "ce_weight": "kd_alpha", "seq_len": "seq_len", "lr": "lr"}
 
 
 def heal_config(args):
@@ -34,6 +34,7 @@ def default_run_dir(out: str) -> str:
 
 
 def cmd_heal(args) -> int:
+    from jaxshare.core.params import cast_params  # deferred: keeps jax out of `jaxshare --help`
     from jaxshare.io.native import save_native
     from jaxshare.training.program import initialize_distributed
     from jaxshare.training.trainer import Trainer
@@ -59,7 +60,8 @@ def cmd_heal(args) -> int:
         extra["heal"] = {k: res.get(k) for k in ("recipe", "tokens", "steps", "eval_ppl", "teacher_ppl", "start_ppl",
                                                  "recovered", "eval_data", "merge") if res.get(k) is not None}
         extra["heal"]["teacher"] = tc.teacher
-        save_native(args.out, m.cfg, tr.shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
+        params = tr.shared if args.dtype == "fp32" else cast_params(tr.shared, args.dtype)  # trained in fp32
+        save_native(args.out, m.cfg, params, m.tokenizer, extra=extra, overwrite=args.overwrite)
     mh.barrier("jaxshare_heal_out")
     res["out"] = str(args.out)
     gap = (f", teacher {res['teacher_ppl']:.4f}; recovered {100 * res['recovered']:.1f}% of the gap in nats"
@@ -79,21 +81,22 @@ def register(sub, add, group) -> None:
     p.add_argument("--data", help=f"healing text: {DATA_HELP} (default: wiki:train)")
     p.add_argument("--eval-data", help="held-out text the healing data never saw (default: wiki:test)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--tokens", type=int, help="training tokens (default: 100 steps)")
-    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--tokens", type=COUNT, help="training tokens, rounded up to whole steps "
+                                                     "(default: none, 100 steps)")
+    length.add_argument("--steps", type=COUNT, help="optimizer steps (default: 100 unless --tokens)")
     p.add_argument("--trains", choices=TRAINS, help="all: every leaf the kind allows; compressed: only compressed "
                                                     "leaves and norms; lora: adapters only (default: all)")
-    p.add_argument("--rank", type=int, help="--trains lora: adapter rank (default: 8)")
-    p.add_argument("--lora-alpha", type=float, help="--trains lora: adapter scale alpha / rank (default: 16)")
+    p.add_argument("--rank", type=COUNT, help="--trains lora: adapter rank (default: 8)")
+    p.add_argument("--lora-alpha", type=float_in(0.0, low_open=True),
+                   help="--trains lora: adapter scale alpha / rank (default: 16)")
     p.add_argument("--merge", action="store_true", help="fold the adapters into dense weights at the end; "
                                                         "shared, basis and quantized weights keep theirs")
-    p.add_argument("--temperature", type=float, help="KD temperature tau (default: 1)")
-    p.add_argument("--ce-weight", type=float, help="weight alpha of label cross-entropy mixed in (default: 0)")
-    p.add_argument("--seq-len", type=int, help="window length (default: 256)")
-    p.add_argument("--batch-size", type=int, help="windows per micro-batch (default: 4)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5)")
-    p.add_argument("--teacher-dtype", choices=["fp32", "bf16"], help="the teacher's compute dtype "
-                                                                      "(default: the training dtype)")
+    p.add_argument("--temperature", type=float_in(0.0, low_open=True), help="KD temperature tau (default: 1)")
+    p.add_argument("--ce-weight", type=float_in(0.0, 1.0),
+                   help="weight alpha of label cross-entropy mixed in (default: 0)")
+    p.add_argument("--seq-len", type=SEQ_LEN, help="window length (default: 256)")
+    p.add_argument("--lr", type=float_in(0.0, low_open=True), help="peak learning rate (default: 1e-4)")
+    storage_dtype_arg(p)
     p.add_argument("--run-dir", help="the run directory: metrics, checkpoints, held-out evaluations "
                                      "(default: runs/heal-<OUT name>)")
     p.add_argument("--config", help="YAML file of config keys (default: none, the built-in defaults)")

@@ -64,7 +64,7 @@ class TrainConfig:
     # run
     mode: str = "postshare"  # the recipe: postshare, direct+post, plain, inheritune or heal (training/recipes.py)
     model: str = "smollm2-135m"  # the starting model: a registered name, HF dir, .gguf, native checkpoint or URL
-    run_dir: str = "runs/postshare"  # config, metrics, checkpoints, final/ and hf/ (any local path or gs:// URL)
+    run_dir: str = "runs/postshare"  # (heal: runs/heal) config, metrics, checkpoints, final/ and hf/ (any local path or gs:// URL)
     seed: int = 0  # data order and any random initialization (LoRA adapters)
     # data and length
     data: str = "wiki:train"  # training text: a named corpus, .txt/.jsonl file, or a .npy of int token ids
@@ -103,7 +103,7 @@ class TrainConfig:
     lora_alpha: float = 16.0  # adapter scale alpha / rank
     merge: bool = False  # fold adapters into dense leaves at the end (shared, basis, quantized keep theirs)
     # optimizer (AdamW, the PostShare paper's settings)
-    lr: float = 5e-5  # peak learning rate
+    lr: float = 5e-5  # peak learning rate (heal: 1e-4)
     b1: float = 0.9  # AdamW beta1
     b2: float = 0.95  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon
@@ -416,6 +416,7 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
     if values.get("mode") == "heal":  # held-out text the healing data never saw, and the run dir
         values.setdefault("eval_data", "wiki:test")
         values.setdefault("run_dir", "runs/heal")
+        values.setdefault("lr", 1e-4)  # the PostShare paper's 5e-5 is for a model not yet damaged
     return TrainConfig(**values).validate()
 
 

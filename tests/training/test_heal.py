@@ -109,8 +109,9 @@ def _leaf_items(params):
     return jax.tree_util.tree_flatten_with_path(params)[0]
 
 
-@pytest.mark.parametrize("kind,trains", [("dense", "all"), ("basis", "all"), ("shared", "all"), ("quant", "all"),
-                                         ("basis", "compressed"), ("shared", "lora"), ("quant", "lora")])
+# dense: test_kd_of_a_model_against_itself...; quant + lora: test_jaxshare_heal_writes_the_healed_model
+@pytest.mark.parametrize("kind,trains", [("basis", "all"), ("shared", "all"), ("quant", "all"),
+                                         ("basis", "compressed"), ("shared", "lora")])
 def test_every_kind_heals_and_frozen_leaves_never_move(files, tmp_path, kind, trains):
     tc = config(files, kind, tmp_path / "run", trains=trains, lora_rank=2)
     res = Trainer(tc).run()
@@ -184,7 +185,7 @@ def test_preempted_heal_resumes_bit_identically(files, tmp_path):
 def test_jaxshare_heal_writes_the_healed_model(files, tmp_path, capsys):
     out = tmp_path / "healed"
     rc = cli_main(["heal", str(files / "quant"), str(out), "--teacher", str(files / "teacher"), "--data",
-                   str(files / "train.npy"), "--eval-data", str(files / "eval.npy"), "--steps", "3", "--seq-len", "32",
+                   str(files / "train.npy"), "--eval-data", str(files / "eval.npy"), "--steps", "3", "--seq-len", "32", "--set", "batch_size=4",
                    "--trains", "lora", "--rank", "2", "--run-dir", str(tmp_path / "run"), "--set", "mesh=data=1,fsdp=1",
                    "--set", "progress=false", "--set", "tensorboard=false", "--set", "eval_windows=4", "--json"])
     assert rc == 0
