@@ -13,7 +13,7 @@ import threading
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SHARD_MB, TEMPERATURE, TOP_P,
                                  PARAM_DTYPE_HELP, STORAGE_DTYPE_HELP, HelpFormatter, Parser, batch_size_arg, check_out_dir,
                                  compute_dtype_arg, emit, memory_size, nonempty, plot_dir, refuse_dtype_arg)
-from jaxshare.cli.demo import run_demo
+from jaxshare.cli import demo  # the module, not its function: tests stop `demo.run_demo` at its work
 from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
 from jaxshare.cli.quantize import export_gguf_cmd, gguf_export_args  # --format, --gguf-type (GGUF output)
 from jaxshare.data.corpora import corpus_path, load_corpus
@@ -112,7 +112,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    res = run_demo(args.model, seq_len=args.seq_len, max_windows=args.max_windows,
+    res = demo.run_demo(args.model, seq_len=args.seq_len, max_windows=args.max_windows,
                    table_to=sys.stderr if args.json else sys.stdout, plot_dir=args.plot_dir)
     if args.json:
         print(json.dumps(res))

@@ -12,7 +12,7 @@ from tests.tiny_model import save_text, save_tiny_model
 from tests.cli_helpers import leaves, run
 
 # Commands that write a model: the only ones where --dtype exists (the storage dtype).
-WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",)}
+WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",), ("heal",)}
 # Commands that read a model and write none: --dtype is refused there, naming the flag to use.
 READERS = {("eval", "ppl"), ("eval", "mc"), ("parity",), ("generate",), ("demo",), ("similarity",),
            ("attention-similarity",), ("degeneration",), ("basis-pairs",)}
@@ -24,6 +24,7 @@ BASE = {("fetch",): ["fetch", "model", "x"], ("convert",): ["convert", "m", "o"]
         ("share",): ["share", "m", "o"], ("basis",): ["basis", "m", "o"], ("basis-pairs",): ["basis-pairs", "m", "o"],
         ("train", "postshare"): ["train", "postshare"], ("train", "direct+post"): ["train", "direct+post"],
         ("train", "plain"): ["train", "plain"], ("train", "inheritune"): ["train", "inheritune"],
+        ("train", "heal"): ["train", "heal"], ("heal",): ["heal", "m", "o", "--teacher", "t"],
         ("train", "resume"): ["train", "resume", "r"], ("plot-run",): ["plot-run", "r"],
         ("degeneration",): ["degeneration", "m"], ("inherit",): ["inherit", "m", "o", "--layers", "2"],
         ("compress",): ["compress", "m", "o", "--plan", "p"], ("quantize",): ["quantize", "m", "o"]}
