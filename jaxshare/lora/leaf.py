@@ -41,17 +41,11 @@ class LoRA:
     leaf_shape: tuple = field(metadata=dict(static=True))  # the dense per-layer leaf shape
     scale: float = field(metadata=dict(static=True))  # alpha / rank
 
-    @property
-    def rank(self) -> int:
-        return int(self.a.shape[-1])
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.a.shape[:-2]) + tuple(self.leaf_shape)
-
-    @property
-    def dtype(self):
-        return self.base.dtype
+    rank = property(lambda self: int(self.a.shape[-1]))
+    # The dense leaf's shape and dtype (core.compressed.rank_of, casts): the adapters' layer axis,
+    # then one layer's weight; the base's dtype.
+    shape = property(lambda self: (*self.a.shape[:-2], *self.leaf_shape))
+    dtype = property(lambda self: self.base.dtype)
 
     def delta(self) -> Array:
         """The dense per-layer update s * A @ B [L, ...]."""
