@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxshare.basis.calibrate import calibrate, collect_grams
 from jaxshare.compose.apply import run_plan
 from jaxshare.compose.plan import Plan, parse_plan, read_plan
 from jaxshare.io.load import Model
@@ -57,11 +58,7 @@ def grams_for(model: Model, calib, windows: int = CALIB_WINDOWS, seq_len: int = 
     if calib is None or isinstance(calib, dict) or hasattr(calib, "items"):
         return calib
     if isinstance(calib, (str, Path)):
-        from jaxshare.basis.calibrate import calibrate
-
         return calibrate(model, str(calib), windows, seq_len, seed)[0]
-    from jaxshare.basis.calibrate import collect_grams
-
     return collect_grams(model.params, model.cfg, np.asarray(calib, np.int32))
 
 
@@ -170,8 +167,6 @@ def apply_plan(model, plan, grams=None):
     if plan.needs_grams():
         if grams is None:
             c = plan.calibration or {}
-            from jaxshare.basis.calibrate import calibrate
-
             m.need_tokenizer("the plan's calibration")
             grams = calibrate(m, c["data"], c["windows"], c["seq_len"], c["seed"])[0]
         else:

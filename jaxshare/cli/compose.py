@@ -176,6 +176,7 @@ def _budgeted(m, args, calib):
         raise PlanError("--ratio starts from an uncompressed model; this one is already compressed "
                         "(use --plan to add steps)")
     check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
+    # deferred: numpy; the parser imports this module (jaxshare --help stays light)
     from jaxshare.data.tokens import token_ids, token_windows
 
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,

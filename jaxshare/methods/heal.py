@@ -16,11 +16,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from jaxshare.data.tokens import token_ids, token_windows
 from jaxshare.errors import MethodError
 from jaxshare.io.load import Model
 from jaxshare.methods import checks as C
 from jaxshare.methods.base import MethodBase, plain, updated
 from jaxshare.training.config import TRAINS, TrainConfigError, build_config
+from jaxshare.training.data import steps_for
+from jaxshare.training.program import check_same_tokens
+from jaxshare.training.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,6 @@ class Heal(MethodBase):
         return cfg
 
     def apply(self, model: Model, opts: HealOptions, grams=None, teacher: Model | None = None) -> tuple[Model, dict]:
-        from jaxshare.data.tokens import token_ids, token_windows
-        from jaxshare.training.data import steps_for
-        from jaxshare.training.program import check_same_tokens
-        from jaxshare.training.trainer import Trainer
-
         if teacher is None:
             raise MethodError("heal needs a teacher: the dense model the student was compressed from")
         self.check(opts, model.cfg)
