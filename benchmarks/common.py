@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,10 @@ def timeit(fn, reps: int, warmup: int = 1) -> dict:
 def write_result(name: str, obj: dict, as_json: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    obj = {"benchmark": name, "machine": machine(), "argv": sys.argv[1:], **obj}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    obj = {"benchmark": name, "machine": machine(), "commit": commit, "argv": sys.argv[1:],
+           "command": " ".join(["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]), **obj}
     path.write_text(json.dumps(obj, indent=2) + "\n")
     if as_json:
         print(json.dumps(obj))

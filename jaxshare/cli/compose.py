@@ -57,7 +57,8 @@ class _TargetParams(DeprecatedAlias):
 
 
 # what only the plan chooser (--ratio) reads, and what only calibration reads
-TARGET_ONLY = ("methods", "group_size", "match", "keep", "sens_windows", "heldout", "heldout_windows")
+TARGET_ONLY = ("methods", "group_size", "match", "keep", "sens_windows", "heldout", "heldout_windows", "heal_tokens",
+               "heal_data")
 CALIB_FLAGS = ("calib", "calib_windows", "calib_seq_len", "seed", "batch_size")
 
 
@@ -129,6 +130,13 @@ def cmd_compress(args) -> None:
     grams = calib_info = None
     if plan is None:
         plan, grams, calib_info, out["budget"] = _budgeted(m, args, calib)
+        if args.heal_tokens:  # the budget's healing: distill the chosen model from this one
+            from jaxshare.compose.plan import parse_plan  # deferred: jax-heavy (the parser imports this module)
+
+            raw = plan.to_dict()
+            raw["steps"].append({"heal": {"tokens": args.heal_tokens, "data": args.heal_data,
+                                          "eval_data": args.heldout, "seq_len": min(256, m.cfg.max_seq_len)}})
+            plan = parse_plan(raw)
     elif plan.needs_grams():
         grams, calib_info = _grams(m, calib, args.batch_size)
     done, report = run_plan(m, plan, grams)
@@ -240,6 +248,9 @@ def register(sub, add, group) -> None:
                    help="with --ratio: how many of the calibration windows each sensitivity loss is measured on")
     c.add_argument("--heldout", default="wiki:validation", help="with --ratio: held-out data; " + DATA_HELP)
     c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --ratio: windows of --heldout checked")
+    c.add_argument("--heal-tokens", type=COUNT, help="with --ratio: end the chosen plan with a heal step of this "
+                                                     "many tokens (KD from MODEL; docs/healing.md) (default: none)")
+    c.add_argument("--heal-data", default="wiki:train", help="with --heal-tokens: the healing text; " + DATA_HELP)
     c.add_argument("--plan-out", type=nonempty, help="also write the plan YAML here (default: only OUT/plan.yaml)")
     c.add_argument("--calib", default=None, help="calibration corpus (default: the plan's, else wiki:train)")
     c.add_argument("--calib-windows", type=COUNT, default=None, help="calibration windows (default: the plan's, else 16)")

@@ -281,3 +281,19 @@ def test_refinement_measures_where_the_plan_goes(tiny):
     assert measured and all(sens["curves"][t][1][0] > 0.05 for t in measured)
     n = count_params(apply_plan(params, cfg, plan, grams)[0])
     assert d["target_params"] - d["chosen"]["last_step"] < n <= d["target_params"]
+
+
+def test_a_budgeted_plan_may_spend_a_healing_budget(cli, tmp_path, capsys):
+    src, text = cli
+    code, out, err = _run(capsys, "compress", src, tmp_path / "a", "--ratio", "0.05", "--methods", "share",
+                          "--calib", text, "--calib-windows", "4", "--calib-seq-len", "32", "--heldout", text,
+                          "--heldout-windows", "2", "--sens-windows", "2", "--heal-tokens", "256", "--heal-data", text,
+                          "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    heal = rep["steps"][-1]
+    assert heal["method"] == "heal" and heal["tokens"] >= 256 and "recovered" in heal
+    assert rep["plan"]["steps"][-1]["heal"]["tokens"] == 256
+    code, _, err = _run(capsys, "compress", src, tmp_path / "b", "--plan", tmp_path / "a" / "plan.yaml",
+                        "--heal-tokens", "5")
+    assert code == 2 and "--heal-tokens" in err
