@@ -34,13 +34,14 @@ def cmd_quantize(args) -> None:
     from jaxshare.cli.basis import _calib_name, announce
     from jaxshare.io.load import load_model
     from jaxshare.io.native import save_native
-    from jaxshare.quant.model import QuantSpec, check_model, quantize_params
+    from jaxshare.methods import METHODS
+    from jaxshare.quant.model import QuantSpec, check_model
 
     if args.method == "rtn":
         refuse_given(args, GPTQ_ONLY, "is a GPTQ option, and --method rtn (no calibration) would ignore it: "
                                       "drop it, or use --method gptq")
     group = {None: 64 if args.bits == 4 else None, "channel": None}.get(args.group, args.group)
-    spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order)
+    spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order)  # the Method's Options
     spec.check()
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, args.dtype)  # the leaves left unquantized are held and stored in --dtype
@@ -50,13 +51,14 @@ def cmd_quantize(args) -> None:
         announce(m, args)
         grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
                                 args.batch_size)
-    params, rep = quantize_params(m.params, m.cfg, spec, grams)
-    extra = dict(m.meta.get("extra") or {})  # the source's sharing/basis details ride along
+    q, rep = METHODS["quantize"].apply(m, spec, grams, progress=True)
+    extra = q.extra  # the source's sharing/basis details ride along
+    # the CLI's record of the spec, as it has always written it (per channel: group null, not 'channel')
     extra["quant"] = {"method": args.method, "bits": args.bits, "group": group, "sym": not args.asym}
     if args.method == "gptq":  # what RTN does not use is not recorded as if it had been
         extra["quant"].update(damp=args.damp, act_order=args.act_order, calibration=info)
     extra["quantized_from"] = str(m.source)
-    save_native(args.out, m.cfg, params, m.tokenizer, extra=extra, overwrite=args.overwrite)
+    save_native(args.out, q.cfg, q.params, q.tokenizer, extra=extra, overwrite=args.overwrite)
     rep.update(out=str(args.out), model=args.model, calibration=info)
     g = "per channel" if group is None else f"group {group}"
     lines = [f"{'kind':8s} {'bytes before':>13s} {'bytes after':>12s} {'ratio':>6s}"]

@@ -60,8 +60,9 @@ class Quantize(MethodBase):
                 raise MethodError(f"group {opts.group} does not divide the {d_in} input rows of {t}")
         return cfg
 
-    def apply(self, model: Model, opts: QuantSpec, grams=None) -> tuple[Model, dict]:
+    def apply(self, model: Model, opts: QuantSpec, grams=None, progress: bool = False) -> tuple[Model, dict]:
+        """progress: a progress bar on stderr (the CLI's; compose and js run without one)."""
         if self.needs_grams(opts) and grams is None:
             raise MethodError("GPTQ needs calibration grams (or use method rtn)")
-        params, rep = quantize_params(model.params, model.cfg, opts, grams, progress=False)
+        params, rep = quantize_params(model.params, model.cfg, opts, grams, progress=progress)
         return updated(model, params, quant=spec_to_dict(opts)), rep
