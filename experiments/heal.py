@@ -51,8 +51,10 @@ def sh(cmd: list[str]) -> None:
 
 def student(name: str, budget: float) -> Path:
     """The compressed student's native checkpoint, built once with the user's CLI."""
+    from jaxshare.io.native import is_native
+
     out = RUNS / "students" / f"{name}_{budget:g}"
-    if (out / "meta.json").is_file():
+    if is_native(out):
         return out
     js = [sys.executable, "-m", "jaxshare"]
     if name == "basis":
@@ -179,7 +181,8 @@ def child(kind: str, args, **kw) -> dict:
            "--lr", str(args.lr), "--lora-lr", str(args.lora_lr), "--rank", str(args.rank),
            "--eval-tokens", str(args.eval_tokens), "--warmup", str(args.warmup)]
     for k, v in kw.items():
-        cmd += [f"--{k}", str(v)]
+        if v is not None:
+            cmd += [f"--{k}", str(v)]
     out = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -197,8 +200,7 @@ def run(args) -> None:
             continue
         print(f"== {s} {b} {h} {tokens}", file=sys.stderr, flush=True)
         try:
-            row = child("base", args, student=s, budget=b) if h == "none" and s == "dense" else \
-                child("base", args, student=s, budget=b) if h == "none" else \
+            row = child("base", args, student=s, budget=b) if h == "none" else \
                 child("arm", args, student=s, budget=b, heal=h)
         except subprocess.CalledProcessError as e:
             row = {"student": s, "budget": b, "heal": h, "tokens": tokens, "error": f"exit {e.returncode}"}
@@ -242,8 +244,12 @@ def report() -> None:
     series = {}
     for r in rows:
         if r.get("curve"):
-            series[f"{r['student']} -{r['budget']:.0%} {r['heal']}"] = ([c["tokens"] for c in r["curve"]],
-                                                                       [c["ppl"] for c in r["curve"]])
+            curve = r["curve"]
+            b = base.get((r["student"], r["budget"]))
+            if b is not None and curve[0]["tokens"] > 0:  # the ce runs do not evaluate the start: the student's row
+                curve = [{"tokens": 0, "ppl": b["final"]["ppl"]}] + curve
+            series[f"{r['student']} -{r['budget']:.0%} {r['heal']}"] = ([c["tokens"] for c in curve],
+                                                                       [c["ppl"] for c in curve])
     if series:
         plots.curves(series, RESULTS / "heal.png", "held-out PPL (wiki:test) while healing", "training tokens",
                      "PPL (log scale)", hline=(dense["final"]["ppl"], "dense"))
