@@ -199,12 +199,13 @@ def run(args) -> None:
         if (s, b, h, tokens) in have:
             continue
         print(f"== {s} {b} {h} {tokens}", file=sys.stderr, flush=True)
+        st = stamp()  # the code the run starts with (the tree may move on while it trains)
         try:
             row = child("base", args, student=s, budget=b) if h == "none" else \
                 child("arm", args, student=s, budget=b, heal=h)
         except subprocess.CalledProcessError as e:
             row = {"student": s, "budget": b, "heal": h, "tokens": tokens, "error": f"exit {e.returncode}"}
-        row.update(tokens_asked=tokens, **stamp())
+        row.update(tokens_asked=tokens, **st)
         with ROWS.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
