@@ -27,7 +27,8 @@ def test_readme_opens_with_demo_and_test_commands_and_ci_runs_the_second():
 COMMANDS = [[], ["fetch"], ["convert"], ["export"], ["eval"], ["eval", "ppl"], ["eval", "mc"], ["parity"], ["generate"], ["demo"],
             ["similarity"], ["attention-similarity"], ["share"], ["basis"], ["basis-pairs"], ["train"],
             ["train", "postshare"], ["train", "direct+post"], ["train", "plain"], ["train", "resume"], ["plot-run"],
-            ["train", "inheritune"], ["degeneration"], ["inherit"], ["compress"], ["quantize"]]
+            ["train", "inheritune"], ["train", "heal"], ["degeneration"], ["inherit"], ["compress"], ["quantize"],
+            ["heal"]]
 
 
 def test_the_help_list_covers_every_subcommand():

@@ -56,7 +56,8 @@ from jaxshare.training.memory import release_free_memory
 from jaxshare.training.program import load_teacher, prepare
 from jaxshare.training.recipes import recipe_for, trainable_count
 from jaxshare.training.rundir import check_new_run_dir
-from jaxshare.training.writers import open_writers, peak_flops, train_flops_per_token
+from jaxshare.training import writers  # the module: tests wrap `writers.open_writers`
+from jaxshare.training.writers import peak_flops, train_flops_per_token
 # The pure pieces live in step.py; re-exported here, where tests and benchmarks have found them.
 from jaxshare.training.step import (abstract_state, ce_loss, compile_step, init_state, make_optimizer,  # noqa: F401
                                     make_step, place_state)
@@ -161,7 +162,7 @@ class Trainer:
 
     def _open_writer(self):
         if self.writer is None and mh.is_primary():
-            self.writer = open_writers(self.run_dir, self.tc.tensorboard, self.tc.wandb, self.tc.to_dict())
+            self.writer = writers.open_writers(self.run_dir, self.tc.tensorboard, self.tc.wandb, self.tc.to_dict())
         return self.writer
 
     def _truncate_metrics(self, step: int) -> None:
