@@ -105,9 +105,9 @@ def attach(params, cfg: ModelConfig, rank: int, *, alpha: float | None = None, t
             continue
         d_in, d_out = dims(cfg, t)
         r = min(rank, d_in, d_out)
-        dtype = jnp.float32 if not is_compressed(leaf) else jnp.float32
-        a = jax.random.normal(jax.random.fold_in(key, i), (cfg.n_layers, d_in, r), dtype) / jnp.sqrt(d_in)
-        b = jnp.zeros((cfg.n_layers, r, d_out), dtype)
+        # fp32 adapters whatever the base holds: they are what trains (master weights)
+        a = jax.random.normal(jax.random.fold_in(key, i), (cfg.n_layers, d_in, r), jnp.float32) / jnp.sqrt(d_in)
+        b = jnp.zeros((cfg.n_layers, r, d_out), jnp.float32)
         new[f"layers.{TYPES[t][0]}"] = LoRA(leaf, a, b, t, tuple(get_type(shapes.layers, t).shape[1:]), scale)
     return replace_leaves(params, new)
 
