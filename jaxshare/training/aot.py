@@ -49,33 +49,41 @@ def compile_step(tc, cfg, mesh=None) -> dict:
     import jax.numpy as jnp
 
     from jaxshare.core.dtypes import as_dtype
-    from jaxshare.core.params import init_params
+    from jaxshare.core.params import cast_params, init_params
     from jaxshare.headshare.directshare import n_units
     from jaxshare.training import mesh as meshlib
     from jaxshare.training import step as steplib
+    from jaxshare.training.recipes import recipe_for
 
+    recipe = recipe_for(tc)
     mesh = mesh if mesh is not None else meshlib.make_mesh(tc.mesh, dcn=tc.dcn_mesh)
     meshlib.check_batch(mesh, tc.batch_size)
-    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    dense = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    params = jax.eval_shape(lambda p: recipe.start(tc, p, cfg), dense)  # heal with LoRA: adapters attached
     pairs = None
     if tc.ratio > 0:  # which units pair up does not change the program, only how many do
         n, units = n_units(tc.ratio, cfg), cfg.n_layers * cfg.n_kv_heads
         later = np.arange(units - n, units, dtype=np.int32)
         pairs = {m: jnp.asarray(np.stack([later, later - cfg.n_kv_heads], axis=1)) for m in ("q", "k", "v")}
     tx, _ = steplib.make_optimizer(tc, max(tc.steps, 1))
-    abstract, sh = steplib.abstract_state(params, tx, tc.seed, mesh)
-    fn = steplib.make_step(cfg, tx, tc.gamma, as_dtype(tc.dtype), pairs, penalize=(tc.mode == "postshare"),
-                           remat=tc.remat)
-    jitted, batch_sh = steplib.compile_step(fn, mesh, sh, attention=tc.attention)
+    mask = recipe.mask(tc, params)
+    abstract, sh = steplib.abstract_state(params, tx, tc.seed, mesh, mask=mask)
+    fn = recipe.step(tc, cfg, tx, pairs, cfg if recipe.teacher else None)
+    aux, aux_sh = (), None
+    if recipe.teacher:  # a dense teacher of the model's own shape, in teacher_dtype, laid out like its params
+        t = jax.eval_shape(lambda p: cast_params(p, tc.teacher_dtype or "fp32"), dense)
+        aux_sh = meshlib.param_shardings(mesh, t)
+        aux = (jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), t, aux_sh),)
+    jitted, batch_sh = steplib.compile_step(fn, mesh, sh, attention=tc.attention, aux_sh=aux_sh)
     batch = jax.ShapeDtypeStruct((tc.grad_accum, tc.batch_size, tc.seq_len), jnp.int32, sharding=batch_sh)
-    compiled = jitted.lower(abstract, batch).compile()
+    compiled = jitted.lower(abstract, batch, *aux).compile()
     m = compiled.memory_analysis()
     out = {k: int(getattr(m, f"{k}_in_bytes")) for k in
            ("argument_size", "output_size", "temp_size", "alias_size", "generated_code_size")}
     # Donated state: outputs alias the arguments, so the live peak is arguments + temporaries
     # + the outputs that do not alias an argument.
     out["peak_bytes"] = out["argument_size"] + out["temp_size"] + out["output_size"] - out["alias_size"]
-    out.update(devices=int(mesh.devices.size), mesh=dict(mesh.shape), n_params=int(sum(
+    out.update(devices=int(mesh.devices.size), mesh=dict(mesh.shape), recipe=recipe.name, n_params=int(sum(
         x.size for x in jax.tree_util.tree_leaves(params))))
     return out
 

@@ -17,6 +17,7 @@ from jaxshare.io.load import load_model, resolve
 from jaxshare.storage import fetch
 from jaxshare.training.config import TrainConfig, TrainConfigError
 from jaxshare.training.data import steps_for
+from jaxshare.training.recipes import recipe_for
 
 
 @dataclass
@@ -58,15 +59,14 @@ def prepare(tc: TrainConfig) -> Prepared:
         m = dataclasses.replace(m, source=tc.model)  # provenance names the URL, not the cache copy
     if tc.seq_len > m.cfg.max_seq_len:
         raise TrainConfigError(f"seq_len {tc.seq_len} is above the model's maximum of {m.cfg.max_seq_len} positions")
-    if tc.mode != "plain" or tc.ratio > 0:
-        n_units(tc.ratio, m.cfg)
+    n_units(tc.ratio, m.cfg)  # refuses a ratio this model cannot take, before any data loads
     if not all(str(d).endswith(".npy") for d in (tc.data, tc.eval_data)):
         m.need_tokenizer("training on text (rather than .npy token ids)")
     train = token_windows(token_ids(fetch.localize(tc.data, "training data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                           what=f"training data {tc.data}")
     ev = token_windows(token_ids(fetch.localize(tc.eval_data, "eval data"), m.tokenizer), tc.seq_len, vocab_size=m.cfg.vocab_size,
                        what=f"eval data {tc.eval_data}")
-    teacher = load_teacher(tc, m) if tc.mode == "heal" else None
+    teacher = load_teacher(tc, m) if recipe_for(tc).teacher else None
     return Prepared(m, train, ev[: tc.eval_windows], steps_for(tc, len(train)), teacher)
 
 

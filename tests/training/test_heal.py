@@ -219,6 +219,25 @@ def test_teacher_with_another_tokenizer_is_refused():
         check_same_tokens(SimpleNamespace(cfg=CFG, tokenizer=vocab), SimpleNamespace(cfg=CFG, tokenizer=other), "s", "t")
 
 
+def test_aot_compiles_the_heal_step_with_its_teacher():
+    """The AOT dry-run compiles each recipe's own step: a heal step takes the teacher's params
+    as an argument, and LoRA's optimizer state covers only the adapters."""
+    from jaxshare.training.aot import compile_step
+
+    base = dict(model="x", steps=2, seq_len=32, batch_size=2, mesh="data=1,fsdp=1")
+    plain = compile_step(build_config(dict(base, mode="plain")), CFG)
+    full = compile_step(build_config(dict(base, mode="heal", teacher="x")), CFG)
+    lora = compile_step(build_config(dict(base, mode="heal", teacher="x", trains="lora", lora_rank=4)), CFG)
+    n = count_params(TEACHER)
+    assert (plain["recipe"], full["recipe"]) == ("plain", "heal")
+    assert full["argument_size"] - plain["argument_size"] == 4 * n  # + the fp32 teacher
+    adapters = lora["n_params"] - n
+    assert adapters == CFG.n_layers * 4 * sum(a + b for a, b in
+                                              [(48, 48), (48, 24), (48, 24), (48, 48), (48, 64), (48, 64), (64, 48)])
+    # student fp32 + adapters' AdamW m and v + the fp32 teacher (+ the batch, step and RNG)
+    assert 0 <= lora["argument_size"] - (4 * (lora["n_params"] + 2 * adapters) + 4 * n) < 2 ** 12
+
+
 def test_every_recipe_says_what_trains_and_what_is_frozen():
     tc = build_config(dict(mode="heal", teacher="x", trains="lora"))
     for name, r in RECIPES.items():
