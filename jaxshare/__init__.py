@@ -33,7 +33,7 @@ _EXPORTS = {
     "jaxshare.core.dtypes": ("as_dtype",),
     "jaxshare.api": ("save", "export_hf", "export_gguf",
                      # the method verbs: (Model, report); compress is the deprecated name of basis_share
-                     "direct_share", "basis_share", "quantize", "inherit", "apply_plan", "compress",
+                     "direct_share", "basis_share", "quantize", "inherit", "prune", "apply_plan", "compress",
                      # healing by distillation from the dense model
                      "heal"),
     "jaxshare.compose.plan": ("Plan", "load_plan", "parse_plan"),
@@ -91,7 +91,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static tools see the real objects
     from jaxshare import nn, nnx
     from jaxshare.api import (apply_plan, basis_share, compress, direct_share, export_gguf, export_hf, heal, inherit,
-                              quantize, save)
+                              prune, quantize, save)
     from jaxshare.lora.leaf import LoRA
     from jaxshare.compose.plan import Plan, parse_plan
     from jaxshare.compose.plan import read_plan as load_plan

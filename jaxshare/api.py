@@ -36,7 +36,7 @@ from jaxshare.basis.calibrate import calibrate, collect_grams
 from jaxshare.compose.apply import run_plan
 from jaxshare.compose.plan import Plan, parse_plan, read_plan
 from jaxshare.io.load import Model
-from jaxshare.methods import METHODS, BasisOptions, HealOptions, InheritOptions, ShareOptions
+from jaxshare.methods import METHODS, BasisOptions, HealOptions, InheritOptions, PruneOptions, ShareOptions
 from jaxshare.quant.model import QuantSpec
 
 CALIB_WINDOWS, CALIB_SEQ_LEN = 32, 512  # the CLI's CPU-sized calibration (cli/basis.py)
@@ -147,6 +147,18 @@ def quantize(model, spec: QuantSpec | None = None, *, grams=None, **options):
 def inherit(model, k: int):
     """(Model, report): the first k layers (Inheritune), every compressed kind sliced with them."""
     return METHODS["inherit"].apply(_model(model), InheritOptions(k))
+
+
+def prune(model, mlp: float = 0.0, kv_groups: float = 0.0, *, compensate: bool = False, calib=None):
+    """(Model, report): structured width pruning to a smaller dense model. mlp: share of each layer's
+    MLP channels removed; kv_groups: share of its KV groups removed with their query heads (a whole
+    number of groups); compensate: refit down and o on the kept channels by least squares. calib:
+    calibration (grams, token windows or a corpus; needed when a ratio is above 0) that ranks the
+    channels by their activations. The report: params before/after, fraction removed, kept sizes."""
+    m = _model(model)
+    opts = PruneOptions(mlp, kv_groups, compensate)
+    METHODS["prune"].check(opts, m.cfg)  # refusals before a calibration pass
+    return METHODS["prune"].apply(m, opts, grams_for(m, calib) if opts.active else None)
 
 
 def heal(student, teacher, **options):

@@ -23,7 +23,7 @@ from jaxshare.storage.atomic import describe, is_io_error
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
                               "jaxshare.cli.inheritune", "jaxshare.cli.compose", "jaxshare.cli.quantize",
-                              "jaxshare.cli.heal"]
+                              "jaxshare.cli.heal", "jaxshare.cli.prune"]
 
 
 

@@ -76,6 +76,8 @@ def run_plan(model: Model, plan: Plan, grams=None) -> tuple[Model, dict]:
             raise PlanError(f"step {i} ({s.method}): {e}") from None
         if model.cfg.n_layers != before.cfg.n_layers:
             grams = _slice_grams(grams, model.cfg.n_layers)
+        if hasattr(s.impl, "carry_grams"):  # a width change (prune): later steps read the kept channels' grams
+            grams = s.impl.carry_grams(s.opts, before.cfg, grams)
         # the method's own "method" (gptq, svd-llm) is in the options; the step names the plan's method
         rep = {"step": i, "method": s.method, "options": s.to_dict()[s.method],
                **{k: v for k, v in rep.items() if k not in ("step", "method", "options")},

@@ -1,9 +1,10 @@
-"""Compression plans: an ordered list of steps (inherit, share, basis, quantize) checked before any compute.
+"""Compression plans: an ordered list of steps (inherit, prune, share, basis, quantize) checked before any compute.
 
 A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` writes:
 
     steps:
       - inherit: {layers: 28}                       # keep the first k layers (Inheritune)
+      - prune: {mlp: 0.2, compensate: true}         # width pruning: MLP channels (and kv_groups), smaller dense
       - share: {ratio: 0.2, match: qk, keep: mean}  # head sharing of the q/k/v units (DirectShare)
       - basis: {group_size: 2, ratios: {up: 0.3, down: 0.1}}   # Basis Sharing, per-type ratios
       - quantize: {bits: 8, method: gptq}           # weight-only int8/int4 of every linear weight

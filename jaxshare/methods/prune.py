@@ -1,0 +1,81 @@
+"""Structured width pruning (Minitron-style) as a method: MLP channels and whole KV groups removed
+by their calibration activations, optionally with a least-squares refit of down and o."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from jaxshare.errors import MethodError
+from jaxshare.io.load import Model
+from jaxshare.methods import checks as C
+from jaxshare.methods.base import MethodBase, plain, updated
+from jaxshare.pruning.grams import carry
+from jaxshare.pruning.prune import group_rows, pruned_config, prune, select
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """mlp: share of each layer's MLP channels removed; kv_groups: share of its KV groups removed
+    (with their query heads; must be a whole number of groups); both in [0, 1). compensate: refit
+    down (and o) on the kept channels by least squares on the calibration grams."""
+    mlp: float = 0.0
+    kv_groups: float = 0.0
+    compensate: bool = False
+
+    FIELDS: ClassVar[tuple] = ("mlp", "kv_groups", "compensate")
+
+    def __post_init__(self):
+        C.number("mlp", self.mlp, 0.0, 1.0)
+        C.number("kv_groups", self.kv_groups, 0.0, 1.0)
+        C.flag("compensate", self.compensate)
+
+    @classmethod
+    def from_dict(cls, o: dict) -> "PruneOptions":
+        C.known_keys(o, cls.FIELDS)
+        return cls(**o)
+
+    def to_dict(self) -> dict:
+        return plain(dataclasses.asdict(self))
+
+    @property
+    def active(self) -> bool:
+        return self.mlp > 0 or self.kv_groups > 0
+
+
+class Prune(MethodBase):
+    name: ClassVar[str] = "prune"
+    Options: ClassVar[type] = PruneOptions
+    last: ClassVar[bool] = False
+
+    def claims(self, opts: PruneOptions, cfg=None, taken=frozenset()) -> frozenset[str]:
+        mlp = ({"up", "down"} | ({"gate"} if cfg is None or cfg.gated_mlp else set())) if opts.mlp > 0 else set()
+        return frozenset(mlp | ({"q", "k", "v", "o"} if opts.kv_groups > 0 else set()))
+
+    def needs_grams(self, opts: PruneOptions) -> bool:
+        return opts.active  # the ranking reads the grams' diagonals, compensated or not
+
+    def check(self, opts: PruneOptions, cfg):
+        return pruned_config(cfg, opts.mlp, opts.kv_groups)
+
+    def apply(self, model: Model, opts: PruneOptions, grams=None) -> tuple[Model, dict]:
+        if opts.active and grams is None:
+            raise MethodError("prune ranks channels by their calibration activations: give calibration grams")
+        params, cfg, rep = prune(model.params, model.cfg, grams, opts.mlp, opts.kv_groups, opts.compensate)
+        prev = (model.extra.get("prune") or {}).get("steps", [])
+        details = {"steps": prev + [opts.to_dict()], "from": {"d_ff": model.cfg.d_ff,
+                                                              "n_kv_heads": model.cfg.n_kv_heads}}
+        return updated(model, params, cfg, prune=details), rep
+
+    def carry_grams(self, opts: PruneOptions, cfg, grams):
+        """The grams of the model before this step, restricted to what the pruned model keeps (the
+        selection is a pure function of the grams, so it is recomputed rather than stored)."""
+        if grams is None or not opts.active:
+            return grams
+        keep_LF, keep_LK = select(grams, cfg, opts.mlp, opts.kv_groups)
+        keep = {}
+        if keep_LF is not None:
+            keep["down_in"] = keep_LF
+        if keep_LK is not None:
+            keep["o_in"] = group_rows(keep_LK, cfg)
+        return carry(grams, keep)

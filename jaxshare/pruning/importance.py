@@ -1,0 +1,48 @@
+"""Channel and KV-group importance from the calibration grams, and the channels each layer keeps.
+
+The grams (jaxshare.basis.calibrate) are X^T X of every linear's input, summed over all calibration
+tokens, computed under jit inside the layer scan; their diagonals are exactly the per-channel sums
+of squared activations, so no second forward pass is needed:
+
+- MLP channel j of layer l: sum over tokens of h_j^2, h = act(x W_gate) * (x W_up) (GPT-2: act(x W_up + b)),
+  the input of `down`: diag(down_in[l])[j].
+- KV group k of layer l: the squared norm of the group's attention output before W_o, summed over
+  its G query heads' d dims: sum of diag(o_in[l]) over the block [k G d, (k + 1) G d).
+
+Aggregation. Minitron (Muralidharan et al. 2024, sec. 2.2) reduces the activation over the batch
+and the sequence with mean, L2 or variance and reports (batch L2, sequence mean) as the best pair
+for width. We take the L2 norm over every calibration token at once (batch and sequence flattened),
+squared: ranking by it equals ranking by the L2 norm, and on equal-length windows it differs from
+Minitron's pair only in how windows with a few very large activations weigh. It is what the grams
+hold, so the ranking costs nothing beyond the calibration Basis Sharing and GPTQ already run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxshare.core.config import ModelConfig
+
+
+def layer_diagonals(g, n_layers: int) -> np.ndarray:
+    """[L, d] diagonals of per-layer grams: an array [L, d, d] or a lazy store (calibrate's GramStore),
+    read one layer at a time so that a store never holds all layers at once."""
+    return np.stack([np.diagonal(np.asarray(g[i], np.float64)) for i in range(n_layers)])
+
+
+def mlp_importance(grams, cfg: ModelConfig) -> np.ndarray:
+    """[L, F] sum over calibration tokens of each gated hidden unit's squared activation."""
+    return layer_diagonals(grams["down_in"], cfg.n_layers)
+
+
+def kv_importance(grams, cfg: ModelConfig) -> np.ndarray:
+    """[L, K] squared norm of each KV group's attention output (its G query heads together), summed
+    over calibration tokens. The o input is flattened head-major (K, G, d), as wo's 2-D view."""
+    diag_LH = layer_diagonals(grams["o_in"], cfg.n_layers)
+    return diag_LH.reshape(cfg.n_layers, cfg.n_kv_heads, cfg.groups * cfg.head_dim).sum(-1)
+
+
+def keep_top(importance_LN: np.ndarray, n_keep: int) -> np.ndarray:
+    """[L, n_keep] int32: each layer's n_keep most important indices, in their original order (so the
+    pruned arrays keep the source's channel order). Ties are broken by the lower index (stable sort)."""
+    order_LN = np.argsort(-importance_LN, axis=1, kind="stable")
+    return np.sort(order_LN[:, :n_keep], axis=1).astype(np.int32)

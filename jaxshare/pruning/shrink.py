@@ -1,0 +1,49 @@
+"""Slicing a dense params tree down to the kept MLP channels and KV groups, per layer.
+
+Each layer keeps its own channels but every layer keeps the same number of them, so the stacked
+[L, ...] arrays stay rectangular and the result is an ordinary dense model of a smaller config
+(d_ff, n_kv_heads and n_heads = n_kv_heads * G smaller; head_dim, d_model and the norms unchanged).
+A KV group is a KV head with its G query heads: the leading (L, K) axes of wq/wk/wv/wo and of
+Qwen2's q/k/v biases (params.py's head-major layout makes the group one index on axis 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshare.core.config import ModelConfig
+from jaxshare.core.params import Params, replace_leaves
+
+
+def take_per_layer(w, keep_LN: np.ndarray, axis: int):
+    """w[l] restricted to the indices keep_LN[l] on `axis` (an axis of w counting the leading L)."""
+    idx = np.asarray(keep_LN).reshape(keep_LN.shape[:1] + (1,) * (axis - 1) + keep_LN.shape[1:]
+                                      + (1,) * (w.ndim - axis - 1))
+    return jnp.take_along_axis(w, jnp.asarray(idx), axis=axis)
+
+
+def shrink_mlp(params: Params, cfg: ModelConfig, keep_LF: np.ndarray) -> tuple[Params, ModelConfig]:
+    """Keep the channels keep_LF [L, F'] of each layer: columns of gate/up (and their biases), rows
+    of down (down's bias is over d_model and stays)."""
+    mlp = params.layers.mlp
+    new = {"layers.mlp.w_up": take_per_layer(mlp.w_up, keep_LF, 2),
+           "layers.mlp.w_down": take_per_layer(mlp.w_down, keep_LF, 1)}
+    if mlp.w_gate is not None:
+        new["layers.mlp.w_gate"] = take_per_layer(mlp.w_gate, keep_LF, 2)
+    for name in ("b_up", "b_gate"):
+        if getattr(mlp, name) is not None:
+            new[f"layers.mlp.{name}"] = take_per_layer(getattr(mlp, name), keep_LF, 1)
+    return replace_leaves(params, new), dataclasses.replace(cfg, d_ff=int(keep_LF.shape[1]))
+
+
+def shrink_kv(params: Params, cfg: ModelConfig, keep_LK: np.ndarray) -> tuple[Params, ModelConfig]:
+    """Keep the KV groups keep_LK [L, K'] of each layer with their query heads: wq [L, K, G, D, d],
+    wk/wv [L, K, D, d], wo [L, K, G, d, D], bq [L, K, G, d], bk/bv [L, K, d] on axis 1. Gemma3's q/k
+    norms are one weight per layer over head_dim, shared by the heads, and stay; so does o's bias."""
+    attn = params.layers.attn
+    new = {f"layers.attn.{name}": take_per_layer(getattr(attn, name), keep_LK, 1)
+           for name in ("wq", "wk", "wv", "wo", "bq", "bk", "bv") if getattr(attn, name) is not None}
+    k = int(keep_LK.shape[1])
+    return replace_leaves(params, new), dataclasses.replace(cfg, n_kv_heads=k, n_heads=k * cfg.groups)
