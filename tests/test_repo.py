@@ -28,7 +28,7 @@ COMMANDS = [[], ["fetch"], ["convert"], ["export"], ["eval"], ["eval", "ppl"], [
             ["similarity"], ["attention-similarity"], ["share"], ["basis"], ["basis-pairs"], ["train"],
             ["train", "postshare"], ["train", "direct+post"], ["train", "plain"], ["train", "resume"], ["plot-run"],
             ["train", "inheritune"], ["train", "heal"], ["degeneration"], ["inherit"], ["compress"], ["quantize"],
-            ["heal"]]
+            ["heal"], ["prune"]]
 
 
 def test_the_help_list_covers_every_subcommand():

@@ -12,7 +12,8 @@ from tests.tiny_model import save_text, save_tiny_model
 from tests.cli_helpers import leaves, run
 
 # Commands that write a model: the only ones where --dtype exists (the storage dtype).
-WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",), ("heal",)}
+WRITERS = {("convert",), ("export",), ("share",), ("basis",), ("inherit",), ("compress",), ("quantize",), ("heal",),
+           ("prune",)}
 # Commands that read a model and write none: --dtype is refused there, naming the flag to use.
 READERS = {("eval", "ppl"), ("eval", "mc"), ("parity",), ("generate",), ("demo",), ("similarity",),
            ("attention-similarity",), ("degeneration",), ("basis-pairs",)}
@@ -27,7 +28,8 @@ BASE = {("fetch",): ["fetch", "model", "x"], ("convert",): ["convert", "m", "o"]
         ("train", "heal"): ["train", "heal"], ("heal",): ["heal", "m", "o", "--teacher", "t"],
         ("train", "resume"): ["train", "resume", "r"], ("plot-run",): ["plot-run", "r"],
         ("degeneration",): ["degeneration", "m"], ("inherit",): ["inherit", "m", "o", "--layers", "2"],
-        ("compress",): ["compress", "m", "o", "--plan", "p"], ("quantize",): ["quantize", "m", "o"]}
+        ("compress",): ["compress", "m", "o", "--plan", "p"], ("quantize",): ["quantize", "m", "o"],
+        ("prune",): ["prune", "m", "o"]}
 
 
 def parsers(parser):
@@ -169,7 +171,7 @@ def test_batch_size_is_only_ever_a_speed_setting():
             if "--batch-size" in a.option_strings:
                 assert a.dest == "batch_size" and SPEED_ONLY in a.help, (words, a.help)
                 seen += 1
-    assert seen == 7
+    assert seen == 8
 
 
 @pytest.mark.parametrize("words", [("degeneration",), ("inherit",), ("attention-similarity",)], ids=" ".join)
@@ -232,6 +234,7 @@ ALIASES = {
     (("basis-pairs",), "--batch", "3"): ("batch_size", 3),
     (("compress",), "--batch", "3"): ("batch_size", 3),
     (("quantize",), "--batch", "3"): ("batch_size", 3),
+    (("prune",), "--batch", "3"): ("batch_size", 3),
     (("attention-similarity",), "--batch", "3"): ("max_windows", 3),
     (("attention-similarity",), "--batch-size", "3"): ("max_windows", 3),
     (("degeneration",), "--batch", "3"): ("max_windows", 3),
