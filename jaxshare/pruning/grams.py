@@ -2,10 +2,11 @@
 
 A plan collects its grams once, on the model it starts from (compose/apply.py). After a pruning step
 down's input has F' channels and o's input K' G d, so a later step that reads those grams (GPTQ
-packs every linear weight, down and o included) must see the kept rows and columns only. The
-inputs of the kept channels are the same activations as before (their upstream weights are sliced,
-not changed), so the sliced grams are exact for the pruned layer. They are sliced lazily, one layer
-at a time, as calibrate's on-disk store is read.
+packs every linear weight, down and o included) must see the kept rows and columns only: the
+starting model's statistics of the channels that remain (in the first layer exactly those of the
+pruned model; later layers see a residual stream the earlier pruning changed slightly, the same
+one-pass approximation a plan makes after a share step). They are sliced lazily, one layer at a
+time, as calibrate's on-disk store is read.
 """
 from __future__ import annotations
 

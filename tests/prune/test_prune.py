@@ -1,8 +1,10 @@
 """Structured width pruning (issue 25): identity at 0, exact slicing, importance from the jit grams
 against a per-channel loop over transformers' activations, compensation, HF / native / GGUF round
 trips of the smaller model, refusals, the CLI and plans. Tiny random models only."""
+import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -71,15 +73,9 @@ def test_ratio_zero_is_the_identity(llama):
     _, m, grams = llama
     out, rep = js.prune(m)  # no calibration needed when nothing is removed
     assert out.cfg == m.cfg and rep["fraction_removed"] == 0.0
-    for a, b in zip(jax_leaves(out.params), jax_leaves(m.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(out.params), jax.tree_util.tree_leaves(m.params)):
         assert a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
     assert not METHODS["prune"].needs_grams(PruneOptions())
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree_util.tree_leaves(tree)
 
 
 def test_kept_channels_are_exactly_a_dense_model_sliced_by_hand(qwen2):
@@ -102,8 +98,8 @@ def test_kept_channels_are_exactly_a_dense_model_sliced_by_hand(qwen2):
         new["w_up"].append(np.asarray(mlp.w_up)[l][:, keep_f])
         new["w_gate"].append(np.asarray(mlp.w_gate)[l][:, keep_f])
         new["w_down"].append(np.asarray(mlp.w_down)[l][keep_f])
-    by_hand = replace_leaves(p, {f"layers.{'attn' if k[0] in 'wb' and k not in ('w_up', 'w_gate', 'w_down') else 'mlp'}.{k}":
-                                 np.stack(v) for k, v in new.items()})
+    module = lambda k: "mlp" if k.startswith("w_") else "attn"  # noqa: E731
+    by_hand = replace_leaves(p, {f"layers.{module(k)}.{k}": np.stack(v) for k, v in new.items()})
     want = np.asarray(forward(by_hand, out.cfg, TOKENS))
     got = np.asarray(forward(out.params, out.cfg, TOKENS))
     assert np.array_equal(got, want)
@@ -242,8 +238,6 @@ def test_bad_ratios_are_refused_in_one_line(llama, kw, says):
 
 def test_pruning_every_kv_group_and_a_compressed_input_are_refused(tmp_path_factory, llama):
     _, m, grams = llama
-    import dataclasses
-
     one = Model(dataclasses.replace(m.cfg, n_kv_heads=1, n_heads=2), m.params)  # checked before any compute
     with pytest.raises(MethodError, match="one KV group per layer"):
         METHODS["prune"].check(PruneOptions(kv_groups=0.5), one.cfg)
@@ -292,6 +286,19 @@ def test_a_plan_with_a_prune_step(llama, kv, then):
     assert rep["model"]["params_after"] < rep["model"]["params_before"]
     logits = np.asarray(forward(out.params, out.cfg, TOKENS))
     assert np.all(np.isfinite(logits))
+
+
+def test_the_step_carries_the_kept_channels_grams(llama):
+    _, m, grams = llama
+    opts = PruneOptions(mlp=0.25, kv_groups=0.5)
+    out, _ = METHODS["prune"].apply(m, opts, grams)
+    carried = METHODS["prune"].carry_grams(opts, m.cfg, grams)
+    assert carried["attn_in"] is grams["attn_in"] and carried["mlp_in"] is grams["mlp_in"]
+    f, hd = out.cfg.d_ff, out.cfg.n_heads * out.cfg.head_dim
+    assert np.asarray(carried["down_in"]).shape == (3, f, f) and carried["o_in"][[0, 2]].shape == (2, hd, hd)
+    dg = np.diag(np.asarray(grams["down_in"][1]))
+    keep = np.sort(np.argsort(-dg, kind="stable")[:f])
+    np.testing.assert_array_equal(carried["down_in"][1], np.asarray(grams["down_in"][1])[np.ix_(keep, keep)])
 
 
 def test_a_plan_refuses_a_second_step_on_pruned_types():
