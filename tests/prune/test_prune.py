@@ -308,3 +308,12 @@ def test_a_plan_refuses_a_second_step_on_pruned_types():
         js.parse_plan({"steps": [{"prune": {"kv_groups": 0.5}}, {"share": {"ratio": 0.2}}]})
     with pytest.raises(PlanError, match=r"step 1 \(prune\): unknown option 'heads'"):
         js.parse_plan({"steps": [{"prune": {"heads": 0.2}}]})
+
+
+def test_options_read_back_and_claims():
+    method = METHODS["prune"]
+    o = method.from_dict({"mlp": 0.2, "kv_groups": 0.5, "compensate": True})
+    assert method.from_dict(method.to_dict(o)) == o
+    assert method.claims(PruneOptions(mlp=0.2)) == {"gate", "up", "down"}
+    assert method.claims(PruneOptions(kv_groups=0.5)) == {"q", "k", "v", "o"}
+    assert method.claims(PruneOptions()) == frozenset() and method.needs_grams(PruneOptions(kv_groups=0.5))
