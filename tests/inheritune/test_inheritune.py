@@ -1,6 +1,5 @@
 """Inheritune: degeneration metrics, inherit (parity with transformers, shared and basis models),
 growth, the trainer's inheritune mode with resume across a stage, and bad inputs."""
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +13,6 @@ import transformers
 from tests.conftest import random_hf_model, torch_logits
 from jaxshare.cli.main import main as cli_main
 from jaxshare.core.bank import materialize
-from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import init_params
 from jaxshare.inheritune.degeneration import analyze, head_metrics, write_plots
@@ -24,10 +22,10 @@ from jaxshare.inheritune.inherit import InheritError, inherit, select_layers
 from jaxshare.io.hf import export_hf, load_hf_dir
 from jaxshare.io.native import load_native, save_native
 from jaxshare.training.config import build_config
+from tests.tiny_model import TRAIN_CFG, save_run_files
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
-                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+CFG = TRAIN_CFG
 
 
 # -- degeneration metrics --------------------------------------------------------------------------
@@ -199,12 +197,7 @@ def test_growth_by_copy_and_by_reference():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inheritune")
-    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
-    rng = np.random.default_rng(0)
-    phrases = rng.integers(0, 256, (16, 8))
-    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
-    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
-    return d
+    return save_run_files(d)
 
 
 def config(files, run_dir, **kw):

@@ -15,7 +15,6 @@ from jaxshare.basis.calibrate import collect_grams
 from jaxshare.basis.compress import compress
 from jaxshare.cli.main import main as cli_main
 from jaxshare.core.bank import trainable_mask
-from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import count_params, init_params
 from jaxshare.headshare.directshare import direct_share
@@ -28,9 +27,9 @@ from jaxshare.training.distill import KDLoss, kd_terms
 from jaxshare.training.program import check_same_tokens
 from jaxshare.training.recipes import RECIPES
 from jaxshare.training.trainer import Trainer
+from tests.tiny_model import TRAIN_CFG, save_run_files
 
-CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
-                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+CFG = TRAIN_CFG
 TEACHER = init_params(CFG, jax.random.key(0))
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 17)), jnp.int32)
 
@@ -46,14 +45,9 @@ def _students():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("heal")
-    save_native(d / "teacher", CFG, TEACHER, None)
     for name, p in _students().items():
         save_native(d / name, CFG, p, None)
-    rng = np.random.default_rng(0)
-    phrases = rng.integers(0, 256, (16, 8))
-    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
-    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
-    return d
+    return save_run_files(d, model="teacher")  # TEACHER: the same weights
 
 
 def config(files, student, run_dir, **kw):

@@ -11,15 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import init_params
 from jaxshare.io.native import save_native
 from jaxshare.training import trainer
 from jaxshare.training.config import build_config
+from tests.tiny_model import TRAIN_CFG, save_run_files
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
-                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+CFG = TRAIN_CFG
 RUN = dict(steps=4, seq_len=32, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1, ratio=0.3, eval_every=0,
            eval_windows=4, checkpoint_every=2, keep_final_checkpoint=True, progress=False, tensorboard=False)
 
@@ -27,12 +26,7 @@ RUN = dict(steps=4, seq_len=32, batch_size=8, grad_accum=2, lr=1e-3, warmup_step
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("mh")
-    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
-    rng = np.random.default_rng(0)
-    phrases = rng.integers(0, 256, (16, 8))
-    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
-    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
-    return d
+    return save_run_files(d)
 
 
 def _free_port() -> int:

@@ -21,22 +21,17 @@ from jaxshare.core.params import init_params
 from jaxshare.io.native import save_native
 from jaxshare.training import rundir, trainer
 from jaxshare.training.config import build_config
+from tests.tiny_model import TRAIN_CFG, save_run_files
 
-CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
-                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+CFG = TRAIN_CFG
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("safety")
-    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
     small = ModelConfig(**{**CFG.__dict__, "n_layers": 3})
     save_native(d / "model3", small, init_params(small, jax.random.key(1)), None)
-    rng = np.random.default_rng(0)
-    phrases = rng.integers(0, 256, (16, 8))
-    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
-    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
-    return d
+    return save_run_files(d)
 
 
 def sets(files, run_dir, **kw):

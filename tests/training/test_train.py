@@ -24,31 +24,22 @@ from jaxshare.headshare import sharing
 
 from jaxshare.training import trainer
 from jaxshare.core.bank import materialize
-from jaxshare.io.native import save_native
 from jaxshare.cli.main import main as cli_main
-from jaxshare.core.config import ModelConfig
 from jaxshare.core.model import forward
 from jaxshare.core.params import init_params
 from jaxshare.training.config import TrainConfigError, build_config, load_config
 from jaxshare.data.tokens import token_windows
 from jaxshare.training.data import batch_iterator
+from tests.tiny_model import TRAIN_CFG, save_run_files
 
 ROOT = Path(__file__).resolve().parents[2]
-# SmolLM2's head layout (3 KV groups) at toy width; d_model = n_heads * head_dim so HF export works.
-CFG = ModelConfig(family="llama", vocab_size=256, d_model=48, n_layers=4, n_heads=6, n_kv_heads=3, head_dim=8,
-                  d_ff=64, max_seq_len=128, norm_eps=1e-5)
+CFG = TRAIN_CFG
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
-    save_native(d / "model", CFG, init_params(CFG, jax.random.key(0)), None)
-    rng = np.random.default_rng(0)
-    # A learnable stream (repeated random phrases) so the loss really moves.
-    phrases = rng.integers(0, 256, (16, 8))
-    np.save(d / "train.npy", phrases[rng.integers(0, 16, 4000)].ravel().astype(np.int32))
-    np.save(d / "eval.npy", phrases[rng.integers(0, 16, 200)].ravel().astype(np.int32))
-    return d
+    return save_run_files(d)
 
 
 def config(files, run_dir, **kw):
