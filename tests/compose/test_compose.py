@@ -193,7 +193,7 @@ def _run(capsys, *argv):
 
 
 BAD_PLANS = {
-    "unknown method": ({"steps": [{"prune": {"ratio": 0.2}}]}, "unknown method 'prune'"),
+    "unknown method": ({"steps": [{"distill": {"ratio": 0.2}}]}, "unknown method 'distill'"),
     "twice": ({"steps": [{"share": {"ratio": 0.2}}, {"basis": {"ratio": 0.2, "types": ["q", "up"]}}]},
               "compresses q again"),
     "bad ratio": ({"steps": [{"basis": {"ratios": {"up": 1.5}}}]}, "ratios.up must be in [0, 1)"),
