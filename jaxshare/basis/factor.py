@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshare.basis.names import METHODS
 from jaxshare.errors import JaxshareError
 from jaxshare.core.axes import layout_axes
 from jaxshare.core.bank import Bank
@@ -30,9 +31,6 @@ Array = jax.Array
 
 class BasisError(JaxshareError, ValueError):
     """Bad Basis Sharing input (ratio, type names, group size)."""
-
-
-METHODS = ("basis", "svd-llm", "svd")
 
 
 def default_types(cfg: ModelConfig) -> tuple[list[str], list[str]]:

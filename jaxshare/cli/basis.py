@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from jaxshare.basis.factor import METHODS, TYPES, BasisError
+from jaxshare.basis.names import METHODS as BASIS_METHODS
+from jaxshare.basis.names import PATHS, TYPE_NAMES
 from jaxshare.cli.common import (BASIS_RATIO, COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir,
                                  memory_size, nonempty, refuse_dtype_arg, refuse_given)
 from jaxshare.optional import check
@@ -21,10 +22,10 @@ def type_list(s: str) -> list[str]:
     """A comma list of matrix types, checked while parsing."""
     names = [x.strip() for x in s.split(",") if x.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"expected a comma list of matrix types ({','.join(TYPES)}), got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma list of matrix types ({','.join(TYPE_NAMES)}), got {s!r}")
     for n in names:
-        if n not in TYPES:
-            raise argparse.ArgumentTypeError(f"unknown matrix type {n!r}; known: {', '.join(TYPES)}")
+        if n not in TYPE_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown matrix type {n!r}; known: {', '.join(TYPE_NAMES)}")
     return names
 
 
@@ -83,12 +84,12 @@ def cast_consuming(params, dtype):
 
 def cmd_basis(args) -> None:
     # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
-    from jaxshare.basis.factor import validate
-    from jaxshare.methods.basis import BasisOptions
-    from jaxshare.basis.compress import compress
     from jaxshare.basis.calibrate import calibrate
-    from jaxshare.io.native import save_native
+    from jaxshare.basis.factor import BasisError, validate
     from jaxshare.io.load import load_model
+    from jaxshare.io.native import save_native
+    from jaxshare.methods import METHODS
+    from jaxshare.methods.basis import BasisOptions
 
     # Everything checkable is checked before loading or computing anything (numbers: while parsing).
     if args.method == "svd":
@@ -99,21 +100,23 @@ def cmd_basis(args) -> None:
     if shared and private and set(shared) & set(private):
         raise BasisError(f"types both shared and private: {', '.join(sorted(set(shared) & set(private)))}")
     # the options a plan's basis step takes, checked the same way
-    BasisOptions(ratio=args.ratio, group_size=args.group_size, method=args.method,
+    BasisOptions(ratio=args.ratio, group_size=args.group_size, method=args.method, path=args.path,
                  types=tuple((shared or []) + (private or [])) or None, shared=tuple(shared) if shared else None)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")
-    validate(m.cfg, args.ratio, args.group_size, args.method, shared, private)
+    # --private alone means "the other present types shared": only the model's types say which those are,
+    # so the step's options (types and the shared among them) are settled here
+    shared, private = validate(m.cfg, args.ratio, args.group_size, args.method, shared, private)
+    opts = BasisOptions(ratio=args.ratio, types=tuple(t for t in TYPE_NAMES if t in shared or t in private),
+                        group_size=args.group_size, method=args.method, shared=tuple(shared), path=args.path)
     grams, info = None, None
     if args.method != "svd":
         announce(m, args)
         grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
                                 args.batch_size, budget_bytes=gram_budget(args))
     # consume: each dense type is freed once factorized (m.params is not used again)
-    params, manifest, rep = compress(m.params, m.cfg, grams, args.ratio, args.group_size, args.method, shared,
-                                     private, path=args.path, consume=True)
-    if args.dtype != "fp32":
-        params = cast_consuming(params, args.dtype)
+    out, manifest, rep = METHODS["basis"].compress(m, opts, grams, progress=True, consume=True)
+    params = out.params if args.dtype == "fp32" else cast_consuming(out.params, args.dtype)
     manifest["calibration"] = info
     save_native(args.out, m.cfg, params, m.tokenizer, extra={"basis": manifest, "compressed_from": str(m.source)},
                 overwrite=args.overwrite)
@@ -170,13 +173,13 @@ def register(sub, add, group) -> None:
                    help="fraction of the linear weights' parameters removed, in (0, 1); 0.2 is the paper's "
                         "headline setting")
     b.add_argument("--group-size", type=COUNT, default=2, help="layers per shared basis (n)")
-    b.add_argument("--method", choices=METHODS, default="basis",
+    b.add_argument("--method", choices=BASIS_METHODS, default="basis",
                    help="basis: Basis Sharing; svd-llm: whitened SVD per layer (n = 1); svd: plain truncated SVD")
     b.add_argument("--shared", type=type_list, default=None,
-                   help=f"comma list of shared types ({','.join(TYPES)}) (default: the method's choice)")
+                   help=f"comma list of shared types ({','.join(TYPE_NAMES)}) (default: the method's choice)")
     b.add_argument("--private", type=type_list, default=None,
                    help="comma list of per-layer types, still compressed with n = 1 (default: the method's choice)")
-    b.add_argument("--path", choices=["auto", "eig", "concat"], default="auto",
+    b.add_argument("--path", choices=PATHS, default="auto",
                    help="basis from eigh of S(sum W W^T)S^T (eig) or svd of the concatenation; auto by shape")
     _calib_args(b)
     b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",

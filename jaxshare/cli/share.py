@@ -8,7 +8,7 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
                                  check_out_dir, emit, nonempty, param_dtype_arg, plot_dir_arg, refuse_dtype_arg,
                                  refuse_given, sample_windows_arg)
 from jaxshare.data.corpora import load_corpus
-from jaxshare.headshare.similarity import MATCHES
+from jaxshare.headshare.names import CORRECT, KEEP, MATCHES
 
 
 def cmd_similarity(args) -> None:
@@ -81,15 +81,30 @@ def cmd_attention_similarity(args) -> None:
     emit(args, out, text)
 
 
+def roots_of(params, m: str):
+    """[L, K] flat id of the unit whose weights each unit of matrix `m` reads (itself when untied),
+    read back from the bank: a tied group's root is its earliest unit (partners are in earlier
+    layers), and the compacted rows keep the roots' order."""
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
+    import numpy as np
+
+    from jaxshare.headshare.sharing import index_of
+
+    index = index_of(params, m)
+    first = np.full(int(index.max()) + 1, index.size, np.int64)
+    np.minimum.at(first, index.ravel(), np.arange(index.size))
+    return first[index]
+
+
 def cmd_share(args) -> None:
     # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare import plots
-    from jaxshare.io.native import save_native
-    from jaxshare.headshare.datashare import data_share
-    from jaxshare.methods.share import ShareOptions
-    from jaxshare.headshare.directshare import n_units
-    from jaxshare.io.load import load_model, resolve
+    from jaxshare.basis.calibrate import calibrate
     from jaxshare.headshare.sharing import SharingError, manifest
+    from jaxshare.io.load import load_model, resolve
+    from jaxshare.io.native import save_native
+    from jaxshare.methods import METHODS
+    from jaxshare.methods.share import ShareOptions
 
     ratio = None if args.net_ratio is not None else args.ratio  # argparse refuses both given
     if ratio is not None and not (0 <= ratio < 1):
@@ -102,22 +117,21 @@ def cmd_share(args) -> None:
     if needs_calib and args.calib is None:
         raise SharingError(f"--keep {args.keep} --correct {args.correct} fits on calibration data: give --calib "
                            "(e.g. --calib wiki:train)")
-    # the options a plan's share step takes, checked the same way (net_ratio stands in for the ratio)
-    ShareOptions(ratio if ratio is not None else args.net_ratio, args.match, args.keep, args.correct, args.share_o)
+    # the options of a plan's share step
+    opts = ShareOptions(ratio, args.match, args.keep, args.correct, args.share_o, args.net_ratio)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     resolve(args.model)
     m = load_model(args.model, args.dtype)  # held (and stored) in --dtype
-    n_units(ratio if ratio is not None else args.net_ratio, m.cfg)  # more units than have partners fails here
+    METHODS["share"].check(opts, m.cfg)  # more units than have partners fails here, before calibrating
     grams, calib = None, None
     if needs_calib:
-        from jaxshare.basis.calibrate import calibrate
-
         announce(m, args)
         grams, calib = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
                                  args.batch_size)
-    shared, info = data_share(m.params, m.cfg, ratio, args.keep, args.correct, grams, args.match, args.share_o,
-                              args.net_ratio)
-    rep = {"model": args.model, "out": str(args.out), **info["report"], "calibration": calib}
+    out, report = METHODS["share"].apply(m, opts, grams)
+    shared = out.params
+    rep = {"model": args.model, "out": str(args.out), **report, "calibration": calib}
+    # the checkpoint's record, as the command has always written it (not the Method's plan-step options)
     details = dict(ratio=rep["ratio"], match=args.match, keep=args.keep, share_o=args.share_o, source=str(m.source))
     man = manifest(shared, m.cfg, correct=args.correct, net_ratio=args.net_ratio, calibration=calib, **details)
     extra = {"sharing": man, "corrections": {"calibration": calib, "correct": args.correct},
@@ -125,7 +139,7 @@ def cmd_share(args) -> None:
     save_native(args.out, m.cfg, shared, m.tokenizer, extra=extra, overwrite=args.overwrite)
     if args.plot_dir:  # after the checkpoint: a failed write leaves no plots behind either
         d = Path(args.plot_dir)
-        rep["plots"] = [str(plots.share_map(info["decision"]["by_matrix"][mm]["roots"], d / f"shared_units_{mm}.png",
+        rep["plots"] = [str(plots.share_map(roots_of(shared, mm), d / f"shared_units_{mm}.png",
                                             f"DirectShare {rep['ratio']:.0%} ({args.match}, {mm}): source layer"))
                         for mm in (("q", "k", "v") if args.match == "separate" else ("q",))]
     corr = (f", corrections {rep['correction_params']:,} params ({args.correct})" if args.correct != "none" else "")
@@ -166,10 +180,10 @@ def register(sub, add, group) -> None:
                           help="instead of --ratio: tie as many units as it takes to free, corrections counted, the "
                                "parameters keep=mean frees at this ratio (equal net parameters) (default: none, --ratio decides)")
     sh.add_argument("--match", choices=MATCHES, default="qk", help="match function (paper Table 12)")
-    sh.add_argument("--keep", choices=("root", "mean", "data"), default="root",
+    sh.add_argument("--keep", choices=KEEP, default="root",
                     help="a tied group keeps the root's weights (paper), their mean, or their calibration "
                          "least-squares merge (data; needs --calib)")
-    sh.add_argument("--correct", choices=("none", "qk", "qkv"), default="none",
+    sh.add_argument("--correct", choices=CORRECT, default="none",
                     help="per tied unit d x d least-squares corrections of its query heads and key (qk), plus the "
                          "value path folded into its own W_o at no parameter cost (qkv); needs --calib")
     sh.add_argument("--calib", default=None,

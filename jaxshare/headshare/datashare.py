@@ -29,10 +29,9 @@ from jaxshare.headshare.corrected import CorrectedBank
 from jaxshare.core.params import Params, replace_leaves
 from jaxshare.headshare.directshare import accounting, n_units, plan
 from jaxshare.headshare.sharing import FIELDS, MATRICES, SharingError, compact_params, dense_fields, fields_of, share
+from jaxshare.headshare.names import CORRECT, KEEP
 from jaxshare.headshare.similarity import best_partners, check_match
 
-KEEP = ("root", "mean", "data")
-CORRECT = ("none", "qk", "qkv")
 RIDGE = 1e-6  # relative to the mean eigenvalue: conditions the solves, leaves fits at ~1e-6 relative
 
 

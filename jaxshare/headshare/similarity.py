@@ -20,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxshare.errors import JaxshareError
 from jaxshare.core.bank import materialize
 from jaxshare.core.params import Params
+from jaxshare.headshare.names import MATCHES
 
-MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
 # Which raw Grams (q, k, v) each scored function sums.
 COEF = {"qk": (1, 1, 0), "q": (1, 0, 0), "k": (0, 1, 0), "v": (0, 0, 1), "qkv": (1, 1, 1)}
 

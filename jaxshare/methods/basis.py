@@ -1,12 +1,13 @@
 """Basis Sharing (and SVD-LLM, plain SVD) as a method: per-type ratios or exact ranks."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from jaxshare.basis.compress import compress
-from jaxshare.basis.factor import METHODS as BASIS_METHODS
 from jaxshare.basis.factor import default_types, groups_of, type_rank
+from jaxshare.basis.names import METHODS as BASIS_METHODS
+from jaxshare.basis.names import PATHS
 from jaxshare.core.matrices import TYPES, dims
 from jaxshare.errors import MethodError
 from jaxshare.io.load import Model
@@ -25,15 +26,15 @@ class BasisOptions:
     group_size: int = 2
     method: str = "basis"  # basis, svd-llm, svd
     shared: tuple | None = None  # types whose basis is shared across group_size layers (default: the family's)
+    path: str = "auto"  # a group's basis from eigh of S(sum W W^T)S^T (eig) or svd of the concatenation; auto by shape
 
-    FIELDS: ClassVar[tuple] = ("ratio", "types", "ratios", "ranks", "group_size", "method", "shared")
+    FIELDS: ClassVar[tuple] = ("ratio", "types", "ratios", "ranks", "group_size", "method", "shared", "path")
 
     def __post_init__(self):
-        given = [k for k in ("ratio", "ratios", "ranks") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise MethodError(f"give exactly one of ratio, ratios or ranks (got {', '.join(given) or 'none'})")
+        C.exactly_one(self, ("ratio", "ratios", "ranks"))
         C.integer("group_size", self.group_size, 1)
         C.choice("method", self.method, BASIS_METHODS)
+        C.choice("path", self.path, PATHS)
         if self.types is not None and self.ratio is None:
             raise MethodError("types goes with ratio, not with ratios or ranks")
         if self.ratio is not None:
@@ -65,7 +66,10 @@ class BasisOptions:
     def to_dict(self) -> dict:
         # the order a plan is written in: how, then which types
         keys = ("group_size", "method", "ratio", "types", "ratios", "ranks", "shared")
-        return plain({k: getattr(self, k) for k in keys})
+        out = plain({k: getattr(self, k) for k in keys})
+        if self.path != "auto":  # the default is left out: plans and checkpoints written before read the same
+            out["path"] = self.path
+        return out
 
     def named_types(self) -> list[str] | None:
         """The types the options name themselves (None: `ratio` without `types`, decided by the model)."""
@@ -81,15 +85,19 @@ def present_types(cfg) -> list[str]:
     return [t for t in TYPES if t in set(shared) | set(private)]
 
 
+def shared_types(cfg, o: dict) -> set[str]:
+    """The types a basis step's dict form shares across layers (SVD-LLM and plain SVD: none)."""
+    return set(o.get("shared", default_types(cfg)[0])) if o["method"] == "basis" else set()
+
+
 def basis_ranks(cfg, o, types: list[str]) -> tuple[dict, dict]:
     """(ranks, group sizes) of a basis step's types on a model of cfg.n_layers layers; o: BasisOptions
     or its dict form."""
     o = o.to_dict() if isinstance(o, BasisOptions) else o
-    shared_default, _ = default_types(cfg)
-    shared = set(o.get("shared", shared_default))
+    shared = shared_types(cfg, o)
     L, ranks, sizes = cfg.n_layers, {}, {}
     for t in types:
-        n = o["group_size"] if (t in shared and o["method"] == "basis") else 1
+        n = o["group_size"] if t in shared else 1
         sizes[t] = n
         if "ranks" in o:
             ranks[t] = o["ranks"][t]
@@ -125,6 +133,17 @@ class Basis(MethodBase):
         return cfg
 
     def apply(self, model: Model, opts: BasisOptions, grams=None) -> tuple[Model, dict]:
+        out, _, rep = self.compress(model, opts, grams)
+        if "per_type" in rep:  # the ranks asked for (per_type holds those kept, within the shapes)
+            rep.pop("requested_ratio", None)  # the options say what was asked (with ratios or ranks it is a stand-in)
+            rep["ranks"] = basis_ranks(model.cfg, opts, list(rep["per_type"]))[0]
+        return out, rep
+
+    def compress(self, model: Model, opts: BasisOptions, grams=None, progress: bool = False,
+                 consume: bool = False) -> tuple[Model, dict | None, dict]:
+        """apply's work, with compress()'s manifest (None when nothing is compressed) and its whole
+        report; the CLI writes both. progress: a bar on stderr; consume: free each dense type once
+        factorized, which leaves `model`'s params unusable (the CLI's, never compose's or js')."""
         params, cfg = model.params, model.cfg
         self.check(opts, cfg)
         taken = compressed_types(params)
@@ -135,15 +154,16 @@ class Basis(MethodBase):
         prev = (model.extra.get("basis") or {}).get("steps", [])
         details = {"method": opts.method, "steps": prev + [opts.to_dict()]}
         if not types:
-            return updated(model, params, basis=details), {"types": [], "note": "every ratio is 0: nothing compressed"}
+            note = {"types": [], "note": "every ratio is 0: nothing compressed"}
+            return updated(model, params, basis=details), None, note
         if opts.method != "svd" and grams is None:
             raise MethodError(f"basis method {opts.method!r} needs calibration grams")
-        ranks, sizes = basis_ranks(cfg, opts, types)
-        shared = [t for t in types if sizes[t] > 1]
-        private = [t for t in types if sizes[t] == 1]
-        # compress() checks its ratio even when ranks decide; the manifest records the per-type ranks
-        out, _, rep = compress(params, cfg, grams, 0.5, opts.group_size, opts.method, shared, private,
-                               ranks=ranks, progress=False)
-        rep.pop("requested_ratio", None)
-        rep["ranks"] = ranks
-        return updated(model, out, basis=details), rep
+        ranks, _ = basis_ranks(cfg, opts, types)
+        # group_size 1 still names a type shared, as `jaxshare basis --shared` always has in its report
+        shared = [t for t in types if t in shared_types(cfg, opts.to_dict())]
+        private = [t for t in types if t not in shared]
+        # compress() checks its ratio even when ratios or ranks decide (then 0.5 stands in: the ranks decide)
+        ratio = 0.5 if opts.ratio is None else opts.ratio
+        out, manifest, rep = compress(params, cfg, grams, ratio, opts.group_size, opts.method, shared, private,
+                                      opts.path, ranks=ranks, progress=progress, consume=consume)
+        return updated(model, out, basis=details), manifest, rep

@@ -50,3 +50,12 @@ def known_keys(opts: dict, known: tuple) -> None:
 def required(opts: dict, key: str) -> None:
     if key not in opts:
         raise MethodError(f"{key} is required")
+
+
+def exactly_one(opts, keys: tuple) -> str:
+    """The one of `keys` that is set (not None) on `opts`, an Options dataclass."""
+    given = [k for k in keys if getattr(opts, k) is not None]
+    if len(given) != 1:
+        names = ", ".join(keys[:-1]) + " or " + keys[-1]
+        raise MethodError(f"give exactly one of {names} (got {', '.join(given) or 'none'})")
+    return given[0]

@@ -1,4 +1,4 @@
-"""Head sharing as a method: DirectShare, or its data-aware variant when the options fit on data."""
+"""Head sharing as a method: DirectShare, data-aware when the options fit on calibration data."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from jaxshare.errors import MethodError
-from jaxshare.headshare.datashare import CORRECT, KEEP, data_share
-from jaxshare.headshare.directshare import direct_share
-from jaxshare.headshare.similarity import MATCHES
+from jaxshare.headshare.datashare import data_share
+from jaxshare.headshare.directshare import n_units
+from jaxshare.headshare.names import CORRECT, KEEP, MATCHES
 from jaxshare.io.load import Model
 from jaxshare.methods import checks as C
 from jaxshare.methods.base import MethodBase, plain, updated
@@ -16,16 +16,21 @@ from jaxshare.methods.base import MethodBase, plain, updated
 
 @dataclass(frozen=True)
 class ShareOptions:
-    ratio: float  # share of the L*K attention units tied to an earlier unit, in [0, 1)
+    """Exactly one of `ratio` (the share of the L*K attention units tied to an earlier unit) or
+    `net_ratio` (tie as many units as it takes to free, corrections counted, the parameters
+    keep=mean frees at that ratio), both in [0, 1)."""
+    ratio: float | None = None
     match: str = "qk"
     keep: str = "mean"  # root (the paper), mean, or data (a calibration least-squares merge)
     correct: str = "none"  # none, qk, qkv: per-unit corrections fitted on calibration data
     share_o: bool = False
+    net_ratio: float | None = None  # last: positional ShareOptions(ratio, match, ...) keep their meaning
 
-    FIELDS: ClassVar[tuple] = ("ratio", "match", "keep", "correct", "share_o")
+    FIELDS: ClassVar[tuple] = ("ratio", "match", "keep", "correct", "share_o", "net_ratio")
 
     def __post_init__(self):
-        C.number("ratio", self.ratio, 0.0, 1.0)
+        how = C.exactly_one(self, ("ratio", "net_ratio"))
+        C.number(how, getattr(self, how), 0.0, 1.0)
         C.choice("match", self.match, MATCHES)
         C.choice("keep", self.keep, KEEP)
         C.choice("correct", self.correct, CORRECT)
@@ -37,7 +42,6 @@ class ShareOptions:
     @classmethod
     def from_dict(cls, o: dict) -> "ShareOptions":
         C.known_keys(o, cls.FIELDS)
-        C.required(o, "ratio")
         return cls(**o)
 
     def to_dict(self) -> dict:
@@ -60,19 +64,15 @@ class Share(MethodBase):
         return opts.data_aware
 
     def check(self, opts: ShareOptions, cfg):
-        L, K = cfg.n_layers, cfg.n_kv_heads
-        n = int(round(opts.ratio * L * K))
-        if n > (L - 1) * K:
-            raise MethodError(f"ratio {opts.ratio} asks for {n} of {L * K} units, but only {(L - 1) * K} have an "
-                              "earlier partner")
+        # more units than have an earlier partner; a net_ratio ties at least its own ratio's units
+        n_units(opts.ratio if opts.ratio is not None else opts.net_ratio, cfg)
         return cfg
 
     def apply(self, model: Model, opts: ShareOptions, grams=None) -> tuple[Model, dict]:
-        if opts.data_aware:
-            if grams is None:
-                raise MethodError(f"keep={opts.keep}, correct={opts.correct} fits on calibration data: give grams")
-            params, info = data_share(model.params, model.cfg, opts.ratio, opts.keep, opts.correct, grams,
-                                      opts.match, opts.share_o)
-        else:
-            params, info = direct_share(model.params, model.cfg, opts.ratio, opts.match, opts.keep, opts.share_o)
+        """The report: units tied, parameters and bytes freed, corrections (data_share's)."""
+        if opts.data_aware and grams is None:
+            raise MethodError(f"keep={opts.keep}, correct={opts.correct} fits on calibration data: give grams")
+        # data_share is DirectShare when nothing is fitted on data (the same partners, forest and rows)
+        params, info = data_share(model.params, model.cfg, opts.ratio, opts.keep, opts.correct, grams, opts.match,
+                                  opts.share_o, opts.net_ratio)
         return updated(model, params, sharing=opts.to_dict()), info["report"]
