@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from jaxshare.errors import JaxshareError
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gemma3_text")
+# The linear weight types of a decoder layer (core.matrices.TYPES holds their paths and layouts; this
+# jax-free copy of the names is what the CLI's parser offers, a test keeps the two equal).
+MATRIX_TYPES = ("q", "k", "v", "o", "up", "gate", "down")
 CHOICES = {"norm": ("rms", "layer"), "act": ("silu", "gelu_tanh", "gelu"), "positions": ("rope", "learned")}
 
 

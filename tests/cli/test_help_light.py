@@ -35,7 +35,7 @@ def test_one_home_for_the_names():
     from jaxshare.core.matrices import TYPES
     from jaxshare.headshare import datashare, names as share_names, similarity
 
-    assert basis_names.TYPE_NAMES == tuple(TYPES)  # core.matrices' table needs jax; the names must not drift
+    assert basis_names.TYPE_NAMES == tuple(TYPES)  # core.config's jax-free names are core.matrices' table's
     assert factor.METHODS is basis_names.METHODS
     assert similarity.MATCHES is share_names.MATCHES
     assert datashare.KEEP is share_names.KEEP and datashare.CORRECT is share_names.CORRECT
