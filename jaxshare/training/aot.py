@@ -28,6 +28,13 @@ SHAPES = {
                       head_dim=128, d_ff=14336, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0,
                       rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                         original_max_position_embeddings=8192)),
+    # the 1.5B-2B models a 24 GiB machine should still heal (config.json of each, no weights)
+    "smollm2-1.7b": dict(family="llama", vocab_size=49152, d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32,
+                         head_dim=64, d_ff=8192, max_seq_len=8192, norm_eps=1e-5, rope_theta=130000.0,
+                         tie_embeddings=True),
+    "qwen2.5-1.5b": dict(family="qwen2", vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                         head_dim=128, d_ff=8960, max_seq_len=32768, norm_eps=1e-6, rope_theta=1000000.0,
+                         qkv_bias=True, tie_embeddings=True),
 }
 
 
