@@ -168,11 +168,11 @@ def test_compensation_lowers_the_calibration_reconstruction_error(llama):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_pruned_model_exports_to_hf_and_transformers_agrees(name, tmp_path, tmp_path_factory):
-    """The smaller sizes reach config.json and transformers' logits match ours. Qwen2 and GPT-2 prune
-    MLP channels only here: the family adapters write no head_dim for them (transformers derives it
-    from hidden_size // heads), so a model with fewer heads is kept native (tested below)."""
+    """The smaller sizes reach config.json and transformers' logits match ours. GPT-2 prunes MLP
+    channels only here: HF GPT-2 derives head_dim from n_embd // n_head, so a GPT-2 with fewer heads
+    is kept native (tested below); a KV-pruned Qwen2 writes its head_dim, which transformers reads."""
     ref, m, grams = family(name, tmp_path_factory)
-    kv = FAMILIES[name][1] if name in ("llama", "gemma3") else 0.0
+    kv = FAMILIES[name][1] if name in ("llama", "gemma3", "qwen2") else 0.0
     out, rep = js.prune(m, mlp=0.25, kv_groups=kv, compensate=True, calib=grams)
     path = js.export_hf(out, tmp_path / "hf")
     conf = json.loads((path / "config.json").read_text())

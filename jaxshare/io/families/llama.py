@@ -80,7 +80,9 @@ def hf_config_kwargs(cfg: ModelConfig) -> dict:
     if cfg.family in ("llama", "mistral"):
         kw["head_dim"] = cfg.head_dim
     elif cfg.head_dim != cfg.d_model // cfg.n_heads:
-        raise ConfigError("qwen2 in transformers derives head_dim from hidden_size; cannot export another")
+        # A KV-pruned qwen2 keeps its head_dim with fewer heads; transformers' Qwen2Attention reads
+        # config.head_dim when present (hidden_size // heads otherwise), so only then is it written.
+        kw["head_dim"] = cfg.head_dim
     if cfg.family == "llama":
         kw.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
     if cfg.family == "mistral":
