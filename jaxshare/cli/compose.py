@@ -189,7 +189,8 @@ def _budgeted(m, args, calib):
 
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
                          vocab_size=m.cfg.vocab_size, what=args.heldout)  # a bad held-out corpus fails before the long work
-    grams, info = _grams(m, calib, args.batch_size) if "basis" in args.methods else (None, None)
+    need = {"basis", "prune"} & set(args.methods)  # basis factors and prune ranks on the grams
+    grams, info = _grams(m, calib, args.batch_size) if need else (None, None)
     n_sens = min(args.sens_windows, calib["windows"])
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
                                   calib["seed"])[:n_sens]
@@ -223,8 +224,8 @@ def _write_text(path, text: str) -> None:
 
 
 def register(sub, add, group) -> None:
-    c = add("compress", cmd_compress, "compose methods in one model: a plan of steps (inherit, share, basis, "
-                                      "quantize), "
+    c = add("compress", cmd_compress, "compose methods in one model: a plan of steps (inherit, prune, share, "
+                                      "basis, quantize), "
                                       "or a plan chosen to meet a parameter target")
     c.add_argument("model", help=MODEL_HELP)
     c.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory (holds plan.yaml too)")
@@ -238,7 +239,9 @@ def register(sub, add, group) -> None:
                      new="--ratio (1 - F)")
     c.set_defaults(ratio=None, target_params=None)
     c.add_argument("--methods", type=_methods, default="share,basis",
-                   help="with --ratio: methods the plan may use, a comma list of share, basis, inherit")
+                   help="with --ratio: methods the plan may use, a comma list of share (head sharing of q/k/v), "
+                        "basis (Basis Sharing per type), inherit (drop the last layers), prune (width pruning of "
+                        "MLP channels, compensated)")
     c.add_argument("--group-size", type=COUNT, default=2, help="with --ratio: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
                    help="with --ratio: head-sharing match function")

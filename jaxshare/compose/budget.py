@@ -2,15 +2,17 @@
 
 1. Sensitivity: the loss increase on calibration windows of compressing one candidate alone at a
    few ratios (head sharing of the q/k/v units; Basis Sharing of each weight type; dropping the
-   last layers). Each candidate's cost curve is the lower convex envelope of its measured points
+   last layers; width pruning of MLP channels, compensated: compose/candidates.py). Each candidate's cost curve is the lower convex envelope of its measured points
    and (0, 0), as a function of the fraction of that candidate's weights removed (slope beyond
    the last point kept).
-2. Allocation: greedy in the smallest steps the methods have (one unit, one rank, one layer): each
+2. Allocation: greedy in the smallest steps the methods have (one unit, one rank, one layer, one
+   MLP channel in every layer): each
    step takes the move with the least predicted loss increase per parameter freed, until the
    exact parameter count (`Budget.params`, equal to the built model's) is at or below the target.
    The target is therefore met within one step. Head sharing and Basis Sharing of q/k/v exclude
-   each other, so with both methods two allocations run (share + basis elsewhere; basis
-   everywhere) and the lower predicted loss wins.
+   each other, and so do MLP pruning and Basis Sharing of gate/up/down, so allocations run with and
+   without each (share + basis elsewhere; basis everywhere; ...; and each method alone) and the
+   lowest predicted loss wins. A pruning step comes first after inherit: it changes d_ff.
 3. Verification: the plan is applied and its loss measured on held-out windows.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import time
 
 from jaxshare.basis.compress import compress
 from jaxshare.basis.factor import TYPES, Factored, default_types, dims, get_type, groups_of, set_types, type_rank
-from jaxshare.compose.plan import CALIB_DEFAULTS, Plan, PlanError, Step
+from jaxshare.compose.candidates import PRUNE_RATIOS, channel_counts, channel_params, prune_step, variants
+from jaxshare.compose.candidates import pruned as _pruned
+from jaxshare.compose.plan import CALIB_DEFAULTS, Plan, PlanError, Step, parse_plan
 from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import materialize
 from jaxshare.core.params import count_params
@@ -32,7 +36,7 @@ from jaxshare.headshare.directshare import direct_share
 from jaxshare.headshare.sharing import FIELDS, MATRICES  # the matrices head sharing ties, and their biases
 from jaxshare.inheritune.inherit import select_layers
 
-BUDGET_METHODS = ("share", "basis", "inherit")
+BUDGET_METHODS = ("share", "basis", "inherit", "prune")
 SHARE_RATIOS = (0.1, 0.2, 0.35)
 BASIS_RATIOS = (0.1, 0.25, 0.45)
 DROP_LAYERS = (1, 2, 4)
@@ -41,7 +45,7 @@ DROP_LAYERS = (1, 2, 4)
 def parse_methods(text: str) -> list[str]:
     names = [x.strip() for x in str(text).split(",") if x.strip()]
     if not names:
-        raise PlanError("--methods: expected a comma list of share, basis, inherit")
+        raise PlanError("--methods: expected a comma list of share, basis, inherit, prune")
     for n in names:
         if n not in BUDGET_METHODS:
             raise PlanError(f"--methods: unknown method {n!r}; known: {', '.join(BUDGET_METHODS)}")
@@ -68,6 +72,7 @@ class Budget:
     unit: dict  # q/k/v: weights + bias of one unit
     bias: dict  # q/k/v: bias params per layer (stay dense beside a factored weight)
     shared_types: tuple
+    channel: int = 0  # one MLP channel of one layer (compose/candidates.py)
 
     @classmethod
     def of(cls, params, cfg, group_size: int = 2) -> "Budget":
@@ -81,7 +86,8 @@ class Budget:
         rest = (total_layers - weights - L * sum(bias.values())) // L
         unit = {t: (dims(cfg, t)[0] * dims(cfg, t)[1] + bias[t]) // K for t in MATRICES}
         shared, _ = default_types(cfg)
-        return cls(cfg, group_size, count_params(params) - total_layers, rest, unit, bias, tuple(shared))
+        return cls(cfg, group_size, count_params(params) - total_layers, rest, unit, bias, tuple(shared),
+                   channel_params(params, cfg))
 
     def types(self) -> list[str]:
         shared, private = default_types(self.cfg)
@@ -98,8 +104,10 @@ class Budget:
             return (k * self.cfg.n_kv_heads - n) * self.unit[t]
         return k * d_in * d_out
 
-    def params(self, k: int, n: int, ranks: dict) -> int:
-        return self.nonlayer + k * self.rest + sum(self.type_params(t, k, n, ranks.get(t)) for t in self.types())
+    def params(self, k: int, n: int, ranks: dict, f: int = 0) -> int:
+        """k layers, n units tied, per-type ranks, f MLP channels pruned per layer (gate/up/down dense)."""
+        return self.nonlayer + k * self.rest + sum(self.type_params(t, k, n, ranks.get(t)) for t in self.types()) \
+            - k * f * self.channel
 
     def max_useful_rank(self, t: str, k: int) -> int:
         """The largest rank whose factors are smaller than the dense weights."""
@@ -135,7 +143,8 @@ def _tie(params, cfg, ratio: float, match: str, keep: str, grams):
 
 
 def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match: str = "qk", keep: str = "mean",
-                share_ratios=SHARE_RATIOS, basis_ratios=BASIS_RATIOS, drop_layers=DROP_LAYERS, log=None) -> dict:
+                share_ratios=SHARE_RATIOS, basis_ratios=BASIS_RATIOS, drop_layers=DROP_LAYERS,
+                prune_ratios=PRUNE_RATIOS, log=None) -> dict:
     """{"base": loss, "curves": {candidate: [(fraction removed, loss increase), ...]}}."""
     say = log or (lambda s: None)
     base = mean_nll(params, cfg, windows)
@@ -174,6 +183,13 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
             pts.append((d / L, mean_nll(p, c, windows) - base))
             say(f"sensitivity inherit -{d} layers: +{pts[-1][1]:.4f}")
         curves["inherit"] = pts
+    if "prune" in methods:
+        pts = []
+        for f in channel_counts(cfg, prune_ratios):
+            p, c = _pruned(params, cfg, grams, f)
+            pts.append((f / cfg.d_ff, mean_nll(p, c, windows) - base))
+            say(f"sensitivity prune mlp {pts[-1][0]:.2f}: +{pts[-1][1]:.4f}")
+        curves["prune"] = pts
     return {"base": base, "curves": curves, "windows": int(len(windows)), "seq_len": int(windows.shape[1])}
 
 
@@ -212,15 +228,16 @@ def cost(hull, x: float) -> float:
 # ---------------------------------------------------------------- allocation
 
 def allocate(budget: Budget, curves: dict, target_params: int, use_share: bool, basis_types: list[str],
-             use_inherit: bool, min_layers: int = 1) -> dict:
-    """Greedy allocation; {"layers", "units", "ranks", "params", "last_step", "predicted"}."""
+             use_inherit: bool, min_layers: int = 1, use_prune: bool = False) -> dict:
+    """Greedy allocation; {"layers", "units", "ranks", "channels", "params", "last_step", "predicted"}.
+    use_prune: prune MLP channels (basis_types must then leave out gate/up/down)."""
     cfg = budget.cfg
     L, K = cfg.n_layers, cfg.n_kv_heads
     hulls = {c: envelope(p) for c, p in curves.items()}
-    k, n, ranks, last = L, 0, {}, 0
+    k, n, ranks, f, last = L, 0, {}, 0, 0
 
-    def total_cost(k, n, ranks):
-        c = 0.0
+    def total_cost(k, n, ranks, f):
+        c = cost(hulls["prune"], f / cfg.d_ff) if f else 0.0
         if n:
             c += cost(hulls["share"], n / (k * K))
         for t, r in ranks.items():
@@ -229,20 +246,22 @@ def allocate(budget: Budget, curves: dict, target_params: int, use_share: bool, 
             c += cost(hulls["inherit"], (L - k) / L)
         return c
 
-    now_p, now_c = budget.params(k, n, ranks), 0.0
+    now_p, now_c = budget.params(k, n, ranks, f), 0.0
     while now_p > target_params:
         moves = []
         if use_share and "share" in hulls and n + 1 <= (k - 1) * K:
-            moves.append((k, n + 1, ranks))
+            moves.append((k, n + 1, ranks, f))
+        if use_prune and "prune" in hulls and f + 1 < cfg.d_ff:
+            moves.append((k, n, ranks, f + 1))
         for t in basis_types:
             if t not in hulls:
                 continue
             r = ranks.get(t)
             nr = budget.max_useful_rank(t, k) if r is None else r - 1
             if nr >= 1:
-                moves.append((k, n, {**ranks, t: nr}))
+                moves.append((k, n, {**ranks, t: nr}, f))
         if use_inherit and "inherit" in hulls and k - 1 >= min_layers and n <= (k - 2) * K:
-            moves.append((k - 1, n, ranks))
+            moves.append((k - 1, n, ranks, f))
         best = None
         for mv in moves:
             p = budget.params(*mv)
@@ -255,15 +274,18 @@ def allocate(budget: Budget, curves: dict, target_params: int, use_share: bool, 
         if best is None:
             raise PlanError(f"the methods cannot remove that many parameters: the smallest reachable model "
                             f"has {now_p:,} parameters, the target is {target_params:,}")
-        _, (k, n, ranks), p, now_c = best
+        _, (k, n, ranks, f), p, now_c = best
         last, now_p = now_p - p, p
-    return {"layers": k, "units": n, "ranks": dict(ranks), "params": now_p, "last_step": last, "predicted": now_c}
+    return {"layers": k, "units": n, "ranks": dict(ranks), "channels": f, "params": now_p, "last_step": last,
+            "predicted": now_c}
 
 
 def to_plan(alloc: dict, cfg, group_size: int, match: str, keep: str, calibration: dict) -> Plan:
     steps = []
     if alloc["layers"] < cfg.n_layers:
         steps.append(Step("inherit", {"layers": alloc["layers"]}))
+    if alloc.get("channels"):  # before share and basis: it changes d_ff (and needs dense gate/up/down)
+        steps.append(prune_step(cfg, alloc["channels"]))
     if alloc["units"]:
         ratio = alloc["units"] / (alloc["layers"] * cfg.n_kv_heads)
         steps.append(Step("share", {"ratio": ratio, "match": match, "keep": keep, "correct": "none",
@@ -274,21 +296,20 @@ def to_plan(alloc: dict, cfg, group_size: int, match: str, keep: str, calibratio
     if not steps:
         raise PlanError("the target needs no compression")
 
-    return Plan(steps, {**CALIB_DEFAULTS, **(calibration or {})})
+    plan = Plan(steps, {**CALIB_DEFAULTS, **(calibration or {})})
+    parse_plan(plan.to_dict())  # order and overlap checked as a written plan is
+    return plan
 
 
 def check_reachable(params, cfg, target: float, methods, group_size: int = 2) -> int:
     """The target's parameter count, refused before any measurement when the methods cannot reach it."""
     b = Budget.of(params, cfg, group_size)
     goal = int(math.floor(check_target(target) * count_params(params)))
-    k = 2 if "inherit" in methods and cfg.n_layers > 1 else cfg.n_layers
-    if "inherit" in methods and "share" not in methods:
-        k = 1
-    n = (k - 1) * cfg.n_kv_heads if "share" in methods else 0
-    types = [t for t in b.types() if "basis" in methods and not (n and t in MATRICES)]
-    best = b.params(k, n, {t: 1 for t in types})
-    if "share" in methods and "basis" in methods:  # basis everywhere instead of sharing q/k/v
-        best = min(best, b.params(k, 0, {t: 1 for t in b.types()}))
+    best = math.inf
+    for v in variants(methods, b.types()):
+        k = (2 if v["share"] and cfg.n_layers > 1 else 1) if v["inherit"] else cfg.n_layers
+        n = (k - 1) * cfg.n_kv_heads if v["share"] else 0
+        best = min(best, b.params(k, n, {t: 1 for t in v["basis"]}, cfg.d_ff - 1 if v["prune"] else 0))
     if best > goal:
         raise PlanError(f"{', '.join(methods)} cannot remove that many parameters: the smallest reachable model "
                         f"has {best:,} parameters, the target is {goal:,} ({target:.3f} of {count_params(params):,})")
@@ -301,20 +322,14 @@ def budget_plan(params, cfg, target: float, methods, sens, group_size: int = 2, 
     target = check_target(target)
     budget = Budget.of(params, cfg, group_size)
     goal = int(math.floor(target * count_params(params)))
-    variants = []
-    types = budget.types() if "basis" in methods else []
-    if "share" in methods:
-        variants.append(("share + basis elsewhere" if types else "share", True, [t for t in types if t not in MATRICES]))
-    if types:
-        variants.append(("basis everywhere", False, types))
     tried, errors = [], []
-    for name, use_share, btypes in variants:
+    for v in variants(methods, budget.types()):
         try:
-            a = allocate(budget, sens["curves"], goal, use_share, btypes, "inherit" in methods)
+            a = allocate(budget, sens["curves"], goal, v["share"], v["basis"], v["inherit"], use_prune=v["prune"])
         except PlanError as e:
             errors.append(str(e))
             continue
-        tried.append({"variant": name, **a})
+        tried.append({"variant": v["name"], **a})
     if not tried:
         raise PlanError(errors[0])
     best = min(tried, key=lambda a: a["predicted"])
@@ -337,6 +352,8 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
         wanted["share"] = alloc["units"] / (alloc["layers"] * K)
     if alloc["layers"] < L:
         wanted["inherit"] = (L - alloc["layers"]) / L
+    if alloc.get("channels"):
+        wanted["prune"] = alloc["channels"] / cfg.d_ff
     for cand, x in wanted.items():
         if x <= max([0.0] + [p[0] for p in curves.get(cand, [])]) + 1e-9:
             continue
@@ -345,6 +362,8 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
             p, c = _tie(params, cfg, n / (L * K), match, keep, grams), cfg
         elif cand == "inherit":
             p, c = select_layers(params, cfg, range(alloc["layers"]))
+        elif cand == "prune":
+            p, c = _pruned(params, cfg, grams, alloc["channels"])
         else:
             n = group_size if cand in budget.shared_types else 1
             r = alloc["ranks"][cand]
@@ -378,6 +397,11 @@ def plan_rows(alloc: dict, budget: Budget, curves: dict, cfg) -> list[dict]:
         freed = budget.params(L, 0, {}) - budget.params(k, 0, {})
         rows.append({"what": "inherit", "setting": f"first {k} of {L} layers", "params_freed": freed,
                      "predicted_loss": cost(envelope(curves["inherit"]), (L - k) / L)})
+    if alloc.get("channels"):
+        f, F = alloc["channels"], cfg.d_ff
+        rows.append({"what": "prune mlp", "setting": f"{f} of {F} channels per layer (ratio {f / F:.3f})",
+                     "params_freed": budget.params(k, 0, {}) - budget.params(k, 0, {}, f),
+                     "predicted_loss": cost(envelope(curves["prune"]), f / F)})
     if alloc["units"]:
         n = alloc["units"]
         freed = budget.params(k, 0, {}) - budget.params(k, n, {})

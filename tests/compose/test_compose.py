@@ -227,7 +227,7 @@ def test_a_bad_plan_is_one_line_exit_2_and_nothing_written(case, cli, tmp_path, 
     (["--ratio", "-0.2"], "argument --ratio: must be the fraction"),
     (["--ratio", "nan"], "argument --ratio: must be the fraction"),
     (["--target-params", "1"], "argument --target-params: must be a fraction"),  # the old spelling, still checked
-    (["--ratio", "0.2", "--methods", "share,prune"], "unknown method 'prune'"),
+    (["--ratio", "0.2", "--methods", "share,distill"], "unknown method 'distill'"),
     (["--ratio", "0.5", "--methods", "share"], "cannot remove that many parameters"),
     (["--plan", "WORK/missing.yaml"], "cannot read plan"),
     (["--ratio", "0.1", "--heldout", "WORK/missing.txt"], "missing.txt"),
