@@ -6,6 +6,7 @@ CLI a user runs and cached under runs/heal/students/):
   datashare  jaxshare compress --ratio B --methods share --keep data (data-aware head sharing)
   inherit    jaxshare inherit --layers k: the first k layers, k nearest the budget
   plan       jaxshare compress --ratio B --methods share,basis (the budgeted plan)
+  prune      jaxshare prune --mlp R --compensate: MLP channels, R scaled to the budget
 Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
   ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
   kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
@@ -66,6 +67,9 @@ def student(name: str, budget: float) -> Path:
     elif name == "plan":
         sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share,basis", "--calib", "wiki",
                  "--overwrite"])
+    elif name == "prune":  # MLP channels only, compensated (experiments/prune.py's prune-mlp+comp arm)
+        mlp = round(budget * 134515008 / (3 * 576 * 30)) / 1536
+        sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--compensate", "--overwrite"])
     elif name == "inherit":
         k = 30 - round(budget * 134515008 / LAYER_PARAMS)
         sh(js + ["inherit", TEACHER, str(out), "--layers", str(k), "--overwrite"])

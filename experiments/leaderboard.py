@@ -4,6 +4,8 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   directshare  DirectShare (match qk, keep=mean), its ratio bisected to the budget
   basis        Basis Sharing, n=2 layers per basis, ratio scaled to the budget
   svd-llm      SVD-LLM (whitened SVD per layer), ratio scaled to the budget
+  prune-mlp    structured width pruning of MLP channels (jaxshare prune --compensate), a smaller dense model
+  prune-mlp+kv the same plus one of SmolLM2's three KV groups per layer (experiments/prune.py's arms)
   magnitude    plain magnitude pruning of the q/k/v weights, the same number of weights zeroed
   magnitude-linear  the same over every linear matrix (those Basis Sharing and SVD-LLM factorize)
   directshare+postshare  DirectShare as above, then the shared model post-trained (trainer mode
@@ -33,8 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "magnitude", "magnitude-linear",
-        "inherit", "inheritune")
+ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "prune-mlp", "prune-mlp+kv", "magnitude",
+        "magnitude-linear", "inherit", "inheritune")
 TRAINED = {"directshare+postshare": 1e-3, "inheritune": 3e-4}  # lr of each method's own experiment
 CORPORA = ("wiki:test", "canterbury")
 
@@ -221,6 +223,18 @@ def run(args) -> None:
 
                     grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.seq_len)
                 params, how = basis_at(m, budget, arm, grams)
+                how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
+            elif arm.startswith("prune"):
+                from experiments.prune import arms as prune_arms
+                from jaxshare.methods import METHODS
+
+                if grams is None:
+                    from jaxshare.basis.calibrate import calibrate
+
+                    grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.seq_len)
+                method, opts = prune_arms(m.cfg, dense_params, budget)[f"{arm}+comp"]
+                pruned = METHODS[method].apply(m, opts, grams)[0]
+                params, cfg, how = pruned.params, pruned.cfg, opts.to_dict()
                 how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
             elif arm in TRAINED:
                 params, cfg, how = trained(m, arm, budget, args)
