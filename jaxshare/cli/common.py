@@ -164,6 +164,16 @@ def batch_size_arg(p, default: int, help: str = BATCH_SIZE_HELP) -> None:
     p.add_argument("--batch", action=DeprecatedAlias, dest="batch_size", new="--batch-size", type=COUNT)
 
 
+def calibration_args(p, windows: int, seq_len: int, what: str = "calibration") -> None:
+    """--calib, --calib-windows, --calib-seq-len, --batch-size and --seed of a command that
+    calibrates on text (quantize's GPTQ, prune): one spelling and one meaning everywhere."""
+    p.add_argument("--calib", default="wiki:train", help=f"{what} corpus or file (bare 'wiki' = wiki:train)")
+    p.add_argument("--calib-windows", type=COUNT, default=windows, help="calibration windows")
+    p.add_argument("--calib-seq-len", type=SEQ_LEN, default=seq_len, help="tokens per calibration window")
+    batch_size_arg(p, 4, "calibration windows per forward pass (speed and memory only)")
+    p.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
+
+
 def sample_windows_arg(p, default: int, help: str) -> None:
     """--max-windows on an analysis: how many windows of --data it reads, which changes its result.
     --batch-size / --batch were its spelling here, and mean a speed setting everywhere else."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir, float_in, nonempty,
+from jaxshare.cli.common import (MODEL_HELP, calibration_args, check_out_dir, float_in, nonempty,
                                  storage_dtype_arg)
 
 # The same CPU-sized calibration as `jaxshare basis` (the grams are cached and shared with it).
@@ -63,11 +63,7 @@ def register(sub, add, group) -> None:
                         "whole number of groups")
     p.add_argument("--compensate", action="store_true",
                    help="refit down (and o) on the kept channels by least squares on the calibration grams")
-    p.add_argument("--calib", default="wiki:train", help="calibration corpus or file (bare 'wiki' = wiki:train)")
-    p.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
-    p.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
-    batch_size_arg(p, 4, "calibration windows per forward pass (speed and memory only)")
-    p.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
+    calibration_args(p, CALIB_WINDOWS, CALIB_SEQ_LEN, "calibration")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
     storage_dtype_arg(p)
 

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from jaxshare.cli.common import (COUNT, MODEL_HELP, SEED, SEQ_LEN, batch_size_arg, check_out_dir, float_in, nonempty,
+from jaxshare.cli.common import (MODEL_HELP, calibration_args, check_out_dir, float_in, nonempty,
                                  refuse_given, storage_dtype_arg)
 
 # The same CPU-sized calibration as `jaxshare basis` (the grams are cached and shared with it).
@@ -118,11 +118,7 @@ def register(sub, add, group) -> None:
                    help="GPTQ damping, a fraction of the gram's mean diagonal")
     q.add_argument("--act-order", action="store_true", help="GPTQ: quantize inputs by decreasing diag(H); on SmolLM2 int4 GPTQ beats RTN only with it "
                         "(outlier input channels otherwise absorb the error)")
-    q.add_argument("--calib", default="wiki:train", help="GPTQ calibration corpus or file (bare 'wiki' = wiki:train)")
-    q.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
-    q.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")
-    batch_size_arg(q, 4, "calibration windows per forward pass (speed and memory only)")
-    q.add_argument("--seed", type=SEED, default=0, help="which calibration windows are drawn")
+    calibration_args(q, CALIB_WINDOWS, CALIB_SEQ_LEN, "GPTQ calibration")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it holds an earlier output")
     storage_dtype_arg(q)
 

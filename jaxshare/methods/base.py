@@ -23,6 +23,7 @@ from typing import ClassVar, Protocol
 from jaxshare.core.compressed import is_compressed
 from jaxshare.core.matrices import TYPES, get_type
 from jaxshare.io.load import Model
+from jaxshare.methods.checks import known_keys
 
 
 class Method(Protocol):
@@ -49,6 +50,20 @@ class Method(Protocol):
     def to_dict(self, opts) -> dict:
         """The mapping a plan writes for these options (reads back equal through from_dict)."""
         ...
+
+
+class OptionsBase:
+    """A method's frozen Options dataclass read from and written to a plan step's mapping: unknown
+    keys refused by name, defaults filled; unset (None) options left out when written."""
+    FIELDS: ClassVar[tuple] = ()
+
+    @classmethod
+    def from_dict(cls, o: dict):
+        known_keys(o, cls.FIELDS)
+        return cls(**o)
+
+    def to_dict(self) -> dict:
+        return plain(dataclasses.asdict(self))
 
 
 class MethodBase:

@@ -2,20 +2,19 @@
 by their calibration activations, optionally with a least-squares refit of down and o."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from jaxshare.errors import MethodError
 from jaxshare.io.load import Model
 from jaxshare.methods import checks as C
-from jaxshare.methods.base import MethodBase, plain, updated
+from jaxshare.methods.base import MethodBase, OptionsBase, updated
 from jaxshare.pruning.grams import carry
 from jaxshare.pruning.prune import group_rows, pruned_config, prune, select
 
 
 @dataclass(frozen=True)
-class PruneOptions:
+class PruneOptions(OptionsBase):
     """mlp: share of each layer's MLP channels removed; kv_groups: share of its KV groups removed
     (with their query heads; must be a whole number of groups); both in [0, 1). compensate: refit
     down (and o) on the kept channels by least squares on the calibration grams."""
@@ -29,14 +28,6 @@ class PruneOptions:
         C.number("mlp", self.mlp, 0.0, 1.0)
         C.number("kv_groups", self.kv_groups, 0.0, 1.0)
         C.flag("compensate", self.compensate)
-
-    @classmethod
-    def from_dict(cls, o: dict) -> "PruneOptions":
-        C.known_keys(o, cls.FIELDS)
-        return cls(**o)
-
-    def to_dict(self) -> dict:
-        return plain(dataclasses.asdict(self))
 
     @property
     def active(self) -> bool:

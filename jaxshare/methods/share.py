@@ -1,7 +1,6 @@
 """Head sharing as a method: DirectShare, data-aware when the options fit on calibration data."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,11 +10,11 @@ from jaxshare.headshare.directshare import n_units
 from jaxshare.headshare.names import CORRECT, KEEP, MATCHES
 from jaxshare.io.load import Model
 from jaxshare.methods import checks as C
-from jaxshare.methods.base import MethodBase, plain, updated
+from jaxshare.methods.base import MethodBase, OptionsBase, updated
 
 
 @dataclass(frozen=True)
-class ShareOptions:
+class ShareOptions(OptionsBase):
     """Exactly one of `ratio` (the share of the L*K attention units tied to an earlier unit) or
     `net_ratio` (tie as many units as it takes to free, corrections counted, the parameters
     keep=mean frees at that ratio), both in [0, 1)."""
@@ -38,14 +37,6 @@ class ShareOptions:
         if self.correct == "qkv" and self.share_o:
             raise MethodError("correct=qkv folds each unit's values into its own W_o, which share_o ties; "
                               "use correct=qk with share_o")
-
-    @classmethod
-    def from_dict(cls, o: dict) -> "ShareOptions":
-        C.known_keys(o, cls.FIELDS)
-        return cls(**o)
-
-    def to_dict(self) -> dict:
-        return plain(dataclasses.asdict(self))
 
     @property
     def data_aware(self) -> bool:
