@@ -189,7 +189,8 @@ def _budgeted(m, args, calib):
 
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
                          vocab_size=m.cfg.vocab_size, what=args.heldout)  # a bad held-out corpus fails before the long work
-    need = {"basis", "prune"} & set(args.methods)  # basis factors and prune ranks on the grams
+    # basis factors and prune ranks on the grams; data-aware sharing (--keep data) merges on them
+    need = {"basis", "prune"} & set(args.methods) or (args.keep == "data" and "share" in args.methods)
     grams, info = _grams(m, calib, args.batch_size) if need else (None, None)
     n_sens = min(args.sens_windows, calib["windows"])
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],

@@ -148,3 +148,20 @@ def test_cli_ratio_with_prune_and_basis(tmp_path, capsys, monkeypatch):
     assert set(steps) <= {"prune", "basis"}
     assert m.cfg.d_ff == (96 - round(rep["plan"]["steps"][0]["prune"]["mlp"] * 96) if steps[0] == "prune" else 96)
     assert any(v["channels"] for v in b["variants"])  # prune was allocated in some variant
+
+
+def test_cli_ratio_with_data_aware_sharing_alone_calibrates(tmp_path, capsys, monkeypatch):
+    """--methods share --keep data reads calibration grams although no basis or prune step asks
+    for them (before: 'keep=data ... give calibration grams (--calib)' with --calib given)."""
+    from tests.cli_helpers import run
+    from tests.tiny_model import save_text, save_tiny_model
+
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
+    src, text = save_tiny_model(tmp_path / "m", layers=4), save_text(tmp_path / "text.txt", 6000)
+    code, out, err = run(capsys, "compress", src, tmp_path / "out", "--ratio", "0.03", "--methods", "share",
+                         "--keep", "data", "--calib", text, "--calib-windows", "4", "--calib-seq-len", "32",
+                         "--heldout", text, "--heldout-windows", "2", "--sens-windows", "2", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert [next(iter(s)) for s in rep["plan"]["steps"]] == ["share"]
+    assert rep["plan"]["steps"][0]["share"]["keep"] == "data"
