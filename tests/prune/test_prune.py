@@ -24,25 +24,16 @@ from jaxshare.pruning.importance import kv_importance, mlp_importance
 from tests.cli_helpers import run
 from tests.conftest import random_hf_model, torch_logits
 from tests.tiny_model import save_text, save_tiny_model
+from tests.io.families.test_gemma3 import gemma  # norm weights around 0, as a trained Gemma3
 
 CALIB = np.random.default_rng(1).integers(0, 256, size=(4, 48)).astype(np.int32)
 TOKENS = np.random.default_rng(0).integers(0, 256, size=(2, 40)).astype(np.int32)
 
 
-def gemma3(**kw):
-    """Gemma3 with norm weights around 0 (effective 1 + w around 1, as test_gemma3 builds it)."""
-    model = random_hf_model("gemma3_text", **kw)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
-
-
 FAMILIES = {  # name: (builder, kv_groups the test prunes)
     "llama": (lambda: random_hf_model("llama"), 0.5),
     "qwen2": (lambda: random_hf_model("qwen2"), 0.5),
-    "gemma3": (lambda: gemma3(head_dim=24, sliding_window=16), 0.5),
+    "gemma3": (lambda: gemma(head_dim=24, sliding_window=16), 0.5),
     "gpt2": (lambda: random_hf_model("gpt2"), 0.25),
 }
 _CACHE: dict = {}
