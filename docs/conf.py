@@ -35,6 +35,7 @@ nb_execution_mode = "off"
 
 # autodoc: the public names of jaxshare.__all__
 autodoc_typehints = "description"
+default_role = "code"  # docstrings write `name` for code, as Markdown does
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
