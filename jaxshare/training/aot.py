@@ -55,7 +55,6 @@ def compile_step(tc, cfg, mesh=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxshare.core.dtypes import as_dtype
     from jaxshare.core.params import cast_params, init_params
     from jaxshare.headshare.directshare import n_units
     from jaxshare.training import mesh as meshlib

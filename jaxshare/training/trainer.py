@@ -231,8 +231,8 @@ class Trainer:
         run = self.tc.run_dir
         todo = (f"Last good checkpoint: step {good} in {ckpt.remote}; continue from it with a lower lr "
                 f"(jaxshare train resume {run} --set lr=...)" if good is not None else
-                f"No good checkpoint was saved; start again with a lower lr or more warmup_steps "
-                f"(jaxshare train ... --overwrite)")
+                "No good checkpoint was saved; start again with a lower lr or more warmup_steps "
+                "(jaxshare train ... --overwrite)")
         return TrainingDiverged(f"{what} at step {step}{detail}; stopped without saving it. {todo}")
 
     def _on_sigint(self, *_):
