@@ -90,6 +90,18 @@ def calibration_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int
     return ids[: avail * seq_len].reshape(avail, seq_len)[pick]
 
 
+def unseen_windows(tokenizer, docs: list[str], n_windows: int, seq_len: int, seen: np.ndarray,
+                   seed: int = 0) -> np.ndarray:
+    """n_windows windows [N, T] of the same corpus that are none of `seen` (the calibration windows
+    a fit was made on): scoring a calibrated candidate on its own fitting tokens is optimistic (a
+    least-squares compensation of 1,536 channels fitted on 2,048 tokens predicted +0.02 nats and
+    measured +0.78 on held-out text). Windows lie on one token grid, so a window is either one of
+    `seen` or shares none of its tokens."""
+    draw = calibration_windows(tokenizer, docs, len(seen) + n_windows, seq_len, seed + 1)
+    known = {w.tobytes() for w in np.asarray(seen, draw.dtype)}
+    return np.stack([w for w in draw if w.tobytes() not in known][:n_windows])
+
+
 def collect_grams(params, cfg: ModelConfig, windows: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
     """{input: [L, d_in, d_in] float32} summed over all calibration tokens."""
     d_o = cfg.n_heads * cfg.head_dim

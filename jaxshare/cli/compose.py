@@ -175,7 +175,7 @@ def cmd_compress(args) -> None:
 
 def _budgeted(m, args, calib):
     # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
-    from jaxshare.basis.calibrate import calibration_windows
+    from jaxshare.basis.calibrate import calibration_windows, unseen_windows
     from jaxshare.compose.budget import check_reachable, format_table, refined_plan, sensitivity
     from jaxshare.compose.plan import PlanError
     from jaxshare.core.compressed import compressed_leaves
@@ -192,10 +192,12 @@ def _budgeted(m, args, calib):
     # basis factors and prune ranks on the grams; data-aware sharing (--keep data) merges on them
     need = {"basis", "prune"} & set(args.methods) or (args.keep == "data" and "share" in args.methods)
     grams, info = _grams(m, calib, args.batch_size) if need else (None, None)
-    n_sens = min(args.sens_windows, calib["windows"])
-    windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
-                                  calib["seed"])[:n_sens]
-    _say(f"sensitivity: loss of each candidate alone on {n_sens} calibration windows")
+    # Scored on windows of the calibration corpus that the grams (and so the fits) never saw.
+    corpus = load_corpus(calib["data"])
+    seen = calibration_windows(m.tokenizer, corpus, calib["windows"], calib["seq_len"], calib["seed"])
+    windows = unseen_windows(m.tokenizer, corpus, args.sens_windows, calib["seq_len"], seen, calib["seed"])
+    _say(f"sensitivity: loss of each candidate alone on {len(windows)} windows of {calib['data']} "
+         f"outside the calibration")
     sens = sensitivity(m.params, m.cfg, windows, grams, args.methods, args.group_size, args.match, args.keep, log=_say)
     plan, details = refined_plan(m.params, m.cfg, args.target_params, args.methods, sens, windows, grams,
                                  args.group_size, args.match, args.keep, calib, log=_say)
@@ -249,7 +251,8 @@ def register(sub, add, group) -> None:
     c.add_argument("--keep", default="mean", choices=("root", "mean", "data"),
                    help="with --ratio: what a tied group of units keeps")
     c.add_argument("--sens-windows", type=COUNT, default=4,
-                   help="with --ratio: how many of the calibration windows each sensitivity loss is measured on")
+                   help="with --ratio: windows each sensitivity loss is measured on (of the calibration "
+                         "corpus, none of the calibration windows)")
     c.add_argument("--heldout", default="wiki:validation", help="with --ratio: held-out data; " + DATA_HELP)
     c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --ratio: windows of --heldout checked")
     c.add_argument("--heal-tokens", type=COUNT, help="with --ratio: end the chosen plan with a heal step of this "

@@ -125,6 +125,22 @@ def test_refinement_measures_prune_where_the_plan_goes(tiny):
     assert d["target_params"] - d["chosen"]["last_step"] < n <= d["target_params"]
 
 
+def test_sensitivity_windows_are_none_of_the_calibration_windows():
+    """The budget scores candidates on windows the calibration (and so every fit) never saw."""
+    from jaxshare.basis.calibrate import calibration_windows, unseen_windows
+
+    def chars(text, add_special_tokens=False):  # a character tokenizer: every window is distinct text
+        return {"input_ids": [ord(c) for c in text]}
+
+    rng = np.random.default_rng(0)
+    docs = ["".join(chr(97 + int(i)) for i in rng.integers(0, 26, 4000)) for _ in range(3)]
+    seen = calibration_windows(chars, docs, 40, 64, seed=3)
+    fresh = unseen_windows(chars, docs, 40, 64, seen, seed=3)
+    assert fresh.shape == (40, 64)
+    assert not {w.tobytes() for w in seen} & {w.tobytes() for w in fresh}
+    np.testing.assert_array_equal(fresh, unseen_windows(chars, docs, 40, 64, seen, seed=3))  # reproducible
+
+
 def test_cli_ratio_with_prune_and_basis(tmp_path, capsys, monkeypatch):
     from tests.cli_helpers import run
     from tests.tiny_model import save_text, save_tiny_model
