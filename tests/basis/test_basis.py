@@ -130,7 +130,9 @@ def test_compressed_forward_equals_materialized_and_is_smaller(method, n, tokens
     np.testing.assert_allclose(got, np.asarray(forward(dense, cfg, tokens)), atol=2e-5)
     assert rep["params_after"] < rep["params_before"]
     assert rep["compressible_params_after"] < rep["compressible_params_before"]
-    assert rep["achieved_ratio"] >= 0.3 - 0.05 and rep["fallbacks"] >= 0
+    # ranks round so that at least the asked share goes, and on this tiny model (ranks of 4-48)
+    # by less than 2.5 points (measured: basis 0.3153, svd-llm and svd 0.3229); no type falls back
+    assert 0.3 <= rep["achieved_ratio"] < 0.325 and rep["fallbacks"] == 0
     # 3 layers, n = 2: the remainder layer gets its own basis
     idx = np.asarray(cp.layers.mlp.w_up.basis.index)
     assert idx.tolist() == ([0, 0, 1] if n == 2 else [0, 1, 2])

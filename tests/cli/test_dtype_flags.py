@@ -64,6 +64,8 @@ def test_analyses_of_bf16_weights_agree_with_fp32(tiny, capsys):
                      "--param-dtype", dt, "--json"]) == 0
         res[dt] = sim, json.loads(capsys.readouterr().out)
     (s32, d32), (s16, d16) = res["fp32"], res["bf16"]
-    np.testing.assert_allclose(np.asarray(s16["score"], float), np.asarray(s32["score"], float), atol=2e-2)
-    np.testing.assert_allclose(np.asarray(d16["mass"]), np.asarray(d32["mass"]), atol=2e-2)
+    # scores are 0.002-0.022 and masses 0.12-0.13 here; bf16 weights moved them by at most 5.4e-5
+    # and 4.8e-5 (measured): a bound 10x that, far below the values themselves
+    np.testing.assert_allclose(np.asarray(s16["score"], float), np.asarray(s32["score"], float), atol=5e-4)
+    np.testing.assert_allclose(np.asarray(d16["mass"]), np.asarray(d32["mass"]), atol=5e-4)
     assert np.mean(np.abs(np.asarray(d16["rank"]) - np.asarray(d32["rank"])) <= 1) > 0.9
