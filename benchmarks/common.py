@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+# Result folders: a run that writes its own results is not a dirty checkout for its stamp.
+RESULT_DIRS = ("benchmarks/results", "experiments/results")
+VERSIONED = ("jax", "jaxlib", "numpy", "optax", "orbax-checkpoint", "transformers", "torch", "lm-eval")
 
 
 def machine() -> dict:
@@ -28,6 +32,52 @@ def machine() -> dict:
             "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def accelerator() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return "none (CPU)" if d.platform == "cpu" else f"{len(jax.devices())} x {d.device_kind}"
+
+
+def stamp(module: str | None = None) -> dict:
+    """Where a result came from: the commit and whether the checkout differed from it (outside the
+    result folders), the date, the machine, the library versions and the exact command.
+    `python -m benchmarks.stale` reads the commit to tell which results the code has moved past."""
+    from importlib import metadata
+
+    changed = [ln[3:] for ln in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if not ln[3:].startswith(RESULT_DIRS)]
+    versions = {"python": platform.python_version()}
+    for name in ("jaxshare", *VERSIONED):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    module = module or f"{Path(sys.argv[0]).parent.name}.{Path(sys.argv[0]).stem}"
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": {**machine(), "accelerator": accelerator()}, "versions": versions,
+            "command": " ".join(["python", "-m", module, *sys.argv[1:]])}
+
+
+_STAMP: dict = {}
+
+
+def append_row(path, row: dict, module: str | None = None) -> None:
+    """Append one JSON row to a results file, stamped (stamp() of this process, taken once)."""
+    if not _STAMP:
+        _STAMP.update(stamp(module))
+    with Path(path).open("a") as f:
+        f.write(json.dumps({**row, "provenance": _STAMP}) + "\n")
+
+
 def timeit(fn, reps: int, warmup: int = 1) -> dict:
     """Median and min wall seconds of fn() (fn must block until its work is done)."""
     for _ in range(warmup):
@@ -43,10 +93,8 @@ def timeit(fn, reps: int, warmup: int = 1) -> dict:
 def write_result(name: str, obj: dict, as_json: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    obj = {"benchmark": name, "machine": machine(), "commit": commit, "argv": sys.argv[1:],
-           "command": " ".join(["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]), **obj}
+    st = stamp(f"benchmarks.{Path(sys.argv[0]).stem}")
+    obj = {"benchmark": name, **st, "argv": sys.argv[1:], **obj}
     path.write_text(json.dumps(obj, indent=2) + "\n")
     if as_json:
         print(json.dumps(obj))

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("plan", "share", "basis", "magnitude")
@@ -118,8 +120,7 @@ def run(args) -> None:
     done = {(r["arm"], r["budget"]) for r in rows}
 
     def write(row):
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row, "experiments.budget")
         say(f"{row['arm']} {row['budget']:.0%}: removed {row.get('removed', 0):.2%}, ppl {row['ppl']}")
 
     m = load_model(args.model, "fp32")

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CORPORA = ("wiki:test", "canterbury")
@@ -78,8 +80,7 @@ def main(argv=None):
         ppl = {c: perplexity_of_windows(params, m.cfg, w, desc=f"{arm} {ratio} {c}")["ppl"] for c, w in windows.items()}
         row = {"arm": arm, "ratio": ratio, "ppl": ppl, "windows": args.windows, "seq_len": args.seq_len,
                "calibration": calib, "seconds": time.perf_counter() - t0, **extra}
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row, "experiments.datashare_sweep")
         print(json.dumps({k: row[k] for k in ("arm", "ratio", "ppl")} | {"units": extra.get("units_tied")}),
               file=sys.stderr)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
@@ -100,8 +102,7 @@ def main(argv=None):
         ppl = {c: perplexity_of_windows(params, m.cfg, w, desc=f"{key} {c}")["ppl"] for c, w in windows.items()}
         row = {"method": key[0], "match": key[1], "keep": key[2], "ratio": key[3], "ppl": ppl,
                "windows": args.windows, "seq_len": args.seq_len, "seconds": time.perf_counter() - t0, **extra}
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row, "experiments.directshare_sweep")
         print(json.dumps({k: row[k] for k in ("method", "match", "keep", "ratio", "ppl")}), file=sys.stderr)
 
     evaluate(m.params, ("dense", "-", "-", 0.0), {})

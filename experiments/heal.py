@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import common
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 RUNS = ROOT / "runs" / "heal"
@@ -159,16 +161,13 @@ def baseline(name: str, budget: float | None, args) -> dict:
 
 
 def stamp() -> dict:
-    import jax
-
-    import jaxshare
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"commit": commit, "machine": f"{platform.machine()} {platform.processor() or ''} "
-                                         f"{__import__('os').cpu_count()} cpus".strip(),
-            "python": platform.python_version(), "jax": jax.__version__, "jaxshare": jaxshare.__version__,
-            "command": " ".join(["python", "-m", "experiments.heal", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    """benchmarks.common.stamp, with the flat keys the rows written before it carry."""
+    st = common.stamp("experiments.heal")
+    v = st["versions"]
+    return {"commit": st["commit"], "dirty": st["dirty"], "date": st["date"], "command": st["command"],
+            "machine": f"{platform.machine()} {st['machine']['cpu']} {st['machine']['cores']} cpus",
+            "accelerator": st["machine"]["accelerator"], "python": v["python"], "jax": v.get("jax"),
+            "jaxshare": v.get("jaxshare"), "versions": v}
 
 
 def done() -> set:

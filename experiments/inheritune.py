@@ -25,6 +25,8 @@ import math
 import time
 from pathlib import Path
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 
@@ -38,8 +40,7 @@ def done_arms(path: Path) -> dict:
 
 def append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(path, row, "experiments.inheritune")
 
 
 def arm_layers(arm: str, k: int, L: int) -> list[int] | None:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "prune-mlp", "prune-mlp+kv", "magnitude",
@@ -252,8 +254,7 @@ def run(args) -> None:
         row["removed"] = 1 - row["params"] / dense_params
         row["seconds"] = time.time() - t0
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row, "experiments.leaderboard")
         print(f"{arm} {budget:.0%}: removed {row['removed']:.2%}, ppl {row['ppl']}, "
               f"acc {np.mean([v['acc'] for v in row['mc'].values()]):.3f} ({row['seconds']:.0f} s)", file=sys.stderr)
 

@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks.common import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,7 +61,7 @@ def main() -> None:
 
     def save():
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(res, indent=2) + "\n")
+        out_json.write_text(json.dumps({**res, "provenance": stamp("experiments.postshare")}, indent=2) + "\n")
 
     if args.report_only:
         res["setup"] = json.loads(out_json.read_text())["setup"]

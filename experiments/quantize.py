@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import append_row
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 LOG = RESULTS / "quantize.jsonl"
@@ -130,8 +132,7 @@ def run(args) -> None:
             r = perplexity_of_windows(params, m.cfg, windows[c], args.batch_size)
             row[c] = {k: r[k] for k in ("ppl", "nll", "tokens", "windows", "seq_len")}
         row.update(calibration=calib, seconds=time.perf_counter() - t0)
-        with LOG.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(LOG, row, "experiments.quantize")
         print(f"{arm}: wiki {row['wiki:test']['ppl']:.2f} canterbury {row['canterbury']['ppl']:.2f} "
               f"bytes {row['bytes'] / 2**20:.1f} MiB (linear {row['linear_bytes'] / 2**20:.1f})", flush=True)
         del params

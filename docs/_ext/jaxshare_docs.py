@@ -2,7 +2,9 @@
 
 ``docs/_generated/cli_commands.md`` is every ``jaxshare`` subcommand's ``--help``, walked from
 ``jaxshare.cli.main.build_parser()``; ``docs/_generated/api_members.md`` is one autodoc entry per
-name in ``jaxshare.__all__``. cli.md and api.md include them, so neither is typed by hand.
+name in ``jaxshare.__all__``; ``docs/_generated/stale_results.md`` is ``benchmarks.stale``'s table of
+the committed results the code has moved past. cli.md, api.md and results.md include them, so none
+is typed by hand.
 """
 from __future__ import annotations
 
@@ -55,10 +57,21 @@ def api_markdown() -> str:
     return "\n".join(out)
 
 
+def stale_markdown() -> str:
+    """benchmarks.stale's table: which committed results the code has moved past."""
+    from benchmarks import stale
+
+    try:
+        return stale.markdown(stale.check())
+    except (OSError, RuntimeError) as e:  # a source tree without git history cannot tell
+        return f"The staleness check could not run here ({e}); run `python -m benchmarks.stale` in a clone.\n"
+
+
 def generate(app) -> None:
     gen = Path(app.srcdir) / "_generated"
     gen.mkdir(exist_ok=True)
-    for name, text in (("cli_commands.md", cli_markdown()), ("api_members.md", api_markdown())):
+    for name, text in (("cli_commands.md", cli_markdown()), ("api_members.md", api_markdown()),
+                       ("stale_results.md", stale_markdown())):
         path = gen / name
         if not path.exists() or path.read_text() != text:  # unchanged: no rebuild
             path.write_text(text)

@@ -1,0 +1,165 @@
+"""Which committed results the code has moved past.
+
+Each result file belongs to a study: the script that wrote it and the library code whose change can
+change its numbers (STUDIES). A result is measured at the commit it records (benchmarks.common.stamp;
+for files written before stamping, the commit that last changed the file stands in). It is **stale**
+when a commit after that one changed any of the study's paths: its numbers may no longer be what
+the code gives, until it is rerun.
+
+    python -m benchmarks.stale              # a table; exit 0
+    python -m benchmarks.stale --markdown   # the table the docs' results page includes
+    python -m benchmarks.stale --json
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ("jaxshare/core", "jaxshare/io", "jaxshare/data")
+TRAIN = ("jaxshare/training", "jaxshare/headshare/penalty.py")
+
+# result-file pattern (relative to the repository) -> the paths whose change can change its numbers
+STUDIES: dict[str, tuple[str, ...]] = {
+    "benchmarks/results/basis*.json": ("benchmarks/basis.py", "benchmarks/basis_sweep.py", "jaxshare/basis", *CORE),
+    "benchmarks/results/basis_pairs/*.json": ("benchmarks/basis_sweep.py", "jaxshare/basis", *CORE),
+    "benchmarks/results/svd_paths.json": ("benchmarks/svd_paths.py", "jaxshare/basis", *CORE),
+    "benchmarks/results/budget*": ("experiments/budget.py", "jaxshare/compose", "jaxshare/basis", "jaxshare/headshare",
+                                   "jaxshare/eval/perplexity.py", *CORE),
+    "benchmarks/results/aot.json": ("benchmarks/aot.py", "train/configs", *TRAIN, *CORE),
+    "benchmarks/results/convert.json": ("benchmarks/convert.py", "jaxshare/io", "jaxshare/core"),
+    "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval", *CORE),
+    "benchmarks/results/eval_mc.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
+    "benchmarks/results/forward.json": ("benchmarks/forward.py", *CORE),
+    "benchmarks/results/shared_forward.json": ("benchmarks/shared_forward.py", "jaxshare/headshare", *CORE),
+    "benchmarks/results/xla_cpu_flags.json": ("benchmarks/xla_cpu_flags.py", *CORE),
+    "benchmarks/results/heal_*.json": ("benchmarks/heal_step.py", "benchmarks/heal_memory_aot.py", "jaxshare/lora",
+                                       *TRAIN, *CORE),
+    "benchmarks/results/train_*.json": ("benchmarks/train_step.py", "benchmarks/train_memory.py", *TRAIN, *CORE),
+    "benchmarks/results/memory.json": ("benchmarks/memory.py", "jaxshare"),
+    "benchmarks/results/postshare*.json": ("experiments/postshare.py", "jaxshare/headshare", *TRAIN, *CORE),
+    "benchmarks/results/prune_speed.json": ("benchmarks/prune_speed.py", "jaxshare/pruning", *CORE),
+    "benchmarks/results/quantize*.json": ("benchmarks/quantize.py", "jaxshare/quant", *CORE),
+    "benchmarks/results/similarity.json": ("benchmarks/similarity.py", "jaxshare/headshare", *CORE),
+    "benchmarks/results/datashare_sweep.jsonl": ("experiments/datashare_sweep.py", "jaxshare/headshare",
+                                                 "jaxshare/basis/calibrate.py", *CORE),
+    "benchmarks/results/directshare_sweep.jsonl": ("experiments/directshare_sweep.py", "jaxshare/headshare", *CORE),
+    "benchmarks/results/leaderboard.jsonl": ("experiments/leaderboard.py", "jaxshare"),
+    "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
+                                       *TRAIN, *CORE),
+    "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", *CORE),
+    "experiments/results/inheritune*.jsonl": ("experiments/inheritune.py", "jaxshare/inheritune", *TRAIN, *CORE),
+    "experiments/results/quantize.json*": ("experiments/quantize.py", "jaxshare/quant", *CORE),
+    "experiments/results/degeneration*/*.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval",
+                                                 *CORE),
+}
+RESULT_GLOBS = ("benchmarks/results/**/*.json", "benchmarks/results/**/*.jsonl",
+                "experiments/results/**/*.json", "experiments/results/**/*.jsonl")
+
+
+@dataclass
+class Status:
+    file: str
+    rows: int
+    measured_at: list[str]  # commits (short), oldest first
+    stamped: bool  # every row records its commit
+    status: str  # current | stale | unknown
+    changed: list[str]  # measured files changed since (up to 8 named)
+    n_changed: int
+
+
+def git(root: Path, *args) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip() or f"git {' '.join(args)} failed")
+    return out.stdout.strip()
+
+
+def study_of(rel: str) -> tuple[str, ...] | None:
+    for pattern, paths in STUDIES.items():
+        if fnmatch.fnmatch(rel, pattern):
+            return paths
+    return None
+
+
+def recorded_commits(path: Path) -> tuple[list[str | None], int]:
+    """The commit each row records (None where a row records none), and the row count."""
+    text = path.read_text()
+    rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()] if path.suffix == ".jsonl" else [json.loads(text)]
+    rows = [r for r in rows if isinstance(r, dict)]
+    return [(r.get("provenance") or {}).get("commit") or r.get("commit") or None for r in rows], len(rows)
+
+
+def check(root: Path = ROOT) -> list[Status]:
+    root = Path(root)
+    files = sorted({p for g in RESULT_GLOBS for p in root.glob(g)})
+    out = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        paths = study_of(rel)
+        commits, n = recorded_commits(path)
+        stamped = bool(commits) and all(commits)
+        fallback = git(root, "log", "-1", "--format=%H", "--", rel) or None  # the commit that last wrote it
+        at = sorted({c or fallback for c in commits} - {None}) if commits else ([fallback] if fallback else [])
+        if paths is None or not at:
+            out.append(Status(rel, n, [c[:10] for c in at], stamped, "unknown", [], 0))
+            continue
+        changed: set[str] = set()
+        known = True
+        for c in at:
+            if subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=root, capture_output=True).returncode:
+                known = False  # a commit this history does not hold (a run from work that did not land)
+                continue
+            diff = git(root, "diff", "--name-only", c, "HEAD", "--", *paths)
+            changed |= set(diff.splitlines())
+        status = "stale" if changed else ("current" if known else "unknown")
+        out.append(Status(rel, n, [c[:10] for c in at], stamped, status, sorted(changed)[:8], len(changed)))
+    return out
+
+
+def markdown(rows: list[Status]) -> str:
+    head = ["| result | rows | measured at | stamped | status | measured code changed since |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    body = []
+    for r in rows:
+        names = ", ".join(f"`{c}`" for c in r.changed) + (f" and {r.n_changed - len(r.changed)} more"
+                                                           if r.n_changed > len(r.changed) else "")
+        status = {"stale": "**stale**", "current": "current", "unknown": "unknown"}[r.status]
+        body.append(f"| `{r.file}` | {r.rows} | {', '.join(r.measured_at) or '-'} | "
+                    f"{'yes' if r.stamped else 'no'} | {status} | {names or '-'} |")
+    n = {s: sum(r.status == s for r in rows) for s in ("current", "stale", "unknown")}
+    summary = (f"{len(rows)} result files: {n['current']} current, {n['stale']} stale, {n['unknown']} unknown "
+               f"(`python -m benchmarks.stale`).")
+    return "\n".join([summary, "", *head, *body, ""])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    fmt = ap.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="the table as Markdown")
+    fmt.add_argument("--json", action="store_true", help="one JSON object per result file")
+    args = ap.parse_args(argv)
+    try:
+        rows = check()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        print(f"benchmarks.stale: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=1))
+    elif args.markdown:
+        print(markdown(rows))
+    else:
+        w = max(len(r.file) for r in rows)
+        for r in rows:
+            print(f"{r.file:<{w}}  {r.status:<7}  {','.join(r.measured_at):<22}  "
+                  f"{r.n_changed} measured files changed since")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks.stale: which committed results the code has moved past."""
+import json
+import subprocess
+
+from benchmarks import stale
+
+
+def _git(root, *args):
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def _head(root):
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def test_every_committed_result_belongs_to_a_study():
+    rows = stale.check()
+    assert rows and all(stale.study_of(r.file) is not None for r in rows), \
+        [r.file for r in rows if stale.study_of(r.file) is None]
+    assert {r.status for r in rows} <= {"current", "stale", "unknown"}
+
+
+def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
+    root = tmp_path
+    (root / "jaxshare/core").mkdir(parents=True)
+    (root / "benchmarks/results").mkdir(parents=True)
+    (root / "jaxshare/core/model.py").write_text("x = 1\n")
+    (root / "README.md").write_text("hi\n")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "code")
+    stamped = root / "benchmarks/results/forward.json"
+    stamped.write_text(json.dumps({"commit": _head(root), "tok_s": 1.0}))
+    rows = root / "benchmarks/results/directshare_sweep.jsonl"  # rows without a commit: the file's own commit
+    rows.write_text(json.dumps({"ppl": 3.0}) + "\n" + json.dumps({"ppl": 4.0}) + "\n")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "results")
+    by = {r.file: r for r in stale.check(root)}
+    assert by["benchmarks/results/forward.json"].status == "current" and by["benchmarks/results/forward.json"].stamped
+    assert by["benchmarks/results/directshare_sweep.jsonl"].rows == 2
+    assert by["benchmarks/results/directshare_sweep.jsonl"].status == "current"
+    assert not by["benchmarks/results/directshare_sweep.jsonl"].stamped
+
+    (root / "README.md").write_text("not measured code\n")
+    _git(root, "commit", "-qam", "docs")
+    assert {r.status for r in stale.check(root)} == {"current"}
+
+    (root / "jaxshare/core/model.py").write_text("x = 2\n")
+    _git(root, "commit", "-qam", "the model changes")
+    by = {r.file: r for r in stale.check(root)}
+    assert by["benchmarks/results/forward.json"].status == "stale"
+    assert by["benchmarks/results/forward.json"].changed == ["jaxshare/core/model.py"]
+    assert "**stale**" in stale.markdown(list(by.values()))
+
+    stamped.write_text(json.dumps({"commit": "0" * 40}))  # a commit this history does not hold
+    assert {r.file: r for r in stale.check(root)}["benchmarks/results/forward.json"].status == "unknown"
