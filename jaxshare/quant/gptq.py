@@ -15,8 +15,9 @@ With H = I nothing is spread and GPTQ returns exactly round-to-nearest's codes.
 
 `gptq` runs the row loop (`lax.fori_loop` over blocks, sub-blocks and rows) jit-compiled, vmapped
 over same-shaped weights. The setup (U) reads only the grams: on CPU it is LAPACK's potrf and trtri
-called directly, elsewhere a jit of jax's Cholesky and triangular solve. `gptq_numpy` is the same algorithm as a
-plain numpy loop, one rank-1 update of all remaining rows per row (the benchmark's baseline).
+called directly, elsewhere a jit of jax's Cholesky and triangular solve. The benchmark's baseline and
+the tests' independent reference is a blocked numpy GPTQ written apart from this module
+(benchmarks/gptq_blocked.py).
 """
 from __future__ import annotations
 
@@ -28,32 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from jaxshare.quant.pack import QuantError, codes_of, groups_view, params_of, qmax
+from jaxshare.quant.pack import QuantError, codes_of, groups_view, params_of
 
 BLOCK = 128  # rows per block of the row loop
 SUB = 16  # rows per sub-block: the rank-1 updates stay on these (a few KiB per matrix)
 CHUNK_ELEMS = 1 << 25  # d_in^2 elements per chunk of the vmapped setup (128 MiB per float32 array)
 
 
-def prepare(w_IO: np.ndarray, gram_II: np.ndarray, damp: float = 0.01, act_order: bool = False):
-    """(W in processing order [d_in, O], U [d_in, d_in], perm [d_in]) in float32 numpy (gptq_numpy's
-    setup; `_factor` and `_loop_many` do the same in jax). Inputs that never fire (zero diagonal) get weight 0, as in GPTQ."""
-    w = np.asarray(w_IO, np.float32).copy()
-    h = 2.0 * np.asarray(gram_II, np.float32)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[dead] = 0.0
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
-    w, h = w[perm], h[perm][:, perm]
-    h += np.float32(damp * float(np.mean(np.diag(h)))) * np.eye(len(h), dtype=np.float32)
-    low = np.linalg.cholesky(h)
-    hinv = np.linalg.solve(low.T, np.linalg.solve(low, np.eye(len(h), dtype=np.float32)))
-    u = np.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
-    return w, u, perm
-
-
 def _factor(gram_II, damp: float, act_order: bool):
-    """(U, perm, dead) of `prepare` in jax (float32, as the reference implementation computes it); it
+    """(U, perm, dead) in jax (float32, as the reference implementation computes it); it
     reads only the gram, so one compile (and one factorization) serves every weight reading the same
     input. U comes from one Cholesky factorization: reversing the row order, flip(H) = L L^T gives
     H = V V^T with V = flip(L) upper, so H^-1 = U^T U with U = V^-1 = flip(L^-1) (the same factor,
@@ -249,34 +233,3 @@ def gptq(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, damp: fl
     """(codes int32 [d_in, O] in natural row order, scale [G, O], zero [G, O]) of W."""
     q, s, z = gptq_many([w_IO], [gram_II], bits, group, sym, damp, act_order)
     return q[0], s[0], z[0]
-
-
-def gptq_numpy(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
-               act_order: bool = False):
-    """The same algorithm, one row at a time in a Python loop with numpy (float32)."""
-    d_in, d_out = np.shape(w_IO)
-    w, u, perm = prepare(w_IO, gram_II, damp, act_order)
-    g = d_in if group is None else group
-    lazy = group is not None and group < d_in and not act_order
-    scale, zero, gid = (np.array(a) for a in _static_params(jnp.asarray(w), bits, group, sym, jnp.asarray(perm)))
-    q = np.zeros((d_in, d_out), np.float32)
-    top = qmax(bits)
-    for i in range(d_in):
-        if lazy and i % g == 0:
-            grp = w[i:i + g]
-            if sym:
-                half = 1 << (bits - 1)
-                s = np.max(np.abs(grp), axis=0) / (half - 1)
-                z = np.full_like(s, half)
-            else:
-                lo, hi = np.minimum(grp.min(0), 0.0), np.maximum(grp.max(0), 0.0)
-                s = (hi - lo) / top
-                z = np.round(-lo / np.where(s > 0, s, 1.0))
-            scale[i // g], zero[i // g] = np.where(s > 0, s, 1.0), z
-        gi = i // g if lazy else gid[i]
-        s, z = scale[gi], zero[gi]
-        q[i] = np.clip(np.round(w[i] / s) + z, 0, top)
-        err = (w[i] - s * (q[i] - z)) / u[i, i]
-        w[i + 1:] -= np.outer(u[i, i + 1:], err)
-    inv = np.argsort(perm)
-    return q[inv].astype(np.int32), scale, zero

@@ -15,7 +15,8 @@ from jaxshare.core.compressed import materialize
 from jaxshare.core.model import KVCache, forward, forward_cached
 from jaxshare.io.hf import load_hf_dir
 from jaxshare.quant import pack as P
-from jaxshare.quant.gptq import gptq, gptq_numpy
+from benchmarks.gptq_blocked import gptq_blocked, setup
+from jaxshare.quant.gptq import gptq
 from jaxshare.quant.leaf import Quantized
 from jaxshare.quant.model import QuantSpec, quantize_params
 
@@ -68,8 +69,9 @@ def test_gptq_beats_rtn_and_equals_it_with_an_identity_gram(bits, group, sym, ac
     iq, is_, iz = gptq(w, np.eye(len(w)), bits, group, sym, act_order=act_order)
     np.testing.assert_array_equal(np.asarray(iq), np.asarray(rq))
     np.testing.assert_array_equal(np.asarray(is_), np.asarray(rs))
-    # the numpy loop is the same algorithm: the same codes
-    nq, ns, nz = gptq_numpy(w, gram, bits, group, sym, act_order=act_order)
+    # an independent blocked numpy GPTQ (benchmarks/gptq_blocked.py, no shared code): the same codes
+    nq, ns, nz = gptq_blocked(w, gram, bits, group, sym, act_order=act_order)
+    np.testing.assert_allclose(np.asarray(gs), ns, rtol=1e-5)
     assert np.mean(np.asarray(gq) == nq) > 0.999
     np.testing.assert_allclose(err(nq, ns, nz), err(gq, gs, gz), rtol=1e-3)
 
@@ -246,14 +248,15 @@ def test_quantized_data_aware_model_round_trips(tokens, tiny, tmp_path):
 
 @pytest.mark.parametrize("d_in,act_order", [(300, False), (320, True)])
 def test_gptq_setup_matches_numpy_across_cholesky_blocks(d_in, act_order):
-    """Both setups (jax's Cholesky and triangular solve; LAPACK's potrf and trtri) give numpy's U,
-    and codes over several row blocks agree with the numpy loop."""
-    from jaxshare.quant.gptq import _factor, _factor_host, prepare
+    """Both setups (jax's Cholesky and triangular solve; LAPACK's potrf and trtri) give the U of the
+    independent reference (scipy's Cholesky of H^-1), and codes over several row blocks agree with
+    its blocked numpy GPTQ."""
+    from jaxshare.quant.gptq import _factor, _factor_host
 
     w, x = _layer(2, d_in, 40)
     gram = (x.T @ x).astype(np.float32)
     gram[5] = gram[:, 5] = 0.0  # a dead input
-    nw, nu, nperm = prepare(w, gram, act_order=act_order)
+    _, nu, nperm, _ = setup(w, gram, act_order=act_order)
     for ju, jperm, dead in [_factor(jnp.asarray(gram), 0.01, act_order),  # jax (non-CPU backends)
                             [a[0] for a in _factor_host(gram[None], 0.01, act_order)]]:  # LAPACK (CPU)
         np.testing.assert_array_equal(np.asarray(jperm), nperm)
@@ -261,7 +264,7 @@ def test_gptq_setup_matches_numpy_across_cholesky_blocks(d_in, act_order):
         np.testing.assert_allclose(np.asarray(ju), nu, rtol=0, atol=2e-4 * np.abs(nu).max())
     if d_in % 64 == 0:
         gq = gptq(w, gram, 4, 64, act_order=act_order)[0]
-        assert np.mean(np.asarray(gq) == gptq_numpy(w, gram, 4, 64, act_order=act_order)[0]) > 0.999
+        assert np.mean(np.asarray(gq) == gptq_blocked(w, gram, 4, 64, act_order=act_order)[0]) > 0.999
 
 
 def test_gptq_refuses_a_gram_that_is_not_positive_definite():
