@@ -46,14 +46,23 @@ def accelerator() -> str:
     return "none (CPU)" if d.platform == "cpu" else f"{len(jax.devices())} x {d.device_kind}"
 
 
-def stamp(module: str | None = None) -> dict:
-    """Where a result came from: the commit and whether the checkout differed from it (outside the
-    result folders), the date, the machine, the library versions and the exact command.
-    `python -m benchmarks.stale` reads the commit to tell which results the code has moved past."""
-    from importlib import metadata
-
+def _checkout() -> dict:
     changed = [ln[3:] for ln in _git("status", "--porcelain", "--untracked-files=no").splitlines()
                if not ln[3:].startswith(RESULT_DIRS)]
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed)}
+
+
+# Taken when a run starts: a commit made while it runs is not the code it measured.
+START = _checkout()
+
+
+def stamp(module: str | None = None) -> dict:
+    """Where a result came from: the commit the run started from and whether the checkout differed
+    from it (outside the result folders), the date, the machine, the library versions and the exact
+    command. `python -m benchmarks.stale` reads the commit to tell which results the code has moved
+    past."""
+    from importlib import metadata
+
     versions = {"python": platform.python_version()}
     for name in ("jaxshare", *VERSIONED):
         try:
@@ -61,8 +70,7 @@ def stamp(module: str | None = None) -> dict:
         except metadata.PackageNotFoundError:
             pass
     module = module or f"{Path(sys.argv[0]).parent.name}.{Path(sys.argv[0]).stem}"
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    return {**START, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "machine": {**machine(), "accelerator": accelerator()}, "versions": versions,
             "command": " ".join(["python", "-m", module, *sys.argv[1:]])}
 
