@@ -27,9 +27,11 @@ def test_config_is_smollm2(smol):
 def test_parity_with_transformers_gguf_loader(smol):
     res = run_parity(smol, load_corpus("canterbury"), seq_len=512, max_windows=2)
     assert res["tokens"] >= 500
-    assert res["max_abs_logit_diff"] <= 1e-3
-    assert res["ppl_rel_diff"] <= 1e-3
-    assert 5 < res["ppl_jax"] < 100  # a working LM on English prose, not noise
+    # benchmarks/results/parity.json: max |dlogit| 1.31e-4, PPL 24.99711 vs 24.99712 (rel 1.6e-7);
+    # bounds at about 2x the logit figure and 60x the PPL one (BLAS summation order varies by machine)
+    assert res["max_abs_logit_diff"] <= 3e-4
+    assert res["ppl_rel_diff"] <= 1e-5
+    assert res["ppl_jax"] == pytest.approx(24.9971, rel=1e-4)
 
 
 def test_export_loads_in_transformers_with_same_logits(smol, tmp_path):
