@@ -78,3 +78,24 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     built = {p.stem for p in (tmp_path / "html").glob("*.html")}
     assert {p.stem for p in DOCS.glob("*.md")} <= built
     assert "jaxshare share" in (tmp_path / "html" / "cli.html").read_text()  # the generated CLI reference
+
+
+RESULT_TABLES = sorted([*(ROOT / "benchmarks" / "results").glob("*.md"), *(ROOT / "experiments" / "results").glob("*.md")])
+
+
+def measurement_rows(text: str) -> dict[str, frozenset[str]]:
+    """Table rows with a digit, whitespace-normalized, each mapped to its measurements: the numbers
+    with two or more decimals (thousands separators dropped)."""
+    return {" ".join(line.split()): frozenset(re.findall(r"\d+\.\d\d+", line.replace(",", "")))
+            for line in text.splitlines() if line.startswith("|") and re.search(r"\d", line)}
+
+
+@pytest.mark.parametrize("result", RESULT_TABLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_generated_result_tables_are_included_not_copied(result):
+    """A measurement row reaches the docs only through an {include} of its generated file: no page
+    holds a copy of it, verbatim or retyped (three or more of one row's measurements in one row)."""
+    generated = measurement_rows(result.read_text())
+    copies = [f"{page.name}: {row}" for page in sorted(DOCS.glob("*.md"))
+              for row, nums in measurement_rows(page.read_text()).items()
+              if row in generated or (len(nums) >= 3 and any(nums <= g for g in generated.values()))]
+    assert not copies, f"rows of {result.relative_to(ROOT)} typed into docs (use an include):\n" + "\n".join(copies)
