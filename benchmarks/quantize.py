@@ -54,15 +54,14 @@ def main(argv=None) -> int:
         work.append((t, w, np.asarray(grams[TYPES[t][1]][:n], np.float64)))
     matrices = sum(len(w) for _, w, _ in work)
 
-    from benchmarks.gptq_blocked import gptq_blocked
+    from benchmarks.gptq_blocked import gptq_blocked_many
 
     def run_jit():
         return {t: np.asarray(jax.block_until_ready(gptq_many(list(w), list(g), args.bits, args.group)[0]))
                 for t, w, g in work}
 
     def run_numpy():
-        return {t: np.stack([gptq_blocked(w[i], g[i], args.bits, args.group)[0] for i in range(len(w))])
-                for t, w, g in work}
+        return {t: gptq_blocked_many(w, g, args.bits, args.group)[0] for t, w, g in work}
 
     times = {"jit_cold": [], "jit_warm": [], "numpy_blocked": []}
     for rep in range(args.reps):
