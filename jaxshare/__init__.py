@@ -58,7 +58,7 @@ _EXPORTS = {
     "jaxshare.eval.attention_maps": ("attention_maps", "map_similarity"),
     "jaxshare.headshare.similarity": ("similarity_matrix", "best_partners", "head_features", "head_similarity",
                                       "cosine"),
-    # head sharing's tie of given units (METHODS.md §1) and calibration for Basis Sharing (§2) and GPTQ
+    # head sharing's tie of given units (docs/methods.md §1) and calibration for Basis Sharing (§2) and GPTQ
     "jaxshare.headshare.sharing": ("share",),
     "jaxshare.basis.calibrate": ("calibrate", "collect_grams"),
 }

@@ -1,4 +1,4 @@
-"""Basis Sharing (arXiv 2410.03765, METHODS.md §2): whitening, group SVD, rank, representation.
+"""Basis Sharing (arXiv 2410.03765, docs/methods.md §2): whitening, group SVD, rank, representation.
 
 A compressed weight type (q, k, v, o, up, gate, down) becomes `Factored(basis, coef)`: one basis
 B [d_in, k] per group of consecutive layers, held in a `Bank` (rows [groups, d_in, k], index
@@ -34,7 +34,7 @@ class BasisError(JaxshareError, ValueError):
 
 
 def default_types(cfg: ModelConfig) -> tuple[list[str], list[str]]:
-    """(shared, private) per family, as the authors' code chooses them (METHODS.md §2)."""
+    """(shared, private) per family, as the authors' code chooses them (docs/methods.md §2)."""
     present = [t for t in TYPES if t != "gate" or cfg.gated_mlp]
     if cfg.family == "gpt2":  # c_attn -> q, k, v (split in our params), c_fc -> up, attn.c_proj -> o
         shared = ["q", "k", "v", "up", "o"]

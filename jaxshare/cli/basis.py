@@ -1,4 +1,4 @@
-"""`jaxshare basis` and `jaxshare basis-pairs` (Basis Sharing, METHODS.md §2)."""
+"""`jaxshare basis` and `jaxshare basis-pairs` (Basis Sharing, docs/methods.md §2)."""
 from __future__ import annotations
 
 import argparse

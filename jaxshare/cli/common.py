@@ -89,7 +89,7 @@ SEQ_LEN = int_at_least(2)          # a window scores T-1 predictions, so T >= 2
 SEED = int_at_least(0, SEED_MAX)
 TEMPERATURE = float_in(0.0)
 TOP_P = float_in(0.0, 1.0, low_open=True)
-SHARE_RATIO = float_in(0.0, 1.0, high_open=True)  # 0 reproduces the dense model (METHODS.md §1)
+SHARE_RATIO = float_in(0.0, 1.0, high_open=True)  # 0 reproduces the dense model (docs/methods.md §1)
 BASIS_RATIO = float_in(0.0, 1.0, low_open=True, high_open=True)
 SHARD_MB = float_in(0.0, float(2**30), low_open=True)  # up to a pebibyte: int(mb * 2^20) stays exact
 

@@ -1,4 +1,4 @@
-"""`jaxshare quantize`: weight-only int8/int4 quantization (RTN or GPTQ), of any model (METHODS.md §5)."""
+"""`jaxshare quantize`: weight-only int8/int4 quantization (RTN or GPTQ), of any model (docs/methods.md §5)."""
 from __future__ import annotations
 
 import argparse

@@ -2,7 +2,7 @@
 
 A `Bank` replaces a per-layer leaf of `Layers` (leading axis L). Its `rows` hold the unique
 weights [U, ...] and its `index` [L, ...] says which row each layer (or each (layer, unit))
-reads. Head sharing (METHODS.md §1) uses index [L, K] over rows [U, *unit_shape]; Basis
+reads. Head sharing (docs/methods.md §1) uses index [L, K] over rows [U, *unit_shape]; Basis
 Sharing (§2) uses index [L] over one basis per group. The decoder scans over the indices and
 gathers inside the scan (`split_banks`), so a dense model is the identity index over a full
 bank and sharing never changes the per-layer code.

@@ -1,7 +1,7 @@
 """Compressed weight kinds: one typed protocol for every leaf that stands in for a dense weight.
 
 A params tree may hold, in place of a dense per-layer leaf, a compressed leaf: a `Bank` (head
-sharing, METHODS.md §1), a `Factored` basis (Basis Sharing, §2), `Quantized` codes (§5), or any
+sharing, docs/methods.md §1), a `Factored` basis (Basis Sharing, §2), `Quantized` codes (§5), or any
 kind a plugin brings. Through `Compressed` each kind says how it computes inside the layer scan
 (`apply`), what dense leaf it stands for (`dense`), its logical axes (`logical_axes`) and which
 of its fields never train (`frozen`). How a kind is described, restored and exported is its

@@ -2,7 +2,7 @@
 
 Shapes (L layers, K KV heads, G query heads per KV head, D width, d head dim, F MLP width):
   attn.wq [L, K, G, D, d]   attn.wk / attn.wv [L, K, D, d]   attn.wo [L, K, G, d, D]
-The (L, K) prefix is the sharing unit of METHODS.md §1: a later bank + index gather replaces
+The (L, K) prefix is the sharing unit of docs/methods.md §1: a later bank + index gather replaces
 the leading L axis of wq/wk/wv without touching anything else.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token ids of a corpus, tokenized once, and the windows every consumer cuts from them.
 
-The protocol (METHODS.md): documents joined with "\\n\\n" (`join_documents`), tokenized once
+The protocol (docs/methods.md): documents joined with "\\n\\n" (`join_documents`), tokenized once
 without special tokens, cut into non-overlapping windows of seq_len tokens, ragged tail dropped.
 Perplexity, parity, attention maps, calibration and training all read their tokens this way.
 `token_ids` caches the ids of a named corpus or file per tokenizer (as .npy), so a training run

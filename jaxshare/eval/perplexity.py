@@ -1,4 +1,4 @@
-"""Perplexity under the protocol of METHODS.md: join documents with "\\n\\n", tokenize once
+"""Perplexity under the protocol of docs/methods.md: join documents with "\\n\\n", tokenize once
 without special tokens, non-overlapping windows of seq_len (ragged tail dropped), each window
 of T tokens scores its T-1 next-token predictions, PPL = exp(mean NLL)."""
 from __future__ import annotations

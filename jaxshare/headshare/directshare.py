@@ -1,4 +1,4 @@
-"""DirectShare (paper Algorithm 1, METHODS.md §1) with the reference code's defects fixed.
+"""DirectShare (paper Algorithm 1, docs/methods.md §1) with the reference code's defects fixed.
 
 Every unit of layer l >= 1 has one candidate partner: its most similar unit in layers < l.
 The N = round(ratio * L * K) best-scoring candidates are selected. Selected units point to

@@ -1,4 +1,4 @@
-"""The PostShare weight penalty (paper Eq. 4, METHODS.md §1):
+"""The PostShare weight penalty (paper Eq. 4, docs/methods.md §1):
 
     L_w = (1/N) * sum over selected pairs (i, j) of sum over m in {q, k, v} of ||W^m_i - W^m_j||_F
 

@@ -1,4 +1,4 @@
-"""Head-wise sharing as a parameter index gather (METHODS.md §1, Representation).
+"""Head-wise sharing as a parameter index gather (docs/methods.md §1, Representation).
 
 A unit is (layer l, KV group k). Each of q, k, v (and o with share_o) gets a `Bank` whose
 rows are unit weights and whose int32 index [L, K] names the row each unit reads. Biases

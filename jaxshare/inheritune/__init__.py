@@ -1,1 +1,1 @@
-"""Inheritune (METHODS.md §3): attention-degeneration analysis, inherit the first k layers, grow."""
+"""Inheritune (docs/methods.md §3): attention-degeneration analysis, inherit the first k layers, grow."""

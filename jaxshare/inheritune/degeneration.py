@@ -1,4 +1,4 @@
-"""Attention-degeneration analysis (METHODS.md §3), per layer and head, on a batch of real text.
+"""Attention-degeneration analysis (docs/methods.md §3), per layer and head, on a batch of real text.
 
 - rank at tau: average the post-softmax map over the batch ([T, T]); with singular values s,
   energy = s^2 / sum s^2; rank = the smallest r whose cumulative energy reaches tau.

@@ -1,4 +1,4 @@
-"""Grow an inherited model stage by stage (METHODS.md §3): add layers, train each stage, stop when
+"""Grow an inherited model stage by stage (docs/methods.md §3): add layers, train each stage, stop when
 held-out loss reaches the reference model's.
 
 New layers are either copies of the student's last layers (`copy`) or the reference model's next

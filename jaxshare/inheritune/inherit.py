@@ -1,4 +1,4 @@
-"""Inherit a subset of a model's layers (METHODS.md §3): the first k layers plus embeddings, final
+"""Inherit a subset of a model's layers (docs/methods.md §3): the first k layers plus embeddings, final
 norm and LM head make an ordinary model of the same family.
 
 Works on any params tree: dense leaves are sliced on their layer axis; banks (head sharing) and

@@ -1,4 +1,4 @@
-"""GPTQ (Frantar et al. 2022; METHODS.md §5): codes chosen with the calibration gram X^T X.
+"""GPTQ (Frantar et al. 2022; docs/methods.md §5): codes chosen with the calibration gram X^T X.
 
 W [d_in, d_out] with y = x @ W. H = 2 X^T X + lambda I (lambda = `damp` times the mean diagonal).
 Input rows are quantized one at a time, in order or by decreasing diag(H) (act-order); each row's

@@ -1,4 +1,4 @@
-"""Integer codes of weight-only quantization (METHODS.md §5): scales, codes, packing, dequantization.
+"""Integer codes of weight-only quantization (docs/methods.md §5): scales, codes, packing, dequantization.
 
 A weight is handled as W [d_in, d_out] with y = x @ W. Its input rows are cut into groups of `group`
 rows (int8 per output channel: one group of all d_in rows); each (group, output column) gets a scale

@@ -1,5 +1,5 @@
 """Post-training configuration: a frozen dataclass read from YAML plus `--set key=value`
-overrides, validated up front so a bad run fails before any compute (METHODS.md §1, PostShare).
+overrides, validated up front so a bad run fails before any compute (docs/methods.md §1, PostShare).
 
 Defaults are the paper's: gamma 0.5, AdamW lr 5e-5, betas (0.9, 0.95), eps 1e-8, weight decay
 0.1, cosine schedule with warm-up, gradient clip 1.0.
@@ -85,7 +85,7 @@ class TrainConfig:
     calib_windows: int = 32  # calibration windows
     calib_seq_len: int = 512  # calibration window length
     gamma: float = 0.5  # weight of PostShare's pairwise L2 penalty
-    # Inheritune (METHODS.md §3)
+    # Inheritune (docs/methods.md §3)
     stages: str = ""  # growth stages as layer counts ("15,17,19"); empty: one stage at the model's depth
     grow: str = "copy"  # new layers copy the student's last layers (copy) or take the reference's next (reference)
     reference: str = ""  # the deeper model to grow toward; empty: the model itself when it is deeper

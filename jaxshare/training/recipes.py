@@ -7,7 +7,7 @@ generic loop (data, optimizer, mesh, checkpoints, preemption, metrics, evaluatio
 recipe named by the config's `mode`:
 
     plain        cross-entropy; with ratio > 0 the pairs are tied at the end (the control)
-    postshare    cross-entropy + gamma * pairwise L2 penalty, then tie (METHODS.md §1)
+    postshare    cross-entropy + gamma * pairwise L2 penalty, then tie (docs/methods.md §1)
     direct+post  tie first (DirectShare, data-aware with keep=data / correct), train the banks
     heal         distill from the dense teacher (KD over the full vocabulary, optionally CE and a
                  hidden-state term); trains all, only compressed leaves, or LoRA adapters

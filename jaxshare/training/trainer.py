@@ -1,4 +1,4 @@
-"""PostShare post-training (METHODS.md §1) as a library: optax AdamW on a (data, fsdp, tensor)
+"""PostShare post-training (docs/methods.md §1) as a library: optax AdamW on a (data, fsdp, tensor)
 mesh with the pairwise L2 weight penalty, orbax checkpoints with resume and preemption saves,
 then tie and export.
 
@@ -175,7 +175,7 @@ class Trainer:
         paths.write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _evaluate(self, params, cfg=None) -> dict:
-        """Held-out PPL (fp32, METHODS.md protocol) with the params where they are: sharded, on
+        """Held-out PPL (fp32, docs/methods.md protocol) with the params where they are: sharded, on
         every process, the windows replicated. cfg: another model's (the teacher's)."""
         cfg, mesh = cfg or self.model.cfg, self.mesh
         windows = self.eval_windows
