@@ -1,6 +1,6 @@
 """Corrected banks: shared head weights plus a per-unit d x d correction of their output.
 
-Data-aware DirectShare (docs/methods.md §1, issue 13) ties a group of units to one bank row W* and
+Data-aware DirectShare (docs/methods.md §4, issue 13) ties a group of units to one bank row W* and
 gives each tied unit j a small least-squares map M_j so that x W* M_j ~ x W_j on its own layer's
 calibration inputs. For q and k the map acts on the projection before RoPE, so it is exact to
 fold into the dense weight (W_j' = W* M_j): `dense()` is that fold, which is what an HF export

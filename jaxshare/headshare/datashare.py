@@ -1,4 +1,4 @@
-"""Data-aware DirectShare (issue 13, docs/methods.md §1): merges and corrections fitted on calibration
+"""Data-aware DirectShare (issue 13, docs/methods.md §4): merges and corrections fitted on calibration
 inputs.
 
 The units tied are DirectShare's (same partner search, same forest); what a tied group stores
