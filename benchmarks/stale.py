@@ -35,6 +35,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/cli_startup.json": ("benchmarks/cli_startup.py", "jaxshare/cli", "jaxshare/core", "jaxshare/io"),
     "benchmarks/results/convert.json": ("benchmarks/convert.py", "jaxshare/io", "jaxshare/core"),
     "benchmarks/results/parity.json": ("benchmarks/parity.py", "jaxshare/eval/parity.py", *CORE),
+    "benchmarks/results/demo.json": ("benchmarks/demo.py", "jaxshare"),
     "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval", *CORE),
     "benchmarks/results/eval_mc.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
     "benchmarks/results/forward.json": ("benchmarks/forward.py", *CORE),
