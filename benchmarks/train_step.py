@@ -66,8 +66,10 @@ def main() -> None:
         torch_step()  # warm-up
         names.append("torch")
     times = {n: [] for n in names}
-    for _ in range(args.reps):
-        for name in names:  # interleaved
+    for rep in range(args.reps):
+        # interleaved, and rotated each repetition: a side that always follows torch's step pays for
+        # its OpenMP threads still spinning (the plain step did, and measured slower than the penalized one)
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
             t0 = time.perf_counter()
             if name == "torch":
                 torch_step()
