@@ -213,6 +213,25 @@ def run(args) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def paired(rows: list[dict], reps: int = 10000) -> list[str]:
+    """KD against CE on the same held-out windows, per student: the mean per-window NLL difference
+    with a paired bootstrap 95% interval (the windows are shared, so the pair is what to resample)."""
+    arm = {(r["student"], r["budget"], r["heal"], r["tokens"]): r for r in rows if "final" in r}
+    out = []
+    for (student, budget, heal, tokens), kd in arm.items():
+        ce = arm.get((student, budget, "ce", tokens))
+        if heal != "kd" or ce is None:
+            continue
+        d = np.asarray(kd["final"]["window_nll"]) - np.asarray(ce["final"]["window_nll"])
+        means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        verdict = "KD better" if hi < 0 else "CE better" if lo > 0 else "no difference outside the noise"
+        out.append(f"- {student} -{budget:.0%}, {tokens} tokens: KD - CE = {d.mean():+.4f} nats per token "
+                   f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap over windows; KD lower on {int((d < 0).sum())} of "
+                   f"{len(d)}): {verdict}")
+    return ["", "KD against CE on the same windows:", ""] + out if out else []
+
+
 def report() -> None:
     from jaxshare import plots
 
@@ -241,6 +260,7 @@ def report() -> None:
         rss = f"{r['peak_rss_gib']:.1f}" if r.get("peak_rss_gib") else "-"
         lines.append(f"| {r['student']} | {removed:.1%} | {r['heal']} | {r['tokens']} | {f['params'] / 1e6:.1f}M | "
                      f"{f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {rec} | {rate} | {rss} |")
+    lines += paired(rows)
     s = rows[-1]
     lines += ["", f"commit {s['commit'][:10]}, {s['machine']}, python {s['python']}, jax {s['jax']}; "
                   f"command: `{s['command']}`"]
