@@ -303,7 +303,7 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
         with remote_output(path, overwrite) as tmp:
             yield tmp
         return
-    shown, tmp = shown_path(path), None
+    shown, tmp, real = shown_path(path), None, None
     with write_failures(shown, lambda: tmp):
         try:
             real = check_destination(path, overwrite)  # sweeps dead writers' siblings first
@@ -318,6 +318,11 @@ def atomic_output(path, overwrite: bool = False) -> Iterator[Path]:
         finally:
             if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp is None and real is not None:
+                # a Ctrl-C between mkdtemp creating the folder and `tmp` naming it: the folder carries
+                # this process's pid, so this process's siblings of that prefix are that folder
+                for left in real.parent.glob(f".{real.name}.partial-{os.getpid()}-*"):
+                    shutil.rmtree(left, ignore_errors=True)
 
 
 @contextmanager
