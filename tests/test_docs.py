@@ -99,3 +99,19 @@ def test_generated_result_tables_are_included_not_copied(result):
               for row, nums in measurement_rows(page.read_text()).items()
               if row in generated or (len(nums) >= 3 and any(nums <= g for g in generated.values()))]
     assert not copies, f"rows of {result.relative_to(ROOT)} typed into docs (use an include):\n" + "\n".join(copies)
+
+
+def test_generated_result_tables_match_their_json(tmp_path, capsys):
+    """Every table `benchmarks.tables` makes is committed as its JSON gives it, and reaches a page
+    through an {include}; --check notices a table edited by hand."""
+    from benchmarks import tables
+
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+    pages = "".join(p.read_text() for p in DOCS.glob("*.md"))
+    assert not [n for n in tables.TABLES if f"{{include}} ../benchmarks/results/{n}.md" not in pages]
+    for name in tables.TABLES:
+        for ext in ("json", "md"):
+            (tmp_path / f"{name}.{ext}").write_text((tables.RESULTS / f"{name}.{ext}").read_text())
+    (tmp_path / "forward.md").write_text((tmp_path / "forward.md").read_text().replace("| 480 |", "| 481 |"))
+    assert tables.main(["--check", "--results", str(tmp_path)]) == 1
+    assert "forward.md" in capsys.readouterr().err

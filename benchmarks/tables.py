@@ -1,0 +1,238 @@
+"""The docs' measurement tables, generated from their result files.
+
+Each function below turns one `benchmarks/results/<name>.json` into the Markdown table the docs
+include (```{include} ../benchmarks/results/<name>.md```): the figures as the JSON has them,
+rounded, ratios computed from its medians, and a footer naming the file, its commit and date.
+
+    python -m benchmarks.tables           # rewrite every benchmarks/results/<name>.md
+    python -m benchmarks.tables --check   # exit 1 listing the .md files that differ from their JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GIB, MIB = 2 ** 30, 2 ** 20
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    return "\n".join([row(*head), row(*["---"] * len(head)), *(row(*r) for r in rows)])
+
+
+def sig(x: float) -> str:
+    """Three significant figures; whole numbers with thousands separators from 100 up."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def ppl(x: float) -> str:
+    return f"{x:.1f}" if x < 1000 else f"{x:,.0f}" if x < 1e5 else f"{x:.2e}".replace("e+0", "e").replace("e+", "e")
+
+
+def footer(name: str, d: dict) -> str:
+    st = d.get("stamp") or d.get("provenance") or d
+    where = f"`benchmarks/results/{name}.json`"
+    if not st.get("commit"):
+        return f"From {where}: no stamp (`python -m benchmarks.stale` dates it by the commit that last wrote it)."
+    dirty = " (checkout differed)" if st.get("dirty") else ""
+    date = st.get("date") or "date not recorded"
+    return f"From {where}: commit {st['commit'][:10]}{dirty}, {date}."
+
+
+def forward(d: dict) -> str:
+    rows = [[r["dtype"], r["batch"], f"{r['jax_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
+             f"{r['torch']['median_s'] / r['jax']['median_s']:.2f}"] for r in d["rows"]]
+    return table(["dtype", "batch", "jaxshare tok/s", "torch tok/s", "ratio"], rows)
+
+
+def similarity(d: dict) -> str:
+    rows = []
+    for key, r in d["results"].items():
+        label = {"smollm2": "SmolLM2-135M (real weights)",
+                 "llama7b": f"Llama-2-7B shapes (random fp32 q, k: {r.get('gib_of_weights', 0):g} GiB)"}.get(key, key)
+        jit, floor, nv = r["jit_search"]["median_s"], r["gemm_floor"]["median_s"], r["naive"]
+        naive = (f"~{sig(nv['seconds_total'])} s, extrapolated from {nv['pairs_timed']:,} of {nv['pairs_total']:,} "
+                 f"pairs (first {nv['layers_timed']} layers)" if nv["extrapolated"]
+                 else f"{sig(nv['seconds_total'])} s (all {nv['pairs_total']:,} pairs)")
+        rows.append([label, f"{r['units']:,} × {r['features']:,}", f"{sig(jit)} s", f"{sig(floor)} s",
+                     f"{jit / floor:.2f}", naive, f"{nv['seconds_total'] / jit:.0f}×"])
+    return table(["scale", "units × features", "jit search", "GEMM floor", "search / floor", "naive loop",
+                  "speed-up"], rows)
+
+
+def shared_forward(d: dict) -> str:
+    tps, before, after = d["tokens_per_s"], d["qkv_bytes_before"], d["qkv_bytes_after"]
+    return table(["", "dense", f"{d['ratio']:.0%} shared", "ratio"], [
+        ["prefill tok/s", f"{tps['dense']:.0f}", f"{tps['shared']:.0f}", f"{tps['shared'] / tps['dense']:.3f}"],
+        ["q/k/v bytes", f"{before / MIB:.1f} MiB", f"{after / MIB:.1f} MiB (+{d['index_bytes']:,} B of int32 indices)",
+         f"{after / before:.3f}"]])
+
+
+def xla_cpu_flags(d: dict) -> str:
+    def key(r):
+        return tuple(r["shape"]), r["dtype"]
+
+    torch = {key(r): r["gflops"] for r in d["torch"]}
+    arms = {name: ({key(r): r["gflops"] for r in a["rows"]} if a.get("ok") else {}) for name, a in d["xla"].items()}
+    head = ["GEMM (M×K×N)", "dtype", "torch"] + ["jax default" if not a["flags"] else f"`{a['flags']}`"
+                                                 for a in d["xla"].values()]
+    rows = [["×".join(map(str, k[0])), k[1], f"{g:.0f}"] +
+            [f"{arms[n][k]:.0f}" if k in arms[n] else "failed" for n in arms] for k, g in torch.items()]
+    return table(head, rows)
+
+
+MEMORY_CASES = {
+    "convert": "`convert` (GGUF / HF → native, fp32)",
+    "convert_bf16": "`convert --dtype bf16`",
+    "eval_ppl": "`eval ppl` (batch 8; SmolLM2 8 × 512, 1.5B 8 × 256 tokens)",
+    "parity": "`parity` (2 windows, both sides)",
+    "share": "`share --ratio 0.3`",
+    "basis": "`basis --ratio 0.2` (calibration SmolLM2 4 × 256, 1.5B 8 × 256)",
+    "export": "`export` (native → HF, fp32)",
+    "transformers_load": "transformers `from_pretrained` fp32",
+    "transformers_load_eval_ppl": "transformers load + same PPL windows",
+}
+
+
+def memory(d: dict) -> str:
+    small, big = d["models"]["smollm2"]["cases"], d["models"]["qwen2-1.5b"]["cases"]
+    fp32 = 4 * d["models"]["qwen2-1.5b"]["params"]
+
+    def peak(cases, c):
+        return f"{cases[c]['peak_rss_bytes'] / GIB:.2f} GiB" if c in cases else "-"
+
+    rows = []
+    for c, label in MEMORY_CASES.items():
+        net = big.get(c, {}).get("net_rss_bytes")
+        cell = "-" if net is None else f"{net / fp32:.2f}"
+        if c == "convert_bf16" and net is not None:
+            cell += f" ({2 * net / fp32:.2f} of bf16 bytes)"
+        rows.append([label, peak(small, c), peak(big, c), cell])
+    return table(["command", "SmolLM2-135M peak", "1.5B peak", "1.5B net / fp32 params"], rows)
+
+
+def demo(d: dict) -> str:
+    s = d["summary"]
+    c = s["ppl_canterbury"]
+    win = f"{c['windows']} × {c['seq_len']}"
+    units = s["layers"] * s["kv_heads"]
+    rows = [["dense", "canterbury", win, f"{c['ppl']:.3f}"]]
+    for r, ds in sorted(s["directshare"].items(), key=lambda kv: float(kv[0])):
+        rows.append([f"DirectShare {float(r):.0%} (`qk`, root; {ds['units_freed']} of {units} units, model "
+                     f"−{ds['model_fraction_removed']:.1%})", "canterbury", win, f"{ds['ppl']:.3f}"])
+    b, cal = s["basis"], s["basis"]["calibration"]
+    rows.append([f"Basis Sharing {b['ratio']:.0%} (n = 2, calibration {cal['windows']} × {cal['seq_len']} "
+                 f"{cal['data']}; {b['params_before'] / 1e6:.1f}M → {b['params_after'] / 1e6:.1f}M params)",
+                 "canterbury", win, f"{b['ppl']:.3f}"])
+    return table(["model", "corpus", "windows × seq_len", "PPL"], rows)
+
+
+def parity(d: dict) -> str:
+    rows = [[r["model"], r["data"], f"{r['windows']} × {r['seq_len']}", f"{r['max_abs_logit_diff']:.1e}",
+             f"{r['ppl_jax']:.5f}", f"{r['ppl_reference']:.5f}", f"{r['ppl_rel_diff']:.1e}"] for r in d["results"]]
+    return table(["model", "data", "windows × seq_len", "max \\|Δlogit\\|", "PPL jaxshare", "PPL transformers",
+                  "rel. diff"], rows)
+
+
+def basis_sweep(d: dict) -> str:
+    runs = [r for r in d["runs"] if r.get("ppl")]
+    sets = d["eval_sets"]
+    ratios = sorted({r["ratio"] for r in runs})
+    names = sorted({r["name"] for r in runs}, key=lambda n: (n.startswith("svd"), n == "svd", n))
+    cell = {(r["name"], r["ratio"]): " / ".join(ppl(r["ppl"][s]) for s in sets) for r in runs}
+    rows = [[n, *(cell.get((n, x), "-") for x in ratios)] for n in names]
+    base = ", ".join(f"{s} {d['baseline']['ppl'][s]:.2f}" for s in sets)
+    off = max(abs(r["achieved_ratio"] - r["ratio"]) for r in runs)
+    return "\n".join([
+        f"Uncompressed: {base}. Each cell: {' / '.join(sets)} PPL.", "",
+        table(["method", *(f"CR {x:g}" for x in ratios)], rows), "",
+        f"{len(runs)} of {len(names) * len(ratios)} configurations finished; achieved ratios within {off:.4f} of the "
+        f"requested ones; whitening fallbacks: {sum(r.get('fallbacks', 0) for r in runs)}."])
+
+
+def basis(d: dict) -> str:
+    g, p = d["group_svd"], d["prefill"]
+    sh, cc, eig = g["shape"], g["concat"], g["eig"]
+    svd = table([f"group SVD, n={sh['n']}, d_in={sh['d_in']}, d_out={sh['d_out']}", "concat", "eig", "eig/concat"], [
+        ["time (s)", f"{cc['path_s']:.1f}", f"{eig['path_s']:.1f}", f"{eig['path_s'] / cc['path_s']:.2f}"],
+        ["peak RSS (MiB)", f"{cc['peak_rss_bytes'] / MIB:.0f}", f"{eig['peak_rss_bytes'] / MIB:.0f}",
+         f"{eig['peak_rss_bytes'] / cc['peak_rss_bytes']:.2f}"],
+        ["net RSS over inputs (MiB)", f"{cc['net_rss_bytes'] / MIB:.0f}", f"{eig['net_rss_bytes'] / MIB:.0f}",
+         f"{eig['net_rss_bytes'] / cc['net_rss_bytes']:.2f}"]])
+    arms = [k for k in p if k == "dense" or k.startswith("basis_cr")]
+    dense = p["dense"]["median_s"]
+    head = [f"SmolLM2 prefill, {p['batch']} x {p['seq_len']} fp32"] + [
+        "dense" if a == "dense" else f"Basis n=2 CR {a.removeprefix('basis_cr')}" for a in arms]
+    speed = table(head, [[f"tokens/s (median of {p['dense']['reps']})", *(f"{p[a]['tokens_per_s']:.0f}" for a in arms)],
+                         ["vs dense", *(f"{dense / p[a]['median_s']:.2f}" for a in arms)]])
+    return svd + "\n\n" + speed
+
+
+def heal_memory_aot(d: dict) -> str:
+    variants = list(dict.fromkeys(r["variant"] for r in d["rows"]))
+    shapes = list(dict.fromkeys(r["shape"] for r in d["rows"]))
+    peak = {(r["shape"], r["variant"]): (f"**{r['peak_gib']:.2f}**" if r["fits_24_gib"] else f"{r['peak_gib']:.2f}")
+            for r in d["rows"]}
+    rows = [[s, *(peak.get((s, v), "-") for v in variants)] for s in shapes]
+    return (table(["peak GiB", *variants], rows) +
+            f"\n\nIn bold: fits {d.get('budget_gib', 24)} GiB. {d.get('config', '')}; {d.get('what', '')}.")
+
+
+def prune_speed(d: dict) -> str:
+    by = {r["side"]: r for r in d["rows"]}
+    models = list(dict.fromkeys(s.split("/")[0] for s in by))
+
+    def cells(m, side):
+        r, base = by.get(f"{m}/{side}"), by.get(f"dense/{side}")
+        if r is None:
+            return ["-", "-"]
+        f = (lambda x: f"{x:.0f}") if r["tokens_per_s"] >= 100 else (lambda x: f"{x:.1f}")
+        tps = f"{f(r['tokens_per_s'])} [{f(r['tokens'] / r['max_s'])}, {f(r['tokens'] / r['min_s'])}]"
+        ratio = f"{base['median_s'] / r['median_s']:.2f}" + ("" if m == "dense" or r["separated"] else " (in the noise)")
+        return [tps, ratio]
+
+    head = [f"model (−{d['budget']:.0%})", "jaxshare prefill tok/s [min, max]", "× dense",
+            "jaxshare decode tok/s [min, max]", "× dense", "transformers prefill tok/s [min, max]", "× dense"]
+    return table(head, [[m, *cells(m, "jax prefill"), *cells(m, "jax decode"), *cells(m, "torch prefill")]
+                        for m in models])
+
+
+TABLES = {f.__name__: f for f in (forward, similarity, shared_forward, xla_cpu_flags, memory, demo, parity,
+                                  basis_sweep, basis, heal_memory_aot, prune_speed)}
+
+
+def render(name: str, d: dict) -> str:
+    return (f"<!-- generated by `python -m benchmarks.tables` from {name}.json: do not edit -->\n\n"
+            f"{TABLES[name](d)}\n\n{footer(name, d)}\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table differs from its JSON")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    stale = []
+    for name in TABLES:
+        text = render(name, json.loads((args.results / f"{name}.json").read_text()))
+        md = args.results / f"{name}.md"
+        if md.exists() and md.read_text() == text:
+            continue
+        if args.check:
+            stale.append(md.name)
+        else:
+            md.write_text(text)
+            print(f"wrote {md}")
+    if stale:
+        print("out of date (run `python -m benchmarks.tables`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
