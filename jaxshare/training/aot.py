@@ -101,7 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", type=int, default=64, help="simulated CPU devices (default: 64)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    # The device count replaces any the user set; their other XLA flags are kept.
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={args.devices}"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     tc = load_config(args.config, args.set)
     t0 = time.perf_counter()

@@ -19,6 +19,8 @@ from tests.tiny_model import TRAIN_CFG, save_run_files
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = TRAIN_CFG
+# The suite's XLA flags (tests/conftest.py), with 4 devices a process instead of 8.
+FOUR_DEVICES = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")
 RUN = dict(steps=4, seq_len=32, batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=1, ratio=0.3, eval_every=0,
            eval_windows=4, checkpoint_every=2, keep_final_checkpoint=True, progress=False, tensorboard=False)
 
@@ -48,7 +50,7 @@ def test_two_processes_train_like_one_process_with_eight_devices(files, tmp_path
     port = _free_port()
     sets = [f"{k}={v}" for k, v in dict(base, run_dir=str(run), mesh="fsdp=4", dcn_mesh="data=2", multihost=True,
                                          coordinator=f"localhost:{port}", num_processes=2).items()]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=FOUR_DEVICES,
                JAX_PLATFORMS="cpu")
     procs = []
     for pid in range(2):
@@ -115,7 +117,7 @@ def test_two_processes_heal_like_one_process(files, tmp_path):
     port = _free_port()
     sets = {**heal, "mesh": "fsdp=4", "dcn_mesh": "data=2", "multihost": True, "coordinator": f"localhost:{port}",
             "num_processes": 2}
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=FOUR_DEVICES,
                JAX_PLATFORMS="cpu")
     procs = []
     for pid in range(2):
