@@ -24,16 +24,30 @@ def test_readme_is_at_most_12_kb():
     assert size <= 12_000, f"README.md is {size} bytes; move the detail into docs/"
 
 
+def anchors(page: Path) -> set[str]:
+    """The heading anchors of a Markdown page, slugged as GitHub and MyST (myst_heading_anchors) do."""
+    return {re.sub(r"[^\w\- ]", "", m.strip().lower()).replace(" ", "-")
+            for m in re.findall(r"^#{1,6} +(.+?) *#*$", prose(page), flags=re.M)}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_relative_links_point_to_files_that_exist(page):
+def test_relative_links_point_to_files_and_headings_that_exist(page):
     missing = []
     for target in LINK.findall(prose(page)):
-        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):  # URLs, mailto:, in-page anchors
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # URLs, mailto:
             continue
-        path = target.split("#", 1)[0]
-        if not (page.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        dest = page.parent / path if path else page
+        if not dest.exists():
             missing.append(target)
-    assert not missing, f"{page.name}: links to missing files: {missing}"
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            missing.append(f"{target} (no such heading)")
+    assert not missing, f"{page.name}: links to missing files or headings: {missing}"
+
+
+def test_the_anchor_check_sees_a_heading_that_is_gone(tmp_path):
+    (tmp_path / "a.md").write_text("# Speed and memory (CPU, 2 cores)\n\n## Known gaps\n")
+    assert anchors(tmp_path / "a.md") == {"speed-and-memory-cpu-2-cores", "known-gaps"}
 
 
 def test_readme_cli_example_parses():
