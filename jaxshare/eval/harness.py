@@ -13,8 +13,10 @@ or pass a `JaxshareLM.from_loaded(loaded_model)` instance (any compressed params
 
 Scoring follows lm-eval's `hf` backend token for token (same context/continuation split from
 TemplateLM, same left truncation, same rolling windows), so the per-item log-likelihoods are
-comparable. Requests are sorted by length and padded to a power of two (rows and tokens), so jit
-compiles a handful of shapes; only the continuation positions are unembedded.
+comparable. The choices of a multiple-choice item share their context, which runs through the
+model once (jaxshare.eval.scoring.score_groups). Requests are sorted by length and padded to a power
+of two (rows and tokens), so jit compiles a handful of shapes; only the continuation positions are
+unembedded.
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ utils = require("lm_eval.utils", "eval", "the lm-eval backend", package="lm-eval
 class JaxshareLM(TemplateLM):
     """model_args: model (any jaxshare MODEL argument; `pretrained` is accepted too), dtype
     (fp32|bf16 compute), batch_size, max_length (default: the model's positions), add_bos_token,
-    max_gen_toks (256)."""
+    max_gen_toks (256), share_context (default true: the choices of an item run their shared
+    context through the model once; false scores every choice as its own sequence)."""
 
     def __init__(self, model: str | None = None, pretrained: str | None = None, dtype: str = "fp32",
                  batch_size: int | str = 16, max_length: int | None = None, add_bos_token: bool | None = None,
-                 max_gen_toks: int = 256, loaded=None, **_ignored):
+                 max_gen_toks: int = 256, share_context: bool | str = True, loaded=None, **_ignored):
         super().__init__()
         if str(dtype) not in ("fp32", "bf16"):
             raise UsageError(f"dtype must be fp32 or bf16, got {dtype!r}")
@@ -66,6 +69,7 @@ class JaxshareLM(TemplateLM):
         self._max_length = int(max_length) if max_length else int(self.cfg.max_seq_len)
         self.add_bos_token = None if add_bos_token is None else str(add_bos_token).lower() in ("1", "true", "yes")
         self._max_gen_toks = int(max_gen_toks)
+        self.share_context = str(share_context).lower() in ("1", "true", "yes")
 
     @classmethod
     def from_loaded(cls, loaded, **kw) -> "JaxshareLM":
@@ -134,7 +138,7 @@ class JaxshareLM(TemplateLM):
 
         out = score_continuations(self.params, self.cfg, [(r[1], r[2]) for r in requests],
                                   batch_size=self.batch_size, max_length=self.max_length, dtype=self.dtype,
-                                  disable_tqdm=disable_tqdm, on_result=cache)
+                                  disable_tqdm=disable_tqdm, on_result=cache, share_context=self.share_context)
         # a NaN log-likelihood still picks some answer: an accuracy from it would look like a result
         if not all(np.isfinite(ll) for ll, _ in out):
             raise EvalError(f"{self.loaded.source}: the model gives NaN or infinite log-likelihoods; check the "

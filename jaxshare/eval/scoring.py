@@ -167,14 +167,18 @@ def _score_shared(params, cfg, groups, batch_size, max_length, dtype, done, bar)
     cheaper than compiling another program); contexts pad to a power of two, continuations too."""
     if not groups:
         return
-    groups = sorted(groups, key=lambda g: (-len(g[0]), g[1][0][0]))  # longest context first
+    def k_bucket(kmax):  # 0: one-token continuations only, all scored from the context's last position
+        return bucket(kmax) if kmax else 0
+
+    # longest contexts first, and within a context bucket the longest continuations first, so that
+    # few calls pad every continuation to the bucket of a rare long one
+    groups = sorted(groups, key=lambda g: (-bucket(len(g[0]), max_length), -k_bucket(max(len(c) for _, c in g[1]) - 1),
+                                           -len(g[0]), g[1][0][0]))
     I = pow2_rows(len(groups), batch_size)
 
     def shape(chunk):  # (T, G, K): context bucket, choices, continuation-input bucket
-        kmax = max(len(c) - 1 for _, m in chunk for _, c in m)
-        # K = 0: one-token continuations only, all scored from the context's last position
-        return (bucket(len(chunk[0][0]), max_length), _pow2(max(len(m) for _, m in chunk)),
-                bucket(kmax) if kmax else 0)
+        return (bucket(max(len(c) for c, _ in chunk), max_length), _pow2(max(len(m) for _, m in chunk)),
+                k_bucket(max(len(c) - 1 for _, m in chunk for _, c in m)))
 
     chunks, cur = [], []
     for g in groups:
