@@ -167,6 +167,7 @@ def _score_shared(params, cfg, groups, batch_size, max_length, dtype, done, bar)
     cheaper than compiling another program); contexts pad to a power of two, continuations too."""
     if not groups:
         return
+
     def k_bucket(kmax):  # 0: one-token continuations only, all scored from the context's last position
         return bucket(kmax) if kmax else 0
 

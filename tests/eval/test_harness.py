@@ -144,6 +144,13 @@ def test_backend_loglikelihood_and_registration(tiny):
         logp = direct_logprobs(tiny[0], ids[:-1])
         n = len(tok.encode(cont))
         assert lp == pytest.approx(logp[np.arange(len(ids) - 1 - n, len(ids) - 1), ids[-n:]].sum(), rel=1e-5)
+    # the two " yes"/" no" requests share their context (run once); share_context=false (a model
+    # arg, so a string) scores each as its own sequence, with the same results
+    per_pair = _ours(tiny[0], batch_size=4, share_context="false")
+    assert lm.share_context and not per_pair.share_context
+    again = per_pair.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)], disable_tqdm=True)
+    np.testing.assert_allclose([g[0] for g in got], [a[0] for a in again], rtol=1e-5)
+    assert [g[1] for g in got] == [a[1] for a in again]
 
 
 def test_loglikelihood_rolling_equals_perplexity_nll(tiny):
