@@ -69,11 +69,12 @@ def _nll_sum(logits_TV: np.ndarray, targets_T: np.ndarray, rows: int = 64) -> fl
 
 
 def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: int = 2,
-               free_params: bool = False) -> dict:
+               free_params: bool = False, reference=None) -> dict:
     """Max |logit diff| and both PPLs over the first max_windows windows, at highest matmul precision.
 
     The two sides run in sequence: our logits first, then (with free_params, which deletes the
-    loaded params' buffers) the reference alone, so the two models are never in memory together."""
+    loaded params' buffers) the reference alone, so the two models are never in memory together.
+    reference: `reference_model(loaded)` already built by the caller (it is built here otherwise)."""
     check_reference(loaded)
     import torch  # deferred: optional extra [reference] (check_reference above names it when missing)
 
@@ -85,7 +86,7 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
             ours.append(np.asarray(forward(loaded.params, loaded.cfg, w[None]))[0])
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = None
-        if loaded.kind == "native":  # the reference reads our HF export, written before the params go
+        if loaded.kind == "native" and reference is None:  # the reference reads our HF export, made first
 
             hf_dir = export_hf(loaded.params, loaded.cfg, Path(tmp) / "hf")
         if free_params:
@@ -94,7 +95,7 @@ def run_parity(loaded: LoadedModel, docs: list[str], seq_len: int, max_windows: 
             loaded = dataclasses.replace(loaded, params=None)
 
             release_memory()
-        ref = reference_model(loaded, hf_dir)
+        ref = reference if reference is not None else reference_model(loaded, hf_dir)
     max_diff, nll_jax, nll_ref = 0.0, 0.0, 0.0
     for w, got in tqdm(list(zip(windows, ours)), desc="parity (transformers)", unit="window", leave=False):
         with torch.no_grad():

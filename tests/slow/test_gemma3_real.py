@@ -35,8 +35,8 @@ def test_config_is_gemma3_270m(gemma):
     assert gemma.tokenizer("Hello")["input_ids"][0] == cfg.bos_token_id == 2
 
 
-def test_parity_and_ppl_with_transformers_gguf_loader(gemma):
-    res = run_parity(gemma, load_corpus("canterbury"), seq_len=512, max_windows=2)
+def test_parity_and_ppl_with_transformers_gguf_loader(gemma, reference):
+    res = run_parity(gemma, load_corpus("canterbury"), seq_len=512, max_windows=2, reference=reference)
     assert res["tokens"] == 2 * 511
     # benchmarks/results/parity.json: max |dlogit| 7.94e-4, PPL 81.64558 vs 81.64554 (rel 5.6e-7)
     assert res["max_abs_logit_diff"] <= 1e-3

@@ -392,7 +392,10 @@ def test_ctrl_c_during_export_leaves_the_old_output_and_no_temporary(models, tmp
 
 
 SIGINT_CHILD = r"""
-import sys, time
+import signal, sys, time
+# As at a terminal: a suite started in the background (`cmd &`, as CI scripts may) hands its
+# children SIGINT ignored, and Python then never raises KeyboardInterrupt (every CI moment gave 0)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import jax
 from jaxshare.cli.main import build_parser, main
 import jaxshare.io.gguf_export  # imported while parsing (--gguf-type); main() only guards the command itself
