@@ -1,0 +1,122 @@
+"""How long the test suite takes, and what the tests' XLA compile flags buy.
+
+    python -m benchmarks.suite run [--label after]     # .ci/run in a fresh clone of HEAD, --durations=0
+    python -m benchmarks.suite log LOG --label before --commit C   # a log of such a run, made earlier
+    python -m benchmarks.suite flags [--reps 3] [-k every_kind] [tests/training/test_heal.py]
+
+`run`/`log` append to benchmarks/results/suite.jsonl: pytest's wall time, the test count, the test
+seconds summed over both workers, per file, and the 20 slowest tests. `flags` runs one pytest
+selection from a cold compilation cache under XLA's default flags and under the suite's
+FAST_COMPILE (tests/conftest.py), interleaved, and writes benchmarks/results/suite_flags.json.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import append_row, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DURATION = re.compile(r"^([0-9.]+)s (call|setup|teardown)\s+(\S+?)::(\S+)$", re.M)
+SUMMARY = re.compile(r"^=*\s*(?:(\d+) failed, )?(\d+) passed(?:, (\d+) skipped)?.* in ([0-9.]+)s", re.M)
+
+
+def parse_log(text: str) -> dict:
+    """The figures of a `pytest --durations=0` log (xdist: durations are per test, summed)."""
+    files: collections.Counter = collections.Counter()
+    tests = []
+    for m in DURATION.finditer(text):
+        files[m.group(3)] += float(m.group(1))
+        tests.append((float(m.group(1)), m.group(2), f"{m.group(3)}::{m.group(4)}"))
+    done = SUMMARY.findall(text)
+    if not done or not tests:
+        raise SystemExit("no pytest summary with --durations=0 in the log")
+    failed, passed, skipped, wall = done[-1]
+    real = re.findall(r"^real\s+(\d+)m([0-9.]+)s", text, re.M)
+    tests.sort(reverse=True)
+    return {"pytest_s": float(wall), "ci_run_s": 60 * int(real[-1][0]) + float(real[-1][1]) if real else None,
+            "passed": int(passed), "failed": int(failed or 0), "skipped": int(skipped or 0),
+            "test_seconds_summed": round(sum(files.values()), 1),
+            "per_file_s": {k: round(v, 1) for k, v in files.most_common()},
+            "slowest_20": [{"s": s, "phase": p, "test": t} for s, p, t in tests[:20]]}
+
+
+def run_ci(label: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(tmp) / "xla"), PYTEST_ADDOPTS="--durations=0",
+                   CI="true")
+        t0 = time.perf_counter()
+        out = subprocess.run(["bash", str(clone / ".ci" / "run")], cwd=clone, env=env, capture_output=True, text=True)
+        res = parse_log(out.stdout + out.stderr)
+        res["ci_run_s"] = round(time.perf_counter() - t0, 1)
+    append_row(RESULTS / "suite.jsonl", {"label": label, **res}, "benchmarks.suite")
+
+
+def pytest_once(selection: list[str], flags: str | None) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+        if flags is None:  # XLA's defaults: conftest adds no FAST_COMPILE
+            env["JAXSHARE_TEST_XLA_DEFAULTS"] = "1"
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8" + (f" {flags}" if flags else "")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-o", "addopts=", *selection],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
+def flags(selection: list[str], reps: int, as_json: bool) -> None:
+    # the flags the suite uses, read from tests/conftest.py (importing it would set this process's XLA_FLAGS)
+    FAST_COMPILE = re.search(r'^FAST_COMPILE = "(.+)"$', (ROOT / "tests" / "conftest.py").read_text(), re.M).group(1)
+    arms = {"xla_defaults": None, "fast_compile": FAST_COMPILE}
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(reps):  # interleaved, alternating which arm goes first
+        for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            times[a].append(pytest_once(selection, arms[a]))
+            print(f"rep {r + 1}/{reps} {a}: {times[a][-1]:.1f} s", file=sys.stderr, flush=True)
+    out = {a: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "runs_s": t}
+           for a, t in times.items()}
+    slow, fast = out["xla_defaults"], out["fast_compile"]
+    write_result("suite_flags", {"selection": selection, "reps": reps, "fast_compile": FAST_COMPILE, "arms": out,
+                                 "speedup_median": slow["median_s"] / fast["median_s"],
+                                 "outside_noise": slow["min_s"] > fast["max_s"]}, as_json)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--label", default="")
+    lg = sub.add_parser("log")
+    lg.add_argument("log")
+    lg.add_argument("--label", default="")
+    lg.add_argument("--commit", required=True, help="the commit the logged run tested")
+    f = sub.add_parser("flags")
+    f.add_argument("selection", nargs="*", default=["tests/training/test_heal.py"])
+    f.add_argument("-k", default="every_kind")
+    f.add_argument("--reps", type=int, default=3)
+    f.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        run_ci(args.label)
+    elif args.cmd == "log":
+        res = parse_log(Path(args.log).read_text())
+        append_row(RESULTS / "suite.jsonl", {"label": args.label, "tested_commit": args.commit, **res},
+                   "benchmarks.suite")
+    else:
+        flags([*args.selection, "-k", args.k], args.reps, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
