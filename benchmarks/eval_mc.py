@@ -2,7 +2,8 @@
 (torch), same task items, same model (our HF export of it), same batch size.
 
     python -m benchmarks.eval_mc [--model smollm2-135m] [--task social_iqa] [--limit 200]
-                                 [--batch-size 16] [--reps 2] [--cli-reps 0] [--parity-limit 50] [--json]
+                                 [--batch-size 16] [--reps 2] [--cli-reps 0] [--parity-limit 50]
+                                 [--no-hf-in-process] [--in-process-only] [--json]
 
 Two measurements, each interleaved (ours, hf, ours, hf, ...) so that a shared CPU's load falls on
 both sides alike:
@@ -141,6 +142,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="timed in-process loglikelihood calls per backend")
     ap.add_argument("--cli-reps", type=int, default=0, help="timed whole-command runs per side (0: none)")
     ap.add_argument("--parity-limit", type=int, default=50, help="items of the acc parity check (0: none)")
+    ap.add_argument("--no-hf-in-process", action="store_true",
+                    help="time only jaxshare in process (shared context vs per pair); hf only in --cli-reps")
+    ap.add_argument("--in-process-only", action="store_true",
+                    help="no --cli-reps timing; results go to eval_mc_in_process.json (eval_mc.json is kept)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -163,18 +168,20 @@ def main() -> None:
     items = len({r.doc_id for r in reqs})
     res = {"model": args.model, "hf_export": str(path), "task": args.task, "items": items, "requests": len(reqs),
            "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
-    if args.cli_reps:
+    name = "eval_mc_in_process" if args.in_process_only else "eval_mc"
+    if args.cli_reps and not args.in_process_only:
         res["whole_command"] = whole_command(args, path, items)
-        write_result("eval_mc", {**res, "loadavg_before": load_before}, False)  # kept if what follows fails
+        write_result(name, {**res, "loadavg_before": load_before}, False)  # kept if what follows fails
 
     t0 = time.perf_counter()
     ours = JaxshareLM(model=str(path), dtype="fp32", batch_size=args.batch_size)
     fixed["jaxshare_load_s"] = time.perf_counter() - t0
     per_pair = JaxshareLM.from_loaded(ours.loaded, dtype="fp32", batch_size=args.batch_size, share_context=False)
     t0 = time.perf_counter()
-    hf = HFLM(pretrained=str(path), dtype="float32", batch_size=args.batch_size, device="cpu")
-    fixed["hf_load_s"] = time.perf_counter() - t0
-    backends = {"jaxshare": ours, "jaxshare_per_pair": per_pair, "hf": hf}
+    backends = {"jaxshare": ours, "jaxshare_per_pair": per_pair}
+    if not args.no_hf_in_process:
+        backends["hf"] = HFLM(pretrained=str(path), dtype="float32", batch_size=args.batch_size, device="cpu")
+        fixed["hf_load_s"] = time.perf_counter() - t0
     results, first = {}, {}
     for k, lm in backends.items():  # warm-up: jit compiles, torch warms up
         t0 = time.perf_counter()
@@ -194,33 +201,34 @@ def main() -> None:
 
     speed = {k: items / statistics.median(v) for k, v in times.items()}
     fixed.update({f"{k}_first_call_excess_s": first[k] - statistics.median(times[k]) for k in backends})
-    parity = {"max_rel_loglik_diff": rel("jaxshare", "hf"), "max_abs_loglik_diff": float(np.abs(ll["jaxshare"] - ll["hf"]).max()),
-              "same_greedy_as_hf": greedy["jaxshare"] == greedy["hf"],
-              "max_rel_loglik_diff_shared_vs_per_pair": rel("jaxshare", "jaxshare_per_pair"),
+    parity = {"max_rel_loglik_diff_shared_vs_per_pair": rel("jaxshare", "jaxshare_per_pair"),
               "same_greedy_shared_vs_per_pair": greedy["jaxshare"] == greedy["jaxshare_per_pair"],
               "requests": len(reqs)}
-    if args.parity_limit:
-        acc = {k: evaluate(lm, [args.task], args.parity_limit)["tasks"][args.task] for k, lm in
-               (("jaxshare", ours), ("hf", hf))}
-        parity.update(acc_limit=args.parity_limit, acc=acc,
-                      same_acc_and_acc_norm=all(acc["jaxshare"][m] == acc["hf"][m] for m in ("acc", "acc_norm")))
-    res.update({
-        "in_process": {"reps": args.reps, "seconds": {k: spread(v) for k, v in times.items()},
-                       "first_call_s": first, "items_per_s": speed,
-                       "speedup": speed["jaxshare"] / speed["hf"],
-                       "speedup_per_pair": speed["jaxshare_per_pair"] / speed["hf"],
-                       "shared_vs_per_pair": speed["jaxshare"] / speed["jaxshare_per_pair"]},
-        "fixed_costs": fixed, "parity": parity,
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-    })
-    write_result("eval_mc", res, args.json)
+    in_process = {"reps": args.reps, "seconds": {k: spread(v) for k, v in times.items()}, "first_call_s": first,
+                  "items_per_s": speed, "shared_vs_per_pair": speed["jaxshare"] / speed["jaxshare_per_pair"]}
+    if "hf" in backends:
+        parity.update(max_rel_loglik_diff=rel("jaxshare", "hf"),
+                      max_abs_loglik_diff=float(np.abs(ll["jaxshare"] - ll["hf"]).max()),
+                      same_greedy_as_hf=greedy["jaxshare"] == greedy["hf"])
+        in_process.update(speedup=speed["jaxshare"] / speed["hf"],
+                          speedup_per_pair=speed["jaxshare_per_pair"] / speed["hf"])
+        if args.parity_limit:
+            acc = {k: evaluate(lm, [args.task], args.parity_limit)["tasks"][args.task] for k, lm in
+                   (("jaxshare", ours), ("hf", backends["hf"]))}
+            parity.update(acc_limit=args.parity_limit, acc=acc,
+                          same_acc_and_acc_norm=all(acc["jaxshare"][m] == acc["hf"][m] for m in ("acc", "acc_norm")))
+    res.update({"in_process": in_process, "fixed_costs": fixed, "parity": parity,
+                "loadavg_before": load_before, "loadavg_after": os.getloadavg()})
+    write_result(name, res, args.json)
     if not args.json:
-        ip = res["in_process"]
+        hf_part = (f", hf {speed['hf']:.2f} items/s -> {in_process['speedup']:.2f}x (per pair "
+                   f"{in_process['speedup_per_pair']:.2f}x); max rel loglik diff vs hf "
+                   f"{parity['max_rel_loglik_diff']:.2e}") if "hf" in speed else ""
         print(f"{args.task} x{items} items ({len(reqs)} requests), batch {args.batch_size}, in process: jaxshare "
-              f"{speed['jaxshare']:.2f} items/s (per pair {speed['jaxshare_per_pair']:.2f}), hf {speed['hf']:.2f} "
-              f"items/s -> {ip['speedup']:.2f}x (per pair {ip['speedup_per_pair']:.2f}x); max rel loglik diff "
-              f"{parity['max_rel_loglik_diff']:.2e} vs hf, {parity['max_rel_loglik_diff_shared_vs_per_pair']:.2e} "
-              f"shared vs per pair; load {load_before[0]:.1f} -> {res['loadavg_after'][0]:.1f}")
+              f"{speed['jaxshare']:.2f} items/s, per pair {speed['jaxshare_per_pair']:.2f} "
+              f"({in_process['shared_vs_per_pair']:.2f}x){hf_part}; max rel loglik diff shared vs per pair "
+              f"{parity['max_rel_loglik_diff_shared_vs_per_pair']:.2e}; load {load_before[0]:.1f} -> "
+              f"{res['loadavg_after'][0]:.1f}")
         if "whole_command" in res:
             wc = res["whole_command"]
             print(f"whole command x{wc['reps']}: jaxshare {wc['items_per_s']['jaxshare']:.2f} items/s "
