@@ -37,7 +37,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/parity.json": ("benchmarks/parity.py", "jaxshare/eval/parity.py", *CORE),
     "benchmarks/results/demo.json": ("benchmarks/demo.py", "jaxshare"),
     "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval", *CORE),
-    "benchmarks/results/eval_mc.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
+    "benchmarks/results/eval_mc*.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
     "benchmarks/results/suite*": ("benchmarks/suite.py", "tests/conftest.py", "pyproject.toml"),
     "benchmarks/results/forward.json": ("benchmarks/forward.py", *CORE),
     "benchmarks/results/shared_forward.json": ("benchmarks/shared_forward.py", "jaxshare/headshare", *CORE),
