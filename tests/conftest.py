@@ -1,10 +1,11 @@
 import os
 
 # The suite's XLA CPU codegen: LLVM at -O0 and the classic (non-MLIR) fusion emitters. Compiling
-# is most of what a tiny-model test does: a tiny train step compiled in 7.5 s with XLA's defaults
-# and 1.0 s with these, on this 2-core machine; the real-model tests run about 10% slower. Neither
-# flag changes what is computed (no fast-math; the same parity, PPL and bit-identity tests pass);
-# tests/slow/test_real_model.py checks SmolLM2's pinned perplexity under XLA's defaults too.
+# is most of what a tiny-model test does: test_heal.py -k every_kind from a cold cache took 174.9 s
+# with XLA's defaults and 46.2 s with both flags (benchmarks/results/suite_flags.json); either flag
+# alone kept most of it. Real-model training runs slower under -O0. Neither flag changes what is
+# computed (no fast-math; the same parity, PPL and bit-identity tests pass), and
+# tests/slow/test_real_model.py checks SmolLM2's parity and pinned perplexity under XLA's defaults.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
