@@ -52,17 +52,20 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
         for gi, g in enumerate(groups):
             w_g = [np.asarray(to_2d(t, leaf[i]), np.float64) for i in g]  # [d_in, d_out] per layer, this group only
             s = sxx = None
+            fell = False
             if method != "svd":
                 sxx = np.sum(np.asarray(grams[TYPES[t][1]][g], np.float64), axis=0)
                 s, fell = whitening(sxx)
                 fallbacks += int(fell)
-            b, cs = group_factor(w_g, s, k, path)
+            b, cs, (l2, r2) = group_factor(w_g, s, k, path, error=True)
             rows[gi] = b
             for i, c in zip(g, cs):
                 coefs[i] = c
             if sxx is not None:  # calibration loss ||X (W - BC)|| relative to ||X W||
-                loss2 += whitened_loss(w_g, sxx, b, cs) ** 2
-                ref2 += whitened_loss(w_g, sxx, np.zeros((d_in, 1)), [np.zeros((1, d_out))] * len(g)) ** 2
+                if fell:  # S^T S = Sxx + shift I: the spectrum's pair would be in the shifted metric
+                    l2 = whitened_loss(w_g, sxx, b, cs) ** 2
+                    r2 = whitened_loss(w_g, sxx, np.zeros((d_in, 1)), [np.zeros((1, d_out))] * len(g)) ** 2
+                loss2, ref2 = loss2 + l2, ref2 + r2
             del w_g, s, sxx, b, cs
         index = np.concatenate([np.full(len(g), gi, np.int32) for gi, g in enumerate(groups)])
         new[t] = Factored(Bank(jax.device_put(rows, may_alias=True), jnp.asarray(index)),

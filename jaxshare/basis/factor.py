@@ -161,8 +161,11 @@ def _cholesky(a: np.ndarray) -> np.ndarray | None:
     return low if np.all(np.isfinite(low)) else None
 
 
-def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str = "auto"):
+def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str = "auto", error: bool = False):
     """Shared basis B [d_in, k] and coefficients [C_l (k, d_out)] of W_l (d_in, d_out), in float64.
+    error: also return (||S (W - B C)||^2, ||S W||^2) over the group, read off the spectrum the
+    factorization already computed (the discarded and all squared singular values): with
+    S^T S = Sxx that is whitened_loss's pair without its two d_in^2 d_out products per layer.
 
     concat: svd(S [W_1 .. W_n]) = U Sig V^T, B = S^-1 U_k Sig_k, C = V_k^T split by layer.
     eig: eigh(S (sum W_l W_l^T) S^T) = U Sig^2 U^T gives the same U_k, Sig_k without the
@@ -177,6 +180,7 @@ def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str =
         u, sig, vt = np.linalg.svd(np.concatenate([sw(np.asarray(w, np.float64)) for w in ws], axis=1),
                                    full_matrices=False)
         u_k, sig_k, coef = u[:, :k], sig[:k], vt[:k]
+        energy = sig ** 2
         coefs = [coef[:, i * d_out:(i + 1) * d_out] for i in range(n)]
     else:
         m = np.zeros((d_in, d_in))
@@ -184,7 +188,9 @@ def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str =
             a = sw(np.asarray(w, np.float64))
             m += a @ a.T
         lam, u = np.linalg.eigh(m)
-        order = np.argsort(lam)[::-1][:k]
+        order = np.argsort(lam)[::-1]
+        energy = np.clip(lam[order], 0.0, None)
+        order = order[:k]
         u_k, sig_k = u[:, order], np.sqrt(np.clip(lam[order], 0.0, None))
         inv = np.where(sig_k > sig_k[:1] * 1e-12, 1.0 / np.maximum(sig_k, 1e-300), 0.0)
         coefs = [inv[:, None] * (u_k.T @ sw(np.asarray(w, np.float64))) for w in ws]
@@ -196,6 +202,8 @@ def group_factor(ws: list[np.ndarray], s: np.ndarray | None, k: int, path: str =
         # S^-1 U_k Sig_k; S is upper triangular: a triangular solve (n^2 k) instead of an LU
         # (2/3 n^3: 0.5 TFLOP at a 1.5B model's MLP width 8960, per group)
         b = solve_triangular(s, b, lower=False)
+    if error:
+        return b, coefs, (float(np.sum(energy[k:])), float(np.sum(energy)))
     return b, coefs
 
 

@@ -68,6 +68,20 @@ def test_whitened_truncation_beats_plain_svd_on_calibration_data():
     assert whitened_loss(ws, sxx, b_w, c_w) < 0.8 * whitened_loss(ws, sxx, b_p, c_p)
 
 
+@pytest.mark.parametrize("path", ["concat", "eig"])
+def test_error_from_the_spectrum_equals_the_direct_whitened_loss(path):
+    rng = np.random.default_rng(3)
+    ws = [rng.normal(size=(24, 20)) for _ in range(3)]
+    x = rng.normal(size=(200, 24)) * np.geomspace(5, 0.2, 24)
+    sxx = x.T @ x
+    s, fell = whitening(sxx)
+    assert not fell
+    b, c, (loss2, ref2) = group_factor(ws, s, 9, path, error=True)
+    zero = whitened_loss(ws, sxx, np.zeros((24, 1)), [np.zeros((1, 20))] * 3)
+    assert np.isclose(loss2, whitened_loss(ws, sxx, b, c) ** 2, rtol=1e-9)
+    assert np.isclose(ref2, zero ** 2, rtol=1e-9)
+
+
 @pytest.mark.parametrize("whiten", [True, False])
 def test_eig_path_equals_concat_path(whiten):
     rng = np.random.default_rng(2)

@@ -11,6 +11,7 @@ import torch
 import transformers
 
 from tests.conftest import random_hf_model, torch_logits
+from tests.references import gguf_reference
 from jaxshare.cli.main import main as cli_main
 from jaxshare.core.bank import materialize
 from jaxshare.core.model import forward
@@ -307,12 +308,11 @@ def test_degeneration_and_inherit_on_smollm2(tmp_path, capsys):
                      "--max-windows", "2", "--json"]) == 0
     assert np.isfinite(json.loads(capsys.readouterr().out)["ppl"])
     assert cli_main(["export", str(tmp_path / "k15"), str(tmp_path / "hf")]) == 0
-    from jaxshare.eval.parity import reference_model
     from jaxshare.io.load import load_model
 
     m = load_model(str(tmp_path / "k15"))
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    ref = reference_model(load_model("smollm2-135m"))  # transformers' own SmolLM2, cut to its first 15 layers
+    ref = gguf_reference("smollm2-135m")  # transformers' own SmolLM2 (tests/references.py), cut to its first 15 layers
     ref.model.layers = ref.model.layers[:15]
     ref.config.num_hidden_layers = 15
     ids = m.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="np")["input_ids"]

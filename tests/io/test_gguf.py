@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from tests.conftest import random_hf_model
+from tests.references import gguf_reference
 from jaxshare.storage import fetch
 from jaxshare.io import gguf as gguf_io
 from jaxshare.io import registry
@@ -266,7 +267,8 @@ def test_registry_extracts_once(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smollm2():
     path = registry.registered_gguf("smollm2-135m")
-    tf_cfg, tf_state = transformers_state(path)
+    m = gguf_reference("smollm2-135m")  # transformers' GGUF loader, run once per machine (tests/references.py)
+    tf_cfg, tf_state = m.config, {k: v.numpy() for k, v in m.state_dict().items()}
     return path, tf_cfg, tf_state
 
 

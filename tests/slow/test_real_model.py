@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jaxshare.cli.main import main
-from jaxshare.eval.parity import reference_model
+from tests.references import gguf_reference
 from jaxshare.io.load import load_model
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_export_loads_in_transformers_with_same_logits(smol, tmp_path):
     code = main(["export", "smollm2-135m", str(tmp_path / "hf")])
     assert code == 0
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    ref = reference_model(smol)  # transformers' own dequantization of the GGUF
+    ref = gguf_reference("smollm2-135m")  # transformers' own dequantization of the GGUF (tests/references.py)
     ids = smol.tokenizer("The quick brown fox jumps over the lazy dog. " * 20, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         diff = (back(ids).logits - ref(ids).logits).abs().max().item()

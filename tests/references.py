@@ -1,0 +1,52 @@
+"""transformers' own load of a registered GGUF, made once per machine and reused by every test.
+
+transformers' GGUF loader takes about 20 s for SmolLM2 on 2 cores (most of it parsing the
+49k-string vocabulary twice and building gguf's tensor-name maps); four test files compared
+against it, each loading it again. The first load is saved as fp32 safetensors (a lossless copy
+of transformers' dequantization) under the cache, keyed by the GGUF's size and mtime and the
+transformers version; later tests read that copy in about a second. `jaxshare parity`, the
+user's command, still runs the GGUF loader itself (tests/slow/test_real_model.py runs it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    base = os.environ.get("JAXSHARE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxshare")
+    return Path(base) / "test-references"
+
+
+def gguf_reference(name: str):
+    """A fresh (mutable) transformers model of registered model `name`, fp32, in eval mode."""
+    import torch
+    import transformers
+
+    from jaxshare.io import registry
+
+    gguf = registry.registered_gguf(name)
+    st = gguf.stat()
+    out = cache_root() / f"{name}-{st.st_size}-{int(st.st_mtime)}-tf{transformers.__version__}"
+    if not (out / "config.json").is_file():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                  dtype=torch.float32)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        # save_pretrained refuses a GGUF-loaded model ("quantized with gguf"): its weights are
+        # plain fp32 after the loader's dequantization, so write them and the config directly
+        from safetensors.torch import save_model
+
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        type(model.config).from_dict(cfg).save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head copy
+        try:
+            os.replace(tmp, out)  # atomic; the other xdist worker may have written it first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return model.eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
