@@ -53,7 +53,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/datashare_sweep.jsonl": ("experiments/datashare_sweep.py", "jaxshare/headshare",
                                                  "jaxshare/basis/calibrate.py", *CORE),
     "benchmarks/results/directshare_sweep.jsonl": ("experiments/directshare_sweep.py", "jaxshare/headshare", *CORE),
-    "benchmarks/results/leaderboard.jsonl": ("experiments/leaderboard.py", "jaxshare"),
+    "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "jaxshare"),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
                                        *TRAIN, *CORE),
     "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", *CORE),

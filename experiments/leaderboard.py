@@ -21,6 +21,7 @@ backend, the first --limit items of each). Rows go to a JSONL as they finish, so
 
   python -m experiments.leaderboard [--budgets 0.03] [--limit 50] [--windows 8] [--arms ...]
   python -m experiments.leaderboard --report     # markdown table + PNG score vs parameters
+  python -m experiments.leaderboard --chance     # only leaderboard_chance.json (--report writes it too)
 """
 from __future__ import annotations
 
@@ -272,6 +273,18 @@ def chance_acc(task: str, limit: int) -> float:
     return float(np.mean([1 / len(r["choices"]) for r in load_rows(task)[:limit]]))
 
 
+def write_chance(rows: list) -> None:
+    """leaderboard_chance.json: what guessing scores on the first `limit` items of each task, for every
+    --limit the rows ran at (the chance row of the docs' table, benchmarks.tables)."""
+    from benchmarks.common import stamp
+
+    tasks = list(rows[0]["mc"])
+    chance = {str(limit): {t: chance_acc(t, limit) for t in tasks} for limit in sorted({r["limit"] for r in rows})}
+    out = {"what": "mean of 1 / (number of choices) over the first `limit` items of each task (jaxshare.eval.tasks)",
+           "stamp": stamp("experiments.leaderboard"), "chance": chance}
+    (RESULTS / "leaderboard_chance.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
 def fmt_ppl(x: float) -> str:
     return f"{x:.2f}" if x < 1000 else f"{x:,.0f}"
 
@@ -311,6 +324,7 @@ def report() -> None:
     for limit in sorted(by_limit):
         lines += [f"### --limit {limit}", ""] + table(by_limit[limit])
     (RESULTS / "leaderboard.md").write_text("\n".join(lines))
+    write_chance(rows)
     main_rows = max(by_limit.values(), key=len)  # the limit every arm ran at
     big = by_limit[max(by_limit)]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -361,9 +375,13 @@ def main() -> None:
                     help="ARM=DIR,...: rows for native checkpoints trained elsewhere")
     ap.add_argument("--out", default=str(RESULTS / "leaderboard.jsonl"))
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--chance", action="store_true", help="write only leaderboard_chance.json (part of --report)")
     args = ap.parse_args()
     if args.report:
         report()
+        return
+    if args.chance:
+        write_chance([json.loads(x) for x in Path(args.out).read_text().splitlines() if x.strip()])
         return
     unknown = (set(args.arms) | set(args.checkpoints)) - set(ARMS)
     if unknown:
