@@ -1,9 +1,11 @@
 """A checkpoint directory's tokenizer: what counts as having one, and loading it with a one-line error."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jaxshare.errors import CheckpointError
+from jaxshare.io.families import ADAPTERS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -15,14 +17,39 @@ def missing_tokenizer(path: Path) -> str | None:
     return "neither tokenizer.json nor tokenizer_config.json (nor tokenizer.model) is there"
 
 
+def _backend_class(path: Path):
+    """transformers' TokenizersBackend when AutoTokenizer would pick it anyway, else None.
+
+    AutoTokenizer imports transformers' configuration machinery, which imports torch where it is
+    installed: 2 s of `jaxshare generate`'s 3.6 s tokenizer load. For a tokenizer_config.json that
+    names TokenizersBackend (what transformers 5 writes, and so every jaxshare checkpoint), with no
+    auto_map (remote code) and a model type of ours (or none: a native checkpoint), AutoTokenizer's
+    resolution ends at TokenizersBackend; importing that class alone skips torch."""
+    try:
+        tc = json.loads((path / "tokenizer_config.json").read_text())
+        model_type = json.loads((path / "config.json").read_text()).get("model_type") \
+            if (path / "config.json").is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(tc, dict) or tc.get("tokenizer_class") != "TokenizersBackend" or "auto_map" in tc \
+            or not (path / "tokenizer.json").is_file() or (model_type is not None and model_type not in ADAPTERS):
+        return None
+    from transformers import TokenizersBackend  # deferred: transformers costs ~0.4 s to import
+
+    return TokenizersBackend
+
+
 def tokenizer_from_dir(path: Path):
     """The directory's tokenizer, or None when it has no tokenizer files at all (see missing_tokenizer)."""
-    from transformers import AutoTokenizer  # deferred: transformers costs ~0.4 s to import
-
     path = Path(path)
     if missing_tokenizer(path):
         return None
     try:
+        backend = _backend_class(path)
+        if backend is not None:
+            return backend.from_pretrained(str(path))
+        from transformers import AutoTokenizer  # deferred: transformers costs ~0.4 s to import
+
         return AutoTokenizer.from_pretrained(str(path))
     except (ValueError, OSError, ImportError, KeyError, TypeError) as e:
         present = ", ".join(f for f in TOKENIZER_FILES if (path / f).exists())
