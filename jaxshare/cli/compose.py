@@ -190,7 +190,7 @@ def _budgeted(m, args, calib):
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
                          vocab_size=m.cfg.vocab_size, what=args.heldout)  # a bad held-out corpus fails before the long work
     # basis factors and prune ranks on the grams; data-aware sharing (--keep data) merges on them
-    need = {"basis", "prune"} & set(args.methods) or (args.keep == "data" and "share" in args.methods)
+    need = {"basis", "prune", "prune-kv"} & set(args.methods) or (args.keep == "data" and "share" in args.methods)
     grams, info = _grams(m, calib, args.batch_size) if need else (None, None)
     # Scored on windows of the calibration corpus that the grams (and so the fits) never saw.
     corpus = load_corpus(calib["data"])
@@ -244,7 +244,8 @@ def register(sub, add, group) -> None:
     c.add_argument("--methods", type=_methods, default="share,basis",
                    help="with --ratio: methods the plan may use, a comma list of share (head sharing of q/k/v), "
                         "basis (Basis Sharing per type), inherit (drop the last layers), prune (width pruning of "
-                        "MLP channels, compensated)")
+                        "MLP channels, compensated), prune-kv (removing whole KV groups with their query heads, "
+                        "compensated; excludes share and basis of q/k/v/o)")
     c.add_argument("--group-size", type=COUNT, default=2, help="with --ratio: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
                    help="with --ratio: head-sharing match function")

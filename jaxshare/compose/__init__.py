@@ -1,1 +1,1 @@
-"""Composition of compression methods in one model: plans (plan.py), applying them (apply.py), budgeted plans (budget.py)."""
+"""Composition of compression methods in one model: plans (plan.py), applying them (apply.py), budgeted plans (budget.py: allocation; sensitivity.py: measuring and the cost model; accounting.py: exact parameter counts; candidates.py: width pruning and the variants tried)."""

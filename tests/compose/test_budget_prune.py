@@ -7,27 +7,17 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import random_hf_model
-from jaxshare.basis.calibrate import collect_grams
+from tests.compose.models import model_with_grams
 from jaxshare.compose.apply import apply_plan
 from jaxshare.compose.budget import Budget, allocate, budget_plan, parse_methods, to_plan
 from jaxshare.compose.plan import PlanError, parse_plan
 from jaxshare.core.params import count_params
-from jaxshare.io.hf import load_hf_dir
 from jaxshare.pruning.prune import prune
-
-
-def _model(tmp_path_factory, family, **kw):
-    d = tmp_path_factory.mktemp(f"budget_prune_{family}")
-    random_hf_model(family, **kw).save_pretrained(d / "src")
-    cfg, params = load_hf_dir(d / "src")
-    calib = np.random.default_rng(5).integers(0, cfg.vocab_size, size=(4, 64)).astype(np.int32)
-    return cfg, params, collect_grams(params, cfg, calib, batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return _model(tmp_path_factory, "llama", num_hidden_layers=4)
+    return model_with_grams(tmp_path_factory, "llama", num_hidden_layers=4)
 
 
 def _curves():
@@ -43,7 +33,7 @@ def _curves():
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_the_budget_counts_a_pruned_model_exactly(family, tiny, tmp_path_factory):
-    cfg, params, grams = tiny if family == "llama" else _model(tmp_path_factory, family)
+    cfg, params, grams = tiny if family == "llama" else model_with_grams(tmp_path_factory, family)
     b = Budget.of(params, cfg)
     for f in (1, cfg.d_ff // 3, cfg.d_ff - 1):
         out, _, _ = prune(params, cfg, grams, mlp=f / cfg.d_ff, compensate=True)
