@@ -73,6 +73,10 @@ def cmd_train(args) -> int:
     from jaxshare.training.program import initialize_distributed
 
     tc = load_config(args.config, args.set, mode=args.mode)
+    if args.dry_run:
+        return cmd_dry_run(args, tc)
+    if args.devices or args.shape or args.accelerator:
+        raise UsageError("--devices, --shape and --accelerator belong to --dry-run")
     _refuse_in_memory(tc.run_dir)
     _check_packages(tc)
     initialize_distributed(tc)  # the program's job, never the library's
@@ -87,6 +91,17 @@ def cmd_train(args) -> int:
         return _interrupted(args, tc.run_dir)
     _report(args, res)
     return _exit_code(res)
+
+
+def cmd_dry_run(args, tc) -> int:
+    """Compile the step for the config's mesh on simulated CPU devices; nothing is trained,
+    loaded or written (training.dryrun)."""
+    from jaxshare.training.dryrun import dry_run, table
+
+    res = dry_run(tc, shape=args.shape, devices=args.devices, accel=args.accelerator)
+    res = {"config": str(args.config), **res}
+    emit(args, res, table(res))
+    return EXIT_OK
 
 
 def cmd_resume(args) -> int:
@@ -148,6 +163,23 @@ def cmd_plot_run(args) -> None:
     emit(args, {"plots": [str(f) for f in files]}, "wrote " + ", ".join(str(f) for f in files))
 
 
+def _dry_run_args(p) -> None:
+    from jaxshare.training.aot import SHAPES
+    from jaxshare.training.dryrun import ACCELERATORS
+
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing: compile the step for the config's mesh on simulated CPU devices and "
+                        "report, from the compiled program, memory per device, FLOPs per step, collective bytes "
+                        "and (with --accelerator) a roofline step time and MFU")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="simulated devices for --dry-run (default: the product of the mesh's axis sizes)")
+    p.add_argument("--shape", metavar="NAME",
+                   help=f"model shape for --dry-run, no weights needed ({', '.join(SHAPES)}) "
+                        "(default: the config.json of the config's model directory)")
+    p.add_argument("--accelerator", metavar="NAME",
+                   help=f"chip for --dry-run's roofline and HBM check ({', '.join(ACCELERATORS)}) (default: none)")
+
+
 def register(sub, add, group) -> None:
     t_sub = group("train", "mode", "post-train with the PostShare penalty (or the plain / direct+post modes)")
     for mode in MODES:
@@ -159,6 +191,7 @@ def register(sub, add, group) -> None:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier jaxshare run in run_dir (one marked by jaxshare_run.json and "
                             "holding nothing jaxshare did not write); without it run_dir must be absent or empty")
+        _dry_run_args(p)
     r = add("resume", cmd_resume, "continue a run from its latest checkpoint", parent=t_sub)
     r.add_argument("run_dir", type=nonempty, help="the run directory (run_dir of the config) to continue")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

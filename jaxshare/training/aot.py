@@ -38,6 +38,31 @@ SHAPES = {
 }
 
 
+def simulate_devices(n: int) -> None:
+    """Have jax start with `n` CPU devices: the device count replaces any the user set in
+    XLA_FLAGS, their other flags are kept. jax fixes the count when it starts, so a process that
+    already loaded jax with another count is refused."""
+    if n < 1:
+        raise UsageError(f"--devices must be >= 1, got {n}")
+    if "jax" in sys.modules:
+        import jax
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():  # imported and started: XLA_FLAGS was read
+            if jax.device_count() != n or jax.default_backend() != "cpu":
+                raise UsageError(f"jax is already running here on {jax.device_count()} {jax.default_backend()} "
+                                 f"device(s); a compile for {n} simulated CPU devices needs a fresh process")
+            return
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={n}"])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    # an executable read back from the persistent cache may lack its HLO text and cost analysis
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    if "jax" in sys.modules:  # imported (a config check loads it) but not started: its config
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_enable_compilation_cache", False)
+
+
 def shape_config(name: str):
     if name not in SHAPES:
         raise UsageError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})")
@@ -50,6 +75,12 @@ def shape_config(name: str):
 def compile_step(tc, cfg, mesh=None) -> dict:
     """Lower and compile the train step of `tc` for model `cfg` on `mesh` (default: the config's)
     from eval_shape'd params; returns XLA's per-device memory figures in bytes."""
+    return compile_program(tc, cfg, mesh)[1]
+
+
+def compile_program(tc, cfg, mesh=None):
+    """(the compiled step, compile_step's figures): the executable for what else it can tell
+    (cost analysis, HLO text; training.dryrun)."""
     # deferred: jax (and these modules, which import it) must load after main() sets XLA_FLAGS and
     # JAX_PLATFORMS; jax reads JAX_PLATFORMS when it is imported
     import jax
@@ -91,7 +122,7 @@ def compile_step(tc, cfg, mesh=None) -> dict:
     out["peak_bytes"] = out["argument_size"] + out["temp_size"] + out["output_size"] - out["alias_size"]
     out.update(devices=int(mesh.devices.size), mesh=dict(mesh.shape), recipe=recipe.name, n_params=int(sum(
         x.size for x in jax.tree_util.tree_leaves(params))))
-    return out
+    return compiled, out
 
 
 def main(argv=None) -> int:
@@ -101,10 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", type=int, default=64, help="simulated CPU devices (default: 64)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    # The device count replaces any the user set; their other XLA flags are kept.
-    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={args.devices}"])
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    simulate_devices(args.devices)
     tc = load_config(args.config, args.set)
     t0 = time.perf_counter()
     res = compile_step(tc, shape_config(args.shape))
