@@ -32,6 +32,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/budget*": ("experiments/budget.py", "jaxshare/compose", "jaxshare/basis", "jaxshare/headshare",
                                    "jaxshare/eval/perplexity.py", *CORE),
     "benchmarks/results/aot.json": ("benchmarks/aot.py", "train/configs", *TRAIN, *CORE),
+    "benchmarks/results/dry_run.json": ("benchmarks/dry_run.py", "jaxshare/cli/train.py", *TRAIN, *CORE),
     "benchmarks/results/cli_startup.json": ("benchmarks/cli_startup.py", "jaxshare/cli", "jaxshare/core", "jaxshare/io"),
     "benchmarks/results/convert.json": ("benchmarks/convert.py", "jaxshare/io", "jaxshare/core"),
     "benchmarks/results/parity.json": ("benchmarks/parity.py", "jaxshare/eval/parity.py", *CORE),
