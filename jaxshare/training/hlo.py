@@ -219,20 +219,25 @@ def _module_text(comps, name) -> str:
     return "\n\n".join(parts)
 
 
-def step_cost(text: str, client, keys=("flops", "bytes accessed", "transcendentals")) -> dict:
+def step_cost(text: str, client, keys=("flops", "bytes accessed", "transcendentals")) -> dict | None:
     """XLA's cost analysis of the whole program with each loop body weighted by its trip count:
     cost(C) = once(C) + sum over the loops C runs directly of (trip * cost(body) - once(body)),
-    once() being HloCostAnalysis's own figure (each body counted once)."""
-    from jax._src.lib import xla_client  # deferred: jax loads after the device count is set
-    from jaxlib import _hlo
+    once() being HloCostAnalysis's own figure (each body counted once). None where this jaxlib
+    lacks the (private) entry points that analyse a module parsed from text."""
+    try:  # deferred: jax loads after the device count is set
+        from jax._src.lib import xla_client
+        from jaxlib import _hlo
+
+        analyse, from_text = xla_client._xla.hlo_module_cost_analysis, _hlo.hlo_module_from_text
+    except (ImportError, AttributeError):
+        return None
 
     comps = parse(text)
     memo: dict[str, dict] = {}
 
     def once(name):
         if name not in memo:
-            mod = _hlo.hlo_module_from_text(_module_text(comps, name))
-            got = xla_client._xla.hlo_module_cost_analysis(client, mod)
+            got = analyse(client, from_text(_module_text(comps, name)))
             memo[name] = {k: float(got.get(k, 0.0)) for k in keys}
         return memo[name]
 

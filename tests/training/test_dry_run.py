@@ -116,3 +116,14 @@ def test_bad_dry_run_inputs_are_one_line(args, message):
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_step_cost_steps_aside_where_jaxlib_lacks_the_module_analysis(monkeypatch):
+    """The per-loop analysis uses jaxlib's private text parser; without it the dry run falls back
+    to the dot ops' FLOPs (and says so) instead of failing."""
+    from jaxlib import _hlo
+
+    from jaxshare.training import hlo
+
+    monkeypatch.delattr(_hlo, "hlo_module_from_text")
+    assert hlo.step_cost("HloModule m", client=None) is None
