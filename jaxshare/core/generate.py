@@ -39,9 +39,25 @@ def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> Non
         raise UsageError(f"top_p must be in (0, 1], got {top_p}")
 
 
+@partial(jax.jit, static_argnames=("cfg", "temperature", "top_p", "dtype"), donate_argnames=("cache",))
+def decode_step(params, cfg: ModelConfig, tok_B: jax.Array, cache: KVCache, key, temperature: float = 0.0,
+                top_p: float = 1.0, dtype=jnp.float32):
+    """One fused decode step: the forward of the last tokens [B] on the cache (donated) and the
+    next draw. Returns (next tokens [B], key, grown cache); the key splits as generate's loop did."""
+    logits, cache = forward_cached(params, cfg, tok_B[:, None], cache, dtype)
+    key, sub = jax.random.split(key)
+    return sample_token(logits[:, -1], sub, temperature, top_p), key, cache
+
+
+# how many tokens run ahead on the device between EOS checks on the host (extra steps past an
+# all-EOS point are computed and dropped; without EOS ids nothing is read back until the end)
+EOS_CHECK_EVERY = 8
+
+
 def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: int, *, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, eos_ids=(), dtype=jnp.float32) -> np.ndarray:
-    """New tokens [B, <=max_new_tokens] after the prompt; stops early when every row hit EOS."""
+    """New tokens [B, <=max_new_tokens] after the prompt; stops early when every row hit EOS (a row
+    that hit EOS continues with its first EOS id)."""
     check_sampling(max_new_tokens, temperature, top_p)
     prompt = jnp.asarray(prompt_BT, jnp.int32)
     B, T = prompt.shape
@@ -52,22 +68,25 @@ def generate(params, cfg: ModelConfig, prompt_BT: np.ndarray, max_new_tokens: in
                          f"{cfg.max_seq_len} positions")
     cache = KVCache.empty(cfg, B, T + max_new_tokens, dtype)
     logits, cache = forward_cached(params, cfg, prompt, cache, dtype)
-    key = jax.random.key(seed)
+    key, sub = jax.random.split(jax.random.key(seed))
+    tok = sample_token(logits[:, -1], sub, temperature, top_p)
     eos = np.asarray(sorted(eos_ids), np.int32)
     done = np.zeros(B, bool)
-    out = []
-    last = logits[:, -1]
-    for _ in range(max_new_tokens):
-        key, sub = jax.random.split(key)
-        tok = sample_token(last, sub, temperature, top_p)
-        tok_np = np.asarray(tok)
-        out.append(np.where(done, eos[0] if len(eos) else tok_np, tok_np))
-        done |= np.isin(tok_np, eos)
-        if done.all():
-            break
-        logits, cache = forward_cached(params, cfg, tok[:, None], cache, dtype)
-        last = logits[:, -1]
-    return np.stack(out, axis=1) if out else np.zeros((B, 0), np.int32)
+    out, pending = [], [tok]
+    # Tokens stay on the device and each step is dispatched without waiting for the last one; the
+    # host reads them back every EOS_CHECK_EVERY steps (when there are EOS ids) and at the end.
+    for i in range(1, max_new_tokens + 1):
+        if i == max_new_tokens or (len(eos) and len(pending) >= EOS_CHECK_EVERY):
+            for tok_np in np.asarray(jnp.stack(pending)):
+                out.append(np.where(done, eos[0] if len(eos) else tok_np, tok_np))
+                done |= np.isin(tok_np, eos)
+                if done.all():
+                    return np.stack(out, axis=1)
+            pending = []
+        if i < max_new_tokens:
+            tok, key, cache = decode_step(params, cfg, tok, cache, key, temperature, top_p, dtype)
+            pending.append(tok)
+    return np.stack(out, axis=1)
 
 
 def eos_ids(cfg: ModelConfig, tokenizer=None) -> tuple[int, ...]:
