@@ -49,6 +49,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/memory.json": ("benchmarks/memory.py", "jaxshare"),
     "benchmarks/results/postshare*.json": ("experiments/postshare.py", "jaxshare/headshare", *TRAIN, *CORE),
     "benchmarks/results/prune_speed.json": ("benchmarks/prune_speed.py", "jaxshare/pruning", *CORE),
+    "benchmarks/results/decode.json": ("benchmarks/decode.py", "jaxshare/headshare", "jaxshare/basis", "jaxshare/quant",
+                                       "jaxshare/pruning", "jaxshare/methods", "jaxshare/eval/parity.py", *CORE),
     "benchmarks/results/quantize*.json": ("benchmarks/quantize.py", "jaxshare/quant", *CORE),
     "benchmarks/results/similarity.json": ("benchmarks/similarity.py", "jaxshare/headshare", *CORE),
     "benchmarks/results/datashare_sweep.jsonl": ("experiments/datashare_sweep.py", "jaxshare/headshare",
