@@ -31,7 +31,7 @@ def cmd_prune(args) -> None:
         announce(m, args)
         grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
                                 args.batch_size)
-    out, rep = method.apply(m, opts, grams)
+    out, rep = method.apply(m, opts, grams, consume=True)  # m.params is not used again
     params = out.params if args.dtype == "fp32" else cast_params(out.params, args.dtype)
     extra = out.extra
     extra["prune"] = {**extra["prune"], "calibration": info}

@@ -49,10 +49,12 @@ class Prune(MethodBase):
     def check(self, opts: PruneOptions, cfg):
         return pruned_config(cfg, opts.mlp, opts.kv_groups)
 
-    def apply(self, model: Model, opts: PruneOptions, grams=None) -> tuple[Model, dict]:
+    def apply(self, model: Model, opts: PruneOptions, grams=None, consume: bool = False) -> tuple[Model, dict]:
+        """consume: free each dense leaf pruning replaces (`model` becomes unusable; the CLI's case)."""
         if opts.active and grams is None:
             raise MethodError("prune ranks channels by their calibration activations: give calibration grams")
-        params, cfg, rep = prune(model.params, model.cfg, grams, opts.mlp, opts.kv_groups, opts.compensate)
+        params, cfg, rep = prune(model.params, model.cfg, grams, opts.mlp, opts.kv_groups, opts.compensate,
+                                 consume=consume)
         prev = (model.extra.get("prune") or {}).get("steps", [])
         details = {"steps": prev + [opts.to_dict()], "from": {"d_ff": model.cfg.d_ff,
                                                               "n_kv_heads": model.cfg.n_kv_heads}}

@@ -308,3 +308,22 @@ def test_options_read_back_and_claims():
     assert method.claims(PruneOptions(mlp=0.2)) == {"gate", "up", "down"}
     assert method.claims(PruneOptions(kv_groups=0.5)) == {"q", "k", "v", "o"}
     assert method.claims(PruneOptions()) == frozenset() and method.needs_grams(PruneOptions(kv_groups=0.5))
+
+
+def test_consume_frees_the_replaced_leaves_and_changes_nothing_else(llama):
+    """The CLI prunes with consume=True (a 1.5B model's dense and pruned MLP need not coexist):
+    the same params and report as without it, and exactly the replaced dense leaves are freed."""
+    from jaxshare.pruning.prune import prune
+
+    _, m, grams = llama
+    want, cfg_w, rep_w = prune(m.params, m.cfg, grams, 0.5, 0.5, compensate=True)
+    params = jax.tree_util.tree_map(lambda x: x.copy(), m.params)  # the module's model stays usable
+    got, cfg_g, rep_g = prune(params, m.cfg, grams, 0.5, 0.5, compensate=True, consume=True)
+    assert cfg_g == cfg_w and {k: v for k, v in rep_g.items() if k != "seconds"} == \
+        {k: v for k, v in rep_w.items() if k != "seconds"}
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    replaced = {"w_gate", "w_up", "w_down", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "b_up", "b_gate"}
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(path).rsplit(".", 1)[-1]
+        assert x.is_deleted() == (name in replaced), name
