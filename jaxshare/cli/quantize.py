@@ -51,7 +51,8 @@ def cmd_quantize(args) -> None:
         announce(m, args)
         grams, info = calibrate(m, _calib_name(args.calib), args.calib_windows, args.calib_seq_len, args.seed,
                                 args.batch_size)
-    q, rep = METHODS["quantize"].apply(m, spec, grams, progress=True)
+    # consume: each weight is freed once its type is quantized (m.params is not used again)
+    q, rep = METHODS["quantize"].apply(m, spec, grams, progress=True, consume=True)
     extra = q.extra  # the source's sharing/basis details ride along
     # the CLI's record of the spec, as it has always written it (per channel: group null, not 'channel')
     extra["quant"] = {"method": args.method, "bits": args.bits, "group": group, "sym": not args.asym}

@@ -60,9 +60,12 @@ class Quantize(MethodBase):
                 raise MethodError(f"group {opts.group} does not divide the {d_in} input rows of {t}")
         return cfg
 
-    def apply(self, model: Model, opts: QuantSpec, grams=None, progress: bool = False) -> tuple[Model, dict]:
-        """progress: a progress bar on stderr (the CLI's; compose and js run without one)."""
+    def apply(self, model: Model, opts: QuantSpec, grams=None, progress: bool = False,
+              consume: bool = False) -> tuple[Model, dict]:
+        """progress: a progress bar on stderr (the CLI's; compose and js run without one). consume:
+        free each weight once its type is quantized (model.params become unusable; the CLI's)."""
         if self.needs_grams(opts) and grams is None:
             raise MethodError("GPTQ needs calibration grams (or use method rtn)")
-        params, rep = quantize_params(model.params, model.cfg, opts, grams, progress=progress)
+        params, rep = quantize_params(model.params, model.cfg, opts, grams, progress=progress,
+                                     consume=consume)
         return updated(model, params, quant=spec_to_dict(opts)), rep

@@ -204,28 +204,42 @@ def _run_many(w, g, *, bits, group, sym, damp, act_order, lazy):
     return _loop_many(w, *ready, bits=bits, group=group, sym=sym, act_order=act_order, lazy=lazy)
 
 
+def chunk_size(n: int, d_in: int) -> int:
+    """Matrices per vmapped chunk for n weights of d_in inputs: chunks of equal size (the last one
+    padded with repeats) bound the memory of the vmapped setup (a few [N, d_in, d_in] float32
+    arrays) and keep one compile per shape. The chunking is part of the result: XLA's batched
+    matmuls round differently at another batch size (a scale may move by an ulp), so it stays as is."""
+    chunks = -(-n // max(1, CHUNK_ELEMS // (d_in * d_in)))
+    return -(-n // chunks)
+
+
+def gptq_chunks(n: int, shape: tuple, get, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
+                act_order: bool = False):
+    """GPTQ of n weights of shape [d_in, d_out], one vmapped chunk at a time: `get(indices)` gives
+    (weights [k, d_in, O], grams [k, d_in, d_in]) of those items, read only when their chunk runs.
+    Yields (start, stop, codes int32 [stop - start, d_in, O] in natural row order, scale, zero)."""
+    d_in = shape[0]
+    if group is not None and d_in % group:
+        raise QuantError(f"group {group} does not divide the {d_in} input rows")
+    lazy = group is not None and group < d_in and not act_order
+    size = chunk_size(n, d_in)
+    for c0 in range(0, n, size):
+        w, g = get([min(i, n - 1) for i in range(c0, c0 + size)])
+        q, s, z = _run_many(jnp.asarray(np.asarray(w, np.float32)), np.asarray(g, np.float32), bits=bits, group=group,
+                            sym=sym, damp=float(damp), act_order=bool(act_order), lazy=lazy)
+        del w, g
+        k = min(size, n - c0)
+        yield c0, c0 + k, q[:k].astype(jnp.int32), s[:k], z[:k]
+
+
 def gptq_many(ws_NIO, grams_NII, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
               act_order: bool = False):
     """GPTQ of N same-shaped weights at once (setup and row loop vmapped over them, one compile per
     shape): (codes int32 [N, d_in, O] in natural row order, scale [N, G, O], zero [N, G, O])."""
-    d_in = np.shape(ws_NIO[0])[0]
-    if group is not None and d_in % group:
-        raise QuantError(f"group {group} does not divide the {d_in} input rows")
-    lazy = group is not None and group < d_in and not act_order
-    n = len(ws_NIO)
-    # Chunks of equal size (the last one padded with repeats) bound the memory of the vmapped setup
-    # (a few [N, d_in, d_in] float32 arrays) and keep one compile per shape.
-    chunks = -(-n // max(1, CHUNK_ELEMS // (d_in * d_in)))
-    size = -(-n // chunks)
-    outs = []
-    for c in range(chunks):
-        idx = [min(i, n - 1) for i in range(c * size, (c + 1) * size)]
-        w = jnp.asarray(np.stack([np.asarray(ws_NIO[i], np.float32) for i in idx]))
-        g = np.stack([np.asarray(grams_NII[i], np.float32) for i in idx])
-        outs.append(_run_many(w, g, bits=bits, group=group, sym=sym, damp=float(damp), act_order=bool(act_order),
-                              lazy=lazy))
-    q, scale, zero = (jnp.concatenate([o[i] for o in outs])[:n] for i in range(3))
-    return q.astype(jnp.int32), scale, zero
+    get = lambda idx: (np.stack([np.asarray(ws_NIO[i], np.float32) for i in idx]),
+                       np.stack([np.asarray(grams_NII[i], np.float32) for i in idx]))
+    outs = list(gptq_chunks(len(ws_NIO), np.shape(ws_NIO[0]), get, bits, group, sym, damp, act_order))
+    return tuple(jnp.concatenate([o[i] for o in outs]) for i in (2, 3, 4))
 
 
 def gptq(w_IO, gram_II, bits: int, group: int | None, sym: bool = True, damp: float = 0.01,
