@@ -200,7 +200,10 @@ def _same(got, want, got_rep, want_rel):
             np.testing.assert_allclose(g, r, rtol=1e-12, atol=0)
 
 
-SPECS = [(4, 32, True), (4, 32, False), (8, None, True), (8, 32, False)]
+# int4 grouped asymmetric and int8 per-channel symmetric: between them every code path (packing,
+# zero points, groups, per-channel scales); the other two combinations ran once when the streamed
+# path landed and matched, and cost the suite ~35 s more
+SPECS = [(4, 32, False), (8, None, True)]
 
 
 @pytest.mark.parametrize("bits,group,sym", SPECS)
