@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
@@ -18,10 +18,17 @@ from jaxshare.core.params import Params, replace_leaves
 
 
 def take_per_layer(w, keep_LN: np.ndarray, axis: int):
-    """w[l] restricted to the indices keep_LN[l] on `axis` (an axis of w counting the leading L)."""
-    idx = np.asarray(keep_LN).reshape(keep_LN.shape[:1] + (1,) * (axis - 1) + keep_LN.shape[1:]
-                                      + (1,) * (w.ndim - axis - 1))
-    return jnp.take_along_axis(w, jnp.asarray(idx), axis=axis)
+    """w[l] restricted to the indices keep_LN[l] on `axis` (an axis of w counting the leading L).
+
+    On the host, one layer at a time: jnp.take_along_axis lowers to a gather whose index array is
+    broadcast to the whole output with one coordinate per axis (3.7 GB of int32 for Qwen2-1.5B's
+    up projection), on top of the output."""
+    keep_LN = np.asarray(keep_LN)
+    shape = w.shape[:axis] + keep_LN.shape[1:] + w.shape[axis + 1:]
+    out = np.empty(shape, w.dtype)
+    for l in range(w.shape[0]):
+        out[l] = np.take(np.asarray(w[l]), keep_LN[l], axis=axis - 1)
+    return jax.device_put(out, may_alias=True)
 
 
 def shrink_mlp(params: Params, cfg: ModelConfig, keep_LF: np.ndarray) -> tuple[Params, ModelConfig]:
