@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from jaxshare.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, UsageError
-from jaxshare.cli.common import emit, nonempty, plot_dir_arg
+from jaxshare.cli.common import COUNT, emit, nonempty, plot_dir_arg
 from jaxshare.cli.main import main as cli_main
 from jaxshare.optional import check
 from jaxshare.storage.paths import as_path, scheme
@@ -171,7 +171,7 @@ def _dry_run_args(p) -> None:
                    help="train nothing: compile the step for the config's mesh on simulated CPU devices and "
                         "report, from the compiled program, memory per device, FLOPs per step, collective bytes "
                         "and (with --accelerator) a roofline step time and MFU")
-    p.add_argument("--devices", type=int, metavar="N",
+    p.add_argument("--devices", type=COUNT, metavar="N",
                    help="simulated devices for --dry-run (default: the product of the mesh's axis sizes)")
     p.add_argument("--shape", metavar="NAME",
                    help=f"model shape for --dry-run, no weights needed ({', '.join(SHAPES)}) "
