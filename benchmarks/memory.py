@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, machine, stamp
 from benchmarks.train_memory import child_env, run_measured
 from jaxshare.storage.fetch import cache_dir as _cache_dir
 
@@ -92,6 +92,39 @@ def cases(model: str, src: Path, work: Path, seq_len: int, windows: int, calib: 
         ("basis", js + ["basis", str(nat), str(work / "basis"), "--ratio", "0.2", "--calib-windows", str(cw),
                         "--calib-seq-len", str(cs), "--seed", str(int(time.time()) % 100000), "--overwrite", "--json"],
          [work / "basis"]),
+        # the other subcommands that hold a whole model (issue 26: every one at 1.5B)
+        ("generate", js + ["generate", str(nat), "--prompt", "The capital of France is", "--max-new-tokens", "32",
+                           "--json"], []),
+        ("quantize", js + ["quantize", str(nat), str(work / "q4"), "--bits", "4", "--method", "rtn", "--overwrite",
+                           "--json"],
+         [work / "q4"]),
+        ("quantize_gptq", js + ["quantize", str(nat), str(work / "q4g"), "--bits", "4", "--method", "gptq",
+                                "--calib-windows", str(cw), "--calib-seq-len", str(cs), "--overwrite", "--json"],
+         [work / "q4g"]),
+        ("inherit", js + ["inherit", str(nat), str(work / "inherit"), "--layers", "15" if model == "smollm2" else "14", "--overwrite", "--json"],
+         [work / "inherit"]),
+        ("export_gguf", js + ["export", str(nat), str(work / "m.gguf"), "--format", "gguf", "--overwrite"],
+         [work / "m.gguf"]),
+        ("prune", js + ["prune", str(nat), str(work / "prune"), "--mlp", "0.2", "--compensate", "--calib-windows",
+                        str(cw), "--calib-seq-len", str(cs), "--overwrite", "--json"], []),
+        ("eval_mc", js + ["eval", "mc", str(nat), "--tasks", "social_iqa", "--limit", "20", "--json"], []),
+        ("datashare", js + ["share", str(nat), str(work / "datashare"), "--ratio", "0.3", "--keep", "data",
+                            "--calib", "wiki:train", "--calib-windows", str(cw), "--calib-seq-len", str(cs), "--overwrite", "--json"],
+         [work / "datashare"]),
+        ("compress", js + ["compress", str(nat), str(work / "plan"), "--ratio", "0.1", "--methods", "share,inherit",
+                           "--calib-windows", str(cw), "--calib-seq-len", str(cs), "--sens-windows", "2",
+                           "--heldout-windows", "2", "--overwrite", "--json"], [work / "plan"]),
+        # 2 plain training steps of 4 x 512 tokens (AdamW over every weight), no checkpoint
+        ("train", js + ["train", "plain", "--set", f"model={nat}", "--set", f"data={data}", "--set", "steps=2",
+                        "--set", f"seq_len={seq_len}", "--set", "eval_windows=2", "--set", "checkpoint_every=0",
+                        "--set", "warmup_steps=0",
+                        "--set", f"run_dir={work / 'train_run'}", "--overwrite", "--json"], [work / "train_run"]),
+        # LoRA healing of the pruned model from its dense teacher: the recipe a 24 GiB machine can
+        # run at 1.5B (full healing needs AdamW state for every weight); 2 steps of seq_len tokens
+        ("heal_lora", js + ["heal", str(work / "prune"), str(work / "healed"), "--teacher", str(nat), "--data",
+                            data, "--eval-data", "botchan", "--steps", "2", "--trains", "lora", "--seq-len",
+                            str(seq_len), "--run-dir", str(work / "heal_run"), "--set", "eval_windows=2", "--overwrite", "--json"],
+         [work / "healed", work / "heal_run", work / "prune"]),
     ]
 
 
@@ -111,14 +144,17 @@ def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked:
         r = run_measured(cmd, env)
         for p in new_calib_dirs(calib_before):  # the grams this run wrote (GBs at 1.5B): ours to remove
             shutil.rmtree(p, ignore_errors=True)
+        st = stamp("benchmarks.memory")  # cases of several runs share the file: each says its commit
         entry = {"argv": argv[1:] if argv[0] == PY else argv, "rc": r["rc"], "wall_s": round(r["wall_s"], 1),
-                 "peak_rss_bytes": r["peak_rss_bytes"], "locked": locked}
+                 "peak_rss_bytes": r["peak_rss_bytes"], "locked": locked,
+                 **{k: st[k] for k in ("commit", "dirty", "date") if k in st}}
         if r["rc"] != 0:
             entry["stderr_tail"] = r["stderr"][-1500:]
         last = r["stdout"].strip().splitlines()[-1] if r["stdout"].strip() else ""
         if last.startswith("{"):
             keep = ("ppl", "batch_size", "max_abs_logit_diff", "ppl_rel_diff", "achieved_ratio", "params_after",
-                    "params_before", "units_freed")
+                    "params_before", "units_freed", "bytes_after", "bytes_before", "layers", "tokens", "steps",
+                    "seq_len", "eval_windows", "adapter_params")
             entry["result"] = {k: v for k, v in json.loads(last).items() if k in keep}
         elif last.startswith("ppl "):
             entry["result"] = {"ppl": float(last.split()[1])}
@@ -168,6 +204,21 @@ def summarize(res: dict, native: Path) -> None:
                                                   if not k.startswith(("baseline", "transformers")) and e["rc"] == 0}
 
 
+def one_harness() -> None:
+    """Refuse to run beside another memory harness: each removes the calibration caches that
+    appeared during its commands, and would remove the other's while that one reads them."""
+    import fcntl
+
+    path = _cache_dir() / ".locks" / "memory-harness.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w")  # held (and the lock with it) until this process exits
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(f"another benchmarks.memory run holds {path}; run one at a time")
+    one_harness.file = f
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,qwen2-1.5b")
@@ -184,12 +235,13 @@ def main() -> None:
                          "benchmarks.memory ...): the 1.5B commands do not take it one by one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    one_harness()
     calib = tuple(int(x) for x in args.calib.split("x"))
     only = set(args.cases.split(",")) if args.cases else None
     path = RESULTS / "memory.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     out = {"benchmark": "memory", "models": old.get("models", {}) if only else {}}
-    out.update(machine=machine(), argv=sys.argv[1:], lock=LOCK)
+    out.update({"machine": machine(), "argv": sys.argv[1:], "lock": LOCK, **stamp("benchmarks.memory")})
     RESULTS.mkdir(parents=True, exist_ok=True)
     Path(LOCK).parent.mkdir(parents=True, exist_ok=True)
     for model in args.models.split(","):

@@ -82,11 +82,22 @@ def xla_cpu_flags(d: dict) -> str:
 MEMORY_CASES = {
     "convert": "`convert` (GGUF / HF → native, fp32)",
     "convert_bf16": "`convert --dtype bf16`",
-    "eval_ppl": "`eval ppl` (batch 8; SmolLM2 8 × 512, 1.5B 8 × 256 tokens)",
+    "eval_ppl": "`eval ppl` (batch 8, 8 windows × 512 tokens)",
+    "eval_mc": "`eval mc` (social_iqa, 20 items)",
     "parity": "`parity` (2 windows, both sides)",
     "share": "`share --ratio 0.3`",
+    "datashare": "`share --ratio 0.3 --keep data` (calibration 8 × 256)",
+    "compress": "`compress --ratio 0.1 --methods share,inherit` (budgeted plan)",
     "basis": "`basis --ratio 0.2` (calibration SmolLM2 4 × 256, 1.5B 8 × 256)",
     "export": "`export` (native → HF, fp32)",
+    "export_gguf": "`export --format gguf` (native → GGUF)",
+    "generate": "`generate` (32 new tokens)",
+    "quantize": "`quantize --bits 4 --method rtn` (group 64)",
+    "quantize_gptq": "`quantize --bits 4 --method gptq` (calibration 8 × 256)",
+    "inherit": "`inherit --layers` (half the layers)",
+    "prune": "`prune --mlp 0.2 --compensate` (calibration 8 × 256)",
+    "train": "`train plain` (2 AdamW steps of 4 × 512 tokens)",
+    "heal_lora": "`heal --trains lora` (2 steps of 4 × 512 tokens, 2 held-out windows)",
     "transformers_load": "transformers `from_pretrained` fp32",
     "transformers_load_eval_ppl": "transformers load + same PPL windows",
 }
@@ -97,15 +108,23 @@ def memory(d: dict) -> str:
     fp32 = 4 * d["models"]["qwen2-1.5b"]["params"]
 
     def peak(cases, c):
-        return f"{cases[c]['peak_rss_bytes'] / GIB:.2f} GiB" if c in cases else "-"
+        if c not in cases:
+            return "-"
+        e = cases[c]
+        gib = f"{e['peak_rss_bytes'] / GIB:.2f} GiB"
+        if e.get("rc", 0) == 0:
+            return gib
+        # a failed command's peak is where it stopped, not what it needs
+        return f"killed at {gib} (out of memory)" if e["rc"] in (137, -9) else f"failed (exit {e['rc']})"
 
     rows = []
     for c, label in MEMORY_CASES.items():
-        net = big.get(c, {}).get("net_rss_bytes")
+        net = big.get(c, {}).get("net_rss_bytes") if big.get(c, {}).get("rc", 0) == 0 else None
         cell = "-" if net is None else f"{net / fp32:.2f}"
         if c == "convert_bf16" and net is not None:
             cell += f" ({2 * net / fp32:.2f} of bf16 bytes)"
-        rows.append([label, peak(small, c), peak(big, c), cell])
+        if c in small or c in big:
+            rows.append([label, peak(small, c), peak(big, c), cell])
     return table(["command", "SmolLM2-135M peak", "1.5B peak", "1.5B net / fp32 params"], rows)
 
 
