@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jaxshare.core.config import ModelConfig
+from tests.conftest import FAST_COMPILE
 from tests.tiny_model import save_run_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +25,9 @@ def model(tmp_path_factory):
 
 
 def _cli(*args, devices=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    # the suite's fast LLVM codegen (tests/conftest.py) but not its 8 devices: --devices sets those.
+    # The figures checked here are read off the optimized HLO, which the codegen flags do not change.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=FAST_COMPILE)
     return subprocess.run([sys.executable, "-m", "jaxshare", "train", "plain", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
