@@ -67,3 +67,27 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def tokens():
     return np.random.default_rng(0).integers(0, 256, size=(2, 160)).astype(np.int32)
+
+
+def _file_seconds() -> dict[str, float]:
+    """Seconds per test file in the last recorded suite run (benchmarks/results/suite.jsonl)."""
+    import json
+    from pathlib import Path
+
+    log = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "suite.jsonl"
+    try:
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return {}
+    return next((r["per_file_s"] for r in reversed(rows) if r.get("per_file_s")), {})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first. xdist's loadfile hands each worker one file at a time in this order
+    (pyproject's --no-loadscope-reorder, xdist 3.8, keeps it; by default xdist orders files by their test
+    count, which left the slow one-test real-model files to the end and one worker idle while
+    the other finished them: 918 s against 888 s simulated on the per-file times of the last
+    run). Within a file the order is kept; a file the record does not know runs after those it
+    does, as if it took a second."""
+    seconds = _file_seconds()
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 1.0))
