@@ -1,8 +1,10 @@
 """The docs' tables of the experiments' result files, registered in benchmarks.tables.
 
 leaderboard_ppl, leaderboard_acc: benchmarks/results/leaderboard.jsonl (`python -m experiments.leaderboard`;
-the chance row from leaderboard_chance.json, which its --report writes). quantize:
-experiments/results/quantize.jsonl (`python -m experiments.quantize`).
+the chance row from leaderboard_chance.json, which its --report writes; the PPL table's summary of
+who is lowest also reads experiments/results/prune.jsonl, `python -m experiments.prune`, for its
+bootstrap intervals). quantize: experiments/results/quantize.jsonl (`python -m experiments.quantize`).
+The sentences under a table are generated with it, so the docs never type a figure of it by hand.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ LEADERBOARD_LABELS = {  # arm -> its row in the PPL table, in experiments.leader
     "magnitude": "magnitude, q/k/v (unstructured, stores zeros)",
     "magnitude-linear": "magnitude-linear (unstructured, stores zeros)",
 }
+SHORT = {"directshare": "DirectShare", "directshare+postshare": "DirectShare + PostShare", "basis": "Basis Sharing",
+         "svd-llm": "SVD-LLM", "inherit": "inherit", "inheritune": "Inheritune", "magnitude": "magnitude (q/k/v)",
+         "magnitude-linear": "magnitude-linear", "prune-mlp": "width pruning (MLP)",
+         "prune-mlp+kv": "width pruning (MLP + k/v)", "prune-mlp+comp": "width pruning (MLP, compensated)",
+         "prune-mlp+kv+comp": "width pruning (MLP + k/v, compensated)"}
 ACC_LABELS = {"dense": "dense", "basis": "Basis Sharing n=2", "svd-llm": "SVD-LLM", "magnitude-linear": "magnitude-linear",
               "directshare+postshare": "DirectShare + PostShare", "inheritune": "Inheritune ({layers} layers)",
               "directshare": "DirectShare", "inherit": "inherit ({layers} layers)"}
@@ -38,7 +45,72 @@ def _main_limit(rows: list[dict]) -> int:
     return max(sorted(set(limits)), key=limits.count)
 
 
-def leaderboard_ppl(rows: list[dict]) -> str:
+def _below(a: float, b: float) -> str:
+    """How far a lies below b, as "4.7% below" (or above)."""
+    return f"{abs(1 - a / b):.1%} {'below' if a < b else 'above'}"
+
+
+def leaderboard_summary(grid: list[dict], dense: dict) -> str:
+    """Who is lowest at each budget among the arms that shrink the model, by how much, and what the
+    PPL of 4 windows (no interval) can and cannot say."""
+    budgets = sorted({r["budget"] for r in grid})
+    parts = []
+    for b in budgets:
+        ranked = sorted((r for r in grid if r["budget"] == b and not r["arm"].startswith("magnitude")),
+                        key=lambda r: r["ppl"]["wiki:test"])
+        first, second = ranked[0], ranked[1]
+        w, c = (first["ppl"][k] / second["ppl"][k] for k in ("wiki:test", "canterbury"))
+        parts.append(f"at −{b:.0%} {SHORT[first['arm']]} {first['ppl']['wiki:test']:.2f}, "
+                     f"{_below(first['ppl']['wiki:test'], second['ppl']['wiki:test'])} {SHORT[second['arm']]}'s "
+                     f"{second['ppl']['wiki:test']:.2f} (canterbury: {_below(first['ppl']['canterbury'], second['ppl']['canterbury'])})")
+    text = "**Lowest wiki PPL among the arms that shrink the model**: " + "; ".join(parts) + "."
+    trained = sorted({SHORT[r["arm"]] for r in grid if r["how"].get("trained_tokens")})
+    tokens = sorted({r["how"]["trained_tokens"] for r in grid if r["how"].get("trained_tokens")})
+    if trained:
+        text += (f" {' and '.join(trained)} also saw {', '.join(f'{t:,}' for t in tokens)} training tokens "
+                 "the others did not.")
+    lowest = {b: min((r for r in grid if r["budget"] == b), key=lambda r: r["ppl"]["wiki:test"]) for b in budgets}
+    if all(r["arm"].startswith("magnitude") for r in lowest.values()):
+        top = budgets[-1]
+        text += (" Unstructured magnitude pruning, which stores the same dense bytes, is lowest of all at every budget ("
+                 + ", ".join(f"{SHORT[r['arm']]} at −{b:.0%}" for b, r in lowest.items())
+                 + f"; +{lowest[top]['ppl']['wiki:test'] / dense['ppl']['wiki:test'] - 1:.1%} over dense at −{top:.0%}).")
+    text += (f" Each figure is {dense['windows']} windows of {dense['seq_len']} tokens with no interval, so a gap of a "
+             "few percent here is not a win on its own.")
+    return text
+
+
+def prune_summary(rows: list[dict]) -> str:
+    """Basis Sharing against SVD-LLM, and width pruning against both, with bootstrap intervals: a
+    method wins only where its interval lies clear of the other's."""
+    by = {(r["arm"], r["budget"]): r for r in rows}
+
+    def cell(r):
+        return f"{r['ppl']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+    parts = []
+    for b in sorted({r["budget"] for r in rows if r["arm"] == "basis"}):
+        basis, svd = by.get(("basis", b)), by.get(("svd-llm", b))
+        if basis is None or svd is None:
+            continue
+        lo, hi = sorted((basis, svd), key=lambda r: r["ppl"])
+        verdict = (f"{SHORT[lo['arm']]} wins (its interval lies below the other's)" if lo["ci95"][1] < hi["ci95"][0]
+                   else "the intervals overlap, so neither wins")
+        part = f"at −{b:.0%} Basis Sharing {cell(basis)} and SVD-LLM {cell(svd)}: {verdict}"
+        prune = [r for r in rows if r["budget"] == b and r["arm"].startswith("prune")]
+        if prune:
+            best = min(prune, key=lambda r: r["ppl"])
+            clear = best["ci95"][1] < lo["ci95"][0]
+            part += (f"; {SHORT[best['arm']]} {cell(best)} is {lo['ppl'] / best['ppl']:.1f}× to "
+                     f"{hi['ppl'] / best['ppl']:.1f}× lower than both, "
+                     + ("outside their intervals" if clear else "but not outside their intervals"))
+        parts.append(part)
+    r0 = rows[0]
+    return (f"On {r0['windows']} windows of {r0['seq_len']} tokens with bootstrap 95% intervals "
+            f"(`python -m experiments.prune`, not healed): " + "; ".join(parts) + ".")
+
+
+def leaderboard_ppl(rows: list[dict], prune: list[dict] | None = None) -> str:
     rows = _limit_rows(rows, _main_limit(rows))
     dense = next(r for r in rows if r["arm"] == "dense")
     grid = [r for r in rows if r["arm"] != "dense" and "checkpoint" not in r["how"]]
@@ -72,6 +144,9 @@ def leaderboard_ppl(rows: list[dict]) -> str:
             text += ["", (f"{r['arm'].capitalize()}'s own setting (the first {h['layers']} layers, "
                           f"{h['trained_tokens']:,} tokens; −{r['removed']:.1%}, {r['params'] / 1e6:.1f}M): "
                           f"{r['ppl']['wiki:test']:,.2f} / {r['ppl']['canterbury']:,.2f}.")]
+    text += ["", leaderboard_summary(grid, dense)]
+    if prune:
+        text += ["", prune_summary(prune)]
     return "\n".join(text)
 
 
@@ -134,4 +209,21 @@ def quantize(rows: list[dict]) -> str:
     ev, cal = by["fp32"]["wiki:test"], by["fp32"]["calibration"]
     return (f"SmolLM2-135M, PPL on the first {ev['windows']} × {ev['seq_len']} tokens of each set; calibration "
             f"{cal['windows']} × {cal['seq_len']} tokens of {cal['data']}, seed {cal['seed']}.\n\n"
-            + table(["arm", *QUANT_SETS, "model MiB", "linear MiB"], out))
+            + table(["arm", *QUANT_SETS, "model MiB", "linear MiB"], out) + "\n\n" + quantize_summary(by))
+
+
+def quantize_summary(by: dict) -> str:
+    """int8's largest PPL cost, and how int4 GPTQ (plain and act-order) stands against RTN at one size."""
+    def rel(a, s):
+        return by[a][s]["ppl"] / by["fp32"][s]["ppl"] - 1
+
+    int8 = max(rel(a, s) for a in ("int8-rtn", "int8-gptq") for s in QUANT_SETS)
+    text = f"int8 (RTN and GPTQ, per channel) costs at most {int8:+.1%} PPL over fp32 on either set."
+    rtn, plain, act = (by[a]["wiki:test"]["ppl"] for a in ("int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act"))
+    if act < rtn < plain:
+        verdict = "int4 GPTQ g64 beats RTN only with act-order"
+    elif plain < rtn and act < rtn:
+        verdict = "int4 GPTQ g64 beats RTN with and without act-order"
+    else:
+        verdict = "int4 GPTQ g64 does not beat RTN"
+    return text + f" {verdict} (wiki:test: act-order {act:.2f}, RTN {rtn:.2f}, plain GPTQ {plain:.2f})."

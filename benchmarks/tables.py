@@ -220,7 +220,8 @@ TABLES = {f.__name__: f for f in (forward, similarity, shared_forward, xla_cpu_f
 # name -> (its result files, the .md it writes), relative to the repository; the rest read
 # benchmarks/results/<name>.json and write benchmarks/results/<name>.md
 PATHS = {
-    "leaderboard_ppl": (["benchmarks/results/leaderboard.jsonl"], "benchmarks/results/leaderboard_ppl.md"),
+    "leaderboard_ppl": (["benchmarks/results/leaderboard.jsonl", "experiments/results/prune.jsonl"],
+                        "benchmarks/results/leaderboard_ppl.md"),
     "leaderboard_acc": (["benchmarks/results/leaderboard.jsonl", "benchmarks/results/leaderboard_chance.json"],
                         "benchmarks/results/leaderboard_acc.md"),
     "quantize": (["experiments/results/quantize.jsonl"], "experiments/results/quantize.md"),
