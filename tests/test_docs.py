@@ -1,5 +1,6 @@
 """The README stays short and true, every relative link resolves, and docs/ builds with warnings as errors."""
 import ast
+import math
 import re
 import shlex
 import subprocess
@@ -133,3 +134,139 @@ def test_generated_result_tables_match_their_json(tmp_path, capsys):
     (tmp_path / "quantize.md").write_text((tmp_path / "quantize.md").read_text().replace("| 30.68 |", "| 30.67 |"))
     assert tables.main(["--check", "--results", str(tmp_path)]) == 1
     assert "forward.md, quantize.md" in capsys.readouterr().err
+
+
+# Numbers in prose (issue 26): a measured figure comes from a result file, never typed by hand.
+RESULT_FILES = sorted(p for d in ("benchmarks/results", "experiments/results") for p in (ROOT / d).rglob("*")
+                      if p.suffix in (".json", ".jsonl", ".md"))
+DECIMAL = re.compile(r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+|\d+)\.(\d+)(?:e([-+]?\d+))?(?![\w.]*\d)")
+# A figure in these units may be stored in another: bytes for GB/GiB/MiB, a fraction for %.
+UNIT_SCALE = {"GB": 1e9, "GiB": 2 ** 30, "MB": 1e6, "MiB": 2 ** 20, "%": 0.01}
+# Decimals in prose that are not measurements, each (page, figure) with its reason.
+NOT_MEASURED = {
+    ("head-sharing.md", "18.75"): "arithmetic: 27 of 90 q/k/v units tied is 18.75% of the attention params",
+    ("results.md", "1.014"): "quotes the retired claim the warning says was rerun",
+    ("results.md", "3.83"): "quotes the retired claim the warning says was rerun",
+    ("head-sharing.md", "3.83"): "quotes the retired claim the page says was rerun",
+}
+
+
+def measured_prose(page: Path) -> list[tuple[int, str]]:
+    """The page's prose lines (numbered), without code: fenced code and {include} blocks (their
+    numbers come from generated files), indented code, inline code, link targets and comments. The
+    text of admonitions ({warning}, {note}) stays: it is prose."""
+    out, fence, code = [], None, False
+    prev_blank = True
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\s*(```+|~~~+)\s*(\S*)", line)
+        if fence:
+            if m and m.group(1) == fence and not m.group(2):
+                fence = None
+            continue
+        if m:
+            if not m.group(2).startswith("{") or m.group(2) == "{include}":
+                fence = m.group(1)
+            prev_blank = False
+            continue
+        if stripped and line.startswith("    ") and (prev_blank or code):
+            code = True
+            continue
+        code = code and not stripped
+        prev_blank = not stripped
+        text = re.sub(r"`[^`]*`", "", line)
+        text = re.sub(r"\]\([^)]*\)|<!--.*?-->|https?://\S+", "", text)
+        out.append((n, text))
+    return out
+
+
+def _json_numbers(x, out: set[str]) -> None:
+    """The numbers of a parsed JSON value, less long series of bare numbers (timelines, per-window
+    NLLs, matrices): the docs quote their summaries, and a few thousand raw samples would match
+    any typed figure. Lists of records (rows, training curves) are kept whole."""
+    if isinstance(x, dict):
+        for v in x.values():
+            _json_numbers(v, out)
+    elif isinstance(x, list):
+        if len(x) <= 16 or all(isinstance(v, dict) for v in x):
+            for v in x:
+                _json_numbers(v, out)
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        out.add(repr(x))
+    elif isinstance(x, str):  # a command line or a note in the file
+        out.update(re.findall(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", x.replace(",", "")))
+
+
+def result_values() -> tuple[set[str], list[float]]:
+    """Every number the result files hold: the .md tables and text as printed, the JSON values."""
+    import json
+
+    tokens = set()
+    for path in RESULT_FILES:
+        text = path.read_text()
+        if path.suffix == ".md":
+            tokens.update(re.findall(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", text.replace(",", "")))
+        else:
+            for doc in (text.splitlines() if path.suffix == ".jsonl" else [text]):
+                if doc.strip():
+                    _json_numbers(json.loads(doc), tokens)
+    values = {abs(float(t)) for t in tokens}
+    return tokens, sorted(v for v in values if math.isfinite(v))  # a NaN would unsort the list
+
+
+def backed(figure: str, unit: str, tokens: set[str], values: list[float]) -> bool:
+    """The figure as a result file gives it, or some figure of one rounded to as many places (in
+    bytes for GB/GiB/MiB, as a fraction for %)."""
+    import bisect
+
+    whole, places, exp = DECIMAL.fullmatch(figure).groups()
+    plain = figure.replace(",", "")
+    if plain in tokens:
+        return True
+    x = float(plain)
+    half = 0.5 * 10 ** (-len(places) + int(exp or 0))
+    for scale in (1.0, UNIT_SCALE.get(unit, 1.0)):
+        lo, hi = (x - half) * scale * (1 - 1e-12), (x + half) * scale * (1 + 1e-12)
+        i = bisect.bisect_left(values, lo)
+        if i < len(values) and values[i] <= hi:
+            return True
+    return False
+
+
+def unbacked_figures(pages) -> list[str]:
+    tokens, values = result_values()
+    missing = []
+    for page in pages:
+        for n, text in measured_prose(page):
+            for m in DECIMAL.finditer(text):
+                if re.search(r"arXiv:?\s*$", text[:m.start()]):  # a paper id
+                    continue
+                unit = re.match(r"\s?(GiB|GB|MiB|MB|%)?", text[m.end():]).group(0)
+                if (page.name, m.group(0)) in NOT_MEASURED or backed(m.group(0), unit.strip(), tokens, values):
+                    continue
+                missing.append(f"{page.name}:{n}: {m.group(0)}{unit}  ({text.strip()[:100]})")
+    return missing
+
+
+def test_decimal_figures_in_docs_come_from_result_files():
+    """Every decimal figure in the docs' prose (outside code and generated includes) is one that a
+    file under benchmarks/results/ or experiments/results/ holds, to the places the page prints.
+    This catches a figure typed by hand that no result file backs, or one that went stale; it cannot
+    tell which file a figure should come from (a stale figure may still match another by chance).
+    healing.md is left out: a separate change is reworking it and its result files; add it once
+    that lands."""
+    pages = [p for p in sorted(DOCS.glob("*.md")) if p.name != "healing.md"]
+    missing = unbacked_figures(pages)
+    assert not missing, ("decimal figures in docs/ that no result file holds (generate the sentence with "
+                         "its table, match the generator's rounding, or drop the figure; a number that is "
+                         "not a measurement goes in NOT_MEASURED with its reason):\n" + "\n".join(missing))
+
+
+def test_the_figure_check_sees_a_typed_figure(tmp_path):
+    """A figure no result file holds is reported; one a file holds (also rounded, or in bytes for
+    GiB), code, inline code, an include and a paper id are not."""
+    page = tmp_path / "x.md"
+    page.write_text("Prose 30.68 PPL (30.7), 12.65 GB, and 123.456789 s typed by hand (arXiv 2402.11819).\n\n"
+                    "```bash\nrun 987.654\n```\n`inline 987.654`\n\n```{include} ../x.md\n987.654\n```\n\n"
+                    "```{warning}\nAn admonition is prose: 876.5432.\n```\n")
+    assert [m.split(": ")[1].split()[0] for m in unbacked_figures([page])] == ["123.456789", "876.5432"]
