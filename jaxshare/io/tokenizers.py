@@ -18,25 +18,35 @@ def missing_tokenizer(path: Path) -> str | None:
 
 
 def _backend_class(path: Path):
-    """transformers' TokenizersBackend when AutoTokenizer would pick it anyway, else None.
+    """The tokenizer class AutoTokenizer would pick, where that is certain without asking it; else None.
 
     AutoTokenizer imports transformers' configuration machinery, which imports torch where it is
-    installed: 2 s of `jaxshare generate`'s 3.6 s tokenizer load. For a tokenizer_config.json that
-    names TokenizersBackend (what transformers 5 writes, and so every jaxshare checkpoint), with no
-    auto_map (remote code) and a model type of ours (or none: a native checkpoint), AutoTokenizer's
-    resolution ends at TokenizersBackend; importing that class alone skips torch."""
+    installed: 2 s of `jaxshare generate`'s 3.6 s tokenizer load (2.7 s of gemma3-270m's 6.6 s).
+    With no auto_map (remote code) it ends at:
+    - TokenizersBackend, for a tokenizer_config.json that names it (what transformers 5 writes for
+      most models) and a model type of ours or none;
+    - the named class itself, for a native checkpoint (no config.json, so no model type for
+      AutoTokenizer to weigh against the name) naming a tokenizers-backed class that transformers
+      exports (GemmaTokenizer, Qwen2Tokenizer, ...). LlamaTokenizer is left to AutoTokenizer: it
+      swaps in TokenizersBackend when the tokenizer.json is byte-level."""
     try:
         tc = json.loads((path / "tokenizer_config.json").read_text())
         model_type = json.loads((path / "config.json").read_text()).get("model_type") \
             if (path / "config.json").is_file() else None
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(tc, dict) or tc.get("tokenizer_class") != "TokenizersBackend" or "auto_map" in tc \
-            or not (path / "tokenizer.json").is_file() or (model_type is not None and model_type not in ADAPTERS):
+    if not isinstance(tc, dict) or "auto_map" in tc or not (path / "tokenizer.json").is_file():
         return None
-    from transformers import TokenizersBackend  # deferred: transformers costs ~0.4 s to import
+    name = tc.get("tokenizer_class")
+    import transformers  # deferred: transformers costs ~0.4 s to import; its classes load lazily
 
-    return TokenizersBackend
+    if name == "TokenizersBackend" and (model_type is None or model_type in ADAPTERS):
+        return transformers.TokenizersBackend
+    if model_type is not None or (path / "config.json").is_file() or not isinstance(name, str) \
+            or not name.isidentifier() or name.removesuffix("Fast") == "LlamaTokenizer":
+        return None
+    cls = getattr(transformers, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, transformers.TokenizersBackend) else None
 
 
 def tokenizer_from_dir(path: Path):
