@@ -70,10 +70,15 @@ def test_generate_and_eval_cli(capsys):
     assert res["windows"] == 4 and res["tokens"] == 4 * 255 and np.isfinite(res["ppl"])
 
 
-def test_quickstart_notebook_runs():
+def test_quickstart_notebook_runs(monkeypatch):
     """Every code cell of notebooks/quickstart.ipynb, in order, in one namespace."""
     from pathlib import Path
 
+    import jaxshare.eval.parity as parity
+
+    # the notebook's parity cell builds transformers' model with its GGUF loader (20 s; the CLI parity
+    # test above runs that loader itself): here it gets the kept copy of that loader's model
+    monkeypatch.setattr(parity, "reference_model", lambda loaded, hf_dir=None: gguf_reference("smollm2-135m"))
     nb = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb").read_text())
     namespace: dict = {}
     for cell in nb["cells"]:
