@@ -47,8 +47,11 @@ def accelerator() -> str:
 
 
 def _checkout() -> dict:
-    changed = [ln[3:] for ln in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-               if not ln[3:].startswith(RESULT_DIRS)]
+    # porcelain lines are "XY path"; _git strips the output, which takes the first line's leading
+    # space (" M path" -> "M path"), so the path is read after the status field, not at column 3
+    lines = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    changed = [path for path in (ln.split(maxsplit=1)[-1] for ln in lines if ln.strip())
+               if not path.startswith(RESULT_DIRS)]
     return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed)}
 
 

@@ -55,3 +55,15 @@ def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
 
     stamped.write_text(json.dumps({"commit": "0" * 40}))  # a commit this history does not hold
     assert {r.file: r for r in stale.check(root)}["benchmarks/results/forward.json"].status == "unknown"
+
+
+def test_a_result_run_is_clean_when_only_result_files_changed(monkeypatch):
+    """git's porcelain line for a file changed in the work tree starts with a space; the stripped
+    output used to lose it on the first line, read "xperiments/results/..." and call the run dirty."""
+    from benchmarks import common
+
+    status = {"status": " M experiments/results/a.json\n M benchmarks/results/b.json", "rev-parse": "c0ffee"}
+    monkeypatch.setattr(common, "_git", lambda *args: status[args[0]].strip())
+    assert common._checkout() == {"commit": "c0ffee", "dirty": False}
+    status["status"] = " M experiments/results/a.json\n M jaxshare/core/model.py"
+    assert common._checkout()["dirty"] is True
