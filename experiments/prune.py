@@ -11,20 +11,30 @@ CLI's default, so `jaxshare prune` / `jaxshare basis` with their defaults build 
   (each with and without --compensate: a least-squares refit of down / o on the kept channels)
   basis          Basis Sharing, n = 2, every linear type, ratio scaled to the budget
   svd-llm        per-layer whitened SVD (n = 1), the same ratio
+  plan           the budgeted plan as a user runs it: `jaxshare compress smollm2-135m OUT --ratio B
+                 --methods share,basis,prune,prune-kv --calib-windows 32 --calib-seq-len 512` (its
+                 own sensitivity and held-out checks, on wiki:train / wiki:validation windows that
+                 are not these), then scored like the others
 
-  python -m experiments.prune [--budgets 0.1,0.2] [--windows 32]   # rows: experiments/results/prune.jsonl
+  python -m experiments.prune [--budgets 0.1,0.2] [--windows 32] [--arms plan,basis,...]
+  # rows: experiments/results/prune.jsonl (an arm run again replaces its rows; the others stay)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from experiments.heal import LINEAR_SHARE, RESULTS, bootstrap, held_out, stamp, window_nlls
 
 ROWS = RESULTS / "prune.jsonl"
+PLAN_METHODS = "share,basis,prune,prune-kv"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def arms(cfg, total: int, budget: float) -> dict:
@@ -47,11 +57,30 @@ def arms(cfg, total: int, budget: float) -> dict:
     return out
 
 
+def plan_model(budget: float):
+    """`jaxshare compress --ratio` in its own process, as a user runs it; (model, seconds, report)."""
+    from jaxshare.io.load import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan"
+        cmd = [sys.executable, "-m", "jaxshare", "compress", "smollm2-135m", str(out), "--ratio", str(budget),
+               "--methods", PLAN_METHODS, "--calib-windows", "32", "--calib-seq-len", "512", "--json"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"prune: the plan at {budget} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        seconds = time.perf_counter() - t0
+        report = json.loads(proc.stdout.splitlines()[-1])
+        return load_model(str(out), "fp32"), seconds, report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.2])
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--arms", type=lambda s: [a for a in s.split(",") if a], default=None,
+                    help="arms to run (default: all); their rows replace the old ones, the other rows stay")
     args = ap.parse_args()
 
     from jaxshare.basis.calibrate import calibrate
@@ -61,41 +90,63 @@ def main() -> None:
 
     m = load_model("smollm2-135m", "fp32")
     total = count_params(m.params)
-    grams, info = calibrate(m, "wiki:train", 32, 512, 0, 4)
+    known = [*arms(m.cfg, total, 0.1), "plan"]
+    wanted = args.arms or known
+    if set(wanted) - set(known):
+        sys.exit(f"prune: unknown arms {sorted(set(wanted) - set(known))}; known: {', '.join(known)}")
+    need_grams = set(wanted) - {"plan"}
+    grams, info = calibrate(m, "wiki:train", 32, 512, 0, 4) if need_grams else (None, None)
     windows = held_out(m.tokenizer, args.seq_len, args.windows)
     base = stamp()
     base["command"] = " ".join(["python", "-m", "experiments.prune", *sys.argv[1:]])
+    old = [json.loads(x) for x in ROWS.read_text().splitlines() if x.strip()] if ROWS.exists() else []
     rows = []
 
-    def record(name, budget, model, seconds, opts=None):
+    def record(name, budget, model, seconds, opts=None, extra=None):
         nll = window_nlls(model.params, model.cfg, windows)
         lo, hi = bootstrap(nll)
         n = count_params(model.params)
         row = {**base, "arm": name, "budget": budget, "options": None if opts is None else opts.to_dict(),
                "params": n, "removed": round(1 - n / total, 4), "bytes": param_bytes(model.params),
                "ppl": math.exp(nll.mean()), "ci95": [lo, hi], "windows": len(windows), "seq_len": args.seq_len,
-               "calibration": info, "seconds": round(seconds, 1), "window_nll": nll.round(6).tolist()}
+               "calibration": info, "seconds": round(seconds, 1), "window_nll": nll.round(6).tolist(), **(extra or {})}
         rows.append(row)
         print(f"{name:18s} budget {budget:.2f}  removed {row['removed']:.3f}  PPL {row['ppl']:8.2f} "
               f"[{lo:.2f}, {hi:.2f}]  {seconds:.0f} s", file=sys.stderr, flush=True)
 
-    record("dense", 0.0, m, 0.0)
+    if args.arms is None or not any(r["arm"] == "dense" for r in old):
+        record("dense", 0.0, m, 0.0)
     for budget in args.budgets:
         for name, (method, opts) in arms(m.cfg, total, budget).items():
+            if name not in wanted:
+                continue
             t0 = time.perf_counter()
             out, _ = METHODS[method].apply(m, opts, grams)
             record(name, budget, out, time.perf_counter() - t0, opts)
             del out
+        if "plan" in wanted:
+            out, seconds, report = plan_model(budget)
+            chosen = report.get("budget", {}).get("rows") or report.get("plan")
+            record("plan", budget, out, seconds, extra={"plan": chosen, "methods": PLAN_METHODS,
+                                                         "calibration": {"data": "wiki:train", "windows": 32,
+                                                                         "seq_len": 512, "seed": 0}})
+            del out
+    ran = {(r["arm"], r["budget"]) for r in rows}
+    merged = [r for r in old if (r["arm"], r["budget"]) not in ran] + rows
+    order = {a: i for i, a in enumerate(["dense", *known])}
+    merged.sort(key=lambda r: (r["budget"], order.get(r["arm"], len(order))))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    ROWS.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_report(rows)
+    ROWS.write_text("".join(json.dumps(r) + "\n" for r in merged))
+    write_report(merged)
 
 
 def write_report(rows: list[dict]) -> None:
     dense = next(r for r in rows if r["arm"] == "dense")
-    lines = ["# Width pruning vs Basis Sharing and SVD-LLM on SmolLM2-135M (not healed)", "",
-             f"`{dense['command']}` at commit {dense['commit'][:10]}, {dense['machine']}, {dense['date']}; "
-             f"wiki:test, {dense['windows']} x {dense['seq_len']} tokens, bootstrap 95% CI. "
+    commits = sorted({r["commit"][:10] for r in rows})
+    runs = sorted({r["command"] for r in rows})
+    lines = ["# Width pruning vs Basis Sharing, SVD-LLM and the budgeted plan on SmolLM2-135M (not healed)", "",
+             f"{', '.join(f'`{c}`' for c in runs)} at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, "
+             f"{dense['machine']}; wiki:test, {dense['windows']} x {dense['seq_len']} tokens, bootstrap 95% CI. "
              f"Dense: {dense['ppl']:.2f} [{dense['ci95'][0]:.2f}, {dense['ci95'][1]:.2f}].", "",
              "| budget | arm | params removed | PPL [95% CI] | x dense |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -103,7 +154,33 @@ def write_report(rows: list[dict]) -> None:
             continue
         lines.append(f"| {r['budget']:.0%} | {r['arm']} | {r['removed']:.1%} | {r['ppl']:.2f} "
                      f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['ppl'] / dense['ppl']:.2f} |")
+    lines += plan_against_best(rows)
     (RESULTS / "prune.md").write_text("\n".join(lines) + "\n")
+
+
+def plan_against_best(rows: list[dict], reps: int = 10000) -> list[str]:
+    """At each budget with a plan row: the plan against the lowest single method on the same windows,
+    the mean per-window NLL difference with a paired bootstrap 95% interval."""
+    import numpy as np
+
+    out = []
+    for b in sorted({r["budget"] for r in rows if r["arm"] == "plan"}):
+        plan = next(r for r in rows if r["arm"] == "plan" and r["budget"] == b)
+        single = [r for r in rows if r["budget"] == b and r["arm"] not in ("plan", "dense")]
+        if not single:
+            continue
+        best = min(single, key=lambda r: r["ppl"])
+        d = np.asarray(plan["window_nll"]) - np.asarray(best["window_nll"])
+        means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        verdict = ("the plan is better" if hi < 0 else f"{best['arm']} is better" if lo > 0
+                   else "no difference outside the noise")
+        out.append(f"- −{b:.0%}: plan {plan['ppl']:.2f} (removed {plan['removed']:.1%}) against the best single "
+                   f"method, {best['arm']} {best['ppl']:.2f}: plan − {best['arm']} = {d.mean():+.4f} nats per token "
+                   f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap over windows; plan lower on {int((d < 0).sum())} of "
+                   f"{len(d)}): {verdict}")
+    return ["", f"The budgeted plan (methods {PLAN_METHODS}) against the lowest single method:", ""] + out \
+        if out else []
 
 
 if __name__ == "__main__":
