@@ -5,7 +5,8 @@ CLI a user runs and cached under runs/heal/students/):
   basis      jaxshare basis --ratio R (n=2), R scaled to the budget
   datashare  jaxshare compress --ratio B --methods share --keep data (data-aware head sharing)
   inherit    jaxshare inherit --layers k: the first k layers, k nearest the budget
-  plan       jaxshare compress --ratio B --methods share,basis (the budgeted plan)
+  plan       jaxshare compress --ratio B --methods share,basis,prune,prune-kv --calib-windows 32
+             --calib-seq-len 512 (the budgeted plan; the model experiments/prune.py's plan arm scores)
   prune      jaxshare prune --mlp R --compensate: MLP channels, R scaled to the budget
 Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
   ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
@@ -67,8 +68,8 @@ def student(name: str, budget: float) -> Path:
         sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share", "--keep", "data",
                  "--calib", "wiki", "--overwrite"])
     elif name == "plan":
-        sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share,basis", "--calib", "wiki",
-                 "--overwrite"])
+        sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share,basis,prune,prune-kv",
+                 "--calib-windows", "32", "--calib-seq-len", "512", "--overwrite"])
     elif name == "prune":  # MLP channels only, compensated (experiments/prune.py's prune-mlp+comp arm)
         mlp = round(budget * 134515008 / (3 * 576 * 30)) / 1536
         sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--compensate", "--overwrite"])
