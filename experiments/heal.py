@@ -273,8 +273,9 @@ def report() -> None:
             b = base.get((r["student"], r["budget"]))
             if b is not None and curve[0]["tokens"] > 0:  # the ce runs do not evaluate the start: the student's row
                 curve = [{"tokens": 0, "ppl": b["final"]["ppl"]}] + curve
-            series[f"{r['student']} -{r['budget']:.0%} {r['heal']}"] = ([c["tokens"] for c in curve],
-                                                                       [c["ppl"] for c in curve])
+            # the token budget is in the label: two budgets of one arm are two curves, not one overwriting the other
+            series[f"{r['student']} -{r['budget']:.0%} {r['heal']} {r.get('tokens_asked', r['tokens']) // 1000}k"] = (
+                [c["tokens"] for c in curve], [c["ppl"] for c in curve])
     if series:
         plots.curves(series, RESULTS / "heal.png", "held-out PPL (wiki:test) while healing", "training tokens",
                      "PPL (log scale)", hline=(dense["final"]["ppl"], "dense"))

@@ -1,0 +1,28 @@
+"""experiments.heal --report: every arm gets its own curve in heal.png."""
+import json
+
+from experiments import heal
+
+
+def test_report_keeps_one_curve_per_token_budget(tmp_path, monkeypatch):
+    """Two token budgets of the same (student, budget, heal) arm are two curves, not one overwriting the other."""
+    def final(nll):
+        return {"ppl": 2.718281828 ** nll, "nll": nll, "ci95": [1.0, 2.0], "params": 100, "window_nll": [nll, nll]}
+
+    stamp = {"commit": "c0ffee" * 7, "machine": "m", "python": "3", "jax": "0", "command": "c"}
+    rows = [{"student": "dense", "budget": None, "heal": "none", "tokens": 0, "final": final(3.0), **stamp},
+            {"student": "prune", "budget": 0.2, "heal": "none", "tokens": 0, "final": final(4.0), **stamp}]
+    for asked, got in ((50000, 50176), (200000, 200704)):
+        rows.append({"student": "prune", "budget": 0.2, "heal": "ce", "tokens": got, "tokens_asked": asked,
+                     "final": final(3.8), "curve": [{"tokens": got, "ppl": 45.0}], **stamp})
+    (tmp_path / "heal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(heal, "ROWS", tmp_path / "heal.jsonl")
+    monkeypatch.setattr(heal, "RESULTS", tmp_path)
+    seen = {}
+    from jaxshare import plots
+
+    monkeypatch.setattr(plots, "curves", lambda series, *a, **k: seen.update(series))
+    heal.report()
+    assert set(seen) == {"prune -20% ce 50k", "prune -20% ce 200k"}
+    assert seen["prune -20% ce 200k"] == ([0, 200704], [2.718281828 ** 4.0, 45.0])
+    assert "| ce | 200704 |" in (tmp_path / "heal.md").read_text()
