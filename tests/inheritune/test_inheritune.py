@@ -344,3 +344,4 @@ def test_inheritune_notebook_runs():
             exec(compile("".join(cell["source"]), f"inheritune cell {cell['id']}", "exec"), namespace)
     assert namespace["k"] == 15 and namespace["back_diff"] <= 1e-3  # jax vs torch: the project's parity bound
     assert np.isfinite(namespace["trained"]["eval_ppl"])
+    assert not namespace["work"].exists()  # its last cell removes the 1.3 GB it wrote under /tmp
