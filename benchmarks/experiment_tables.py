@@ -25,6 +25,9 @@ SHORT = {"directshare": "DirectShare", "directshare+postshare": "DirectShare + P
          "magnitude-linear": "magnitude-linear", "prune-mlp": "width pruning (MLP)",
          "prune-mlp+kv": "width pruning (MLP + k/v)", "prune-mlp+comp": "width pruning (MLP, compensated)",
          "prune-mlp+kv+comp": "width pruning (MLP + k/v, compensated)"}
+HEALED_SHORT = {"basis": "Basis Sharing", "datashare": "data-aware head sharing", "inherit": "inherit",
+                "plan": "budgeted plan", "prune-mlp": "width pruning (MLP, compensated)"}
+HEAL_LABELS = {"ce": "CE", "kd": "KD", "kd+lora": "KD + LoRA"}
 ACC_LABELS = {"dense": "dense", "basis": "Basis Sharing n=2", "svd-llm": "SVD-LLM", "magnitude-linear": "magnitude-linear",
               "directshare+postshare": "DirectShare + PostShare", "inheritune": "Inheritune ({layers} layers)",
               "directshare": "DirectShare", "inherit": "inherit ({layers} layers)"}
@@ -138,15 +141,56 @@ def leaderboard_ppl(rows: list[dict], prune: list[dict] | None = None) -> str:
     intro = (f"Wiki test PPL / canterbury PPL (dense: {dense['ppl']['wiki:test']:.2f} / "
              f"{dense['ppl']['canterbury']:.2f}); best model-shrinking arm in bold:")
     text = [intro, "", table(["arm", *(f"−{b:.0%}" for b in budgets)], lines)]
+    from experiments.leaderboard import healed
+
     for r in rows:
-        if "checkpoint" in r["how"]:
+        if "checkpoint" in r["how"] and healed(r["arm"]) is None:
             h = r["how"]
             text += ["", (f"{r['arm'].capitalize()}'s own setting (the first {h['layers']} layers, "
                           f"{h['trained_tokens']:,} tokens; −{r['removed']:.1%}, {r['params'] / 1e6:.1f}M): "
                           f"{r['ppl']['wiki:test']:,.2f} / {r['ppl']['canterbury']:,.2f}.")]
     text += ["", leaderboard_summary(grid, dense)]
+    heal_rows = [r for r in rows if "checkpoint" in r["how"] and healed(r["arm"]) is not None]
+    if heal_rows:
+        text += ["", healed_table(heal_rows, grid)]
     if prune:
         text += ["", prune_summary(prune)]
+    return "\n".join(text)
+
+
+def healed_label(arm: str) -> str:
+    from experiments.leaderboard import healed
+
+    student, heal = healed(arm)
+    return HEALED_SHORT[student] + (f" + {HEAL_LABELS[heal]}" if heal else " (not healed)")
+
+
+def healed_table(rows: list[dict], grid: list[dict]) -> str:
+    """The experiments/heal.py checkpoints run through the leaderboard (--checkpoints STUDENT+HEAL=DIR),
+    at the grid's --limit and windows, and how the lowest of them compares with the grid's lowest
+    model-shrinking arm at the same budget."""
+    from experiments.leaderboard import arm_order
+
+    rows = sorted(rows, key=lambda r: (r["budget"], arm_order(r["arm"]), r["how"].get("trained_tokens") or 0))
+    out = [[healed_label(r["arm"]), f"−{r['budget']:.0%}", f"{r['removed']:.2%}", f"{r['params'] / 1e6:.1f}M",
+            f"{r['how']['trained_tokens']:,}" if r["how"].get("trained_tokens") else "-",
+            f"{ppl2(r['ppl']['wiki:test'])} / {ppl2(r['ppl']['canterbury'])}"] for r in rows]
+    text = ["Healed students of `experiments/heal.py` (`--checkpoints STUDENT+HEAL=runs/heal/.../final`; each "
+            "trained on its tokens of wiki:train, which the untrained arms above did not see), wiki test PPL / "
+            "canterbury PPL on the same windows:", "",
+            table(["student + heal", "budget", "removed", "params", "trained on (tokens)", "PPL"], out)]
+    parts = []
+    for b in sorted({r["budget"] for r in rows}):
+        mine = [r for r in rows if r["budget"] == b and r["how"].get("trained_tokens")]
+        others = [r for r in grid if r["budget"] == b and not r["arm"].startswith("magnitude")]
+        if not mine or not others:
+            continue
+        h, u = min(mine, key=lambda r: r["ppl"]["wiki:test"]), min(others, key=lambda r: r["ppl"]["wiki:test"])
+        parts.append(f"at −{b:.0%} {healed_label(h['arm'])} ({h['how']['trained_tokens']:,} tokens) "
+                     f"{ppl2(h['ppl']['wiki:test'])}, {u['ppl']['wiki:test'] / h['ppl']['wiki:test']:.1f}× lower than "
+                     f"the grid's {SHORT[u['arm']]} ({ppl2(u['ppl']['wiki:test'])})")
+    if parts:
+        text += ["", "**Lowest healed arm against the grid's lowest model-shrinking arm**: " + "; ".join(parts) + "."]
     return "\n".join(text)
 
 
@@ -163,7 +207,7 @@ def leaderboard_acc(rows: list[dict], chance: dict) -> str:
     out = []
     for r in [dense, *arms]:
         acc, se = mean_acc(r)
-        out.append([ACC_LABELS[r["arm"]].format(layers=r["how"].get("layers")), ppl2(r["ppl"]["wiki:test"]),
+        out.append([ACC_LABELS.get(r["arm"], r["arm"]).format(layers=r["how"].get("layers")), ppl2(r["ppl"]["wiki:test"]),
                     *(f"{r['mc'][t]['acc']:.2f}" for t in tasks), f"{acc:.3f} ± {se:.3f}"])
     guess = chance["chance"][str(limit)]
     out.append(["chance (1 / choices)", "", *(f"{guess[t]:.3f}" for t in tasks),

@@ -14,12 +14,20 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   inheritune   the same k layers trained with the plain LM loss on --train-tokens of wiki:train
 The trained arms see --train-tokens more text than the others; their runs are kept under
 runs/leaderboard/ and reused. --checkpoints ARM=DIR adds a row for a native checkpoint trained
-elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget it removes.
+elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget it removes; an
+ARM may repeat (one row per checkpoint), its budget and "trained on" tokens are the checkpoint's.
+Healed arms (experiments/heal.py's checkpoints, only through --checkpoints) are named STUDENT+HEAL:
+STUDENT one of basis, datashare, inherit, plan, prune-mlp (heal.py's students; its `prune` is
+prune-mlp), HEAL one of ce, kd, kd+lora; e.g. prune-mlp+ce=runs/heal/prune_0.2_ce_50000/final. The
+heal is checked against the run's result.json beside the checkpoint, whose tokens are the row's
+"trained on"; a STUDENT alone (plan=runs/heal/students/plan_0.2) is the unhealed student.
 Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows windows of
 --seq-len tokens), acc / acc_norm on the local BIG-bench tasks (lm-eval's scoring, jaxshare's
 backend, the first --limit items of each). Rows go to a JSONL as they finish, so a run resumes.
 
   python -m experiments.leaderboard [--budgets 0.03] [--limit 50] [--windows 8] [--arms ...]
+  python -m experiments.leaderboard --arms "" --limit 20 --windows 4 \
+      --checkpoints plan+ce=runs/heal/plan_0.2_ce_50000/final,prune-mlp+kd=runs/heal/prune_0.2_kd_50000/final
   python -m experiments.leaderboard --report     # markdown table + PNG score vs parameters
   python -m experiments.leaderboard --chance     # only leaderboard_chance.json (--report writes it too)
 """
@@ -41,6 +49,61 @@ RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "prune-mlp", "prune-mlp+kv", "magnitude",
         "magnitude-linear", "inherit", "inheritune")
 TRAINED = {"directshare+postshare": 1e-3, "inheritune": 3e-4}  # lr of each method's own experiment
+HEAL_STUDENTS = ("basis", "datashare", "inherit", "plan", "prune-mlp")  # experiments/heal.py's students
+HEALS = ("ce", "kd", "kd+lora")  # experiments/heal.py's heals
+
+
+def healed(arm: str) -> tuple[str, str | None] | None:
+    """(student, heal) of a healed arm name STUDENT+HEAL, (student, None) of a student alone, else None."""
+    if arm in HEAL_STUDENTS:
+        return arm, None
+    for s in HEAL_STUDENTS:
+        if arm.startswith(s + "+") and arm[len(s) + 1:] in HEALS:
+            return s, arm[len(s) + 1:]
+    return None
+
+
+def arm_order(arm: str) -> tuple[int, int]:
+    """Sort key: the ARMS order, each healed arm right after its student (students not in ARMS after them)."""
+    student, heal = healed(arm) or (arm, None)
+    base = ARMS.index(student) if student in ARMS else len(ARMS) + HEAL_STUDENTS.index(student)
+    return base, 0 if heal is None else 1 + HEALS.index(heal)
+
+
+def heal_of(result: dict) -> str:
+    """The heal a heal.py run made, from its result.json: plain mode is ce, heal mode kd or kd+lora."""
+    if result.get("mode") == "plain":
+        return "ce"
+    return "kd+lora" if result.get("adapter_params") else "kd"
+
+
+def parse_checkpoints(s: str) -> list[tuple[str, str]]:
+    """ARM=DIR,ARM=DIR,... as (arm, dir) pairs, in order; an arm may repeat."""
+    out = []
+    for kv in (x for x in s.split(",") if x):
+        if "=" not in kv:
+            raise argparse.ArgumentTypeError(f"--checkpoints wants ARM=DIR, got {kv!r}")
+        arm, path = kv.split("=", 1)
+        out.append((arm, path))
+    return out
+
+
+def checkpoint_how(arm: str, path: str, layers: int) -> dict:
+    """The row's `how` for a native checkpoint: its path, depth and, from the result.json of the run
+    beside it, its training tokens; a healed arm's heal must be the one the run made."""
+    how = {"checkpoint": path, "layers": layers}
+    result = Path(path).parent / "result.json"
+    res = json.loads(result.read_text()) if result.is_file() else None
+    if res is not None:
+        how["trained_tokens"] = res.get("tokens")
+    h = healed(arm)
+    if h is not None and h[1] is not None:
+        if res is None:
+            raise SystemExit(f"leaderboard: {arm}={path}: no {result} to say how it was healed")
+        if heal_of(res) != h[1]:
+            raise SystemExit(f"leaderboard: {arm}={path} was healed with {heal_of(res)}, not {h[1]}")
+        how.update(student=h[0], heal=h[1], train_data="wiki:train", recipe=res.get("recipe", {}).get("loss"))
+    return how
 CORPORA = ("wiki:test", "canterbury")
 
 
@@ -193,25 +256,25 @@ def run(args) -> None:
 
     args.tasks = parse_tasks(args.tasks)
     out = Path(args.out)
-    done = set()
+    done = set()  # (arm, budget, trained tokens) at this --limit: an arm's other token budgets are other rows
     if out.exists():
-        done = {(r["arm"], r["budget"]) for r in map(json.loads, out.read_text().splitlines()) if r.get("limit") == args.limit}
+        done = {(r["arm"], r["budget"], r["how"].get("trained_tokens"))
+                for r in map(json.loads, out.read_text().splitlines()) if r.get("limit") == args.limit}
     m = load_model(args.model, "fp32")
     dense_params = count_params(m.params)
     grams = None
-    jobs = [(arm, b) for arm in args.arms for b in ([0.0] if arm == "dense" else args.budgets)]
-    for arm, budget in jobs + [(arm, None) for arm in args.checkpoints]:
+    jobs = [(arm, b, None) for arm in args.arms for b in ([0.0] if arm == "dense" else args.budgets)]
+    for arm, budget, path in jobs + [(arm, None, path) for arm, path in args.checkpoints]:
         t0, cfg = time.time(), None
-        if budget is None:  # a checkpoint trained elsewhere: its budget is what it removes
+        tokens = args.train_tokens if arm in TRAINED else None
+        if path is not None:  # a checkpoint trained elsewhere: its budget is what it removes
             from jaxshare.io.native import load_native
 
-            cfg, params, _ = load_native(args.checkpoints[arm])
+            cfg, params, _ = load_native(path)
             budget = round(1 - count_params(params) / dense_params, 2)
-            how = {"checkpoint": args.checkpoints[arm], "layers": cfg.n_layers}
-            result = Path(args.checkpoints[arm]).parent / "result.json"
-            if result.is_file():
-                how["trained_tokens"] = json.loads(result.read_text()).get("tokens")
-        if (arm, budget) in done:
+            how = checkpoint_how(arm, path, cfg.n_layers)
+            tokens = how.get("trained_tokens")
+        if (arm, budget, tokens) in done:
             continue
         try:  # a budget an arm cannot reach: say so, go on
             if cfg is not None:  # the checkpoint loaded above
@@ -316,7 +379,7 @@ def report() -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in (RESULTS / "leaderboard.jsonl").read_text().splitlines() if x.strip()]
-    rows.sort(key=lambda r: (r["arm"] != "dense", r["budget"], ARMS.index(r["arm"])))
+    rows.sort(key=lambda r: (r["arm"] != "dense", r["budget"], arm_order(r["arm"]), r["how"].get("trained_tokens") or 0))
     by_limit = {}
     for r in rows:
         by_limit.setdefault(r["limit"], []).append(r)
@@ -334,7 +397,7 @@ def report() -> None:
         for r in rs:
             tok = r["how"].get("trained_tokens")
             out.setdefault(f"{r['arm']}{f' ({tok:,} tok)' if tok else ''}", []).append(r)
-        return sorted(out.items(), key=lambda kv: ARMS.index(kv[1][0]["arm"]))
+        return sorted(out.items(), key=lambda kv: arm_order(kv[1][0]["arm"]))
 
     for i, (label, rs) in enumerate(series(main_rows)):
         pts = sorted((r["params"] / 1e6, r["ppl"]["wiki:test"]) for r in rs)
@@ -371,8 +434,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--train-tokens", type=int, default=10240, help="wiki:train tokens of each trained arm")
     ap.add_argument("--train-seq-len", type=int, default=128)
-    ap.add_argument("--checkpoints", default={}, type=lambda s: dict(kv.split("=", 1) for kv in s.split(",") if kv),
-                    help="ARM=DIR,...: rows for native checkpoints trained elsewhere")
+    ap.add_argument("--checkpoints", default=[], type=parse_checkpoints,
+                    help="ARM=DIR,...: rows for native checkpoints trained elsewhere; healed arms STUDENT+HEAL")
     ap.add_argument("--out", default=str(RESULTS / "leaderboard.jsonl"))
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--chance", action="store_true", help="write only leaderboard_chance.json (part of --report)")
@@ -383,9 +446,10 @@ def main() -> None:
     if args.chance:
         write_chance([json.loads(x) for x in Path(args.out).read_text().splitlines() if x.strip()])
         return
-    unknown = (set(args.arms) | set(args.checkpoints)) - set(ARMS)
+    unknown = (set(args.arms) - set(ARMS)) | {a for a, _ in args.checkpoints if a not in ARMS and healed(a) is None}
     if unknown:
-        sys.exit(f"leaderboard: unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
+        sys.exit(f"leaderboard: unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}; checkpoints also "
+                 f"STUDENT or STUDENT+HEAL, STUDENT in {', '.join(HEAL_STUDENTS)}, HEAL in {', '.join(HEALS)}")
     run(args)
 
 
