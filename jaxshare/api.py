@@ -149,14 +149,17 @@ def inherit(model, k: int):
     return METHODS["inherit"].apply(_model(model), InheritOptions(k))
 
 
-def prune(model, mlp: float = 0.0, kv_groups: float = 0.0, *, compensate: bool = False, calib=None):
+def prune(model, mlp: float = 0.0, kv_groups: float = 0.0, *, compensate: bool = False, per_layer: bool = False,
+          calib=None):
     """(Model, report): structured width pruning to a smaller dense model. mlp: share of each layer's
     MLP channels removed; kv_groups: share of its KV groups removed with their query heads (a whole
     number of groups); compensate: refit down and o on the kept channels by least squares. calib:
     calibration (grams, token windows or a corpus; needed when a ratio is above 0) that ranks the
-    channels by their activations. The report: params before/after, fraction removed, kept sizes."""
+    channels by their activations. per_layer: as many MLP channels removed from the model as a whole,
+    each layer its own share (per-layer widths; exports pad to the widest layer). The report: params
+    before/after, fraction removed, kept sizes."""
     m = _model(model)
-    opts = PruneOptions(mlp, kv_groups, compensate)
+    opts = PruneOptions(mlp, kv_groups, compensate, per_layer)
     METHODS["prune"].check(opts, m.cfg)  # refusals before a calibration pass
     return METHODS["prune"].apply(m, opts, grams_for(m, calib) if opts.active else None)
 

@@ -21,7 +21,7 @@ def cmd_prune(args) -> None:
     from jaxshare.io.native import save_native
     from jaxshare.methods import METHODS, PruneOptions
 
-    opts = PruneOptions(args.mlp, args.kv_groups, args.compensate)  # the plan step's options, checked alike
+    opts = PruneOptions(args.mlp, args.kv_groups, args.compensate, args.per_layer)  # the plan step's options, checked alike
     method = METHODS["prune"]
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, "fp32")  # ranked, sliced and refit in fp32; stored in --dtype
@@ -43,7 +43,11 @@ def cmd_prune(args) -> None:
         fit = r.get("rel_calib_error_compensated")
         lines.append(f"{t}: calibration error of the kept channels {r['rel_calib_error_sliced']:.4f}"
                      + ("" if fit is None else f", compensated {fit:.4f}"))
-    lines.append(f"d_ff {rep['d_ff'][0]} -> {rep['d_ff'][1]}, KV groups {rep['n_kv_heads'][0]} -> "
+    if "widths" in rep:
+        w = rep["widths"]
+        lines.append(f"MLP channels kept per layer: {min(w)} to {max(w)} of {rep['d_ff'][0]} ({', '.join(map(str, w))}); "
+                     "a layer computes at the widest layer's width")
+    lines.append(f"d_ff {rep['d_ff'][0]} -> {rep['d_ff'][1]}{' (widest layer)' if 'widths' in rep else ''}, KV groups {rep['n_kv_heads'][0]} -> "
                  f"{rep['n_kv_heads'][1]} (heads {rep['n_heads'][0]} -> {rep['n_heads'][1]}) per layer; model "
                  f"{rep['params_before']} -> {rep['params_after']} params ({100 * rep['fraction_removed']:.1f}% "
                  f"removed); {rep['seconds']:.1f} s")
@@ -57,10 +61,16 @@ def register(sub, add, group) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("out", type=nonempty, help="output jaxshare checkpoint directory")
     p.add_argument("--mlp", type=PRUNE_RATIO, default=0.0,
-                   help="share of each layer's MLP channels removed, in [0, 1) (the same count in every layer)")
+                   help="share of each layer's MLP channels removed, in [0, 1) (the same count in every layer unless "
+                        "--per-layer)")
     p.add_argument("--kv-groups", type=PRUNE_RATIO, default=0.0,
                    help="share of each layer's KV groups removed with their query heads, in [0, 1); must be a "
                         "whole number of groups")
+    p.add_argument("--per-layer", action="store_true",
+                   help="remove the same number of MLP channels from the model as a whole, each layer its own "
+                        "share (by each channel's share of its layer's output, at most 2x the uniform count per "
+                        "layer); kept as per-layer widths natively, padded with zero channels to the widest layer "
+                        "in HF and GGUF exports")
     p.add_argument("--compensate", action="store_true",
                    help="refit down (and o) on the kept channels by least squares on the calibration grams")
     calibration_args(p, CALIB_WINDOWS, CALIB_SEQ_LEN, "calibration")

@@ -27,13 +27,14 @@ from jaxshare.errors import CheckpointError
 from jaxshare.core.params import get_leaf, nodes_by_path, replace_leaves
 from jaxshare.headshare.codec import CORRECTIONS, SHARING
 from jaxshare.lora.codec import CODEC as LORA
+from jaxshare.pruning.ragged import CODEC as RAGGED
 from jaxshare.quant import tree as quant_tree
 
 ENTRY_POINT_GROUP = "jaxshare.codecs"
 # Restore order: whole corrected banks first (the sharing codec then leaves them alone), quantized
 # codes last (they may sit inside the others). A wrapping kind (`wraps = True`: LoRA adapters, whose
 # `base` field holds any other kind) is handled around the others: see `peel`.
-BUILTIN: tuple[Codec, ...] = (CORRECTIONS, SHARING, basis_io.CODEC, quant_tree.CODEC, LORA)
+BUILTIN: tuple[Codec, ...] = (CORRECTIONS, SHARING, RAGGED, basis_io.CODEC, quant_tree.CODEC, LORA)
 
 
 @functools.lru_cache(maxsize=None)

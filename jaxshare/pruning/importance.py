@@ -43,6 +43,39 @@ def kv_importance(grams, cfg: ModelConfig) -> np.ndarray:
     return diag_LH.reshape(cfg.n_layers, cfg.n_kv_heads, cfg.groups * cfg.head_dim).sum(-1)
 
 
+def output_shares(importance_LF: np.ndarray, w_down_LFD) -> np.ndarray:
+    """[L, F] each channel's share of its layer's MLP output energy on the calibration tokens,
+    sum_t h_j^2 * ||W_down[j]||^2 over the layer's sum (the diagonal of X W W^T X^T: the cross terms
+    between channels left out, as in the ranking itself). Shares are comparable across layers where
+    raw activations are not (their scale grows with depth), so they rank channels model-wide."""
+    out = np.empty(importance_LF.shape, np.float64)
+    for l in range(importance_LF.shape[0]):
+        e = importance_LF[l] * np.sum(np.square(np.asarray(w_down_LFD[l], np.float64)), axis=-1)
+        out[l] = e / max(float(e.sum()), np.finfo(np.float64).tiny)
+    return out
+
+
+def keep_per_layer(shares_LF: np.ndarray, n_remove: int, max_layer_remove: int) -> list[np.ndarray]:
+    """Each layer's kept channels (int32, original order) after removing the n_remove channels of
+    lowest output share model-wide, no layer losing more than max_layer_remove of them (so no layer
+    is gutted by a ranking that knows nothing of what later layers need). Ties: lower layer, then
+    lower index, first."""
+    L, F = shares_LF.shape
+    order = np.argsort(shares_LF.ravel(), kind="stable")
+    removed = np.zeros(L, np.int64)
+    drop = np.zeros(L * F, bool)
+    left = n_remove
+    for flat in order:
+        if left == 0:
+            break
+        l = flat // F
+        if removed[l] < max_layer_remove:
+            removed[l] += 1
+            drop[flat] = True
+            left -= 1
+    return [np.flatnonzero(~drop[l * F:(l + 1) * F]).astype(np.int32) for l in range(L)]
+
+
 def keep_top(importance_LN: np.ndarray, n_keep: int) -> np.ndarray:
     """[L, n_keep] int32: each layer's n_keep most important indices, in their original order (so the
     pruned arrays keep the source's channel order). Ties are broken by the lower index (stable sort)."""

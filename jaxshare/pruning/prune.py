@@ -16,10 +16,12 @@ from jaxshare.core.matrices import get_type
 from jaxshare.core.params import Params, count_params, param_bytes, replace_leaves
 from jaxshare.errors import MethodError
 from jaxshare.pruning import compensate as comp
-from jaxshare.pruning.importance import keep_top, kv_importance, mlp_importance
+from jaxshare.pruning.importance import keep_per_layer, keep_top, kv_importance, mlp_importance, output_shares
+from jaxshare.pruning.ragged import to_ragged
 from jaxshare.pruning.shrink import shrink_kv, shrink_mlp
 
 WHOLE = 0.01  # a KV ratio may miss a whole number of groups by this much (0.333 of 3 groups is 1)
+LAYER_CAP = 2  # per_layer: no layer loses more than this many times the uniform count of channels
 
 
 def _check_ratio(key: str, r) -> float:
@@ -89,6 +91,36 @@ def select(grams, cfg: ModelConfig, mlp: float, kv_groups: float) -> tuple[np.nd
     return keep_LF, keep_LK
 
 
+def select_per_layer(grams, cfg: ModelConfig, mlp: float, w_down) -> list[np.ndarray] | None:
+    """Each layer's kept MLP channels when the model as a whole removes as many as `mlp` uniformly
+    would, each layer at most LAYER_CAP times that many (and never all): those of lowest share of
+    their layer's output energy go first (importance.output_shares)."""
+    f = mlp_keep_count(cfg, mlp)
+    if f == cfg.d_ff:
+        return None
+    n = cfg.d_ff - f
+    shares = output_shares(mlp_importance(grams, cfg), w_down)
+    return keep_per_layer(shares, cfg.n_layers * n, min(cfg.d_ff - 1, LAYER_CAP * n))
+
+
+def shrink_mlp_ragged(params: Params, cfg: ModelConfig, keep: list, down_rows: list | None):
+    """Per-layer widths: gate/up/down (and their channel biases) as Ragged banks (pruning/ragged.py);
+    down_rows: compensated rows per layer in place of the sliced ones."""
+    from jaxshare.pruning.ragged import CHANNEL_AXIS, Ragged, ragged_index
+
+    mlp, new = params.layers.mlp, {}
+    for path, axis in CHANNEL_AXIS.items():
+        leaf = getattr(mlp, path.rsplit(".", 1)[1])
+        if leaf is not None:
+            new[path] = to_ragged(leaf, keep, axis)
+    if down_rows is not None:
+        rows = np.concatenate(list(down_rows) + [np.zeros((1, cfg.d_model), down_rows[0].dtype)])
+        new["layers.mlp.w_down"] = Ragged(jax.device_put(rows, may_alias=True),
+                                          jnp.asarray(ragged_index([len(k) for k in keep])), 0)
+    width = max(len(k) for k in keep)
+    return replace_leaves(params, new), dataclasses.replace(cfg, d_ff=width)
+
+
 def group_rows(keep_LK: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """[L, K' G d]: the rows of o's 2-D view ([K G d, D], head-major) of the kept groups."""
     block = cfg.groups * cfg.head_dim
@@ -99,16 +131,18 @@ def _fit(w_LND, grams_L, keep_LR: np.ndarray, refit: bool) -> tuple[np.ndarray |
     """Per layer: the refit rows (refit; [L, R, D] in w's dtype, filled a layer at a time: a list
     of float64 layers stacked at the end held 2 x 2.5 GB at a 1.5B model's down projection) and
     the calibration error of slicing, and of the refit."""
-    L, R = keep_LR.shape
+    L = len(keep_LR)
     errs_sliced, errs_fit = [], []
-    out = np.empty((L, R, w_LND.shape[-1]), w_LND.dtype) if refit else None
+    ragged = not isinstance(keep_LR, np.ndarray)  # per-layer widths: a list of per-layer rows
+    out = None if not refit else [None] * L if ragged else np.empty((L, keep_LR.shape[1], w_LND.shape[-1]),
+                                                                     w_LND.dtype)
     for i in range(L):
         w, g, keep = np.asarray(w_LND[i], np.float64), np.asarray(grams_L[i], np.float64), keep_LR[i]
         errs_sliced.append(comp.rel_error(w, g, keep, w[keep]))
         if refit:
             fit = comp.refit(w, g, keep)
             errs_fit.append(comp.rel_error(w, g, keep, fit))
-            out[i] = fit
+            out[i] = fit.astype(w_LND.dtype) if ragged else fit
         del w, g
     rep = {"rel_calib_error_sliced": float(np.mean(errs_sliced))}
     if refit:
@@ -126,9 +160,11 @@ def _free(old, new) -> None:
 
 
 def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: float = 0.0,
-          compensate: bool = False, consume: bool = False) -> tuple[Params, ModelConfig, dict]:
+          compensate: bool = False, consume: bool = False, per_layer: bool = False) -> tuple[Params, ModelConfig, dict]:
     """(params, cfg, report) of the width-pruned model: every layer keeps the same number of MLP
     channels (mlp: the share removed) and KV groups (kv_groups), each its own most active ones.
+    per_layer: the same number of MLP channels removed from the model as a whole, each layer its
+    own share (select_per_layer), held as Ragged banks; cfg.d_ff is then the widest layer.
     consume: delete each replaced dense leaf's buffer (the caller's `params` become unusable)."""
     t0 = time.perf_counter()
     pb, bb = count_params(params), param_bytes(params)  # before any leaf is consumed
@@ -140,13 +176,21 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
               "n_heads": [cfg.n_heads, new_cfg.n_heads], "per_type": {}}
     if types:
         check_grams(grams, cfg, (("down_in",) if mlp > 0 else ()) + (("o_in",) if kv_groups > 0 else ()))
-    keep_LF, keep_LK = (None, None) if not types else select(grams, cfg, mlp, kv_groups)
+    keep_LF, keep_LK = (None, None) if not types else select(grams, cfg, 0.0 if per_layer else mlp, kv_groups)
+    if per_layer and mlp > 0:
+        keep_LF = select_per_layer(grams, cfg, mlp, params.layers.mlp.w_down)
     out = params
     if keep_LF is not None:
         w_down = params.layers.mlp.w_down
         fit, report["per_type"]["down"] = _fit(w_down, grams["down_in"], keep_LF, compensate)
         before = out
-        out, _ = shrink_mlp(out, cfg, keep_LF)
+        if per_layer:
+            out, new_cfg = shrink_mlp_ragged(out, new_cfg, keep_LF, fit)
+            report["d_ff"][1] = new_cfg.d_ff
+            report["widths"] = [len(k) for k in keep_LF]
+            fit = None
+        else:
+            out, _ = shrink_mlp(out, cfg, keep_LF)
         if fit is not None:
             out = replace_leaves(out, {"layers.mlp.w_down": jax.device_put(fit, may_alias=True)})
             del fit

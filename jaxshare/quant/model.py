@@ -246,6 +246,11 @@ def check_model(params, cfg: ModelConfig, spec: QuantSpec) -> None:
     """Refuse before any work: an already quantized model, a group that does not divide a dense row."""
     if quantized_paths(params):
         raise P.QuantError("the model is already quantized (quantize its unquantized source instead)")
+    for t in types_present(cfg):
+        leaf = get_type(params.layers, t)
+        if getattr(leaf, "quantizable", True) is False:  # a kind that says so (per-layer MLP widths)
+            raise P.QuantError(f"{t} is {type(leaf).__name__} ({leaf.quantizable_why}), which quantization does "
+                               "not pack yet")
     for t in types_present(cfg):  # a basis' coefficients (rank rows) are padded to whole groups instead
         P.check_rows(dims(cfg, t)[0], spec.group, f"{t} (d_in {dims(cfg, t)[0]})")
 

@@ -19,7 +19,7 @@ from jaxshare.quant.leaf import Quantized
 from jaxshare.quant.model import QuantSpec, quantize_params
 from jaxshare.training.step import _decay_mask, ce_loss
 
-KINDS = ["dense", "shared", "corrected", "basis", "quant", "quant+shared", "quant+basis"]
+KINDS = ["dense", "shared", "corrected", "basis", "quant", "quant+shared", "quant+basis", "ragged"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,11 @@ def _build(kind, base):
 
     cfg, params, grams = base
     p = params
-    if "shared" in kind:
+    if kind == "ragged":  # per-layer MLP widths (prune --per-layer): the config's d_ff is the widest layer
+        from jaxshare.pruning.prune import prune
+
+        p, cfg, _ = prune(params, cfg, grams, mlp=0.25, per_layer=True)
+    elif "shared" in kind:
         p = direct_share(params, cfg, 0.5, share_o=True)[0]
     elif kind == "corrected":
         p = data_share(params, cfg, 0.5, "data", "qkv", grams)[0]

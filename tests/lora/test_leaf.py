@@ -11,7 +11,7 @@ from jaxshare.core.params import count_params
 from jaxshare.lora.leaf import LoRA, adapter_params, attach, lora_paths, merge, strip
 from tests.core.test_kinds import _build, base  # noqa: F401  (module fixture)
 
-KINDS = ["dense", "shared", "corrected", "basis", "quant", "quant+basis"]
+KINDS = ["dense", "shared", "corrected", "basis", "quant", "quant+basis", "ragged"]
 
 
 @pytest.fixture(scope="module")

@@ -196,7 +196,7 @@ def test_native_round_trip_and_gguf_export(llama, tmp_path):
     js.save(out, tmp_path / "native")
     back = js.load(tmp_path / "native")
     assert back.cfg == out.cfg and back.extra["prune"]["steps"] == [{"mlp": 0.25, "kv_groups": 0.5,
-                                                                      "compensate": False}]
+                                                                      "compensate": False, "per_layer": False}]
     want = np.asarray(forward(out.params, out.cfg, TOKENS))
     np.testing.assert_array_equal(np.asarray(forward(back.params, back.cfg, TOKENS)), want)
     gguf = js.export_gguf(out, tmp_path / "m.gguf", gguf_type="f32")  # a random model has no tokenizer to read back
