@@ -8,6 +8,8 @@ CLI's default, so `jaxshare prune` / `jaxshare basis` with their defaults build 
   prune-mlp      MLP channels only, the same count in every layer, ranked by their activations
   prune-mlp+kv   one of SmolLM2's three KV groups (with its three query heads) per layer, and MLP
                  channels for the rest of the budget
+  prune-mlp-pl   as many MLP channels as prune-mlp, each layer its own count (--per-layer: the channels
+                 of least residual-stream energy go first, at most 1.5x the uniform count per layer)
   (each with and without --compensate: a least-squares refit of down / o on the kept channels)
   basis          Basis Sharing, n = 2, every linear type, ratio scaled to the budget
   svd-llm        per-layer whitened SVD (n = 1), the same ratio
@@ -52,6 +54,7 @@ def arms(cfg, total: int, budget: float) -> dict:
         tag = "+comp" if comp else ""
         out[f"prune-mlp{tag}"] = ("prune", PruneOptions(mlp=mlp_only, compensate=comp))
         out[f"prune-mlp+kv{tag}"] = ("prune", PruneOptions(mlp=with_kv, kv_groups=kv, compensate=comp))
+        out[f"prune-mlp-pl{tag}"] = ("prune", PruneOptions(mlp=mlp_only, compensate=comp, per_layer=True))
     out["basis"] = ("basis", BasisOptions(ratio=budget / LINEAR_SHARE, group_size=2))
     out["svd-llm"] = ("basis", BasisOptions(ratio=budget / LINEAR_SHARE, group_size=1, method="svd-llm"))
     return out
@@ -155,7 +158,35 @@ def write_report(rows: list[dict]) -> None:
         lines.append(f"| {r['budget']:.0%} | {r['arm']} | {r['removed']:.1%} | {r['ppl']:.2f} "
                      f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['ppl'] / dense['ppl']:.2f} |")
     lines += plan_against_best(rows)
+    lines += per_layer_against_uniform(rows)
     (RESULTS / "prune.md").write_text("\n".join(lines) + "\n")
+
+
+def paired(a: dict, b: dict, reps: int = 10000) -> tuple[float, float, float, int]:
+    """(mean a - b per-window NLL, 95% paired-bootstrap interval, windows where a is lower)."""
+    import numpy as np
+
+    d = np.asarray(a["window_nll"]) - np.asarray(b["window_nll"])
+    means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi), int((d < 0).sum())
+
+
+def per_layer_against_uniform(rows: list[dict]) -> list[str]:
+    """Each per-layer arm against the uniform arm with the same channels removed, on the same windows."""
+    out = []
+    for r in rows:
+        if not r["arm"].startswith("prune-mlp-pl"):
+            continue
+        u = next((x for x in rows if x["budget"] == r["budget"] and x["arm"] == r["arm"].replace("-pl", "")), None)
+        if u is None:
+            continue
+        m, lo, hi, n = paired(r, u)
+        verdict = "per-layer is better" if hi < 0 else "uniform is better" if lo > 0 else "no difference outside the noise"
+        out.append(f"- −{r['budget']:.0%}: {r['arm']} {r['ppl']:.2f} against {u['arm']} {u['ppl']:.2f}: {m:+.4f} nats "
+                   f"per token [{lo:+.4f}, {hi:+.4f}] (per-layer lower on {n} of {len(r['window_nll'])}): {verdict}")
+    return ["", "Per-layer widths (`--per-layer`) against the same number of channels removed uniformly:", ""] + out \
+        if out else []
 
 
 def plan_against_best(rows: list[dict], reps: int = 10000) -> list[str]:

@@ -68,9 +68,9 @@ def register(sub, add, group) -> None:
                         "whole number of groups")
     p.add_argument("--per-layer", action="store_true",
                    help="remove the same number of MLP channels from the model as a whole, each layer its own "
-                        "share (by each channel's share of its layer's output, at most 2x the uniform count per "
-                        "layer); kept as per-layer widths natively, padded with zero channels to the widest layer "
-                        "in HF and GGUF exports")
+                        "count (the channels of least energy in the residual stream go first, at most 1.5x the "
+                        "uniform count per layer); kept as per-layer widths natively, padded with zero channels to "
+                        "the widest layer in HF and GGUF exports")
     p.add_argument("--compensate", action="store_true",
                    help="refit down (and o) on the kept channels by least squares on the calibration grams")
     calibration_args(p, CALIB_WINDOWS, CALIB_SEQ_LEN, "calibration")

@@ -43,25 +43,26 @@ def kv_importance(grams, cfg: ModelConfig) -> np.ndarray:
     return diag_LH.reshape(cfg.n_layers, cfg.n_kv_heads, cfg.groups * cfg.head_dim).sum(-1)
 
 
-def output_shares(importance_LF: np.ndarray, w_down_LFD) -> np.ndarray:
-    """[L, F] each channel's share of its layer's MLP output energy on the calibration tokens,
-    sum_t h_j^2 * ||W_down[j]||^2 over the layer's sum (the diagonal of X W W^T X^T: the cross terms
-    between channels left out, as in the ranking itself). Shares are comparable across layers where
-    raw activations are not (their scale grows with depth), so they rank channels model-wide."""
+def output_energy(importance_LF: np.ndarray, w_down_LFD) -> np.ndarray:
+    """[L, F] each channel's energy in the residual stream on the calibration tokens: sum_t h_j^2 *
+    ||W_down[j]||^2 (the diagonal of X W W^T X^T, the cross terms between channels left out as in
+    the ranking itself). Every layer writes into the same residual stream, so this ranks channels
+    model-wide where raw activations cannot (down's rows scale them differently per layer). Chosen
+    on wiki:validation over each channel's share of its layer's energy and of its activations
+    (experiments/prune_select.py), never on the held-out test windows."""
     out = np.empty(importance_LF.shape, np.float64)
     for l in range(importance_LF.shape[0]):
-        e = importance_LF[l] * np.sum(np.square(np.asarray(w_down_LFD[l], np.float64)), axis=-1)
-        out[l] = e / max(float(e.sum()), np.finfo(np.float64).tiny)
+        out[l] = importance_LF[l] * np.sum(np.square(np.asarray(w_down_LFD[l], np.float64)), axis=-1)
     return out
 
 
-def keep_per_layer(shares_LF: np.ndarray, n_remove: int, max_layer_remove: int) -> list[np.ndarray]:
+def keep_per_layer(score_LF: np.ndarray, n_remove: int, max_layer_remove: int) -> list[np.ndarray]:
     """Each layer's kept channels (int32, original order) after removing the n_remove channels of
-    lowest output share model-wide, no layer losing more than max_layer_remove of them (so no layer
+    lowest score model-wide, no layer losing more than max_layer_remove of them (so no layer
     is gutted by a ranking that knows nothing of what later layers need). Ties: lower layer, then
     lower index, first."""
-    L, F = shares_LF.shape
-    order = np.argsort(shares_LF.ravel(), kind="stable")
+    L, F = score_LF.shape
+    order = np.argsort(score_LF.ravel(), kind="stable")
     removed = np.zeros(L, np.int64)
     drop = np.zeros(L * F, bool)
     left = n_remove

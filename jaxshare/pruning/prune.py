@@ -16,12 +16,13 @@ from jaxshare.core.matrices import get_type
 from jaxshare.core.params import Params, count_params, param_bytes, replace_leaves
 from jaxshare.errors import MethodError
 from jaxshare.pruning import compensate as comp
-from jaxshare.pruning.importance import keep_per_layer, keep_top, kv_importance, mlp_importance, output_shares
+from jaxshare.pruning.importance import keep_per_layer, keep_top, kv_importance, mlp_importance, output_energy
 from jaxshare.pruning.ragged import to_ragged
 from jaxshare.pruning.shrink import shrink_kv, shrink_mlp
 
 WHOLE = 0.01  # a KV ratio may miss a whole number of groups by this much (0.333 of 3 groups is 1)
-LAYER_CAP = 2  # per_layer: no layer loses more than this many times the uniform count of channels
+LAYER_CAP = 1.5  # per_layer: no layer loses more than this many times the uniform count (2 was worse on
+# wiki:validation at -20%: experiments/prune_select.py)
 
 
 def _check_ratio(key: str, r) -> float:
@@ -93,14 +94,14 @@ def select(grams, cfg: ModelConfig, mlp: float, kv_groups: float) -> tuple[np.nd
 
 def select_per_layer(grams, cfg: ModelConfig, mlp: float, w_down) -> list[np.ndarray] | None:
     """Each layer's kept MLP channels when the model as a whole removes as many as `mlp` uniformly
-    would, each layer at most LAYER_CAP times that many (and never all): those of lowest share of
-    their layer's output energy go first (importance.output_shares)."""
+    would, each layer at most LAYER_CAP times that many (and never all): those of least energy in
+    the residual stream go first (importance.output_energy)."""
     f = mlp_keep_count(cfg, mlp)
     if f == cfg.d_ff:
         return None
     n = cfg.d_ff - f
-    shares = output_shares(mlp_importance(grams, cfg), w_down)
-    return keep_per_layer(shares, cfg.n_layers * n, min(cfg.d_ff - 1, LAYER_CAP * n))
+    energy = output_energy(mlp_importance(grams, cfg), w_down)
+    return keep_per_layer(energy, cfg.n_layers * n, min(cfg.d_ff - 1, int(LAYER_CAP * n)))
 
 
 def shrink_mlp_ragged(params: Params, cfg: ModelConfig, keep: list, down_rows: list | None):
@@ -164,7 +165,7 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
     """(params, cfg, report) of the width-pruned model: every layer keeps the same number of MLP
     channels (mlp: the share removed) and KV groups (kv_groups), each its own most active ones.
     per_layer: the same number of MLP channels removed from the model as a whole, each layer its
-    own share (select_per_layer), held as Ragged banks; cfg.d_ff is then the widest layer.
+    own count (select_per_layer), held as Ragged banks; cfg.d_ff is then the widest layer.
     consume: delete each replaced dense leaf's buffer (the caller's `params` become unusable)."""
     t0 = time.perf_counter()
     pb, bb = count_params(params), param_bytes(params)  # before any leaf is consumed

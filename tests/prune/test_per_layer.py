@@ -24,20 +24,19 @@ from tests.tiny_model import save_text, save_tiny_model
 
 
 def _numpy_keep(m, grams, r):
-    """The per-layer selection written out in numpy: output-energy shares, model-wide ascending
-    order, at most 2x the uniform count per layer."""
+    """The per-layer selection written out in numpy: residual-stream energy of each channel,
+    model-wide ascending order, at most 1.5x the uniform count per layer."""
     L, F = m.cfg.n_layers, m.cfg.d_ff
     n = round(r * F)
     act = mlp_importance(grams, m.cfg)
     down = np.asarray(m.params.layers.mlp.w_down, np.float64)
     e = act * (down ** 2).sum(-1)
-    share = e / e.sum(1, keepdims=True)
     removed, drop = np.zeros(L, int), np.zeros((L, F), bool)
-    for flat in np.argsort(share.ravel(), kind="stable"):
+    for flat in np.argsort(e.ravel(), kind="stable"):
         if drop.sum() == L * n:
             break
         l, j = divmod(int(flat), F)
-        if removed[l] < min(F - 1, 2 * n):
+        if removed[l] < min(F - 1, int(1.5 * n)):
             removed[l] += 1
             drop[l, j] = True
     return [np.flatnonzero(~drop[l]) for l in range(L)]
