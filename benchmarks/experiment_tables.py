@@ -24,7 +24,9 @@ SHORT = {"directshare": "DirectShare", "directshare+postshare": "DirectShare + P
          "svd-llm": "SVD-LLM", "inherit": "inherit", "inheritune": "Inheritune", "magnitude": "magnitude (q/k/v)",
          "magnitude-linear": "magnitude-linear", "prune-mlp": "width pruning (MLP)",
          "prune-mlp+kv": "width pruning (MLP + k/v)", "prune-mlp+comp": "width pruning (MLP, compensated)",
-         "prune-mlp+kv+comp": "width pruning (MLP + k/v, compensated)"}
+         "prune-mlp+kv+comp": "width pruning (MLP + k/v, compensated)",
+         "prune-mlp-pl": "width pruning (MLP, per-layer widths)",
+         "prune-mlp-pl+comp": "width pruning (MLP, per-layer widths, compensated)"}
 HEALED_SHORT = {"basis": "Basis Sharing", "datashare": "data-aware head sharing", "inherit": "inherit",
                 "plan": "budgeted plan", "prune-mlp": "width pruning (MLP, compensated)"}
 HEAL_LABELS = {"ce": "CE", "kd": "KD", "kd+lora": "KD + LoRA"}
