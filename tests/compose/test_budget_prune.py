@@ -46,7 +46,7 @@ def test_a_plan_with_prune_share_basis_and_inherit_counts_exactly(tiny):
     alloc = {"layers": 3, "units": 2, "ranks": {"o": 9}, "channels": 17}
     plan = to_plan(alloc, cfg, 2, "qk", "mean", None)
     assert [s.method for s in plan.steps] == ["inherit", "prune", "share", "basis"]
-    assert plan.steps[1].options == {"mlp": 17 / cfg.d_ff, "kv_groups": 0.0, "compensate": True}
+    assert plan.steps[1].options == {"mlp": 17 / cfg.d_ff, "kv_groups": 0.0, "compensate": True, "per_layer": False}
     out, new_cfg, _, _ = apply_plan(params, cfg, plan, grams)
     assert new_cfg.d_ff == cfg.d_ff - 17 and new_cfg.n_layers == 3
     assert count_params(out) == b.params(3, 2, {"o": 9}, 17)

@@ -66,7 +66,7 @@ def test_a_plan_with_inherit_prune_kv_mlp_and_basis_counts_exactly(family, llama
     alloc = {"layers": 3, "units": 0, "ranks": {"up": 9, "down": 7}, "channels": 0, "kv_groups": 2}
     plan = to_plan(alloc, cfg, 2, "qk", "mean", None)
     assert [s.method for s in plan.steps] == ["inherit", "prune", "basis"]
-    assert plan.steps[1].options == {"mlp": 0.0, "kv_groups": 0.5, "compensate": True}
+    assert plan.steps[1].options == {"mlp": 0.0, "kv_groups": 0.5, "compensate": True, "per_layer": False}
     assert set(plan.steps[1].claims()) == ATTN
     out, new_cfg, _, _ = apply_plan(params, cfg, plan, grams)
     assert (new_cfg.n_layers, new_cfg.n_kv_heads, new_cfg.n_heads) == (3, 2, 4)
