@@ -31,6 +31,14 @@ def _target(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a fraction of the model's parameters in (0, 1), got {text}") from None
 
 
+def _removed_bytes(text: str) -> float:
+    try:
+        return _FRACTION(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be the fraction of the model's bytes to remove, in (0, 1), "
+                                         f"got {text}") from None
+
+
 def _removed(text: str) -> float:
     try:
         return _FRACTION(text)
@@ -47,6 +55,13 @@ class _Ratio(argparse.Action):
         namespace.ratio, namespace.target_params = values, 1.0 - values
 
 
+class _ByteRatio(argparse.Action):
+    """--byte-ratio R: the fraction of the model's bytes removed; the planner then counts in bytes."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.byte_ratio, namespace.target_params = values, 1.0 - values
+
+
 class _TargetParams(DeprecatedAlias):
     """--target-params F, the fraction kept: the one ratio flag that counted the other way."""
 
@@ -58,7 +73,7 @@ class _TargetParams(DeprecatedAlias):
 
 # what only the plan chooser (--ratio) reads, and what only calibration reads
 TARGET_ONLY = ("methods", "group_size", "match", "keep", "sens_windows", "heldout", "heldout_windows", "heal_tokens",
-               "heal_data")
+               "heal_data", "quant_method")
 CALIB_FLAGS = ("calib", "calib_windows", "calib_seq_len", "seed", "batch_size")
 
 
@@ -105,6 +120,8 @@ def cmd_compress(args) -> None:
     from jaxshare.io.load import load_model, resolve
     from jaxshare.io.native import save_native
 
+    if args.plan is None and "quantize" in args.methods and args.byte_ratio is None:
+        raise PlanError("--methods quantize removes no parameters: give the target in bytes (--byte-ratio)")
     plan = read_plan(args.plan) if args.plan else None  # a bad plan costs nothing
     if plan is not None:  # flags this plan would ignore, refused before anything loads
         refuse_given(args, TARGET_ONLY, "applies only when compress chooses the plan (--ratio); with --plan the "
@@ -177,20 +194,23 @@ def _budgeted(m, args, calib):
     # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
     from jaxshare.basis.calibrate import calibration_windows, unseen_windows
     from jaxshare.compose.budget import check_reachable, format_table, refined_plan, sensitivity
+    from jaxshare.compose.sensitivity import quant_sensitivity
     from jaxshare.compose.plan import PlanError
     from jaxshare.core.compressed import compressed_leaves
 
     if compressed_leaves(m.params):
         raise PlanError("--ratio starts from an uncompressed model; this one is already compressed "
                         "(use --plan to add steps)")
-    check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size)
+    unit = "bytes" if args.byte_ratio is not None else "params"
+    check_reachable(m.params, m.cfg, args.target_params, args.methods, args.group_size, unit)
     # deferred: numpy; the parser imports this module (jaxshare --help stays light)
     from jaxshare.data.tokens import token_ids, token_windows
 
     held = token_windows(token_ids(args.heldout, m.tokenizer), calib["seq_len"], args.heldout_windows,
                          vocab_size=m.cfg.vocab_size, what=args.heldout)  # a bad held-out corpus fails before the long work
     # basis factors and prune ranks on the grams; data-aware sharing (--keep data) merges on them
-    need = {"basis", "prune", "prune-kv"} & set(args.methods) or (args.keep == "data" and "share" in args.methods)
+    need = {"basis", "prune", "prune-kv"} & set(args.methods) or (args.keep == "data" and "share" in args.methods) \
+        or ("quantize" in args.methods and args.quant_method == "gptq")
     grams, info = _grams(m, calib, args.batch_size) if need else (None, None)
     # Scored on windows of the calibration corpus that the grams (and so the fits) never saw.
     corpus = load_corpus(calib["data"])
@@ -199,8 +219,11 @@ def _budgeted(m, args, calib):
     _say(f"sensitivity: loss of each candidate alone on {len(windows)} windows of {calib['data']} "
          f"outside the calibration")
     sens = sensitivity(m.params, m.cfg, windows, grams, args.methods, args.group_size, args.match, args.keep, log=_say)
+    if "quantize" in args.methods:
+        sens["quant"] = quant_sensitivity(m.params, m.cfg, windows, grams, args.quant_method, log=_say)
+        sens["quant_method"] = args.quant_method
     plan, details = refined_plan(m.params, m.cfg, args.target_params, args.methods, sens, windows, grams,
-                                 args.group_size, args.match, args.keep, calib, log=_say)
+                                 args.group_size, args.match, args.keep, calib, log=_say, unit=unit)
     print(format_table(details), file=sys.stderr if args.json else sys.stdout)
     details["sensitivity"] = sens
     details["_heldout_windows"] = held
@@ -240,12 +263,18 @@ def register(sub, add, group) -> None:
                           "(0, 1), e.g. 0.15: instead of --plan, choose a plan that meets it (default: none)")
     how.add_argument("--target-params", type=_target, action=_TargetParams, dest="target_params",
                      new="--ratio (1 - F)")
-    c.set_defaults(ratio=None, target_params=None)
+    how.add_argument("--byte-ratio", type=_removed_bytes, action=_ByteRatio,
+                     help="fraction of the model's bytes removed, in (0, 1): like --ratio, counted in bytes, so "
+                          "--methods may include quantize (default: none)")
+    c.set_defaults(ratio=None, target_params=None, byte_ratio=None)
     c.add_argument("--methods", type=_methods, default="share,basis",
                    help="with --ratio: methods the plan may use, a comma list of share (head sharing of q/k/v), "
                         "basis (Basis Sharing per type), inherit (drop the last layers), prune (width pruning of "
                         "MLP channels, compensated), prune-kv (removing whole KV groups with their query heads, "
-                        "compensated; excludes share and basis of q/k/v/o)")
+                        "compensated; excludes share and basis of q/k/v/o), quantize (with --byte-ratio: int8 per "
+                        "channel or int4 in groups of 64, per weight type, one width for the model)")
+    c.add_argument("--quant-method", choices=("gptq", "rtn"), default="gptq",
+                   help="with --byte-ratio and quantize: how the plan's types are quantized (and measured)")
     c.add_argument("--group-size", type=COUNT, default=2, help="with --ratio: layers per shared basis")
     c.add_argument("--match", default="qk", choices=("qk", "q", "k", "v", "qkv", "separate"),
                    help="with --ratio: head-sharing match function")

@@ -27,6 +27,17 @@ def group_arg(text: str):
     return int(text)
 
 
+def types_arg(text: str) -> tuple:
+    # deferred: jax-heavy, and the parser (`jaxshare --help`) imports this module
+    from jaxshare.core.matrices import TYPES
+
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    unknown = [n for n in names if n not in TYPES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(TYPES)}, got {text!r}")
+    return names
+
+
 def cmd_quantize(args) -> None:
     # deferred: jax-heavy (jaxshare.cli.basis too, through jaxshare.basis.factor), and the parser
     # (`jaxshare --help`) imports this module
@@ -41,7 +52,8 @@ def cmd_quantize(args) -> None:
         refuse_given(args, GPTQ_ONLY, "is a GPTQ option, and --method rtn (no calibration) would ignore it: "
                                       "drop it, or use --method gptq")
     group = {None: 64 if args.bits == 4 else None, "channel": None}.get(args.group, args.group)
-    spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order)  # the Method's Options
+    spec = QuantSpec(args.bits, group, not args.asym, args.method, args.damp, args.act_order,
+                     args.types)  # the Method's Options
     spec.check()
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
     m = load_model(args.model, args.dtype)  # the leaves left unquantized are held and stored in --dtype
@@ -56,6 +68,8 @@ def cmd_quantize(args) -> None:
     extra = q.extra  # the source's sharing/basis details ride along
     # the CLI's record of the spec, as it has always written it (per channel: group null, not 'channel')
     extra["quant"] = {"method": args.method, "bits": args.bits, "group": group, "sym": not args.asym}
+    if args.types is not None:
+        extra["quant"]["types"] = list(spec.types)
     if args.method == "gptq":  # what RTN does not use is not recorded as if it had been
         extra["quant"].update(damp=args.damp, act_order=args.act_order, calibration=info)
     extra["quantized_from"] = str(m.source)
@@ -114,6 +128,9 @@ def register(sub, add, group) -> None:
     q.add_argument("--group", type=group_arg, default=None,
                    help="input rows per scale: 32, 64, 128, or 'channel' (default: 64 for int4, channel for int8)")
     q.add_argument("--asym", action="store_true", help="asymmetric codes (a zero point per group)")
+    q.add_argument("--types", type=types_arg, default=None,
+                   help="comma list of the weight types quantized, e.g. up,down (default: every linear type; "
+                        "the others stay as they are)")
     q.add_argument("--method", choices=("rtn", "gptq"), default="gptq", help="round-to-nearest or GPTQ")
     q.add_argument("--damp", type=float_in(0.0, 1.0, low_open=True, high_open=True), default=0.01,
                    help="GPTQ damping, a fraction of the gram's mean diagonal")

@@ -25,6 +25,7 @@ from jaxshare.eval.perplexity import perplexity_of_windows
 from jaxshare.headshare.datashare import data_share
 from jaxshare.headshare.directshare import direct_share
 from jaxshare.inheritune.inherit import select_layers
+from jaxshare.quant.model import QuantSpec, quantize_params, types_present
 
 SHARE_RATIOS = (0.1, 0.2, 0.35)
 BASIS_RATIOS = (0.1, 0.25, 0.45)
@@ -108,6 +109,28 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
         curves["prune-kv"] = pts
     return {"base": base, "curves": curves, "windows": int(len(windows)), "seq_len": int(windows.shape[1])}
 
+
+
+QUANT_BITS = (8, 4)
+QUANT_GROUP = {8: None, 4: 64}  # the quantize CLI's defaults: int8 per output channel, int4 in groups of 64
+
+
+def quant_sensitivity(params, cfg, windows, grams, method: str = "gptq", bits=QUANT_BITS, log=None) -> dict:
+    """{bits: {type: loss increase}} of quantizing each linear type alone at each width (a type whose
+    rows the group does not divide is left out at that width)."""
+    say = log or (lambda s: None)
+    base = mean_nll(params, cfg, windows)
+    out = {}
+    for b in bits:
+        out[b] = {}
+        for t in types_present(cfg):
+            spec = QuantSpec(b, QUANT_GROUP[b], True, method, types=(t,))
+            if QUANT_GROUP[b] is not None and dims(cfg, t)[0] % QUANT_GROUP[b]:
+                continue
+            q, _ = quantize_params(params, cfg, spec, grams if method == "gptq" else None, progress=False)
+            out[b][t] = mean_nll(q, cfg, windows) - base
+            say(f"sensitivity quantize {t} int{b}: +{out[b][t]:.4f}")
+    return out
 
 
 def envelope(points) -> list[tuple[float, float]]:

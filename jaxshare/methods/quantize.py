@@ -9,15 +9,16 @@ from jaxshare.methods import checks as C
 from jaxshare.methods.base import MethodBase, updated
 from jaxshare.quant import pack as P
 from jaxshare.quant.model import METHODS as QUANT_METHODS
-from jaxshare.quant.model import QuantSpec, quantize_params, types_present
+from jaxshare.quant.model import QuantSpec, quantize_params, quantized_types
 from jaxshare.core.matrices import dims
 
-FIELDS = ("bits", "group", "sym", "method", "damp", "act_order")
+FIELDS = ("bits", "group", "sym", "method", "damp", "act_order", "types")
 
 
 def spec_from_dict(o: dict) -> QuantSpec:
     """A plan step's quantize options: group an integer, or `channel` (one scale per output channel);
-    its default is the CLI's (64 for int4, per channel for int8), as is GPTQ."""
+    its default is the CLI's (64 for int4, per channel for int8), as is GPTQ. `types` (a list; default
+    every linear type) quantizes only those: what the byte-budgeted plan writes."""
     C.known_keys(o, FIELDS)
     bits = C.choice("bits", o.get("bits", 8), P.BITS)
     group = o.get("group", 64 if bits == 4 else "channel")
@@ -25,7 +26,15 @@ def spec_from_dict(o: dict) -> QuantSpec:
     return QuantSpec(bits, group, C.flag("sym", o.get("sym", True)),
                      C.choice("method", o.get("method", "gptq"), QUANT_METHODS),
                      C.number("damp", o.get("damp", 0.01), 0.0, 1.0, lo_open=True),
-                     C.flag("act_order", o.get("act_order", False)))
+                     C.flag("act_order", o.get("act_order", False)), _types(o.get("types")))
+
+
+def _types(value):
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise MethodError(f"types: expected a non-empty list of weight types, got {value!r}")
+    return tuple(value)
 
 
 def spec_to_dict(spec: QuantSpec) -> dict:
@@ -33,6 +42,8 @@ def spec_to_dict(spec: QuantSpec) -> dict:
            "method": spec.method}
     if spec.method == "gptq":  # what RTN does not use is not recorded as if it had been
         out.update(damp=spec.damp, act_order=spec.act_order)
+    if spec.types is not None:
+        out["types"] = list(spec.types)
     return out
 
 
@@ -54,7 +65,7 @@ class Quantize(MethodBase):
         return opts.method == "gptq"
 
     def check(self, opts: QuantSpec, cfg):
-        for t in types_present(cfg):  # a basis' coefficients (rank rows) are padded to whole groups instead
+        for t in quantized_types(cfg, opts):  # a basis' coefficients (rank rows) are padded to whole groups instead
             d_in = dims(cfg, t)[0]
             if opts.group is not None and d_in % opts.group:
                 raise MethodError(f"group {opts.group} does not divide the {d_in} input rows of {t}")

@@ -45,8 +45,14 @@ class QuantSpec:
     method: str = "gptq"
     damp: float = 0.01
     act_order: bool = False
+    types: tuple | None = None  # the weight types quantized (None: every linear type); others stay as they are
 
     def __post_init__(self):
+        if self.types is not None:
+            unknown = sorted(set(self.types) - set(TYPES))
+            if unknown:
+                raise P.QuantError(f"types: unknown {', '.join(map(str, unknown))}; known: {', '.join(TYPES)}")
+            object.__setattr__(self, "types", tuple(t for t in TYPES if t in set(self.types)))
         self.check()  # a spec that exists is a valid one (plans, the CLI and js build it the same way)
 
     def check(self) -> None:
@@ -55,6 +61,19 @@ class QuantSpec:
             raise P.QuantError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not 0 < self.damp < 1:
             raise P.QuantError(f"--damp must be in (0, 1), got {self.damp}")
+        if self.types is not None and not self.types:
+            raise P.QuantError(f"types: expected some of {', '.join(TYPES)}")
+
+
+def quantized_types(cfg: ModelConfig, spec: QuantSpec) -> list[str]:
+    """The types `spec` quantizes on a model of `cfg`: its `types`, else every linear type present."""
+    present = types_present(cfg)
+    if spec.types is None:
+        return present
+    missing = [t for t in spec.types if t not in present]
+    if missing:
+        raise P.QuantError(f"types: {', '.join(missing)} not in this model (it has {', '.join(present)})")
+    return list(spec.types)
 
 
 def _rows(d_in: int, spec: QuantSpec, pad_ok: bool, what: str) -> int:
@@ -246,12 +265,13 @@ def check_model(params, cfg: ModelConfig, spec: QuantSpec) -> None:
     """Refuse before any work: an already quantized model, a group that does not divide a dense row."""
     if quantized_paths(params):
         raise P.QuantError("the model is already quantized (quantize its unquantized source instead)")
-    for t in types_present(cfg):
+    todo = quantized_types(cfg, spec)
+    for t in todo:
         leaf = get_type(params.layers, t)
         if getattr(leaf, "quantizable", True) is False:  # a kind that says so (per-layer MLP widths)
             raise P.QuantError(f"{t} is {type(leaf).__name__} ({leaf.quantizable_why}), which quantization does "
                                "not pack yet")
-    for t in types_present(cfg):  # a basis' coefficients (rank rows) are padded to whole groups instead
+    for t in todo:  # a basis' coefficients (rank rows) are padded to whole groups instead
         P.check_rows(dims(cfg, t)[0], spec.group, f"{t} (d_in {dims(cfg, t)[0]})")
 
 
@@ -267,7 +287,7 @@ def quantize_params(params, cfg: ModelConfig, spec: QuantSpec, grams: dict | Non
     check_model(params, cfg, spec)
     t0 = time.perf_counter()
     bytes_before = param_bytes(params)
-    todo = types_present(cfg)
+    todo = quantized_types(cfg, spec)
     total = 0
     for t in todo:
         leaf = get_type(params.layers, t)
@@ -304,6 +324,7 @@ def report(before, after, parts: dict, spec: QuantSpec, seconds: float, bytes_be
     lin_b = sum(r["bytes_before"] for r in parts.values())
     lin_a = sum(r["bytes_after"] for r in parts.values())
     return {"bits": spec.bits, "group": spec.group, "sym": spec.sym, "method": spec.method, "damp": spec.damp,
+            "types": sorted({name.split(".")[0] for name in parts}, key=list(TYPES).index),
             "act_order": spec.act_order,
             "bytes_before": param_bytes(before) if bytes_before is None else bytes_before, "bytes_after": param_bytes(after),
             "linear_bytes_before": lin_b, "linear_bytes_after": lin_a, "per_kind": per_kind, "per_part": parts,

@@ -231,7 +231,7 @@ def test_a_bad_plan_is_one_line_exit_2_and_nothing_written(case, cli, tmp_path, 
     (["--ratio", "0.5", "--methods", "share"], "cannot remove that many parameters"),
     (["--plan", "WORK/missing.yaml"], "cannot read plan"),
     (["--ratio", "0.1", "--heldout", "WORK/missing.txt"], "missing.txt"),
-    ([], "one of the arguments --plan --ratio is required"),
+    ([], "one of the arguments --plan --ratio --byte-ratio is required"),
 ])
 def test_a_bad_target_is_one_line_exit_2_and_nothing_written(argv, msg, cli, tmp_path, capsys):
     out = tmp_path / "out"
