@@ -60,6 +60,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
                                        *TRAIN, *CORE),
     "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", *CORE),
+    "experiments/results/plan_bytes.jsonl": ("experiments/plan_bytes.py", "jaxshare/compose", "jaxshare/quant",
+                                              "jaxshare/pruning", "jaxshare/basis", *CORE),
     "experiments/results/prune_select.json": ("experiments/prune_select.py", "experiments/prune.py", "jaxshare/pruning",
                                               *CORE),
     "experiments/results/prune_per_layer_shares.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis",
