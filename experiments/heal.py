@@ -233,6 +233,31 @@ def paired(rows: list[dict], reps: int = 10000) -> list[str]:
     return ["", "KD against CE on the same windows:", ""] + out if out else []
 
 
+def plan_vs_singles(rows: list[dict], reps: int = 10000) -> list[str]:
+    """The budgeted plan against the lowest single-method student at the same budget, heal and
+    tokens (paired bootstrap over the shared windows): does the plan stay ahead after healing?"""
+    arm = {(r["student"], r["budget"], r["heal"], r["tokens"]): r for r in rows if "final" in r}
+    out = []
+    for (student, budget, heal, tokens), plan in arm.items():
+        if student != "plan":
+            continue
+        singles = [r for (s, b, h, t), r in arm.items() if s not in ("plan", "dense") and b == budget and h == heal
+                   and t == tokens]
+        if not singles:
+            continue
+        best = min(singles, key=lambda r: r["final"]["nll"])
+        d = np.asarray(plan["final"]["window_nll"]) - np.asarray(best["final"]["window_nll"])
+        means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        verdict = "the plan is better" if hi < 0 else f"{best['student']} is better" if lo > 0 else \
+            "no difference outside the noise"
+        out.append(f"- -{budget:.0%}, {heal}, {tokens} tokens: plan {plan['final']['ppl']:.2f} vs {best['student']} "
+                   f"{best['final']['ppl']:.2f}: plan - {best['student']} = {d.mean():+.4f} nats per token "
+                   f"[{lo:+.4f}, {hi:+.4f}] (plan lower on {int((d < 0).sum())} of {len(d)}): {verdict}")
+    return ["", "The budgeted plan against the lowest single-method student, same heal and tokens:", ""] + out \
+        if out else []
+
+
 def report() -> None:
     from jaxshare import plots
 
@@ -262,6 +287,7 @@ def report() -> None:
         lines.append(f"| {r['student']} | {removed:.1%} | {r['heal']} | {r['tokens']} | {f['params'] / 1e6:.1f}M | "
                      f"{f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {rec} | {rate} | {rss} |")
     lines += paired(rows)
+    lines += plan_vs_singles(rows)
     s = rows[-1]
     lines += ["", f"commit {s['commit'][:10]}, {s['machine']}, python {s['python']}, jax {s['jax']}; "
                   f"command: `{s['command']}`"]
