@@ -12,6 +12,7 @@ Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
   ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
   kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
   kd+lora    the heal recipe with only rank-16 LoRA adapters training (base weights frozen)
+  kd+ce      the heal recipe with half label cross-entropy mixed in (kd_alpha 0.5), all leaves
 All on wiki:train, the same windows in the same order, --tokens each, cosine lr with warm-up;
 lr fixed before any run (ce and kd: --lr; LoRA: --lora-lr), never tuned on the held-out text.
 Held-out: the first --windows windows of --seq-len tokens of wiki:test, evaluated every
@@ -135,7 +136,8 @@ def one(args) -> dict:
     else:
         tc = build_config({**base, "mode": "heal", "teacher": TEACHER, "lr": args.lora_lr if "lora" in args.heal
                            else args.lr, "trains": "lora" if "lora" in args.heal else "all",
-                           "lora_rank": args.rank, "lora_alpha": 2.0 * args.rank})
+                           "lora_rank": args.rank, "lora_alpha": 2.0 * args.rank,
+                           "kd_alpha": 0.5 if args.heal == "kd+ce" else 0.0})
     t0 = time.time()
     res = Trainer(tc, overwrite=True).run()
     wall = time.time() - t0
@@ -221,14 +223,15 @@ def paired(rows: list[dict], reps: int = 10000) -> list[str]:
     out = []
     for (student, budget, heal, tokens), kd in arm.items():
         ce = arm.get((student, budget, "ce", tokens))
-        if heal != "kd" or ce is None:
+        if heal not in ("kd", "kd+ce") or ce is None:
             continue
+        name = {"kd": "KD", "kd+ce": "KD+CE"}[heal]
         d = np.asarray(kd["final"]["window_nll"]) - np.asarray(ce["final"]["window_nll"])
         means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
         lo, hi = np.percentile(means, [2.5, 97.5])
-        verdict = "KD better" if hi < 0 else "CE better" if lo > 0 else "no difference outside the noise"
-        out.append(f"- {student} -{budget:.0%}, {tokens} tokens: KD - CE = {d.mean():+.4f} nats per token "
-                   f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap over windows; KD lower on {int((d < 0).sum())} of "
+        verdict = f"{name} better" if hi < 0 else "CE better" if lo > 0 else "no difference outside the noise"
+        out.append(f"- {student} -{budget:.0%}, {tokens} tokens: {name} - CE = {d.mean():+.4f} nats per token "
+                   f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap over windows; {name} lower on {int((d < 0).sum())} of "
                    f"{len(d)}): {verdict}")
     return ["", "KD against CE on the same windows:", ""] + out if out else []
 
