@@ -6,7 +6,9 @@ Pruned arms (the calibration of `jaxshare prune`'s defaults: 32 x 512 tokens of 
   mlp+kv   one of three KV groups per layer and MLP channels for the rest of -20%
 Prefill: one forward of batch 1 x --seq-len (fp32). Decode: greedy, --new tokens after a 16-token
 prompt with the KV cache (jaxshare only; compile excluded by a warm-up). Each rep times every side
-once, in turn; median and [min, max] over --reps; ratio = pruned / dense tokens/s.
+once, in turn; median and [min, max] over --reps; ratio = pruned / dense tokens/s, and the paired
+ratio of each rep (dense time / pruned time in the same rep, so a slow moment of the machine
+slows both): a speed-up is outside the noise when every rep's paired ratio is above 1.
 
   python -m benchmarks.prune_speed [--reps 5] [--seq-len 512] [--new 64] [--json]
 """
@@ -82,7 +84,8 @@ def main() -> None:
         n = args.new if k.endswith("decode") else args.seq_len
         med = statistics.median(ts)
         rows.append({"side": k, "tokens": n, "median_s": med, "min_s": min(ts), "max_s": max(ts),
-                     "tokens_per_s": n / med, "params": count_params(models[k.split("/")[0]].params)})
+                     "tokens_per_s": n / med, "params": count_params(models[k.split("/")[0]].params),
+                     "times_s": [round(t, 6) for t in ts]})
     by = {r["side"]: r for r in rows}
     for r in rows:
         name, what = r["side"].split("/")
@@ -90,6 +93,9 @@ def main() -> None:
         # outside the noise: the pruned side's slowest rep beats the dense side's fastest, or the reverse
         d = by[f"dense/{what}"]
         r["separated"] = r["max_s"] < d["min_s"] or r["min_s"] > d["max_s"]
+        pr = [a / b for a, b in zip(d["times_s"], r["times_s"])]  # this rep's dense time / this side's
+        r["paired_ratio"] = {"median": statistics.median(pr), "min": min(pr), "max": max(pr)}
+        r["paired_separated"] = min(pr) > 1 or max(pr) < 1
         print(f"{r['side']:22s} {r['tokens_per_s']:9.1f} tok/s  [{r['tokens'] / r['max_s']:.1f}, "
               f"{r['tokens'] / r['min_s']:.1f}]  x{r['ratio_vs_dense']:.2f} dense", file=sys.stderr)
     write_result("prune_speed", {"model": "smollm2-135m", "budget": 0.2, "reps": args.reps, "seq_len": args.seq_len,

@@ -205,7 +205,12 @@ def prune_speed(d: dict) -> str:
             return ["-", "-"]
         f = (lambda x: f"{x:.0f}") if r["tokens_per_s"] >= 100 else (lambda x: f"{x:.1f}")
         tps = f"{f(r['tokens_per_s'])} [{f(r['tokens'] / r['max_s'])}, {f(r['tokens'] / r['min_s'])}]"
-        ratio = f"{base['median_s'] / r['median_s']:.2f}" + ("" if m == "dense" or r["separated"] else " (in the noise)")
+        ratio = f"{base['median_s'] / r['median_s']:.2f}"
+        if m != "dense" and "paired_ratio" in r:  # each rep's dense time over this side's, same rep
+            pr = r["paired_ratio"]
+            ratio += f" (per rep {pr['min']:.2f}–{pr['max']:.2f}" + ("" if r["paired_separated"] else ", in the noise") + ")"
+        elif m != "dense" and not r["separated"]:
+            ratio += " (in the noise)"
         return [tps, ratio]
 
     head = [f"model (−{d['budget']:.0%})", "jaxshare prefill tok/s [min, max]", "× dense",
