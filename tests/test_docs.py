@@ -148,6 +148,9 @@ NOT_MEASURED = {
     ("results.md", "1.014"): "quotes the retired claim the warning says was rerun",
     ("results.md", "3.83"): "quotes the retired claim the warning says was rerun",
     ("head-sharing.md", "3.83"): "quotes the retired claim the page says was rerun",
+    ("head-sharing.md", "13.5"): "the retired 2-repetition run's torch step times, quoted from issue 26; no file "
+                                 "holds that run any more",
+    ("results.md", "1.54"): "the random 1.5B checkpoint's size rounded: memory.json holds its 1,543,714,304 params",
 }
 
 
