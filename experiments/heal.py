@@ -8,6 +8,8 @@ CLI a user runs and cached under runs/heal/students/):
   plan       jaxshare compress --ratio B --methods share,basis,prune,prune-kv --calib-windows 32
              --calib-seq-len 512 (the budgeted plan; the model experiments/prune.py's plan arm scores)
   prune      jaxshare prune --mlp R --compensate: MLP channels, R scaled to the budget
+  prunekv    jaxshare prune --mlp R --kv-groups 1/3 --compensate: one KV group per layer, MLP channels
+             for the rest of the budget
 Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
   ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
   kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
@@ -74,6 +76,11 @@ def student(name: str, budget: float) -> Path:
     elif name == "prune":  # MLP channels only, compensated (experiments/prune.py's prune-mlp+comp arm)
         mlp = round(budget * 134515008 / (3 * 576 * 30)) / 1536
         sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--compensate", "--overwrite"])
+    elif name == "prunekv":  # one of the three KV groups per layer, MLP channels for the rest (prune-mlp+kv+comp)
+        group = 30 * 2 * 576 * 64 * 4  # its 3 query heads, k, v and o's rows, in every layer
+        mlp = round((budget * 134515008 - group) / (3 * 576 * 30)) / 1536
+        sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--kv-groups", f"{1 / 3:.6f}", "--compensate",
+                 "--overwrite"])
     elif name == "inherit":
         k = 30 - round(budget * 134515008 / LAYER_PARAMS)
         sh(js + ["inherit", TEACHER, str(out), "--layers", str(k), "--overwrite"])
