@@ -223,6 +223,15 @@ def run(args) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def paired_diff(a: dict, b: dict, reps: int = 10000) -> tuple[np.ndarray, float, float]:
+    """(per-window NLL of a minus b, 95% paired-bootstrap interval of its mean): the windows are
+    shared, so the pair is what to resample."""
+    d = np.asarray(a["final"]["window_nll"]) - np.asarray(b["final"]["window_nll"])
+    means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return d, float(lo), float(hi)
+
+
 def paired(rows: list[dict], reps: int = 10000) -> list[str]:
     """KD against CE on the same held-out windows, per student: the mean per-window NLL difference
     with a paired bootstrap 95% interval (the windows are shared, so the pair is what to resample)."""
@@ -233,9 +242,7 @@ def paired(rows: list[dict], reps: int = 10000) -> list[str]:
         if heal not in ("kd", "kd+ce") or ce is None:
             continue
         name = {"kd": "KD", "kd+ce": "KD+CE"}[heal]
-        d = np.asarray(kd["final"]["window_nll"]) - np.asarray(ce["final"]["window_nll"])
-        means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
+        d, lo, hi = paired_diff(kd, ce, reps)
         verdict = f"{name} better" if hi < 0 else "CE better" if lo > 0 else "no difference outside the noise"
         out.append(f"- {student} -{budget:.0%}, {tokens} tokens: {name} - CE = {d.mean():+.4f} nats per token "
                    f"[{lo:+.4f}, {hi:+.4f}] (paired bootstrap over windows; {name} lower on {int((d < 0).sum())} of "
@@ -256,9 +263,7 @@ def plan_vs_singles(rows: list[dict], reps: int = 10000) -> list[str]:
         if not singles:
             continue
         best = min(singles, key=lambda r: r["final"]["nll"])
-        d = np.asarray(plan["final"]["window_nll"]) - np.asarray(best["final"]["window_nll"])
-        means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
+        d, lo, hi = paired_diff(plan, best, reps)
         verdict = "the plan is better" if hi < 0 else f"{best['student']} is better" if lo > 0 else \
             "no difference outside the noise"
         out.append(f"- -{budget:.0%}, {heal}, {tokens} tokens: plan {plan['final']['ppl']:.2f} vs {best['student']} "
