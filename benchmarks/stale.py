@@ -57,6 +57,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                                  "jaxshare/basis/calibrate.py", *CORE),
     "benchmarks/results/directshare_sweep.jsonl": ("experiments/directshare_sweep.py", "jaxshare/headshare", *CORE),
     "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "jaxshare"),
+    "experiments/results/heal_lr.jsonl": ("experiments/heal_lr.py", "experiments/heal.py", "jaxshare/pruning",
+                                          *TRAIN, *CORE),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
                                        *TRAIN, *CORE),
     "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", *CORE),

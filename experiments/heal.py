@@ -89,11 +89,11 @@ def student(name: str, budget: float) -> Path:
     return out
 
 
-def held_out(tokenizer, seq_len: int, n: int) -> np.ndarray:
+def held_out(tokenizer, seq_len: int, n: int, corpus: str = "wiki:test") -> np.ndarray:
     from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_windows, tokenize_corpus
 
-    return token_windows(tokenize_corpus(tokenizer, load_corpus("wiki:test")), seq_len, n)
+    return token_windows(tokenize_corpus(tokenizer, load_corpus(corpus)), seq_len, n)
 
 
 def window_nlls(params, cfg, windows: np.ndarray) -> np.ndarray:
@@ -131,9 +131,11 @@ def one(args) -> dict:
     from jaxshare.training.trainer import Trainer
 
     run = RUNS / f"{args.student}_{args.budget:g}_{args.heal.replace('+', '_')}_{args.tokens}"
+    if args.eval_data != "wiki:test":  # a check on another split (experiments/heal_lr.py) keeps its own runs
+        run = run.with_name(f"{run.name}_{args.eval_data.replace(':', '_')}_lr{args.lr:g}")
     src = student(args.student, args.budget)
     per_step = args.batch * args.seq_len
-    base = dict(model=str(src), data="wiki:train", eval_data="wiki:test", run_dir=str(run), tokens=args.tokens,
+    base = dict(model=str(src), data="wiki:train", eval_data=args.eval_data, run_dir=str(run), tokens=args.tokens,
                 steps=0, seq_len=args.seq_len, batch_size=args.batch, warmup_steps=args.warmup, end_lr_ratio=0.1,
                 dtype="fp32", eval_windows=args.windows, eval_every=max(1, args.eval_tokens // per_step),
                 eval_batch_size=4, checkpoint_every=0, export_hf=False, progress=False, tensorboard=False,
@@ -152,7 +154,7 @@ def one(args) -> dict:
     rates = [r["tok_per_s"] for r in rows if "tok_per_s" in r][2:]  # the first steps compile
     from jaxshare.io.load import load_model
 
-    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows)
+    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows, args.eval_data)
     return {"student": args.student, "budget": args.budget, "heal": args.heal, "tokens": res["tokens"],
             "lr": tc.lr, "recipe": res.get("recipe"), "trainable_params": res.get("trainable_params"),
             "adapter_params": res.get("adapter_params"), "final": score(run / "final", windows),
@@ -166,7 +168,7 @@ def baseline(name: str, budget: float | None, args) -> dict:
     from jaxshare.io.load import load_model
 
     path = TEACHER if name == "dense" else student(name, budget)
-    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows)
+    windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows, args.eval_data)
     return {"student": name, "budget": budget, "heal": "none", "tokens": 0, "final": score(path, windows)}
 
 
@@ -195,7 +197,7 @@ def child(kind: str, args, **kw) -> dict:
            "--eval-tokens", str(args.eval_tokens), "--warmup", str(args.warmup)]
     for k, v in kw.items():
         if v is not None:
-            cmd += [f"--{k}", str(v)]
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -342,6 +344,7 @@ def main() -> None:
     ap.add_argument("--student", help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--heal", help=argparse.SUPPRESS)
+    ap.add_argument("--eval-data", default="wiki:test", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.report:
         report()
