@@ -172,9 +172,9 @@ def baseline(name: str, budget: float | None, args) -> dict:
     return {"student": name, "budget": budget, "heal": "none", "tokens": 0, "final": score(path, windows)}
 
 
-def stamp() -> dict:
+def stamp(module: str = "experiments.heal") -> dict:
     """benchmarks.common.stamp, with the flat keys the rows written before it carry."""
-    st = common.stamp("experiments.heal")
+    st = common.stamp(module)
     v = st["versions"]
     return {"commit": st["commit"], "dirty": st["dirty"], "date": st["date"], "command": st["command"],
             "machine": f"{platform.machine()} {st['machine']['cpu']} {st['machine']['cores']} cpus",

@@ -44,7 +44,7 @@ def run(args) -> None:
         if (args.student, args.budget, h, lr, tokens) in have:
             continue
         print(f"== {args.student} {args.budget} {h} lr {lr}", file=sys.stderr, flush=True)
-        st = heal.stamp()
+        st = heal.stamp("experiments.heal_lr")
         args.lr = lr if lr is not None else args.lr
         try:
             row = heal.child("base" if h == "none" else "arm", args, student=args.student, budget=args.budget,
