@@ -275,6 +275,33 @@ def plan_vs_singles(rows: list[dict], reps: int = 10000) -> list[str]:
         if out else []
 
 
+def more_tokens(rows: list[dict], reps: int = 10000) -> list[str]:
+    """Each arm run at more than one token budget against its shortest run, and the lowest two arms
+    at each (budget, tokens) with a longer run: what the extra tokens buy, paired over the windows."""
+    arm = {(r["student"], r["budget"], r["heal"], r["tokens"]): r for r in rows if "final" in r and r["heal"] != "none"}
+    out = []
+    for (student, budget, heal, tokens), long in arm.items():
+        short = [r for (s, b, h, t), r in arm.items() if (s, b, h) == (student, budget, heal) and t < tokens]
+        if not short:
+            continue
+        s = min(short, key=lambda r: r["tokens"])
+        d, lo, hi = paired_diff(long, s, reps)
+        out.append(f"- {student} -{budget:.0%} {heal}: {tokens} tokens {long['final']['ppl']:.2f} vs {s['tokens']} "
+                   f"{s['final']['ppl']:.2f}: {d.mean():+.4f} nats per token [{lo:+.4f}, {hi:+.4f}] (lower on "
+                   f"{int((d < 0).sum())} of {len(d)})")
+    for budget, tokens in sorted({(b, t) for (_, b, _, t) in arm if t > min(k[3] for k in arm)}):
+        at = sorted((r for (_, b, _, t), r in arm.items() if (b, t) == (budget, tokens)), key=lambda r: r["final"]["nll"])
+        if len(at) < 2:
+            continue
+        a, b = at[:2]
+        d, lo, hi = paired_diff(a, b, reps)
+        verdict = "outside the noise" if hi < 0 else "no difference outside the noise"
+        out.append(f"- -{budget:.0%}, {tokens} tokens, the lowest two: {a['student']} {a['heal']} {a['final']['ppl']:.2f} vs "
+                   f"{b['student']} {b['heal']} {b['final']['ppl']:.2f}: {d.mean():+.4f} nats per token [{lo:+.4f}, "
+                   f"{hi:+.4f}] (lower on {int((d < 0).sum())} of {len(d)}): {verdict}")
+    return ["", "More tokens (paired bootstrap over the shared windows):", ""] + out if out else []
+
+
 def report() -> None:
     from jaxshare import plots
 
@@ -305,23 +332,31 @@ def report() -> None:
                      f"{f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {rec} | {rate} | {rss} |")
     lines += paired(rows)
     lines += plan_vs_singles(rows)
+    lines += more_tokens(rows)
     s = rows[-1]
     lines += ["", f"commit {s['commit'][:10]}, {s['machine']}, python {s['python']}, jax {s['jax']}; "
                   f"command: `{s['command']}`"]
     (RESULTS / "heal.md").write_text("\n".join(lines) + "\n")
-    series = {}
+    panels: dict[str, dict] = {}
     for r in rows:
         if r.get("curve"):
             curve = r["curve"]
             b = base.get((r["student"], r["budget"]))
             if b is not None and curve[0]["tokens"] > 0:  # the ce runs do not evaluate the start: the student's row
                 curve = [{"tokens": 0, "ppl": b["final"]["ppl"]}] + curve
-            # the token budget is in the label: two budgets of one arm are two curves, not one overwriting the other
-            series[f"{r['student']} -{r['budget']:.0%} {r['heal']} {r.get('tokens_asked', r['tokens']) // 1000}k"] = (
-                [c["tokens"] for c in curve], [c["ppl"] for c in curve])
-    if series:
-        plots.curves(series, RESULTS / "heal.png", "held-out PPL (wiki:test) while healing", "training tokens",
-                     "PPL (log scale)", hline=(dense["final"]["ppl"], "dense"))
+            # one panel per student and budget on its own scale (Inheritune starts at 1e9, the pruned
+            # student at 58); the token budget is in the label, so two budgets of one arm are two curves
+            panel = panels.setdefault(f"{r['student']} -{r['budget']:.0%}", {})
+            panel[f"{r['heal']} {r.get('tokens_asked', r['tokens']) // 1000}k"] = (
+                [c["tokens"] / 1000 for c in curve], [c["ppl"] for c in curve])
+    if panels:
+        colors = {"ce": "tab:blue", "kd": "tab:orange", "kd+ce": "tab:green", "kd+lora": "tab:red"}
+        style = {label: {"color": colors.get(label.split()[0], "black"),
+                         "linestyle": "-" if label.endswith(" 50k") else "--"}
+                 for panel in panels.values() for label in panel}
+        plots.curve_panels(panels, RESULTS / "heal.png", "held-out PPL (wiki:test, 32 x 512) while healing; "
+                           f"dense {dense['final']['ppl']:.2f}", "training tokens (thousands)", "PPL (log scale)", style=style,
+                           hline=(dense["final"]["ppl"], "dense"))
     print("\n".join(lines))
 
 

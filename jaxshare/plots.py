@@ -130,6 +130,42 @@ def curves(series: dict[str, tuple], path, title: str, xlabel: str, ylabel: str,
     return _save(fig, path)
 
 
+def curve_panels(panels: dict[str, dict[str, tuple]], path, title: str, xlabel: str, ylabel: str,
+                 style: dict[str, dict] | None = None, logy: bool = True, hline: tuple | None = None,
+                 ncols: int = 3) -> Path:
+    """One small axes per panel, each on its own y scale (curves of very different heights stay
+    readable): panels[title][name] = (xs, ys); style[name] = matplotlib line kwargs, so one name
+    looks the same in every panel; hline = (y, label) drawn in each."""
+    plt = _plt()
+    from matplotlib import ticker
+
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels.items()):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", markersize=3, label=label, **(style or {}).get(label, {}))
+        if hline is not None:
+            ax.axhline(hline[0], color="gray", linestyle=":", label=hline[1])
+        if logy:
+            ax.set_yscale("log")
+            # plain numbers, not 4 x 10^1; minor ticks labelled only where the panel spans under a decade
+            lo, hi = ax.get_ylim()
+            plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else ticker.NullFormatter())
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def bars(names: list[str], series: dict[str, list], path, title: str, ylabel: str, hline: float | None = None,
          hline_label: str = "reference") -> Path:
     """Grouped bars: one group per name, one bar per series."""

@@ -1,4 +1,4 @@
-"""experiments.heal --report: every arm gets its own curve in heal.png."""
+"""experiments.heal --report: every arm gets its own curve in heal.png, one panel per student and budget."""
 import json
 
 from experiments import heal
@@ -21,8 +21,20 @@ def test_report_keeps_one_curve_per_token_budget(tmp_path, monkeypatch):
     seen = {}
     from jaxshare import plots
 
-    monkeypatch.setattr(plots, "curves", lambda series, *a, **k: seen.update(series))
+    monkeypatch.setattr(plots, "curve_panels", lambda panels, *a, **k: seen.update(panels, style=k["style"]))
     heal.report()
-    assert set(seen) == {"prune -20% ce 50k", "prune -20% ce 200k"}
-    assert seen["prune -20% ce 200k"] == ([0, 200704], [2.718281828 ** 4.0, 45.0])
-    assert "| ce | 200704 |" in (tmp_path / "heal.md").read_text()
+    assert set(seen["prune -20%"]) == {"ce 50k", "ce 200k"}
+    assert seen["prune -20%"]["ce 200k"] == ([0, 200.704], [2.718281828 ** 4.0, 45.0])
+    # one loss, one colour; the longer budget dashed
+    assert seen["style"]["ce 50k"]["color"] == seen["style"]["ce 200k"]["color"]
+    assert (seen["style"]["ce 50k"]["linestyle"], seen["style"]["ce 200k"]["linestyle"]) == ("-", "--")
+    md = (tmp_path / "heal.md").read_text()
+    assert "| ce | 200704 |" in md and "- prune -20% ce: 200704 tokens" in md
+
+
+def test_curve_panels_writes_a_png(tmp_path):
+    from jaxshare import plots
+
+    path = plots.curve_panels({"a": {"x": ([0, 1], [10.0, 5.0])}, "b": {"x": ([0, 1], [1e9, 100.0])}},
+                              tmp_path / "p.png", "t", "x", "y", style={"x": {"color": "red"}}, hline=(3.0, "ref"))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
