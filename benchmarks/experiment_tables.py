@@ -29,7 +29,7 @@ SHORT = {"directshare": "DirectShare", "directshare+postshare": "DirectShare + P
          "prune-mlp-pl+comp": "width pruning (MLP, per-layer widths, compensated)"}
 HEALED_SHORT = {"basis": "Basis Sharing", "datashare": "data-aware head sharing", "inherit": "inherit",
                 "plan": "budgeted plan", "prune-mlp": "width pruning (MLP, compensated)"}
-HEAL_LABELS = {"ce": "CE", "kd": "KD", "kd+lora": "KD + LoRA"}
+HEAL_LABELS = {"ce": "CE", "kd": "KD", "kd+ce": "KD + CE", "kd+lora": "KD + LoRA"}
 ACC_LABELS = {"dense": "dense", "basis": "Basis Sharing n=2", "svd-llm": "SVD-LLM", "magnitude-linear": "magnitude-linear",
               "directshare+postshare": "DirectShare + PostShare", "inheritune": "Inheritune ({layers} layers)",
               "directshare": "DirectShare", "inherit": "inherit ({layers} layers)"}

@@ -18,7 +18,7 @@ elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget
 ARM may repeat (one row per checkpoint), its budget and "trained on" tokens are the checkpoint's.
 Healed arms (experiments/heal.py's checkpoints, only through --checkpoints) are named STUDENT+HEAL:
 STUDENT one of basis, datashare, inherit, plan, prune-mlp (heal.py's students; its `prune` is
-prune-mlp), HEAL one of ce, kd, kd+lora; e.g. prune-mlp+ce=runs/heal/prune_0.2_ce_50000/final. The
+prune-mlp), HEAL one of ce, kd, kd+ce, kd+lora; e.g. prune-mlp+ce=runs/heal/prune_0.2_ce_50000/final. The
 heal is checked against the run's result.json beside the checkpoint, whose tokens are the row's
 "trained on"; a STUDENT alone (plan=runs/heal/students/plan_0.2) is the unhealed student.
 Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows windows of
@@ -50,7 +50,7 @@ ARMS = ("dense", "directshare", "directshare+postshare", "basis", "svd-llm", "pr
         "magnitude-linear", "inherit", "inheritune")
 TRAINED = {"directshare+postshare": 1e-3, "inheritune": 3e-4}  # lr of each method's own experiment
 HEAL_STUDENTS = ("basis", "datashare", "inherit", "plan", "prune-mlp")  # experiments/heal.py's students
-HEALS = ("ce", "kd", "kd+lora")  # experiments/heal.py's heals
+HEALS = ("ce", "kd", "kd+ce", "kd+lora")  # experiments/heal.py's heals
 
 
 def healed(arm: str) -> tuple[str, str | None] | None:
@@ -71,10 +71,13 @@ def arm_order(arm: str) -> tuple[int, int]:
 
 
 def heal_of(result: dict) -> str:
-    """The heal a heal.py run made, from its result.json: plain mode is ce, heal mode kd or kd+lora."""
+    """The heal a heal.py run made, from its result.json: plain mode is ce; heal mode kd+lora with
+    adapters, kd+ce where the recipe's loss mixes in label cross-entropy (kd_alpha > 0), else kd."""
     if result.get("mode") == "plain":
         return "ce"
-    return "kd+lora" if result.get("adapter_params") else "kd"
+    if result.get("adapter_params"):
+        return "kd+lora"
+    return "kd+ce" if "* CE" in (result.get("recipe") or {}).get("loss", "") else "kd"
 
 
 def parse_checkpoints(s: str) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from experiments import leaderboard as lb
 def test_healed_arm_names():
     assert lb.healed("prune-mlp+ce") == ("prune-mlp", "ce")
     assert lb.healed("plan+kd+lora") == ("plan", "kd+lora")
+    assert lb.healed("plan+kd+ce") == ("plan", "kd+ce")
     assert lb.healed("plan") == ("plan", None)
     assert lb.healed("prune-mlp+kv") is None  # an ordinary arm, not a heal
     assert lb.healed("directshare+postshare") is None
@@ -30,6 +31,12 @@ def test_checkpoint_heal_comes_from_result_json(tmp_path):
     assert how["trained_tokens"] == 50176 and how["heal"] == "ce" and how["student"] == "plan"
     with pytest.raises(SystemExit, match="healed with ce, not kd"):
         lb.checkpoint_how("plan+kd", str(tmp_path / "final"), 30)
+    # KD with label cross-entropy mixed in is told apart from pure KD by the recipe's loss
+    loss = " * tau^2 * KL(teacher || student) at tau 1.0"
+    for heal, text in (("kd+ce", "(1 - 0.5)" + loss + " + 0.5 * CE"), ("kd", "(1 - 0.0)" + loss)):
+        (tmp_path / "result.json").write_text(json.dumps({"mode": "heal", "tokens": 200704, "adapter_params": 0,
+                                                          "recipe": {"loss": text}}))
+        assert lb.checkpoint_how(f"plan+{heal}", str(tmp_path / "final"), 30)["heal"] == heal
 
 
 def test_healed_table_compares_with_the_grid():
