@@ -70,9 +70,12 @@ def _run(entry):
     return time.perf_counter() - t0
 
 
+DEFAULT_STUDENT = "runs/heal/students/basis_0.2"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--student", default="runs/heal/students/basis_0.2")
+    ap.add_argument("--student", default=DEFAULT_STUDENT)
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
@@ -82,6 +85,10 @@ def main() -> None:
     ap.add_argument("--memory-side", choices=["plain", "heal"], help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.student == DEFAULT_STUDENT and not args.memory_side:
+        from experiments.heal import student
+
+        student("basis", 0.2)  # the healing experiment's -20% Basis student, built once with the CLI if missing
     if args.memory_side:  # one side alone, for its own peak RSS
         steps, tb, cb = _steps(args, [args.memory_side])
         for _ in range(2):
