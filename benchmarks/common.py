@@ -101,6 +101,23 @@ def timeit(fn, reps: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "reps": reps}
 
 
+def timeit_interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Wall seconds of each fns[name]() (each must block until its work is done), the sides taking
+    turns within every repetition so that load on a shared machine falls on all of them alike:
+    {name: {median_s, min_s, max_s, times_s, reps}}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "times_s": t, "reps": reps}
+            for k, t in times.items()}
+
+
 def write_result(name: str, obj: dict, as_json: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -38,8 +38,15 @@ def footer(source: Path, d) -> str:
 
 
 def forward(d: dict) -> str:
-    rows = [[r["dtype"], r["batch"], f"{r['jax_tokens_per_s']:.0f}", f"{r['torch_tokens_per_s']:.0f}",
-             f"{r['torch']['median_s'] / r['jax']['median_s']:.2f}"] for r in d["rows"]]
+    def tps(r, side):  # tokens/s by median [slowest, fastest] where the file keeps the spread
+        n, t = r["batch"] * r["seq_len"], r[side]
+        spread = f" [{n / t['max_s']:.0f}, {n / t['min_s']:.0f}]" if "max_s" in t else ""
+        return f"{n / t['median_s']:.0f}{spread}"
+
+    rows = [[r["dtype"], r["batch"], tps(r, "jax"), tps(r, "torch"),
+             f"{r['torch']['median_s'] / r['jax']['median_s']:.2f}"
+             + ("" if "separated" not in r else " (ranges apart)" if r["separated"] else " (ranges overlap)")]
+            for r in d["rows"]]
     return table(["dtype", "batch", "jaxshare tok/s", "torch tok/s", "ratio"], rows)
 
 
