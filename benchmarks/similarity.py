@@ -66,9 +66,12 @@ def bench(name: str, q, k, L: int, K: int, naive_layers: int, reps: int) -> dict
     out = {"units": U, "features": F, "gram_flops": 2 * U * U * F, "jit_search": t_jit, "gemm_floor": t_gemm,
            "naive": {"layers_timed": layers, "pairs_timed": pairs, "seconds_timed": t_naive, "pairs_total": full,
                      "seconds_total": t_naive_full, "extrapolated": layers < L, "agrees_with_jit": agree},
-           "speedup_vs_naive": t_naive_full / t_jit["median_s"], "ratio_to_gemm_floor": t_jit["median_s"] / t_gemm["median_s"]}
+           "speedup_vs_naive": t_naive_full / t_jit["median_s"], "ratio_to_gemm_floor": t_jit["median_s"] / t_gemm["median_s"],
+           # each repetition's search over the floor timed right after it: the target holds in every one
+           "ratio_to_gemm_floor_per_rep": [a / b for a, b in zip(t_jit["times_s"], t_gemm["times_s"])]}
+    out["ratio_to_gemm_floor_worst_rep"] = max(out["ratio_to_gemm_floor_per_rep"])
     print(f"[{name}] U={U} F={F}: jit {t_jit['median_s']:.3f}s, GEMM floor {t_gemm['median_s']:.3f}s "
-          f"(x{out['ratio_to_gemm_floor']:.2f}), naive {'~' if layers < L else ''}{t_naive_full:.1f}s "
+          f"(x{out['ratio_to_gemm_floor']:.2f}, worst rep x{out['ratio_to_gemm_floor_worst_rep']:.2f}), naive {'~' if layers < L else ''}{t_naive_full:.1f}s "
           f"({pairs} of {full} pairs timed) -> {out['speedup_vs_naive']:.0f}x faster; partners agree: {agree}",
           file=sys.stderr)
     return out
@@ -97,7 +100,7 @@ def main(argv=None):
         results["llama7b"] = bench("llama7b", q, k, L, K, args.naive_layers, args.reps)
         results["llama7b"]["gib_of_weights"] = (q.nbytes + k.nbytes) / 2**30
     write_result("similarity", {"results": results,
-                                "targets": {"speedup_vs_naive_7b": ">= 30", "ratio_to_gemm_floor": "<= 1.5"}},
+                                "targets": {"speedup_vs_naive_7b": ">= 30", "ratio_to_gemm_floor_worst_rep": "<= 1.0"}},
                  args.json)
 
 

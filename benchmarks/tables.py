@@ -60,7 +60,9 @@ def similarity(d: dict) -> str:
                  f"pairs (first {nv['layers_timed']} layers)" if nv["extrapolated"]
                  else f"{sig(nv['seconds_total'])} s (all {nv['pairs_total']:,} pairs)")
         rows.append([label, f"{r['units']:,} × {r['features']:,}", f"{sig(jit)} s", f"{sig(floor)} s",
-                     f"{jit / floor:.2f}", naive, f"{nv['seconds_total'] / jit:.0f}×"])
+                     f"{jit / floor:.2f}" + (f" ({min(r['ratio_to_gemm_floor_per_rep']):.2f}–"
+                                             f"{max(r['ratio_to_gemm_floor_per_rep']):.2f} per rep)"
+                                             if "ratio_to_gemm_floor_per_rep" in r else ""), naive, f"{nv['seconds_total'] / jit:.0f}×"])
     return table(["scale", "units × features", "jit search", "GEMM floor", "search / floor", "naive loop",
                   "speed-up"], rows)
 

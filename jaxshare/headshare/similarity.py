@@ -80,21 +80,36 @@ def _reduce(S_MRC):
     return jnp.max(S_MRC, axis=-1), jnp.argmax(S_MRC, axis=-1).astype(jnp.int32)
 
 
-def _search_triangular(feats, coef_M3, layer_of_U, block: int, precision: str):
+def _row_blocks(feats, U: int, block: int):
+    """[(rows [s, e), prefix [0, e)) per matrix] for each row block, as slices of the features."""
+    return [(tuple(None if F is None else F[s:min(U, s + block)] for F in feats),
+             tuple(None if F is None else F[:min(U, s + block)] for F in feats)) for s in range(0, U, block)]
+
+
+def _search_triangular(blocks, coef_M3, layer_of_U, precision: str):
     """One device: row block [s, e) only multiplies the columns [0, e), since its partners sit
     in earlier layers; that is about half the flops of the full Gram."""
-    U = layer_of_U.shape[0]
-    n_3U = _sq_norms(feats, U)
-    scores, partners = [], []
-    for s in range(0, U, block):
-        e = min(U, s + block)
-        rows = tuple(None if F is None else F[s:e] for F in feats)
-        cols = tuple(None if F is None else F[:e] for F in feats)
+    n_3U = jnp.concatenate([_sq_norms(rows, next(F for F in rows if F is not None).shape[0])
+                            for rows, _ in blocks], axis=1)
+    scores, partners, s = [], [], 0
+    for rows, cols in blocks:
+        e = next(F for F in cols if F is not None).shape[0]
         sc, pa = _reduce(_block_scores(rows, cols, n_3U[:, s:e], n_3U[:, :e], layer_of_U[s:e], layer_of_U[:e],
                                        coef_M3, precision))
         scores.append(sc)
         partners.append(pa)
+        s = e
     return jnp.concatenate(scores, axis=1), jnp.concatenate(partners, axis=1)
+
+
+# Host memory: the row blocks and prefixes come in as zero-copy views of the features, because
+# XLA:CPU copies a slice that feeds a dot (at 7B shapes that is gigabytes per block).
+_search_views = jax.jit(_search_triangular, static_argnames=("precision",))
+
+
+def _on_host(feats) -> bool:
+    return all(F is None or isinstance(F, np.ndarray) or
+               (len(F.devices()) == 1 and next(iter(F.devices())).platform == "cpu") for F in feats)
 
 
 def _search_rows(feats, coef_M3, layer_of_U, rows_R, block: int, precision: str):
@@ -115,7 +130,7 @@ def _search_rows(feats, coef_M3, layer_of_U, rows_R, block: int, precision: str)
 @partial(jax.jit, static_argnames=("block", "precision", "mesh"))
 def _best_partners(feats, coef_M3, layer_of_U, rows_U, block: int, precision: str, mesh=None):
     if mesh is None:
-        return _search_triangular(feats, coef_M3, layer_of_U, block, precision)
+        return _search_triangular(_row_blocks(feats, layer_of_U.shape[0], block), coef_M3, layer_of_U, precision)
     # Each device scores its own row blocks against all (replicated) unit features.
     axes = mesh.axis_names
     search = partial(_search_rows, block=block, precision=precision)
@@ -149,7 +164,11 @@ def search_features(feats, L: int, K: int, match: str = "qk", block: int = 512, 
         rep = NamedSharding(mesh, P())
         rows = jax.device_put(rows, NamedSharding(mesh, P(mesh.axis_names)))
         feats, coef, layer_of = jax.device_put((feats, coef, layer_of), rep)
-    score, partner = _best_partners(feats, coef, layer_of, rows, block, precision, mesh)
+    if mesh is None and _on_host(feats):
+        views = tuple(None if F is None else np.asarray(F) for F in feats)
+        score, partner = _search_views(jax.device_put(_row_blocks(views, U, block)), coef, layer_of, precision)
+    else:
+        score, partner = _best_partners(feats, coef, layer_of, rows, block, precision, mesh)
     score, partner = np.asarray(score)[:, :U], np.asarray(partner)[:, :U]
     return {f: {"score": score[i].reshape(L, K),
                 "partner": np.where(np.isfinite(score[i]), partner[i], -1).reshape(L, K).astype(np.int32)}
