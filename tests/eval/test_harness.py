@@ -12,7 +12,7 @@ from tests.conftest import random_hf_model
 from jaxshare.core.generate import generate
 from jaxshare.core.model import forward
 from jaxshare.eval.perplexity import perplexity_of_windows
-from jaxshare.eval.scoring import bucket, greedy_until, score_continuations
+from jaxshare.eval.scoring import bucket, fine_bucket, greedy_until, score_continuations
 
 EOS = "<|endoftext|>"
 
@@ -58,6 +58,9 @@ def direct_logprobs(loaded, ids):
 def test_bucket_shapes():
     assert [bucket(n) for n in (1, 8, 9, 16, 17, 100)] == [8, 8, 16, 16, 32, 128]
     assert bucket(100, cap=64) == 128 and bucket(50, cap=64) == 64
+    assert [fine_bucket(n) for n in (1, 2, 3, 4, 5, 6, 7, 9, 13, 17, 25, 33, 49, 97)] == \
+        [1, 2, 3, 4, 6, 6, 8, 12, 16, 24, 32, 48, 64, 128]
+    assert fine_bucket(50, cap=56) == 56 and fine_bucket(60, cap=56) == 64
 
 
 def test_score_continuations_equals_direct_sum(tiny):
