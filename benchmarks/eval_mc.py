@@ -176,6 +176,12 @@ def main() -> None:
     t0 = time.perf_counter()
     ours = JaxshareLM(model=str(path), dtype="fp32", batch_size=args.batch_size)
     fixed["jaxshare_load_s"] = time.perf_counter() - t0
+    # the tokens each way of scoring runs before padding: on a compute-bound CPU their ratio caps
+    # what scoring each shared context once can gain over scoring every choice as its own sequence
+    pairs = [ours._encode_pair(*r.args) for r in reqs]
+    res["tokens"] = {"every_choice_own_sequence": sum(len(c) + len(x) - 1 for c, x in pairs),
+                     "context_once": sum(map(len, {tuple(c) for c, _ in pairs})) + sum(len(x) - 1 for _, x in pairs)}
+    res["tokens"]["ratio"] = res["tokens"]["every_choice_own_sequence"] / res["tokens"]["context_once"]
     per_pair = JaxshareLM.from_loaded(ours.loaded, dtype="fp32", batch_size=args.batch_size, share_context=False)
     t0 = time.perf_counter()
     backends = {"jaxshare": ours, "jaxshare_per_pair": per_pair}
