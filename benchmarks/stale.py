@@ -56,6 +56,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/datashare_sweep.jsonl": ("experiments/datashare_sweep.py", "jaxshare/headshare",
                                                  "jaxshare/basis/calibrate.py", *CORE),
     "benchmarks/results/directshare_sweep.jsonl": ("experiments/directshare_sweep.py", "jaxshare/headshare", *CORE),
+    "benchmarks/results/leaderboard_row.json": ("benchmarks/leaderboard_row.py", "jaxshare/eval", *CORE),
     "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "jaxshare"),
     "experiments/results/heal_lr.jsonl": ("experiments/heal_lr.py", "experiments/heal.py", "jaxshare/pruning",
                                           *TRAIN, *CORE),
