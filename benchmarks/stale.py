@@ -37,7 +37,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/convert.json": ("benchmarks/convert.py", "jaxshare/io", "jaxshare/core"),
     "benchmarks/results/parity.json": ("benchmarks/parity.py", "jaxshare/eval/parity.py", *CORE),
     "benchmarks/results/demo.json": ("benchmarks/demo.py", "jaxshare"),
-    "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval", *CORE),
+    "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune",
+                                             "jaxshare/eval/attention_maps.py", *CORE),
     "benchmarks/results/eval_mc*.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
     "benchmarks/results/suite*": ("benchmarks/suite.py", "tests/conftest.py", "pyproject.toml"),
     "benchmarks/results/forward.json": ("benchmarks/forward.py", *CORE),
@@ -71,8 +72,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                                          *CORE),
     "experiments/results/inheritune*.jsonl": ("experiments/inheritune.py", "jaxshare/inheritune", *TRAIN, *CORE),
     "experiments/results/quantize.json*": ("experiments/quantize.py", "jaxshare/quant", *CORE),
-    "experiments/results/degeneration*/*.json": ("benchmarks/degeneration.py", "jaxshare/inheritune", "jaxshare/eval",
-                                                 *CORE),
+    "experiments/results/degeneration*/*.json": ("benchmarks/degeneration.py", "jaxshare/inheritune",
+                                                 "jaxshare/eval/attention_maps.py", *CORE),
 }
 RESULT_GLOBS = ("benchmarks/results/**/*.json", "benchmarks/results/**/*.jsonl",
                 "experiments/results/**/*.json", "experiments/results/**/*.jsonl")
