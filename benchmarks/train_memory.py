@@ -155,7 +155,8 @@ def phases_child(argv: list[str]) -> None:
     rows = []
 
     def mark(name: str) -> None:
-        rows.append({"phase": name, "rss_end_bytes": _vm("VmRSS"), "peak_bytes": _vm("VmHWM")})
+        rows.append({"phase": name, "rss_end_bytes": _vm("VmRSS"), "peak_bytes": _vm("VmHWM"),
+                     "t_s": round(time.perf_counter(), 3)})
         Path("/proc/self/clear_refs").write_text("5")  # the next phase's peak starts from here
 
     def wrap(owner, attr, name, after_result=None):

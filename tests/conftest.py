@@ -28,6 +28,29 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
+
+# Where tests write. A SmolLM2 checkpoint save is 1.6 GB: on this machine's disk (150 MB/s with fsync)
+# the PostShare memory test spent 36 of its 60 s in two orbax saves, and 1.5 s each on tmpfs. The
+# files are the same, only their medium differs (what the tests check is their content, the process's
+# RSS and what is left behind), so a roomy /dev/shm takes the suite's temporary files, and
+# pyproject's tmp_path_retention_policy = "failed" removes a passing test's tmp_path as it ends, which
+# bounds what sits in RAM. A small /dev/shm (Docker's 64 MiB default) or a TMPDIR the user set keeps
+# the usual place.
+def _roomy_tmpfs(need: int = 12 << 30):
+    import shutil
+
+    try:
+        return "/dev/shm" if os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free >= need else None
+    except OSError:
+        return None
+
+
+if "TMPDIR" not in os.environ and os.environ.get("JAXSHARE_TEST_TMPFS") != "0" and (_shm := _roomy_tmpfs()):
+    import tempfile
+
+    os.environ["TMPDIR"] = _shm  # subprocesses (CLI runs, multihost workers) follow
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
