@@ -114,3 +114,31 @@ def pytest_collection_modifyitems(config, items):
     does, as if it took a second."""
     seconds = _file_seconds()
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 1.0))
+
+
+# JAXSHARE_TEST_COMPILE_LOG=DIR: each process (workers and any subprocess that imports this file does
+# not; the CLI children are not counted) appends one JSON line per test with the seconds its jit
+# tracing, lowering and XLA compiles took, to see where the suite's compile time goes.
+if os.environ.get("JAXSHARE_TEST_COMPILE_LOG"):
+    import collections
+    import json as _json
+
+    _compile_s: dict = collections.defaultdict(lambda: collections.Counter())
+
+    def _on_duration(event: str, secs: float, **_kw) -> None:
+        if event.startswith("/jax/core/compile/"):
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            _compile_s[test][event.rsplit("/", 1)[1]] += secs
+            if event.endswith("backend_compile_duration"):
+                _compile_s[test]["n_compiles"] += 1
+                if secs < 0.5:
+                    _compile_s[test]["under_0.5s"] += secs
+
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+    def pytest_sessionfinish(session):
+        out = os.path.join(os.environ["JAXSHARE_TEST_COMPILE_LOG"], f"compile-{os.getpid()}.jsonl")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "a") as f:
+            for test, c in _compile_s.items():
+                f.write(_json.dumps({"test": test, **c}) + "\n")
