@@ -12,6 +12,14 @@ if "xla_force_host_platform_device_count" not in _flags:
     _flags += " --xla_force_host_platform_device_count=8"
 if "xla_backend_optimization_level" not in _flags and os.environ.get("JAXSHARE_TEST_XLA_DEFAULTS") != "1":
     _flags += " " + FAST_COMPILE
+# One compute thread per worker: the two xdist workers already fill the two cores, and a second
+# Eigen thread (XLA's dots) or OpenMP thread (torch) per worker only spins beside the other
+# worker. On the real-model files (tests/slow/test_real_model.py, test_gemma3_real.py,
+# tests/test_nnx.py, tests/basis/test_basis.py, two workers, cold XLA cache) 143.3 s of wall with
+# the libraries' default threads, 129.3 s with one (user + sys 264.8 -> 236.8 s).
+if "xla_cpu_multi_thread_eigen" not in _flags and os.environ.get("JAXSHARE_TEST_XLA_DEFAULTS") != "1":
+    _flags += " --xla_cpu_multi_thread_eigen=false"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # numpy's OpenBLAS threads spin-wait: on 2 cores shared with JAX's pool or other jobs, a float64 SVD of
