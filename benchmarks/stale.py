@@ -44,6 +44,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/forward.json": ("benchmarks/forward.py", *CORE),
     "benchmarks/results/shared_forward.json": ("benchmarks/shared_forward.py", "jaxshare/headshare", *CORE),
     "benchmarks/results/xla_cpu_flags.json": ("benchmarks/xla_cpu_flags.py", *CORE),
+    "benchmarks/results/gemm_budget.json": ("benchmarks/gemm_budget.py", "jaxshare/eval/parity.py", *CORE),
+    "benchmarks/results/decode_layers.json": ("benchmarks/decode_layers.py", *CORE),
     "benchmarks/results/heal_*.json": ("benchmarks/heal_step.py", "benchmarks/heal_memory_aot.py", "jaxshare/lora",
                                        *TRAIN, *CORE),
     "benchmarks/results/train_*.json": ("benchmarks/train_step.py", "benchmarks/train_memory.py", *TRAIN, *CORE),
