@@ -124,9 +124,10 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 1.0))
 
 
-# JAXSHARE_TEST_COMPILE_LOG=DIR: each process (workers and any subprocess that imports this file does
-# not; the CLI children are not counted) appends one JSON line per test with the seconds its jit
-# tracing, lowering and XLA compiles took, to see where the suite's compile time goes.
+# JAXSHARE_TEST_COMPILE_LOG=DIR: each pytest process (the xdist workers) appends one JSON line per
+# test to DIR with the seconds its jit tracing, lowering and XLA compiles took, to see where the
+# suite's compile time goes. Subprocesses a test starts (CLI runs) do not load this file and are not
+# counted.
 if os.environ.get("JAXSHARE_TEST_COMPILE_LOG"):
     import collections
     import json as _json
