@@ -65,7 +65,9 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                           *TRAIN, *CORE),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
                                        *TRAIN, *CORE),
-    "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", *CORE),
+    # its plan arm runs `jaxshare compress` (share, basis, prune, prune-kv)
+    "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", "jaxshare/compose",
+                                        "jaxshare/headshare", *CORE),
     "experiments/results/plan_bytes.jsonl": ("experiments/plan_bytes.py", "jaxshare/compose", "jaxshare/quant",
                                               "jaxshare/pruning", "jaxshare/basis", *CORE),
     "experiments/results/prune_select.json": ("experiments/prune_select.py", "experiments/prune.py", "jaxshare/pruning",
@@ -77,6 +79,16 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "experiments/results/degeneration*/*.json": ("benchmarks/degeneration.py", "jaxshare/inheritune",
                                                  "jaxshare/eval/attention_maps.py", *CORE),
 }
+# Results kept on purpose as a record of code that has since been replaced (a "before" beside its
+# "after", a criterion that lost): the current code cannot rerun them, so they are never stale.
+HISTORICAL: dict[str, str] = {
+    "benchmarks/results/train_memory_before.json": "training peak before the memory fixes; train_memory.json is the after",
+    "benchmarks/results/quantize_openblas1.json": "GPTQ timings with one OpenBLAS thread, a setting since replaced",
+    "experiments/results/prune_per_layer_shares.jsonl": "the first --per-layer criterion, replaced at 2047f3c",
+}
+# Logs: one row per run, appended; the newest row is the current measurement, the older ones its history.
+LOGS = ("benchmarks/results/suite.jsonl",)
+
 RESULT_GLOBS = ("benchmarks/results/**/*.json", "benchmarks/results/**/*.jsonl",
                 "experiments/results/**/*.json", "experiments/results/**/*.jsonl")
 
@@ -87,7 +99,7 @@ class Status:
     rows: int
     measured_at: list[str]  # commits (short), oldest first
     stamped: bool  # every row records its commit
-    status: str  # current | stale | unknown
+    status: str  # current | stale | unknown | historical
     changed: list[str]  # measured files changed since (up to 8 named)
     n_changed: int
 
@@ -106,12 +118,30 @@ def study_of(rel: str) -> tuple[str, ...] | None:
     return None
 
 
-def recorded_commits(path: Path) -> tuple[list[str | None], int]:
-    """The commit each row records (None where a row records none), and the row count."""
+def _nested_commits(obj) -> list[str]:
+    """Commits recorded below the top level (a memory.json case stamped when it ran)."""
+    out = []
+    for v in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ():
+        if isinstance(v, dict) and isinstance(v.get("commit"), str):
+            out.append(v["commit"])
+        out += _nested_commits(v)
+    return out
+
+
+def recorded_commits(path: Path, rel: str = "") -> tuple[list[str | None], int]:
+    """The commit each row records (None where a row records none), and the row count. A JSON
+    file whose parts record their own commits (cases rerun one by one) counts each of them; a log
+    counts its newest row."""
     text = path.read_text()
     rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()] if path.suffix == ".jsonl" else [json.loads(text)]
     rows = [r for r in rows if isinstance(r, dict)]
-    return [(r.get("provenance") or {}).get("commit") or r.get("commit") or None for r in rows], len(rows)
+    n = len(rows)
+    if rel in LOGS and rows:
+        rows = rows[-1:]
+    commits = [(r.get("provenance") or {}).get("commit") or r.get("commit") or None for r in rows]
+    if path.suffix == ".json" and rows:
+        commits += _nested_commits(rows[0])
+    return commits, n
 
 
 def check(root: Path = ROOT) -> list[Status]:
@@ -121,10 +151,13 @@ def check(root: Path = ROOT) -> list[Status]:
     for path in files:
         rel = path.relative_to(root).as_posix()
         paths = study_of(rel)
-        commits, n = recorded_commits(path)
+        commits, n = recorded_commits(path, rel)
         stamped = bool(commits) and all(commits)
         fallback = git(root, "log", "-1", "--format=%H", "--", rel) or None  # the commit that last wrote it
         at = sorted({c or fallback for c in commits} - {None}) if commits else ([fallback] if fallback else [])
+        if rel in HISTORICAL:
+            out.append(Status(rel, n, [c[:10] for c in at], stamped, "historical", [], 0))
+            continue
         if paths is None or not at:
             out.append(Status(rel, n, [c[:10] for c in at], stamped, "unknown", [], 0))
             continue
@@ -148,12 +181,14 @@ def markdown(rows: list[Status]) -> str:
     for r in rows:
         names = ", ".join(f"`{c}`" for c in r.changed) + (f" and {r.n_changed - len(r.changed)} more"
                                                            if r.n_changed > len(r.changed) else "")
-        status = {"stale": "**stale**", "current": "current", "unknown": "unknown"}[r.status]
+        status = {"stale": "**stale**", "current": "current", "unknown": "unknown",
+                  "historical": f"historical: {HISTORICAL.get(r.file, '')}"}[r.status]
         body.append(f"| `{r.file}` | {r.rows} | {', '.join(r.measured_at) or '-'} | "
                     f"{'yes' if r.stamped else 'no'} | {status} | {names or '-'} |")
-    n = {s: sum(r.status == s for r in rows) for s in ("current", "stale", "unknown")}
-    summary = (f"{len(rows)} result files: {n['current']} current, {n['stale']} stale, {n['unknown']} unknown "
-               f"(`python -m benchmarks.stale`).")
+    n = {s: sum(r.status == s for r in rows) for s in ("current", "stale", "unknown", "historical")}
+    summary = (f"{len(rows)} result files: {n['current']} current, {n['stale']} stale, {n['unknown']} unknown, "
+               f"{n['historical']} historical (`python -m benchmarks.stale`). A log (`suite.jsonl`) is judged by "
+               f"its newest row; a file whose parts record their own commits (`memory.json`'s cases) by all of them.")
     return "\n".join([summary, "", *head, *body, ""])
 
 

@@ -18,7 +18,7 @@ def test_every_committed_result_belongs_to_a_study():
     rows = stale.check()
     assert rows and all(stale.study_of(r.file) is not None for r in rows), \
         [r.file for r in rows if stale.study_of(r.file) is None]
-    assert {r.status for r in rows} <= {"current", "stale", "unknown"}
+    assert {r.status for r in rows} <= {"current", "stale", "unknown", "historical"}
 
 
 def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
@@ -67,3 +67,39 @@ def test_a_result_run_is_clean_when_only_result_files_changed(monkeypatch):
     assert common._checkout() == {"commit": "c0ffee", "dirty": False}
     status["status"] = " M experiments/results/a.json\n M jaxshare/core/model.py"
     assert common._checkout()["dirty"] is True
+
+
+def test_each_stamped_part_of_a_result_counts_and_a_log_counts_its_newest_row(tmp_path):
+    root = tmp_path
+    (root / "jaxshare/core").mkdir(parents=True)
+    (root / "benchmarks/results").mkdir(parents=True)
+    (root / "jaxshare/core/model.py").write_text("x = 1\n")
+    (root / "tests").mkdir()
+    (root / "tests/conftest.py").write_text("y = 1\n")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "code")
+    old = _head(root)
+    (root / "jaxshare/core/model.py").write_text("x = 2\n")
+    (root / "tests/conftest.py").write_text("y = 2\n")
+    _git(root, "commit", "-qam", "the model and the suite change")
+    new = _head(root)
+    memory = root / "benchmarks/results/memory.json"  # one case rerun since, one not
+    memory.write_text(json.dumps({"commit": new, "models": {"m": {"cases": {"a": {"commit": new},
+                                                                             "b": {"commit": old}}}}}))
+    log = root / "benchmarks/results/suite.jsonl"  # an old run, then one at the current code
+    log.write_text(json.dumps({"commit": old}) + "\n" + json.dumps({"commit": new}) + "\n")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "results")
+    by = {r.file: r for r in stale.check(root)}
+    assert by["benchmarks/results/memory.json"].status == "stale"
+    assert by["benchmarks/results/memory.json"].changed == ["jaxshare/core/model.py"]
+    assert by["benchmarks/results/suite.jsonl"].status == "current" and by["benchmarks/results/suite.jsonl"].rows == 2
+    memory.write_text(json.dumps({"commit": new, "models": {"m": {"cases": {"a": {"commit": new}}}}}))
+    assert {r.file: r for r in stale.check(root)}["benchmarks/results/memory.json"].status == "current"
+
+
+def test_a_historical_result_is_never_stale():
+    by = {r.file: r for r in stale.check()}
+    for rel in stale.HISTORICAL:
+        assert by[rel].status == "historical"
