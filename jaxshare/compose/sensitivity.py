@@ -68,6 +68,7 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
                 continue
             shared = _tie(params, cfg, r, match, keep, grams)
             pts.append((n / (L * K), mean_nll(shared, cfg, windows) - base))
+            del shared  # before the next candidate is built: two at once would double the peak
             say(f"sensitivity share {n / (L * K):.2f}: +{pts[-1][1]:.4f}")
         curves["share"] = pts
     if "basis" in methods:
@@ -82,8 +83,10 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
             for k in ranks:
                 p = set_types(params, {t: truncate(f, k)})
                 pts.append((budget.fraction(t, L, k), mean_nll(p, cfg, windows) - base))
+                del p
                 say(f"sensitivity basis {t} {pts[-1][0]:.2f}: +{pts[-1][1]:.4f}")
             curves[t] = pts
+            del full, f
     if "inherit" in methods:
         pts = []
         for d in drop_layers:
@@ -91,6 +94,7 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
                 continue
             p, c = select_layers(params, cfg, range(L - d))
             pts.append((d / L, mean_nll(p, c, windows) - base))
+            del p
             say(f"sensitivity inherit -{d} layers: +{pts[-1][1]:.4f}")
         curves["inherit"] = pts
     if "prune" in methods:
@@ -98,6 +102,7 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
         for f in channel_counts(cfg, prune_ratios):
             p, c = _pruned(params, cfg, grams, f)
             pts.append((f / cfg.d_ff, mean_nll(p, c, windows) - base))
+            del p
             say(f"sensitivity prune mlp {pts[-1][0]:.2f}: +{pts[-1][1]:.4f}")
         curves["prune"] = pts
     if "prune-kv" in methods:
@@ -105,6 +110,7 @@ def sensitivity(params, cfg, windows, grams, methods, group_size: int = 2, match
         for g in group_counts(cfg, kv_ratios):
             p, c = _pruned(params, cfg, grams, 0, g)
             pts.append((g / K, mean_nll(p, c, windows) - base))
+            del p
             say(f"sensitivity prune kv {g} of {K} groups: +{pts[-1][1]:.4f}")
         curves["prune-kv"] = pts
     return {"base": base, "curves": curves, "windows": int(len(windows)), "seq_len": int(windows.shape[1])}
@@ -129,6 +135,7 @@ def quant_sensitivity(params, cfg, windows, grams, method: str = "gptq", bits=QU
                 continue
             q, _ = quantize_params(params, cfg, spec, grams if method == "gptq" else None, progress=False)
             out[b][t] = mean_nll(q, cfg, windows) - base
+            del q
             say(f"sensitivity quantize {t} int{b}: +{out[b][t]:.4f}")
     return out
 
@@ -198,10 +205,10 @@ def measure_at(params, cfg, windows, grams, sens: dict, alloc: dict, group_size:
         else:
             n = group_size if cand in budget.shared_types else 1
             r = alloc["ranks"][cand]
-            full, _, _ = compress(params, cfg, grams, 0.5, group_size, "basis", [cand] if n > 1 else [],
-                                  [cand] if n == 1 else [], ranks={cand: r}, progress=False)
-            p, c = full, cfg
+            p, c = compress(params, cfg, grams, 0.5, group_size, "basis", [cand] if n > 1 else [],
+                            [cand] if n == 1 else [], ranks={cand: r}, progress=False)[0], cfg
         curves.setdefault(cand, []).append((x, mean_nll(p, c, windows) - base))
+        del p
         done.append(cand)
         say(f"sensitivity {cand} {x:.2f} (where the plan went): +{curves[cand][-1][1]:.4f}")
     return done

@@ -35,17 +35,36 @@ def _is_factored(x) -> bool:
     return isinstance(x, Factored)
 
 
+def _rows(x, ids: np.ndarray):
+    """x[ids] on the layer axis. A run of consecutive layers (inherit keeps a prefix) of a host
+    array is a basic slice that shares the source's memory: a numpy view, or for a jax array on
+    one CPU device a zero-copy device_put of one (XLA:CPU aliases aligned host buffers; it copies
+    an unaligned one, and never donates a borrowed buffer). The smaller model then costs no second
+    copy of its layers: 5.4 GB for a 1.5B model's first 26 layers."""
+    run = np.array_equal(ids, np.arange(ids[0], ids[0] + ids.size))
+    if run and isinstance(x, np.ndarray):
+        return x[int(ids[0]):int(ids[0]) + ids.size]
+    if run and isinstance(x, jax.Array) and _on_one_cpu(x):
+        return jax.device_put(np.asarray(x)[int(ids[0]):int(ids[0]) + ids.size], x.sharding)
+    return x[jnp.asarray(ids)]
+
+
+def _on_one_cpu(x) -> bool:
+    devices = x.sharding.device_set
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu" and x.is_fully_addressable
+
+
 def _take(leaf, ids: np.ndarray):
     if _is_factored(leaf):
         basis = leaf.basis
         if is_bank(basis):
-            basis = compact(Bank(basis.rows, basis.index[jnp.asarray(ids)]))
+            basis = compact(Bank(basis.rows, _rows(basis.index, ids)))
         else:  # a per-layer basis [L, d_in, k]
-            basis = basis[jnp.asarray(ids)]
-        return dataclasses.replace(leaf, basis=basis, coef=leaf.coef[jnp.asarray(ids)])
+            basis = _rows(basis, ids)
+        return dataclasses.replace(leaf, basis=basis, coef=_rows(leaf.coef, ids))
     if is_bank(leaf):
-        return compact(Bank(leaf.rows, leaf.index[jnp.asarray(ids)]))
-    return leaf[jnp.asarray(ids)]
+        return compact(Bank(leaf.rows, _rows(leaf.index, ids)))
+    return _rows(leaf, ids)
 
 
 def select_layers(params, cfg: ModelConfig, layer_ids) -> tuple[object, ModelConfig]:

@@ -193,6 +193,23 @@ def test_growth_by_copy_and_by_reference():
         grow_params(student, scfg, 5, "reference", (ref, CFG))
 
 
+def test_inherited_prefix_shares_the_source_memory_and_donating_it_leaves_the_source_intact():
+    ref = init_params(CFG, jax.random.key(0))
+    student, _, _ = inherit(ref, CFG, 2)
+    # a prefix of layers on one CPU device is the source's buffers (compress measures three such
+    # candidates of a 1.5B model: 17.1 GiB with copies, 8.8 without)
+    for s, r in zip(jax.tree_util.tree_leaves(student.layers), jax.tree_util.tree_leaves(ref.layers)):
+        assert s.unsafe_buffer_pointer() == r.unsafe_buffer_pointer()
+    before = [np.array(x) for x in jax.tree_util.tree_leaves(ref.layers)]
+    trained = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x * 3 + 1, t), donate_argnums=0)(student.layers)
+    for b, r, t in zip(before, jax.tree_util.tree_leaves(ref.layers), jax.tree_util.tree_leaves(trained)):
+        np.testing.assert_array_equal(np.asarray(r), b)  # a donated borrowed buffer is never written
+        np.testing.assert_allclose(np.asarray(t), b[:2] * 3 + 1, rtol=1e-6)
+    picked, _ = select_layers(ref, CFG, [2, 0])  # not a run: gathered, its own memory
+    for s, r in zip(jax.tree_util.tree_leaves(picked.layers), jax.tree_util.tree_leaves(ref.layers)):
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(r)[[2, 0]])
+
+
 # -- trainer mode ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
