@@ -126,6 +126,9 @@ def memory(d: dict) -> str:
         # a failed command's peak is where it stopped, not what it needs
         return f"killed at {gib} (out of memory)" if e["rc"] in (137, -9) else f"failed (exit {e['rc']})"
 
+    def at(cases, c):  # cases are rerun one by one: each names its commit (unrecorded in early runs)
+        return (cases.get(c) or {}).get("commit", "-")[:7] if c in cases else "-"
+
     rows = []
     for c, label in MEMORY_CASES.items():
         net = big.get(c, {}).get("net_rss_bytes") if big.get(c, {}).get("rc", 0) == 0 else None
@@ -133,8 +136,9 @@ def memory(d: dict) -> str:
         if c == "convert_bf16" and net is not None:
             cell += f" ({2 * net / fp32:.2f} of bf16 bytes)"
         if c in small or c in big:
-            rows.append([label, peak(small, c), peak(big, c), cell])
-    return table(["command", "SmolLM2-135M peak", "1.5B peak", "1.5B net / fp32 params"], rows)
+            rows.append([label, peak(small, c), peak(big, c), cell, f"{at(small, c)} / {at(big, c)}"])
+    return table(["command", "SmolLM2-135M peak", "1.5B peak", "1.5B net / fp32 params", "measured at (SmolLM2 / 1.5B)"],
+                 rows)
 
 
 def demo(d: dict) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,6 +19,7 @@ from jaxshare.basis.factor import (TYPES, Factored, to_2d, dims, get_type, group
                             type_rank, validate, whitened_loss, whitening)
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import count_params, param_bytes
+from jaxshare.core import host
 
 
 def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_size: int = 2,
@@ -46,8 +46,8 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
         k = (ranks or {}).get(t) or type_rank(L, len(groups), d_in, d_out, ratio)
         k = max(1, min(k, d_in, min(len(g) for g in groups) * d_out))
         dt = leaf.dtype
-        rows = np.empty((len(groups), d_in, k), dt)  # filled a group at a time, already in the params' dtype
-        coefs = np.empty((L, k, d_out), dt)
+        rows = host.empty((len(groups), d_in, k), dt)  # filled a group at a time, already in the params' dtype
+        coefs = host.empty((L, k, d_out), dt)
         loss2, ref2 = 0.0, 0.0
         for gi, g in enumerate(groups):
             w_g = [np.asarray(to_2d(t, leaf[i]), np.float64) for i in g]  # [d_in, d_out] per layer, this group only
@@ -68,8 +68,7 @@ def compress(params, cfg: ModelConfig, grams: dict | None, ratio: float, group_s
                 loss2, ref2 = loss2 + l2, ref2 + r2
             del w_g, s, sxx, b, cs
         index = np.concatenate([np.full(len(g), gi, np.int32) for gi, g in enumerate(groups)])
-        new[t] = Factored(Bank(jax.device_put(rows, may_alias=True), jnp.asarray(index)),
-                          jax.device_put(coefs, may_alias=True), t, tuple(leaf.shape[1:]))
+        new[t] = Factored(Bank(host.adopt(rows), jnp.asarray(index)), host.adopt(coefs), t, tuple(leaf.shape[1:]))
         if consume:
             leaf.delete()
         before, after = L * d_in * d_out, len(groups) * d_in * k + L * k * d_out

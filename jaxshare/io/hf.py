@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from huggingface_hub import split_state_dict_into_shards_factory
@@ -24,6 +23,7 @@ from jaxshare.io import families
 from jaxshare.io.kinds import export_files, manifests
 from jaxshare.io.tensorfile import TensorReader, TensorWriter, check_finite
 from jaxshare.storage.atomic import EXPORT_MARKER, atomic_output, output_path
+from jaxshare.core import host
 
 
 def _names(keys, limit=8) -> str:
@@ -73,7 +73,7 @@ def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
     """Fill a Params pytree from (hf_key, array) pairs; raise on missing/unexpected/duplicate keys."""
     dt = as_dtype(dtype)
     buffers: dict[str, np.ndarray] = {}
-    map_shapes(lambda path, shape: buffers.__setitem__(path, np.empty(shape, dt)), param_shapes(cfg))
+    map_shapes(lambda path, shape: buffers.__setitem__(path, host.empty(shape, dt)), param_shapes(cfg))
 
     def put(leaf, layer, part):
         target = buffers[leaf] if layer is None else buffers[leaf][layer]
@@ -82,9 +82,9 @@ def params_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
     fill_from_tensors(cfg, tensors, put, source, total)
 
     def to_device(path, _shape):
-        # may_alias: on CPU the device array adopts the host buffer instead of copying it
-        # (a copy measured 2x the leaf in peak RSS); the buffer is never written again.
-        return jax.device_put(buffers.pop(path), may_alias=True)
+        # the device array adopts the aligned host buffer instead of copying it (a copy measured
+        # 2x the leaf in peak RSS); the buffer is never written again
+        return host.adopt(buffers.pop(path))
 
     return map_shapes(to_device, param_shapes(cfg))
 

@@ -28,6 +28,7 @@ from jaxshare.errors import CheckpointError
 from jaxshare.io.kinds import abstract_tree, keys, manifests
 from jaxshare.io.tensorfile import CHUNK_BYTES, TensorReader, TensorWriter, check_finite
 from jaxshare.storage.atomic import atomic_output, output_path
+from jaxshare.core import host
 
 META = "jaxshare.json"
 FORMAT_VERSION = 2
@@ -124,8 +125,7 @@ def read_leaves(path, abstract, dtype=None):
                 want = as_dtype(dtype)
             arr = f.read(name, want)
             check_finite(arr, path, name)
-            # may_alias: on CPU the jax array adopts the buffer, so the model is held once
-            leaves.append(jax.device_put(arr, may_alias=True))
+            leaves.append(host.adopt(arr))  # read into an aligned buffer: the model is held once
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

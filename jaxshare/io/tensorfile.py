@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxshare.errors import CheckpointError
+from jaxshare.core import host
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -151,7 +152,7 @@ class TensorReader(BinaryFile):
         want = np.dtype(dtype) if dtype is not None else stored
         out_shape = (b - a, *shape[1:]) if shape else ()
         if out is None:
-            out = np.empty(out_shape, want)
+            out = host.empty(out_shape, want)  # aligned: the jax array adopts it (core/host.py)
         begin = offset + a * row_elems * stored.itemsize
         if want == stored:
             _readinto(self._f, out, begin, self.path)

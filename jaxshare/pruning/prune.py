@@ -19,6 +19,7 @@ from jaxshare.pruning import compensate as comp
 from jaxshare.pruning.importance import keep_per_layer, keep_top, kv_importance, mlp_importance, output_energy
 from jaxshare.pruning.ragged import to_ragged
 from jaxshare.pruning.shrink import shrink_kv, shrink_mlp
+from jaxshare.core import host
 
 WHOLE = 0.01  # a KV ratio may miss a whole number of groups by this much (0.333 of 3 groups is 1)
 LAYER_CAP = 1.5  # per_layer: no layer loses more than this many times the uniform count (2 was worse on
@@ -135,8 +136,8 @@ def _fit(w_LND, grams_L, keep_LR: np.ndarray, refit: bool) -> tuple[np.ndarray |
     L = len(keep_LR)
     errs_sliced, errs_fit = [], []
     ragged = not isinstance(keep_LR, np.ndarray)  # per-layer widths: a list of per-layer rows
-    out = None if not refit else [None] * L if ragged else np.empty((L, keep_LR.shape[1], w_LND.shape[-1]),
-                                                                     w_LND.dtype)
+    out = None if not refit else [None] * L if ragged else host.empty((L, keep_LR.shape[1], w_LND.shape[-1]),
+                                                                       w_LND.dtype)
     for i in range(L):
         w, g, keep = np.asarray(w_LND[i], np.float64), np.asarray(grams_L[i], np.float64), keep_LR[i]
         errs_sliced.append(comp.rel_error(w, g, keep, w[keep]))
@@ -193,7 +194,7 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
         else:
             out, _ = shrink_mlp(out, cfg, keep_LF)
         if fit is not None:
-            out = replace_leaves(out, {"layers.mlp.w_down": jax.device_put(fit, may_alias=True)})
+            out = replace_leaves(out, {"layers.mlp.w_down": host.adopt(fit)})
             del fit
         if consume:
             _free(before, out)
@@ -205,7 +206,7 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
         out, _ = shrink_kv(out, cfg, keep_LK)
         if fit is not None:
             shape = (cfg.n_layers, new_cfg.n_kv_heads) + wo.shape[2:]
-            out = replace_leaves(out, {"layers.attn.wo": jax.device_put(fit.reshape(shape), may_alias=True)})
+            out = replace_leaves(out, {"layers.attn.wo": host.adopt(fit.reshape(shape))})
             del fit
         if consume:
             _free(before, out)

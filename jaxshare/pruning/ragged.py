@@ -30,6 +30,7 @@ from jaxshare.core.bank import Bank
 from jaxshare.core.compressed import FunctionCodec, axes_of, check_reproduces, frozen_of
 from jaxshare.core.params import get_leaf, nodes_by_path, replace_leaves
 from jaxshare.errors import CheckpointError
+from jaxshare.core import host
 
 Array = jax.Array
 MANIFEST_VERSION = 1
@@ -90,12 +91,12 @@ def to_ragged(w, keep: list, axis: int, dtype=None) -> Ragged:
     w0 = np.asarray(w[0])
     unit = w0.shape[:axis] + w0.shape[axis + 1:]
     widths = [len(k) for k in keep]
-    rows = np.zeros((sum(widths) + 1,) + unit, dtype or w0.dtype)
+    rows = host.zeros((sum(widths) + 1,) + unit, dtype or w0.dtype)
     at = 0
     for l, k in enumerate(keep):
         rows[at:at + len(k)] = np.moveaxis(np.take(np.asarray(w[l]), np.asarray(k), axis=axis), axis, 0)
         at += len(k)
-    return Ragged(jax.device_put(rows, may_alias=True), jnp.asarray(ragged_index(widths)), axis)
+    return Ragged(host.adopt(rows), jnp.asarray(ragged_index(widths)), axis)
 
 
 def ragged_paths(params) -> dict[str, Ragged]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.params import Params, replace_leaves
+from jaxshare.core import host
 
 
 def take_per_layer(w, keep_LN: np.ndarray, axis: int):
@@ -25,10 +25,10 @@ def take_per_layer(w, keep_LN: np.ndarray, axis: int):
     up projection), on top of the output."""
     keep_LN = np.asarray(keep_LN)
     shape = w.shape[:axis] + keep_LN.shape[1:] + w.shape[axis + 1:]
-    out = np.empty(shape, w.dtype)
+    out = host.empty(shape, w.dtype)
     for l in range(w.shape[0]):
         out[l] = np.take(np.asarray(w[l]), keep_LN[l], axis=axis - 1)
-    return jax.device_put(out, may_alias=True)
+    return host.adopt(out)
 
 
 def shrink_mlp(params: Params, cfg: ModelConfig, keep_LF: np.ndarray) -> tuple[Params, ModelConfig]:

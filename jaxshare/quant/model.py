@@ -33,6 +33,7 @@ from jaxshare.quant import pack as P
 from jaxshare.quant.gptq import gptq_chunks
 from jaxshare.quant.leaf import Quantized, make, to_2d
 from jaxshare.quant.tree import quantized_paths
+from jaxshare.core import host
 
 METHODS = ("rtn", "gptq")
 
@@ -111,9 +112,9 @@ def quantize_stack(n: int, get_w, get_gram, spec: QuantSpec, layout: str, leaf_s
     d_in, d_out = jax.eval_shape(lambda x: to_2d(layout, x), jax.ShapeDtypeStruct(tuple(leaf_shape), dtype)).shape
     rows = _rows(d_in, spec, pad_ok, what)
     n_groups = 1 if spec.group is None else rows // spec.group
-    packed = np.empty((n, rows // 2 if spec.bits == 4 else rows, d_out), np.uint8)
-    scale = np.empty((n, n_groups, d_out), jnp.dtype(dtype))
-    zero = None if spec.sym else np.empty((n, n_groups, d_out), np.uint8)
+    packed = host.empty((n, rows // 2 if spec.bits == 4 else rows, d_out), np.uint8)
+    scale = host.empty((n, n_groups, d_out), jnp.dtype(dtype))
+    zero = None if spec.sym else host.empty((n, n_groups, d_out), np.uint8)
     e2 = r2 = 0.0
 
     def put(i0, i1, q, s, z, ws, gs):
@@ -154,8 +155,8 @@ def quantize_stack(n: int, get_w, get_gram, spec: QuantSpec, layout: str, leaf_s
             put(i0, i1, q, s, z, [held[i][0] for i in range(i0, i1)], [held[i][1] for i in range(i0, i1)])
             held.clear()
             del q, s, z
-    q = Quantized(jax.device_put(packed, may_alias=True), jax.device_put(scale, may_alias=True),
-                  None if zero is None else jax.device_put(zero, may_alias=True), spec.bits, spec.group, layout,
+    q = Quantized(host.adopt(packed), host.adopt(scale), None if zero is None else host.adopt(zero), spec.bits,
+                  spec.group, layout,
                   tuple(leaf_shape), int(d_in))
     return q, e2, r2
 
