@@ -143,17 +143,17 @@ def memory(d: dict) -> str:
 
 def demo(d: dict) -> str:
     s = d["summary"]
-    c = s["ppl_canterbury"]
+    c, data = (s["ppl"], s["ppl_data"]) if "ppl_data" in s else (s["ppl_canterbury"], "canterbury")
     win = f"{c['windows']} × {c['seq_len']}"
     units = s["layers"] * s["kv_heads"]
-    rows = [["dense", "canterbury", win, f"{c['ppl']:.3f}"]]
+    rows = [["dense", data, win, f"{c['ppl']:.3f}"]]
     for r, ds in sorted(s["directshare"].items(), key=lambda kv: float(kv[0])):
         rows.append([f"DirectShare {float(r):.0%} (`qk`, root; {ds['units_freed']} of {units} units, model "
-                     f"−{ds['model_fraction_removed']:.1%})", "canterbury", win, f"{ds['ppl']:.3f}"])
+                     f"−{ds['model_fraction_removed']:.1%})", data, win, f"{ds['ppl']:.3f}"])
     b, cal = s["basis"], s["basis"]["calibration"]
     rows.append([f"Basis Sharing {b['ratio']:.0%} (n = 2, calibration {cal['windows']} × {cal['seq_len']} "
                  f"{cal['data']}; {b['params_before'] / 1e6:.1f}M → {b['params_after'] / 1e6:.1f}M params)",
-                 "canterbury", win, f"{b['ppl']:.3f}"])
+                 data, win, f"{b['ppl']:.3f}"])
     return table(["model", "corpus", "windows × seq_len", "PPL"], rows)
 
 

@@ -6,7 +6,7 @@
     plan = {"steps": [{"share": {"ratio": 0.25, "keep": "mean"}},
                       {"basis": {"ratios": {"up": 0.3, "down": 0.3}}},
                       {"quantize": {"bits": 8, "method": "gptq"}}]}    # or a plan YAML file
-    small, report = js.apply_plan(m, plan)         # calibrates as the plan says (wiki:train by default)
+    small, report = js.apply_plan(m, plan)         # calibrates as the plan says (books:train by default)
     docs = [open("text.txt").read()]
     print(js.perplexity(small.params, small.cfg, small.tokenizer, docs, seq_len=512, max_windows=8)["ppl"])
     js.save(small, "out/native")                   # banks, bases and int8 codes as they are

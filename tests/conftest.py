@@ -151,3 +151,18 @@ if os.environ.get("JAXSHARE_TEST_COMPILE_LOG"):
         with open(out, "a") as f:
             for test, c in _compile_s.items():
                 f.write(_json.dumps({"test": test, **c}) + "\n")
+
+
+@pytest.fixture(scope="session")
+def bigbench():
+    """The bigbench 1.0.0 sdist (wiki, xsum, the multiple-choice tasks), or a skip when the package
+    index answers that it has no such file: it stopped serving this release in December 2026. Any
+    other failure to fetch it (an unreachable index) fails the test."""
+    from jaxshare.data.corpora import CorpusError, bigbench_sdist
+
+    try:
+        return bigbench_sdist()
+    except CorpusError as e:
+        if "no sdist on the package index" not in str(e):
+            raise
+        pytest.skip("the package index no longer serves bigbench==1.0.0 and no copy is cached")

@@ -224,7 +224,7 @@ def cache_path(loaded, data: str, n_windows: int, seq_len: int, seed: int):
     return cache_dir() / "calib" / cache_key(model_identity(loaded), data, n_windows, seq_len, seed)
 
 
-def calibrate(loaded, data: str = "wiki:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
+def calibrate(loaded, data: str = "books:train", n_windows: int = 256, seq_len: int = 2048, seed: int = 0,
               batch_size: int = 4, use_cache: bool = True, budget_bytes: int = 1 << 30) -> tuple[dict, dict]:
     """Grams for a LoadedModel as a GramStore ({input: per-layer grams read from disk on demand}),
     cached under cache_dir()/calib/ by model and data identity. Without the cache they are written

@@ -30,7 +30,9 @@ def type_list(s: str) -> list[str]:
 
 
 def _calib_name(s: str) -> str:
-    return "wiki:train" if s == "wiki" else s  # calibrating on wiki:test would leak into the evaluation
+    from jaxshare.data.corpora import calibration_source
+
+    return calibration_source(s)
 
 
 def announce(m, args) -> None:
@@ -156,7 +158,7 @@ def cmd_basis_pairs(args) -> None:
 
 
 def _calib_args(p) -> None:
-    p.add_argument("--calib", default="wiki:train", help="calibration corpus or file (bare 'wiki' = wiki:train)")
+    p.add_argument("--calib", default="books:train", help="calibration corpus or file (a bare corpus name means its train split)")
     p.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS,
                    help="calibration windows (sequences) drawn from the corpus; the default suits a CPU, "
                         + SCALE_UP)

@@ -18,7 +18,7 @@ from jaxshare.optional import check
 from jaxshare.storage.atomic import OutputError, check_destination, check_plot_dir
 
 MODEL_HELP = "a registered name (smollm2-135m), an HF directory, a .gguf file, or a jaxshare checkpoint"
-DATA_HELP = "a named corpus (canterbury, botchan, wiki[:split], xsum[:split]) or a .txt/.jsonl file"
+DATA_HELP = "a named corpus (books[:split], canterbury, botchan, wiki[:split], xsum[:split]) or a .txt/.jsonl file"
 SEED_MAX = 2**32 - 1  # jax.random.key and numpy's default_rng both take any value in [0, 2^32)
 
 
@@ -167,7 +167,7 @@ def batch_size_arg(p, default: int, help: str = BATCH_SIZE_HELP) -> None:
 def calibration_args(p, windows: int, seq_len: int, what: str = "calibration") -> None:
     """--calib, --calib-windows, --calib-seq-len, --batch-size and --seed of a command that
     calibrates on text (quantize's GPTQ, prune): one spelling and one meaning everywhere."""
-    p.add_argument("--calib", default="wiki:train", help=f"{what} corpus or file (bare 'wiki' = wiki:train)")
+    p.add_argument("--calib", default="books:train", help=f"{what} corpus or file (a bare corpus name means its train split)")
     p.add_argument("--calib-windows", type=COUNT, default=windows, help="calibration windows")
     p.add_argument("--calib-seq-len", type=SEQ_LEN, default=seq_len, help="tokens per calibration window")
     batch_size_arg(p, 4, "calibration windows per forward pass (speed and memory only)")

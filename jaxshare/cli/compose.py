@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, DeprecatedAlias, batch_size_arg,
                                  check_out_dir, float_in, nonempty, refuse_given, storage_dtype_arg)
-from jaxshare.data.corpora import load_corpus
+from jaxshare.data.corpora import calibration_source, load_corpus
 from jaxshare.storage.atomic import OutputError
 
 _FRACTION = float_in(0.0, 1.0, low_open=True, high_open=True)
@@ -100,8 +100,7 @@ def _calibration(args, plan_calib: dict | None) -> dict:
     for key, flag in (("data", "calib"), ("windows", "calib_windows"), ("seq_len", "calib_seq_len"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             calib[key] = getattr(args, flag)
-    if calib["data"] == "wiki":
-        calib["data"] = "wiki:train"  # calibrating on wiki:test would leak into the evaluation
+    calib["data"] = calibration_source(calib["data"])
     return calib
 
 
@@ -283,13 +282,13 @@ def register(sub, add, group) -> None:
     c.add_argument("--sens-windows", type=COUNT, default=4,
                    help="with --ratio: windows each sensitivity loss is measured on (of the calibration "
                          "corpus, none of the calibration windows)")
-    c.add_argument("--heldout", default="wiki:validation", help="with --ratio: held-out data; " + DATA_HELP)
+    c.add_argument("--heldout", default="books:validation", help="with --ratio: held-out data; " + DATA_HELP)
     c.add_argument("--heldout-windows", type=COUNT, default=4, help="with --ratio: windows of --heldout checked")
     c.add_argument("--heal-tokens", type=COUNT, help="with --ratio: end the chosen plan with a heal step of this "
                                                      "many tokens (KD from MODEL; docs/healing.md) (default: none)")
-    c.add_argument("--heal-data", default="wiki:train", help="with --heal-tokens: the healing text; " + DATA_HELP)
+    c.add_argument("--heal-data", default="books:train", help="with --heal-tokens: the healing text; " + DATA_HELP)
     c.add_argument("--plan-out", type=nonempty, help="also write the plan YAML here (default: only OUT/plan.yaml)")
-    c.add_argument("--calib", default=None, help="calibration corpus (default: the plan's, else wiki:train)")
+    c.add_argument("--calib", default=None, help="calibration corpus (default: the plan's, else books:train)")
     c.add_argument("--calib-windows", type=COUNT, default=None, help="calibration windows (default: the plan's, else 16)")
     c.add_argument("--calib-seq-len", type=SEQ_LEN, default=None,
                    help="tokens per calibration window (default: the plan's, else 512)")

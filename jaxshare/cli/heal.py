@@ -78,8 +78,8 @@ def register(sub, add, group) -> None:
     p.add_argument("out", type=nonempty, help="where to write the healed model (native format)")
     p.add_argument("--teacher", required=True, type=nonempty,
                    help="the dense model the student was compressed from (same tokenizer)")
-    p.add_argument("--data", help=f"healing text: {DATA_HELP} (default: wiki:train)")
-    p.add_argument("--eval-data", help="held-out text the healing data never saw (default: wiki:test)")
+    p.add_argument("--data", help=f"healing text: {DATA_HELP} (default: books:train)")
+    p.add_argument("--eval-data", help="held-out text the healing data never saw (default: books:test)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--tokens", type=COUNT, help="training tokens, rounded up to whole steps "
                                                      "(default: none, 100 steps)")

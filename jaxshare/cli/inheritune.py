@@ -95,7 +95,7 @@ def cmd_inherit(args) -> None:
 
 
 def _analysis_flags(p, windows: int = 8) -> None:
-    p.add_argument("--data", default="wiki:validation", help=DATA_HELP)
+    p.add_argument("--data", default="books:validation", help=DATA_HELP)
     sample_windows_arg(p, windows, "windows of --data analysed (the first K; the result depends on it)")
     p.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
     p.add_argument("--tau", type=TAU, default=0.9, help="energy share the rank must reach, in (0, 1]")

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = add("fetch", cmd_fetch, "download (once) a registered model or a named corpus and print its cached path")
     f.add_argument("what", choices=["model", "data"], help="a model or a corpus")
-    f.add_argument("name", type=nonempty, help="registered model name (smollm2-135m) or corpus name (wiki)")
+    f.add_argument("name", type=nonempty, help="registered model name (smollm2-135m) or corpus name (books)")
 
     c = add("convert", cmd_convert, "convert a model to a native jaxshare checkpoint")
     c.add_argument("src", help=MODEL_HELP)

@@ -116,7 +116,7 @@ def cmd_share(args) -> None:
                      "would be ignored: drop it, or use --keep data or --correct qk/qkv")
     if needs_calib and args.calib is None:
         raise SharingError(f"--keep {args.keep} --correct {args.correct} fits on calibration data: give --calib "
-                           "(e.g. --calib wiki:train)")
+                           "(e.g. --calib books:train)")
     # the options of a plan's share step
     opts = ShareOptions(ratio, args.match, args.keep, args.correct, args.share_o, args.net_ratio)
     check_out_dir(args.out, args.overwrite, sources=(args.model,))
@@ -162,7 +162,7 @@ def register(sub, add, group) -> None:
     a = add("attention-similarity", cmd_attention_similarity,
             "cosine similarity of attention maps across layers and heads on real text (paper Eq. 1)")
     a.add_argument("model", help=MODEL_HELP)
-    a.add_argument("--data", default="wiki", help=DATA_HELP)
+    a.add_argument("--data", default="books", help=DATA_HELP)
     param_dtype_arg(a)
     refuse_dtype_arg(a)
     a.add_argument("--seq-len", type=SEQ_LEN, default=256, help="tokens per window")
@@ -187,7 +187,7 @@ def register(sub, add, group) -> None:
                     help="per tied unit d x d least-squares corrections of its query heads and key (qk), plus the "
                          "value path folded into its own W_o at no parameter cost (qkv); needs --calib")
     sh.add_argument("--calib", default=None,
-                    help="calibration corpus or file for --keep data / --correct (bare 'wiki' = wiki:train); "
+                    help="calibration corpus or file for --keep data / --correct (a bare corpus name means its train split); "
                          "cached, shared with `jaxshare basis` (default: none)")
     sh.add_argument("--calib-windows", type=COUNT, default=CALIB_WINDOWS, help="calibration windows")
     sh.add_argument("--calib-seq-len", type=SEQ_LEN, default=CALIB_SEQ_LEN, help="tokens per calibration window")

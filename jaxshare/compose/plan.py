@@ -9,7 +9,7 @@ A plan is what `jaxshare compress --plan plan.yaml` reads and what `--ratio` wri
       - basis: {group_size: 2, ratios: {up: 0.3, down: 0.1}}   # Basis Sharing, per-type ratios
       - quantize: {bits: 8, method: gptq}           # weight-only int8/int4 of every linear weight
       - heal: {tokens: 50000, trains: lora}         # distill from the starting model (optional, last)
-    calibration: {data: wiki:train, windows: 16, seq_len: 512, seed: 0}
+    calibration: {data: books:train, windows: 16, seq_len: 512, seed: 0}
 
 A basis step names its types through exactly one of `ratio` + `types` (one ratio for the listed
 types, default: every type not compressed by an earlier step), `ratios` ({type: ratio}) or
@@ -37,7 +37,7 @@ from jaxshare.methods.basis import present_types
 from jaxshare.yamlio import safe_load
 
 METHODS = tuple(REGISTRY)
-CALIB_DEFAULTS = {"data": "wiki:train", "windows": 16, "seq_len": 512, "seed": 0}
+CALIB_DEFAULTS = {"data": "books:train", "windows": 16, "seq_len": 512, "seed": 0}
 
 
 class PlanError(JaxshareError, ValueError):

@@ -6,8 +6,9 @@ in place (tarfile), never installed. Each is extracted once and cached as JSON u
 
 Sources accepted by :func:`load_corpus`:
 
-* a name from :data:`CORPORA`, optionally with a split: ``wiki:train``, ``wiki:validation``,
-  ``wiki:test`` (plain ``wiki`` means ``wiki:test``); ``xsum`` (all) or ``xsum:<split>``;
+* a name from :data:`CORPORA`, optionally with a split: ``books:train``, ``books:validation``,
+  ``books:test`` (plain ``books`` means ``books:test``), the same for ``wiki``; ``xsum`` (all) or
+  ``xsum:<split>``;
 * a path to a ``.txt`` file (one document) or a ``.jsonl`` file (one document per line, its
   ``"text"`` field; blank lines are skipped).
 
@@ -34,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from jaxshare.errors import JaxshareError
-from jaxshare.storage.fetch import cache_dir, localize, registry_file
+from jaxshare.storage.fetch import FetchError, cache_dir, localize, registry_file
 
 SPLITS = ("train", "validation", "test")
 _FORMAT = 1  # bump to invalidate cached corpus files
@@ -49,24 +50,34 @@ class Corpus:
     """A named corpus: where it comes from and how it may be split."""
 
     description: str
-    package: str
-    version: str
+    source: str  # the registry archives it is read from
     default_split: str | None  # split used when none is asked for (None: all documents)
     splittable: bool
 
 
+_BB = "bigbench==1.0.0 sdist"
 CORPORA: dict[str, Corpus] = {
+    "books": Corpus("the Canterbury texts and Botchan cut into passages of about 2 KB at paragraph "
+                    "breaks (brotli==1.2.1 and sentencepiece==0.2.3 sdists); splits train/validation/"
+                    "test, default test. The default text of every command",
+                    "brotli==1.2.1 sdist, sentencepiece==0.2.3 sdist", "test", True),
     "canterbury": Corpus("Canterbury corpus English texts alice29, asyoulik, lcet10, plrabn12 "
                          "(brotli==1.2.1 sdist, tests/testdata), 4 documents",
-                         "brotli", "1.2.1", None, False),
+                         "brotli==1.2.1 sdist", None, False),
     "botchan": Corpus("Botchan by Natsume Soseki, English translation (sentencepiece==0.2.3 sdist, "
-                      "test/botchan.txt), 1 document", "sentencepiece", "0.2.3", None, False),
+                      "test/botchan.txt), 1 document", "sentencepiece==0.2.3 sdist", None, False),
     "wiki": Corpus("English Wikipedia articles of BIG-bench paragraph_segmentation "
-                   "(bigbench==1.0.0 sdist), 1 document per article; splits train/validation/test, "
-                   "default test", "bigbench", "1.0.0", "test", True),
-    "xsum": Corpus("BBC news articles, the inputs of BIG-bench gem/xsum (bigbench==1.0.0 sdist), "
-                   "1 document per article; all by default, or a split", "bigbench", "1.0.0", None, True),
+                   "(bigbench==1.0.0 sdist, which the package index no longer serves: see "
+                   "docs/evaluation.md), 1 document per article; splits train/validation/test, default test",
+                   _BB, "test", True),
+    "xsum": Corpus("BBC news articles, the inputs of BIG-bench gem/xsum (bigbench==1.0.0 sdist, no "
+                   "longer on the package index), 1 document per article; all by default, or a split",
+                   _BB, None, True),
 }
+
+# A books passage closes at the first paragraph break past this many characters (or at any line
+# past twice as many: Botchan has no blank lines): 491 passages, 23 of them in the test split.
+_PASSAGE_CHARS = 2000
 
 _CANTERBURY = ("alice29", "asyoulik", "lcet10", "plrabn12")
 _BB_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -75,6 +86,15 @@ _BB_MEMBERS = {"wiki": _BB_ROOT + "paragraph_segmentation/task.json", "xsum": _B
 # has no language field; the order is checked by _english_block below).
 _PS_LANGS = ("de", "en", "es", "fr", "it", "nl", "pl", "pt", "ru")
 _EN_WORDS = frozenset("the of and was is by with from that which".split())
+
+
+def calibration_source(source: str) -> str:
+    """``source`` for fitting: a bare splittable corpus name means its train split.
+
+    Plain ``books`` means ``books:test`` when evaluating; calibrating or training on it would leak
+    the evaluation text into the weights, so every command that fits reads ``books:train``."""
+    name, split = _parse_name(source)
+    return f"{name}:train" if split is None and name in CORPORA and CORPORA[name].splittable else source
 
 
 def describe_corpora() -> str:
@@ -142,6 +162,24 @@ def _build_botchan() -> dict[str, list[str]]:
     return {"botchan": [_decode(_read_members(archive, {"b": path}, "botchan")["b"], path)]}
 
 
+def _passages(text: str) -> list[str]:
+    """Cut a book into passages at paragraph breaks (see _PASSAGE_CHARS); whitespace-only ones dropped."""
+    out, cur, size = [], [], 0
+    for line in text.split("\n"):
+        cur.append(line)
+        size += len(line) + 1
+        if (size >= _PASSAGE_CHARS and not line.strip()) or size >= 2 * _PASSAGE_CHARS:
+            out.append("\n".join(cur).strip())
+            cur, size = [], 0
+    out.append("\n".join(cur).strip())
+    return [p for p in out if p]
+
+
+def _build_books() -> dict[str, list[str]]:
+    books = _build_canterbury()["canterbury"] + _build_botchan()["botchan"]
+    return {"books": [p for book in books for p in _passages(book)]}
+
+
 def _english_share(text: str) -> float:
     words = re.findall(r"\w+", text.lower())
     return sum(w in _EN_WORDS for w in words) / max(1, len(words))
@@ -186,15 +224,28 @@ def _article(example: dict) -> str:
     return "\n\n".join(paragraphs)
 
 
+def bigbench_sdist() -> Path:
+    """The bigbench 1.0.0 sdist, from the cache or the package index.
+
+    The index stopped serving this release in December 2026 (it lists only 0.0.1). A user who
+    has the file can put it where the cache looks (the error says where); nothing else changes."""
+    try:
+        return registry_file("bigbench", "1.0.0", sdist=True)
+    except FetchError as e:
+        where = cache_dir() / "registry" / "bigbench-1.0.0-sdist" / "bigbench-1.0.0.tar.gz"
+        raise CorpusError(f"{e}; the wiki and xsum corpora and the multiple-choice tasks need it: "
+                          f"put a copy at {where}, or use the books corpus (e.g. --data books:test)") from e
+
+
 def _build_bigbench() -> dict[str, list[str]]:
-    archive = registry_file("bigbench", "1.0.0", sdist=True)
+    archive = bigbench_sdist()
     raw = _read_members(archive, _BB_MEMBERS, "bigbench (reading tar)")
     wiki = [_article(e) for e in _english_block(json.loads(raw["wiki"])["examples"])]
     xsum = [e["input"].strip() for e in json.loads(raw["xsum"])["examples"]]
     return {"wiki": wiki, "xsum": xsum}
 
 
-_BUILDERS = {"canterbury": _build_canterbury, "botchan": _build_botchan,
+_BUILDERS = {"books": _build_books, "canterbury": _build_canterbury, "botchan": _build_botchan,
              "wiki": _build_bigbench, "xsum": _build_bigbench}
 
 
@@ -248,9 +299,8 @@ def corpus_path(name: str) -> Path:
 def _build(base: str) -> None:
     """Extract corpus ``base`` into the cache (one archive pass may fill several corpora)."""
     for built, docs in _BUILDERS[base]().items():
-        c = CORPORA[built]
         _write_atomic(_cache_file(built), {"format": _FORMAT, "name": built, "documents": docs,
-                                           "source": f"{c.package}=={c.version} sdist"})
+                                           "source": CORPORA[built].source})
 
 
 # ---------------------------------------------------------------------------- loading
@@ -280,7 +330,7 @@ def load_corpus(source: str, split: str | None = None) -> list[str]:
     """The documents of ``source``: a named corpus (``name`` or ``name:split``) or a .txt/.jsonl path.
 
     ``split`` (``train``/``validation``/``test``) may be given instead of the ``:split`` suffix;
-    giving both, differently, is an error. ``wiki`` defaults to ``test``; ``xsum`` to all documents;
+    giving both, differently, is an error. ``books`` and ``wiki`` default to ``test``; ``xsum`` to all documents;
     ``canterbury``, ``botchan`` and local files take no split. Raises :class:`CorpusError`.
     """
     source = os.fspath(source)

@@ -20,9 +20,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from jaxshare.data.corpora import _read_members
+from jaxshare.data.corpora import _read_members, bigbench_sdist
 from jaxshare.errors import JaxshareError
-from jaxshare.storage.fetch import cache_dir, registry_file
+from jaxshare.storage.fetch import cache_dir
 
 # our name -> member of the bigbench sdist (goal_inference is a subtask of goal_step_wikihow)
 _ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -118,8 +118,7 @@ def task_dir() -> Path:
     if _fresh(root):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    archive = registry_file("bigbench", "1.0.0", sdist=True)
-    raw = _read_members(archive, TASKS, "bigbench tasks (reading tar)")
+    raw = _read_members(bigbench_sdist(), TASKS, "bigbench tasks (reading tar)")
     counts = {}
     for name in TASKS:
         rows = convert(raw[name], name)

@@ -30,8 +30,8 @@ from jaxshare.training.trainer import Trainer
 @dataclass(frozen=True)
 class HealOptions:
     tokens: int = 50000
-    data: str = "wiki:train"
-    eval_data: str = "wiki:test"
+    data: str = "books:train"
+    eval_data: str = "books:test"
     trains: str = "all"
     lora_rank: int = 8
     lora_alpha: float = 16.0

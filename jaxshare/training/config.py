@@ -67,8 +67,8 @@ class TrainConfig:
     run_dir: str = "runs/postshare"  # (heal: runs/heal) config, metrics, checkpoints, final/ and hf/ (any local path or gs:// URL)
     seed: int = 0  # data order and any random initialization (LoRA adapters)
     # data and length
-    data: str = "wiki:train"  # training text: a named corpus, .txt/.jsonl file, or a .npy of int token ids
-    eval_data: str = "wiki:validation"  # held-out text, same forms (heal: wiki:test)
+    data: str = "books:train"  # training text: a named corpus, .txt/.jsonl file, or a .npy of int token ids
+    eval_data: str = "books:validation"  # held-out text, same forms (heal: books:test)
     steps: int = 100  # run length in optimizer steps (exactly one of steps / tokens / epochs is > 0)
     tokens: int = 0  # run length in training tokens (rounded up to whole steps)
     epochs: float = 0.0  # run length in passes over the training windows (the PostShare paper: 0.5)
@@ -81,7 +81,7 @@ class TrainConfig:
     keep: str = "root"  # what a tied group keeps: root, mean, or data (direct+post: calibration merge)
     share_o: bool = False  # tie the output projection's rows with their units
     correct: str = "none"  # direct+post, data-aware: per-unit q/k corrections (qk), plus the value fold (qkv)
-    calib: str = "wiki:train"  # calibration text for keep=data / correct (a corpus or a .npy of token ids)
+    calib: str = "books:train"  # calibration text for keep=data / correct (a corpus or a .npy of token ids)
     calib_windows: int = 32  # calibration windows
     calib_seq_len: int = 512  # calibration window length
     gamma: float = 0.5  # weight of PostShare's pairwise L2 penalty
@@ -336,7 +336,7 @@ def flatten(raw: dict, where: str = "the config") -> dict:
                     home = f" (it belongs to section {SECTION_OF[k]})" if k in SECTION_OF else ""
                     raise TrainConfigError(f"{where}: section {key} has no key {k!r}{home}; its keys: "
                                            f"{', '.join(SECTIONS[key])}")
-        elif key in SECTIONS and key not in SECTION_OF:  # `data: wiki:train` is the key, not the section
+        elif key in SECTIONS and key not in SECTION_OF:  # `data: books:train` is the key, not the section
             raise TrainConfigError(f"{where}: section {key} must be a mapping of its keys ({', '.join(SECTIONS[key])})")
         else:
             items = [(key, value)]
@@ -414,7 +414,7 @@ def build_config(base: dict | None = None, sets: list[str] | None = None, mode: 
     if values.get("mode") in ("inheritune", "heal"):  # no head sharing unless a ratio was asked for
         values.setdefault("ratio", 0.0)
     if values.get("mode") == "heal":  # held-out text the healing data never saw, and the run dir
-        values.setdefault("eval_data", "wiki:test")
+        values.setdefault("eval_data", "books:test")
         values.setdefault("run_dir", "runs/heal")
         values.setdefault("lr", 1e-4)  # the PostShare paper's 5e-5 is for a model not yet damaged
     return TrainConfig(**values).validate()

@@ -38,6 +38,7 @@ from jaxshare.core.bank import combine
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import next_token_nll
 from jaxshare.core.params import cast_params
+from jaxshare.data.corpora import calibration_source
 from jaxshare.data.tokens import token_ids, token_windows
 from jaxshare.headshare.datashare import apply_share
 from jaxshare.headshare.directshare import plan
@@ -158,7 +159,7 @@ class Trainer:
             w = token_windows(token_ids(tc.calib, m.tokenizer), tc.calib_seq_len, tc.calib_windows,
                               vocab_size=m.cfg.vocab_size, what=f"calibration data {tc.calib}")
             return collect_grams(m.params, m.cfg, w)
-        return calibrate(m, "wiki:train" if tc.calib == "wiki" else tc.calib, tc.calib_windows, tc.calib_seq_len)[0]
+        return calibrate(m, calibration_source(tc.calib), tc.calib_windows, tc.calib_seq_len)[0]
 
     def _open_writer(self):
         if self.writer is None and mh.is_primary():

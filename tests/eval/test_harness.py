@@ -100,13 +100,12 @@ def test_greedy_until_stops_at_the_stop_string(tiny):
 
 # ------------------------------------------------------------------ local tasks
 
-def test_task_conversion_keeps_every_item_and_gold():
+def test_task_conversion_keeps_every_item_and_gold(bigbench):
     from jaxshare.data.corpora import _read_members
     from jaxshare.eval.tasks import TASKS, load_rows, task_dir
-    from jaxshare.storage.fetch import registry_file
 
     root = task_dir()
-    raw = _read_members(registry_file("bigbench", "1.0.0", sdist=True), TASKS, "bigbench")
+    raw = _read_members(bigbench, TASKS, "bigbench")
     for name in TASKS:
         examples = json.loads(raw[name])["examples"]
         rows = load_rows(name)
@@ -187,7 +186,7 @@ def test_generate_until_through_lm_eval(tiny):
     assert cut == free[:free.index(stop)] and len(cut) < len(free)
 
 
-def test_parity_with_lm_eval_hf_backend(tiny):
+def test_parity_with_lm_eval_hf_backend(tiny, bigbench):
     """Same tasks through lm-eval's own `hf` backend on our HF export: same per-item log-likelihoods
     (fp32, <= 1e-4 relative) and the same acc / acc_norm."""
     ours = _ours(tiny[0], batch_size=8)

@@ -313,13 +313,13 @@ def test_inherit_cli_writes_a_model_that_loads(files, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_degeneration_and_inherit_on_smollm2(tmp_path, capsys):
-    assert cli_main(["degeneration", "smollm2-135m", "--data", "wiki:validation", "--max-windows", "2", "--seq-len", "128",
+    assert cli_main(["degeneration", "smollm2-135m", "--data", "books:validation", "--max-windows", "2", "--seq-len", "128",
                      "--plot-dir", str(tmp_path / "plots"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert np.asarray(res["rank"]).shape == (30, 9) and len(res["plots"]) == 5
     assert json.loads((tmp_path / "plots" / "degeneration.json").read_text())["rank"] == res["rank"]
     assert all(Path(p).stat().st_size > 0 for p in res["plots"])
-    # the demo's step on the same 2 x 128 wiki:validation windows: the same analysis (compiled once
+    # the demo's step on the same 2 x 128 books:validation windows: the same analysis (compiled once
     # in this process), its plots, its choice of k and the inherited model's perplexity
     from jaxshare.cli.demo import Console
     from jaxshare.cli.demo import inheritune_step as demo_step
