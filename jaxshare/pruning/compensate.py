@@ -14,16 +14,19 @@ import numpy as np
 RIDGE = 1e-6  # relative to the mean eigenvalue of G_KK (datashare's choice)
 
 
-def _ridged(a: np.ndarray) -> np.ndarray:
+def _ridge_(a: np.ndarray) -> np.ndarray:
+    """a + lam I, in place on a's diagonal: the same numbers as a + lam * np.eye(n) (the
+    off-diagonal adds 0.0) without two more n x n float64 arrays (0.8 GB at 7168 kept channels)."""
     lam = RIDGE * max(float(np.trace(a)) / a.shape[0], np.finfo(np.float64).tiny)
-    return a + lam * np.eye(a.shape[0])
+    a.flat[::a.shape[0] + 1] += lam
+    return a
 
 
 def refit(w_ND: np.ndarray, gram_NN: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """[|keep|, D] float64: the least-squares W' on the kept rows (one layer)."""
     g = np.asarray(gram_NN, np.float64)
     w = np.asarray(w_ND, np.float64)
-    return np.linalg.solve(_ridged(g[np.ix_(keep, keep)]), g[keep] @ w)
+    return np.linalg.solve(_ridge_(g[np.ix_(keep, keep)]), g[keep] @ w)
 
 
 def rel_error(w_ND: np.ndarray, gram_NN: np.ndarray, keep: np.ndarray, w_KD: np.ndarray) -> float:

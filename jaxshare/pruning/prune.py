@@ -192,7 +192,8 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
             report["widths"] = [len(k) for k in keep_LF]
             fit = None
         else:
-            out, _ = shrink_mlp(out, cfg, keep_LF)
+            out, _ = shrink_mlp(out, cfg, keep_LF, down=None if fit is None else host.adopt(fit), consume=consume)
+            fit = None
         if fit is not None:
             out = replace_leaves(out, {"layers.mlp.w_down": host.adopt(fit)})
             del fit

@@ -31,17 +31,22 @@ def take_per_layer(w, keep_LN: np.ndarray, axis: int):
     return host.adopt(out)
 
 
-def shrink_mlp(params: Params, cfg: ModelConfig, keep_LF: np.ndarray) -> tuple[Params, ModelConfig]:
+def shrink_mlp(params: Params, cfg: ModelConfig, keep_LF: np.ndarray, down=None,
+               consume: bool = False) -> tuple[Params, ModelConfig]:
     """Keep the channels keep_LF [L, F'] of each layer: columns of gate/up (and their biases), rows
-    of down (down's bias is over d_model and stays)."""
+    of down (down's bias is over d_model and stays). down: the new down projection [L, F', D]
+    (compensation's refit) instead of down's kept rows. consume: delete each dense jax leaf as
+    soon as its replacement exists, so a 1.5B model's dense and pruned MLPs (4.3 and 3.5 GB) are
+    never held whole side by side (`params` becomes unusable)."""
     mlp = params.layers.mlp
-    new = {"layers.mlp.w_up": take_per_layer(mlp.w_up, keep_LF, 2),
-           "layers.mlp.w_down": take_per_layer(mlp.w_down, keep_LF, 1)}
-    if mlp.w_gate is not None:
-        new["layers.mlp.w_gate"] = take_per_layer(mlp.w_gate, keep_LF, 2)
-    for name in ("b_up", "b_gate"):
-        if getattr(mlp, name) is not None:
-            new[f"layers.mlp.{name}"] = take_per_layer(getattr(mlp, name), keep_LF, 1)
+    new = {}
+    for name, axis in (("w_gate", 2), ("w_up", 2), ("w_down", 1), ("b_up", 1), ("b_gate", 1)):
+        old = getattr(mlp, name)
+        if old is None:
+            continue
+        new[f"layers.mlp.{name}"] = down if name == "w_down" and down is not None else take_per_layer(old, keep_LF, axis)
+        if consume and hasattr(old, "delete"):
+            old.delete()
     return replace_leaves(params, new), dataclasses.replace(cfg, d_ff=int(keep_LF.shape[1]))
 
 

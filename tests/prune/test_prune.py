@@ -327,3 +327,16 @@ def test_consume_frees_the_replaced_leaves_and_changes_nothing_else(llama):
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         name = jax.tree_util.keystr(path).rsplit(".", 1)[-1]
         assert x.is_deleted() == (name in replaced), name
+
+
+def test_the_in_place_ridge_gives_the_numbers_of_adding_lam_times_the_identity():
+    """Compensation adds its ridge on the diagonal in place (two n x n float64 arrays less at a
+    1.5B model's 7168 kept channels); the refit must not change by a bit."""
+    from jaxshare.pruning import compensate as comp
+
+    x = np.random.default_rng(0).standard_normal((64, 40))
+    a = x.T @ x
+    lam = comp.RIDGE * np.trace(a) / a.shape[0]
+    want = a + lam * np.eye(a.shape[0])
+    got = comp._ridge_(a.copy())
+    np.testing.assert_array_equal(got, want)
