@@ -143,14 +143,17 @@ def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked:
     work.mkdir(parents=True, exist_ok=True)
     env = child_env()
     res = out["models"].setdefault(model, {"source": str(src), "cases": {}})
+    kept = json.loads(path.read_text()).get("models", {}).get(model, {}).get("cases", {}) if path.is_file() else {}
     from jaxshare.storage.fetch import cache_dir
 
     for name, argv, cleanup in cases(model, src, work, seq_len, windows, calib):
         if only and name not in only and not name.startswith("baseline"):
             continue
         if name == "eval_mc" and not have_bigbench():
-            print(f"{model} eval_mc: skipped, its tasks' sdist cannot be had (docs/models.md); the row "
-                  "already in the file is kept", file=sys.stderr)
+            if name in kept:
+                res["cases"][name] = kept[name]
+            print(f"{model} eval_mc: skipped, its tasks' sdist cannot be had (docs/models.md); "
+                  + ("the row already in the file is kept" if name in kept else "no row"), file=sys.stderr)
             continue
         argv = [str(hf_for_tf or work / "hf") if a == "HF" else a for a in argv]
         cmd = (["flock", LOCK] if locked and not name.startswith("baseline") else []) + argv  # imports only: no lock
