@@ -128,13 +128,17 @@ def test_cache_is_used(named, monkeypatch):
 
 # ---------------------------------------------------------------------------- offline pipeline
 
-def _fake_brotli(path):
+def _tar(path, members: dict[str, bytes]) -> None:
     with tarfile.open(path, "w:gz") as tar:
-        for i, name in enumerate(data._CANTERBURY):
-            body = f"\ufeff{name} text\r\nline {i}\r\n".encode()
-            info = tarfile.TarInfo(f"brotli-1.2.1/tests/testdata/{name}.txt")
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
+
+
+def _fake_brotli(path):
+    _tar(path, {f"brotli-1.2.1/tests/testdata/{name}.txt": f"\ufeff{name} text\r\nline {i}\r\n".encode()
+                for i, name in enumerate(data._CANTERBURY)})
 
 
 def test_build_from_archive_writes_cache_atomically(tmp_path, monkeypatch):
@@ -157,12 +161,7 @@ def _fake_bigbench(path, langs=data._PS_LANGS):
                 for lang in langs for i in range(2)]
     members = {data._BB_MEMBERS["wiki"]: {"examples": examples},
                data._BB_MEMBERS["xsum"]: {"examples": [{"input": f"  news {i}\n"} for i in range(3)]}}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, payload in members.items():
-            body = json.dumps(payload).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
+    _tar(path, {name: json.dumps(payload).encode() for name, payload in members.items()})
 
 
 def test_bigbench_reader_on_an_archive_of_its_layout(tmp_path, monkeypatch):
