@@ -76,7 +76,7 @@ def prefill(batch: int, seq_len: int, calib_windows: int, calib_seq_len: int) ->
     from jaxshare.io.load import load_model
 
     m = load_model("smollm2-135m")
-    grams, info = calibrate(m, "wiki:train", calib_windows, calib_seq_len)
+    grams, info = calibrate(m, "books:train", calib_windows, calib_seq_len)
     toks = jnp.asarray(np.random.default_rng(0).integers(0, m.cfg.vocab_size, (batch, seq_len)), jnp.int32)
     res = {"batch": batch, "seq_len": seq_len, "calibration": info}
     models = {"dense": m.params}

@@ -55,7 +55,7 @@ def variants(m) -> dict:
     from jaxshare.methods import METHODS, BasisOptions, PruneOptions, ShareOptions
     from jaxshare.quant.model import QuantSpec
 
-    grams, _ = calibrate(m, "wiki:train", 32, 512, 0, 4)  # prune_speed's calibration (cached)
+    grams, _ = calibrate(m, "books:train", 32, 512, 0, 4)  # prune_speed's calibration (cached)
     steps = {"share-0.2": ("share", ShareOptions(ratio=0.2)),
              "basis-0.2-svd": ("basis", BasisOptions(ratio=0.2, method="svd")),
              "int8-rtn": ("quantize", QuantSpec(bits=8, group=None, method="rtn")),

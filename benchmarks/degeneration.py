@@ -32,7 +32,7 @@ def _tokens(m, batch: int, seq_len: int) -> np.ndarray:
     from jaxshare.data.corpora import load_corpus
     from jaxshare.data.tokens import token_windows, tokenize_corpus
 
-    return token_windows(tokenize_corpus(m.tokenizer, load_corpus("wiki:validation")), seq_len, batch)
+    return token_windows(tokenize_corpus(m.tokenizer, load_corpus("books:validation")), seq_len, batch)
 
 
 def naive(params, cfg, tokens):

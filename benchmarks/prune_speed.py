@@ -1,7 +1,7 @@
 """Is a width-pruned SmolLM2 faster? Prefill and decode tokens/s of pruned models against the dense
 one, in jaxshare and in transformers (the pruned model exported to HF), interleaved in one run.
 
-Pruned arms (the calibration of `jaxshare prune`'s defaults: 32 x 512 tokens of wiki:train):
+Pruned arms (the calibration of `jaxshare prune`'s defaults: 32 x 512 tokens of books:train):
   mlp      MLP channels only, -20% of the whole model's parameters
   mlp+kv   one of three KV groups per layer and MLP channels for the rest of -20%
 Prefill: one forward of batch 1 x --seq-len (fp32). Decode: greedy, --new tokens after a 16-token
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     m = load_model("smollm2-135m", "fp32")
-    grams, _ = calibrate(m, "wiki:train", 32, 512, 0, 4)
+    grams, _ = calibrate(m, "books:train", 32, 512, 0, 4)
     plan = arms(m.cfg, count_params(m.params), 0.2)
     models = {"dense": m}
     for name in ("mlp", "mlp+kv"):

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from jaxshare.quant.model import QuantSpec, quantize_params, types_present
 
     m = load_model("smollm2-135m")
-    grams, calib = calibrate(m, "wiki:train", 32, 512, 0)
+    grams, calib = calibrate(m, "books:train", 32, 512, 0)
     n = min(args.layers, m.cfg.n_layers)
     work = []  # (type, weights [n, d_in, d_out], grams [n, d_in, d_in])
     for t in types_present(m.cfg):
