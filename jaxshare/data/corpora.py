@@ -68,7 +68,7 @@ CORPORA: dict[str, Corpus] = {
                       "test/botchan.txt), 1 document", "sentencepiece==0.2.3 sdist", None, False),
     "wiki": Corpus("English Wikipedia articles of BIG-bench paragraph_segmentation "
                    "(bigbench==1.0.0 sdist, which the package index no longer serves: see "
-                   "docs/evaluation.md), 1 document per article; splits train/validation/test, default test",
+                   "docs/models.md), 1 document per article; splits train/validation/test, default test",
                    _BB, "test", True),
     "xsum": Corpus("BBC news articles, the inputs of BIG-bench gem/xsum (bigbench==1.0.0 sdist, no "
                    "longer on the package index), 1 document per article; all by default, or a split",

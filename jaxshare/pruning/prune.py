@@ -190,13 +190,9 @@ def prune(params: Params, cfg: ModelConfig, grams, mlp: float = 0.0, kv_groups: 
             out, new_cfg = shrink_mlp_ragged(out, new_cfg, keep_LF, fit)
             report["d_ff"][1] = new_cfg.d_ff
             report["widths"] = [len(k) for k in keep_LF]
-            fit = None
         else:
             out, _ = shrink_mlp(out, cfg, keep_LF, down=None if fit is None else host.adopt(fit), consume=consume)
-            fit = None
-        if fit is not None:
-            out = replace_leaves(out, {"layers.mlp.w_down": host.adopt(fit)})
-            del fit
+        del fit
         if consume:
             _free(before, out)
     if keep_LK is not None:
