@@ -4,7 +4,7 @@ optimizer, timed interleaved (A B A B ...) so machine load hits both alike. Peak
 side is measured in its own process (ru_maxrss after its steps) against the target: the plain
 step's peak + the teacher's parameters + one chunk of logits of each model.
 
-  python -m benchmarks.heal_step --student runs/heal/students/basis_0.2 [--teacher smollm2-135m]
+  python -m benchmarks.heal_step [--student DIR] [--teacher smollm2-135m]
                                  [--seq-len 512] [--batch-size 2] [--reps 5] [--trains all]
 """
 from __future__ import annotations
@@ -70,7 +70,19 @@ def _run(entry):
     return time.perf_counter() - t0
 
 
-DEFAULT_STUDENT = "runs/heal/students/basis_0.2"
+DEFAULT_STUDENT = "runs/heal_step/basis_0.2"
+
+
+def _default_student() -> None:
+    """The healing experiment's -20% Basis student (experiments/heal.py), built once with the CLI, but
+    calibrated on books: that experiment's text (wiki) can no longer be fetched, and the step's cost
+    depends only on the student's shapes, which the calibration text does not change."""
+    from experiments.heal import LINEAR_SHARE, TEACHER, sh
+    from jaxshare.io.native import is_native
+
+    if not is_native(DEFAULT_STUDENT):
+        sh([sys.executable, "-m", "jaxshare", "basis", TEACHER, DEFAULT_STUDENT, "--ratio",
+            f"{0.2 / LINEAR_SHARE:.4f}", "--calib", "books", "--overwrite"])
 
 
 def main() -> None:
@@ -86,9 +98,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.student == DEFAULT_STUDENT and not args.memory_side:
-        from experiments.heal import student
-
-        student("basis", 0.2)  # the healing experiment's -20% Basis student, built once with the CLI if missing
+        _default_student()
     if args.memory_side:  # one side alone, for its own peak RSS
         steps, tb, cb = _steps(args, [args.memory_side])
         for _ in range(2):
