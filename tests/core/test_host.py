@@ -8,7 +8,7 @@ from jaxshare.core import host
 
 
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.uint8])
-@pytest.mark.parametrize("shape", [(3, 1000, 257), (0, 4), ()])
+@pytest.mark.parametrize("shape", [(3, 1000, 257), (64, 1024, 65), (0, 4), ()])  # 17 MB: a mapping of its own
 def test_buffers_are_aligned_and_adopted_without_a_copy(shape, dtype):
     x = host.empty(shape, dtype)
     assert x.shape == shape and x.dtype == dtype and (x.ctypes.data % host.ALIGN == 0 or not x.size)
@@ -19,6 +19,20 @@ def test_buffers_are_aligned_and_adopted_without_a_copy(shape, dtype):
         a = host.adopt(x)
         assert a.unsafe_buffer_pointer() == x.ctypes.data  # the same memory, not a copy
         np.testing.assert_array_equal(np.asarray(a), x)
+
+
+def test_large_buffers_are_mappings_of_their_own_and_start_zeroed():
+    """Not numpy allocations, for which numpy asks for huge pages (see core/host.py)."""
+    import mmap
+
+    def owner(a):
+        while isinstance(a, (np.ndarray, memoryview)):
+            a = a.base if isinstance(a, np.ndarray) else a.obj
+        return a
+
+    x = host.zeros((64, 1024, 65), np.float32)
+    assert isinstance(owner(x), mmap.mmap) and x.ctypes.data % mmap.PAGESIZE == 0 and not np.any(x)
+    assert not isinstance(owner(host.empty((3, 1000, 257), np.float32)), mmap.mmap)  # below the threshold
 
 
 def test_numpys_own_large_buffers_are_not_aligned_enough_which_is_why_this_exists():
