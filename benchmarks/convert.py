@@ -1,15 +1,19 @@
 """Conversion cost: wall time and peak RSS of `jaxshare convert` on the SmolLM2 GGUF and on an HF
 safetensors directory, beside transformers' own loading of the same files, each in a fresh process.
 
-    python -m benchmarks.convert [--json]
+    python -m benchmarks.convert [--reps 5] [--json]
 
-Peak RSS is the child's VmHWM, read by the child itself at exit (ru_maxrss would carry the
+Every case runs once per round, in the same order, for --reps rounds (so load on a shared machine
+falls on all of them alike); each records the median, min and max wall time and peak RSS over the
+rounds. Peak RSS is the child's VmHWM, read by the child itself at exit (ru_maxrss would carry the
 parent's peak across fork+exec). `baseline` is a process that only imports the same libraries,
 so `net` = peak - baseline is what the conversion itself costs.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,8 +40,17 @@ def measure(code: str) -> dict:
     return {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": kib * 1024}
 
 
+def summary(runs: list[dict]) -> dict:
+    wall = [r["wall_s"] for r in runs]
+    rss = [r["peak_rss_bytes"] for r in runs]
+    return {"wall_s": statistics.median(wall), "wall_min_s": min(wall), "wall_max_s": max(wall), "wall_times_s": wall,
+            "peak_rss_bytes": int(statistics.median(rss)), "peak_rss_min_bytes": min(rss),
+            "peak_rss_max_bytes": max(rss), "reps": len(runs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=5, help="rounds; each runs every case once")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -67,11 +80,16 @@ def main() -> None:
                                     "dtype=torch.float32)",
             "baseline_torch_imports": "import torch, transformers, transformers.models.llama.modeling_llama",
         }
-        res = {}
-        for name, code in cases.items():
-            res[name] = measure(code)
-            print(f"{name}: {res[name]['wall_s']:.1f} s, peak RSS {res[name]['peak_rss_bytes'] / 2**20:.0f} MiB",
-                  file=sys.stderr)
+        runs: dict = {name: [] for name in cases}
+        for i in range(args.reps):
+            for name, code in cases.items():
+                runs[name].append(measure(code))
+                r = runs[name][-1]
+                print(f"round {i + 1}/{args.reps} {name}: {r['wall_s']:.1f} s, peak RSS "
+                      f"{r['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+            for out in ("n1", "n2"):  # ours: the next round converts into the same place
+                shutil.rmtree(Path(tmp) / out, ignore_errors=True)
+    res = {name: summary(rs) for name, rs in runs.items()}
     base = res["baseline_imports"]["peak_rss_bytes"]
     tbase = res["baseline_torch_imports"]["peak_rss_bytes"]
     for name in ("jaxshare_convert_gguf", "jaxshare_convert_hf"):
