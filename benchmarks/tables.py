@@ -183,8 +183,13 @@ def basis_sweep(d: dict) -> str:
 def basis(d: dict) -> str:
     g, p = d["group_svd"], d["prefill"]
     sh, cc, eig = g["shape"], g["concat"], g["eig"]
+
+    def span(r: dict, key: str = "path_s") -> str:  # median [min, max] where the file has the range
+        return f"{r[key]:.1f}" + (f" [{r['min_s']:.1f}, {r['max_s']:.1f}]" if "max_s" in r else "")
+
+    reps = f" (median of {cc['reps']} [min, max])" if "reps" in cc else ""
     svd = table([f"group SVD, n={sh['n']}, d_in={sh['d_in']}, d_out={sh['d_out']}", "concat", "eig", "eig/concat"], [
-        ["time (s)", f"{cc['path_s']:.1f}", f"{eig['path_s']:.1f}", f"{eig['path_s'] / cc['path_s']:.2f}"],
+        [f"time (s){reps}", span(cc), span(eig), f"{eig['path_s'] / cc['path_s']:.2f}"],
         ["peak RSS (MiB)", f"{cc['peak_rss_bytes'] / MIB:.0f}", f"{eig['peak_rss_bytes'] / MIB:.0f}",
          f"{eig['peak_rss_bytes'] / cc['peak_rss_bytes']:.2f}"],
         ["net RSS over inputs (MiB)", f"{cc['net_rss_bytes'] / MIB:.0f}", f"{eig['net_rss_bytes'] / MIB:.0f}",
@@ -193,9 +198,16 @@ def basis(d: dict) -> str:
     dense = p["dense"]["median_s"]
     head = [f"SmolLM2 prefill, {p['batch']} x {p['seq_len']} fp32"] + [
         "dense" if a == "dense" else f"Basis n=2 CR {a.removeprefix('basis_cr')}" for a in arms]
-    speed = table(head, [[f"tokens/s (median of {p['dense']['reps']})", *(f"{p[a]['tokens_per_s']:.0f}" for a in arms)],
-                         ["vs dense", *(f"{dense / p[a]['median_s']:.2f}" for a in arms)]])
-    return svd + "\n\n" + speed
+    rows = [[f"tokens/s (median of {p['dense']['reps']})", *(f"{p[a]['tokens_per_s']:.0f}" for a in arms)]]
+    if "max_s" in p["dense"]:
+        n = p["batch"] * p["seq_len"]
+        rows.append(["tokens/s [min, max]", *(f"[{n / p[a]['max_s']:.0f}, {n / p[a]['min_s']:.0f}]" for a in arms)])
+    noise = ["-" if a == "dense" else ("outside the noise" if p.get(f"outside_noise_{a.removeprefix('basis_')}")
+                                       else "ranges overlap") for a in arms]
+    rows.append(["vs dense", *(f"{dense / p[a]['median_s']:.2f}" for a in arms)])
+    if "max_s" in p["dense"]:
+        rows.append(["vs dense, noise", *noise])
+    return svd + "\n\n" + table(head, rows)
 
 
 def heal_memory_aot(d: dict) -> str:
