@@ -68,6 +68,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     # its plan arm runs `jaxshare compress` (share, basis, prune, prune-kv)
     "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", "jaxshare/compose",
                                         "jaxshare/headshare", *CORE),
+    "experiments/results/prune_books.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis",
+                                              "jaxshare/compose", "jaxshare/headshare", *CORE),
     "experiments/results/plan_bytes.jsonl": ("experiments/plan_bytes.py", "jaxshare/compose", "jaxshare/quant",
                                               "jaxshare/pruning", "jaxshare/basis", *CORE),
     "experiments/results/prune_select.json": ("experiments/prune_select.py", "experiments/prune.py", "jaxshare/pruning",

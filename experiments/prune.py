@@ -1,9 +1,10 @@
 """Structured width pruning of SmolLM2 against Basis Sharing and SVD-LLM at equal whole-model budgets.
 
 Each arm removes --budgets of SmolLM2-135M's parameters (embeddings included) and is scored, not
-healed, on the first --windows windows of --seq-len tokens of wiki:test (bootstrap 95% interval of
-the PPL over windows). All arms read one calibration: 32 x 512 tokens of wiki:train, seed 0, the
-CLI's default, so `jaxshare prune` / `jaxshare basis` with their defaults build the same models.
+healed, on the first --windows windows of --seq-len tokens of DATA:test (bootstrap 95% interval of
+the PPL over windows), DATA being --data (books by default; wiki needs the BIG-bench sdist, see
+docs/models.md). All arms read one calibration: 32 x 512 tokens of DATA:train, seed 0, the CLI's
+default size, so `jaxshare prune` / `jaxshare basis` with `--calib DATA:train` build the same models.
 
   prune-mlp      MLP channels only, the same count in every layer, ranked by their activations
   prune-mlp+kv   one of SmolLM2's three KV groups (with its three query heads) per layer, and MLP
@@ -14,12 +15,13 @@ CLI's default, so `jaxshare prune` / `jaxshare basis` with their defaults build 
   basis          Basis Sharing, n = 2, every linear type, ratio scaled to the budget
   svd-llm        per-layer whitened SVD (n = 1), the same ratio
   plan           the budgeted plan as a user runs it: `jaxshare compress smollm2-135m OUT --ratio B
-                 --methods share,basis,prune,prune-kv --calib-windows 32 --calib-seq-len 512` (its
-                 own sensitivity and held-out checks, on wiki:train / wiki:validation windows that
-                 are not these), then scored like the others
+                 --methods share,basis,prune,prune-kv --calib DATA:train --heldout DATA:validation
+                 --calib-windows 32 --calib-seq-len 512` (its own sensitivity and held-out checks, on
+                 DATA:train / DATA:validation windows that are not these), then scored like the others
 
-  python -m experiments.prune [--budgets 0.1,0.2] [--windows 32] [--arms plan,basis,...]
-  # rows: experiments/results/prune.jsonl (an arm run again replaces its rows; the others stay)
+  python -m experiments.prune [--data books] [--budgets 0.1,0.2] [--windows 32] [--arms plan,basis,...]
+  # rows: experiments/results/prune_books.jsonl (wiki: prune.jsonl); an arm run again replaces its
+  # rows, the others stay; the report beside it (.md)
 """
 from __future__ import annotations
 
@@ -34,7 +36,11 @@ from pathlib import Path
 
 from experiments.heal import LINEAR_SHARE, RESULTS, bootstrap, held_out, stamp, window_nlls
 
-ROWS = RESULTS / "prune.jsonl"
+
+
+def rows_path(data: str) -> Path:
+    """wiki, the first corpus, keeps the original name; each other corpus has its own file."""
+    return RESULTS / ("prune.jsonl" if data == "wiki" else f"prune_{data}.jsonl")
 PLAN_METHODS = "share,basis,prune,prune-kv"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,14 +66,15 @@ def arms(cfg, total: int, budget: float) -> dict:
     return out
 
 
-def plan_model(budget: float):
+def plan_model(budget: float, data: str):
     """`jaxshare compress --ratio` in its own process, as a user runs it; (model, seconds, report)."""
     from jaxshare.io.load import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "plan"
         cmd = [sys.executable, "-m", "jaxshare", "compress", "smollm2-135m", str(out), "--ratio", str(budget),
-               "--methods", PLAN_METHODS, "--calib-windows", "32", "--calib-seq-len", "512", "--json"]
+               "--methods", PLAN_METHODS, "--calib", f"{data}:train", "--heldout", f"{data}:validation",
+               "--calib-windows", "32", "--calib-seq-len", "512", "--json"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
@@ -79,6 +86,7 @@ def plan_model(budget: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="books", help="corpus: DATA:train calibrates, DATA:test scores (books or wiki)")
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.2])
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
@@ -98,11 +106,12 @@ def main() -> None:
     if set(wanted) - set(known):
         sys.exit(f"prune: unknown arms {sorted(set(wanted) - set(known))}; known: {', '.join(known)}")
     need_grams = set(wanted) - {"plan"}
-    grams, info = calibrate(m, "wiki:train", 32, 512, 0, 4) if need_grams else (None, None)
-    windows = held_out(m.tokenizer, args.seq_len, args.windows)
+    grams, info = calibrate(m, f"{args.data}:train", 32, 512, 0, 4) if need_grams else (None, None)
+    windows = held_out(m.tokenizer, args.seq_len, args.windows, f"{args.data}:test")
+    rows_file = rows_path(args.data)
     base = stamp()
     base["command"] = " ".join(["python", "-m", "experiments.prune", *sys.argv[1:]])
-    old = [json.loads(x) for x in ROWS.read_text().splitlines() if x.strip()] if ROWS.exists() else []
+    old = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()] if rows_file.exists() else []
     rows = []
 
     def record(name, budget, model, seconds, opts=None, extra=None):
@@ -112,6 +121,7 @@ def main() -> None:
         row = {**base, "arm": name, "budget": budget, "options": None if opts is None else opts.to_dict(),
                "params": n, "removed": round(1 - n / total, 4), "bytes": param_bytes(model.params),
                "ppl": math.exp(nll.mean()), "ci95": [lo, hi], "windows": len(windows), "seq_len": args.seq_len,
+               "data": f"{args.data}:test",
                "calibration": info, "seconds": round(seconds, 1), "window_nll": nll.round(6).tolist(), **(extra or {})}
         rows.append(row)
         print(f"{name:18s} budget {budget:.2f}  removed {row['removed']:.3f}  PPL {row['ppl']:8.2f} "
@@ -128,10 +138,10 @@ def main() -> None:
             record(name, budget, out, time.perf_counter() - t0, opts)
             del out
         if "plan" in wanted:
-            out, seconds, report = plan_model(budget)
+            out, seconds, report = plan_model(budget, args.data)
             chosen = report.get("budget", {}).get("rows") or report.get("plan")
             record("plan", budget, out, seconds, extra={"plan": chosen, "methods": PLAN_METHODS,
-                                                         "calibration": {"data": "wiki:train", "windows": 32,
+                                                         "calibration": {"data": f"{args.data}:train", "windows": 32,
                                                                          "seq_len": 512, "seed": 0}})
             del out
     ran = {(r["arm"], r["budget"]) for r in rows}
@@ -139,17 +149,17 @@ def main() -> None:
     order = {a: i for i, a in enumerate(["dense", *known])}
     merged.sort(key=lambda r: (r["budget"], order.get(r["arm"], len(order))))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    ROWS.write_text("".join(json.dumps(r) + "\n" for r in merged))
-    write_report(merged)
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in merged))
+    write_report(merged, rows_file.with_suffix(".md"))
 
 
-def write_report(rows: list[dict]) -> None:
+def write_report(rows: list[dict], path: Path) -> None:
     dense = next(r for r in rows if r["arm"] == "dense")
     commits = sorted({r["commit"][:10] for r in rows})
     runs = sorted({r["command"] for r in rows})
     lines = ["# Width pruning vs Basis Sharing, SVD-LLM and the budgeted plan on SmolLM2-135M (not healed)", "",
              f"{', '.join(f'`{c}`' for c in runs)} at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, "
-             f"{dense['machine']}; wiki:test, {dense['windows']} x {dense['seq_len']} tokens, bootstrap 95% CI. "
+             f"{dense['machine']}; {dense.get('data', 'wiki:test')}, {dense['windows']} x {dense['seq_len']} tokens, bootstrap 95% CI. "
              f"Dense: {dense['ppl']:.2f} [{dense['ci95'][0]:.2f}, {dense['ci95'][1]:.2f}].", "",
              "| budget | arm | params removed | PPL [95% CI] | x dense |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -159,7 +169,7 @@ def write_report(rows: list[dict]) -> None:
                      f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {r['ppl'] / dense['ppl']:.2f} |")
     lines += plan_against_best(rows)
     lines += per_layer_against_uniform(rows)
-    (RESULTS / "prune.md").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def paired(a: dict, b: dict, reps: int = 10000) -> tuple[float, float, float, int]:
