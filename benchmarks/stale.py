@@ -87,6 +87,7 @@ HISTORICAL: dict[str, str] = {
     "benchmarks/results/train_memory_before.json": "training peak before the memory fixes; train_memory.json is the after",
     "benchmarks/results/quantize_openblas1.json": "GPTQ timings with one OpenBLAS thread, a setting since replaced",
     "experiments/results/prune_per_layer_shares.jsonl": "the first --per-layer criterion, replaced at 2047f3c",
+    "experiments/results/prune.jsonl": "on wiki:test, which cannot be rerun here; prune_books.jsonl is the current run",
 }
 # Logs: one row per run, appended; the newest row is the current measurement, the older ones its history.
 LOGS = ("benchmarks/results/suite.jsonl",)
