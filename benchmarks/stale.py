@@ -77,7 +77,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "experiments/results/prune_per_layer_shares.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis",
                                                          *CORE),
     "experiments/results/inheritune*.jsonl": ("experiments/inheritune.py", "jaxshare/inheritune", *TRAIN, *CORE),
-    "experiments/results/quantize.json*": ("experiments/quantize.py", "jaxshare/quant", *CORE),
+    "experiments/results/quantize*.json*": ("experiments/quantize.py", "jaxshare/quant", *CORE),
     "experiments/results/degeneration*/*.json": ("benchmarks/degeneration.py", "jaxshare/inheritune",
                                                  "jaxshare/eval/attention_maps.py", *CORE),
 }
@@ -88,6 +88,8 @@ HISTORICAL: dict[str, str] = {
     "benchmarks/results/quantize_openblas1.json": "GPTQ timings with one OpenBLAS thread, a setting since replaced",
     "experiments/results/prune_per_layer_shares.jsonl": "the first --per-layer criterion, replaced at 2047f3c",
     "experiments/results/prune.jsonl": "on wiki:test, which cannot be rerun here; prune_books.jsonl is the current run",
+    "experiments/results/quantize.jsonl": "on wiki:test, which cannot be rerun here; quantize_books.jsonl is the current run",
+    "experiments/results/quantize.json": "the summary of quantize.jsonl (wiki:test); quantize_books.json is the current one",
 }
 # Logs: one row per run, appended; the newest row is the current measurement, the older ones its history.
 LOGS = ("benchmarks/results/suite.jsonl",)
