@@ -179,11 +179,19 @@ def run_model(model: str, src: Path, hf_for_tf: Path | None, work: Path, locked:
         print(f"{model} {name}: rc {r['rc']}, {entry['wall_s']} s, peak {r['peak_rss_bytes'] / 2**30:.2f} GiB",
               file=sys.stderr)
         for p in cleanup:
-            shutil.rmtree(p, ignore_errors=True)
+            remove(p)
         summarize(res, work / "native")
         save(path, out, model, res)
-    for p in (work / "native", work / "hf"):
+    for p in (work / "native", work / "hf", work / "prune"):  # prune stays for heal_lora, which --only may skip
+        remove(p)
+
+
+def remove(p: Path) -> None:
+    """Remove what a case wrote, a folder or one file (an exported .gguf): rmtree alone skips files."""
+    if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def save(path: Path, out: dict, model: str, res: dict) -> None:
