@@ -1,16 +1,17 @@
-"""How `prune --per-layer` ranks channels model-wide, chosen on wiki:validation (not the test windows).
+"""How `prune --per-layer` ranks channels model-wide, chosen on DATA:validation (not the test windows).
 
 SmolLM2-135M, compensated MLP pruning at the budgets of experiments/prune.py (-10% and -20% of the
-model's parameters, its prune-mlp+comp ratios), the CLI's calibration (32 x 512 tokens of wiki:train). Uniform widths against
+model's parameters, its prune-mlp+comp ratios), the CLI's calibration (32 x 512 tokens of DATA:train). Uniform widths against
 per-layer widths from three scores, each with a cap on how many channels one layer may lose
 (1.5x or 2x the uniform count):
   energy     sum_t h_j^2 ||W_down[j]||^2: the channel's energy in the residual stream (what ships)
   shares     the same, as a share of its layer's total (each layer's channels sum to 1)
   act_share  sum_t h_j^2 as a share of its layer's total
-Scored on the first --windows windows of 512 tokens of wiki:validation; experiments/prune.py then
-measures the chosen score on wiki:test.
+Scored on the first --windows windows of 512 tokens of DATA:validation; experiments/prune.py then
+measures the chosen score on DATA:test. DATA is --data: books by default (wiki needs the BIG-bench
+sdist, which the package index no longer serves; its run is prune_select.json).
 
-  python -m experiments.prune_select [--windows 8]   # experiments/results/prune_select.json
+  python -m experiments.prune_select [--data books] [--windows 8]   # experiments/results/prune_select_books.json
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def act_share(importance_LF, w_down):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="books", choices=("books", "wiki"))
     ap.add_argument("--windows", type=int, default=8)
     args = ap.parse_args()
     import jaxshare.pruning.prune as pr
@@ -48,8 +50,8 @@ def main() -> None:
     from jaxshare.pruning.importance import output_energy
 
     m = load_model("smollm2-135m", "fp32")
-    grams, info = calibrate(m, "wiki:train", 32, 512, 0, 4)
-    val = token_windows(tokenize_corpus(m.tokenizer, load_corpus("wiki:validation")), 512, args.windows)
+    grams, info = calibrate(m, f"{args.data}:train", 32, 512, 0, 4)
+    val = token_windows(tokenize_corpus(m.tokenizer, load_corpus(f"{args.data}:validation")), 512, args.windows)
 
     def ppl(opts) -> float:
         out, _ = METHODS["prune"].apply(m, opts, grams)
@@ -74,10 +76,11 @@ def main() -> None:
     finally:
         pr.output_energy, pr.LAYER_CAP = keep_score, keep_cap
     out = {**stamp(), "command": " ".join(["python", "-m", "experiments.prune_select", *sys.argv[1:]]),
-           "data": f"wiki:validation, {args.windows} x 512 tokens", "calibration": info, "rows": rows,
+           "data": f"{args.data}:validation, {args.windows} x 512 tokens", "calibration": info, "rows": rows,
            "chosen": {"score": "energy", "cap": keep_cap}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prune_select.json").write_text(json.dumps(out, indent=1) + "\n")
+    name = "prune_select.json" if args.data == "wiki" else f"prune_select_{args.data}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
