@@ -70,7 +70,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                         "jaxshare/headshare", *CORE),
     "experiments/results/prune_books.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis",
                                               "jaxshare/compose", "jaxshare/headshare", *CORE),
-    "experiments/results/plan_bytes.jsonl": ("experiments/plan_bytes.py", "jaxshare/compose", "jaxshare/quant",
+    "experiments/results/plan_bytes*.jsonl": ("experiments/plan_bytes.py", "jaxshare/compose", "jaxshare/quant",
                                               "jaxshare/pruning", "jaxshare/basis", *CORE),
     "experiments/results/prune_select*.json": ("experiments/prune_select.py", "experiments/prune.py", "jaxshare/pruning",
                                               *CORE),
@@ -89,6 +89,7 @@ HISTORICAL: dict[str, str] = {
     "experiments/results/prune_per_layer_shares.jsonl": "the first --per-layer criterion, replaced at 2047f3c",
     "experiments/results/prune.jsonl": "on wiki:test, which cannot be rerun here; prune_books.jsonl is the current run",
     "experiments/results/prune_select.json": "on wiki:validation, which cannot be rerun here; prune_select_books.json is the current run",
+    "experiments/results/plan_bytes.jsonl": "on wiki:test, which cannot be rerun here; plan_bytes_books.jsonl is the current run",
     "experiments/results/quantize.jsonl": "on wiki:test, which cannot be rerun here; quantize_books.jsonl is the current run",
     "experiments/results/quantize.json": "the summary of quantize.jsonl (wiki:test); quantize_books.json is the current one",
 }
