@@ -3,7 +3,7 @@
 leaderboard_ppl, leaderboard_acc: benchmarks/results/leaderboard.jsonl (`python -m experiments.leaderboard`;
 the chance row from leaderboard_chance.json, which its --report writes; the PPL table's summary of
 who is lowest also reads experiments/results/prune.jsonl, `python -m experiments.prune`, for its
-bootstrap intervals). quantize: experiments/results/quantize.jsonl (`python -m experiments.quantize`).
+bootstrap intervals). quantize: experiments/results/quantize_books.jsonl (`python -m experiments.quantize`).
 The sentences under a table are generated with it, so the docs never type a figure of it by hand.
 """
 from __future__ import annotations
@@ -232,12 +232,17 @@ QUANT_ROWS = [  # label, the arms it shows (cells "a / b")
     ("+ int4 GPTQ g64", ["bs20+int4-gptq-g64"]),
 ]
 QUANT_BOLD = ("int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act")  # int4 g64, one size: the lowest PPL in bold
-QUANT_SETS = ("wiki:test", "canterbury")
+
+
+def quant_sets(by: dict) -> tuple[str, str]:
+    """The held-out set a run scored (rows before --data were all wiki:test) and canterbury."""
+    return by["fp32"].get("data", "wiki:test"), "canterbury"
 
 
 def quantize(rows: list[dict]) -> str:
     by = {r["arm"]: r for r in rows}  # a rerun arm's later row wins
-    best = min(QUANT_BOLD, key=lambda a: by[a]["wiki:test"]["ppl"])
+    sets = quant_sets(by)
+    best = min(QUANT_BOLD, key=lambda a: by[a][sets[0]]["ppl"])
 
     def cells(arms, f):
         vals = list(dict.fromkeys(f(by[a]) for a in arms))
@@ -246,16 +251,16 @@ def quantize(rows: list[dict]) -> str:
     out = []
     for label, arms in QUANT_ROWS:
         ppls = [" / ".join(("**{:.2f}**" if a == best else "{:.2f}").format(by[a][s]["ppl"]) for a in arms)
-                for s in QUANT_SETS]
+                for s in sets]
         if all("gguf_tensor_bytes" in by[a] for a in arms):
             sizes = [cells(arms, lambda r: f"{r['gguf_tensor_bytes'] / MIB:.1f}") + " (GGUF tensors)", "–"]
         else:
             sizes = [cells(arms, lambda r: f"{r['bytes'] / MIB:.1f}"), cells(arms, lambda r: f"{r['linear_bytes'] / MIB:.1f}")]
         out.append([label, *ppls, *sizes])
-    ev, cal = by["fp32"]["wiki:test"], by["fp32"]["calibration"]
+    ev, cal = by["fp32"][sets[0]], by["fp32"]["calibration"]
     return (f"SmolLM2-135M, PPL on the first {ev['windows']} × {ev['seq_len']} tokens of each set; calibration "
             f"{cal['windows']} × {cal['seq_len']} tokens of {cal['data']}, seed {cal['seed']}.\n\n"
-            + table(["arm", *QUANT_SETS, "model MiB", "linear MiB"], out) + "\n\n" + quantize_summary(by))
+            + table(["arm", *sets, "model MiB", "linear MiB"], out) + "\n\n" + quantize_summary(by))
 
 
 def quantize_summary(by: dict) -> str:
@@ -263,13 +268,19 @@ def quantize_summary(by: dict) -> str:
     def rel(a, s):
         return by[a][s]["ppl"] / by["fp32"][s]["ppl"] - 1
 
-    int8 = max(rel(a, s) for a in ("int8-rtn", "int8-gptq") for s in QUANT_SETS)
+    sets = quant_sets(by)
+    int8 = max(rel(a, s) for a in ("int8-rtn", "int8-gptq") for s in sets)
     text = f"int8 (RTN and GPTQ, per channel) costs at most {int8:+.1%} PPL over fp32 on either set."
-    rtn, plain, act = (by[a]["wiki:test"]["ppl"] for a in ("int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act"))
-    if act < rtn < plain:
-        verdict = "int4 GPTQ g64 beats RTN only with act-order"
-    elif plain < rtn and act < rtn:
-        verdict = "int4 GPTQ g64 beats RTN with and without act-order"
-    else:
-        verdict = "int4 GPTQ g64 does not beat RTN"
-    return text + f" {verdict} (wiki:test: act-order {act:.2f}, RTN {rtn:.2f}, plain GPTQ {plain:.2f})."
+    parts = []
+    for s in sets:
+        rtn, plain, act = (by[a][s]["ppl"] for a in ("int4-rtn-g64", "int4-gptq-g64", "int4-gptq-g64-act"))
+        if plain < rtn and act < rtn:
+            verdict = "beats RTN with and without act-order"
+        elif act < rtn:
+            verdict = "beats RTN only with act-order"
+        elif plain < rtn:
+            verdict = "beats RTN only without act-order"
+        else:
+            verdict = "does not beat RTN"
+        parts.append(f"on {s} it {verdict} (act-order {act:.2f}, RTN {rtn:.2f}, plain GPTQ {plain:.2f})")
+    return text + " int4 GPTQ g64 against RTN at the same size: " + "; ".join(parts) + "."

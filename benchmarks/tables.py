@@ -254,7 +254,7 @@ PATHS = {
                         "benchmarks/results/leaderboard_ppl.md"),
     "leaderboard_acc": (["benchmarks/results/leaderboard.jsonl", "benchmarks/results/leaderboard_chance.json"],
                         "benchmarks/results/leaderboard_acc.md"),
-    "quantize": (["experiments/results/quantize.jsonl"], "experiments/results/quantize.md"),
+    "quantize": (["experiments/results/quantize_books.jsonl"], "experiments/results/quantize.md"),
 }
 
 
