@@ -178,14 +178,12 @@ def test_grain_batches_are_deterministic_sharded_and_resumable():
 
 
 def test_text_corpus_is_tokenized_once_and_cached(tmp_path, monkeypatch):
-    from jaxshare.io.tokenizers import tokenizer_from_dir
-    from jaxshare.storage.fetch import cache_dir
     from jaxshare.data.tokens import token_ids
+    from jaxshare.io.tokenizers import tokenizer_from_dir
+    from tests.io.test_gguf_export import save_bpe_model
 
-    native = cache_dir() / "models" / "smollm2-135m" / "native"
-    if not native.is_dir():
-        pytest.skip("SmolLM2 tokenizer not cached")
-    tok = tokenizer_from_dir(native)
+    # a tiny trained BPE tokenizer: made here, so the test runs on a cold cache too
+    tok = tokenizer_from_dir(save_bpe_model(tmp_path / "m", "llama", num_hidden_layers=1))
     monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
     txt = tmp_path / "c.txt"
     txt.write_text("The quick brown fox jumps over the lazy dog. " * 20)
