@@ -1,10 +1,12 @@
 """Basis Sharing vs SVD-LLM vs plain SVD on SmolLM2-135M: perplexity over compression ratios.
 
-    nice -n 10 python -m benchmarks.basis_sweep [--calib-windows 64 --calib-seq-len 512 --eval-windows 16]
+    nice -n 10 python -m benchmarks.basis_sweep [--data books] [--calib-windows 64 --calib-seq-len 512 --eval-windows 16]
 
-Calibration: wiki:train, N windows x T tokens (seed 0). PPL: wiki:test and canterbury, seq 512,
-the first --eval-windows windows of each (METHODS.md protocol). Results are rewritten after
-every configuration (benchmarks/results/basis_sweep.json), then plotted (basis_sweep.png).
+Calibration: DATA:train, N windows x T tokens (seed 0). PPL: DATA:test and canterbury, seq 512,
+the first --eval-windows windows of each (METHODS.md protocol). DATA is --data: books by default
+(wiki needs the BIG-bench sdist, which the package index no longer serves; its run is
+basis_sweep.json). Results are rewritten after every configuration
+(benchmarks/results/basis_sweep_books.json), then plotted (basis_sweep_books.png).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ def plot(res: dict, path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data", default="books", choices=("books", "wiki"))
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5")
     ap.add_argument("--group-sizes", default="2,3,4")
     ap.add_argument("--calib-windows", type=int, default=64)
@@ -58,15 +61,16 @@ def main() -> None:
     from jaxshare.io.load import load_model
 
     m = load_model(args.model)
-    eval_sets = {"wiki:test": load_corpus("wiki:test"), "canterbury": load_corpus("canterbury")}
+    name = "basis_sweep" if args.data == "wiki" else f"basis_sweep_{args.data}"
+    eval_sets = {f"{args.data}:test": load_corpus(f"{args.data}:test"), "canterbury": load_corpus("canterbury")}
 
     def ppl(params):
         return {k: perplexity(params, m.cfg, m.tokenizer, d, args.seq_len, args.eval_windows)["ppl"]
                 for k, d in eval_sets.items()}
 
     t0 = time.perf_counter()
-    grams, info = calibrate(m, "wiki:train", args.calib_windows, args.calib_seq_len)
-    prev = RESULTS / "basis_sweep.json"
+    grams, info = calibrate(m, f"{args.data}:train", args.calib_windows, args.calib_seq_len)
+    prev = RESULTS / f"{name}.json"
     setup = {"model": args.model, "calibration": {k: v for k, v in info.items() if k != "cached"},
              "eval": f"first {args.eval_windows} windows x {args.seq_len} tokens of each eval set",
              "eval_sets": list(eval_sets)}
@@ -99,10 +103,10 @@ def main() -> None:
                 res["runs"].append(row)
                 print(f"{name:12s} CR {ratio:.1f} (achieved {row['achieved_ratio']:.3f}): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in row["ppl"].items()), file=sys.stderr, flush=True)
-                write_result("basis_sweep", res, False)
-                plot(res, RESULTS / "basis_sweep.png")
-    plot(res, RESULTS / "basis_sweep.png")
-    write_result("basis_sweep", res, args.json)
+                write_result(name, res, False)
+                plot(res, RESULTS / f"{name}.png")
+    plot(res, RESULTS / f"{name}.png")
+    write_result(name, res, args.json)
 
 
 if __name__ == "__main__":
