@@ -2,12 +2,14 @@
 the per-unit corrections, at 10/20/30% of units tied, and data+corrections at equal net
 parameters to keep=mean (`net_ratio`: a few more units tied to pay for the corrections).
 
-PPL on the first N windows of seq_len tokens of wiki test (and canterbury with --corpora) (the METHODS.md
-protocol, as `jaxshare eval ppl --max-windows 8`). Calibration: Basis Sharing's cached grams
-(wiki:train, 32 x 512 by default, the `jaxshare share --calib wiki` default). Rows are appended
-to a JSONL as they come (an interrupted sweep resumes); `--report` rebuilds the table.
+PPL on the first N windows of seq_len tokens of DATA:test (and canterbury with --corpora) (the
+METHODS.md protocol, as `jaxshare eval ppl --max-windows 8`). Calibration: Basis Sharing's cached
+grams (DATA:train, 32 x 512 by default, as `jaxshare share --calib DATA:train`). DATA is --data:
+books by default (wiki needs the BIG-bench sdist, which the package index no longer serves; its
+run is datashare_sweep.jsonl). Rows are appended to a JSONL as they come (an interrupted sweep
+resumes); `--report` rebuilds the table (the .md beside it).
 
-  python -m experiments.datashare_sweep [--windows 8] [--seq-len 512] [--report]
+  python -m experiments.datashare_sweep [--data books] [--windows 8] [--seq-len 512] [--report]
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from benchmarks.common import append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-CORPORA = ("wiki:test", "canterbury")
 RATIOS = (0.1, 0.2, 0.3)
 # (label, keep, correct, equal net parameters to keep=mean)
 ARMS = (("root", "root", "none", False), ("mean", "mean", "none", False), ("data", "data", "none", False),
@@ -32,7 +33,7 @@ def report(rows: list[dict]) -> str:
     dense = next(r for r in rows if r["arm"] == "dense")
     table = {(r["arm"], r["ratio"]): r for r in rows}
     lines = []
-    for corpus in [c for c in CORPORA if any(c in r["ppl"] for r in rows if r["arm"] != "dense")]:
+    for corpus in [c for c in dense["ppl"] if any(c in r["ppl"] for r in rows if r["arm"] != "dense")]:
         lines += [f"\n**{corpus}** (dense PPL {dense['ppl'][corpus]:.2f}; {dense['windows']} x {dense['seq_len']} "
                   "tokens; cells: PPL (units tied, net params freed))\n",
                   "| keep / correct | " + " | ".join(f"{x:.0%}" for x in RATIOS) + " |",
@@ -53,13 +54,17 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=512)
-    ap.add_argument("--corpora", default="wiki:test", help="comma list (the dense row also has canterbury)")
-    ap.add_argument("--out", default=str(RESULTS / "datashare_sweep.jsonl"))
+    ap.add_argument("--data", default="books", choices=("books", "wiki"))
+    ap.add_argument("--corpora", default=None, help="comma list (default: DATA:test)")
+    ap.add_argument("--out", default=None, help="the JSONL (default: datashare_sweep_DATA.jsonl in benchmarks/results)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table from the JSONL")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else RESULTS / (
+        "datashare_sweep.jsonl" if args.data == "wiki" else f"datashare_sweep_{args.data}.jsonl")
     if args.report:
-        print(report([json.loads(x) for x in out.read_text().splitlines()]))
+        text = report([json.loads(x) for x in out.read_text().splitlines()])
+        out.with_suffix(".md").write_text(text + "\n")
+        print(text)
         return
 
     import jaxshare as js
@@ -69,8 +74,8 @@ def main(argv=None):
 
     m = js.load("smollm2-135m")
     windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows)
-               for c in args.corpora.split(",")}
-    grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.calib_seq_len)
+               for c in (args.corpora or f"{args.data}:test").split(",")}
+    grams, calib = calibrate(m, f"{args.data}:train", args.calib_windows, args.calib_seq_len)
     grams = {"attn_in": grams["attn_in"]}  # the only input head sharing reads
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["arm"], r["ratio"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()

@@ -1,12 +1,13 @@
 """DirectShare sweep on SmolLM2-135M: ratio x match function x keep, plus the paper's baseline
 (magnitude pruning of the q/k/v weights at the same parameter reduction).
 
-Each configuration is evaluated on a fixed subset of windows of wiki test and canterbury
-(first N windows of seq_len tokens, the METHODS.md protocol). Results are appended to a JSONL
-as they come, so an interrupted sweep resumes where it stopped; the table and plot are
-rebuilt from it.
+Each configuration is evaluated on a fixed subset of windows of DATA:test and canterbury
+(first N windows of seq_len tokens, the METHODS.md protocol), DATA being --data: books by default
+(wiki needs the BIG-bench sdist, which the package index no longer serves; its run is
+directshare_sweep.jsonl). Results are appended to a JSONL as they come, so an interrupted sweep
+resumes where it stopped; the table (the .md beside it) and plots are rebuilt from it.
 
-  python -m experiments.directshare_sweep [--windows 16] [--seq-len 512]
+  python -m experiments.directshare_sweep [--data books] [--windows 8] [--seq-len 512] [--report]
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from benchmarks.common import append_row
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MATCHES = ("qk", "q", "k", "v", "qkv", "separate")
-CORPORA = ("wiki:test", "canterbury")
+
+
+def default_out(data: str) -> Path:
+    return RESULTS / ("directshare_sweep.jsonl" if data == "wiki" else f"directshare_sweep_{data}.jsonl")
 
 
 def magnitude_prune(params, n_remove: int):
@@ -50,7 +54,7 @@ def report(rows: list[dict], out_dir: Path) -> str:
         name = "magnitude" if r["method"] == "magnitude" else f"{r['match']}/{r['keep']}"
         table[(name, r["ratio"])] = r["ppl"]
     lines = []
-    for corpus in CORPORA:
+    for corpus in dense["ppl"]:
         lines.append(f"\n**{corpus}** (dense PPL {dense['ppl'][corpus]:.2f}; {dense['windows']} x {dense['seq_len']} tokens)\n")
         lines.append("| match / keep | " + " | ".join(f"{x:.0%}" for x in ratios) + " |")
         lines.append("| --- |" + " --- |" * len(ratios))
@@ -72,22 +76,25 @@ def report(rows: list[dict], out_dir: Path) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="books", choices=("books", "wiki"))
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--out", default=str(RESULTS / "directshare_sweep.jsonl"))
+    ap.add_argument("--out", default=None, help="the JSONL (default: directshare_sweep_DATA.jsonl in benchmarks/results)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table and plots from the JSONL")
     args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else default_out(args.data)
     if args.report:
-        rows = [json.loads(x) for x in Path(args.out).read_text().splitlines()]
-        print(report(rows, RESULTS))
+        text = report([json.loads(x) for x in out.read_text().splitlines()], RESULTS)
+        out.with_suffix(".md").write_text(text + "\n")
+        print(text)
         return
 
     import jaxshare as js
     from jaxshare import direct_share, perplexity_of_windows
 
     m = js.load("smollm2-135m")
-    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows) for c in CORPORA}
-    out = Path(args.out)
+    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.seq_len, args.windows)
+               for c in (f"{args.data}:test", "canterbury")}
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if out.exists():
