@@ -61,7 +61,7 @@ def main() -> None:
     from jaxshare.io.load import load_model
 
     m = load_model(args.model)
-    name = "basis_sweep" if args.data == "wiki" else f"basis_sweep_{args.data}"
+    result = "basis_sweep" if args.data == "wiki" else f"basis_sweep_{args.data}"
     eval_sets = {f"{args.data}:test": load_corpus(f"{args.data}:test"), "canterbury": load_corpus("canterbury")}
 
     def ppl(params):
@@ -70,7 +70,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     grams, info = calibrate(m, f"{args.data}:train", args.calib_windows, args.calib_seq_len)
-    prev = RESULTS / f"{name}.json"
+    prev = RESULTS / f"{result}.json"
     setup = {"model": args.model, "calibration": {k: v for k, v in info.items() if k != "cached"},
              "eval": f"first {args.eval_windows} windows x {args.seq_len} tokens of each eval set",
              "eval_sets": list(eval_sets)}
@@ -103,10 +103,10 @@ def main() -> None:
                 res["runs"].append(row)
                 print(f"{name:12s} CR {ratio:.1f} (achieved {row['achieved_ratio']:.3f}): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in row["ppl"].items()), file=sys.stderr, flush=True)
-                write_result(name, res, False)
-                plot(res, RESULTS / f"{name}.png")
-    plot(res, RESULTS / f"{name}.png")
-    write_result(name, res, args.json)
+                write_result(result, res, False)
+                plot(res, RESULTS / f"{result}.png")
+    plot(res, RESULTS / f"{result}.png")
+    write_result(result, res, args.json)
 
 
 if __name__ == "__main__":
