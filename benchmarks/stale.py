@@ -91,6 +91,8 @@ HISTORICAL: dict[str, str] = {
     "experiments/results/prune_select.json": "on wiki:validation, which cannot be rerun here; prune_select_books.json is the current run",
     "experiments/results/plan_bytes.jsonl": "on wiki:test, which cannot be rerun here; plan_bytes_books.jsonl is the current run",
     "benchmarks/results/basis_sweep.json": "on wiki:test, which cannot be rerun here; basis_sweep_books.json is the current run",
+    "benchmarks/results/directshare_sweep.jsonl": "on wiki:test, which cannot be rerun here; directshare_sweep_books.jsonl is the current run",
+    "benchmarks/results/datashare_sweep.jsonl": "on wiki:test, which cannot be rerun here; datashare_sweep_books.jsonl is the current run",
     "experiments/results/quantize.jsonl": "on wiki:test, which cannot be rerun here; quantize_books.jsonl is the current run",
     "experiments/results/quantize.json": "the summary of quantize.jsonl (wiki:test); quantize_books.json is the current one",
 }
