@@ -32,15 +32,15 @@ def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
     _git(root, "commit", "-qm", "code")
     stamped = root / "benchmarks/results/forward.json"
     stamped.write_text(json.dumps({"commit": _head(root), "tok_s": 1.0}))
-    rows = root / "benchmarks/results/directshare_sweep.jsonl"  # rows without a commit: the file's own commit
+    rows = root / "benchmarks/results/directshare_sweep_books.jsonl"  # rows without a commit: the file's own commit
     rows.write_text(json.dumps({"ppl": 3.0}) + "\n" + json.dumps({"ppl": 4.0}) + "\n")
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "results")
     by = {r.file: r for r in stale.check(root)}
     assert by["benchmarks/results/forward.json"].status == "current" and by["benchmarks/results/forward.json"].stamped
-    assert by["benchmarks/results/directshare_sweep.jsonl"].rows == 2
-    assert by["benchmarks/results/directshare_sweep.jsonl"].status == "current"
-    assert not by["benchmarks/results/directshare_sweep.jsonl"].stamped
+    assert by["benchmarks/results/directshare_sweep_books.jsonl"].rows == 2
+    assert by["benchmarks/results/directshare_sweep_books.jsonl"].status == "current"
+    assert not by["benchmarks/results/directshare_sweep_books.jsonl"].stamped
 
     (root / "README.md").write_text("not measured code\n")
     _git(root, "commit", "-qam", "docs")
