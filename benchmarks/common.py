@@ -122,7 +122,9 @@ def write_result(name: str, obj: dict, as_json: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     st = stamp(f"benchmarks.{Path(sys.argv[0]).stem}")
-    obj = {"benchmark": name, **st, "argv": sys.argv[1:], **obj}
+    # a resumed result carries the stamp of the run it continues: this process's stamp replaces it
+    obj = {"benchmark": name, **st, "argv": sys.argv[1:],
+           **{k: v for k, v in obj.items() if k not in st and k not in ("benchmark", "argv")}}
     path.write_text(json.dumps(obj, indent=2) + "\n")
     if as_json:
         print(json.dumps(obj))
