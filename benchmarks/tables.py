@@ -177,7 +177,8 @@ def basis_sweep(d: dict) -> str:
         f"Uncompressed: {base}. Each cell: {' / '.join(sets)} PPL.", "",
         table(["method", *(f"CR {x:g}" for x in ratios)], rows), "",
         f"{len(runs)} of {len(names) * len(ratios)} configurations finished; achieved ratios within {off:.4f} of the "
-        f"requested ones; whitening fallbacks: {sum(r.get('fallbacks', 0) for r in runs)}."])
+        f"requested ones; whitening fallbacks: {sum(r.get('fallbacks', 0) for r in runs)}."
+        + experiment_tables.canterbury_note(d["calibration"]["data"], sets)])
 
 
 def basis(d: dict) -> str:
@@ -255,6 +256,7 @@ PATHS = {
     "leaderboard_acc": (["benchmarks/results/leaderboard.jsonl", "benchmarks/results/leaderboard_chance.json"],
                         "benchmarks/results/leaderboard_acc.md"),
     "quantize": (["experiments/results/quantize_books.jsonl"], "experiments/results/quantize.md"),
+    "basis_sweep": (["benchmarks/results/basis_sweep_books.json"], "benchmarks/results/basis_sweep.md"),
 }
 
 
