@@ -26,8 +26,10 @@ TRAIN = ("jaxshare/training", "jaxshare/headshare/penalty.py")
 
 # result-file pattern (relative to the repository) -> the paths whose change can change its numbers
 STUDIES: dict[str, tuple[str, ...]] = {
-    "benchmarks/results/basis*.json": ("benchmarks/basis.py", "benchmarks/basis_sweep.py", "jaxshare/basis", *CORE),
-    "benchmarks/results/basis_pairs/*.json": ("benchmarks/basis_sweep.py", "jaxshare/basis", *CORE),
+    "benchmarks/results/basis.json": ("benchmarks/basis.py", "jaxshare/basis", *CORE),
+    "benchmarks/results/basis_sweep*.json": ("benchmarks/basis_sweep.py", "jaxshare/basis", *CORE),
+    # written by `jaxshare basis-pairs` (the command is in its file)
+    "benchmarks/results/basis_pairs/*.json": ("jaxshare/cli/basis.py", "jaxshare/basis", *CORE),
     "benchmarks/results/svd_paths.json": ("benchmarks/svd_paths.py", "jaxshare/basis", *CORE),
     "benchmarks/results/budget*": ("experiments/budget.py", "jaxshare/compose", "jaxshare/basis", "jaxshare/headshare",
                                    "jaxshare/eval/perplexity.py", *CORE),
