@@ -1,6 +1,7 @@
 """The docs' tables of the experiments' result files, registered in benchmarks.tables.
 
-leaderboard_ppl, leaderboard_acc: benchmarks/results/leaderboard.jsonl (`python -m experiments.leaderboard`;
+leaderboard_books: benchmarks/results/leaderboard_books.jsonl (`python -m experiments.leaderboard`).
+leaderboard_ppl, leaderboard_acc: benchmarks/results/leaderboard.jsonl (wiki, historical) (`python -m experiments.leaderboard`;
 the chance row from leaderboard_chance.json, which its --report writes; the PPL table's summary of
 who is lowest also reads experiments/results/prune.jsonl, `python -m experiments.prune`, for its
 bootstrap intervals). quantize: experiments/results/quantize_books.jsonl (`python -m experiments.quantize`).
@@ -160,6 +161,69 @@ def leaderboard_ppl(rows: list[dict], prune: list[dict] | None = None) -> str:
     return "\n".join(text)
 
 
+PRUNE_LABELS = {"prune-mlp": "width pruning, MLP (compensated)",
+                "prune-mlp+kv": "width pruning, MLP + one KV group (compensated)"}
+
+
+def leaderboard_books(rows: list[dict]) -> str:
+    """The leaderboard on one held-out text with bootstrap 95% intervals (experiments.leaderboard
+    --data books): PPL [interval] per arm and budget, the lowest model-shrinking arm in bold, and
+    under the table whether it wins: its interval clear of the runner-up's, and the paired
+    difference over the same windows."""
+    from experiments.leaderboard import ARMS
+    from experiments.prune import paired
+
+    rows = list({(r["arm"], r["budget"], r["how"].get("trained_tokens")): r for r in rows}.values())
+    c = f"{rows[0]['data']}:test"
+    dense = next(r for r in rows if r["arm"] == "dense")
+    grid = [r for r in rows if r["arm"] != "dense" and "checkpoint" not in r["how"]]
+    budgets = sorted({r["budget"] for r in grid})
+    at = {(r["arm"], r["budget"]): r for r in grid}
+    ranked = {b: sorted((r for r in grid if r["budget"] == b and not r["arm"].startswith("magnitude")),
+                        key=lambda r: r["ppl"][c]) for b in budgets}
+
+    def cell(r):
+        lo, hi = r["ci95"][c]
+        return f"{ppl2(r['ppl'][c])} [{ppl2(lo)}, {ppl2(hi)}]"
+
+    labels = {**LEADERBOARD_LABELS, **PRUNE_LABELS}
+    lines = []
+    for arm in (a for a in ARMS if a in labels):
+        mine = [at[(arm, b)] for b in budgets if (arm, b) in at]
+        if not mine:
+            continue
+        tokens = ", ".join(f"{t:,}" for t in sorted({r["how"].get("trained_tokens") or 0 for r in mine}) if t)
+        layers = " / ".join(str(r["how"]["layers"]) for r in mine if "layers" in r["how"])
+        cells = [("**{}**" if ranked[b][0] is at[(arm, b)] else "{}").format(cell(at[(arm, b)]))
+                 if (arm, b) in at else "cannot reach" for b in budgets]
+        lines.append([labels[arm].format(tokens=tokens, layers=layers), *cells])
+    text = [f"{c} PPL [bootstrap 95% interval] on the first {dense['windows']} windows of {dense['seq_len']} tokens "
+            f"(dense: {cell(dense)}); the lowest arm that shrinks the model in bold:", "",
+            table(["arm", *(f"−{b:.0%}" for b in budgets)], lines)]
+    parts = []
+    for b in budgets:
+        first, second = ranked[b][0], ranked[b][1]
+        d, lo, hi, n = paired({"window_nll": first["window_nll"][c]}, {"window_nll": second["window_nll"][c]})
+        clear = first["ci95"][c][1] < second["ci95"][c][0]
+        verdict = ("it wins: its interval lies below the other's" if clear else
+                   "the intervals overlap, so it does not win on them" + (
+                       "; paired over the same windows it is lower outside the noise" if hi < 0 else
+                       "; paired over the same windows the difference is inside the noise"))
+        parts.append(f"at −{b:.0%} {SHORT[first['arm']]} {ppl2(first['ppl'][c])} against {SHORT[second['arm']]} "
+                     f"{ppl2(second['ppl'][c])} ({d:+.4f} nats per token [{lo:+.4f}, {hi:+.4f}], lower on {n} of "
+                     f"{len(first['window_nll'][c])} windows): {verdict}")
+    text += ["", "**Lowest arm that shrinks the model, against the next**: " + "; ".join(parts) + "."]
+    trained = sorted({SHORT[r["arm"]] for r in grid if r["how"].get("trained_tokens")})
+    if trained:
+        text[-1] += (f" {' and '.join(trained)} saw training tokens of {rows[0]['data']}:train the others did not.")
+    lowest = {b: min((r for r in grid if r["budget"] == b), key=lambda r: r["ppl"][c]) for b in budgets}
+    mag = [f"−{b:.0%} ({SHORT[r['arm']]} {ppl2(r['ppl'][c])})" for b, r in lowest.items() if r["arm"].startswith("magnitude")]
+    if mag:
+        text[-1] += (" Unstructured magnitude pruning, which stores the same dense bytes, is lowest of all at "
+                     + ", ".join(mag) + ".")
+    return "\n".join(text)
+
+
 def healed_label(arm: str) -> str:
     from experiments.leaderboard import healed
 
@@ -197,7 +261,7 @@ def healed_table(rows: list[dict], grid: list[dict]) -> str:
 
 
 def leaderboard_acc(rows: list[dict], chance: dict) -> str:
-    from experiments.leaderboard import mean_acc
+    from experiments.leaderboard_report import mean_acc
 
     limit = max(r["limit"] for r in rows)
     rows = _limit_rows(rows, limit)

@@ -59,7 +59,8 @@ def train_arm(init_dir: Path, run_dir: Path, args) -> dict:
     ckpts = run_dir / "checkpoints"
     if ckpts.is_dir() and any(ckpts.iterdir()):
         return Trainer.resume(run_dir).run()
-    tc = build_config(dict(mode="plain", model=str(init_dir), data="wiki:train", eval_data="wiki:validation",
+    data = getattr(args, "data", "wiki")
+    tc = build_config(dict(mode="plain", model=str(init_dir), data=f"{data}:train", eval_data=f"{data}:validation",
                            run_dir=str(run_dir), tokens=args.tokens, steps=0, seq_len=args.seq_len,
                            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, ratio=0.0,
                            dtype=args.dtype, eval_every=0, eval_windows=args.windows, checkpoint_every=4,

@@ -9,9 +9,9 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   magnitude    plain magnitude pruning of the q/k/v weights, the same number of weights zeroed
   magnitude-linear  the same over every linear matrix (those Basis Sharing and SVD-LLM factorize)
   directshare+postshare  DirectShare as above, then the shared model post-trained (trainer mode
-               direct+post: the bank rows train, the index stays) on --train-tokens of wiki:train
+               direct+post: the bank rows train, the index stays) on --train-tokens of DATA:train
   inherit      Inheritune's cut: the first k layers, k the depth whose removal is nearest the budget
-  inheritune   the same k layers trained with the plain LM loss on --train-tokens of wiki:train
+  inheritune   the same k layers trained with the plain LM loss on --train-tokens of DATA:train
 The trained arms see --train-tokens more text than the others; their runs are kept under
 runs/leaderboard/ and reused. --checkpoints ARM=DIR adds a row for a native checkpoint trained
 elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget it removes; an
@@ -21,14 +21,19 @@ STUDENT one of basis, datashare, inherit, plan, prune-mlp (heal.py's students; i
 prune-mlp), HEAL one of ce, kd, kd+ce, kd+lora; e.g. prune-mlp+ce=runs/heal/prune_0.2_ce_50000/final. The
 heal is checked against the run's result.json beside the checkpoint, whose tokens are the row's
 "trained on"; a STUDENT alone (plan=runs/heal/students/plan_0.2) is the unhealed student.
-Metrics: wiki test and canterbury PPL (METHODS.md protocol, the first --windows windows of
---seq-len tokens), acc / acc_norm on the local BIG-bench tasks (lm-eval's scoring, jaxshare's
-backend, the first --limit items of each). Rows go to a JSONL as they finish, so a run resumes.
+DATA is --data: books by default (wiki needs the BIG-bench sdist, see docs/models.md). Basis,
+SVD-LLM and the pruned arms calibrate on --calib-windows x --seq-len tokens of DATA:train.
+Metrics: PPL on DATA:test (wiki adds canterbury; books holds the Canterbury texts, so it is not a
+second held-out text there) over the first --windows windows of --seq-len tokens (METHODS.md
+protocol) with each window's NLL and a bootstrap 95% interval over windows; acc / acc_norm on the
+local BIG-bench tasks (lm-eval's scoring, jaxshare's backend, the first --limit items of each;
+--limit 0 skips them). Rows go to benchmarks/results/leaderboard_DATA.jsonl (wiki:
+leaderboard.jsonl) as they finish, so a run resumes.
 
-  python -m experiments.leaderboard [--budgets 0.03] [--limit 50] [--windows 8] [--arms ...]
+  python -m experiments.leaderboard [--data books] [--budgets 0.03] [--limit 0] [--windows 32] [--arms ...]
   python -m experiments.leaderboard --arms "" --limit 20 --windows 4 \
       --checkpoints plan+ce=runs/heal/plan_0.2_ce_50000/final,prune-mlp+kd=runs/heal/prune_0.2_kd_50000/final
-  python -m experiments.leaderboard --report     # markdown table + PNG score vs parameters
+  python -m experiments.leaderboard --report [--data books]  # markdown table + PNG score vs parameters
   python -m experiments.leaderboard --chance     # only leaderboard_chance.json (--report writes it too)
 """
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -107,7 +113,16 @@ def checkpoint_how(arm: str, path: str, layers: int) -> dict:
             raise SystemExit(f"leaderboard: {arm}={path} was healed with {heal_of(res)}, not {h[1]}")
         how.update(student=h[0], heal=h[1], train_data="wiki:train", recipe=res.get("recipe", {}).get("loss"))
     return how
-CORPORA = ("wiki:test", "canterbury")
+
+
+def rows_path(data: str) -> Path:
+    """wiki, the first corpus, keeps the original name; each other corpus has its own file."""
+    return RESULTS / ("leaderboard.jsonl" if data == "wiki" else f"leaderboard_{data}.jsonl")
+
+
+def corpora(data: str) -> tuple[str, ...]:
+    """The held-out texts a row is scored on: DATA:test, and canterbury beside wiki (books contains it)."""
+    return ("wiki:test", "canterbury") if data == "wiki" else (f"{data}:test",)
 
 
 def directshare_at(m, budget: float):
@@ -212,10 +227,11 @@ def trained(m, arm: str, budget: float, args):
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import Trainer
 
-    run_dir = ROOT / "runs" / "leaderboard" / f"{arm.replace('+', '_')}_{budget:g}_{args.train_tokens}"
+    tag = "" if args.data == "wiki" else f"_{args.data}"  # the wiki runs keep their names
+    run_dir = ROOT / "runs" / "leaderboard" / f"{arm.replace('+', '_')}_{budget:g}_{args.train_tokens}{tag}"
     lr = TRAINED[arm]
     setup = dict(tokens=args.train_tokens, seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup=2, dtype="fp32",
-                 windows=2)
+                 windows=2, data=args.data)
     if arm == "inheritune":
         params, cfg, extra, how = inherit_at(m, budget)
         if not is_native(run_dir / "init"):
@@ -230,26 +246,35 @@ def trained(m, arm: str, budget: float, args):
             tc = build_config(dict(mode="direct+post", model=args.model, run_dir=str(run_dir), ratio=how["ratio"],
                                    match="qk", keep="mean", tokens=args.train_tokens, steps=0,
                                    seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup_steps=2, dtype="fp32",
-                                   data="wiki:train", eval_data="wiki:validation", eval_windows=2, eval_every=0,
+                                   data=f"{args.data}:train", eval_data=f"{args.data}:validation", eval_windows=2,
+                                   eval_every=0,
                                    checkpoint_every=0, export_hf=False, progress=False, mesh="data=1,fsdp=1"))
             Trainer(tc, overwrite=True).run()  # an attempt killed before it finished
     cfg, params, _ = load_native(final)
-    how.update(trained_tokens=args.train_tokens, train_data="wiki:train", lr=lr,
+    how.update(trained_tokens=args.train_tokens, train_data=f"{args.data}:train", lr=lr,
                batch=f"4 x {args.train_seq_len}")
     return params, cfg, how
 
 
 def evaluate_arm(m, params, args, cfg=None) -> dict:
-    from jaxshare.data.corpora import load_corpus
-    from jaxshare.eval.harness import JaxshareLM
-    from jaxshare.eval.mc import evaluate
-    from jaxshare.eval.perplexity import perplexity
+    """PPL on each held-out text with its per-window NLLs and bootstrap 95% interval; accuracy unless --limit 0."""
+    from experiments.heal import bootstrap, held_out, window_nlls
 
     cfg = cfg or m.cfg
-    ppl = {c: perplexity(params, cfg, m.tokenizer, load_corpus(c), args.seq_len, args.windows)["ppl"] for c in CORPORA}
-    lm = JaxshareLM.from_loaded(dataclasses.replace(m, params=params, cfg=cfg), batch_size=args.batch_size)
-    mc = evaluate(lm, args.tasks, args.limit)["tasks"]
-    return {"ppl": ppl, "mc": mc}
+    if not hasattr(args, "windows_of"):  # tokenized once per run
+        args.windows_of = {c: held_out(m.tokenizer, args.seq_len, args.windows, c) for c in corpora(args.data)}
+    out = {"ppl": {}, "ci95": {}, "window_nll": {}, "mc": {}}
+    for c, windows in args.windows_of.items():
+        nll = window_nlls(params, cfg, windows)
+        out["ppl"][c], out["ci95"][c] = math.exp(nll.mean()), list(bootstrap(nll))
+        out["window_nll"][c] = nll.round(6).tolist()
+    if args.limit:
+        from jaxshare.eval.harness import JaxshareLM
+        from jaxshare.eval.mc import evaluate
+
+        lm = JaxshareLM.from_loaded(dataclasses.replace(m, params=params, cfg=cfg), batch_size=args.batch_size)
+        out["mc"] = evaluate(lm, args.tasks, args.limit)["tasks"]
+    return out
 
 
 def run(args) -> None:
@@ -258,7 +283,7 @@ def run(args) -> None:
     from jaxshare.io.load import load_model
 
     args.tasks = parse_tasks(args.tasks)
-    out = Path(args.out)
+    out = Path(args.out or rows_path(args.data))
     done = set()  # (arm, budget, trained tokens) at this --limit: an arm's other token budgets are other rows
     if out.exists():
         done = {(r["arm"], r["budget"], r["how"].get("trained_tokens"))
@@ -290,9 +315,9 @@ def run(args) -> None:
                 if grams is None:
                     from jaxshare.basis.calibrate import calibrate
 
-                    grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.seq_len)
+                    grams, calib = calibrate(m, f"{args.data}:train", args.calib_windows, args.seq_len)
                 params, how = basis_at(m, budget, arm, grams)
-                how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
+                how["calibration"] = f"{args.data}:train {args.calib_windows} x {args.seq_len}"
             elif arm.startswith("prune"):
                 from experiments.prune import arms as prune_arms
                 from jaxshare.methods import METHODS
@@ -300,11 +325,11 @@ def run(args) -> None:
                 if grams is None:
                     from jaxshare.basis.calibrate import calibrate
 
-                    grams, calib = calibrate(m, "wiki:train", args.calib_windows, args.seq_len)
+                    grams, calib = calibrate(m, f"{args.data}:train", args.calib_windows, args.seq_len)
                 method, opts = prune_arms(m.cfg, dense_params, budget)[f"{arm}+comp"]
                 pruned = METHODS[method].apply(m, opts, grams)[0]
                 params, cfg, how = pruned.params, pruned.cfg, opts.to_dict()
-                how["calibration"] = f"wiki:train {args.calib_windows} x {args.seq_len}"
+                how["calibration"] = f"{args.data}:train {args.calib_windows} x {args.seq_len}"
             elif arm in TRAINED:
                 params, cfg, how = trained(m, arm, budget, args)
             elif arm == "inherit":
@@ -314,7 +339,7 @@ def run(args) -> None:
         except ValueError as e:
             print(f"{arm} {budget:.0%}: skipped: {e}", file=sys.stderr)
             continue
-        row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit,
+        row = {"model": args.model, "arm": arm, "budget": budget, "how": how, "limit": args.limit, "data": args.data,
                "params": dense_params - how["zeroed"] if arm.startswith("magnitude") else count_params(params),
                "dense_params": dense_params, "windows": args.windows, "seq_len": args.seq_len,
                **evaluate_arm(m, params, args, cfg)}
@@ -322,106 +347,9 @@ def run(args) -> None:
         row["seconds"] = time.time() - t0
         out.parent.mkdir(parents=True, exist_ok=True)
         append_row(out, row, "experiments.leaderboard")
-        print(f"{arm} {budget:.0%}: removed {row['removed']:.2%}, ppl {row['ppl']}, "
-              f"acc {np.mean([v['acc'] for v in row['mc'].values()]):.3f} ({row['seconds']:.0f} s)", file=sys.stderr)
-
-
-def mean_acc(r: dict, key: str = "acc") -> tuple[float, float]:
-    """Mean over the tasks and its standard error (the tasks' stderrs, independent items)."""
-    v = list(r["mc"].values())
-    return float(np.mean([t[key] for t in v])), float(np.sqrt(sum(t[f"{key}_stderr"] ** 2 for t in v)) / len(v))
-
-
-def chance_acc(task: str, limit: int) -> float:
-    """What guessing scores on the first `limit` items: the mean of 1 / (number of choices)."""
-    from jaxshare.eval.tasks import load_rows
-
-    return float(np.mean([1 / len(r["choices"]) for r in load_rows(task)[:limit]]))
-
-
-def write_chance(rows: list) -> None:
-    """leaderboard_chance.json: what guessing scores on the first `limit` items of each task, for every
-    --limit the rows ran at (the chance row of the docs' table, benchmarks.tables)."""
-    from benchmarks.common import stamp
-
-    tasks = list(rows[0]["mc"])
-    chance = {str(limit): {t: chance_acc(t, limit) for t in tasks} for limit in sorted({r["limit"] for r in rows})}
-    out = {"what": "mean of 1 / (number of choices) over the first `limit` items of each task (jaxshare.eval.tasks)",
-           "stamp": stamp("experiments.leaderboard"), "chance": chance}
-    (RESULTS / "leaderboard_chance.json").write_text(json.dumps(out, indent=2) + "\n")
-
-
-def fmt_ppl(x: float) -> str:
-    return f"{x:.2f}" if x < 1000 else f"{x:,.0f}"
-
-
-def table(rows: list) -> list[str]:
-    tasks = list(rows[0]["mc"])
-    head = ("| arm | budget | removed | params | trained on | wiki PPL | canterbury PPL | " + " | ".join(tasks)
-            + " | mean acc | mean acc_norm |")
-    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
-    for r in rows:
-        (acc, se), (norm, se_n) = mean_acc(r), mean_acc(r, "acc_norm")
-        tok = r["how"].get("trained_tokens")
-        lines.append(f"| {r['arm']} | {r['budget']:.0%} | {r['removed']:.2%} | {r['params'] / 1e6:.1f}M | "
-                     f"{f'{tok:,} tokens' if tok else '-'} | {fmt_ppl(r['ppl']['wiki:test'])} | {fmt_ppl(r['ppl']['canterbury'])} | "
-                     + " | ".join(f"{r['mc'][t]['acc']:.3f}/{r['mc'][t]['acc_norm']:.3f}" for t in tasks)
-                     + f" | {acc:.3f} ± {se:.3f} | {norm:.3f} ± {se_n:.3f} |")
-    r0 = rows[0]
-    chance = [chance_acc(t, r0["limit"]) for t in tasks]
-    lines.append(f"| chance (1 / choices) | | | | | | | " + " | ".join(f"{c:.3f}" for c in chance)
-                 + f" | {np.mean(chance):.3f} | {np.mean(chance):.3f} |")
-    lines.append(f"\nacc/acc_norm per task, first {r0['limit']} items of each (mean ± its standard error); PPL on "
-                 f"the first {r0['windows']} windows of {r0['seq_len']} tokens.\n")
-    return lines
-
-
-def report() -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(x) for x in (RESULTS / "leaderboard.jsonl").read_text().splitlines() if x.strip()]
-    rows.sort(key=lambda r: (r["arm"] != "dense", r["budget"], arm_order(r["arm"]), r["how"].get("trained_tokens") or 0))
-    by_limit = {}
-    for r in rows:
-        by_limit.setdefault(r["limit"], []).append(r)
-    lines = []
-    for limit in sorted(by_limit):
-        lines += [f"### --limit {limit}", ""] + table(by_limit[limit])
-    (RESULTS / "leaderboard.md").write_text("\n".join(lines))
-    write_chance(rows)
-    main_rows = max(by_limit.values(), key=len)  # the limit every arm ran at
-    big = by_limit[max(by_limit)]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.4))
-
-    def series(rs):  # one line per arm and training budget; a row trained elsewhere is its own point
-        out = {}
-        for r in rs:
-            tok = r["how"].get("trained_tokens")
-            out.setdefault(f"{r['arm']}{f' ({tok:,} tok)' if tok else ''}", []).append(r)
-        return sorted(out.items(), key=lambda kv: arm_order(kv[1][0]["arm"]))
-
-    for i, (label, rs) in enumerate(series(main_rows)):
-        pts = sorted((r["params"] / 1e6, r["ppl"]["wiki:test"]) for r in rs)
-        ax0.plot(*zip(*pts), "o-" if len(pts) > 1 else "o", label=label)
-    for i, (label, rs) in enumerate(series(big)):
-        x, y, e = zip(*sorted((r["params"] / 1e6 + 0.35 * i, *mean_acc(r)) for r in rs))  # offset: no overlap
-        ax1.errorbar(x, y, yerr=e, fmt="o", capsize=3, label=label)
-    tasks = list(big[0]["mc"])
-    ax1.axhline(np.mean([chance_acc(t, max(by_limit)) for t in tasks]), color="gray", ls="--", lw=1, label="chance")
-    ax0.set_yscale("log")
-    ax0.set_xlabel("parameters (M)")
-    ax0.set_ylabel("wiki test PPL (log)")
-    ax0.set_title(f"{main_rows[0]['model']}: perplexity vs parameters")
-    ax0.legend(fontsize=7)
-    ax1.set_xlabel("parameters (M)")
-    ax1.set_ylabel(f"mean acc over {len(big[0]['mc'])} tasks (± stderr)")
-    ax1.set_title(f"accuracy vs parameters (first {max(by_limit)} items per task)")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "leaderboard.png", dpi=120)
-    print("\n".join(lines))
+        acc = f", acc {np.mean([v['acc'] for v in row['mc'].values()]):.3f}" if row["mc"] else ""
+        print(f"{arm} {budget:.0%}: removed {row['removed']:.2%}, ppl {row['ppl']}{acc} ({row['seconds']:.0f} s)",
+              file=sys.stderr)
 
 
 def main() -> None:
@@ -430,24 +358,27 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), type=lambda s: [a for a in s.split(",") if a])
     ap.add_argument("--budgets", default="0.03", type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--tasks", default="all")
-    ap.add_argument("--limit", type=int, default=50)
-    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--data", default="books", help="corpus: calibration and training on DATA:train, PPL on DATA:test")
+    ap.add_argument("--limit", type=int, default=0, help="items per multiple-choice task (0: none; needs bigbench)")
+    ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--calib-windows", type=int, default=32, help="the CLI's default calibration size")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--train-tokens", type=int, default=10240, help="wiki:train tokens of each trained arm")
+    ap.add_argument("--train-tokens", type=int, default=10240, help="DATA:train tokens of each trained arm")
     ap.add_argument("--train-seq-len", type=int, default=128)
     ap.add_argument("--checkpoints", default=[], type=parse_checkpoints,
                     help="ARM=DIR,...: rows for native checkpoints trained elsewhere; healed arms STUDENT+HEAL")
-    ap.add_argument("--out", default=str(RESULTS / "leaderboard.jsonl"))
+    ap.add_argument("--out", default=None, help="rows (default benchmarks/results/leaderboard_DATA.jsonl)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--chance", action="store_true", help="write only leaderboard_chance.json (part of --report)")
     args = ap.parse_args()
+    if args.report or args.chance:
+        from experiments.leaderboard_report import report, report_data, write_chance
     if args.report:
-        report()
+        report() if args.data == "wiki" else report_data(args.data)
         return
     if args.chance:
-        write_chance([json.loads(x) for x in Path(args.out).read_text().splitlines() if x.strip()])
+        write_chance([json.loads(x) for x in Path(args.out or rows_path("wiki")).read_text().splitlines() if x.strip()])
         return
     unknown = (set(args.arms) - set(ARMS)) | {a for a, _ in args.checkpoints if a not in ARMS and healed(a) is None}
     if unknown:
