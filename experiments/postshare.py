@@ -2,12 +2,14 @@
 DirectShare+PostShare, and the control (plain fine-tune without the penalty, then DirectShare
 on the same pairs). Every trained run uses the same data, budget, optimizer and seed.
 
-PPL on a fixed subset: the first W windows of S tokens of wiki test and canterbury
-(METHODS.md protocol). Results go to benchmarks/results/postshare.json, a markdown table
-(postshare.md) and curves (postshare_curves.png). Each finished piece is cached in the JSON, so
-a re-run skips what is done.
+Training on DATA:train, DATA being --data (books by default; wiki needs the BIG-bench sdist, see
+docs/models.md). PPL on a fixed subset: the first W windows of S tokens of DATA:test (wiki adds
+canterbury; books holds the Canterbury texts, so it is not held out there) (METHODS.md protocol).
+Results go to benchmarks/results/NAME.json (NAME postshare_DATA; wiki: postshare), a markdown
+table (NAME.md) and curves (NAME_curves.png, NAME_lw.png). Each finished piece is cached in the
+JSON, so a re-run skips what is done.
 
-  nice -n 10 python -m experiments.postshare --steps 60 --lr 5e-4
+  python -m experiments.postshare --steps 20 --seq-len 128 --lr 1e-3
 """
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ from benchmarks.common import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-CORPORA = ("wiki:test", "canterbury")
+
+
+def corpora(data: str) -> tuple[str, ...]:
+    return ("wiki:test", "canterbury") if data == "wiki" else (f"{data}:test",)
 MODES = ("postshare", "direct+post", "plain")
 
 
@@ -35,12 +40,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", help="compute dtype (fp32 on CPU: no bf16 speed-up there)")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--eval-seq-len", type=int, default=512)
-    ap.add_argument("--run-root", default=str(ROOT / "runs" / "postshare_exp"))
-    ap.add_argument("--name", default="postshare")
+    ap.add_argument("--data", default="books", help="corpus: training on DATA:train, PPL on DATA:test")
+    ap.add_argument("--run-root", default=None, help="default runs/postshare_exp (wiki) or runs/postshare_exp_DATA")
+    ap.add_argument("--name", default=None, help="default postshare (wiki) or postshare_DATA")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of the trained runs")
     ap.add_argument("--report-only", action="store_true", help="rebuild table and plots from the JSON")
     ap.add_argument("--seed-from", help="a results JSON whose base / directshare PPL to reuse (same eval setup)")
     args = ap.parse_args()
+    tag = "" if args.data == "wiki" else f"_{args.data}"  # the wiki results keep their names
+    args.name = args.name or f"postshare{tag}"
+    args.run_root = args.run_root or str(ROOT / "runs" / f"postshare_exp{tag}")
 
     import jaxshare as js
     from jaxshare import direct_share, perplexity_of_windows
@@ -70,7 +79,7 @@ def main() -> None:
         return
 
     m = js.load("smollm2-135m", "fp32")
-    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.eval_seq_len, args.windows) for c in CORPORA}
+    windows = {c: js.token_windows(js.token_ids(c, m.tokenizer), args.eval_seq_len, args.windows) for c in corpora(args.data)}
 
     def ppl_all(params, label):
         if label not in res["ppl"]:
@@ -92,7 +101,8 @@ def main() -> None:
         tc = build_config({"mode": mode, "run_dir": str(run_dir), "steps": args.steps, "seq_len": args.seq_len,
                            "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma, "ratio": args.ratio,
                            "warmup_steps": max(1, args.steps // 10), "eval_every": 0, "checkpoint_every": 0,
-                           "export_hf": False, "dtype": args.dtype, "data": "wiki:train", "eval_data": "wiki:validation",
+                           "export_hf": False, "dtype": args.dtype, "data": f"{args.data}:train",
+                           "eval_data": f"{args.data}:validation",
                            "eval_windows": 4, "progress": False})
         if (run_dir / "checkpoints").exists():
             import shutil
@@ -118,7 +128,9 @@ def report(res: dict, name: str) -> None:
     from jaxshare import plots
 
     p = res["ppl"]
-    lines = [f"SmolLM2-135M, ratio {res['setup']['ratio']}, {res['eval']}; training: wiki:train, "
+    data = res["setup"].get("data", "wiki")  # the results before --data were all wiki
+    CORPORA = corpora(data)
+    lines = [f"SmolLM2-135M, ratio {res['setup']['ratio']}, {res['eval']}; training: {data}:train, "
              f"{res['setup']['steps']} steps x {res['setup']['batch_size']} x {res['setup']['seq_len']} tokens, "
              f"lr {res['setup']['lr']}, gamma {res['setup']['gamma']}\n",
              "| model | " + " | ".join(CORPORA) + " |", "| --- |" + " --- |" * len(CORPORA)]
@@ -146,7 +158,7 @@ def report(res: dict, name: str) -> None:
         n = max(len(r["curve"]) for r in runs.values())
         xs = list(range(1, n + 1))
         series = {f"{mode} CE": [c["ce"] for c in r["curve"]] for mode, r in runs.items()}
-        plots.lines(xs, series, RESULTS / f"{name}_curves.png", "training CE (wiki:train)", "step", "CE")
+        plots.lines(xs, series, RESULTS / f"{name}_curves.png", f"training CE ({data}:train)", "step", "CE")
         lw = {f"{mode} L_w": [c["lw"] for c in r["curve"]] for mode, r in runs.items() if mode != "direct+post"}
         if lw:
             plots.lines(xs, lw, RESULTS / f"{name}_lw.png", "pair distance L_w", "step", "L_w")
