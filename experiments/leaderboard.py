@@ -200,6 +200,21 @@ def magnitude_linear_at(m, budget: float):
     return params, {"zeroed": n, "matrices": ",".join(w for _, w in leaves)}
 
 
+def prune_at(cfg, total: int, budget: float, arm: str):
+    """(method, options) of experiments/prune.py's compensated arm `arm` (prune-mlp or prune-mlp+kv) at
+    `budget`, by its arithmetic, building this arm's options only: prune.arms builds every arm's, and
+    below one KV group's share the +kv arm's MLP width is negative, which would stop prune-mlp too."""
+    from jaxshare.methods import PruneOptions
+
+    L, D, F = cfg.n_layers, cfg.d_model, cfg.d_ff
+    per_channel = 3 * D * L  # gate, up and down of one channel in every layer
+    if arm == "prune-mlp":
+        return "prune", PruneOptions(mlp=round(budget * total / per_channel) / F, compensate=True)
+    group = L * 2 * D * cfg.head_dim * (cfg.groups + 1)  # one KV group: its q heads, k, v and o
+    return "prune", PruneOptions(mlp=round((budget * total - group) / per_channel) / F, kv_groups=1 / cfg.n_kv_heads,
+                                 compensate=True)
+
+
 def inherit_depth(m, budget: float) -> int:
     """Layers kept: the first k, k chosen so the removed layers' share of the model is nearest the budget."""
     from jaxshare.core.params import count_params
@@ -319,14 +334,13 @@ def run(args) -> None:
                 params, how = basis_at(m, budget, arm, grams)
                 how["calibration"] = f"{args.data}:train {args.calib_windows} x {args.seq_len}"
             elif arm.startswith("prune"):
-                from experiments.prune import arms as prune_arms
                 from jaxshare.methods import METHODS
 
                 if grams is None:
                     from jaxshare.basis.calibrate import calibrate
 
                     grams, calib = calibrate(m, f"{args.data}:train", args.calib_windows, args.seq_len)
-                method, opts = prune_arms(m.cfg, dense_params, budget)[f"{arm}+comp"]
+                method, opts = prune_at(m.cfg, dense_params, budget, arm)
                 pruned = METHODS[method].apply(m, opts, grams)[0]
                 params, cfg, how = pruned.params, pruned.cfg, opts.to_dict()
                 how["calibration"] = f"{args.data}:train {args.calib_windows} x {args.seq_len}"

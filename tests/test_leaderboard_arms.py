@@ -51,3 +51,45 @@ def test_healed_table_compares_with_the_grid():
     assert "| budgeted plan (not healed) | −20% |" in text and "| budgeted plan + CE | −20% |" in text
     assert text.index("(not healed)") < text.index("+ CE")
     assert "budgeted plan + CE (50,176 tokens) 50.00, 3.5× lower than the grid's SVD-LLM (175.00)" in text
+
+
+def test_books_table_claims_a_win_only_outside_the_intervals():
+    def row(arm, budget, nll, **how):
+        import math
+
+        import numpy as np
+
+        nll = np.asarray(nll, dtype=float)
+        return {"arm": arm, "budget": budget, "removed": budget, "params": 1e8, "how": how, "data": "books",
+                "windows": len(nll), "seq_len": 512, "ppl": {"books:test": math.exp(nll.mean())},
+                "ci95": {"books:test": [math.exp(nll.min()), math.exp(nll.max())]},
+                "window_nll": {"books:test": nll.tolist()}}
+
+    base = [3.0, 3.2, 3.4, 3.6]
+    rows = [row("dense", 0.0, base),
+            row("basis", 0.1, [x + 1.0 for x in base]), row("svd-llm", 0.1, [x + 2.0 for x in base]),
+            row("basis", 0.2, [x + 1.0 for x in base]), row("svd-llm", 0.2, [x + 1.02 for x in base]),
+            row("magnitude", 0.2, [x + 0.1 for x in base])]
+    text = experiment_tables.leaderboard_books(rows)
+    assert "| Basis Sharing n=2 | **" in text and "| SVD-LLM | " in text
+    at10, at20 = text.split("at −10% ")[1].split(";")[0], text.split("at −20% ")[1]
+    assert "it wins: its interval lies below the other's" in at10
+    # overlapping intervals: no win, though every window is lower by the same 0.02 nats
+    assert "the intervals overlap" in at20 and "lower outside the noise" in at20
+    assert "magnitude (q/k/v)" in text.split("lowest of all")[1]
+
+
+def test_pruned_arms_match_the_prune_experiment_and_reach_three_percent():
+    from experiments import prune
+    from jaxshare.core.config import ModelConfig
+
+    cfg = ModelConfig(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                      head_dim=64, d_ff=1536, max_seq_len=8192, norm_eps=1e-5)
+    total = 134515008
+    for budget in (0.1, 0.2):
+        for arm in ("prune-mlp", "prune-mlp+kv"):
+            assert lb.prune_at(cfg, total, budget, arm) == prune.arms(cfg, total, budget)[f"{arm}+comp"]
+    with pytest.raises(ValueError):  # the experiment's builder stops below one KV group's share
+        prune.arms(cfg, total, 0.03)
+    method, opts = lb.prune_at(cfg, total, 0.03, "prune-mlp")
+    assert method == "prune" and 0 < opts.mlp < 0.1 and opts.compensate
