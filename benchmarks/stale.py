@@ -62,7 +62,10 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                                  "jaxshare/basis/calibrate.py", *CORE),
     "benchmarks/results/directshare_sweep*.jsonl": ("experiments/directshare_sweep.py", "jaxshare/headshare", *CORE),
     "benchmarks/results/leaderboard_row.json": ("benchmarks/leaderboard_row.py", "jaxshare/eval", *CORE),
-    "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "jaxshare"),
+    # it scores with experiments/heal.py's windows, builds the pruned arms with experiments/prune.py's and
+    # trains Inheritune with experiments/inheritune.py's
+    "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "experiments/heal.py", "experiments/prune.py",
+                                              "experiments/inheritune.py", "jaxshare"),
     "experiments/results/heal_lr.jsonl": ("experiments/heal_lr.py", "experiments/heal.py", "jaxshare/pruning",
                                           *TRAIN, *CORE),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
@@ -97,6 +100,13 @@ HISTORICAL: dict[str, str] = {
     "benchmarks/results/datashare_sweep.jsonl": "on wiki:test, which cannot be rerun here; datashare_sweep_books.jsonl is the current run",
     "experiments/results/quantize.jsonl": "on wiki:test, which cannot be rerun here; quantize_books.jsonl is the current run",
     "experiments/results/quantize.json": "the summary of quantize.jsonl (wiki:test); quantize_books.json is the current one",
+    "benchmarks/results/leaderboard.jsonl": "PPL on wiki:test and BIG-bench accuracy, which cannot be rerun here; "
+                                            "leaderboard_books.jsonl is the current PPL run",
+    "benchmarks/results/leaderboard_chance.json": "guessing on the BIG-bench items of leaderboard.jsonl, whose tasks "
+                                                  "cannot be read here",
+    "benchmarks/results/postshare.json": "on wiki, which cannot be rerun here; postshare_books.json is the current run",
+    "benchmarks/results/postshare_40steps.json": "on wiki, which cannot be rerun here; postshare_books_40steps.json "
+                                                 "is the current run",
 }
 # Logs: one row per run, appended; the newest row is the current measurement, the older ones its history.
 LOGS = ("benchmarks/results/suite.jsonl",)
