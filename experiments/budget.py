@@ -2,19 +2,21 @@
 
 SmolLM2-135M at -10% and -20% of the whole model's parameters:
   plan        `jaxshare compress --ratio` (methods share,basis): per-type sensitivity on
-              calibration windows, greedy allocation, held-out check on wiki:validation
+              calibration windows, greedy allocation, held-out check on DATA:validation
   share       DirectShare alone (qk, keep=mean), the unit count that meets the target; head sharing
               only reaches q/k/v (about 12% of the model), so at -20% it reports what it reaches
   basis       Basis Sharing alone (n=2, the family's shared/private types) at one uniform ratio
   magnitude   magnitude pruning of every linear weight (the same fraction of each matrix), as many
               weights zeroed as the plan removes (zeros are stored: params = non-zeros)
-Metrics: PPL on wiki:test and canterbury (METHODS.md protocol, the first --windows windows of
---seq-len tokens). Calibration: --calib-windows x --seq-len tokens of wiki:train (seed 0), shared
-by every arm. Rows go to benchmarks/results/budget.jsonl as they finish (a rerun resumes);
---report writes budget.md, budget.json and budget.png.
+DATA is --data: books by default (wiki needs the BIG-bench sdist, see docs/models.md).
+Metrics: PPL on DATA:test (wiki adds canterbury; books holds the Canterbury texts) (METHODS.md
+protocol, the first --windows windows of --seq-len tokens). Calibration: --calib-windows x --seq-len
+tokens of DATA:train (seed 0), shared by every arm. Rows go to benchmarks/results/NAME.jsonl as
+they finish (a rerun resumes), NAME budget_DATA (wiki: budget); --report writes NAME.md, NAME.json
+and NAME.png, the sensitivities NAME_sensitivity.json (wiki: budget_sensitivity.json).
 
-  python -m experiments.budget [--budgets 0.1,0.2] [--windows 8] [--calib-windows 16]
-  python -m experiments.budget --report
+  python -m experiments.budget [--data books] [--budgets 0.1,0.2] [--windows 8] [--calib-windows 16]
+  python -m experiments.budget --report [--data books]
 """
 from __future__ import annotations
 
@@ -32,7 +34,15 @@ from benchmarks.common import append_row
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("plan", "share", "basis", "magnitude")
-CORPORA = ("wiki:test", "canterbury")
+
+
+def corpora(data: str) -> tuple[str, ...]:
+    return ("wiki:test", "canterbury") if data == "wiki" else (f"{data}:test",)
+
+
+def name(data: str) -> str:
+    """wiki, the first corpus, keeps the original names; each other corpus has its own."""
+    return "budget" if data == "wiki" else f"budget_{data}"
 
 
 def say(msg: str) -> None:
@@ -99,7 +109,7 @@ def ppl(m, params, args) -> dict:
     from jaxshare.eval.perplexity import perplexity_of_windows
 
     out = {}
-    for c in CORPORA:
+    for c in corpora(args.data):
         w = token_windows(token_ids(c, m.tokenizer), args.seq_len, args.windows)
         out[c] = perplexity_of_windows(params, m.cfg, w, args.batch_size, desc=c)["ppl"]
     return out
@@ -115,7 +125,7 @@ def run(args) -> None:
     from jaxshare.io.load import load_model
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "budget.jsonl"
+    out = RESULTS / f"{name(args.data)}.jsonl"
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
     done = {(r["arm"], r["budget"]) for r in rows}
 
@@ -125,14 +135,14 @@ def run(args) -> None:
 
     m = load_model(args.model, "fp32")
     dense = count_params(m.params)
-    calib = {"data": "wiki:train", "windows": args.calib_windows, "seq_len": args.seq_len, "seed": 0}
+    calib = {"data": f"{args.data}:train", "windows": args.calib_windows, "seq_len": args.seq_len, "seed": 0}
     common = {"model": args.model, "windows": args.windows, "seq_len": args.seq_len, "dense_params": dense,
               "calibration": calib}
     if ("dense", 0.0) not in done:
         write({**common, "arm": "dense", "budget": 0.0, "params": dense, "removed": 0.0, "ppl": ppl(m, m.params, args)})
     say("calibration")
     grams, _ = calibrate(m, calib["data"], calib["windows"], calib["seq_len"], calib["seed"])
-    sens_path = RESULTS / "budget_sensitivity.json"
+    sens_path = RESULTS / f"{name(args.data)}_sensitivity.json"
     windows = calibration_windows(m.tokenizer, load_corpus(calib["data"]), calib["windows"], calib["seq_len"],
                                   calib["seed"])[:args.sens_windows]
     if sens_path.exists():
@@ -142,7 +152,7 @@ def run(args) -> None:
         sens = sensitivity(m.params, m.cfg, windows, grams, ["share", "basis"], log=say)
         sens["seconds"] = time.time() - t0
         sens_path.write_text(json.dumps(sens, indent=1))
-    held = token_windows(token_ids("wiki:validation", m.tokenizer), args.seq_len, args.heldout_windows)
+    held = token_windows(token_ids(f"{args.data}:validation", m.tokenizer), args.seq_len, args.heldout_windows)
     for budget in args.budgets:
         target = int(math.floor((1 - budget) * dense))
         plan_params = None
@@ -163,7 +173,7 @@ def run(args) -> None:
                 extra = {"plan": plan.to_dict(), "table": details["rows"], "variants": details["variants"],
                          "refinements": details.get("refinements", 0),
                          "predicted_loss_increase": details["chosen"]["predicted"],
-                         "heldout": {"data": "wiki:validation", **verify(m.params, m.cfg, params, cfg, held)}}
+                         "heldout": {"data": f"{args.data}:validation", **verify(m.params, m.cfg, params, cfg, held)}}
                 n = count_params(params)
                 plan_params = n
             elif arm == "share":
@@ -183,19 +193,23 @@ def run(args) -> None:
             write(row)
 
 
-def report() -> None:
+def report(data: str) -> None:
     from jaxshare import plots
 
-    rows = [json.loads(x) for x in (RESULTS / "budget.jsonl").read_text().splitlines() if x.strip()]
+    stem = name(data)
+    CORPORA = corpora(data)
+    rows = [json.loads(x) for x in (RESULTS / f"{stem}.jsonl").read_text().splitlines() if x.strip()]
     dense = next(r for r in rows if r["arm"] == "dense")
     budgets = sorted({r["budget"] for r in rows if r["arm"] != "dense"})
     get = {(r["arm"], r["budget"]): r for r in rows}
     lines = [f"SmolLM2-135M ({dense['dense_params'] / 1e6:.1f}M params); PPL on the first {dense['windows']} windows x "
              f"{dense['seq_len']} tokens of each corpus (METHODS.md protocol); calibration "
-             f"{dense['calibration']['windows']} x {dense['calibration']['seq_len']} tokens of wiki:train.\n",
-             "| budget | arm | params | removed | wiki:test PPL | canterbury PPL | setting |", "|---|---|---|---|---|---|---|",
-             f"| 0% | dense | {dense['params'] / 1e6:.2f}M | 0% | {dense['ppl']['wiki:test']:.2f} | "
-             f"{dense['ppl']['canterbury']:.2f} | |"]
+             f"{dense['calibration']['windows']} x {dense['calibration']['seq_len']} tokens of "
+             f"{dense['calibration']['data']}.\n",
+             "| budget | arm | params | removed | " + " | ".join(f"{c} PPL" for c in CORPORA) + " | setting |",
+             "|---|---|---|---|" + "---|" * len(CORPORA) + "---|",
+             f"| 0% | dense | {dense['params'] / 1e6:.2f}M | 0% | "
+             + " | ".join(f"{dense['ppl'][c]:.2f}" for c in CORPORA) + " | |"]
     verdict = []
     for b in budgets:
         for arm in ARMS:
@@ -209,7 +223,7 @@ def report() -> None:
                        "basis": lambda: f"uniform ratio {h['ratio']:.3f}, n={h['group_size']}",
                        "magnitude": lambda: f"{h['fraction_of_each_matrix']:.1%} of each linear matrix zeroed"}[arm]()
             lines.append(f"| -{b:.0%} | {arm} | {r['params'] / 1e6:.2f}M | {r['removed']:.2%} | "
-                         f"{r['ppl']['wiki:test']:.2f} | {r['ppl']['canterbury']:.2f} | {setting} |")
+                         + " | ".join(f"{r['ppl'][c]:.2f}" for c in CORPORA) + f" | {setting} |")
         p = get.get(("plan", b))
         if p is not None:
             for c in CORPORA:
@@ -219,10 +233,11 @@ def report() -> None:
                 verdict.append(f"-{b:.0%}, {c}: the plan ({p['ppl'][c]:.2f}) beats {', '.join(beaten) or 'none'}"
                                + (f"; it does NOT beat {', '.join(lost)}" if lost else ""))
     text = "\n".join(lines + [""] + [f"- {v}" for v in verdict]) + "\n"
-    (RESULTS / "budget.md").write_text(text)
-    (RESULTS / "budget.json").write_text(json.dumps({"rows": rows, "verdict": verdict}, indent=1))
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows, "verdict": verdict}, indent=1))
     plt = plots._plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, len(CORPORA), figsize=(5.5 * len(CORPORA) + 0.5, 4.5), squeeze=False)
+    axes = axes[0]
     width = 0.8 / len(ARMS)
     for ax, c in zip(axes, CORPORA):
         for i, arm in enumerate(ARMS):
@@ -244,7 +259,7 @@ def report() -> None:
     fig.suptitle(f"SmolLM2-135M at equal whole-model parameters ({dense['windows']} x {dense['seq_len']} tokens; "
                  "bar labels: PPL and the share of parameters actually removed)", fontsize=9)
     fig.tight_layout()
-    plots._save(fig, RESULTS / "budget.png")
+    plots._save(fig, RESULTS / f"{stem}.png")
     print(text)
 
 
@@ -253,6 +268,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--arms", default=",".join(ARMS), type=lambda s: [a for a in s.split(",") if a])
+    ap.add_argument("--data", default="books", help="corpus: calibration on DATA:train, PPL on DATA:test")
     ap.add_argument("--budgets", default="0.1,0.2", type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
@@ -266,13 +282,13 @@ def main() -> None:
     args = ap.parse_args()
     RESULTS = args.results_dir or RESULTS
     if args.report:
-        report()
+        report(args.data)
         return
     unknown = set(args.arms) - set(ARMS)
     if unknown:
         sys.exit(f"budget: unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
     run(args)
-    report()
+    report(args.data)
 
 
 if __name__ == "__main__":
