@@ -247,7 +247,8 @@ def prune_speed(d: dict) -> str:
 
 TABLES = {f.__name__: f for f in (forward, similarity, shared_forward, xla_cpu_flags, memory, demo, parity,
                                   basis_sweep, basis, heal_memory_aot, prune_speed, experiment_tables.leaderboard_ppl,
-                                  experiment_tables.leaderboard_acc, experiment_tables.quantize)}
+                                  experiment_tables.leaderboard_acc, experiment_tables.leaderboard_books,
+                                  experiment_tables.quantize)}
 # name -> (its result files, the .md it writes), relative to the repository; the rest read
 # benchmarks/results/<name>.json and write benchmarks/results/<name>.md
 PATHS = {
@@ -255,6 +256,7 @@ PATHS = {
                         "benchmarks/results/leaderboard_ppl.md"),
     "leaderboard_acc": (["benchmarks/results/leaderboard.jsonl", "benchmarks/results/leaderboard_chance.json"],
                         "benchmarks/results/leaderboard_acc.md"),
+    "leaderboard_books": (["benchmarks/results/leaderboard_books.jsonl"], "benchmarks/results/leaderboard_books.md"),
     "quantize": (["experiments/results/quantize_books.jsonl"], "experiments/results/quantize.md"),
     "basis_sweep": (["benchmarks/results/basis_sweep_books.json"], "benchmarks/results/basis_sweep.md"),
 }
