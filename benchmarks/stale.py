@@ -104,6 +104,11 @@ HISTORICAL: dict[str, str] = {
                                             "leaderboard_books.jsonl is the current PPL run",
     "benchmarks/results/leaderboard_chance.json": "guessing on the BIG-bench items of leaderboard.jsonl, whose tasks "
                                                   "cannot be read here",
+    "benchmarks/results/budget.jsonl": "on wiki:test, which cannot be rerun here; budget_books.jsonl is the current run",
+    "benchmarks/results/budget.json": "the report of budget.jsonl (wiki:test); budget_books.json is the current one",
+    "benchmarks/results/budget_sensitivity.json": "the sensitivities on wiki:train of budget.jsonl; "
+                                                  "budget_books_sensitivity.json is the current one",
+    "benchmarks/results/budget_unrefined.jsonl": "the plan before its re-measuring step, on wiki:test",
     "benchmarks/results/postshare.json": "on wiki, which cannot be rerun here; postshare_books.json is the current run",
     "benchmarks/results/postshare_40steps.json": "on wiki, which cannot be rerun here; postshare_books_40steps.json "
                                                  "is the current run",
