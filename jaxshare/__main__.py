@@ -1,5 +1,3 @@
-import sys
+from jaxshare.cli.main import run
 
-from jaxshare.cli.main import main
-
-sys.exit(main())
+run()

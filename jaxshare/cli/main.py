@@ -293,6 +293,11 @@ def run() -> None:
     code into a KeyboardInterrupt traceback while Python shuts down."""
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == EXIT_USER:
+        # The error is said in one line. What the failed work left pending (an orbax read of a
+        # checkpoint that does not match, still queued in its event loop) is collected as Python
+        # exits, and each would print a traceback as "Exception ignored".
+        sys.unraisablehook = lambda unraisable: None
     sys.exit(code)
 
 

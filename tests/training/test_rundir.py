@@ -170,6 +170,20 @@ def test_failed_restore_leaves_config_and_says_why(files, run, capfd):
     assert tree(run) == before  # steps=4 was not recorded: the restore failed
 
 
+def test_failed_restore_says_one_line_as_a_process_exits(files, run):
+    """In its own process the reads orbax left pending are collected at exit: no traceback follows the line."""
+    import subprocess
+    import sys
+
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(
+        f"model: {files / 'model'}", f"model: {files / 'model3'}"))
+    p = subprocess.run([sys.executable, "-m", "jaxshare", "train", "resume", str(run), "--set", "steps=4"],
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert "does not match this run's model" in lines[0]
+
+
 # -- item 7: a full disk while checkpointing -----------------------------------------------------------
 
 def test_full_disk_during_save_is_one_line_and_leaves_no_partial_step(files, tmp_path, capfd, monkeypatch):
