@@ -23,6 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("jaxshare/core", "jaxshare/io", "jaxshare/data")
 TRAIN = ("jaxshare/training", "jaxshare/headshare/penalty.py")
+# The library without its command-line entry (jaxshare/cli, __main__.py): what a study measures that
+# calls library functions and never a `jaxshare` command (checked by importing what it runs).
+LIBRARY = tuple(sorted(f"jaxshare/{p.name}" for p in (ROOT / "jaxshare").iterdir()
+                       if p.name not in ("cli", "__main__.py", "__pycache__")))
 
 # result-file pattern (relative to the repository) -> the paths whose change can change its numbers
 STUDIES: dict[str, tuple[str, ...]] = {
@@ -38,7 +42,9 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "benchmarks/results/cli_startup.json": ("benchmarks/cli_startup.py", "jaxshare/cli", "jaxshare/core", "jaxshare/io"),
     "benchmarks/results/convert.json": ("benchmarks/convert.py", "jaxshare/io", "jaxshare/core"),
     "benchmarks/results/parity.json": ("benchmarks/parity.py", "jaxshare/eval/parity.py", *CORE),
-    "benchmarks/results/demo.json": ("benchmarks/demo.py", "jaxshare"),
+    # run_demo, in-process: the demo's steps, not the command's entry
+    "benchmarks/results/demo.json": ("benchmarks/demo.py", "jaxshare/cli/__init__.py", "jaxshare/cli/demo.py",
+                                     *LIBRARY),
     "benchmarks/results/degeneration.json": ("benchmarks/degeneration.py", "jaxshare/inheritune",
                                              "jaxshare/eval/attention_maps.py", *CORE),
     "benchmarks/results/eval_mc*.json": ("benchmarks/eval_mc.py", "jaxshare/eval", *CORE),
@@ -65,7 +71,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
     # it scores with experiments/heal.py's windows, builds the pruned arms with experiments/prune.py's and
     # trains Inheritune with experiments/inheritune.py's
     "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "experiments/heal.py", "experiments/prune.py",
-                                              "experiments/inheritune.py", "jaxshare"),
+                                              "experiments/inheritune.py", *LIBRARY),
     "experiments/results/heal_lr.jsonl": ("experiments/heal_lr.py", "experiments/heal.py", "jaxshare/pruning",
                                           *TRAIN, *CORE),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
