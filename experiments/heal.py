@@ -1,7 +1,9 @@
 """Healing compressed SmolLM2 at equal token budgets: cross-entropy vs KD vs KD + LoRA.
 
+DATA is --data: books by default (wiki needs the BIG-bench sdist, see docs/models.md). Rows go to
+experiments/results/heal_books.jsonl and runs under runs/heal_books/ (wiki: heal.jsonl, runs/heal/).
 Students (each at every --budgets fraction of the model's parameters removed, built once with the
-CLI a user runs and cached under runs/heal/students/):
+CLI a user runs, calibrated on DATA:train, and cached under RUNS/students/):
   basis      jaxshare basis --ratio R (n=2), R scaled to the budget
   datashare  jaxshare compress --ratio B --methods share --keep data (data-aware head sharing)
   inherit    jaxshare inherit --layers k: the first k layers, k nearest the budget
@@ -10,21 +12,21 @@ CLI a user runs and cached under runs/heal/students/):
   prune      jaxshare prune --mlp R --compensate: MLP channels, R scaled to the budget
   prunekv    jaxshare prune --mlp R --kv-groups 1/3 --compensate: one KV group per layer, MLP channels
              for the rest of the budget
-Healing of each student (runs/heal/<student>_<heal>_<tokens>/):
+Healing of each student (RUNS/<student>_<heal>_<tokens>/):
   ce         the plain recipe: next-token cross-entropy, every leaf the kind allows trains
   kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
   kd+lora    the heal recipe with only rank-16 LoRA adapters training (base weights frozen)
   kd+ce      the heal recipe with half label cross-entropy mixed in (kd_alpha 0.5), all leaves
-All on wiki:train, the same windows in the same order, --tokens each, cosine lr with warm-up;
+All on DATA:train, the same windows in the same order, --tokens each, cosine lr with warm-up;
 lr fixed before any run (ce and kd: --lr; LoRA: --lora-lr), never tuned on the held-out text.
-Held-out: the first --windows windows of --seq-len tokens of wiki:test, evaluated every
+Held-out: the first --windows windows of --seq-len tokens of DATA:test, evaluated every
 --eval-tokens during training (the curve) and at the end per window, with a bootstrap 95%
 interval of the PPL over windows. Recovered = (ln PPL_student - ln PPL_healed) /
 (ln PPL_student - ln PPL_dense), in nats. Each run is its own process: its peak RSS is its own.
 
-  python -m experiments.heal [--budgets 0.2,0.1] [--students basis,plan,inherit,datashare]
+  python -m experiments.heal [--data books] [--budgets 0.2,0.1] [--students basis,plan,inherit,datashare]
                              [--heals ce,kd,kd+lora] [--tokens 50000]
-  python -m experiments.heal --report     # markdown table + PNG of held-out PPL against tokens
+  python -m experiments.heal --report [--data books]   # markdown table + PNG of held-out PPL against tokens
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 RUNS = ROOT / "runs" / "heal"
 ROWS = RESULTS / "heal.jsonl"
+DATA = ("books", "wiki")
 TEACHER = "smollm2-135m"
 LINEAR_SHARE = 106168320 / 134515008  # SmolLM2-135M: the linear weights' share of all parameters
 LAYER_PARAMS = 3540096  # one SmolLM2-135M decoder layer
@@ -56,31 +59,42 @@ def sh(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def student(name: str, budget: float) -> Path:
-    """The compressed student's native checkpoint, built once with the user's CLI."""
+def rows_path(data: str) -> Path:
+    """wiki's rows keep the name they were written under before books existed."""
+    return ROWS if data == "wiki" else RESULTS / f"heal_{data}.jsonl"
+
+
+def runs_dir(data: str) -> Path:
+    return RUNS if data == "wiki" else RUNS.with_name(f"heal_{data}")
+
+
+def student(name: str, budget: float, data: str = "wiki") -> Path:
+    """The compressed student's native checkpoint, built once with the user's CLI, calibrated on
+    DATA:train (wiki's prune and plan students were built with the CLI's default calibration)."""
     from jaxshare.io.native import is_native
 
-    out = RUNS / "students" / f"{name}_{budget:g}"
+    out = runs_dir(data) / "students" / f"{name}_{budget:g}"
     if is_native(out):
         return out
     js = [sys.executable, "-m", "jaxshare"]
+    calib = ["--calib", data]
     if name == "basis":
-        sh(js + ["basis", TEACHER, str(out), "--ratio", f"{budget / LINEAR_SHARE:.4f}", "--calib", "wiki",
-                 "--overwrite"])
+        sh(js + ["basis", TEACHER, str(out), "--ratio", f"{budget / LINEAR_SHARE:.4f}", *calib, "--overwrite"])
     elif name == "datashare":
         sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share", "--keep", "data",
-                 "--calib", "wiki", "--overwrite"])
+                 *calib, "--overwrite"])
     elif name == "plan":
         sh(js + ["compress", TEACHER, str(out), "--ratio", str(budget), "--methods", "share,basis,prune,prune-kv",
-                 "--calib-windows", "32", "--calib-seq-len", "512", "--overwrite"])
+                 "--calib-windows", "32", "--calib-seq-len", "512", *(calib if data != "wiki" else []), "--overwrite"])
     elif name == "prune":  # MLP channels only, compensated (experiments/prune.py's prune-mlp+comp arm)
         mlp = round(budget * 134515008 / (3 * 576 * 30)) / 1536
-        sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--compensate", "--overwrite"])
+        sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--compensate",
+                 *(calib if data != "wiki" else []), "--overwrite"])
     elif name == "prunekv":  # one of the three KV groups per layer, MLP channels for the rest (prune-mlp+kv+comp)
         group = 30 * 2 * 576 * 64 * 4  # its 3 query heads, k, v and o's rows, in every layer
         mlp = round((budget * 134515008 - group) / (3 * 576 * 30)) / 1536
         sh(js + ["prune", TEACHER, str(out), "--mlp", f"{mlp:.6f}", "--kv-groups", f"{1 / 3:.6f}", "--compensate",
-                 "--overwrite"])
+                 *(calib if data != "wiki" else []), "--overwrite"])
     elif name == "inherit":
         k = 30 - round(budget * 134515008 / LAYER_PARAMS)
         sh(js + ["inherit", TEACHER, str(out), "--layers", str(k), "--overwrite"])
@@ -130,12 +144,12 @@ def one(args) -> dict:
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import Trainer
 
-    run = RUNS / f"{args.student}_{args.budget:g}_{args.heal.replace('+', '_')}_{args.tokens}"
-    if args.eval_data != "wiki:test":  # a check on another split (experiments/heal_lr.py) keeps its own runs
+    run = runs_dir(args.data) / f"{args.student}_{args.budget:g}_{args.heal.replace('+', '_')}_{args.tokens}"
+    if args.eval_data != f"{args.data}:test":  # a check on another split (experiments/heal_lr.py) keeps its own runs
         run = run.with_name(f"{run.name}_{args.eval_data.replace(':', '_')}_lr{args.lr:g}")
-    src = student(args.student, args.budget)
+    src = student(args.student, args.budget, args.data)
     per_step = args.batch * args.seq_len
-    base = dict(model=str(src), data="wiki:train", eval_data=args.eval_data, run_dir=str(run), tokens=args.tokens,
+    base = dict(model=str(src), data=f"{args.data}:train", eval_data=args.eval_data, run_dir=str(run), tokens=args.tokens,
                 steps=0, seq_len=args.seq_len, batch_size=args.batch, warmup_steps=args.warmup, end_lr_ratio=0.1,
                 dtype="fp32", eval_windows=args.windows, eval_every=max(1, args.eval_tokens // per_step),
                 eval_batch_size=4, checkpoint_every=0, export_hf=False, progress=False, tensorboard=False,
@@ -167,7 +181,7 @@ def one(args) -> dict:
 def baseline(name: str, budget: float | None, args) -> dict:
     from jaxshare.io.load import load_model
 
-    path = TEACHER if name == "dense" else student(name, budget)
+    path = TEACHER if name == "dense" else student(name, budget, args.data)
     windows = held_out(load_model(TEACHER, "fp32").tokenizer, args.seq_len, args.windows, args.eval_data)
     return {"student": name, "budget": budget, "heal": "none", "tokens": 0, "final": score(path, windows)}
 
@@ -182,11 +196,11 @@ def stamp(module: str = "experiments.heal") -> dict:
             "jaxshare": v.get("jaxshare"), "versions": v}
 
 
-def done() -> set:
-    if not ROWS.is_file():
+def done(path: Path) -> set:
+    if not path.is_file():
         return set()
     return {(r["student"], r["budget"], r["heal"], r.get("tokens_asked", r["tokens"]))
-            for r in map(json.loads, ROWS.read_text().splitlines())}
+            for r in map(json.loads, path.read_text().splitlines())}
 
 
 def child(kind: str, args, **kw) -> dict:
@@ -194,7 +208,7 @@ def child(kind: str, args, **kw) -> dict:
     cmd = [sys.executable, "-m", "experiments.heal", "--one", kind, "--tokens", str(args.tokens),
            "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--windows", str(args.windows),
            "--lr", str(args.lr), "--lora-lr", str(args.lora_lr), "--rank", str(args.rank),
-           "--eval-tokens", str(args.eval_tokens), "--warmup", str(args.warmup)]
+           "--eval-tokens", str(args.eval_tokens), "--warmup", str(args.warmup), "--data", args.data]
     for k, v in kw.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -204,7 +218,8 @@ def child(kind: str, args, **kw) -> dict:
 
 def run(args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    have = done()
+    out = rows_path(args.data)
+    have = done(out)
     todo = [("dense", None, "none", 0)]
     for b in args.budgets:
         for s in args.students:
@@ -220,8 +235,8 @@ def run(args) -> None:
                 child("arm", args, student=s, budget=b, heal=h)
         except subprocess.CalledProcessError as e:
             row = {"student": s, "budget": b, "heal": h, "tokens": tokens, "error": f"exit {e.returncode}"}
-        row.update(tokens_asked=tokens, **st)
-        with ROWS.open("a") as f:
+        row.update(tokens_asked=tokens, seq_len=args.seq_len, **st)
+        with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 
@@ -302,14 +317,15 @@ def more_tokens(rows: list[dict], reps: int = 10000) -> list[str]:
     return ["", "More tokens (paired bootstrap over the shared windows):", ""] + out if out else []
 
 
-def report() -> None:
+def report(data: str = "wiki") -> None:
     from jaxshare import plots
 
-    rows = [json.loads(ln) for ln in ROWS.read_text().splitlines() if ln.strip()]
+    path = rows_path(data)
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     dense = next(r for r in rows if r["student"] == "dense")
     d_nll = dense["final"]["nll"]
     base = {(r["student"], r["budget"]): r for r in rows if r["heal"] == "none" and r["student"] != "dense"}
-    lines = [f"SmolLM2-135M-Instruct healed at equal tokens of wiki:train; held-out: wiki:test, "
+    lines = [f"SmolLM2-135M-Instruct healed at equal tokens of {data}:train; held-out: {data}:test, "
              f"{len(dense['final']['window_nll'])} windows; dense PPL {dense['final']['ppl']:.2f} "
              f"[{dense['final']['ci95'][0]:.2f}, {dense['final']['ci95'][1]:.2f}]", "",
              "| student | removed | heal | tokens | params | PPL [95% CI] | recovered (nats) | tok/s (median) "
@@ -336,7 +352,7 @@ def report() -> None:
     s = rows[-1]
     lines += ["", f"commit {s['commit'][:10]}, {s['machine']}, python {s['python']}, jax {s['jax']}; "
                   f"command: `{s['command']}`"]
-    (RESULTS / "heal.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     panels: dict[str, dict] = {}
     for r in rows:
         if r.get("curve"):
@@ -354,7 +370,8 @@ def report() -> None:
         style = {label: {"color": colors.get(label.split()[0], "black"),
                          "linestyle": "-" if label.endswith(" 50k") else "--"}
                  for panel in panels.values() for label in panel}
-        plots.curve_panels(panels, RESULTS / "heal.png", "held-out PPL (wiki:test, 32 x 512) while healing; "
+        plots.curve_panels(panels, path.with_suffix(".png"), f"held-out PPL ({data}:test, "
+                           f"{len(dense['final']['window_nll'])} x {dense.get('seq_len', 512)}) while healing; "
                            f"dense {dense['final']['ppl']:.2f}", "training tokens (thousands)", "PPL (log scale)", style=style,
                            hline=(dense["final"]["ppl"], "dense"))
     print("\n".join(lines))
@@ -374,15 +391,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--data", default="books", choices=DATA, help="corpus: training on DATA:train, PPL on DATA:test")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", choices=["arm", "base"], help=argparse.SUPPRESS)
     ap.add_argument("--student", help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--heal", help=argparse.SUPPRESS)
-    ap.add_argument("--eval-data", default="wiki:test", help=argparse.SUPPRESS)
+    ap.add_argument("--eval-data", help=argparse.SUPPRESS)  # default DATA:test
     args = ap.parse_args()
+    args.eval_data = args.eval_data or f"{args.data}:test"
     if args.report:
-        report()
+        report(args.data)
     elif args.one == "arm":
         print(json.dumps(one(args)))
     elif args.one == "base":

@@ -9,12 +9,13 @@ reference's held-out loss? Arms (same token budget, data, optimizer and seed for
   grow_<n>      first_k trained, then stages k+2, k+4, ... (the reference's next layers), each
                 trained on the same per-stage budget, until the reference's loss or --grow-stages ends
 
-Held-out loss: the first W windows of S tokens of wiki:validation (METHODS.md protocol); training
-on wiki:train. Each finished arm is one JSON line in experiments/results/inheritune.jsonl; a
-re-run skips finished arms and resumes a killed training run from its checkpoint.
+Held-out loss: the first W windows of S tokens of DATA:validation (METHODS.md protocol); training
+on DATA:train. DATA is --data: books by default (wiki needs the BIG-bench sdist, see docs/models.md).
+Each finished arm is one JSON line in experiments/results/inheritune_books.jsonl (wiki:
+inheritune.jsonl); a re-run skips finished arms and resumes a killed training run from its checkpoint.
 
-  nohup nice -n 5 python -m experiments.inheritune --tokens 16384 > experiments/results/inheritune.log 2>&1 &
-  python -m experiments.inheritune --report-only
+  nohup nice -n 5 python -m experiments.inheritune --tokens 16384 > experiments/results/inheritune_books.log 2>&1 &
+  python -m experiments.inheritune --report-only [--data books]
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def train_arm(init_dir: Path, run_dir: Path, args) -> dict:
     ckpts = run_dir / "checkpoints"
     if ckpts.is_dir() and any(ckpts.iterdir()):
         return Trainer.resume(run_dir).run()
-    data = getattr(args, "data", "wiki")
+    data = args.data
     tc = build_config(dict(mode="plain", model=str(init_dir), data=f"{data}:train", eval_data=f"{data}:validation",
                            run_dir=str(run_dir), tokens=args.tokens, steps=0, seq_len=args.seq_len,
                            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, ratio=0.0,
@@ -81,10 +82,15 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16, help="held-out windows of seq-len tokens")
     ap.add_argument("--arms", default="reference,first_k,last_k,random_k,every_other,grow")
     ap.add_argument("--grow-stages", type=int, default=2, help="growth stages after the first (k+2, k+4, ...)")
-    ap.add_argument("--run-root", default=str(ROOT / "runs" / "inheritune_exp"))
-    ap.add_argument("--name", default="inheritune")
+    ap.add_argument("--data", default="books", choices=("books", "wiki"),
+                    help="corpus: training on DATA:train, held-out loss on DATA:validation")
+    ap.add_argument("--run-root", help="default: runs/inheritune_exp (wiki), runs/inheritune_exp_DATA")
+    ap.add_argument("--name", help="result name; default: inheritune (wiki), inheritune_DATA")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    tag = "" if args.data == "wiki" else f"_{args.data}"  # the wiki results keep their names
+    args.name = args.name or f"inheritune{tag}"
+    args.run_root = args.run_root or str(ROOT / "runs" / f"inheritune_exp{tag}")
     out = RESULTS / f"{args.name}.jsonl"
     if args.report_only:
         report(out, args.name)
@@ -101,7 +107,7 @@ def main() -> None:
 
     m = load_model(args.model, "fp32")
     L = m.cfg.n_layers
-    held = token_windows(token_ids("wiki:validation", m.tokenizer), args.seq_len, args.windows)
+    held = token_windows(token_ids(f"{args.data}:validation", m.tokenizer), args.seq_len, args.windows)
     setup = {k: v for k, v in vars(args).items() if k not in ("report_only",)}
     done = done_arms(out)
     root = Path(args.run_root)
@@ -182,8 +188,9 @@ def report(out: Path, name: str) -> None:
         return
     ref = rows["reference"]["loss_before"]
     setup = rows["reference"]["setup"]
+    data = setup.get("data", "wiki")
     lines = [f"SmolLM2-135M ({rows['reference']['layers']} layers), held-out: first {setup['windows']} windows x "
-             f"{setup['seq_len']} tokens of wiki:validation; training on wiki:train, {setup['tokens']} tokens per "
+             f"{setup['seq_len']} tokens of {data}:validation; training on {data}:train, {setup['tokens']} tokens per "
              f"arm, lr {setup['lr']}, batch {setup['batch_size']} x {setup['seq_len']}, {setup['dtype']}", "",
              "| arm | layers | params | tokens | loss before | loss after | PPL after | gap to reference |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -219,10 +226,10 @@ def report(out: Path, name: str) -> None:
         n = max(len(v) for v in curves.values())
         tokens_per_step = setup["batch_size"] * setup["seq_len"]
         plots.lines([tokens_per_step * (i + 1) for i in range(n)], curves, RESULTS / f"{name}_curves.png",
-                    "Inheritune on SmolLM2-135M: training loss (wiki:train)", "tokens", "loss (nats/token)", hline=ref)
+                    f"Inheritune on SmolLM2-135M: training loss ({data}:train)", "tokens", "loss (nats/token)", hline=ref)
     if names:
         plots.bars(names, {"before training": before, "after training": after}, RESULTS / f"{name}.png",
-                   "Inheritune on SmolLM2-135M: held-out loss (wiki:validation)", "loss (nats/token)", hline=ref)
+                   f"Inheritune on SmolLM2-135M: held-out loss ({data}:validation)", "loss (nats/token)", hline=ref)
 
 
 if __name__ == "__main__":
