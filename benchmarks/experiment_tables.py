@@ -226,6 +226,11 @@ def leaderboard_books(rows: list[dict]) -> str:
     if mag:
         text[-1] += (" Unstructured magnitude pruning, which stores the same dense bytes, is lowest of all at "
                      + ", ".join(mag) + ".")
+    from experiments.leaderboard import healed
+
+    heal_rows = [r for r in rows if "checkpoint" in r["how"] and healed(r["arm"]) is not None]
+    if heal_rows:
+        text += ["", healed_table(heal_rows, grid, rows[0]["data"])]
     return "\n".join(text)
 
 
@@ -236,19 +241,29 @@ def healed_label(arm: str) -> str:
     return HEALED_SHORT[student] + (f" + {HEAL_LABELS[heal]}" if heal else " (not healed)")
 
 
-def healed_table(rows: list[dict], grid: list[dict]) -> str:
+def healed_table(rows: list[dict], grid: list[dict], data: str = "wiki") -> str:
     """The experiments/heal.py checkpoints run through the leaderboard (--checkpoints STUDENT+HEAL=DIR),
     at the grid's --limit and windows, and how the lowest of them compares with the grid's lowest
-    model-shrinking arm at the same budget."""
+    model-shrinking arm at the same budget. wiki shows test / canterbury PPL; another corpus its test
+    PPL with the bootstrap interval (it has no second held-out text)."""
     from experiments.leaderboard import arm_order
 
+    c = f"{data}:test"
     rows = sorted(rows, key=lambda r: (r["budget"], arm_order(r["arm"]), r["how"].get("trained_tokens") or 0))
+
+    def ppl(r):
+        if data == "wiki":
+            return f"{ppl2(r['ppl'][c])} / {ppl2(r['ppl']['canterbury'])}"
+        lo, hi = r["ci95"][c]
+        return f"{ppl2(r['ppl'][c])} [{ppl2(lo)}, {ppl2(hi)}]"
+
     out = [[healed_label(r["arm"]), f"−{r['budget']:.0%}", f"{r['removed']:.2%}", f"{r['params'] / 1e6:.1f}M",
-            f"{r['how']['trained_tokens']:,}" if r["how"].get("trained_tokens") else "-",
-            f"{ppl2(r['ppl']['wiki:test'])} / {ppl2(r['ppl']['canterbury'])}"] for r in rows]
-    text = ["Healed students of `experiments/heal.py` (`--checkpoints STUDENT+HEAL=runs/heal/.../final`; each "
-            "trained on its tokens of wiki:train, which the untrained arms above did not see), wiki test PPL / "
-            "canterbury PPL on the same windows:", "",
+            f"{r['how']['trained_tokens']:,}" if r["how"].get("trained_tokens") else "-", ppl(r)] for r in rows]
+    runs = "runs/heal" if data == "wiki" else f"runs/heal_{data}"
+    what = "wiki test PPL / canterbury PPL" if data == "wiki" else f"{c} PPL [bootstrap 95% interval]"
+    text = [f"Healed students of `experiments/heal.py` (`--checkpoints STUDENT+HEAL={runs}/.../final`; each "
+            f"trained on its tokens of {data}:train, which the untrained arms above did not see), {what} on the "
+            "same windows:", "",
             table(["student + heal", "budget", "removed", "params", "trained on (tokens)", "PPL"], out)]
     parts = []
     for b in sorted({r["budget"] for r in rows}):
@@ -256,10 +271,16 @@ def healed_table(rows: list[dict], grid: list[dict]) -> str:
         others = [r for r in grid if r["budget"] == b and not r["arm"].startswith("magnitude")]
         if not mine or not others:
             continue
-        h, u = min(mine, key=lambda r: r["ppl"]["wiki:test"]), min(others, key=lambda r: r["ppl"]["wiki:test"])
+        h, u = min(mine, key=lambda r: r["ppl"][c]), min(others, key=lambda r: r["ppl"][c])
         parts.append(f"at −{b:.0%} {healed_label(h['arm'])} ({h['how']['trained_tokens']:,} tokens) "
-                     f"{ppl2(h['ppl']['wiki:test'])}, {u['ppl']['wiki:test'] / h['ppl']['wiki:test']:.1f}× lower than "
-                     f"the grid's {SHORT[u['arm']]} ({ppl2(u['ppl']['wiki:test'])})")
+                     f"{ppl2(h['ppl'][c])}, {u['ppl'][c] / h['ppl'][c]:.1f}× lower than "
+                     f"the grid's {SHORT[u['arm']]} ({ppl2(u['ppl'][c])})")
+        if data != "wiki":
+            from experiments.prune import paired
+
+            d, lo, hi, n = paired({"window_nll": h["window_nll"][c]}, {"window_nll": u["window_nll"][c]})
+            parts[-1] += (f" ({d:+.4f} nats per token [{lo:+.4f}, {hi:+.4f}] paired over the same windows, lower on "
+                          f"{n} of {len(h['window_nll'][c])})")
     if parts:
         text += ["", "**Lowest healed arm against the grid's lowest model-shrinking arm**: " + "; ".join(parts) + "."]
     return "\n".join(text)

@@ -31,8 +31,8 @@ local BIG-bench tasks (lm-eval's scoring, jaxshare's backend, the first --limit 
 leaderboard.jsonl) as they finish, so a run resumes.
 
   python -m experiments.leaderboard [--data books] [--budgets 0.03] [--limit 0] [--windows 32] [--arms ...]
-  python -m experiments.leaderboard --arms "" --limit 20 --windows 4 \
-      --checkpoints plan+ce=runs/heal/plan_0.2_ce_50000/final,prune-mlp+kd=runs/heal/prune_0.2_kd_50000/final
+  python -m experiments.leaderboard --arms "" --checkpoints \
+      prune-mlp+ce=runs/heal_books/prune_0.2_ce_50000/final,prune-mlp+kd=runs/heal_books/prune_0.2_kd_50000/final
   python -m experiments.leaderboard --report [--data books]  # markdown table + PNG score vs parameters
   python -m experiments.leaderboard --chance     # only leaderboard_chance.json (--report writes it too)
 """
@@ -97,7 +97,7 @@ def parse_checkpoints(s: str) -> list[tuple[str, str]]:
     return out
 
 
-def checkpoint_how(arm: str, path: str, layers: int) -> dict:
+def checkpoint_how(arm: str, path: str, layers: int, data: str = "wiki") -> dict:
     """The row's `how` for a native checkpoint: its path, depth and, from the result.json of the run
     beside it, its training tokens; a healed arm's heal must be the one the run made."""
     how = {"checkpoint": path, "layers": layers}
@@ -111,7 +111,7 @@ def checkpoint_how(arm: str, path: str, layers: int) -> dict:
             raise SystemExit(f"leaderboard: {arm}={path}: no {result} to say how it was healed")
         if heal_of(res) != h[1]:
             raise SystemExit(f"leaderboard: {arm}={path} was healed with {heal_of(res)}, not {h[1]}")
-        how.update(student=h[0], heal=h[1], train_data="wiki:train", recipe=res.get("recipe", {}).get("loss"))
+        how.update(student=h[0], heal=h[1], train_data=f"{data}:train", recipe=res.get("recipe", {}).get("loss"))
     return how
 
 
@@ -315,7 +315,7 @@ def run(args) -> None:
 
             cfg, params, _ = load_native(path)
             budget = round(1 - count_params(params) / dense_params, 2)
-            how = checkpoint_how(arm, path, cfg.n_layers)
+            how = checkpoint_how(arm, path, cfg.n_layers, args.data)
             tokens = how.get("trained_tokens")
         if (arm, budget, tokens) in done:
             continue

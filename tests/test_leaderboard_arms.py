@@ -29,6 +29,8 @@ def test_checkpoint_heal_comes_from_result_json(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"mode": "plain", "tokens": 50176, "adapter_params": 0}))
     how = lb.checkpoint_how("plan+ce", str(tmp_path / "final"), 30)
     assert how["trained_tokens"] == 50176 and how["heal"] == "ce" and how["student"] == "plan"
+    assert how["train_data"] == "wiki:train"
+    assert lb.checkpoint_how("plan+ce", str(tmp_path / "final"), 30, "books")["train_data"] == "books:train"
     with pytest.raises(SystemExit, match="healed with ce, not kd"):
         lb.checkpoint_how("plan+kd", str(tmp_path / "final"), 30)
     # KD with label cross-entropy mixed in is told apart from pure KD by the recipe's loss
@@ -77,6 +79,16 @@ def test_books_table_claims_a_win_only_outside_the_intervals():
     # overlapping intervals: no win, though every window is lower by the same 0.02 nats
     assert "the intervals overlap" in at20 and "lower outside the noise" in at20
     assert "magnitude (q/k/v)" in text.split("lowest of all")[1]
+
+    # a healed checkpoint gets its own table, with its interval and a paired comparison with the grid
+    healed = row("prune-mlp+kd", 0.2, [x + 0.5 for x in base], checkpoint="runs/heal_books/x/final",
+                 trained_tokens=50176)
+    text = experiment_tables.leaderboard_books(rows + [healed])
+    part = text.split("Healed students")[1]
+    assert "trained on its tokens of books:train" in part and "runs/heal_books/" in part
+    assert "| width pruning (MLP, compensated) + KD | −20% |" in part and "[" in part.split("+ KD | −20% |")[1]
+    assert "lower than the grid's Basis Sharing" in part and "lower on 4 of 4" in part
+    assert "prune-mlp+kd" not in text.split("Healed students")[0]  # not a grid row
 
 
 def test_pruned_arms_match_the_prune_experiment_and_reach_three_percent():
