@@ -17,6 +17,9 @@ Healing of each student (RUNS/<student>_<heal>_<tokens>/):
   kd         the heal recipe: KL(teacher || student) at tau 1 over the full vocabulary, all leaves
   kd+lora    the heal recipe with only rank-16 LoRA adapters training (base weights frozen)
   kd+ce      the heal recipe with half label cross-entropy mixed in (kd_alpha 0.5), all leaves
+The control (unless --no-control): the dense model itself trained with ce on the same tokens. Part
+of what healing buys is the training text (its domain, its style), which the dense model would
+take up too; the control says how much, and the healed students are compared with it as well.
 All on DATA:train, the same windows in the same order, --tokens each, cosine lr with warm-up;
 lr fixed before any run (ce and kd: --lr; LoRA: --lora-lr), never tuned on the held-out text.
 Held-out: the first --windows windows of --seq-len tokens of DATA:test, evaluated every
@@ -144,10 +147,13 @@ def one(args) -> dict:
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import Trainer
 
-    run = runs_dir(args.data) / f"{args.student}_{args.budget:g}_{args.heal.replace('+', '_')}_{args.tokens}"
+    if args.student == "dense" and args.heal != "ce":
+        raise SystemExit("the dense control trains with ce only (kd against itself is zero)")
+    budget = "" if args.budget is None else f"_{args.budget:g}"
+    run = runs_dir(args.data) / f"{args.student}{budget}_{args.heal.replace('+', '_')}_{args.tokens}"
     if args.eval_data != f"{args.data}:test":  # a check on another split (experiments/heal_lr.py) keeps its own runs
         run = run.with_name(f"{run.name}_{args.eval_data.replace(':', '_')}_lr{args.lr:g}")
-    src = student(args.student, args.budget, args.data)
+    src = TEACHER if args.student == "dense" else student(args.student, args.budget, args.data)
     per_step = args.batch * args.seq_len
     base = dict(model=str(src), data=f"{args.data}:train", eval_data=args.eval_data, run_dir=str(run), tokens=args.tokens,
                 steps=0, seq_len=args.seq_len, batch_size=args.batch, warmup_steps=args.warmup, end_lr_ratio=0.1,
@@ -220,7 +226,7 @@ def run(args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = rows_path(args.data)
     have = done(out)
-    todo = [("dense", None, "none", 0)]
+    todo = [("dense", None, "none", 0)] + ([("dense", None, "ce", args.tokens)] if args.control else [])
     for b in args.budgets:
         for s in args.students:
             todo.append((s, b, "none", 0))
@@ -267,6 +273,35 @@ def paired(rows: list[dict], reps: int = 10000) -> list[str]:
     return ["", "KD against CE on the same windows:", ""] + out if out else []
 
 
+def control(rows: list[dict], reps: int = 10000) -> list[str]:
+    """The dense model trained with ce on the same tokens, and each healed student against it (paired
+    over the windows): how much of a heal is the training text, which the dense model takes up too."""
+    ctl = {r["tokens"]: r for r in rows if r["student"] == "dense" and r["heal"] == "ce" and "final" in r}
+    if not ctl:
+        return []
+    dense = next(r for r in rows if r["student"] == "dense" and r["heal"] == "none")
+    base = {(r["student"], r["budget"]): r for r in rows if r["heal"] == "none" and r["student"] != "dense"}
+    out = []
+    for tokens, c in sorted(ctl.items()):
+        d, lo, hi = paired_diff(c, dense, reps)
+        f = c["final"]
+        out.append(f"- dense + ce, {tokens} tokens (the control): {f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}], "
+                   f"{d.mean():+.4f} nats per token [{lo:+.4f}, {hi:+.4f}] from the dense model (lower on "
+                   f"{int((d < 0).sum())} of {len(d)})")
+        for r in rows:
+            b = base.get((r["student"], r["budget"]))
+            if r["student"] == "dense" or r["heal"] == "none" or r["tokens"] != tokens or "final" not in r or b is None:
+                continue
+            d, lo, hi = paired_diff(r, c, reps)
+            gap = b["final"]["nll"] - f["nll"]
+            rec = f"{(b['final']['nll'] - r['final']['nll']) / gap:.1%}" if gap > 0 else "-"
+            out.append(f"- {r['student']} -{r['budget']:.0%} {r['heal']} {r['final']['ppl']:.2f} - control = "
+                       f"{d.mean():+.4f} nats per token [{lo:+.4f}, {hi:+.4f}] (lower on {int((d < 0).sum())} of "
+                       f"{len(d)}); recovered against the control {rec}")
+    return ["", "The control: the dense model trained with ce on the same tokens, and each healed arm against it:",
+            ""] + out
+
+
 def plan_vs_singles(rows: list[dict], reps: int = 10000) -> list[str]:
     """The budgeted plan against the lowest single-method student at the same budget, heal and
     tokens (paired bootstrap over the shared windows): does the plan stay ahead after healing?"""
@@ -293,7 +328,8 @@ def plan_vs_singles(rows: list[dict], reps: int = 10000) -> list[str]:
 def more_tokens(rows: list[dict], reps: int = 10000) -> list[str]:
     """Each arm run at more than one token budget against its shortest run, and the lowest two arms
     at each (budget, tokens) with a longer run: what the extra tokens buy, paired over the windows."""
-    arm = {(r["student"], r["budget"], r["heal"], r["tokens"]): r for r in rows if "final" in r and r["heal"] != "none"}
+    arm = {(r["student"], r["budget"], r["heal"], r["tokens"]): r for r in rows
+           if "final" in r and r["heal"] != "none" and r["student"] != "dense"}
     out = []
     for (student, budget, heal, tokens), long in arm.items():
         short = [r for (s, b, h, t), r in arm.items() if (s, b, h) == (student, budget, heal) and t < tokens]
@@ -322,7 +358,7 @@ def report(data: str = "wiki") -> None:
 
     path = rows_path(data)
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    dense = next(r for r in rows if r["student"] == "dense")
+    dense = next(r for r in rows if r["student"] == "dense" and r["heal"] == "none")
     d_nll = dense["final"]["nll"]
     base = {(r["student"], r["budget"]): r for r in rows if r["heal"] == "none" and r["student"] != "dense"}
     lines = [f"SmolLM2-135M-Instruct healed at equal tokens of {data}:train; held-out: {data}:test, "
@@ -346,6 +382,7 @@ def report(data: str = "wiki") -> None:
         rss = f"{r['peak_rss_gib']:.1f}" if r.get("peak_rss_gib") else "-"
         lines.append(f"| {r['student']} | {removed:.1%} | {r['heal']} | {r['tokens']} | {f['params'] / 1e6:.1f}M | "
                      f"{f['ppl']:.2f} [{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {rec} | {rate} | {rss} |")
+    lines += control(rows)
     lines += paired(rows)
     lines += plan_vs_singles(rows)
     lines += more_tokens(rows)
@@ -355,7 +392,7 @@ def report(data: str = "wiki") -> None:
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     panels: dict[str, dict] = {}
     for r in rows:
-        if r.get("curve"):
+        if r.get("curve") and r["student"] != "dense":
             curve = r["curve"]
             b = base.get((r["student"], r["budget"]))
             if b is not None and curve[0]["tokens"] > 0:  # the ce runs do not evaluate the start: the student's row
@@ -365,10 +402,15 @@ def report(data: str = "wiki") -> None:
             panel = panels.setdefault(f"{r['student']} -{r['budget']:.0%}", {})
             panel[f"{r['heal']} {r.get('tokens_asked', r['tokens']) // 1000}k"] = (
                 [c["tokens"] / 1000 for c in curve], [c["ppl"] for c in curve])
+    for r in rows:  # the control in every panel: what the same tokens do to the dense model
+        if r["student"] == "dense" and r.get("curve"):
+            for panel in panels.values():
+                panel[f"dense ce {r.get('tokens_asked', r['tokens']) // 1000}k"] = (
+                    [0] + [c["tokens"] / 1000 for c in r["curve"]], [dense["final"]["ppl"]] + [c["ppl"] for c in r["curve"]])
     if panels:
         colors = {"ce": "tab:blue", "kd": "tab:orange", "kd+ce": "tab:green", "kd+lora": "tab:red"}
         style = {label: {"color": colors.get(label.split()[0], "black"),
-                         "linestyle": "-" if label.endswith(" 50k") else "--"}
+                         "linestyle": ":" if label.startswith("dense") else "-" if label.endswith(" 50k") else "--"}
                  for panel in panels.values() for label in panel}
         plots.curve_panels(panels, path.with_suffix(".png"), f"held-out PPL ({data}:test, "
                            f"{len(dense['final']['window_nll'])} x {dense.get('seq_len', 512)}) while healing; "
@@ -392,6 +434,8 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--data", default="books", choices=DATA, help="corpus: training on DATA:train, PPL on DATA:test")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the control (the dense model trained with ce on the same tokens)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", choices=["arm", "base"], help=argparse.SUPPRESS)
     ap.add_argument("--student", help=argparse.SUPPRESS)

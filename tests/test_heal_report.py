@@ -38,3 +38,33 @@ def test_curve_panels_writes_a_png(tmp_path):
     path = plots.curve_panels({"a": {"x": ([0, 1], [10.0, 5.0])}, "b": {"x": ([0, 1], [1e9, 100.0])}},
                               tmp_path / "p.png", "t", "x", "y", style={"x": {"color": "red"}}, hline=(3.0, "ref"))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_compares_each_heal_with_the_dense_control(tmp_path, monkeypatch):
+    """The dense model trained with ce on the same tokens is the control: each healed arm is paired
+    against it and its curve is drawn in every panel."""
+    def final(nll):
+        return {"ppl": 2.718281828 ** nll, "nll": nll, "ci95": [1.0, 2.0], "params": 100,
+                "window_nll": [nll - 0.1, nll + 0.1]}
+
+    stamp = {"commit": "c0ffee" * 7, "machine": "m", "python": "3", "jax": "0", "command": "c"}
+    rows = [{"student": "dense", "budget": None, "heal": "none", "tokens": 0, "final": final(3.0), **stamp},
+            {"student": "dense", "budget": None, "heal": "ce", "tokens": 50176, "tokens_asked": 50000,
+             "final": final(2.8), "curve": [{"tokens": 50176, "ppl": 16.4}], **stamp},
+            {"student": "prune", "budget": 0.2, "heal": "none", "tokens": 0, "final": final(4.0), **stamp},
+            {"student": "prune", "budget": 0.2, "heal": "ce", "tokens": 50176, "tokens_asked": 50000,
+             "final": final(3.4), "curve": [{"tokens": 50176, "ppl": 30.0}], **stamp}]
+    (tmp_path / "heal_books.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(heal, "RESULTS", tmp_path)
+    seen = {}
+    from jaxshare import plots
+
+    monkeypatch.setattr(plots, "curve_panels", lambda panels, *a, **k: seen.update(panels, style=k["style"]))
+    heal.report("books")
+    assert set(seen["prune -20%"]) == {"ce 50k", "dense ce 50k"} and seen["style"]["dense ce 50k"]["linestyle"] == ":"
+    md = (tmp_path / "heal_books.md").read_text()
+    assert "healed at equal tokens of books:train; held-out: books:test" in md
+    assert "- dense + ce, 50176 tokens (the control): 16.44" in md and "-0.2000 nats per token" in md
+    # (4.0 - 3.4) / (4.0 - 2.8) of the gap to the trained dense model
+    assert "- prune -20% ce 29.96 - control = +0.6000 nats per token" in md and "against the control 50.0%" in md
+    assert "| dense |" not in md  # the control is not a student row
