@@ -72,10 +72,6 @@ STUDIES: dict[str, tuple[str, ...]] = {
     # trains Inheritune with experiments/inheritune.py's
     "benchmarks/results/leaderboard*.json*": ("experiments/leaderboard.py", "experiments/heal.py", "experiments/prune.py",
                                               "experiments/inheritune.py", *LIBRARY),
-    "benchmarks/results/eval_mc.json": "on BIG-bench's social_iqa, which cannot be rerun here (the package index no "
-                                       "longer serves the bigbench sdist)",
-    "benchmarks/results/eval_mc_in_process.json": "on BIG-bench's social_iqa, which cannot be rerun here",
-    "benchmarks/results/leaderboard_row.json": "on the six BIG-bench tasks, which cannot be rerun here",
     "experiments/results/heal_lr.jsonl": ("experiments/heal_lr.py", "experiments/heal.py", "jaxshare/pruning",
                                           *TRAIN, *CORE),
     "experiments/results/heal.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
@@ -132,8 +128,9 @@ HISTORICAL: dict[str, str] = {
     "benchmarks/results/leaderboard_row.json": "on the six BIG-bench tasks, which cannot be rerun here",
     "experiments/results/heal_lr.jsonl": "on wiki:test (experiments.heal_lr runs heal.py with --data wiki), which "
                                          "cannot be rerun here",
-    "experiments/results/inheritune.jsonl": "on wiki, which cannot be rerun here",
-    "experiments/results/inheritune_100k.jsonl": "on wiki, which cannot be rerun here",
+    "experiments/results/inheritune.jsonl": "on wiki, which cannot be rerun here; inheritune_books.jsonl is the current run",
+    "experiments/results/inheritune_100k.jsonl": "on wiki, which cannot be rerun here; inheritune_books.jsonl "
+                                                 "is the current run (at 16k tokens per arm)",
 }
 # Logs: one row per run, appended; the newest row is the current measurement, the older ones its history.
 LOGS = ("benchmarks/results/suite.jsonl",)
