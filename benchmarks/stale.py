@@ -121,7 +121,7 @@ HISTORICAL: dict[str, str] = {
     "benchmarks/results/postshare_40steps.json": "on wiki, which cannot be rerun here; postshare_books_40steps.json "
                                                  "is the current run",
     "experiments/results/heal.jsonl": "on wiki:test, which cannot be rerun here; heal_books.jsonl reruns the pruned "
-                                      "-20% student's ce, kd and kd+ce arms on books",
+                                      "and Basis Sharing -20% students on books",
     "benchmarks/results/eval_mc.json": "on BIG-bench's social_iqa, which cannot be rerun here (the package index no "
                                        "longer serves the bigbench sdist)",
     "benchmarks/results/eval_mc_in_process.json": "on BIG-bench's social_iqa, which cannot be rerun here",
