@@ -6,7 +6,7 @@ import sys
 
 from jaxshare.errors import JaxshareError
 from jaxshare.cli.common import COUNT, MODEL_HELP, batch_size_arg, compute_dtype_arg, refuse_dtype_arg
-from jaxshare.eval.mc import check_limit, evaluate, parse_tasks, table
+from jaxshare.eval.mc import check_limit, evaluate, parse_tasks, resolve, table
 from jaxshare.eval.tasks import TASKS
 
 
@@ -21,6 +21,7 @@ def cmd_eval_mc(args) -> None:
         from jaxshare.eval.harness import JaxshareLM
     except ImportError as e:
         raise EvalSetupError(str(e)) from None
+    resolve(tasks)  # tasks that cannot be had (the built-in ones without their sdist): before the load too
     from jaxshare.io.load import load_model  # deferred: jax-heavy; the parser imports this module
 
     m = load_model(args.model, "fp32")
@@ -36,9 +37,11 @@ def cmd_eval_mc(args) -> None:
 
 def register(ev_sub, add) -> None:
     mc = add("mc", cmd_eval_mc, "zero-shot multiple-choice accuracy (acc, acc_norm) on local BIG-bench "
-             "tasks, scored by lm-evaluation-harness (needs the [eval] extra)", parent=ev_sub)
+             "tasks or your own task files, scored by lm-evaluation-harness (needs the [eval] extra)", parent=ev_sub)
     mc.add_argument("model", help=MODEL_HELP)
-    mc.add_argument("--tasks", default="social_iqa", help=f"comma-separated, or all: {', '.join(TASKS)}")
+    mc.add_argument("--tasks", default="social_iqa",
+                    help=f"comma-separated, or all: {', '.join(TASKS)}; or task files: a BIG-bench task.json, "
+                         "or a .jsonl of {inputs, choices, gold} rows")
     mc.add_argument("--limit", type=COUNT, default=None, help="the first N items of each task (default: all)")
     batch_size_arg(mc, 16, "requests scored per jit call (speed and memory only)")
     compute_dtype_arg(mc)

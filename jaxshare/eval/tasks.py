@@ -75,19 +75,21 @@ def convert(raw: bytes, name: str) -> list[dict]:
     return [{"idx": i, **format_example(task, e)} for i, e in enumerate(examples)]
 
 
-def task_yaml(name: str, jsonl: Path) -> str:
+def task_yaml(task: str, jsonl: Path, source: str = "bigbench==1.0.0 sdist", tag: str | None = None) -> str:
+    """The lm-eval task YAML of one converted JSONL (task: the full lm-eval name)."""
     data = json.dumps(str(jsonl))  # a JSON string is a valid YAML scalar, quoting any odd path
-    return (f"task: {PREFIX}{name}\ntag: {GROUP_TAG}\ndataset_path: json\n"
+    return (f"task: {task}\n" + (f"tag: {tag}\n" if tag else "") + "dataset_path: json\n"
             f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
             "test_split: test\noutput_type: multiple_choice\n"
             "doc_to_text: \"{{inputs}}\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: gold\n"
             "target_delimiter: \" \"\n"
             "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
             "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-            f"metadata:\n  version: {_FORMAT}.0\n  source: bigbench==1.0.0 sdist\n")
+            f"metadata:\n  version: {_FORMAT}.0\n  source: {json.dumps(source)}\n")
 
 
-def _write(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Written aside and renamed into place: a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -124,10 +126,10 @@ def task_dir() -> Path:
         rows = convert(raw[name], name)
         counts[name] = len(rows)
         jsonl = root / f"{name}.jsonl"
-        _write(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        _write(root / f"{name}.yaml", task_yaml(name, jsonl))
+        write_text(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_text(root / f"{name}.yaml", task_yaml(PREFIX + name, jsonl, tag=GROUP_TAG))
     # written last: a killed build is rebuilt on the next call
-    _write(_stamp(root), json.dumps({"format": _FORMAT, "root": str(root), "items": counts}))
+    write_text(_stamp(root), json.dumps({"format": _FORMAT, "root": str(root), "items": counts}))
     return root
 
 

@@ -8,41 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import random_hf_model
 from jaxshare.core.generate import generate
 from jaxshare.core.model import forward
 from jaxshare.eval.perplexity import perplexity_of_windows
 from jaxshare.eval.scoring import bucket, fine_bucket, greedy_until, score_continuations
-
-EOS = "<|endoftext|>"
-
-
-def byte_tokenizer():
-    """A byte-level BPE with no merges: every text is its UTF-8 bytes, plus EOS (id 256)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([EOS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(loaded jaxshare model, our HF export of it): a random 3-layer Llama on a byte tokenizer."""
-    from jaxshare.io.hf import export_hf
-    from jaxshare.io.load import load_model
-
-    src = tmp_path_factory.mktemp("tiny_src")
-    random_hf_model("llama", seed=3, vocab_size=260).save_pretrained(src)
-    byte_tokenizer().save_pretrained(src)
-    loaded = load_model(str(src))
-    out = export_hf(loaded.params, loaded.cfg, tmp_path_factory.mktemp("tiny") / "export", loaded.tokenizer)
-    return loaded, out
-
 
 def direct_logprobs(loaded, ids):
     """log p [len(ids), V] from one plain forward; right-padded to 64 (one compile), which a causal
@@ -211,13 +180,17 @@ def test_parity_with_lm_eval_hf_backend(tiny, bigbench):
 @pytest.mark.parametrize("argv, msg", [
     (["smollm2-135m", "--tasks", "nope"], "unknown task 'nope'"),
     (["smollm2-135m", "--limit", "0"], "argument --limit: must be an integer at least 1, got 0"),
-    (["/no/such/model", "--limit", "2"], "cannot load '/no/such/model'"),
+    (["/no/such/model", "--tasks", "ROWS", "--limit", "2"], "cannot load '/no/such/model'"),
 ])
-def test_eval_mc_bad_input(capsys, argv, msg):
+def test_eval_mc_bad_input(capsys, tmp_path, monkeypatch, argv, msg):
     from jaxshare.cli.main import main
 
     if argv[0].startswith("/"):
         pytest.importorskip("lm_eval")  # the model is loaded only once lm-eval is there
+    monkeypatch.setenv("JAXSHARE_CACHE", str(tmp_path / "cache"))
+    rows = tmp_path / "rows.jsonl"  # a task that can be had without the bigbench sdist
+    rows.write_text(json.dumps({"inputs": "q", "choices": ["a", "b"], "gold": 0}) + "\n")
+    argv = [str(rows) if a == "ROWS" else a for a in argv]
     try:
         code = main(["eval", "mc", *argv])
     except SystemExit as e:  # refused while parsing: usage lines, then the error line
