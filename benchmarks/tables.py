@@ -92,7 +92,7 @@ MEMORY_CASES = {
     "convert": "`convert` (GGUF / HF → native, fp32)",
     "convert_bf16": "`convert --dtype bf16`",
     "eval_ppl": "`eval ppl` (batch 8, 8 windows × 512 tokens)",
-    "eval_mc": "`eval mc` (social_iqa, 20 items)",
+    "eval_mc": "`eval mc` (20 items, 4 choices: a task file from books; before: social_iqa, 20 items)",
     "parity": "`parity` (2 windows, both sides)",
     "share": "`share --ratio 0.3`",
     "datashare": "`share --ratio 0.3 --keep data` (calibration 8 × 256)",
