@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 from pathlib import Path
 
 OUTPUT_MARKER = ".jaxshare-output.json"
@@ -126,9 +127,12 @@ def _as_path(path):
 
 
 def _is_link(p) -> bool:
+    # os.path and not p.is_symlink(): etils' local GPath (what a run dir given as a string becomes)
+    # has no is_symlink, and a link taken for our entry was deleted, or followed, by --overwrite.
+    # An object-store path ("gs://...") is no local link: False.
     try:
-        return p.is_symlink()
-    except (AttributeError, NotImplementedError, OSError):  # object stores have no links
+        return os.path.islink(os.fspath(p))
+    except (TypeError, ValueError, OSError):
         return False
 
 

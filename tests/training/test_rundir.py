@@ -338,3 +338,31 @@ def test_config_file_mode_conflicting_with_the_subcommand_is_refused(files, tmp_
     assert cli_main(["train", "direct+post", *sets(files, run), "--set", "mode=plain"]) == 2
     one_line_error(capfd, "--set mode says mode 'plain'")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("as_str", [True, False])
+def test_links_in_a_marked_run_dir_are_foreign_and_overwrite_keeps_them(tmp_path, as_str):
+    """A run dir named by a string reaches the check as an etils path, which has no is_symlink: links
+    named like our entries passed for ours, and --overwrite would have removed them, or followed
+    a linked checkpoints/ into the user's folder (found by test_cli_fuzz's random prior content)."""
+    run, mine = tmp_path / "run", tmp_path / "mine"
+    (mine / "3").mkdir(parents=True)
+    (mine / "3" / "weights").write_text("mine")
+    (mine / "result.json").write_text("mine")
+    (mine / "tb").mkdir()
+    run.mkdir()
+    rundir.write_marker(run)
+    (run / "config.yaml").write_text("mode: plain\n")
+    (run / "result.json").symlink_to(mine / "result.json")
+    (run / "checkpoints").symlink_to(mine, target_is_directory=True)
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").symlink_to(mine / "tb", target_is_directory=True)
+    where = str(run) if as_str else run
+    assert rundir.foreign_entries(where) == ["checkpoints", "result.json", "tensorboard/events.out.tfevents.1"]
+    with pytest.raises(rundir.RunDirError, match="holds files jaxshare did not write"):
+        rundir.check_new_run_dir(where, overwrite=True)
+    with pytest.raises(rundir.RunDirError, match="now holds files jaxshare did not write"):
+        rundir.clear_run_dir(where)
+    assert (mine / "3" / "weights").read_text() == "mine" and (mine / "result.json").read_text() == "mine"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "jaxshare_run.json",
+                                                      "result.json", "tensorboard"]
