@@ -1,4 +1,5 @@
 """The tiny model the lm-eval tests share: a random 3-layer Llama on a byte tokenizer, and its HF export."""
+import numpy as np
 import pytest
 
 from tests.conftest import random_hf_model
@@ -31,3 +32,14 @@ def tiny(tmp_path_factory):
     loaded = load_model(str(src))
     out = export_hf(loaded.params, loaded.cfg, tmp_path_factory.mktemp("tiny") / "export", loaded.tokenizer)
     return loaded, out
+
+
+def assert_same_scores(a: dict, b: dict, tasks) -> None:
+    """Two `jaxshare.eval.mc.evaluate` results (log_samples=True): the same acc / acc_norm per task
+    and per-choice log-likelihoods within 1e-4 relative (fp32)."""
+    for t in tasks:
+        assert a["tasks"][t] == b["tasks"][t]
+        for sa, sb in zip(a["samples"][t], b["samples"][t], strict=True):
+            ll_a = np.asarray([r[0] for r in sa["filtered_resps"]], np.float64)
+            ll_b = np.asarray([r[0] for r in sb["filtered_resps"]], np.float64)
+            np.testing.assert_allclose(ll_a, ll_b, rtol=1e-4)

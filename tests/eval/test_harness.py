@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.eval.conftest import assert_same_scores
+
 from jaxshare.core.generate import generate
 from jaxshare.core.model import forward
 from jaxshare.eval.perplexity import perplexity_of_windows
@@ -167,12 +169,7 @@ def test_parity_with_lm_eval_hf_backend(tiny, bigbench):
     tasks = ["winowhy", "social_iqa"]
     a = evaluate(ours, tasks, limit=6, log_samples=True)
     b = evaluate(hf, tasks, limit=6, log_samples=True)
-    for t in tasks:
-        assert a["tasks"][t] == b["tasks"][t]
-        for sa, sb in zip(a["samples"][t], b["samples"][t], strict=True):
-            ll_a = np.asarray([r[0] for r in sa["filtered_resps"]], np.float64)
-            ll_b = np.asarray([r[0] for r in sb["filtered_resps"]], np.float64)
-            np.testing.assert_allclose(ll_a, ll_b, rtol=1e-4)
+    assert_same_scores(a, b, tasks)
 
 
 # ------------------------------------------------------------------ CLI

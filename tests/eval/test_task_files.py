@@ -3,8 +3,9 @@ or a JSONL of rows), converted to lm-eval tasks without the bigbench sdist. Conv
 run without lm-eval; scoring through it skips without it."""
 import json
 
-import numpy as np
 import pytest
+
+from tests.eval.conftest import assert_same_scores
 
 from jaxshare.eval.task_files import file_task, is_task_file
 from jaxshare.eval.tasks import TaskError, format_example
@@ -138,12 +139,7 @@ def test_task_files_score_like_lm_evals_hf_backend(tiny, tmp_path, cache):
     a = evaluate(JaxshareLM.from_loaded(tiny[0], batch_size=8), tasks, log_samples=True)
     b = evaluate(HFLM(pretrained=str(tiny[1]), dtype="float32", batch_size=8, device="cpu"), tasks, log_samples=True)
     assert [a["tasks"][t]["n"] for t in tasks] == [len(QA["examples"]), len(rows)]
-    for t in tasks:
-        assert a["tasks"][t] == b["tasks"][t]
-        for sa, sb in zip(a["samples"][t], b["samples"][t], strict=True):
-            ll_a = np.asarray([r[0] for r in sa["filtered_resps"]], np.float64)
-            ll_b = np.asarray([r[0] for r in sb["filtered_resps"]], np.float64)
-            np.testing.assert_allclose(ll_a, ll_b, rtol=1e-4)
+    assert_same_scores(a, b, tasks)
 
 
 def test_eval_mc_cli_scores_a_task_file(tiny, tmp_path, cache, capsys):
