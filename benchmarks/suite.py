@@ -3,11 +3,15 @@
     python -m benchmarks.suite run [--label after]     # .ci/run in a fresh clone of HEAD, --durations=0
     python -m benchmarks.suite log LOG --label before --commit C   # a log of such a run, made earlier
     python -m benchmarks.suite flags [--reps 3] [-k every_kind] [tests/training/test_heal.py]
+    python -m benchmarks.suite real-model [--reps 5] [SELECTION ...]
 
 `run`/`log` append to benchmarks/results/suite.jsonl: pytest's wall time, the test count, the test
 seconds summed over both workers, per file, and the 20 slowest tests. `flags` runs one pytest
 selection from a cold compilation cache under XLA's default flags and under the suite's
 FAST_COMPILE (tests/conftest.py), interleaved, and writes benchmarks/results/suite_flags.json.
+`real-model` runs real-model (slow) tests from a cold cache with FAST_COMPILE for every compile and
+as the suite runs them (their own compiles under XLA's defaults), interleaved, and writes
+benchmarks/results/suite_real_model.json.
 """
 from __future__ import annotations
 
@@ -63,9 +67,9 @@ def run_ci(label: str) -> None:
     append_row(RESULTS / "suite.jsonl", {"label": label, **res}, "benchmarks.suite")
 
 
-def pytest_once(selection: list[str], flags: str | None) -> float:
+def pytest_once(selection: list[str], flags: str | None, extra_env: dict | None = None) -> float:
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, **(extra_env or {}))
         if flags is None:  # XLA's defaults: conftest adds no FAST_COMPILE
             env["JAXSHARE_TEST_XLA_DEFAULTS"] = "1"
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8" + (f" {flags}" if flags else "")
@@ -92,6 +96,24 @@ def flags(selection: list[str], reps: int, as_json: bool) -> None:
                                  "outside_noise": slow["min_s"] > fast["max_s"]}, as_json)
 
 
+def real_model(selection: list[str], reps: int, as_json: bool) -> None:
+    """The suite's FAST_COMPILE on every compile against its per-test choice (tests/conftest.py: a
+    slow test's own compiles under XLA's defaults), on the same selection of slow tests."""
+    fast = re.search(r'^FAST_COMPILE = "(.+)"$', (ROOT / "tests" / "conftest.py").read_text(), re.M).group(1)
+    arms = {"fast_compile_everywhere": {"JAXSHARE_TEST_SLOW_XLA_DEFAULTS": "0"}, "slow_tests_xla_defaults": {}}
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(reps):  # interleaved, alternating which arm goes first
+        for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            times[a].append(pytest_once(selection, fast, arms[a]))
+            print(f"rep {r + 1}/{reps} {a}: {times[a][-1]:.1f} s", file=sys.stderr, flush=True)
+    out = {a: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "runs_s": t}
+           for a, t in times.items()}
+    before, after = out["fast_compile_everywhere"], out["slow_tests_xla_defaults"]
+    write_result("suite_real_model", {"selection": selection, "reps": reps, "fast_compile": fast, "arms": out,
+                                      "speedup_median": before["median_s"] / after["median_s"],
+                                      "outside_noise": before["min_s"] > after["max_s"]}, as_json)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -106,8 +128,15 @@ def main(argv=None) -> int:
     f.add_argument("-k", default="every_kind")
     f.add_argument("--reps", type=int, default=3)
     f.add_argument("--json", action="store_true")
+    rm = sub.add_parser("real-model")
+    rm.add_argument("selection", nargs="*", default=["tests/test_nnx.py::test_flax_nnx_notebook_runs",
+                                                     "tests/basis/test_basis.py::test_smollm2_basis_sharing_small_calibration"])
+    rm.add_argument("--reps", type=int, default=5)
+    rm.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.cmd == "run":
+    if args.cmd == "real-model":
+        real_model(args.selection, args.reps, args.json)
+    elif args.cmd == "run":
         run_ci(args.label)
     elif args.cmd == "log":
         res = parse_log(Path(args.log).read_text())

@@ -65,6 +65,40 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# FAST_COMPILE pays on tiny models, where compiling is most of a test; a real model's (marked
+# slow) programs then run slower for the rest of the test (-O0 code for the elementwise work). So
+# the programs a slow test compiles in this process get XLA's own defaults back, per compile (the
+# options are part of the persistent cache's key). tests/test_nnx.py's notebook test, cold cache,
+# one worker: 36.6 s under FAST_COMPILE, 30.0 s under the defaults (`python -m benchmarks.suite
+# real-model` measures it). Subprocesses keep XLA_FLAGS. JAXSHARE_TEST_SLOW_XLA_DEFAULTS=0 turns it off.
+XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
+                "xla_cpu_use_fusion_emitters": True}
+_compile_with_defaults = False
+
+
+def _install_per_test_optimization() -> None:
+    from jax._src import compiler
+
+    get = compiler.get_compile_options
+
+    def get_compile_options(*args, env_options_overrides=None, **kw):
+        if _compile_with_defaults:  # a caller's own options win
+            env_options_overrides = {**XLA_DEFAULTS, **(env_options_overrides or {})}
+        return get(*args, env_options_overrides=env_options_overrides, **kw)
+
+    compiler.get_compile_options = get_compile_options
+
+
+if FAST_COMPILE in os.environ["XLA_FLAGS"] and os.environ.get("JAXSHARE_TEST_SLOW_XLA_DEFAULTS") != "0":
+    _install_per_test_optimization()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: a module fixture a slow test sets up compiles for it too."""
+    global _compile_with_defaults
+    _compile_with_defaults = item.get_closest_marker("slow") is not None
+
 
 def random_hf_model(model_type: str, seed: int = 0, **overrides):
     """A tiny transformers model with every parameter randomised (norms and biases included)."""
