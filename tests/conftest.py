@@ -1,11 +1,11 @@
 import os
 
 # The suite's XLA CPU codegen: LLVM at -O0 and the classic (non-MLIR) fusion emitters. Compiling
-# is most of what a tiny-model test does: test_heal.py -k every_kind from a cold cache took 174.9 s
-# with XLA's defaults and 46.2 s with both flags (benchmarks/results/suite_flags.json); either flag
-# alone kept most of it. Real-model training runs slower under -O0. Neither flag changes what is
-# computed (no fast-math; the same parity, PPL and bit-identity tests pass), and
-# tests/slow/test_real_model.py checks SmolLM2's parity and pinned perplexity under XLA's defaults.
+# is most of what a tiny-model test does: `python -m benchmarks.suite flags` times test_heal.py -k
+# every_kind from a cold cache both ways (benchmarks/results/suite_flags.json, docs/development.md);
+# either flag alone kept most of the gain. Neither flag changes what is computed (no fast-math; the same
+# parity, PPL and bit-identity tests pass). A slow (real-model) test compiles under XLA's defaults
+# (below), and tests/slow/test_real_model.py's parity runs the CLI in a subprocess without the flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -68,9 +68,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # FAST_COMPILE pays on tiny models, where compiling is most of a test; a real model's (marked
 # slow) programs then run slower for the rest of the test (-O0 code for the elementwise work). So
 # the programs a slow test compiles in this process get XLA's own defaults back, per compile (the
-# options are part of the persistent cache's key). tests/test_nnx.py's notebook test, cold cache,
-# one worker: 36.6 s under FAST_COMPILE, 30.0 s under the defaults (`python -m benchmarks.suite
-# real-model` measures it). Subprocesses keep XLA_FLAGS. JAXSHARE_TEST_SLOW_XLA_DEFAULTS=0 turns it off.
+# options are part of the persistent cache's key). `python -m benchmarks.suite real-model` times
+# two real-model tests both ways (benchmarks/results/suite_real_model.json, docs/development.md).
+# Subprocesses keep XLA_FLAGS. JAXSHARE_TEST_SLOW_XLA_DEFAULTS=0 turns it off.
 XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
                 "xla_cpu_use_fusion_emitters": True}
 _compile_with_defaults = False
