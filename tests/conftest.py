@@ -3,7 +3,7 @@ import os
 # The suite's XLA CPU codegen: LLVM at -O0 and the classic (non-MLIR) fusion emitters. Compiling
 # is most of what a tiny-model test does: `python -m benchmarks.suite flags` times test_heal.py -k
 # every_kind from a cold cache both ways (benchmarks/results/suite_flags.json, docs/development.md);
-# either flag alone kept most of the gain. Neither flag changes what is computed (no fast-math; the same
+# either flag alone kept most of the compile time. Neither flag changes what is computed (no fast-math; the same
 # parity, PPL and bit-identity tests pass). A slow (real-model) test compiles under XLA's defaults
 # (below), and tests/slow/test_real_model.py's parity runs the CLI in a subprocess without the flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
