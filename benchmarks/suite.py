@@ -79,39 +79,39 @@ def pytest_once(selection: list[str], flags: str | None, extra_env: dict | None 
         return time.perf_counter() - t0
 
 
-def flags(selection: list[str], reps: int, as_json: bool) -> None:
-    # the flags the suite uses, read from tests/conftest.py (importing it would set this process's XLA_FLAGS)
-    FAST_COMPILE = re.search(r'^FAST_COMPILE = "(.+)"$', (ROOT / "tests" / "conftest.py").read_text(), re.M).group(1)
-    arms = {"xla_defaults": None, "fast_compile": FAST_COMPILE}
+def fast_compile() -> str:
+    """The flags the suite uses, read from tests/conftest.py (importing it would set this process's XLA_FLAGS)."""
+    return re.search(r'^FAST_COMPILE = "(.+)"$', (ROOT / "tests" / "conftest.py").read_text(), re.M).group(1)
+
+
+def compare(name: str, selection: list[str], reps: int, arms: dict[str, tuple[str | None, dict]],
+            as_json: bool) -> None:
+    """Two ways of running one selection (XLA_FLAGS, extra env), each from a cold cache, interleaved
+    and alternating which goes first; the first arm is the baseline of the speedup."""
     times: dict[str, list[float]] = {a: [] for a in arms}
-    for r in range(reps):  # interleaved, alternating which arm goes first
+    for r in range(reps):
         for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            times[a].append(pytest_once(selection, arms[a]))
+            times[a].append(pytest_once(selection, *arms[a]))
             print(f"rep {r + 1}/{reps} {a}: {times[a][-1]:.1f} s", file=sys.stderr, flush=True)
     out = {a: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "runs_s": t}
            for a, t in times.items()}
-    slow, fast = out["xla_defaults"], out["fast_compile"]
-    write_result("suite_flags", {"selection": selection, "reps": reps, "fast_compile": FAST_COMPILE, "arms": out,
-                                 "speedup_median": slow["median_s"] / fast["median_s"],
-                                 "outside_noise": slow["min_s"] > fast["max_s"]}, as_json)
+    base, new = out.values()
+    write_result(name, {"selection": selection, "reps": reps, "fast_compile": fast_compile(), "arms": out,
+                        "speedup_median": base["median_s"] / new["median_s"],
+                        "outside_noise": base["min_s"] > new["max_s"]}, as_json)
+
+
+def flags(selection: list[str], reps: int, as_json: bool) -> None:
+    compare("suite_flags", selection, reps, {"xla_defaults": (None, {}), "fast_compile": (fast_compile(), {})},
+            as_json)
 
 
 def real_model(selection: list[str], reps: int, as_json: bool) -> None:
     """The suite's FAST_COMPILE on every compile against its per-test choice (tests/conftest.py: a
     slow test's own compiles under XLA's defaults), on the same selection of slow tests."""
-    fast = re.search(r'^FAST_COMPILE = "(.+)"$', (ROOT / "tests" / "conftest.py").read_text(), re.M).group(1)
-    arms = {"fast_compile_everywhere": {"JAXSHARE_TEST_SLOW_XLA_DEFAULTS": "0"}, "slow_tests_xla_defaults": {}}
-    times: dict[str, list[float]] = {a: [] for a in arms}
-    for r in range(reps):  # interleaved, alternating which arm goes first
-        for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            times[a].append(pytest_once(selection, fast, arms[a]))
-            print(f"rep {r + 1}/{reps} {a}: {times[a][-1]:.1f} s", file=sys.stderr, flush=True)
-    out = {a: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "runs_s": t}
-           for a, t in times.items()}
-    before, after = out["fast_compile_everywhere"], out["slow_tests_xla_defaults"]
-    write_result("suite_real_model", {"selection": selection, "reps": reps, "fast_compile": fast, "arms": out,
-                                      "speedup_median": before["median_s"] / after["median_s"],
-                                      "outside_noise": before["min_s"] > after["max_s"]}, as_json)
+    compare("suite_real_model", selection, reps,
+            {"fast_compile_everywhere": (fast_compile(), {"JAXSHARE_TEST_SLOW_XLA_DEFAULTS": "0"}),
+             "slow_tests_xla_defaults": (fast_compile(), {})}, as_json)
 
 
 def main(argv=None) -> int:
