@@ -154,6 +154,12 @@ def demo(d: dict) -> str:
     rows.append([f"Basis Sharing {b['ratio']:.0%} (n = 2, calibration {cal['windows']} × {cal['seq_len']} "
                  f"{cal['data']}; {b['params_before'] / 1e6:.1f}M → {b['params_after'] / 1e6:.1f}M params)",
                  data, win, f"{b['ppl']:.3f}"])
+    if "inheritune" in s:  # demo.json files from before the demo's Inheritune step have none
+        it = s["inheritune"]
+        # untrained, the cut model's PPL runs to 1e9: the demo prints it so, and Inheritune trains it next
+        rows.append([f"Inheritune: first {it['k']} of {s['layers']} layers, untrained "
+                     f"({it['params_before'] / 1e6:.1f}M → {it['params_after'] / 1e6:.1f}M params)", data, win,
+                     f"{it['ppl_untrained']:.4g}"])
     return table(["model", "corpus", "windows × seq_len", "PPL"], rows)
 
 
