@@ -63,6 +63,33 @@ def test_readme_cli_example_parses():
         build_parser().parse_args(shlex.split(line.split("  #")[0])[1:])  # exits 2 on a wrong flag
 
 
+def test_synopsis_defaults_in_the_docs_are_the_parsers():
+    """A synopsis's `[--flag value]` shows the default: the parser's, or where the parser resolves it
+    later (default None), the one its --help states (healing.md once showed wiki:train and lr 5e-5
+    after both defaults had moved)."""
+    from jaxshare.cli.main import build_parser
+
+    subs = next(a for a in build_parser()._actions if a.choices and "heal" in a.choices).choices
+    found = 0
+    for page in sorted(DOCS.glob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                shown = re.findall(r"\[(--[a-z-]+) ([a-z0-9:.+-]+)\]", line)
+                if not line.startswith("jaxshare ") or not shown:
+                    continue
+                actions = {o: a for a in subs[line.split()[1]]._actions for o in a.option_strings}
+                for flag, value in shown:
+                    a = actions[flag]
+                    if a.default is None:
+                        stated = re.search(r"default: ([^)]+)\)", " ".join((a.help or "").split()))
+                        assert stated and stated.group(1) == value, f"{page.name}: {flag} shows {value}, --help: {a.help}"
+                    else:
+                        want = type(a.default)(value) if isinstance(a.default, (int, float)) else value
+                        assert a.default == want, f"{page.name}: {flag} shows {value}, the parser's default is {a.default!r}"
+                    found += 1
+    assert found >= 6
+
+
 def test_readme_python_example_uses_public_names():
     import jaxshare
 
