@@ -287,8 +287,9 @@ def test_decimal_figures_in_docs_come_from_result_files():
     """Every decimal figure in the docs' prose (outside code and generated includes) is one that a
     file under benchmarks/results/ or experiments/results/ holds, to the places the page prints.
     This catches a figure typed by hand that no result file backs, or one that went stale; it cannot
-    tell which file a figure should come from (a stale figure may still match another by chance)."""
-    pages = sorted(DOCS.glob("*.md"))
+    tell which file a figure should come from (a stale figure may still match another by chance).
+    The README's headline figures are held to the same rule."""
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
     missing = unbacked_figures(pages)
     assert not missing, ("decimal figures in docs/ that no result file holds (generate the sentence with "
                          "its table, match the generator's rounding, or drop the figure; a number that is "
