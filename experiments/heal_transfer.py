@@ -9,7 +9,8 @@ the untrained dense model's with a paired bootstrap 95% interval.
 
   python -m experiments.heal_transfer [--corpus botchan] [--windows 32] [--seq-len 512]
       [--models NAME=PATH,...]   # default: the dense model, the -20% pruned student and its books
-                                 # heals at 50k and 200k tokens, the 200k control (runs/heal_books/)
+                                 # heals at 50k and 200k tokens, the 200k control, the -20% plan
+                                 # student and its 50k heal (runs/heal_books/)
 
 Writes experiments/results/heal_transfer_books.json (stamped) and its table heal_transfer_books.md.
 """
@@ -34,6 +35,8 @@ MODELS = {
     "prune -20% + ce 50k": str(RUNS / "prune_0.2_ce_50000" / "final"),
     "prune -20% + ce 200k": str(RUNS / "prune_0.2_ce_200000" / "final"),
     "dense + ce 200k (the control)": str(RUNS / "dense_ce_200000" / "final"),
+    "plan -20% (not healed)": str(RUNS / "students" / "plan_0.2"),
+    "plan -20% + ce 50k": str(RUNS / "plan_0.2_ce_50000" / "final"),
 }
 
 
