@@ -79,7 +79,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "experiments/results/heal_books.jsonl": ("experiments/heal.py", "jaxshare/lora", "jaxshare/basis", "jaxshare/pruning",
                                              *TRAIN, *CORE),
     # scores experiments.heal's books checkpoints on another text
-    "experiments/results/heal_transfer*.json": ("experiments/heal_transfer.py", "experiments/heal.py", "jaxshare/lora",
+    "experiments/results/heal_transfer*.json": ("experiments/heal_transfer.py", "experiments/heal.py",
+                                                "experiments/prune.py", "jaxshare/lora",
                                                 "jaxshare/basis", "jaxshare/pruning", "jaxshare/eval/perplexity.py",
                                                 *TRAIN, *CORE),
     # its plan arm runs `jaxshare compress` (share, basis, prune, prune-kv)

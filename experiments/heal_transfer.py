@@ -22,10 +22,9 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import common
 from experiments.heal import ROOT, TEACHER, held_out, score
+from experiments.prune import paired
 
 RESULTS = ROOT / "experiments" / "results"
 RUNS = ROOT / "runs" / "heal_books"
@@ -48,14 +47,6 @@ def parse_models(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"--models wants NAME=PATH,..., got {item!r}")
         out[name] = path
     return out
-
-
-def paired(a: list[float], b: list[float], reps: int = 10000) -> dict:
-    """Mean per-window NLL of a minus b, with a paired bootstrap 95% interval (the windows are shared)."""
-    d = np.asarray(a) - np.asarray(b)
-    means = d[np.random.default_rng(0).integers(0, len(d), (reps, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "lower_on": int((d < 0).sum()), "of": len(d)}
 
 
 def report(res: dict) -> str:
@@ -106,7 +97,8 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(args.models)}] {name}: {path}", file=sys.stderr, flush=True)
         rows.append({"name": name, "path": path, **score(path, windows)})
         if len(rows) > 1:
-            rows[-1]["vs_first"] = paired(rows[-1]["window_nll"], rows[0]["window_nll"])
+            mean, lo, hi, lower = paired(rows[-1], rows[0])
+            rows[-1]["vs_first"] = {"mean": mean, "ci95": [lo, hi], "lower_on": lower, "of": len(windows)}
         print(f"    ppl {rows[-1]['ppl']:.2f}", file=sys.stderr, flush=True)
     res = {**common.stamp("experiments.heal_transfer"), "corpus": args.corpus, "windows": len(windows),
            "seq_len": args.seq_len, "models": rows}
