@@ -83,6 +83,11 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                                 "experiments/prune.py", "jaxshare/lora",
                                                 "jaxshare/basis", "jaxshare/pruning", "jaxshare/eval/perplexity.py",
                                                 *TRAIN, *CORE),
+    # `jaxshare train plain` and `jaxshare heal` on experiments.heal's pruned student and windows
+    "experiments/results/heal_teacher*.json*": ("experiments/heal_teacher.py", "experiments/heal.py",
+                                                "experiments/prune.py", "jaxshare/cli/heal.py", "jaxshare/cli/train.py",
+                                                "jaxshare/cli/common.py", "jaxshare/cli/main.py", "jaxshare/lora",
+                                                "jaxshare/pruning", "jaxshare/eval/perplexity.py", *TRAIN, *CORE),
     # its plan arm runs `jaxshare compress` (share, basis, prune, prune-kv)
     "experiments/results/prune.jsonl": ("experiments/prune.py", "jaxshare/pruning", "jaxshare/basis", "jaxshare/compose",
                                         "jaxshare/headshare", *CORE),
