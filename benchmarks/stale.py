@@ -83,6 +83,14 @@ STUDIES: dict[str, tuple[str, ...]] = {
                                                 "experiments/prune.py", "jaxshare/lora",
                                                 "jaxshare/basis", "jaxshare/pruning", "jaxshare/eval/perplexity.py",
                                                 *TRAIN, *CORE),
+    # `jaxshare heal` from heal_teacher's corrected teacher into experiments.heal's plan and basis students
+    "experiments/results/heal_teacher_students*.json*": ("experiments/heal_teacher_students.py",
+                                                         "experiments/heal_teacher.py", "experiments/heal.py",
+                                                         "experiments/prune.py", "benchmarks/train_memory.py",
+                                                         "jaxshare/cli/heal.py", "jaxshare/cli/common.py",
+                                                         "jaxshare/cli/main.py", "jaxshare/lora", "jaxshare/basis",
+                                                         "jaxshare/headshare", "jaxshare/pruning", "jaxshare/compose",
+                                                         "jaxshare/eval/perplexity.py", *TRAIN, *CORE),
     # `jaxshare train plain` and `jaxshare heal` on experiments.heal's pruned student and windows
     "experiments/results/heal_teacher*.json*": ("experiments/heal_teacher.py", "experiments/heal.py",
                                                 "experiments/prune.py", "jaxshare/cli/heal.py", "jaxshare/cli/train.py",
