@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # generated page -> the JSONL results file whose rows it stamps (the pages that include them: healing.md)
 PROVENANCE = {"provenance_heal_books.md": "experiments/results/heal_books.jsonl",
               "provenance_heal.md": "experiments/results/heal.jsonl",
-              "provenance_heal_teacher_books.md": "experiments/results/heal_teacher_books.jsonl"}
+              "provenance_heal_teacher_books.md": "experiments/results/heal_teacher_books.jsonl",
+              "provenance_heal_teacher_students_books.md": "experiments/results/heal_teacher_students_books.jsonl"}
 
 
 def walk(parser: argparse.ArgumentParser, words: list[str]):
