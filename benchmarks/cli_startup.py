@@ -23,7 +23,7 @@ from benchmarks.common import ROOT, write_result
 PHASES = """
 import json, sys, time
 t0 = time.perf_counter()
-from jaxshare.cli.main import enable_compilation_cache
+from jaxshare.cli.xla_cache import enable_compilation_cache
 from jaxshare.core.generate import generate_text
 from jaxshare.io.load import load_model
 enable_compilation_cache()

@@ -65,6 +65,13 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# The suite's XLA cache is shared by both workers and every command a test runs, and tests kill
+# commands at random moments: the commands' own safe file cache, in this process too, so an entry
+# a killed command tore is a miss here rather than a warning a test reads as its command's output.
+from jaxshare.cli.xla_cache import harden_when_imported  # noqa: E402
+
+harden_when_imported()
+
 # FAST_COMPILE pays on tiny models, where compiling is most of a test; a real model's (marked
 # slow) programs then run slower for the rest of the test (-O0 code for the elementwise work). So
 # the programs a slow test compiles in this process get XLA's own defaults back, per compile (the

@@ -6,7 +6,6 @@ import _thread
 import argparse
 import importlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -16,11 +15,11 @@ from jaxshare.cli.common import (COUNT, DATA_HELP, MODEL_HELP, SEED, SEQ_LEN, SH
                                  compute_dtype_arg, emit, memory_size, nonempty, plot_dir, refuse_dtype_arg)
 from jaxshare.cli import demo  # the module, not its function: tests stop `demo.run_demo` at its work
 from jaxshare.cli.evalmc import register as register_mc  # `eval mc` (lm-eval, the [eval] extra)
+from jaxshare.cli.xla_cache import enable_compilation_cache  # before jax: its settings, its safe file cache
 from jaxshare.cli.quantize import export_gguf_cmd, gguf_export_args  # --format, --gguf-type (GGUF output)
 from jaxshare.data.corpora import corpus_path, load_corpus
 from jaxshare.errors import EXIT_INTERRUPTED, EXIT_USER, JaxshareError
 from jaxshare.storage.atomic import describe, is_io_error
-from jaxshare.storage.fetch import cache_dir
 
 # Modules with a `register(sub, add, group)` that adds a method's subcommands (imports stay lazy).
 COMMAND_MODULES: list[str] = ["jaxshare.cli.share", "jaxshare.cli.basis", "jaxshare.cli.train",
@@ -219,33 +218,6 @@ def _message(e: BaseException) -> str:
     if isinstance(e, JaxshareError):
         return str(e)
     return describe(e)  # "No space left on device (path)": the cause first, one line
-
-
-XLA_CACHE_MAX_BYTES = 2 << 30
-
-
-def enable_compilation_cache() -> None:
-    """Compiled XLA programs persist across commands in <jaxshare cache>/xla (LRU, 2 GiB; keyed by
-    the program, flags, versions and device), so a second `jaxshare generate` or `eval` of the same
-    model skips its compiles. JAX_COMPILATION_CACHE_DIR chooses another folder; JAXSHARE_XLA_CACHE=0
-    turns it off."""
-    if os.environ.get("JAXSHARE_XLA_CACHE", "1") == "0":
-        return
-    try:
-        path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir() / "xla")
-    except OSError:  # an unwritable cache root: the command still runs, compiling as before
-        return
-    settings = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.5,
-                "jax_compilation_cache_max_size": XLA_CACHE_MAX_BYTES}
-    if "jax" in sys.modules:  # called in-process after jax is up (tests, notebooks): its config
-        import jax
-
-        if jax.config.jax_compilation_cache_dir is None:
-            for k, v in settings.items():
-                jax.config.update(k, v)
-        return
-    for k, v in settings.items():  # read by jax when the command first imports it
-        os.environ.setdefault(k.upper(), str(v))
 
 
 def main(argv=None) -> int:
