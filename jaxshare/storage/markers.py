@@ -35,12 +35,13 @@ UPLOAD_MARKER = ".jaxshare_uploading"  # an upload in progress (or killed): read
 
 # Plain names the trainer (and inheritune, plot-run, the W&B writer) create at the top of a run dir.
 _RUN_NAMES = (RUN_MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "tensorboard", "checkpoints", "final", "hf",
-              "result.json", "inheritune.json", "wandb",
+              "result.json", "inheritune.json", "heal_baseline.json", "wandb",
               "init")  # an inheritune stage's starting model (stage dirs are run dirs too)
 # Each plain name's temporaries: `.config.yaml.XXXX` (paths.write_text), `.final.partial-PID-XXXX`,
 # `.final.old-...`, `.final.trash-...` (storage.atomic), `.inheritune.json.partial` (inheritune).
 RUN_ENTRIES = _RUN_NAMES + ("stage_*", "*.png") + tuple(f".{n}.*" for n in _RUN_NAMES)
-_RUN_FILES = {RUN_MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "result.json", "inheritune.json"}
+_RUN_FILES = {RUN_MARKER, "config.yaml", "plan.npz", "metrics.jsonl", "result.json", "inheritune.json",
+              "heal_baseline.json"}
 _MODEL_MANIFEST = {"final": "jaxshare.json", "init": "jaxshare.json", "hf": "jaxshare_export.json"}
 
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",

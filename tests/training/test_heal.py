@@ -22,6 +22,7 @@ from jaxshare.io.load import load_model
 from jaxshare.io.native import save_native
 from jaxshare.lora.leaf import lora_paths
 from jaxshare.quant.model import QuantSpec, quantize_params
+from jaxshare.storage.markers import foreign_run_entries
 from jaxshare.training.config import TrainConfigError, build_config
 from jaxshare.training.distill import KDLoss, kd_terms
 from jaxshare.training.program import check_same_tokens
@@ -178,11 +179,16 @@ def test_preempted_heal_resumes_bit_identically(files, tmp_path):
 
 def test_jaxshare_heal_writes_the_healed_model(files, tmp_path, capsys):
     out = tmp_path / "healed"
-    rc = cli_main(["heal", str(files / "quant"), str(out), "--teacher", str(files / "teacher"), "--data",
-                   str(files / "train.npy"), "--eval-data", str(files / "eval.npy"), "--steps", "3", "--seq-len", "32", "--set", "batch_size=4",
-                   "--trains", "lora", "--rank", "2", "--run-dir", str(tmp_path / "run"), "--set", "mesh=data=1,fsdp=1",
-                   "--set", "progress=false", "--set", "tensorboard=false", "--set", "eval_windows=4", "--json"])
-    assert rc == 0
+    argv = ["heal", str(files / "quant"), str(out), "--teacher", str(files / "teacher"), "--data",
+            str(files / "train.npy"), "--eval-data", str(files / "eval.npy"), "--steps", "3", "--seq-len", "32", "--set", "batch_size=4",
+            "--trains", "lora", "--rank", "2", "--run-dir", str(tmp_path / "run"), "--set", "mesh=data=1,fsdp=1",
+            "--set", "progress=false", "--set", "tensorboard=false", "--set", "eval_windows=4", "--json"]
+    assert cli_main(argv) == 0
+    # everything the heal left in its run dir is jaxshare's (heal_baseline.json once was not, and
+    # the same heal again with --overwrite was refused)
+    assert foreign_run_entries(tmp_path / "run") == [] and (tmp_path / "run" / "heal_baseline.json").is_file()
+    capsys.readouterr()
+    assert cli_main([*argv, "--overwrite"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     m = load_model(str(out))
     assert lora_paths(m.params) and m.meta["extra"]["heal"]["teacher"] == str(files / "teacher")
