@@ -129,3 +129,22 @@ def test_the_command_builds_the_safe_cache_however_jax_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "SafeFileCache", out.stderr[-2000:]
+
+
+def test_a_failing_hook_never_breaks_the_import(tmp_path, monkeypatch):
+    from jaxshare.cli.xla_cache import _AfterImport
+
+    (tmp_path / "jaxshare_hook_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "jaxshare_hook_probe", raising=False)
+    seen = []
+
+    def then(module):
+        seen.append(module.VALUE)
+        raise AttributeError("a JAX with another cache")
+
+    monkeypatch.setattr(sys, "meta_path", [_AfterImport("jaxshare_hook_probe", then), *sys.meta_path])
+    import jaxshare_hook_probe
+
+    assert jaxshare_hook_probe.VALUE == 1 and seen == [1]
+    assert not any(isinstance(f, _AfterImport) for f in sys.meta_path)
