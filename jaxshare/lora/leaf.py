@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxshare.core.axes import layout_axes
-from jaxshare.core.compressed import SelfApplying, axes_of, dense_of, frozen_of, is_compressed
+from jaxshare.core.compressed import SAVED_PRODUCT, SelfApplying, axes_of, dense_of, frozen_of, is_compressed
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, matmul_2d
 from jaxshare.core.params import abstract_params, nodes_by_path, replace_leaves
@@ -59,8 +60,10 @@ class LoRA:
         base = self.base
         y = base.apply(x, dense_fn) if isinstance(base, SelfApplying) else dense_fn(x, base.astype(x.dtype))
         s = jnp.asarray(self.scale, x.dtype)
-        return y + matmul_2d(self.layout, x, lambda x2: ((x2 @ self.a.astype(x.dtype)) @ self.b.astype(x.dtype)) * s,
-                             self.leaf_shape)
+        delta = matmul_2d(self.layout, x, lambda x2: ((x2 @ self.a.astype(x.dtype)) @ self.b.astype(x.dtype)) * s,
+                          self.leaf_shape)
+        # saved as one array under remat, not as the base's product and the adapter's (1.5B heal: 2 GiB)
+        return checkpoint_name(y + delta, SAVED_PRODUCT)
 
     def logical_axes(self, dense_axes: tuple) -> "LoRA":
         d_in, d_out = layout_axes(self.layout, dense_axes)

@@ -77,3 +77,36 @@ def test_merge_folds_dense_and_says_where_it_cannot(base, tokens):  # noqa: F811
     assert set(report["kept"]) >= {"layers.attn.wq", "layers.attn.wk"}
     assert "bank" in " ".join(report["kept"].values()).lower() or "Bank" in " ".join(report["kept"].values())
     np.testing.assert_allclose(forward(merged, cfg, tokens), forward(lp, cfg, tokens), atol=1e-5)
+
+
+def test_remat_keeps_one_product_per_adapted_weight(base, tokens, capsys):  # noqa: F811
+    """Under training's "dots" remat the backward keeps each adapted projection's output once (the
+    base's product plus the adapter's, as one array), not both products: the gate and up
+    projections are the only [B, T, d_ff] residuals. The gradient is the unrematerialized one."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from jaxshare.core.model import decoder_layer, rope_tables
+    from jaxshare.training.memory import remat_layer
+
+    cfg, params = base[0], base[1]
+    if cfg.d_ff in (cfg.d_model, cfg.n_heads * cfg.head_dim):
+        pytest.skip("the tiny model's d_ff must differ from its other widths")
+    p = _with_random_b(attach(params, cfg, 4))
+    layer = jax.tree_util.tree_map(lambda x: x[0], p.layers)
+    B, T = tokens.shape
+    pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+    x = jax.random.normal(jax.random.key(0), (B, T, cfg.d_model))
+    rope = rope_tables(cfg, pos)
+
+    def loss(layer, fn):
+        return jnp.sum(jnp.square(fn(x, layer, cfg, rope, pos, 0)[0]))
+
+    capsys.readouterr()
+    print_saved_residuals(lambda lay: loss(lay, remat_layer(decoder_layer, "dots")), layer)
+    wide = [ln for ln in capsys.readouterr().out.splitlines()
+            if f"[{B},{T},{cfg.d_ff}]" in ln and "from the argument" not in ln]
+    assert len(wide) == 2, wide
+    g_remat = jax.grad(lambda lay: loss(lay, remat_layer(decoder_layer, "dots")))(layer)
+    g_plain = jax.grad(lambda lay: loss(lay, decoder_layer))(layer)
+    for a, b in zip(jax.tree_util.tree_leaves(g_remat), jax.tree_util.tree_leaves(g_plain)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
