@@ -24,12 +24,6 @@ Array = jax.Array
 DenseFn = Callable[[Array, Array], Array]
 
 
-# The name (jax.ad_checkpoint.checkpoint_name) under which a kind whose product is a sum of
-# matmuls (an adapter over its base) marks that sum: training's "dots" remat policy saves it, so
-# the backward keeps one [tokens, d_out] array instead of every matmul output the sum is made of.
-SAVED_PRODUCT = "jaxshare_product"
-
-
 @runtime_checkable
 class SelfApplying(Protocol):
     """A weight that computes its own product with an input (model.linear defers to it)."""

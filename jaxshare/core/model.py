@@ -243,15 +243,8 @@ def embed(params: Params, cfg: ModelConfig, tokens_BT: Array, positions_BT: Arra
 
 def unembed(params: Params, cfg: ModelConfig, x_BTD: Array) -> Array:
     x = norm(x_BTD, params.final_norm, cfg)
-    # Tied: contract the table's own D axis. Through `embed.T`, XLA:CPU keeps a transposed copy of
-    # the table for a training step (0.87 GiB at a 152k vocabulary, one per model in a heal step).
-    # The same bits for several rows; a single row (decode) keeps the transposed form, whose
-    # matrix-vector kernel and rounding are what generation has always used.
-    if params.lm_head is None and x.shape[0] * x.shape[1] > 1:
-        logits = jnp.einsum("btD,VD->btV", x, params.embed.astype(x.dtype), preferred_element_type=jnp.float32)
-    else:
-        w_DV = params.embed.T if params.lm_head is None else params.lm_head
-        logits = jnp.einsum("btD,DV->btV", x, w_DV.astype(x.dtype), preferred_element_type=jnp.float32)
+    w_DV = params.embed.T if params.lm_head is None else params.lm_head
+    logits = jnp.einsum("btD,DV->btV", x, w_DV.astype(x.dtype), preferred_element_type=jnp.float32)
     if cfg.final_logit_softcap is not None:
         logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
     return logits

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxshare.core.axes import layout_axes
-from jaxshare.core.compressed import SAVED_PRODUCT, SelfApplying, axes_of, dense_of, frozen_of, is_compressed
+from jaxshare.core.compressed import SelfApplying, axes_of, dense_of, frozen_of, is_compressed
 from jaxshare.core.config import ModelConfig
 from jaxshare.core.matrices import TYPES, dims, from_2d, get_type, matmul_2d
 from jaxshare.core.params import abstract_params, nodes_by_path, replace_leaves
@@ -62,8 +62,9 @@ class LoRA:
         s = jnp.asarray(self.scale, x.dtype)
         delta = matmul_2d(self.layout, x, lambda x2: ((x2 @ self.a.astype(x.dtype)) @ self.b.astype(x.dtype)) * s,
                           self.leaf_shape)
-        # saved as one array under remat, not as the base's product and the adapter's (1.5B heal: 2 GiB)
-        return checkpoint_name(y + delta, SAVED_PRODUCT)
+        # Named, so training's "dots" remat saves this sum as one [tokens, d_out] array; otherwise it
+        # keeps both matmul outputs it is made of (a 1.5B heal step: 2.3 GiB more for gate and up).
+        return checkpoint_name(y + delta, "lora_product")
 
     def logical_axes(self, dense_axes: tuple) -> "LoRA":
         d_in, d_out = layout_axes(self.layout, dense_axes)

@@ -27,8 +27,6 @@ import jax.numpy as jnp
 import optax
 from etils import epath
 
-from jaxshare.core.compressed import SAVED_PRODUCT
-
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm as a multiply, so XLA fuses it into the optimizer update."""
@@ -46,17 +44,17 @@ REMAT = ("none", "full", "dots")
 
 @functools.lru_cache(maxsize=None)
 def remat_layer(layer_fn, policy: str = "dots"):
-    """layer_fn under jax.checkpoint (cfg is static): "dots" keeps its weight-matmul outputs (for a
-    kind whose product is a sum of matmuls, the sum: core.compressed.SAVED_PRODUCT) and recomputes
-    the rest in the backward pass; "full" keeps only the layer's input; "none" is
-    layer_fn itself (every residual stored)."""
+    """layer_fn under jax.checkpoint (cfg is static): "dots" keeps its weight-matmul outputs and
+    every value a kind names with jax.ad_checkpoint.checkpoint_name (LoRA names its base + adapter
+    sum, so neither product needs keeping) and recomputes the rest in the backward pass; "full"
+    keeps only the layer's input; "none" is layer_fn itself (every residual stored)."""
     if policy in ("none", False):
         return layer_fn
     if policy == "full":
         return jax.checkpoint(layer_fn, static_argnums=(2,), policy=jax.checkpoint_policies.nothing_saveable)
     policies = jax.checkpoint_policies
     return jax.checkpoint(layer_fn, static_argnums=(2,), policy=policies.save_from_both_policies(
-        policies.dots_with_no_batch_dims_saveable, policies.save_only_these_names(SAVED_PRODUCT)))
+        policies.dots_with_no_batch_dims_saveable, policies.save_any_names_but_these()))
 
 
 @functools.lru_cache(maxsize=1)
