@@ -53,7 +53,7 @@ from jaxshare.training.checkpoints import Checkpoints, sweep_tmp
 from jaxshare.training.config import TrainConfig, check_resume_sets, dump_config, load_config
 from jaxshare.training.data import batch_iterator
 from jaxshare.training.finish import finish
-from jaxshare.training.memory import release_free_memory
+from jaxshare.training.memory import collect_quietly, release_free_memory
 from jaxshare.training.program import load_teacher, prepare
 from jaxshare.training.recipes import recipe_for, trainable_count
 from jaxshare.training.rundir import check_new_run_dir
@@ -346,10 +346,12 @@ class Trainer:
                     self._heal_baseline(params0, aux)
                 state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=self.donate, mask=mask)
                 del params0
+                release_free_memory()  # the loaded model's arrays, which the state replaced
             step_fn = self.recipe.step(tc, mcfg, tx, pairs, None if self.teacher is None else self.teacher.cfg)
             train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention, aux_sh=aux_sh)
         except BaseException:
             ckpt.close()
+            collect_quietly()  # a failed restore's abandoned reads, finalized here and not mid-way through other code
             raise
         step = int(state["step"])
         tokens_per_step = A * B * T
@@ -358,10 +360,13 @@ class Trainer:
         writer = self._open_writer()
 
         def save(step):
+            # The steps' freed temporaries first: the soundness probe compiles a forward and
+            # backward of its own, which at 1.5B peaked 1.7 GiB above the step with them still held.
+            release_free_memory()
             why = self._unsound(state)
             if why is not None:
                 raise self._diverged(why, step, ckpt)
-            release_free_memory()  # the steps' freed temporaries, before orbax's host copy
+            release_free_memory()  # the probe's, before orbax's host copy
             ckpt.save(step, state, it)
             release_free_memory()
 
@@ -416,6 +421,8 @@ class Trainer:
             return {"status": status, "step": step, "run_dir": str(tc.run_dir)}
         trained = combine(state["params"], state["frozen"])
         del state, aux  # AdamW's m and v (2x the params) and the teacher are not needed to tie, evaluate and export
+        if self.teacher is not None and dataclasses.is_dataclass(self.teacher):  # its baseline is all that is left to use
+            self.teacher = dataclasses.replace(self.teacher, params=None)
         release_free_memory()
         result = finish(self, trained, decision, step)
         if writer is not None:
