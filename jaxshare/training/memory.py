@@ -68,12 +68,14 @@ def _malloc_trim():
         return None
 
 
-def release_free_memory() -> None:
-    """Free what only reference cycles still hold, then return the allocator's free pages to the OS
-    (glibc malloc_trim; no-op elsewhere). The collection matters: after the training state took
-    over a loaded model's buffers, a cycle kept the loaded arrays' memory (the whole student, 5.8
-    GiB at 1.5B) until Python's next full collection, which a run may never reach."""
-    gc.collect()
+def release_free_memory(collect: bool = False) -> None:
+    """Return the allocator's free pages to the OS (glibc malloc_trim; no-op elsewhere). collect:
+    first free what only reference cycles hold. After the training state took over a loaded
+    model's buffers, a cycle kept the loaded arrays' memory (the whole student, 5.8 GiB at 1.5B)
+    until Python's next full collection. A collection costs up to a second in a large process, so
+    it is for the few points where a model was let go, not for every checkpoint."""
+    if collect:
+        gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -346,7 +346,7 @@ class Trainer:
                     self._heal_baseline(params0, aux)
                 state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=self.donate, mask=mask)
                 del params0
-                release_free_memory()  # the loaded model's arrays, which the state replaced
+                release_free_memory(collect=True)  # the loaded model's arrays, which the state replaced
             step_fn = self.recipe.step(tc, mcfg, tx, pairs, None if self.teacher is None else self.teacher.cfg)
             train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention, aux_sh=aux_sh)
         except BaseException:
@@ -423,7 +423,7 @@ class Trainer:
         del state, aux  # AdamW's m and v (2x the params) and the teacher are not needed to tie, evaluate and export
         if self.teacher is not None and dataclasses.is_dataclass(self.teacher):  # its baseline is all that is left to use
             self.teacher = dataclasses.replace(self.teacher, params=None)
-        release_free_memory()
+        release_free_memory(collect=True)
         result = finish(self, trained, decision, step)
         if writer is not None:
             writer.write(step, {"final_eval_ppl": result["eval_ppl"]})
