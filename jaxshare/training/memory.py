@@ -68,6 +68,11 @@ def _malloc_trim():
         return None
 
 
+# Models this size or larger get a collection where the trainer lets one go: below it, what a cycle
+# may hold is small next to a collection's cost (up to a second in a large process, every run).
+COLLECT_ABOVE_BYTES = 2 ** 30
+
+
 def release_free_memory(collect: bool = False) -> None:
     """Return the allocator's free pages to the OS (glibc malloc_trim; no-op elsewhere). collect:
     first free what only reference cycles hold. After the training state took over a loaded

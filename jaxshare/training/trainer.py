@@ -53,7 +53,7 @@ from jaxshare.training.checkpoints import Checkpoints, sweep_tmp
 from jaxshare.training.config import TrainConfig, check_resume_sets, dump_config, load_config
 from jaxshare.training.data import batch_iterator
 from jaxshare.training.finish import finish
-from jaxshare.training.memory import collect_quietly, release_free_memory
+from jaxshare.training.memory import COLLECT_ABOVE_BYTES, collect_quietly, release_free_memory
 from jaxshare.training.program import load_teacher, prepare
 from jaxshare.training.recipes import recipe_for, trainable_count
 from jaxshare.training.rundir import check_new_run_dir
@@ -194,6 +194,10 @@ class Trainer:
         sums = [np.asarray(fn(params, mh.put_global(padded[i:i + bs], rep))) for i in range(0, len(padded), bs)]
         nll = float(np.concatenate(sums)[:n].astype(np.float64).sum() / (n * (T - 1)))
         return {"ppl": math.exp(nll), "nll": nll}
+
+    def _large(self) -> bool:
+        """Whether the model is worth a garbage collection where the run lets a copy of it go."""
+        return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(self.dense_shapes)) >= COLLECT_ABOVE_BYTES
 
     def _unsound(self, state) -> str | None:
         """Why `state` must not become a checkpoint, or None. A blown-up update can leave finite but
@@ -346,7 +350,7 @@ class Trainer:
                     self._heal_baseline(params0, aux)
                 state, sh = place_state(params0, tx, tc.seed, self.mesh, donate=self.donate, mask=mask)
                 del params0
-                release_free_memory(collect=True)  # the loaded model's arrays, which the state replaced
+                release_free_memory(collect=self._large())  # the loaded model's arrays, which the state replaced
             step_fn = self.recipe.step(tc, mcfg, tx, pairs, None if self.teacher is None else self.teacher.cfg)
             train_step, _ = compile_step(step_fn, self.mesh, sh, attention=tc.attention, aux_sh=aux_sh)
         except BaseException:
@@ -423,7 +427,7 @@ class Trainer:
         del state, aux  # AdamW's m and v (2x the params) and the teacher are not needed to tie, evaluate and export
         if self.teacher is not None and dataclasses.is_dataclass(self.teacher):  # its baseline is all that is left to use
             self.teacher = dataclasses.replace(self.teacher, params=None)
-        release_free_memory(collect=True)
+        release_free_memory(collect=self._large())
         result = finish(self, trained, decision, step)
         if writer is not None:
             writer.write(step, {"final_eval_ppl": result["eval_ppl"]})
