@@ -63,7 +63,7 @@ class LoRA:
         delta = matmul_2d(self.layout, x, lambda x2: ((x2 @ self.a.astype(x.dtype)) @ self.b.astype(x.dtype)) * s,
                           self.leaf_shape)
         # Named, so training's "dots" remat saves this sum as one [tokens, d_out] array; otherwise it
-        # keeps both matmul outputs it is made of (a 1.5B heal step: 2.3 GiB more for gate and up).
+        # keeps both matmul outputs it is made of (a 1.5B heal step: about 2 GiB more for gate and up).
         return checkpoint_name(y + delta, "lora_product")
 
     def logical_axes(self, dense_axes: tuple) -> "LoRA":

@@ -37,7 +37,7 @@ from jaxshare.basis.calibrate import calibrate, collect_grams
 from jaxshare.core.bank import combine
 from jaxshare.core.dtypes import as_dtype
 from jaxshare.core.model import next_token_nll
-from jaxshare.core.params import cast_params
+from jaxshare.core.params import cast_params, param_bytes
 from jaxshare.data.corpora import calibration_source
 from jaxshare.data.tokens import token_ids, token_windows
 from jaxshare.headshare.datashare import apply_share
@@ -197,7 +197,7 @@ class Trainer:
 
     def _large(self) -> bool:
         """Whether the model is worth a garbage collection where the run lets a copy of it go."""
-        return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(self.dense_shapes)) >= COLLECT_ABOVE_BYTES
+        return param_bytes(self.dense_shapes) >= COLLECT_ABOVE_BYTES
 
     def _unsound(self, state) -> str | None:
         """Why `state` must not become a checkpoint, or None. A blown-up update can leave finite but
