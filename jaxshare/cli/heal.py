@@ -93,7 +93,7 @@ def register(sub, add, group) -> None:
                                                         "shared, basis and quantized weights keep theirs")
     p.add_argument("--temperature", type=float_in(0.0, low_open=True), help="KD temperature tau (default: 1)")
     p.add_argument("--ce-weight", type=float_in(0.0, 1.0),
-                   help="weight alpha of label cross-entropy mixed in (default: 0)")
+                   help="weight alpha of label cross-entropy mixed in; 0: pure KD (default: 0.5)")
     p.add_argument("--seq-len", type=SEQ_LEN, help="window length (default: 256)")
     p.add_argument("--lr", type=float_in(0.0, low_open=True), help="peak learning rate (default: 1e-4)")
     storage_dtype_arg(p)

@@ -37,7 +37,7 @@ class HealOptions:
     lora_alpha: float = 16.0
     merge: bool = False
     temperature: float = 1.0
-    ce_weight: float = 0.0
+    ce_weight: float = 0.5  # TrainConfig.kd_alpha's default
     lr: float = 1e-4
     seq_len: int = 256
     batch_size: int = 4
