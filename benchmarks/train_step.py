@@ -126,7 +126,7 @@ def _torch_step(m, tc, batch_BT):
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())  # the loss still holds its graph: a bare float() warns
 
     return step
 
