@@ -21,7 +21,7 @@ from jaxshare.errors import MethodError
 from jaxshare.io.load import Model
 from jaxshare.methods import checks as C
 from jaxshare.methods.base import MethodBase, plain, updated
-from jaxshare.training.config import TRAINS, TrainConfigError, build_config
+from jaxshare.training.config import TRAINS, TrainConfig, TrainConfigError, build_config
 from jaxshare.training.data import steps_for
 from jaxshare.training.program import check_same_tokens
 from jaxshare.training.trainer import Trainer
@@ -32,12 +32,13 @@ class HealOptions:
     tokens: int = 50000
     data: str = "books:train"
     eval_data: str = "books:test"
-    trains: str = "all"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    merge: bool = False
-    temperature: float = 1.0
-    ce_weight: float = 0.5  # TrainConfig.kd_alpha's default
+    # the trainer's own defaults, so a plan's heal step and `jaxshare heal` cannot drift apart
+    trains: str = TrainConfig.trains
+    lora_rank: int = TrainConfig.lora_rank
+    lora_alpha: float = TrainConfig.lora_alpha
+    merge: bool = TrainConfig.merge
+    temperature: float = TrainConfig.kd_temperature
+    ce_weight: float = TrainConfig.kd_alpha
     lr: float = 1e-4
     seq_len: int = 256
     batch_size: int = 4
