@@ -223,8 +223,16 @@ def heal_memory_aot(d: dict) -> str:
     peak = {(r["shape"], r["variant"]): (f"**{r['peak_gib']:.2f}**" if r["fits_24_gib"] else f"{r['peak_gib']:.2f}")
             for r in d["rows"]}
     rows = [[s, *(peak.get((s, v), "-") for v in variants)] for s in shapes]
-    return (table(["peak GiB", *variants], rows) +
-            f"\n\nIn bold: fits {d.get('budget_gib', 24)} GiB. {d.get('config', '')}; {d.get('what', '')}.")
+    out = (table(["peak GiB", *variants], rows) +
+           f"\n\nIn bold: fits {d.get('budget_gib', 24)} GiB. {d.get('config', '')}; {d.get('what', '')}.")
+    c = d.get("memory_case")
+    if c:
+        out += (f"\n\nThe memory benchmark's `heal_lora` case (`jaxshare heal` of the width-pruned random "
+                f"Qwen2-1.5B, d_ff {c['student_d_ff']}, from its dense {c['teacher_dtype']} teacher; batch "
+                f"{c['batch_size']} x {c['seq_len']}, {c['dtype']} compute, LoRA rank {c['lora_rank']}, remat "
+                f"{c['remat']}): arguments {c['argument']:.2f} GiB, temporaries {c['temp']:.2f}, peak "
+                f"**{c['peak_gib']:.2f} GiB** by XLA's count.")
+    return out
 
 
 def prune_speed(d: dict) -> str:
