@@ -52,7 +52,8 @@ def main() -> None:
     args.run_root = args.run_root or str(ROOT / "runs" / f"postshare_exp{tag}")
 
     import jaxshare as js
-    from jaxshare import direct_share, perplexity_of_windows
+    from jaxshare import perplexity_of_windows
+    from jaxshare.headshare.directshare import direct_share  # on the params pytree this study trains
     from jaxshare.training.config import build_config
     from jaxshare.training.trainer import Trainer
 
