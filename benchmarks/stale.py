@@ -4,7 +4,7 @@ Each result file belongs to a study: the script that wrote it and the library co
 change its numbers (STUDIES). A result is measured at the commit it records (benchmarks.common.stamp;
 for files written before stamping, the commit that last changed the file stands in). It is **stale**
 when a commit after that one changed any of the study's paths: its numbers may no longer be what
-the code gives, until it is rerun.
+the code gives, until it is rerun. A Python file changed only in its comments does not count.
 
     python -m benchmarks.stale              # a table; exit 0
     python -m benchmarks.stale --markdown   # the table the docs' results page includes
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import io
 import json
 import subprocess
 import sys
+import tokenize
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -175,6 +177,29 @@ def git(root: Path, *args) -> str:
     return out.stdout.strip()
 
 
+def _code_tokens(source: str) -> list[tuple[int, str]] | None:
+    """A Python source's tokens less its comments and blank-line tokens (None if it does not tokenize)."""
+    skip = {tokenize.COMMENT, tokenize.NL}
+    try:
+        return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in skip]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+
+
+def comments_only(root: Path, commit: str, rel: str) -> bool:
+    """Whether `rel` differs between `commit` and HEAD only in its comments: a Python file whose
+    tokens are the same less its comments computes what it did, so it does not make a result stale.
+    Docstrings count as code (a program may print its __doc__); any other file always counts."""
+    if not rel.endswith(".py"):
+        return False
+    try:
+        before, after = git(root, "show", f"{commit}:{rel}"), git(root, "show", f"HEAD:{rel}")
+    except RuntimeError:  # added or removed since
+        return False
+    a, b = _code_tokens(before), _code_tokens(after)
+    return a is not None and a == b
+
+
 def study_of(rel: str) -> tuple[str, ...] | None:
     for pattern, paths in STUDIES.items():
         if fnmatch.fnmatch(rel, pattern):
@@ -232,7 +257,7 @@ def check(root: Path = ROOT) -> list[Status]:
                 known = False  # a commit this history does not hold (a run from work that did not land)
                 continue
             diff = git(root, "diff", "--name-only", c, "HEAD", "--", *paths)
-            changed |= set(diff.splitlines())
+            changed |= {f for f in diff.splitlines() if not comments_only(root, c, f)}
         status = "stale" if changed else ("current" if known else "unknown")
         out.append(Status(rel, n, [c[:10] for c in at], stamped, status, sorted(changed)[:8], len(changed)))
     return out

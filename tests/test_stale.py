@@ -46,6 +46,10 @@ def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
     _git(root, "commit", "-qam", "docs")
     assert {r.status for r in stale.check(root)} == {"current"}
 
+    (root / "jaxshare/core/model.py").write_text("# why x is one\nx = 1  # a comment changes no number\n")
+    _git(root, "commit", "-qam", "comments only")
+    assert {r.status for r in stale.check(root)} == {"current"}
+
     (root / "jaxshare/core/model.py").write_text("x = 2\n")
     _git(root, "commit", "-qam", "the model changes")
     by = {r.file: r for r in stale.check(root)}
