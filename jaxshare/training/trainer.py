@@ -211,8 +211,8 @@ class Trainer:
             def sound(s, tokens):
                 leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(s)
                           if jnp.issubdtype(x.dtype, jnp.inexact)]
-                # chunked logits: the whole [B, T, V] logits and their gradient put this probe up to
-                # 4 GiB above the step it follows (Qwen2-1.5B LoRA heal; a KD step chunks its own)
+                # chunked logits, as a KD step makes its own: with the whole [B, T, V] logits and their
+                # gradient this probe peaked above the step it guards (SmolLM2 LoRA heal at 4 x 512)
                 loss, g = jax.value_and_grad(lambda p: step_module.chunked_ce_loss(
                     combine(p, s["frozen"]), cfg, tokens, dtype, tc.remat))(s["params"])
                 sq = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(g))
