@@ -59,6 +59,57 @@ def _checkout() -> dict:
 START = _checkout()
 
 
+def made_at(path) -> Path:
+    """Where the commit that made `path` (a student, a run dir an experiment keeps) is recorded."""
+    path = Path(path)
+    return path.with_name(path.name + ".made_at.json")
+
+
+def mark_made(path) -> None:
+    """Record beside `path`, as this process starts to make it, the checkout it runs from."""
+    mark = made_at(path)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({**START, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}) + "\n")
+
+
+def check_reuse(path, result: str, root: Path = ROOT) -> None:
+    """A rerun may reuse what an earlier run made (a student, a finished or killed training run) only
+    where that code still computes what `result` (a results file, relative to the repository)
+    measures: made from a clean checkout, and none of the study's measured files changed since
+    (benchmarks/stale.py's rule). Otherwise the new row would carry the old code's work under the
+    new commit, so this exits with one line naming `path`."""
+    from benchmarks import stale
+
+    path = Path(path).absolute()
+    # the nearest mark: a checkpoint inside a run dir was made with it
+    mark = next((made_at(p) for p in (path, *path.parents) if p.name and made_at(p).is_file()), made_at(path))
+    fix = f"move {mark.with_name(mark.name.removesuffix('.made_at.json'))} aside (and {mark.name}) to make it afresh"
+    try:
+        made = json.loads(mark.read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"{path} records no commit that made it (no readable {mark.name} beside it or a folder "
+                         f"above it): {fix}") from None
+    paths = stale.study_of(result)
+    if paths is None:
+        raise SystemExit(f"{result} is not a study benchmarks/stale.py knows, so reuse of {path} cannot be checked")
+    changed = None if made.get("dirty") else stale.changed_since(made.get("commit", ""), paths, root)
+    if changed is None:
+        raise SystemExit(f"{path} was made from {'a dirty checkout' if made.get('dirty') else 'an unknown commit'} "
+                         f"({mark}): {fix}")
+    if changed:
+        raise SystemExit(f"{path} was made at {made['commit'][:10]}, before changes to {len(changed)} file(s) "
+                         f"{result} measures ({', '.join(sorted(changed)[:3])}): {fix}")
+
+
+def claim(path, result: str) -> None:
+    """Before a run makes or reuses `path`: check_reuse where it holds earlier work, mark_made where
+    it does not exist yet."""
+    if Path(path).exists():
+        check_reuse(path, result)
+    else:
+        mark_made(path)
+
+
 def stamp(module: str | None = None) -> dict:
     """Where a result came from: the commit the run started from and whether the checkout differed
     from it (outside the result folders), the date, the machine, the library versions and the exact

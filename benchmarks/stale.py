@@ -233,6 +233,15 @@ def recorded_commits(path: Path, rel: str = "") -> tuple[list[str | None], int]:
     return commits, n
 
 
+def changed_since(commit: str, paths, root: Path = ROOT) -> set[str] | None:
+    """The files under `paths` whose code differs between `commit` and HEAD (None where this
+    history does not hold the commit)."""
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root, capture_output=True).returncode:
+        return None
+    diff = git(root, "diff", "--name-only", commit, "HEAD", "--", *paths)
+    return {f for f in diff.splitlines() if not comments_only(root, commit, f)}
+
+
 def check(root: Path = ROOT) -> list[Status]:
     root = Path(root)
     files = sorted({p for g in RESULT_GLOBS for p in root.glob(g)})
@@ -253,11 +262,11 @@ def check(root: Path = ROOT) -> list[Status]:
         changed: set[str] = set()
         known = True
         for c in at:
-            if subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=root, capture_output=True).returncode:
+            since = changed_since(c, paths, root)
+            if since is None:
                 known = False  # a commit this history does not hold (a run from work that did not land)
                 continue
-            diff = git(root, "diff", "--name-only", c, "HEAD", "--", *paths)
-            changed |= {f for f in diff.splitlines() if not comments_only(root, c, f)}
+            changed |= since
         status = "stale" if changed else ("current" if known else "unknown")
         out.append(Status(rel, n, [c[:10] for c in at], stamped, status, sorted(changed)[:8], len(changed)))
     return out

@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import common
 from experiments.heal import ROOT, TEACHER, held_out, runs_dir, score, stamp, student
 from experiments.prune import paired
 
@@ -62,7 +63,7 @@ def command(arm: str, tokens: int) -> tuple[list[str], Path]:
         return js + ["train", "plain", *sets({**data, "model": TEACHER, "run_dir": corrected}), "--overwrite",
                      "--json"], corrected / "final"
     out = RUNS / f"prune_0.2_{arm.replace('+', '_')}_{tokens}"
-    return js + ["heal", str(student("prune", 0.2, "books")), str(out / "model"), "--teacher",
+    return js + ["heal", str(student("prune", 0.2, "books", ROWS)), str(out / "model"), "--teacher",
                  str(corrected / "final"), "--data", "books:train", "--eval-data", "books:test", "--tokens",
                  str(tokens), "--seq-len", str(SEQ_LEN), "--lr", str(LR), "--trains", "all", "--ce-weight",
                  "0.5" if arm == "kd+ce" else "0", "--run-dir", str(out / "run"), *sets({}), "--overwrite",
@@ -85,6 +86,7 @@ def run(args) -> None:
         cmd, ckpt = command(arm, args.tokens)
         print(f"[{i}/{len(todo)}] {arm}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         st = stamp("experiments.heal_teacher")  # the code the arm starts with
+        common.mark_made(ckpt.parent)  # what the students' study checks before it heals from the teacher
         t0 = time.time()
         out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         wall = time.time() - t0

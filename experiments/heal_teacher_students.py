@@ -26,8 +26,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks.common import check_reuse
 from benchmarks.train_memory import child_env, run_measured
-from experiments.heal import TEACHER, held_out, score, stamp, student
+from experiments.heal import TEACHER, held_out, rel, score, stamp, student
 from experiments.heal_teacher import HEAL_ROWS, LR, RESULTS, RUNS, SEQ_LEN, WINDOWS, diff, load, sets
 from experiments.heal_teacher import ROWS as TEACHER_ROWS
 
@@ -43,7 +44,7 @@ def corrected(tokens: int) -> Path:
 def command(name: str, tokens: int) -> tuple[list[str], Path]:
     """The CLI command that heals one student from the corrected teacher, and the model it writes."""
     out = RUNS / f"{name}_0.2_kd_ce_{tokens}"
-    return [sys.executable, "-m", "jaxshare", "heal", str(student(name, 0.2, "books")), str(out / "model"),
+    return [sys.executable, "-m", "jaxshare", "heal", str(student(name, 0.2, "books", ROWS)), str(out / "model"),
             "--teacher", str(corrected(tokens)), "--data", "books:train", "--eval-data", "books:test", "--tokens",
             str(tokens), "--seq-len", str(SEQ_LEN), "--lr", str(LR), "--trains", "all", "--ce-weight", "0.5",
             "--run-dir", str(out / "run"), *sets({}), "--overwrite", "--json"], out / "model"
@@ -57,6 +58,7 @@ def run(args) -> None:
     if not corrected(args.tokens).is_dir():
         raise SystemExit(f"heal_teacher_students: no corrected teacher at {corrected(args.tokens)}; "
                          f"run `python -m experiments.heal_teacher --tokens {args.tokens}` first")
+    check_reuse(corrected(args.tokens), rel(ROWS))  # heal_teacher's run, made by code this study measures
     tok = load_model(TEACHER, "fp32").tokenizer
     windows = {"books:test": held_out(tok, SEQ_LEN, WINDOWS, "books:test"),
                "botchan": held_out(tok, SEQ_LEN, WINDOWS, "botchan")}

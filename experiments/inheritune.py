@@ -12,7 +12,8 @@ reference's held-out loss? Arms (same token budget, data, optimizer and seed for
 Held-out loss: the first W windows of S tokens of DATA:validation (METHODS.md protocol); training
 on DATA:train. DATA is --data: books by default (wiki needs the BIG-bench sdist, see docs/models.md).
 Each finished arm is one JSON line in experiments/results/inheritune_books.jsonl (wiki:
-inheritune.jsonl); a re-run skips finished arms and resumes a killed training run from its checkpoint.
+inheritune.jsonl); a re-run skips finished arms and resumes a killed training run from its checkpoint
+(an arm dir made before a change to the code this study measures is refused: move it aside).
 
   nohup nice -n 5 python -m experiments.inheritune --tokens 16384 > experiments/results/inheritune_books.log 2>&1 &
   python -m experiments.inheritune --report-only [--data books]
@@ -26,7 +27,7 @@ import math
 import time
 from pathlib import Path
 
-from benchmarks.common import append_row
+from benchmarks.common import append_row, check_reuse, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -42,6 +43,10 @@ def done_arms(path: Path) -> dict:
 def append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     append_row(path, row, "experiments.inheritune")
+
+
+def rel(path: Path) -> str:
+    return path.resolve().relative_to(ROOT).as_posix()
 
 
 def arm_layers(arm: str, k: int, L: int) -> list[int] | None:
@@ -102,7 +107,7 @@ def main() -> None:
     from jaxshare.eval.perplexity import perplexity_of_windows
     from jaxshare.inheritune.inherit import inherit
     from jaxshare.io.load import load_model
-    from jaxshare.io.native import is_native, load_native, save_native
+    from jaxshare.io.native import is_native, save_native
     from jaxshare.data.tokens import token_ids, token_windows
 
     m = load_model(args.model, "fp32")
@@ -126,6 +131,7 @@ def main() -> None:
         if arm in done:
             continue
         t0 = time.time()
+        claim(root / arm, rel(out))  # an arm dir from older code is not this rerun's work
         ids = arm_layers(arm, args.k, L)
         params, cfg, extra = inherit(m.params, m.cfg, args.k, dict(m.meta.get("extra", {})), layer_ids=ids)
         if arm == "random_k":
@@ -156,10 +162,12 @@ def grow_arm(args, m, root: Path, out: Path, ref_loss: float, loss, setup) -> No
     from jaxshare.inheritune.grow import grow_params
     from jaxshare.io.native import is_native, load_native, save_native
 
+    check_reuse(root / "first_k", rel(out))
     cfg, params, _ = load_native(root / "first_k" / "run" / "final")
     for s in range(1, args.grow_stages + 1):
         n = cfg.n_layers + 2
         stage_dir = root / f"grow_{n}"
+        claim(stage_dir, rel(out))
         if not is_native(stage_dir / "init"):
             p2, c2 = grow_params(params, cfg, n, "reference", reference=(m.params, m.cfg))
             save_native(stage_dir / "init", c2, p2, m.tokenizer, extra={"derived_from": str(m.source)}, overwrite=True)

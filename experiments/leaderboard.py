@@ -13,7 +13,8 @@ Arms (each at every --budgets fraction of the model's parameters removed; the de
   inherit      Inheritune's cut: the first k layers, k the depth whose removal is nearest the budget
   inheritune   the same k layers trained with the plain LM loss on --train-tokens of DATA:train
 The trained arms see --train-tokens more text than the others; their runs are kept under
-runs/leaderboard/ and reused. --checkpoints ARM=DIR adds a row for a native checkpoint trained
+runs/leaderboard/ and reused while the code this study measures is unchanged (benchmarks/common.py's
+check_reuse, which also holds each --checkpoints DIR to the mark the experiment that made it left). --checkpoints ARM=DIR adds a row for a native checkpoint trained
 elsewhere (e.g. the Inheritune experiment's half-depth model) at whatever budget it removes; an
 ARM may repeat (one row per checkpoint), its budget and "trained on" tokens are the checkpoint's.
 Healed arms (experiments/heal.py's checkpoints, only through --checkpoints) are named STUDENT+HEAL:
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import append_row
+from benchmarks.common import append_row, check_reuse, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -100,6 +101,7 @@ def parse_checkpoints(s: str) -> list[tuple[str, str]]:
 def checkpoint_how(arm: str, path: str, layers: int, data: str = "wiki") -> dict:
     """The row's `how` for a native checkpoint: its path, depth and, from the result.json of the run
     beside it, its training tokens; a healed arm's heal must be the one the run made."""
+    check_reuse(path, study(data))  # made by the code this leaderboard measures, or refused
     how = {"checkpoint": path, "layers": layers}
     result = Path(path).parent / "result.json"
     res = json.loads(result.read_text()) if result.is_file() else None
@@ -118,6 +120,11 @@ def checkpoint_how(arm: str, path: str, layers: int, data: str = "wiki") -> dict
 def rows_path(data: str) -> Path:
     """wiki, the first corpus, keeps the original name; each other corpus has its own file."""
     return RESULTS / ("leaderboard.jsonl" if data == "wiki" else f"leaderboard_{data}.jsonl")
+
+
+def study(data: str) -> str:
+    """The results file whose measured code (benchmarks/stale.py) a reused run or checkpoint must match."""
+    return rows_path(data).relative_to(ROOT).as_posix()
 
 
 def corpora(data: str) -> tuple[str, ...]:
@@ -244,6 +251,7 @@ def trained(m, arm: str, budget: float, args):
 
     tag = "" if args.data == "wiki" else f"_{args.data}"  # the wiki runs keep their names
     run_dir = ROOT / "runs" / "leaderboard" / f"{arm.replace('+', '_')}_{budget:g}_{args.train_tokens}{tag}"
+    claim(run_dir, study(args.data))
     lr = TRAINED[arm]
     setup = dict(tokens=args.train_tokens, seq_len=args.train_seq_len, batch_size=4, lr=lr, warmup=2, dtype="fp32",
                  windows=2, data=args.data)

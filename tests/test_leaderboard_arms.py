@@ -1,9 +1,11 @@
 """experiments.leaderboard: healed arms (STUDENT+HEAL) through --checkpoints, and their table."""
 import json
+import subprocess
 
 import pytest
 
 from benchmarks import experiment_tables
+from benchmarks.common import made_at
 from experiments import leaderboard as lb
 
 
@@ -27,6 +29,10 @@ def test_checkpoints_keep_repeated_arms_in_order():
 def test_checkpoint_heal_comes_from_result_json(tmp_path):
     (tmp_path / "final").mkdir()
     (tmp_path / "result.json").write_text(json.dumps({"mode": "plain", "tokens": 50176, "adapter_params": 0}))
+    with pytest.raises(SystemExit, match="records no commit that made it"):  # who made it, from what code?
+        lb.checkpoint_how("plan+ce", str(tmp_path / "final"), 30)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lb.ROOT, capture_output=True, text=True).stdout.strip()
+    made_at(tmp_path).write_text(json.dumps({"commit": head, "dirty": False}))  # as experiments.heal leaves it
     how = lb.checkpoint_how("plan+ce", str(tmp_path / "final"), 30)
     assert how["trained_tokens"] == 50176 and how["heal"] == "ce" and how["student"] == "plan"
     assert how["train_data"] == "wiki:train"

@@ -107,3 +107,45 @@ def test_a_historical_result_is_never_stale():
     by = {r.file: r for r in stale.check()}
     for rel in stale.HISTORICAL:
         assert by[rel].status == "historical"
+
+
+def test_a_rerun_reuses_earlier_work_only_while_its_measured_code_is_unchanged(tmp_path):
+    from benchmarks import common
+
+    root = tmp_path / "repo"
+    (root / "jaxshare/core").mkdir(parents=True)
+    (root / "jaxshare/core/model.py").write_text("x = 1\n")
+    (root / "README.md").write_text("hi\n")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "code")
+    made = _head(root)
+    result = "benchmarks/results/forward.json"  # a study measuring jaxshare/core
+    run = root / "runs/arm"
+    (run / "run/final").mkdir(parents=True)
+
+    def refused(path):
+        try:
+            common.check_reuse(path, result, root)
+        except SystemExit as e:
+            return str(e)
+        return None
+
+    assert "records no commit" in refused(run)  # made before marks existed: nothing says by what code
+    common.made_at(run).write_text(json.dumps({"commit": made, "dirty": False}))
+    assert refused(run) is None and refused(run / "run/final") is None  # a checkpoint inside: the run's mark
+    (root / "README.md").write_text("hello\n")  # not code the study measures
+    (root / "jaxshare/core/model.py").write_text("x = 1  # why\n")  # a comment only
+    _git(root, "commit", "-qam", "docs")
+    assert refused(run / "run/final") is None
+    (root / "jaxshare/core/model.py").write_text("x = 2\n")
+    _git(root, "commit", "-qam", "code changes")
+    msg = refused(run / "run/final")
+    assert msg and made[:10] in msg and "jaxshare/core/model.py" in msg and "move" in msg and str(run) in msg
+    common.made_at(run).write_text(json.dumps({"commit": _head(root), "dirty": True}))
+    assert "dirty checkout" in refused(run)
+    common.made_at(run).write_text(json.dumps({"commit": "0" * 40, "dirty": False}))
+    assert "unknown commit" in refused(run)
+    fresh = root / "runs/new"
+    common.claim(fresh, result)  # absent: marked with this checkout, not checked
+    assert json.loads(common.made_at(fresh).read_text())["commit"] == common.START["commit"]
