@@ -14,6 +14,17 @@ def _head(root):
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
+def _repo(root):
+    """A repository whose one commit holds code a study measures (jaxshare/core) and a README."""
+    (root / "jaxshare/core").mkdir(parents=True)
+    (root / "jaxshare/core/model.py").write_text("x = 1\n")
+    (root / "README.md").write_text("hi\n")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "code")
+    return root
+
+
 def test_every_committed_result_belongs_to_a_study():
     rows = stale.check()
     assert rows and all(stale.study_of(r.file) is not None for r in rows), \
@@ -22,14 +33,8 @@ def test_every_committed_result_belongs_to_a_study():
 
 
 def test_a_result_goes_stale_when_its_measured_code_changes(tmp_path):
-    root = tmp_path
-    (root / "jaxshare/core").mkdir(parents=True)
+    root = _repo(tmp_path)
     (root / "benchmarks/results").mkdir(parents=True)
-    (root / "jaxshare/core/model.py").write_text("x = 1\n")
-    (root / "README.md").write_text("hi\n")
-    _git(root, "init", "-q")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "code")
     stamped = root / "benchmarks/results/forward.json"
     stamped.write_text(json.dumps({"commit": _head(root), "tok_s": 1.0}))
     rows = root / "benchmarks/results/directshare_sweep_books.jsonl"  # rows without a commit: the file's own commit
@@ -112,13 +117,7 @@ def test_a_historical_result_is_never_stale():
 def test_a_rerun_reuses_earlier_work_only_while_its_measured_code_is_unchanged(tmp_path):
     from benchmarks import common
 
-    root = tmp_path / "repo"
-    (root / "jaxshare/core").mkdir(parents=True)
-    (root / "jaxshare/core/model.py").write_text("x = 1\n")
-    (root / "README.md").write_text("hi\n")
-    _git(root, "init", "-q")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "code")
+    root = _repo(tmp_path / "repo")
     made = _head(root)
     result = "benchmarks/results/forward.json"  # a study measuring jaxshare/core
     run = root / "runs/arm"
