@@ -259,8 +259,37 @@ def prune_speed(d: dict) -> str:
                         for m in models])
 
 
+GOAL_S = 600  # the whole suite under 10 minutes on 2 cores (the developers' guide)
+
+
+def _cpu(r: dict) -> str:
+    cpu = ((r.get("provenance") or {}).get("machine") or {}).get("cpu", "")
+    return "AMD EPYC" if "EPYC" in cpu else "Intel Xeon" if "Xeon" in cpu else cpu or "-"
+
+
+def suite(rows: list[dict]) -> str:
+    """Every logged run of the test suite, newest first, after a summary of the fresh-clone
+    `.ci/run` runs made alone on the machine (the ones comparable with each other), per CPU."""
+    alone = [r for r in rows if r["label"].startswith("fresh-clone .ci/run") and "alone" in r["label"]]
+    lines = []
+    for cpu in dict.fromkeys(_cpu(r) for r in alone):
+        ts = sorted(r["pytest_s"] for r in alone if _cpu(r) == cpu)
+        met = sum(t <= GOAL_S for t in ts)
+        mid = (ts[(len(ts) - 1) // 2] + ts[len(ts) // 2]) / 2
+        lines.append(f"- {cpu}: {len(ts)} runs, {met} within {GOAL_S} s of pytest; median {mid:.2f} s, "
+                     f"from {ts[0]:.2f} to {ts[-1]:.2f} s.")
+    head = ["logged", "tested commit", "CPU", "pytest s", ".ci/run s", "passed", "skipped", "test-seconds",
+            f"≤ {GOAL_S} s", "run"]
+    body = [[(r.get("provenance") or {}).get("date", "-")[:16], f"`{r.get('tested_commit', '-')[:7]}`", _cpu(r),
+             f"{r['pytest_s']:.2f}", f"{r['ci_run_s']:.1f}" if r.get("ci_run_s") else "-", f"{r['passed']:,}",
+             r.get("skipped", "-"), f"{r['test_seconds_summed']:,.1f}" if r.get("test_seconds_summed") else "-",
+             "yes" if r["pytest_s"] <= GOAL_S else "no", r["label"].replace("|", "/")] for r in reversed(rows)]
+    return ("Fresh-clone `.ci/run` runs alone on the machine, by CPU (2 cores each):\n\n" + "\n".join(lines)
+            + "\n\n" + table(head, body))
+
+
 TABLES = {f.__name__: f for f in (forward, similarity, shared_forward, xla_cpu_flags, memory, demo, parity,
-                                  basis_sweep, basis, heal_memory_aot, prune_speed, experiment_tables.leaderboard_ppl,
+                                  basis_sweep, basis, heal_memory_aot, prune_speed, suite, experiment_tables.leaderboard_ppl,
                                   experiment_tables.leaderboard_acc, experiment_tables.leaderboard_books,
                                   experiment_tables.quantize)}
 # name -> (its result files, the .md it writes), relative to the repository; the rest read
@@ -273,6 +302,7 @@ PATHS = {
     "leaderboard_books": (["benchmarks/results/leaderboard_books.jsonl"], "benchmarks/results/leaderboard_books.md"),
     "quantize": (["experiments/results/quantize_books.jsonl"], "experiments/results/quantize.md"),
     "basis_sweep": (["benchmarks/results/basis_sweep_books.json"], "benchmarks/results/basis_sweep.md"),
+    "suite": (["benchmarks/results/suite.jsonl"], "benchmarks/results/suite.md"),
 }
 
 
