@@ -17,8 +17,22 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def prose(path: Path) -> str:
-    """The file without its fenced code blocks (a `[x](y)` inside code is not a link)."""
-    return re.sub(r"^(```|~~~).*?^\1", "", path.read_text(), flags=re.S | re.M)
+    """The file without its fenced code blocks (a `[x](y)` inside code is not a link). A MyST
+    directive's fence (```{warning}, ```{note}) holds rendered prose, so its lines stay."""
+    out, closer, code = [], None, False
+    for line in path.read_text().splitlines():
+        fence = re.match(r"(`{3,}|~{3,})\s*(\{[\w-]+\})?", line)
+        if closer is None and fence:
+            closer = fence.group(1)
+            name = fence.group(2)
+            code = name is None or name in ("{code-block}", "{code-cell}", "{literalinclude}")
+            continue
+        if closer is not None and line.strip() == closer:
+            closer = None
+            continue
+        if closer is None or not code:
+            out.append(line)
+    return "\n".join(out)
 
 
 def test_readme_is_at_most_12_kb():
@@ -50,6 +64,13 @@ def test_relative_links_point_to_files_and_headings_that_exist(page):
 def test_the_anchor_check_sees_a_heading_that_is_gone(tmp_path):
     (tmp_path / "a.md").write_text("# Speed and memory (CPU, 2 cores)\n\n## Known gaps\n")
     assert anchors(tmp_path / "a.md") == {"speed-and-memory-cpu-2-cores", "known-gaps"}
+
+
+def test_prose_keeps_a_directive_and_drops_code(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("```{warning}\nsee [gone](#gone)\n```\n\n```bash\n[x](#code)\n```\n"
+                    "```{include} b.md\n```\n[after](#after)\n")
+    assert LINK.findall(prose(page)) == ["#gone", "#after"]
 
 
 def test_readme_cli_example_parses():
