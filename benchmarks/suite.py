@@ -4,6 +4,7 @@
     python -m benchmarks.suite log LOG --label before --commit C   # a log of such a run, made earlier
     python -m benchmarks.suite flags [--reps 3] [-k every_kind] [tests/training/test_heal.py]
     python -m benchmarks.suite real-model [--reps 5] [SELECTION ...]
+    python -m benchmarks.suite tiny [--reps 5] [SELECTION ...]
 
 `run`/`log` append to benchmarks/results/suite.jsonl: pytest's wall time, the test count, the test
 seconds summed over both workers, per file, and the 20 slowest tests. `flags` runs one pytest
@@ -11,7 +12,9 @@ selection from a cold compilation cache under XLA's default flags and under the 
 FAST_COMPILE (tests/conftest.py), interleaved, and writes benchmarks/results/suite_flags.json.
 `real-model` runs real-model (slow) tests from a cold cache with FAST_COMPILE for every compile and
 as the suite runs them (their own compiles under XLA's defaults), interleaved, and writes
-benchmarks/results/suite_real_model.json.
+benchmarks/results/suite_real_model.json. `tiny` runs the slow tests of tiny models (marked `tiny`)
+as the other slow tests are run and as the suite runs them (FAST_COMPILE), interleaved, and writes
+benchmarks/results/suite_tiny.json.
 """
 from __future__ import annotations
 
@@ -114,6 +117,14 @@ def real_model(selection: list[str], reps: int, as_json: bool) -> None:
              "slow_tests_xla_defaults": (fast_compile(), {})}, as_json)
 
 
+def tiny(selection: list[str], reps: int, as_json: bool) -> None:
+    """The slow tests of tiny models compiled like the other slow tests (XLA's defaults) against the
+    suite's choice for them (FAST_COMPILE), on the same selection."""
+    compare("suite_tiny", selection, reps,
+            {"as_other_slow_tests": (fast_compile(), {"JAXSHARE_TEST_TINY_XLA_DEFAULTS": "1"}),
+             "fast_compile": (fast_compile(), {})}, as_json)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -133,9 +144,15 @@ def main(argv=None) -> int:
                                                      "tests/basis/test_basis.py::test_smollm2_basis_sharing_small_calibration"])
     rm.add_argument("--reps", type=int, default=5)
     rm.add_argument("--json", action="store_true")
+    t = sub.add_parser("tiny")
+    t.add_argument("selection", nargs="*", default=["tests/io/families/test_compress_families.py", "-m", "tiny"])
+    t.add_argument("--reps", type=int, default=5)
+    t.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "real-model":
         real_model(args.selection, args.reps, args.json)
+    elif args.cmd == "tiny":
+        tiny(args.selection, args.reps, args.json)
     elif args.cmd == "run":
         run_ci(args.label)
     elif args.cmd == "log":

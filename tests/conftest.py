@@ -77,7 +77,10 @@ harden_when_imported()
 # the programs a slow test compiles in this process get XLA's own defaults back, per compile (the
 # options are part of the persistent cache's key). `python -m benchmarks.suite real-model` times
 # two real-model tests both ways (benchmarks/results/suite_real_model.json, docs/development.md).
-# Subprocesses keep XLA_FLAGS. JAXSHARE_TEST_SLOW_XLA_DEFAULTS=0 turns it off.
+# Subprocesses keep XLA_FLAGS. JAXSHARE_TEST_SLOW_XLA_DEFAULTS=0 turns it off. A slow test of tiny
+# models (marked `tiny` too) keeps FAST_COMPILE: its programs run too briefly to repay the
+# optimization (`python -m benchmarks.suite tiny`, benchmarks/results/suite_tiny.json);
+# JAXSHARE_TEST_TINY_XLA_DEFAULTS=1 compiles them like the other slow tests.
 XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
                 "xla_cpu_use_fusion_emitters": True}
 _compile_with_defaults = False
@@ -104,7 +107,8 @@ if FAST_COMPILE in os.environ["XLA_FLAGS"] and os.environ.get("JAXSHARE_TEST_SLO
 def pytest_runtest_setup(item):
     """Before the test's fixtures: a module fixture a slow test sets up compiles for it too."""
     global _compile_with_defaults
-    _compile_with_defaults = item.get_closest_marker("slow") is not None
+    _compile_with_defaults = item.get_closest_marker("slow") is not None and (
+        item.get_closest_marker("tiny") is None or os.environ.get("JAXSHARE_TEST_TINY_XLA_DEFAULTS") == "1")
 
 
 def random_hf_model(model_type: str, seed: int = 0, **overrides):

@@ -143,8 +143,9 @@ def test_compress_plan_share_basis_inherit(model, tmp_path, capsys):
 
 
 # The budgeted plan scores ~27 candidates per model (about 6 s a family here): GPT-2, the family
-# that differs most from the others, runs by default; the rest are marked slow.
-@pytest.mark.parametrize("tiny", [pytest.param(f, marks=() if f == "gpt2" else pytest.mark.slow)
+# that differs most from the others, runs by default; the rest are marked slow, and tiny: their
+# models are tiny, so they keep the suite's fast compile flags (tests/conftest.py).
+@pytest.mark.parametrize("tiny", [pytest.param(f, marks=() if f == "gpt2" else (pytest.mark.slow, pytest.mark.tiny))
                                   for f in sorted(FAMILIES)], indirect=True)
 def test_compress_target_share_basis(model, tmp_path, capsys):
     _, src, text = model
